@@ -1,0 +1,44 @@
+"""afanotify: Linux fanotify for asyncio."""
+
+from __future__ import annotations
+
+from . import flags as flags
+from .events import FanotifyData as FanotifyData
+from .events import FileHandle as FileHandle
+from .exceptions import AfanotifyError as AfanotifyError
+from .exceptions import AlreadyAnsweredError as AlreadyAnsweredError
+from .exceptions import ClosedResourceError as ClosedResourceError
+from .exceptions import MetadataVersionError as MetadataVersionError
+from .exceptions import ParseError as ParseError
+from .exceptions import TruncatedEventError as TruncatedEventError
+from .exceptions import UnsupportedFlagError as UnsupportedFlagError
+from .exceptions import WouldBlock as WouldBlock
+from .flags import Event as Event
+from .flags import InfoType as InfoType
+from .flags import InitFlag as InitFlag
+from .flags import MarkFlag as MarkFlag
+from .flags import Response as Response
+from .flags import evt_to_str as evt_to_str
+
+__version__ = "0.1.0"
+
+__all__ = (
+    "AfanotifyError",
+    "AlreadyAnsweredError",
+    "ClosedResourceError",
+    "Event",
+    "FanotifyData",
+    "FileHandle",
+    "InfoType",
+    "InitFlag",
+    "MarkFlag",
+    "MetadataVersionError",
+    "ParseError",
+    "Response",
+    "TruncatedEventError",
+    "UnsupportedFlagError",
+    "WouldBlock",
+    "__version__",
+    "evt_to_str",
+    "flags",
+)

@@ -1,0 +1,116 @@
+"""The only importer of the compiled core; thin syscall wrappers.
+
+Each wrapper raises ``OSError(errno, message, path)`` on failure.  Messages say
+what to do about the error, not only what went wrong.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ._fanotify import ffi as ffi
+from ._fanotify import lib as lib
+
+__all__ = [
+    "ffi",
+    "lib",
+    "fanotify_init",
+    "fanotify_mark",
+    "respond",
+    "respond_audit",
+    "open_by_handle",
+    "name_to_handle",
+    "fsid_of_fd",
+    "fnmatch",
+]
+
+
+def _err(msg: str, path: str | bytes | None = None) -> OSError:
+    code = ffi.errno
+    text = f"{msg}: {os.strerror(code)}"
+    if path is None:
+        return OSError(code, text)
+    return OSError(code, text, os.fsdecode(path))
+
+
+def fanotify_init(flags: int, event_f_flags: int) -> int:
+    """Create a fanotify group; returns its fd.
+
+    :raises OSError: with the kernel's errno (EINVAL, EPERM, EMFILE, ...)
+    """
+    fd: int = lib.fanotify_init(flags, event_f_flags)
+    if fd < 0:
+        raise _err("fanotify_init failed")
+    return fd
+
+
+def fanotify_mark(fan_fd: int, flags: int, mask: int, dirfd: int, path: str | bytes | None) -> None:
+    """Add, remove or flush a mark.
+
+    :raises OSError: with the kernel's errno and the path
+    """
+    cpath: Any = ffi.NULL if path is None else os.fsencode(path)
+    if lib.fanotify_mark(fan_fd, flags, mask, dirfd, cpath) < 0:
+        raise _err("fanotify_mark failed", path)
+
+
+def respond(fan_fd: int, fd: int, response: int) -> None:
+    """Write one ``struct fanotify_response``.
+
+    :raises OSError: when the kernel rejects the response
+    """
+    if lib.afn_respond(fan_fd, fd, response) < 0:
+        raise _err("writing the permission response failed")
+
+
+def respond_audit(
+    fan_fd: int, fd: int, response: int, rule_number: int, subj_trust: int, obj_trust: int
+) -> None:
+    """Write a response followed by a FAN_INFO audit-rule record.
+
+    :raises OSError: when the kernel rejects the response
+    """
+    if lib.afn_respond_audit(fan_fd, fd, response, rule_number, subj_trust, obj_trust) < 0:
+        raise _err("writing the permission response with audit info failed")
+
+
+def open_by_handle(mount_fd: int, handle: bytes, handle_type: int, flags: int) -> int:
+    """``open_by_handle_at(2)``; returns a new fd.
+
+    :raises OSError: ESTALE when the object is gone, EPERM without CAP_DAC_READ_SEARCH
+    """
+    fd: int = lib.afn_open_by_handle(mount_fd, handle, len(handle), handle_type, flags)
+    if fd < 0:
+        raise _err("open_by_handle_at failed")
+    return fd
+
+
+def name_to_handle(dirfd: int, path: str | bytes, flags: int = 0) -> tuple[int, bytes, int]:
+    """``name_to_handle_at(2)``; returns ``(handle_type, handle, mount_id)``.
+
+    :raises OSError: with the kernel's errno and the path
+    """
+    buf = ffi.new("unsigned char[]", lib.MAX_HANDLE_SZ)
+    nbytes = ffi.new("uint32_t *")
+    htype = ffi.new("int32_t *")
+    mnt = ffi.new("int *")
+    if lib.afn_name_to_handle(dirfd, os.fsencode(path), buf, nbytes, htype, mnt, flags) < 0:
+        raise _err("name_to_handle_at failed", path)
+    return int(htype[0]), bytes(ffi.buffer(buf, nbytes[0])), int(mnt[0])
+
+
+def fsid_of_fd(fd: int) -> tuple[int, int]:
+    """The filesystem id fanotify reports for objects on ``fd``'s filesystem.
+
+    :raises OSError: when fstatfs fails
+    """
+    out = ffi.new("uint32_t[2]")
+    if lib.afn_fsid(fd, out) < 0:
+        raise _err("fstatfs failed")
+    return int(out[0]), int(out[1])
+
+
+def fnmatch(pattern: bytes, name: bytes, flags: int) -> bool:
+    """glibc ``fnmatch(3)``; True on a match."""
+    return bool(lib.fnmatch(pattern, name, flags) == 0)

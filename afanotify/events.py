@@ -1,0 +1,178 @@
+"""``FanotifyData``, the one event type, and the file handles it carries."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from .flags import PERM_EVENTS, Event
+
+__all__ = ["FileHandle", "FanotifyData", "OWN_FD", "OWN_PIDFD", "UNANSWERED"]
+
+# Bits of FanotifyData._owns: what the event still holds.
+OWN_FD = 1
+OWN_PIDFD = 2
+UNANSWERED = 4
+
+_PERM_BITS = int(PERM_EVENTS)
+
+
+@dataclass(frozen=True, slots=True)
+class FileHandle:
+    """A file handle as fanotify reports it: filesystem id plus ``struct file_handle``."""
+
+    #: ``statfs().f_fsid`` of the object's filesystem, as two 32-bit words.
+    fsid: tuple[int, int]
+    #: ``handle_type`` from ``struct file_handle``.
+    handle_type: int
+    #: The opaque handle bytes (``f_handle``).
+    handle: bytes
+
+    @property
+    def fsid_int(self) -> int:
+        """The fsid as one 64-bit integer (word 0 in the low half)."""
+        return self.fsid[0] | (self.fsid[1] << 32)
+
+
+@dataclass(frozen=True, slots=True)
+class FanotifyData:
+    """One fanotify event.
+
+    The first six fields are pyfanotify's documented ones.  The rest carry
+    everything the kernel reports; a field stays ``None`` when its record was
+    not in the event.  An event read from the kernel owns its ``fd`` and
+    ``pidfd``: release them with :meth:`close` (or ``with event:``), or take
+    them with :meth:`detach_fd` / :meth:`detach_pidfd`.  The group closes what
+    is still owned once the consumer moves past the event.
+    """
+
+    #: The event's open file descriptor, or -1 (FAN_NOFD).
+    fd: int = -1
+    #: The process (or thread, with FAN_REPORT_TID) that caused the event.
+    pid: int = 0
+    #: The event mask: a combination of :class:`~afanotify.Event` bits.
+    ev_types: int = 0
+    #: The causing process's executable, when read from /proc.
+    exe: str | None = None
+    #: The causing process's working directory, when read from /proc.
+    cwd: str | None = None
+    #: The object's path (for a rename: the new path).
+    path: str | None = None
+
+    #: True when ``pid`` is a thread id (FAN_REPORT_TID).
+    pid_is_tid: bool = False
+    #: A pidfd for the causing process (FAN_REPORT_PIDFD), FAN_NOPIDFD (-1) if
+    #: the process was gone, FAN_EPIDFD (-2) on error.
+    pidfd: int = -1
+    #: The object's own handle (FID record).
+    fid: FileHandle | None = None
+    #: The parent directory's handle (DFID or DFID_NAME record).
+    dfid: FileHandle | None = None
+    #: The entry name in ``dfid`` (DFID_NAME record).
+    name: str | None = None
+    #: The source directory of a rename (OLD_DFID_NAME record).
+    old_dfid: FileHandle | None = None
+    #: The source name of a rename.
+    old_name: str | None = None
+    #: The target directory of a rename (NEW_DFID_NAME record).
+    new_dfid: FileHandle | None = None
+    #: The target name of a rename.
+    new_name: str | None = None
+    #: The resolved path of the directory in ``dfid``.
+    dir_path: str | None = None
+    #: The resolved source path of a rename.
+    old_path: str | None = None
+    #: The resolved target path of a rename.
+    new_path: str | None = None
+    #: False when ``path`` (or ``old_path``/``new_path``) could not be fully
+    #: resolved, e.g. the object was deleted; the name is still reported.
+    path_resolved: bool = False
+    #: The errno of a FS_ERROR event (ERROR record).
+    error: int | None = None
+    #: How many errors the filesystem reported since the last FS_ERROR event.
+    error_count: int | None = None
+    #: Start of the accessed range of a PRE_ACCESS event (RANGE record).
+    range_offset: int | None = None
+    #: Length of the accessed range (RANGE record).
+    range_count: int | None = None
+    #: The mount id of a mount event (MNT record).
+    mnt_id: int | None = None
+    #: With FAN_REPORT_FD_ERROR: the errno that kept the kernel from opening ``fd``.
+    fd_error: int | None = None
+    #: Records of types this library does not know: ``(info_type, body)``.
+    unknown_records: tuple[tuple[int, bytes], ...] = ()
+
+    _owns: int = field(default=0, compare=False, repr=False, hash=False)
+    _group: Any = field(default=None, compare=False, repr=False, hash=False)
+
+    # -- views -----------------------------------------------------------
+
+    @property
+    def events(self) -> Event:
+        """``ev_types`` as an :class:`~afanotify.Event` flag."""
+        return Event(self.ev_types)
+
+    @property
+    def is_permission(self) -> bool:
+        """True for events that must be answered (OPEN_PERM, PRE_ACCESS, ...)."""
+        return bool(self.ev_types & _PERM_BITS)
+
+    @property
+    def closed(self) -> bool:
+        """True once the event holds no descriptor and owes no answer."""
+        return not self._owns
+
+    @property
+    def answered(self) -> bool:
+        """True unless this is a permission event still waiting for a verdict."""
+        return not self._owns & UNANSWERED
+
+    # -- ownership -------------------------------------------------------
+
+    def detach_fd(self) -> int:
+        """Take the event's fd: the caller now owns it and must close it.
+
+        For a permission event, answer it first: the kernel needs the fd
+        number to match the response.
+
+        :raises ValueError: if the event has no fd or it was already released
+        """
+        if not self._owns & OWN_FD:
+            raise ValueError("the event owns no fd: it had none, or it was closed or detached")
+        object.__setattr__(self, "_owns", self._owns & ~OWN_FD)
+        return self.fd
+
+    def detach_pidfd(self) -> int:
+        """Take the event's pidfd: the caller now owns it and must close it.
+
+        :raises ValueError: if the event has no pidfd or it was already released
+        """
+        if not self._owns & OWN_PIDFD:
+            raise ValueError("the event owns no pidfd: it had none, or it was closed or detached")
+        object.__setattr__(self, "_owns", self._owns & ~OWN_PIDFD)
+        return self.pidfd
+
+    def close(self) -> None:
+        """Release what the event owns.  Idempotent.
+
+        An unanswered permission event is first answered with its group's
+        default verdict: the response must reach the kernel before the fd goes.
+        """
+        owns = self._owns
+        if not owns:
+            return
+        if owns & UNANSWERED and self._group is not None:
+            self._group._answer_default(self)
+            owns = self._owns
+        object.__setattr__(self, "_owns", 0)
+        if owns & OWN_FD:
+            os.close(self.fd)
+        if owns & OWN_PIDFD:
+            os.close(self.pidfd)
+
+    def __enter__(self) -> FanotifyData:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
