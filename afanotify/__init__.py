@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from . import flags as flags
+from ._features import Features as Features
+from ._features import features as features
 from .events import FanotifyData as FanotifyData
 from .events import FileHandle as FileHandle
 from .exceptions import AfanotifyError as AfanotifyError
@@ -19,6 +21,8 @@ from .flags import InitFlag as InitFlag
 from .flags import MarkFlag as MarkFlag
 from .flags import Response as Response
 from .flags import evt_to_str as evt_to_str
+from .group import Fanotify as Fanotify
+from .group import GroupStatistics as GroupStatistics
 
 __version__ = "0.1.0"
 
@@ -27,6 +31,9 @@ __all__ = (
     "AlreadyAnsweredError",
     "ClosedResourceError",
     "Event",
+    "Fanotify",
+    "Features",
+    "GroupStatistics",
     "FanotifyData",
     "FileHandle",
     "InfoType",
@@ -40,5 +47,6 @@ __all__ = (
     "WouldBlock",
     "__version__",
     "evt_to_str",
+    "features",
     "flags",
 )

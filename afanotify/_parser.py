@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import struct
 
-from typing import Union
-
 from .events import OWN_FD, OWN_PIDFD, UNANSWERED, FanotifyData, FileHandle
 from .exceptions import MetadataVersionError, ParseError, TruncatedEventError
 from .flags import (
@@ -47,7 +45,7 @@ __all__ = [
     "encode_response",
 ]
 
-BufferLike = Union[bytes, bytearray, memoryview]
+BufferLike = bytes | bytearray | memoryview
 
 #: struct fanotify_event_metadata
 METADATA = struct.Struct("=IBBHQii")

@@ -1,0 +1,148 @@
+"""Process and path enrichment: /proc links and file handles.
+
+Everything here is a blocking syscall on procfs or a handle open, each short;
+none of it touches the event loop.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+
+from . import _ffi
+from .events import FileHandle
+
+__all__ = ["fd_path", "process_info", "pidfd_pid", "HandleResolver"]
+
+_DELETED = " (deleted)"
+
+
+def fd_path(fd: int) -> tuple[str | None, bool]:
+    """The path of our own descriptor ``fd``; ``(path, resolved)``.
+
+    A deleted file keeps its last name with " (deleted)" appended by the
+    kernel; that suffix is stripped and the path reported as unresolved.
+    """
+    try:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return None, False
+    if path.endswith(_DELETED):
+        return path[: -len(_DELETED)], False
+    return path, True
+
+
+def pidfd_pid(pidfd: int) -> int | None:
+    """The pid a pidfd refers to, or None if the process has exited (or on error).
+
+    Read from the ``Pid:`` line of /proc/self/fdinfo; the kernel prints -1
+    there once the process is gone, so a pid that was reused by a different
+    process can be told apart from the one that caused the event.
+    """
+    try:
+        with open(f"/proc/self/fdinfo/{pidfd}", "rb") as f:
+            for line in f:
+                if line.startswith(b"Pid:"):
+                    pid = int(line.split()[1])
+                    return pid if pid > 0 else None
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def process_info(pid: int, pidfd: int = -1) -> tuple[str | None, str | None]:
+    """``(exe, cwd)`` of ``pid`` from /proc; ``None`` for what cannot be read.
+
+    With a pidfd, the /proc entries are trusted only if the pidfd still
+    refers to ``pid`` after they were read: if the process exited (and its
+    pid may have been reused) both fields are ``None``.
+    """
+    if pid <= 0:
+        return None, None
+    try:
+        exe: str | None = os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        exe = None
+    try:
+        cwd: str | None = os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        cwd = None
+    if pidfd >= 0 and pidfd_pid(pidfd) != pid:
+        return None, None
+    return exe, cwd
+
+
+class HandleResolver:
+    """Turns file handles into paths with ``open_by_handle_at``.
+
+    One mount fd is kept per fsid, registered when a mark is added (the
+    kernel needs a descriptor on the same filesystem to decode a handle).
+    Directory handles are cached in a bounded LRU, because FID+name events
+    repeat the same few directories; joining a name costs no syscall.
+
+    A cached directory path goes stale if the directory is renamed; the
+    group calls :meth:`invalidate` when it sees a directory move or delete.
+    """
+
+    def __init__(self, cache_size: int = 4096) -> None:
+        self._mounts: dict[tuple[int, int], int] = {}
+        self._cache: OrderedDict[tuple[tuple[int, int], int, bytes], str] = OrderedDict()
+        self._cache_size = cache_size
+        self.hits = 0
+        self.misses = 0
+
+    def add_mount(self, path: str | bytes, *, dont_follow: bool = False) -> None:
+        """Keep an O_PATH fd on ``path``'s filesystem, keyed by its fsid."""
+        # open_by_handle_at() refuses O_PATH descriptors (EBADF), so the
+        # mount fd is a real (non-blocking, in case of a FIFO) read-only open.
+        flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (os.O_NOFOLLOW if dont_follow else 0)
+        fd = os.open(path, flags)
+        try:
+            fsid = _ffi.fsid_of_fd(fd)
+        except OSError:
+            os.close(fd)
+            raise
+        if fsid in self._mounts:
+            os.close(fd)
+        else:
+            self._mounts[fsid] = fd
+
+    def resolve(self, handle: FileHandle, *, cache: bool = True) -> str | None:
+        """The current path of ``handle``'s object, or None if it cannot be opened."""
+        key = (handle.fsid, handle.handle_type, handle.handle)
+        if cache:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                self.hits += 1
+                return hit
+        self.misses += 1
+        mount_fd = self._mounts.get(handle.fsid)
+        if mount_fd is None:
+            return None
+        try:
+            fd = _ffi.open_by_handle(mount_fd, handle.handle, handle.handle_type, os.O_PATH)
+        except OSError:
+            return None
+        try:
+            path, resolved = fd_path(fd)
+        finally:
+            os.close(fd)
+        if path is None or not resolved:
+            return None
+        if cache:
+            self._cache[key] = path
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return path
+
+    def invalidate(self) -> None:
+        """Forget every cached directory path."""
+        self._cache.clear()
+
+    def close(self) -> None:
+        """Close the mount fds.  Idempotent."""
+        mounts, self._mounts = self._mounts, {}
+        for fd in mounts.values():
+            os.close(fd)
+        self._cache.clear()

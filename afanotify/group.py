@@ -1,0 +1,800 @@
+"""``Fanotify``: the group.  Owns the fd; reads, parses, resolves, dispatches.
+
+Close order (as in trio's epoll backend): mark the group closed, answer every
+pending permission event, wake the waiters, unregister the reader, close the
+queued events' descriptors, and only then ``os.close`` the group fd.  Closing
+the group fd also makes the kernel allow every permission event still in its
+queue, so nothing waits on us after close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno as _errno
+import logging
+import os
+import warnings
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Any, Literal, NamedTuple, Union
+
+from . import _ffi
+from ._errors import init_error, mark_error
+from ._parser import parse_lenient
+from ._proc import HandleResolver, fd_path, process_info
+from ._queue import EventQueue
+from .events import UNANSWERED, FanotifyData
+from .exceptions import AlreadyAnsweredError, ClosedResourceError, ParseError, WouldBlock
+from .flags import (
+    CLASS_BITS,
+    FID_EVENTS,
+    FID_INIT_FLAGS,
+    MARK_TYPE_BITS,
+    MNT_EVENTS,
+    PERM_EVENTS,
+    Event,
+    InitFlag,
+    MarkFlag,
+    Response,
+)
+
+__all__ = ["Fanotify", "GroupStatistics", "MarkKind"]
+
+log = logging.getLogger(__name__)
+
+PathArg = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
+MarkKind = Literal["inode", "mount", "filesystem", "mntns"]
+
+_KINDS: dict[str, MarkFlag] = {
+    "inode": MarkFlag.INODE,
+    "mount": MarkFlag.MOUNT,
+    "filesystem": MarkFlag.FILESYSTEM,
+    "mntns": MarkFlag.MNTNS,
+}
+_ALL_INIT = 0
+for _f in InitFlag:
+    _ALL_INIT |= _f.value
+_ALL_EVENTS = 0
+for _e in Event:
+    _ALL_EVENTS |= _e.value
+_PERM = int(PERM_EVENTS)
+_OVERFLOW = int(Event.Q_OVERFLOW)
+_DIR_CHANGE = int(
+    Event.MOVED_FROM | Event.MOVED_TO | Event.RENAME | Event.DELETE_SELF | Event.MOVE_SELF
+    | Event.DELETE
+)
+_ONDIR = int(Event.ONDIR)
+_DEFAULT_EVENT_FLAGS = os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_LARGEFILE", 0)
+#: Reads per readiness callback, so one busy group cannot starve the loop.
+_READS_PER_WAKEUP = 8
+
+
+class GroupStatistics(NamedTuple):
+    """A snapshot of a group's counters."""
+
+    #: Events decoded from the kernel.
+    events_read: int
+    #: Events handed to consumers (the group's iterator and its clients).
+    events_delivered: int
+    #: Q_OVERFLOW events received: the kernel dropped events before them.
+    overflows: int
+    #: Malformed events (each logged; fds closed, permission events allowed).
+    parse_errors: int
+    #: Events caused by this process and skipped (permission ones allowed).
+    own_events: int
+    #: read(2) calls that returned data.
+    reads: int
+    #: Bytes read.
+    bytes_read: int
+    #: Permission events answered with the default verdict (deadline, error, close).
+    defaulted: int
+    #: Events waiting in the group's own queue.
+    queued: int
+
+
+class _Counters:
+    __slots__ = (
+        "events_read", "events_delivered", "overflows", "parse_errors", "own_events", "reads",
+        "bytes_read", "defaulted",
+    )
+
+    def __init__(self) -> None:
+        self.events_read = self.events_delivered = self.overflows = 0
+        self.parse_errors = self.own_events = self.reads = self.bytes_read = 0
+        self.defaulted = 0
+
+
+def _check_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int or flag, not {type(value).__name__}")
+    return int(value)
+
+
+class Fanotify:
+    """A fanotify group, used from asyncio.
+
+    ``async with Fanotify(InitFlag.REPORT_DFID_NAME) as fan:`` makes the group;
+    :meth:`mark` says what to watch; ``async for event in fan`` yields events.
+
+    :param flags: :class:`InitFlag` bits (class and reporting mode).
+        NONBLOCK and CLOEXEC are always added.
+    :param event_flags: ``open(2)`` flags for event fds (fd mode only).
+    :param ignore_own: skip events caused by this process, so the library's
+        own opens never come back to it (permission ones are allowed at once).
+    :param proc_info: fill ``exe`` and ``cwd`` from /proc for every event.
+    :param resolve_paths: fill ``path`` (and ``dir_path``, ``old_path``,
+        ``new_path``) for every event.
+    :param maxsize: bound of the group's own event queue; when it is full the
+        group stops reading, and the backlog waits in the kernel's queue.
+    :param buffer_size: bytes per read(2).
+    :param handle_cache_size: directory handles kept resolved (FID modes).
+    :param default_response: the verdict for permission events nobody answers
+        in time, or whose handler fails, or that are pending at close.
+    :raises TypeError: for arguments of the wrong type
+    :raises ValueError: for impossible flag combinations
+    :raises PermissionError: without CAP_SYS_ADMIN (for non-FID groups)
+    :raises UnsupportedFlagError: when the kernel rejects a flag; names the flag
+    """
+
+    def __init__(
+        self,
+        flags: int = InitFlag.CLASS_NOTIF,
+        event_flags: int = _DEFAULT_EVENT_FLAGS,
+        *,
+        ignore_own: bool = True,
+        proc_info: bool = False,
+        resolve_paths: bool = True,
+        maxsize: int = 8192,
+        buffer_size: int = 256 * 1024,
+        handle_cache_size: int = 4096,
+        default_response: Response | int = Response.ALLOW,
+    ) -> None:
+        self._fd = -1
+        self._closed = True
+        flags = _check_int("flags", flags)
+        event_flags = _check_int("event_flags", event_flags)
+        maxsize = _check_int("maxsize", maxsize)
+        buffer_size = _check_int("buffer_size", buffer_size)
+        handle_cache_size = _check_int("handle_cache_size", handle_cache_size)
+        default_response = _check_int("default_response", default_response)
+        if flags & ~_ALL_INIT:
+            raise ValueError(f"flags has bits no InitFlag names: {flags & ~_ALL_INIT:#x}")
+        if flags & CLASS_BITS == CLASS_BITS:
+            raise ValueError(
+                "flags sets both CLASS_CONTENT and CLASS_PRE_CONTENT: choose one class"
+            )
+        if flags & InitFlag.REPORT_NAME and not flags & InitFlag.REPORT_DIR_FID:
+            raise ValueError(
+                "flags has REPORT_NAME without REPORT_DIR_FID: use InitFlag.REPORT_DFID_NAME"
+            )
+        if flags & InitFlag.REPORT_TARGET_FID and (
+            flags & InitFlag.REPORT_DFID_NAME_TARGET != InitFlag.REPORT_DFID_NAME_TARGET
+        ):
+            raise ValueError(
+                "flags has REPORT_TARGET_FID without REPORT_FID and REPORT_DFID_NAME: "
+                "use InitFlag.REPORT_DFID_NAME_TARGET"
+            )
+        if maxsize < 1:
+            raise ValueError(f"maxsize must be at least 1, got {maxsize}")
+        if buffer_size < 4096:
+            raise ValueError(f"buffer_size must be at least 4096 bytes, got {buffer_size}")
+        if handle_cache_size < 0:
+            raise ValueError(f"handle_cache_size must be >= 0, got {handle_cache_size}")
+        if default_response not in (Response.ALLOW, Response.DENY):
+            raise ValueError("default_response must be Response.ALLOW or Response.DENY")
+        self.flags = InitFlag(flags)
+        self.event_flags = event_flags
+        self.ignore_own = bool(ignore_own)
+        self.proc_info = bool(proc_info)
+        self.resolve_paths = bool(resolve_paths)
+        self.default_response = Response(default_response)
+        self._fid_mode = bool(flags & FID_INIT_FLAGS)
+        self._pid_is_tid = bool(flags & InitFlag.REPORT_TID)
+        self._fd_error = bool(flags & InitFlag.REPORT_FD_ERROR)
+        self._fd = _open_group(flags | InitFlag.NONBLOCK | InitFlag.CLOEXEC, event_flags)
+        self._closed = False
+        self._pid = os.getpid()
+        self._own_tids: set[int] = {self._pid}
+        self._buf = bytearray(buffer_size)
+        self._resolver = HandleResolver(handle_cache_size)
+        self._counters = _Counters()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._reading = False
+        self._paused = False
+        self._queue = EventQueue(maxsize, "block", on_space=self._resume)
+        self._iter_last: FanotifyData | None = None
+        #: Permission events handed out and not yet answered, by event fd.
+        self._pending: dict[int, FanotifyData] = {}
+        #: Events read while the queue was full, in order (block policy).
+        self._held: list[FanotifyData] = []
+        self._error: BaseException | None = None
+
+    # -- properties ------------------------------------------------------
+
+    def fileno(self) -> int:
+        """The group fd (still owned by the group).
+
+        :raises ClosedResourceError: if the group is closed
+        """
+        if self._closed:
+            raise ClosedResourceError("the fanotify group is closed")
+        return self._fd
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def fid_mode(self) -> bool:
+        """True when events carry file handles instead of fds."""
+        return self._fid_mode
+
+    @property
+    def stats(self) -> GroupStatistics:
+        c = self._counters
+        return GroupStatistics(
+            c.events_read, c.events_delivered, c.overflows, c.parse_errors, c.own_events,
+            c.reads, c.bytes_read, c.defaulted, len(self._queue),
+        )
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"fd={self._fd}"
+        return f"<Fanotify {state} flags={self.flags!r}>"
+
+    # -- marks -----------------------------------------------------------
+
+    def mark(
+        self,
+        path: PathArg,
+        events: int,
+        kind: MarkKind | MarkFlag = "inode",
+        *,
+        ignore: bool = False,
+        ignore_style: Literal["new", "old"] = "new",
+        survive_modify: bool = False,
+        evictable: bool = False,
+        onlydir: bool = False,
+        dont_follow: bool = False,
+        dirfd: int | None = None,
+    ) -> None:
+        """Add ``events`` to the mark on ``path`` (or to its ignore mask).
+
+        :param kind: ``"inode"``, ``"mount"``, ``"filesystem"`` or ``"mntns"``
+            (a mount namespace file such as /proc/self/ns/mnt), or a MarkFlag.
+        :param ignore: add to the ignore mask instead: events in it are not
+            reported.  ``ignore_style="new"`` (FAN_MARK_IGNORE, Linux 6.0)
+            honours ONDIR and EVENT_ON_CHILD; ``"old"`` is FAN_MARK_IGNORED_MASK.
+        :param survive_modify: the ignore mask survives modification of the file.
+        :param evictable: the kernel may drop this inode mark with its inode.
+        :param onlydir: fail unless ``path`` is a directory.
+        :param dont_follow: mark a symbolic link itself.
+        :param dirfd: resolve a relative ``path`` against this directory fd.
+        :raises FileNotFoundError: if ``path`` does not exist
+        :raises PermissionError: if a capability is missing
+        :raises UnsupportedFlagError: if the kernel rejects a flag or event
+        :raises TypeError, ValueError: for bad arguments, naming the argument
+        """
+        mflags = MarkFlag.ADD | self._mark_flags(
+            kind, ignore, ignore_style, survive_modify, evictable, onlydir, dont_follow
+        )
+        mask = self._check_events(events, kind_flags=mflags, ignore=ignore)
+        self._do_mark(mflags, mask, path, dirfd)
+        if self._fid_mode and self.resolve_paths and not mflags & MARK_TYPE_BITS == MarkFlag.MNTNS:
+            self._register_mount(path, dirfd, dont_follow)
+
+    def unmark(
+        self,
+        path: PathArg,
+        events: int,
+        kind: MarkKind | MarkFlag = "inode",
+        *,
+        ignore: bool = False,
+        ignore_style: Literal["new", "old"] = "new",
+        dont_follow: bool = False,
+        onlydir: bool = False,
+        dirfd: int | None = None,
+    ) -> None:
+        """Remove ``events`` from the mark on ``path`` (or from its ignore mask).
+
+        :raises FileNotFoundError: if ``path`` does not exist or has no such mark
+        :raises TypeError, ValueError: for bad arguments
+        """
+        mflags = MarkFlag.REMOVE | self._mark_flags(
+            kind, ignore, ignore_style, False, False, onlydir, dont_follow
+        )
+        mask = self._check_events(events, kind_flags=mflags, ignore=ignore)
+        self._do_mark(mflags, mask, path, dirfd)
+
+    def flush(self, kind: MarkKind | MarkFlag = "inode") -> None:
+        """Remove every mark of one kind (``inode`` marks, ``mount`` marks, ...)."""
+        mflags = MarkFlag.FLUSH | self._kind(kind)
+        self._do_mark(mflags, 0, None, None)
+
+    def _kind(self, kind: MarkKind | MarkFlag) -> MarkFlag:
+        if isinstance(kind, str):
+            try:
+                return _KINDS[kind]
+            except KeyError:
+                raise ValueError(
+                    f"kind {kind!r} is not one of {', '.join(map(repr, _KINDS))}"
+                ) from None
+        if isinstance(kind, int) and not isinstance(kind, bool):
+            if kind & ~MARK_TYPE_BITS or kind not in (m.value for m in _KINDS.values()):
+                raise ValueError(
+                    f"kind {kind!r} is not a mark type: use INODE, MOUNT, FILESYSTEM or MNTNS"
+                )
+            return MarkFlag(kind)
+        raise TypeError(f"kind must be a str or MarkFlag, not {type(kind).__name__}")
+
+    def _mark_flags(
+        self,
+        kind: MarkKind | MarkFlag,
+        ignore: bool,
+        ignore_style: str,
+        survive_modify: bool,
+        evictable: bool,
+        onlydir: bool,
+        dont_follow: bool,
+    ) -> MarkFlag:
+        flags = self._kind(kind)
+        if ignore:
+            if ignore_style == "new":
+                flags |= MarkFlag.IGNORE
+            elif ignore_style == "old":
+                flags |= MarkFlag.IGNORED_MASK
+            else:
+                raise ValueError(f"ignore_style must be 'new' or 'old', not {ignore_style!r}")
+        if survive_modify:
+            if not ignore:
+                raise ValueError("survive_modify applies to ignore marks: pass ignore=True too")
+            flags |= MarkFlag.IGNORED_SURV_MODIFY
+        if evictable:
+            if flags & MARK_TYPE_BITS:
+                raise ValueError("evictable applies only to inode marks (kind='inode')")
+            flags |= MarkFlag.EVICTABLE
+        if onlydir:
+            flags |= MarkFlag.ONLYDIR
+        if dont_follow:
+            flags |= MarkFlag.DONT_FOLLOW
+        return flags
+
+    def _check_events(self, events: int, *, kind_flags: int, ignore: bool) -> int:
+        mask = _check_int("events", events)
+        if not mask:
+            raise ValueError("events must name at least one Event")
+        if mask & ~_ALL_EVENTS:
+            raise ValueError(f"events has bits no Event names: {mask & ~_ALL_EVENTS:#x}")
+        kind = kind_flags & MARK_TYPE_BITS
+        fid_only = mask & FID_EVENTS & ~Event.FS_ERROR if not ignore else 0
+        if fid_only and not self._fid_mode:
+            raise ValueError(
+                f"events {Event(fid_only)!r} need a FID group: create it with "
+                "InitFlag.REPORT_FID or InitFlag.REPORT_DFID_NAME"
+            )
+        perm = mask & _PERM
+        if perm and not ignore and not self.flags & CLASS_BITS:
+            raise ValueError(
+                f"permission events {Event(perm)!r} need InitFlag.CLASS_CONTENT or "
+                "CLASS_PRE_CONTENT"
+            )
+        if mask & Event.PRE_ACCESS and not self.flags & InitFlag.CLASS_PRE_CONTENT:
+            raise ValueError("Event.PRE_ACCESS needs InitFlag.CLASS_PRE_CONTENT")
+        if mask & MNT_EVENTS and kind != MarkFlag.MNTNS:
+            raise ValueError("mount events need kind='mntns' and InitFlag.REPORT_MNT")
+        if mask & Event.RENAME and not self.flags & InitFlag.REPORT_NAME:
+            raise ValueError("Event.RENAME needs InitFlag.REPORT_DFID_NAME")
+        return mask
+
+    def _do_mark(
+        self, mflags: int, mask: int, path: PathArg | None, dirfd: int | None
+    ) -> None:
+        if self._closed:
+            raise ClosedResourceError("the fanotify group is closed")
+        if dirfd is None:
+            dirfd = _ffi.lib.AT_FDCWD
+        else:
+            dirfd = _check_int("dirfd", dirfd)
+        if path is not None and not isinstance(path, (str, bytes, os.PathLike)):
+            raise TypeError(f"path must be str, bytes or os.PathLike, not {type(path).__name__}")
+        fspath = None if path is None else os.fspath(path)
+        try:
+            _ffi.fanotify_mark(self._fd, mflags, mask, dirfd, fspath)
+        except OSError as exc:
+            shown = None if fspath is None else os.fsdecode(fspath)
+            raise mark_error(exc, shown, mflags, mask) from None
+
+    def _register_mount(self, path: PathArg, dirfd: int | None, dont_follow: bool) -> None:
+        full = os.fspath(path)
+        if dirfd is not None and not os.path.isabs(full):
+            full = os.path.join(f"/proc/self/fd/{dirfd}", os.fsdecode(full))
+        try:
+            self._resolver.add_mount(full, dont_follow=dont_follow)
+        except OSError as exc:
+            log.warning("cannot keep a mount fd for %r; its paths stay unresolved: %s", full, exc)
+
+    # -- reading ---------------------------------------------------------
+
+    def _ensure_reader(self) -> None:
+        if self._closed:
+            raise ClosedResourceError("the fanotify group is closed")
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        elif self._loop is not loop:
+            raise RuntimeError("a Fanotify group is bound to the event loop that first read it")
+        if not self._reading and not self._paused:
+            loop.add_reader(self._fd, self._on_readable)
+            self._reading = True
+
+    def _pause(self) -> None:
+        if self._reading and self._loop is not None:
+            self._loop.remove_reader(self._fd)
+            self._reading = False
+        self._paused = True
+
+    def _resume(self) -> None:
+        self._paused = False
+        if not self._closed and not self._reading and self._loop is not None:
+            self._loop.add_reader(self._fd, self._on_readable)
+            self._reading = True
+
+    def _on_readable(self) -> None:
+        for _ in range(_READS_PER_WAKEUP):
+            if self._closed or self._paused:
+                return
+            try:
+                n = os.readv(self._fd, (self._buf,))
+            except BlockingIOError:
+                return
+            except InterruptedError:
+                continue
+            except OSError as exc:
+                self._fail(exc)
+                return
+            if n <= 0:
+                return
+            self._counters.reads += 1
+            self._counters.bytes_read += n
+            self._handle_batch(memoryview(self._buf)[:n])
+            if n < len(self._buf) // 2:
+                return
+
+    def read_batch(self) -> list[FanotifyData]:
+        """Read once from the kernel and return the events (resolved), without queueing.
+
+        For synchronous callers; the caller owns the events.
+
+        :raises ClosedResourceError: if the group is closed
+        :raises WouldBlock: if the kernel has no events
+        """
+        if self._closed:
+            raise ClosedResourceError("the fanotify group is closed")
+        try:
+            n = os.readv(self._fd, (self._buf,))
+        except BlockingIOError:
+            raise WouldBlock from None
+        self._counters.reads += 1
+        self._counters.bytes_read += n
+        return self._decode(memoryview(self._buf)[:n])
+
+    def _handle_batch(self, view: memoryview) -> None:
+        events = self._decode(view)
+        if events:
+            self._deliver(events)
+
+    def _decode(self, view: memoryview) -> list[FanotifyData]:
+        events, errors = parse_lenient(
+            view, owned=True, pid_is_tid=self._pid_is_tid, fd_error=self._fd_error
+        )
+        for err in errors:
+            self._bad_event(err)
+        c = self._counters
+        c.events_read += len(events)
+        out: list[FanotifyData] = []
+        for ev in events:
+            mask = ev.ev_types
+            if mask & _OVERFLOW:
+                c.overflows += 1
+                log.warning("fanotify queue overflowed: the kernel dropped events")
+                out.append(ev)
+                continue
+            if self.ignore_own and self._is_own(ev.pid):
+                c.own_events += 1
+                if mask & _PERM and ev.fd >= 0:
+                    self._write_response(ev, Response.ALLOW)
+                ev.close()
+                continue
+            ev = self._enrich(ev)
+            if ev._owns & UNANSWERED:
+                self._pending[ev.fd] = ev
+                object.__setattr__(ev, "_group", self)
+            out.append(ev)
+        return out
+
+    def _is_own(self, pid: int) -> bool:
+        if pid in self._own_tids:
+            return True
+        if self._pid_is_tid and os.path.exists(f"/proc/self/task/{pid}"):
+            self._own_tids.add(pid)
+            return True
+        return False
+
+    def _enrich(self, ev: FanotifyData) -> FanotifyData:
+        """Fill paths and process details; returns the event that now owns the fds."""
+        kw: dict[str, Any] = {}
+        if self.resolve_paths:
+            if ev.fd >= 0:
+                kw["path"], kw["path_resolved"] = fd_path(ev.fd)
+            elif self._fid_mode:
+                kw.update(self._resolve_fid(ev))
+        if self.proc_info:
+            kw["exe"], kw["cwd"] = process_info(ev.pid, ev.pidfd)
+        if not kw:
+            return ev
+        new = replace(ev, **kw)
+        object.__setattr__(ev, "_owns", 0)
+        return new
+
+    def _resolve_fid(self, ev: FanotifyData) -> dict[str, Any]:
+        res = self._resolver
+        kw: dict[str, Any] = {}
+        mask = ev.ev_types
+        if mask & _DIR_CHANGE and mask & _ONDIR:
+            # A directory moved or went away: cached paths under it may be stale.
+            res.invalidate()
+        resolved = True
+        if ev.old_dfid is not None or ev.new_dfid is not None:
+            for side, dfid, name in (
+                ("old", ev.old_dfid, ev.old_name),
+                ("new", ev.new_dfid, ev.new_name),
+            ):
+                if dfid is None:
+                    continue
+                d = res.resolve(dfid)
+                if d is None:
+                    resolved = False
+                    kw[f"{side}_path"] = name
+                else:
+                    kw[f"{side}_path"] = _join(d, name)
+            kw["path"] = kw.get("new_path") or kw.get("old_path")
+            kw["path_resolved"] = resolved
+            return kw
+        if ev.dfid is not None:
+            d = res.resolve(ev.dfid)
+            kw["dir_path"] = d
+            if d is None:
+                kw["path"] = ev.name
+                kw["path_resolved"] = False
+            else:
+                kw["path"] = _join(d, ev.name)
+                kw["path_resolved"] = True
+            return kw
+        if ev.fid is not None:
+            p = res.resolve(ev.fid, cache=False)
+            kw["path"] = p
+            kw["path_resolved"] = p is not None
+        return kw
+
+    def _bad_event(self, err: ParseError) -> None:
+        self._counters.parse_errors += 1
+        # Answer first, then close: a malformed permission event must not hang
+        # the process that caused it.
+        if err.fd >= 0:
+            if err.mask & _PERM:
+                try:
+                    _ffi.respond(self._fd, err.fd, Response.ALLOW)
+                except OSError:
+                    pass
+            try:
+                os.close(err.fd)
+            except OSError:
+                pass
+        log.error("dropped a malformed fanotify event: %s", err)
+
+    def _deliver(self, events: list[FanotifyData]) -> None:
+        taken = self._queue.put_many(events)
+        self._counters.events_delivered += taken
+        if taken < len(events):
+            # The queue is full: keep the rest for when it drains.
+            self._overflow_hold(events[taken:])
+
+    def _overflow_hold(self, rest: list[FanotifyData]) -> None:
+        # Block policy: stop reading; events already read wait here in order.
+        self._held.extend(rest)
+        self._pause()
+
+    def _fail(self, exc: OSError) -> None:
+        log.error("reading the fanotify group failed: %s", exc)
+        self._error = exc
+        self._pause()
+        self._queue.close()
+
+    # -- consuming -------------------------------------------------------
+
+    def _release_last(self) -> None:
+        last = self._iter_last
+        if last is not None:
+            self._iter_last = None
+            last.close()
+
+    def receive_nowait(self) -> FanotifyData:
+        """The next event if one is waiting; the caller owns it.
+
+        :raises WouldBlock: if none is waiting
+        :raises ClosedResourceError: if the group is closed
+        """
+        self._ensure_reader()
+        ev = self._queue.get_nowait()
+        self._refill()
+        return ev
+
+    async def receive(self) -> FanotifyData:
+        """The next event; the caller owns it (close it, or use ``with event:``).
+
+        :raises ClosedResourceError: if the group is closed (or closes while waiting)
+        """
+        self._ensure_reader()
+        try:
+            ev = await self._queue.get()
+        except ClosedResourceError:
+            if self._error is not None:
+                raise ClosedResourceError(f"the group failed: {self._error}") from self._error
+            raise
+        self._refill()
+        return ev
+
+    def _refill(self) -> None:
+        held = self._held
+        if held and not self._queue.full:
+            taken = self._queue.put_many(held)
+            self._counters.events_delivered += taken
+            del held[:taken]
+            if not held and self._paused:
+                self._resume()
+
+    def __aiter__(self) -> AsyncIterator[FanotifyData]:
+        return self
+
+    async def __anext__(self) -> FanotifyData:
+        # Moving past an event releases what the consumer did not detach.
+        self._release_last()
+        try:
+            ev = await self.receive()
+        except ClosedResourceError:
+            raise StopAsyncIteration from None
+        self._iter_last = ev
+        return ev
+
+    # -- permission responses -------------------------------------------
+
+    def _write_response(
+        self, ev: FanotifyData, response: int, audit_rule: tuple[int, int, int] | None = None
+    ) -> None:
+        """Write the verdict for ``ev`` and mark it answered.
+
+        :raises AlreadyAnsweredError: if ``ev`` was answered before
+        """
+        owns = ev._owns
+        if not owns & UNANSWERED:
+            raise AlreadyAnsweredError(f"permission event fd={ev.fd} was already answered")
+        object.__setattr__(ev, "_owns", owns & ~UNANSWERED)
+        self._pending.pop(ev.fd, None)
+        if self._closed:
+            return  # the kernel allowed it when the group fd closed
+        if audit_rule is None:
+            _ffi.respond(self._fd, ev.fd, response)
+        else:
+            _ffi.respond_audit(self._fd, ev.fd, response, *audit_rule)
+
+    def _answer_default(self, ev: FanotifyData) -> None:
+        """Answer ``ev`` with the default verdict (called when it is closed unanswered)."""
+        if not ev._owns & UNANSWERED:
+            return
+        self._counters.defaulted += 1
+        try:
+            self._write_response(ev, self.default_response)
+        except OSError as exc:
+            log.error("could not answer permission event fd=%d: %s", ev.fd, exc)
+
+    # -- closing ---------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the group.  Idempotent.
+
+        Pending permission events are answered with the default verdict, the
+        iterators end, queued events are released, then the fd is closed.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        # 1. answer what is pending, while the fd is still open
+        for ev in list(self._pending.values()):
+            self._closed = False
+            try:
+                self._answer_default(ev)
+            finally:
+                self._closed = True
+        left = self._queue.close() + self._held  # 2. wake the waiters
+        self._held = []
+        if self._reading and self._loop is not None:  # 3. unregister
+            try:
+                self._loop.remove_reader(self._fd)
+            except Exception:  # the loop may already be closed
+                pass
+            self._reading = False
+        self._closed = False
+        try:
+            for ev in left:
+                ev.close()
+            self._release_last()
+        finally:
+            self._closed = True
+            fd, self._fd = self._fd, -1
+            self._resolver.close()
+            os.close(fd)  # 4. the kernel allows whatever is still queued
+
+    async def aclose(self) -> None:
+        """Close the group (see :meth:`close`)."""
+        self.close()
+
+    async def __aenter__(self) -> Fanotify:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def __enter__(self) -> Fanotify:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_closed", True):
+            return
+        warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=1, source=self)
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def _join(directory: str, name: str | None) -> str:
+    if not name or name == ".":
+        return directory
+    if directory == "/":
+        return "/" + name
+    return directory + "/" + name
+
+
+def _open_group(flags: int, event_flags: int) -> int:
+    try:
+        return _ffi.fanotify_init(flags, event_flags)
+    except OSError as exc:
+        culprit = None
+        if exc.errno == _errno.EINVAL:
+            culprit = _find_rejected_init_flag(flags, event_flags)
+        raise init_error(exc, flags, culprit) from None
+
+
+def _find_rejected_init_flag(flags: int, event_flags: int) -> InitFlag | None:
+    """Which single flag makes fanotify_init fail with EINVAL on its own, if any."""
+    base = flags & (InitFlag.NONBLOCK | InitFlag.CLOEXEC)
+    for flag in InitFlag:
+        if not flag.value or flag.value & (flag.value - 1) or not flags & flag.value:
+            continue
+        if flag in (InitFlag.NONBLOCK, InitFlag.CLOEXEC):
+            continue
+        probe = base | flag.value
+        if flag == InitFlag.REPORT_NAME:
+            probe |= InitFlag.REPORT_DIR_FID
+        if flag == InitFlag.REPORT_TARGET_FID:
+            probe |= InitFlag.REPORT_DFID_NAME_TARGET
+        try:
+            fd = _ffi.fanotify_init(probe, event_flags)
+        except OSError as exc:
+            if exc.errno == _errno.EINVAL:
+                return flag
+            continue
+        os.close(fd)
+    return None

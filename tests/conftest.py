@@ -1,0 +1,51 @@
+"""Shared fixtures: private filesystems for kernel tests, and subprocess helpers.
+
+Kernel tests mark only filesystems they mounted themselves (a tmpfs or a
+loop-mounted ext4 image), and unmount them here, whatever the test did.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers import make_ext4
+
+HAVE_ROOT = os.geteuid() == 0
+
+
+def _umount(path: str) -> None:
+    # Lazy unmount: a test that leaked an fd on the mount still cleans up.
+    subprocess.run(["umount", "-l", path], check=False, capture_output=True)
+
+
+@pytest.fixture
+def tmpfs() -> Iterator[Path]:
+    """A fresh tmpfs mounted on a private directory; unmounted afterwards."""
+    if not HAVE_ROOT:
+        pytest.fail("kernel tests need root (run the suite as root, as CI does)")
+    mnt = tempfile.mkdtemp(prefix="afanotify-tmpfs-")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "afanotify-test", mnt], check=True)
+    try:
+        yield Path(mnt)
+    finally:
+        _umount(mnt)
+        os.rmdir(mnt)
+
+
+@pytest.fixture
+def ext4() -> Iterator[Path]:
+    """A fresh loop-mounted ext4 filesystem; unmounted and deleted afterwards."""
+    if not HAVE_ROOT:
+        pytest.fail("kernel tests need root (run the suite as root, as CI does)")
+    image, mnt = make_ext4()
+    try:
+        yield Path(mnt)
+    finally:
+        _umount(mnt)
+        shutil.rmtree(os.path.dirname(image), ignore_errors=True)

@@ -1,0 +1,74 @@
+"""Helpers for tests: child processes, ext4 images, waiting with deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+
+from afanotify import FanotifyData
+
+
+def make_ext4(size_mb: int = 32) -> tuple[str, str]:
+    """Create an ext4 image and a mount point; returns (image, mountpoint), mounted."""
+    work = tempfile.mkdtemp(prefix="afanotify-ext4-")
+    image = os.path.join(work, "fs.img")
+    mnt = os.path.join(work, "mnt")
+    os.mkdir(mnt)
+    with open(image, "wb") as f:
+        f.truncate(size_mb * 1024 * 1024)
+    subprocess.run(["mkfs.ext4", "-q", "-F", image], check=True, capture_output=True)
+    subprocess.run(["mount", "-o", "loop", image, mnt], check=True)
+    return image, mnt
+
+
+def run_in_child(code: str, *args: str, timeout: float = 10.0) -> subprocess.CompletedProcess[str]:
+    """Run Python ``code`` in a separate process (so its events are not our own)."""
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def sh(script: str, timeout: float = 10.0) -> subprocess.CompletedProcess[str]:
+    """Run a shell script in a separate process."""
+    return subprocess.run(
+        ["sh", "-c", script], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def open_fd_count() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def collect(
+    source: object,
+    until: Callable[[list[FanotifyData]], bool],
+    timeout: float = 5.0,
+) -> list[FanotifyData]:
+    """Receive events from a group or client until ``until(events)`` is true.
+
+    Fails the test (AssertionError) at the deadline, listing what arrived.
+    The events are closed as they come; their fields stay readable.
+    """
+    got: list[FanotifyData] = []
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    receive = source.receive if hasattr(source, "receive") else source.get  # type: ignore[attr-defined]
+    while not until(got):
+        left = deadline - loop.time()
+        if left <= 0:
+            raise AssertionError(f"deadline passed after {len(got)} events: {got!r}")
+        try:
+            ev = await asyncio.wait_for(receive(), left)
+        except asyncio.TimeoutError:
+            continue
+        ev.close()
+        got.append(ev)
+    return got
