@@ -526,8 +526,10 @@ class PermissionTracker:
             ev.close()
             return
         try:
-            verdict = to_verdict(result)
-            self.respond(ev, verdict)
+            if result is True or result is False:
+                self.write(ev, _ALLOW if result else _DENY)
+            else:
+                self.respond(ev, to_verdict(result))
         except (TypeError, ValueError) as exc:
             self._handler_failed(ev, exc)
             return
