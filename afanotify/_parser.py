@@ -287,7 +287,10 @@ def parse_lenient(
                     )
                 )
             except ParseError as exc:
-                errors.append(exc)
+                # Drop the traceback: its frames hold ``mv``, an export that would
+                # keep the caller's bytearray from being resized while the error
+                # is kept (and would tie the buffer into a reference cycle).
+                errors.append(exc.with_traceback(None))
         off += event_len
     return events, errors
 
