@@ -491,6 +491,20 @@ def test_owned_bits(fds: list[int], mask: int, with_fd: bool, pidfd: object, bit
     ev.close()
 
 
+def test_owned_pidfd_follows_the_last_pidfd_record(fds: list[int]) -> None:
+    # The kernel sends one PIDFD record; with a stray second one, the event must
+    # own exactly the pidfd it reports (never "own" -1 or -2).
+    (ev,) = _parser.parse(B.event(Event.CREATE, B.pidfd(fds[2]), B.pidfd(-2)), owned=True)
+    assert (ev.pidfd, ev._owns) == (-2, 0)
+    ev.close()
+    assert _is_open(fds[2])
+
+    (ev,) = _parser.parse(B.event(Event.CREATE, B.pidfd(-1), B.pidfd(fds[2])), owned=True)
+    assert (ev.pidfd, ev._owns) == (fds[2], OWN_PIDFD)
+    ev.close()
+    assert not _is_open(fds[2])
+
+
 def test_owned_fd_error_owns_nothing() -> None:
     (ev,) = _parser.parse(B.event(Event.OPEN_PERM, fd=-errno.ENOENT), owned=True, fd_error=True)
     assert ev.fd == -1
