@@ -449,7 +449,8 @@ def _is_open(fd: int) -> bool:
 
 
 OWNERSHIP_CASES = [
-    # (id, mask, use an fd?, pidfd record value or None (use a real one) / absent, expected bits)
+    # (id, mask, event carries a real fd, PIDFD record: "absent", "real" (a real
+    #  descriptor) or the value written, the ownership bits expected)
     ("notif-fd", Event.OPEN, True, "absent", OWN_FD),
     ("notif-nofd", Event.Q_OVERFLOW, False, "absent", 0),
     ("perm-fd", Event.OPEN_PERM, True, "absent", OWN_FD | UNANSWERED),
@@ -510,6 +511,21 @@ def test_owned_fd_error_owns_nothing() -> None:
     assert ev.fd == -1
     assert ev.fd_error == errno.ENOENT
     assert ev._owns == 0
+
+
+def test_owned_malformed_event_hands_its_fd_to_the_error(fds: list[int]) -> None:
+    # The event is dropped, so the error is the only place the reader learns of
+    # the fd it must close (and answer, for a permission event).
+    buf = B.event(Event.OPEN, fd=fds[0]) + bad(vers=2, fd=fds[1], pid=4)
+    buf += B.event(Event.OPEN_PERM, B.record(B.PIDFD, b""), fd=fds[3], pid=4)
+    events, errors = _parser.parse_lenient(buf, owned=True)
+    assert [e.fd for e in events] == [fds[0]]
+    assert [(type(e), e.fd, e.mask) for e in errors] == [
+        (MetadataVersionError, fds[1], BAD_MASK),
+        (TruncatedEventError, fds[3], int(Event.OPEN_PERM)),
+    ]
+    events[0].close()
+    assert [_is_open(fd) for fd in fds] == [False, True, True, True]
 
 
 def test_owned_several_events(fds: list[int]) -> None:
