@@ -6,6 +6,7 @@ exactly as a group hands it the fds it read.
 
 from __future__ import annotations
 
+import enum
 import errno
 import os
 from collections.abc import Callable, Iterator
@@ -111,7 +112,7 @@ ENUMS = [
 
 
 @pytest.mark.parametrize(("cls", "members", "prefix"), ENUMS)
-def test_members(cls: type, members: dict[str, int], prefix: str) -> None:
+def test_members(cls: type[enum.Enum], members: dict[str, int], prefix: str) -> None:
     assert set(cls.__members__) == set(members)
     for name, value in members.items():
         member = cls[name]
@@ -124,7 +125,9 @@ def test_members(cls: type, members: dict[str, int], prefix: str) -> None:
 
 
 @pytest.mark.parametrize(("cls", "members", "prefix"), ENUMS)
-def test_lookup_by_value_gives_the_name(cls: type, members: dict[str, int], prefix: str) -> None:
+def test_lookup_by_value_gives_the_name(
+    cls: type[enum.Enum], members: dict[str, int], prefix: str
+) -> None:
     for name, value in members.items():
         # MNTNS is MOUNT|FILESYSTEM and INODE/CLASS_NOTIF are 0: each still has its own name.
         assert cls(value).name == name
