@@ -301,6 +301,10 @@ def parse(
 ) -> list[FanotifyData]:
     """Decode every event in ``buf``, strictly.
 
+    Meant for synthetic buffers and tests.  For a buffer read from a group,
+    use :func:`parse_lenient`: here the first error discards the events
+    decoded before it, and with ``owned=True`` their descriptors with them.
+
     :raises ParseError: for the first malformed event (a subclass of
         ``ValueError``: :class:`TruncatedEventError` or
         :class:`MetadataVersionError` where they apply)
