@@ -7,6 +7,7 @@ and the errors of the same class, message, offset and metadata.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import struct
 import subprocess
@@ -20,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from afanotify import _ffi
-from afanotify._fastparse import EVENT, Decoder, decode
+from afanotify._fastparse import EVENT, Decoder, _constructor, decode
 from afanotify._ffi import ffi, lib
 from afanotify._parser import METADATA, parse_lenient
 from afanotify.events import OWN_FD, UNANSWERED, FanotifyData
@@ -110,7 +111,7 @@ def event_key(e: FanotifyData) -> tuple[Any, ...]:
 def both(buf: bytes, **opts: bool) -> tuple[list[FanotifyData], list[ParseError]]:
     """Decode with both; assert they agree; return the pure parser's result."""
     ref_events, ref_errors = parse_lenient(buf, **opts)
-    events, errors = decode(buf, len(buf), **opts)  # type: ignore[arg-type]
+    events, errors = decode(buf, len(buf), **opts)
     assert [event_key(e) for e in events] == [event_key(e) for e in ref_events]
     assert [error_key(e) for e in errors] == [error_key(e) for e in ref_errors]
     return ref_events, ref_errors
@@ -132,6 +133,43 @@ def test_event_struct_matches_c_layout() -> None:
             setattr(ev, name, -i if name in ("fd", "pid", "pidfd", "error", "path_len") else i)
             values.append(getattr(ev, name))
     assert list(EVENT.unpack(ffi.buffer(ev))) == values
+
+
+def test_fast_constructor_builds_the_same_object() -> None:
+    make = _constructor(FanotifyData)
+    assert make is not FanotifyData
+    values: dict[str, Any] = {
+        f.name: (i + 1 if isinstance(f.default, int) else f"v{i}")
+        for i, f in enumerate(dataclasses.fields(FanotifyData))
+    }
+    fast, slow = make(**values), FanotifyData(**values)
+    assert type(fast) is FanotifyData
+    for f in dataclasses.fields(FanotifyData):
+        assert getattr(fast, f.name) == getattr(slow, f.name), f.name
+    assert make(3, 4) == FanotifyData(3, 4)
+    assert make(3, 4)._owns == 0 and make(3, 4)._group is None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.fd = 1  # type: ignore[misc]
+
+
+def test_fast_constructor_falls_back_for_other_shapes() -> None:
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Factory:
+        x: list[int] = dataclasses.field(default_factory=list)
+
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class PostInit:
+        x: int = 0
+
+        def __post_init__(self) -> None:
+            pass
+
+    @dataclasses.dataclass(frozen=True)
+    class NoSlots:
+        x: int = 0
+
+    for cls in (Factory, PostInit, NoSlots):
+        assert _constructor(cls) is cls
 
 
 # -- hand-built buffers, one per record type and per rule ---------------------
