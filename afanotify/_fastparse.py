@@ -109,12 +109,13 @@ def _constructor(cls: type[T]) -> Callable[..., T]:
     ``object.__setattr__(self, name, value)``, which looks the slot up by name
     each time; this calls each slot's descriptor directly and so builds the
     same object (same signature, same defaults, all slots set).  Any shape it
-    does not cover (``__post_init__``, ``default_factory``, ``init=False``, no
-    slots) gets ``cls`` itself.
+    does not cover (``__post_init__``, ``default_factory``, ``init=False`` on
+    the class or a field, no slots) gets ``cls`` itself.
     """
     fields = dataclasses.fields(cls)  # type: ignore[arg-type]
     if (
         hasattr(cls, "__post_init__")
+        or not cls.__dataclass_params__.init  # type: ignore[attr-defined]
         or "__slots__" not in cls.__dict__
         or any(not f.init or f.default_factory is not dataclasses.MISSING for f in fields)
     ):
