@@ -825,13 +825,11 @@ class Fanotify:
             except Exception:  # the loop may already be closed
                 pass
             self._reading = False
-        self._closed = False
         try:
             for ev in left:
                 ev.close()
             self._release_last()
         finally:
-            self._closed = True
             fd, self._fd = self._fd, -1
             self._resolver.close()
             os.close(fd)  # 4. the kernel allows whatever is still queued

@@ -377,7 +377,7 @@ class PermissionTracker:
             )
         object.__setattr__(ev, "_owns", owns & ~UNANSWERED)
         entry = self._forget(ev.fd)
-        if self._group.closed:
+        if self._group._fd < 0:
             return  # the kernel allowed it when the group fd closed
         if response & _DENY:
             self.denied += 1
