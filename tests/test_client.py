@@ -466,3 +466,22 @@ async def test_permission_primary_is_first_matching_client_in_connect_order(
     ev.close()
     late.close()
     early_star.close()
+
+
+async def test_permission_class_group_never_blocks() -> None:
+    from afanotify import InitFlag
+
+    async with Fanotify(InitFlag.CLASS_CONTENT, maxsize=1) as fan:
+        c = fan.connect(FanoRule("c", ev_types=OPEN), maxsize=1)
+        assert c.overflow == "drop_newest"
+        with pytest.raises(ValueError, match="no deadline"):
+            FanotifyClient(fan, ev_types=OPEN, overflow="block")
+        with pytest.raises(WouldBlock):
+            fan.receive_nowait()  # the group's own queue is a consumer now
+        fan._deliver([synth(f"/d/{i}", fd=True) for i in range(3)])
+        assert not fan._paused
+        assert fan.dispatch_stats.group_dropped == 2
+        st = c.stats
+        assert st.queued == 1 and st.dropped == 2 and st.held == 0
+        fan.receive_nowait().close()
+        c.close()
