@@ -215,8 +215,13 @@ class _Dispatcher:
         if client in self._blocked:
             self._unblock(client)
         g = self._group
-        if not self._clients and not g._consuming and g._reading and g._loop is not None:
-            # Nobody will take events: leave them in the kernel's queue.
+        if (
+            not self._clients and not g._consuming and not self.never_pause
+            and g._reading and g._loop is not None
+        ):
+            # Nobody will take events: leave them in the kernel's queue.  (Not
+            # in a permission group: there, events must be read to get their
+            # deadline and default verdict.)
             g._loop.remove_reader(g._fd)
             g._reading = False
 
