@@ -425,14 +425,20 @@ class _Dispatcher:
             # the first one keeps any pending answer.
             if to_group:
                 self._to_group(ev)
-                shared = _strip(ev) if owns else ev
-                for c in targets:
-                    c._offer(shared)
+                if targets:
+                    shared = ev
+                    if owns:
+                        shared = _strip(ev)
+                        self.copies += 1
+                    for c in targets:
+                        c._offer(shared)
                 return
             targets[0]._offer(ev)
             if len(targets) > 1:
-                shared = _strip(ev) if owns else ev
-                self.copies += 1
+                shared = ev
+                if owns:
+                    shared = _strip(ev)
+                    self.copies += 1
                 for c in targets[1:]:
                     c._offer(shared)
             return
