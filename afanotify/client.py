@@ -513,7 +513,11 @@ class _Dispatcher:
     # -- shutdown --------------------------------------------------------
 
     def fail(self, exc: BaseException) -> None:
-        """The group failed: end every client (waiters wake with ClosedResourceError)."""
+        """The group failed: end every client.
+
+        Queued events are released; ``get()`` and ``async for`` raise
+        ClosedResourceError naming the failure.
+        """
         for c in list(self._clients):
             c._error = exc
             c.close()
@@ -738,6 +742,8 @@ class FanotifyClient:
         try:
             ev = await self.get()
         except ClosedResourceError:
+            if self._error is not None:
+                raise  # the group failed: say so instead of ending quietly
             raise StopAsyncIteration from None
         self._iter_last = ev
         return ev

@@ -485,3 +485,19 @@ async def test_permission_class_group_never_blocks() -> None:
         assert st.queued == 1 and st.dropped == 2 and st.held == 0
         fan.receive_nowait().close()
         c.close()
+
+
+async def test_group_failure_ends_clients_with_an_error(fan: Fanotify) -> None:
+    c = fan.connect(FanoRule("c", ev_types=OPEN))
+
+    async def consume() -> None:
+        async for _ in c:
+            pass
+
+    task = asyncio.ensure_future(consume())
+    await asyncio.sleep(0.01)
+    fan._fail(OSError(5, "Input/output error"))
+    with pytest.raises(ClosedResourceError, match="failed"):
+        await asyncio.wait_for(task, 2)
+    with pytest.raises(ClosedResourceError, match="failed"):
+        c.get_nowait()
