@@ -513,14 +513,15 @@ class _Dispatcher:
     # -- shutdown --------------------------------------------------------
 
     def fail(self, exc: BaseException) -> None:
-        """The group failed: end every client.
+        """The group failed and reads no more.
 
-        Queued events are released; ``get()`` and ``async for`` raise
-        ClosedResourceError naming the failure.
+        Events already queued (or held) for a client are still delivered;
+        then its ``get()`` and ``async for`` raise ClosedResourceError naming
+        the failure.
         """
         for c in list(self._clients):
             c._error = exc
-            c.close()
+            c._close_if_drained()
 
     def close_all(self) -> list[FanotifyData]:
         """The group is closing: end every client; returns events for the group to release."""
@@ -709,9 +710,20 @@ class FanotifyClient:
         marker = self._marker()
         if marker is not None:
             return marker
-        ev = self._queue.get_nowait()
+        try:
+            ev = self._queue.get_nowait()
+        except ClosedResourceError:
+            raise self._closed_error() from None
         self._received += 1
+        if self._error is not None:
+            self._close_if_drained()
         return ev
+
+    def _close_if_drained(self) -> None:
+        # After a group failure nothing more arrives: once the queue (and the
+        # hold list, which refills it) is empty, waiters learn of the failure.
+        if not len(self._queue) and not self._held:
+            self._queue.close()
 
     async def get(self) -> FanotifyData:
         """The next event (or drop marker); the caller owns it.
@@ -730,6 +742,8 @@ class FanotifyClient:
         except ClosedResourceError:
             raise self._closed_error() from None
         self._received += 1
+        if self._error is not None:
+            self._close_if_drained()
         return ev
 
     def __aiter__(self) -> AsyncIterator[FanotifyData]:

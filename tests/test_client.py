@@ -487,6 +487,19 @@ async def test_permission_class_group_never_blocks() -> None:
         c.close()
 
 
+async def test_group_failure_delivers_queued_events_then_errors(fan: Fanotify) -> None:
+    fan._ensure_reader()
+    c = fan.connect(FanoRule("c", ev_types=OPEN), maxsize=1)
+    fan._deliver([synth("/d/1"), synth("/d/2")])  # one queued, one held (block)
+    fan._fail(OSError(5, "Input/output error"))
+    assert (await c.get()).path == "/d/1"
+    assert c.get_nowait().path == "/d/2"
+    with pytest.raises(ClosedResourceError, match="failed"):
+        await c.get()
+    assert c.stats.received == 2
+    c.close()
+
+
 async def test_group_failure_ends_clients_with_an_error(fan: Fanotify) -> None:
     c = fan.connect(FanoRule("c", ev_types=OPEN))
 
