@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from afanotify import (
     ClientOverflow,
@@ -514,3 +516,50 @@ async def test_group_failure_ends_clients_with_an_error(fan: Fanotify) -> None:
         await asyncio.wait_for(task, 2)
     with pytest.raises(ClosedResourceError, match="failed"):
         c.get_nowait()
+
+
+# -- the dispatcher's shortcuts agree with the rules ----------------------
+
+_PATTERNS = ["/a/*", "/a/b/*", "/a/b/c", "*/c", "/b/+(c|d)", "/a/?", "!(/a/*)", "/a/b*"]
+_rule_st = st.builds(
+    dict,
+    pids=st.lists(st.sampled_from([1, 2, 3]), max_size=2),
+    ev_types=st.sampled_from([0, OPEN, CW, OPEN | CW]),
+    path_pattern=st.none() | st.sampled_from(_PATTERNS),
+    exe_pattern=st.none() | st.sampled_from(["*/cat", "/bin/*"]),
+)
+_event_st = st.builds(
+    dict,
+    pid=st.sampled_from([1, 2, 3, 4]),
+    ev_types=st.sampled_from([OPEN, CW, MODIFY, OPEN | CW, int(Event.RENAME)]),
+    path=st.none() | st.sampled_from(["/a/b/c", "/a/x", "/b/c", "/a/b", "/c", "/a/bz"]),
+    exe=st.none() | st.sampled_from(["/bin/cat", "/usr/bin/cat", "/bin/ls"]),
+    old_path=st.none() | st.sampled_from(["/a/b/c", "/b/d"]),
+    cwd=st.just("/"),  # with cwd known, the dispatcher does not read /proc
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(_rule_st, min_size=1, max_size=6), st.lists(_event_st, max_size=12))
+def test_dispatch_equals_matching_each_rule(
+    rule_kws: list[dict[str, Any]], event_kws: list[dict[str, Any]]
+) -> None:
+    rules = []
+    for i, kw in enumerate(rule_kws):
+        try:
+            rules.append(FanoRule(f"r{i}", **kw))
+        except ValueError:
+            continue  # no criterion
+    # range_offset tags each event, since fan-out copies are new objects.
+    events = [FanotifyData(range_offset=i, **kw) for i, kw in enumerate(event_kws)]
+
+    async def run() -> dict[str, list[int | None]]:
+        async with Fanotify() as fan:
+            clients = [fan.connect(r, maxsize=100) for r in rules]
+            fan._deliver(events[: len(events) // 2])
+            fan._deliver(events[len(events) // 2:])  # the cache is warm now
+            return {c.rule.name: [e.range_offset for e in drain(c)] for c in clients}
+
+    got = asyncio.run(run())
+    want = {r.name: [e.range_offset for e in events if r.matches(e)] for r in rules}
+    assert got == want
