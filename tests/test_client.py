@@ -563,3 +563,26 @@ def test_dispatch_equals_matching_each_rule(
     got = asyncio.run(run())
     want = {r.name: [e.range_offset for e in events if r.matches(e)] for r in rules}
     assert got == want
+
+
+async def test_group_close_during_async_dispatch_releases_everything() -> None:
+    never = asyncio.Event()
+
+    async def stuck(e: FanotifyData) -> bool:
+        await never.wait()
+        return True
+
+    fan = Fanotify()
+    try:
+        c = fan.connect(FanoRule("stuck", predicate=stuck, pass_fd=True))
+        evs = [synth(fd=True) for _ in range(3)]
+        fan._deliver(evs)
+        await asyncio.sleep(0.01)
+        task = fan._clients._task
+        assert task is not None and not task.done()
+    finally:
+        await fan.aclose()
+    assert all(e.closed and not fd_open(e.fd) for e in evs)
+    assert c.closed
+    await asyncio.sleep(0)
+    assert task.cancelled()
