@@ -18,10 +18,12 @@ from collections.abc import AsyncIterator
 from typing import Any, Literal, NamedTuple, Union
 
 from . import _ffi
+from . import client as _client
 from ._errors import init_error, mark_error
 from ._parser import parse_lenient
 from ._proc import HandleResolver, fd_path, process_info
 from ._queue import EventQueue
+from .client import DispatchStatistics, FanotifyClient
 from .events import UNANSWERED, FanotifyData
 from .exceptions import ClosedResourceError, ParseError, WouldBlock
 from .flags import (
@@ -47,6 +49,7 @@ from .permission import (
     Verdict,
     check_timeout,
 )
+from .rules import FanoRule
 
 __all__ = ["Fanotify", "GroupStatistics", "MarkKind"]
 
@@ -227,6 +230,10 @@ class Fanotify:
         #: Events read while the queue was full, in order (block policy).
         self._held: list[FanotifyData] = []
         self._error: BaseException | None = None
+        #: True once someone received from the group itself: with clients
+        #: connected, its own queue then takes events too (see client.py).
+        self._consuming = False
+        self._clients = _client._Dispatcher(self)
 
     # -- properties ------------------------------------------------------
 
@@ -464,6 +471,8 @@ class Fanotify:
         self._paused = True
 
     def _resume(self) -> None:
+        if self._held or self._clients.holds_reader:
+            return  # a consumer still has no room (or async dispatch runs)
         self._paused = False
         if not self._closed and not self._reading and self._loop is not None:
             self._loop.add_reader(self._fd, self._on_readable)
@@ -564,7 +573,9 @@ class Fanotify:
             elif self._fid_mode:
                 kw.update(self._resolve_fid(ev))
         if self.proc_info:
-            kw["exe"], kw["cwd"] = process_info(ev.pid, ev.pidfd)
+            kw["exe"], kw["cwd"] = process_info(
+                ev.pid, ev.pidfd, pidfd_reported=bool(self.flags & InitFlag.REPORT_PIDFD)
+            )
         # The event is fresh from the parser and nobody else holds it yet:
         # filling it in place costs far less than dataclasses.replace, which
         # matters while a process waits on a permission event.
@@ -634,6 +645,9 @@ class Fanotify:
             events = self._dispatch_permission(events)
             if not events:
                 return
+        if self._clients.active:
+            self._clients.dispatch(events)
+            return
         taken = self._queue.put_many(events)
         self._counters.events_delivered += taken
         if taken < len(events):
@@ -681,6 +695,7 @@ class Fanotify:
         self._error = exc
         self._pause()
         self._queue.close()
+        self._clients.fail(exc)
 
     # -- consuming -------------------------------------------------------
 
@@ -697,6 +712,7 @@ class Fanotify:
         :raises ClosedResourceError: if the group is closed
         """
         self._ensure_reader()
+        self._consuming = True
         ev = self._queue.get_nowait()
         if ev._owns & UNANSWERED:
             self._perm.received_by(ev)
@@ -709,6 +725,7 @@ class Fanotify:
         :raises ClosedResourceError: if the group is closed (or closes while waiting)
         """
         self._ensure_reader()
+        self._consuming = True
         try:
             ev = await self._queue.get()
         except ClosedResourceError:
@@ -741,6 +758,39 @@ class Fanotify:
             raise StopAsyncIteration from None
         self._iter_last = ev
         return ev
+
+    # -- clients ---------------------------------------------------------
+
+    def connect(
+        self,
+        rule: FanoRule,
+        *,
+        maxsize: int = _client.DEFAULT_MAXSIZE,
+        overflow: Literal["block", "drop_oldest", "drop_newest"] | None = None,
+    ) -> FanotifyClient:
+        """Connect ``rule``; returns a :class:`~afanotify.FanotifyClient` for its events.
+
+        ``overflow`` defaults to ``"block"`` (``"drop_newest"`` in a
+        CLASS_CONTENT/PRE_CONTENT group, which never stops reading).
+
+        See :mod:`afanotify.client` for fan-out, descriptors and overflow.
+
+        :raises ClosedResourceError: if the group is closed
+        :raises TypeError, ValueError: for bad arguments
+        """
+        return _client.connect(self, rule, maxsize=maxsize, overflow=overflow)
+
+    def disconnect(self, rule_or_client: FanoRule | FanotifyClient) -> int:
+        """Stop delivery to a client, or to every client with an equal rule, at once.
+
+        Returns how many clients were closed (0 if none was connected).
+        """
+        return _client.disconnect(self, rule_or_client)
+
+    @property
+    def dispatch_stats(self) -> DispatchStatistics:
+        """Counters of the fan-out to clients."""
+        return self._clients.stats()
 
     # -- permission responses -------------------------------------------
 
@@ -818,6 +868,7 @@ class Fanotify:
             self._drain_kernel_queue()
         self._closed = True
         left = self._queue.close() + self._held  # 2. wake the waiters
+        left += self._clients.close_all()
         self._held = []
         if self._reading and self._loop is not None:  # 3. unregister
             try:

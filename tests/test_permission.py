@@ -26,11 +26,13 @@ from afanotify import (
     AuditRule,
     ClosedResourceError,
     Event,
+    FanoRule,
     Fanotify,
     FanotifyData,
     InitFlag,
     Response,
     Verdict,
+    WouldBlock,
 )
 
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(60)]
@@ -528,3 +530,55 @@ async def _drain(fan: Fanotify) -> None:
     """Keep the group reading (permission events go to the handler)."""
     async for ev in fan:
         ev.close()
+
+
+# -- clients (afanotify.client) -------------------------------------------------------
+
+
+async def test_client_drop_newest_answers_dropped_events_at_once(
+    tmpfs: Path, make_group: Callable[..., Fanotify]
+) -> None:
+    files = [_file(tmpfs, f"f{i}") for i in range(3)]
+    fan = make_group(permission_timeout=TIMEOUT, default_response=Response.DENY)
+    fan.mark(tmpfs, Event.OPEN_PERM | Event.EVENT_ON_CHILD)
+    client = fan.connect(FanoRule("all", ev_types=Event.OPEN_PERM), maxsize=1,
+                         overflow="drop_newest")
+    try:
+        with pytest.raises(WouldBlock):
+            client.get_nowait()  # starts the reader; nothing taken afterwards
+        results = await asyncio.gather(*(child("open", f) for f in files))
+        assert [r.errno for r in results] == [errno.EPERM] * 3
+        assert all(r.elapsed <= TIMEOUT + 1 for r in results)
+        st = fan.permission_stats
+        assert st.dropped == 2  # answered at once
+        assert st.timed_out == 1  # the queued one waited for its deadline
+        assert sorted(r.elapsed for r in results)[1] < TIMEOUT * 0.9
+        assert client.stats.dropped == 2
+    finally:
+        client.close()
+
+
+async def test_cancelled_client_consumer_answers_what_it_holds(
+    tmpfs: Path, make_group: Callable[..., Fanotify]
+) -> None:
+    target = _file(tmpfs, "f")
+    fan = make_group(permission_timeout=30, default_response=Response.DENY)
+    fan.mark(target, Event.OPEN_PERM)
+    client = fan.connect(FanoRule("perm", ev_types=Event.OPEN_PERM))
+    got = asyncio.Event()
+
+    async def consumer() -> None:
+        await client.get()
+        got.set()
+        await asyncio.sleep(3600)
+
+    task = asyncio.create_task(consumer())
+    try:
+        run = asyncio.create_task(child("open", target))
+        await asyncio.wait_for(got.wait(), 10)
+        task.cancel()
+        result = await run
+    finally:
+        client.close()
+    assert result.errno == errno.EPERM and result.elapsed < 5
+    assert fan.permission_stats.abandoned == 1
