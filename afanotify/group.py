@@ -47,6 +47,7 @@ from .permission import (
     PermissionStatistics,
     PermissionTracker,
     Verdict,
+    Watchdog,
     check_timeout,
 )
 from .rules import FanoRule
@@ -147,6 +148,9 @@ class Fanotify:
         in time, or whose handler fails, or that are pending at close.
     :param permission_timeout: seconds a permission event may wait for its
         verdict; then the group answers ``default_response`` (see docs/permissions.md).
+    :param watchdog: in a permission group, run a thread that answers for the
+        event loop when it stops reading or answering for ``permission_timeout``
+        (a blocked loop cannot keep its own deadlines).
     :raises TypeError: for arguments of the wrong type
     :raises ValueError: for impossible flag combinations
     :raises PermissionError: without CAP_SYS_ADMIN (for non-FID groups)
@@ -166,6 +170,7 @@ class Fanotify:
         handle_cache_size: int = 4096,
         default_response: Response | int = Response.ALLOW,
         permission_timeout: float = 5.0,
+        watchdog: bool = True,
     ) -> None:
         self._fd = -1
         self._closed = True
@@ -227,6 +232,8 @@ class Fanotify:
         #: A CONTENT or PRE_CONTENT group never stops reading: a permission
         #: event left in the kernel's queue would have no deadline.
         self._perm_class = bool(flags & CLASS_BITS)
+        self._use_watchdog = bool(watchdog)
+        self._watchdog: Watchdog | None = None
         #: Events read while the queue was full, in order (block policy).
         self._held: list[FanotifyData] = []
         self._error: BaseException | None = None
@@ -315,6 +322,8 @@ class Fanotify:
         )
         mask = self._check_events(events, kind_flags=mflags, ignore=ignore)
         self._do_mark(mflags, mask, path, dirfd)
+        if mask & _PERM and not ignore and self._use_watchdog and self._watchdog is None:
+            self._watchdog = Watchdog(self, tick=min(0.25, self._perm.timeout / 4))
         if self._fid_mode and self.resolve_paths and not mflags & MARK_TYPE_BITS == MarkFlag.MNTNS:
             self._register_mount(path, dirfd, dont_follow)
 
@@ -861,6 +870,10 @@ class Fanotify:
         """
         if self._closed:
             return
+        # 0. the watchdog thread must be gone before the fd number is freed
+        if self._watchdog is not None:
+            self._watchdog.stop()
+            self._watchdog = None
         # 1. answer what is pending, and what is still in the kernel's queue,
         #    while the fd is still open
         self._perm.close()
