@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _perm_helpers import child, drain, wait_for
 
 from afanotify import (
     AlreadyAnsweredError,
@@ -41,57 +42,6 @@ pytestmark = [pytest.mark.kernel, pytest.mark.timeout(60)]
 CONTENT = InitFlag.CLASS_CONTENT
 PRE_CONTENT = InitFlag.CLASS_PRE_CONTENT
 
-_CHILD = r"""
-import errno, json, os, subprocess, sys, time
-op, path = sys.argv[1], sys.argv[2]
-t = time.monotonic()
-err = 0
-try:
-    if op == "open":
-        os.close(os.open(path, os.O_RDONLY))
-    elif op == "openw":
-        os.close(os.open(path, os.O_WRONLY))
-    elif op == "read":
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.read(fd, 4096)
-        finally:
-            os.close(fd)
-    elif op == "exec":
-        subprocess.run([path], check=True)
-except OSError as exc:
-    err = exc.errno
-print(json.dumps({"errno": err, "elapsed": time.monotonic() - t}))
-"""
-
-
-class ChildResult:
-    def __init__(self, err: int, elapsed: float) -> None:
-        self.errno = err
-        self.elapsed = elapsed
-
-    def __repr__(self) -> str:
-        name = errno.errorcode.get(self.errno, self.errno)
-        return f"ChildResult(errno={name}, {self.elapsed:.3f}s)"
-
-
-async def child(op: str, path: Path, timeout: float = 20.0) -> ChildResult:
-    """Run one file operation in a child process, without blocking the loop."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", _CHILD, op, str(path),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except asyncio.TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise AssertionError(f"child {op} {path} still blocked after {timeout}s") from None
-    assert proc.returncode == 0, err.decode()
-    data = json.loads(out)
-    return ChildResult(data["errno"], data["elapsed"])
-
-
 @pytest.fixture
 async def make_group() -> AsyncIterator[Callable[..., Fanotify]]:
     """Makes permission groups, and closes every one of them at teardown."""
@@ -107,15 +57,6 @@ async def make_group() -> AsyncIterator[Callable[..., Fanotify]]:
     finally:
         for group in made:
             group.close()
-
-
-async def wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError("condition not met before the deadline")
-        await asyncio.sleep(0.01)
 
 
 def _file(root: Path, name: str, data: str = "content\n") -> Path:
@@ -322,7 +263,7 @@ async def test_handler_that_sleeps_forever_hits_the_deadline(
         return True
 
     fan.on_permission(forever)
-    reader = asyncio.create_task(_drain(fan))
+    reader = asyncio.create_task(drain(fan))
     try:
         result = await child("open", target)
     finally:
@@ -380,7 +321,7 @@ async def test_handler_that_raises_gets_default_at_once(
 
     handler = {"sync": sync_handler, "async": async_handler, "bad-return": bad_return}[style]
     fan.on_permission(handler)
-    reader = asyncio.create_task(_drain(fan))
+    reader = asyncio.create_task(drain(fan))
     with caplog.at_level(logging.ERROR, logger="afanotify.permission"):
         try:
             result = await child("open", target)
@@ -516,7 +457,7 @@ async def test_handler_reads_the_judged_file(
         return b"virus" not in body
 
     fan.on_permission(scan)
-    reader = asyncio.create_task(_drain(fan))
+    reader = asyncio.create_task(drain(fan))
     try:
         r_clean = await child("open", clean)
         r_bad = await child("open", infected)
@@ -525,12 +466,6 @@ async def test_handler_reads_the_judged_file(
     assert (r_clean.errno, r_bad.errno) == (0, errno.EPERM)
     assert fan.stats.own_events >= 2
     assert fan.permission_stats.defaulted == 0
-
-
-async def _drain(fan: Fanotify) -> None:
-    """Keep the group reading (permission events go to the handler)."""
-    async for ev in fan:
-        ev.close()
 
 
 # -- clients (afanotify.client) -------------------------------------------------------
@@ -652,7 +587,7 @@ async def test_watchdog_answers_for_a_loop_blocked_by_a_handler(
         return True
 
     fan.on_permission(slow)
-    reader = asyncio.create_task(_drain(fan))
+    reader = asyncio.create_task(drain(fan))
     try:
         run = asyncio.create_task(child("open", target))
         result = await run
