@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -610,3 +611,35 @@ async def test_watchdog_answers_when_nobody_reads(
     assert result.errno == errno.EPERM
     assert TIMEOUT * 0.9 <= result.elapsed <= TIMEOUT + 1
     assert fan.permission_stats.stalled == 1
+
+
+def test_sync_reader_answers_overdue_events(tmpfs: Path) -> None:
+    # No event loop at all: read_batch() and answer_overdue() from plain code.
+    target = _file(tmpfs, "f")
+    with Fanotify(CONTENT, permission_timeout=0.5, default_response=Response.DENY,
+                  watchdog=False) as fan:
+        fan.mark(target, Event.OPEN_PERM)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", f"import os; os.open({str(target)!r}, os.O_RDONLY)"],
+            stderr=subprocess.PIPE,
+        )
+        try:
+            events: list[FanotifyData] = []
+            deadline = time.monotonic() + 10
+            while not events and time.monotonic() < deadline:
+                try:
+                    events = fan.read_batch()
+                except WouldBlock:
+                    time.sleep(0.01)
+            assert len(events) == 1 and not events[0].answered
+            assert fan.answer_overdue() == 0  # not yet
+            time.sleep(0.6)
+            assert fan.answer_overdue() == 1
+            assert events[0].answered
+            _, err = proc.communicate(timeout=10)
+        finally:
+            proc.kill()
+            proc.wait()
+        assert b"PermissionError" in err
+        assert fan.permission_stats.timed_out == 1
+        events[0].close()
