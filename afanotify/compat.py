@@ -10,11 +10,13 @@ event to the client as a unix datagram; a client socket holds 10 of them,
 and when it is full the worker sleeps 250 ms, retries three times, then drops
 the event without a word.  Here :meth:`Fanotify.start` runs the native engine
 (an :class:`afanotify.Fanotify` group) on a background thread with its own
-event loop.  Each client has a bounded in-process mailbox; its ``sock`` is one
-end of a socket pair that is readable while events wait, so ``select.poll()``
-loops written for pyfanotify keep working.  When a mailbox is full the engine
-stops taking events from the group, the group stops reading, and the backlog
-waits in the kernel's queue (the group is made with FAN_UNLIMITED_QUEUE, as
+event loop.  Each compat client is a native :class:`afanotify.FanotifyClient`
+(which does the rule matching and fan-out) plus a pump task that moves its
+events into a bounded, thread-safe mailbox; the client's ``sock`` is one end
+of a socket pair that is readable while events wait, so ``select.poll()``
+loops written for pyfanotify keep working.  When a mailbox is full the pump
+waits, the native client's queue fills, the group stops reading, and the
+backlog waits in the kernel's queue (the group is made with FAN_UNLIMITED_QUEUE, as
 pyfanotify's is): nothing is dropped unless a client asks for a drop policy,
 and then every drop is counted and logged.
 
@@ -41,7 +43,8 @@ from typing import Any, NamedTuple, Union
 
 from . import _ffi
 from . import flags as _flags
-from .events import OWN_FD
+from .client import DispatchStatistics
+from .client import FanotifyClient as _NativeClient
 from .events import FanotifyData as _NativeData
 from .exceptions import ClosedResourceError, WouldBlock
 from .flags import Event, InitFlag
@@ -333,7 +336,6 @@ class _Mailbox:
         self.dropped = 0
         self.blocked = 0
         self.high_water = 0
-        self.pass_fd = False
 
     # engine side
 
@@ -479,21 +481,25 @@ class CompatStatistics(NamedTuple):
 
     #: The native group's counters.
     group: GroupStatistics
+    #: The native fan-out's counters (matching happens there).
+    dispatch: DispatchStatistics
     #: Events caused by descendants of this process, not delivered.
     descendant_events: int
-    #: Events no connected rule matched (released at once).
-    unmatched: int
-    #: Events matched only by rules that no client receives for.
-    unclaimed: int
-    #: Predicates that raised (logged; counted as "no match").
-    predicate_errors: int
     #: Times the engine waited for a full client mailbox (backpressure).
     waits: int
 
 
-class _Route(NamedTuple):
-    rule: FanoRule
-    box: _Mailbox | None
+class _Link:
+    """One connected rule: its native client, the mailbox it feeds, the pump task."""
+
+    __slots__ = ("rule", "box", "native", "task", "space")
+
+    def __init__(self, rule: FanoRule, box: _Mailbox | None) -> None:
+        self.rule = rule
+        self.box = box
+        self.native: _NativeClient | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.space: asyncio.Event | None = None
 
 
 _live: weakref.WeakSet[Fanotify] = weakref.WeakSet()
@@ -509,17 +515,9 @@ def _stop_all_at_exit() -> None:
 
 atexit.register(_stop_all_at_exit)
 
-_NATIVE_SLOTS = tuple(
-    name for cls in _NativeData.__mro__ for name in getattr(cls, "__slots__", ())
-    if name != "__weakref__"
-)
-
-
-def _clone(ev: _NativeData) -> FanotifyData:
-    new = object.__new__(FanotifyData)
-    for name in _NATIVE_SLOTS:
-        object.__setattr__(new, name, getattr(ev, name))
-    return new
+#: Bound of the native client queue behind each mailbox.  Small on purpose:
+#: the mailbox is the bound a user sees; this one only smooths the hand-off.
+_NATIVE_MAXSIZE = 1024
 
 
 class Fanotify:
@@ -583,18 +581,15 @@ class Fanotify:
         self._state = "ready"
         self._state_lock = threading.Lock()
         self._mark_lock = threading.Lock()
-        self._routes_lock = threading.Lock()
-        self._routes: tuple[_Route, ...] = ()
+        self._links_lock = threading.Lock()
+        self._links: dict[str | bytes, _Link] = {}
         self._boxes: dict[str | bytes, _Mailbox] = {}
         self._ancestry = _Ancestry(os.getpid())
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._space: asyncio.Event | None = None
+        self._stop_requested: asyncio.Event | None = None
         self._stopping = False
         self._descendant_events = 0
-        self._unmatched = 0
-        self._unclaimed = 0
-        self._predicate_errors = 0
         self._waits = 0
         _live.add(self)
 
@@ -617,9 +612,9 @@ class Fanotify:
         return self._group
 
     def statistics(self) -> CompatStatistics:
+        """The engine's counters (group, fan-out, descendants filtered, backpressure waits)."""
         return CompatStatistics(
-            self._group.stats, self._descendant_events, self._unmatched, self._unclaimed,
-            self._predicate_errors, self._waits,
+            self._group.stats, self._group.dispatch_stats, self._descendant_events, self._waits,
         )
 
     def __repr__(self) -> str:
@@ -660,14 +655,16 @@ class Fanotify:
         thread, loop = self._thread, self._loop
         if state == "running" and thread is not None and loop is not None:
             try:
-                loop.call_soon_threadsafe(self._shutdown)
+                loop.call_soon_threadsafe(self._request_stop)
             except RuntimeError:  # the loop already ended (the engine failed)
                 pass
             if thread is not threading.current_thread():
                 thread.join()
         with self._mark_lock:
             self._group.close()
-        for box in list(self._boxes.values()):
+        with self._links_lock:
+            boxes = list(self._boxes.values())
+        for box in boxes:
             box.wake()
 
     def __enter__(self) -> Fanotify:
@@ -688,26 +685,27 @@ class Fanotify:
     # -- rules -------------------------------------------------------------
 
     def connect(self, rule: FanoRule) -> None:
-        """Deliver events matching ``rule`` (to the client that made it).
+        """Deliver events matching ``rule`` to the :class:`FanotifyClient` that made it.
 
-        A rule with the name of a connected rule replaces it.
+        A rule with the name of a connected rule replaces it.  A rule no
+        client made has nowhere to go: it is not connected (logged).
 
         :raises TypeError: if ``rule`` is not a :class:`FanoRule`
+        :raises ClosedResourceError: if the Fanotify was stopped
         """
         if not isinstance(rule, FanoRule):
             raise TypeError(f"connect() takes a FanoRule, not {type(rule).__name__}")
-        with self._routes_lock:
-            routes = [r for r in self._routes if r.rule.name != rule.name]
+        if self._state == "stopped":
+            raise ClosedResourceError("this Fanotify was stopped")
+        with self._links_lock:
             box = self._boxes.get(rule.name)
-            if box is not None:
-                box.pass_fd = rule.pass_fd
-            else:
-                self._log.warning(
-                    "Fanotify: rule %r has no FanotifyClient: its events are counted as "
-                    "unclaimed and released", rule.name,
-                )
-            routes.append(_Route(rule, box))
-            self._set_routes(routes)
+        if box is None:
+            self._log.warning(
+                "Fanotify: rule %r was connected without a FanotifyClient: nothing would "
+                "receive its events, so it is ignored", rule.name,
+            )
+            return
+        self._in_loop(self._connect_now, rule, box)
 
     def disconnect(self, rule: FanoRule) -> None:
         """Stop delivering events for ``rule`` (matched by name).
@@ -716,20 +714,56 @@ class Fanotify:
         """
         if not isinstance(rule, FanoRule):
             raise TypeError(f"disconnect() takes a FanoRule, not {type(rule).__name__}")
-        with self._routes_lock:
-            self._set_routes([r for r in self._routes if r.rule.name != rule.name])
+        self._in_loop(self._disconnect_now, rule.name)
 
-    def _set_routes(self, routes: list[_Route]) -> None:
-        # The engine reads self._routes once per batch: replace, never mutate.
-        self._routes = tuple(routes)
-        self._group.proc_info = any(r.rule.needs_proc for r in routes)
+    def _in_loop(self, fn: Callable[..., None], *args: Any) -> None:
+        # Clients are created and closed on the engine's thread, the only one
+        # that touches the group's dispatcher once the engine runs.
+        loop = self._loop
+        if (
+            self._state != "running" or loop is None or loop.is_closed()
+            or threading.current_thread() is self._thread
+        ):
+            fn(*args)
+            return
+
+        async def call() -> None:
+            fn(*args)
+
+        try:
+            fut = asyncio.run_coroutine_threadsafe(call(), loop)
+        except RuntimeError:  # the loop closed meanwhile
+            fn(*args)
+            return
+        fut.result()
+
+    def _connect_now(self, rule: FanoRule, box: _Mailbox) -> None:
+        self._disconnect_now(rule.name)
+        if self._group.closed:
+            return
+        link = _Link(rule, box)
+        link.native = _NativeClient(self._group, rule, maxsize=_NATIVE_MAXSIZE)
+        with self._links_lock:
+            self._links[rule.name] = link
+        if self._stop_requested is not None and not self._stopping:
+            self._start_pump(link)
+
+    def _disconnect_now(self, name: str | bytes) -> None:
+        with self._links_lock:
+            link = self._links.pop(name, None)
+        if link is None:
+            return
+        if link.native is not None:
+            link.native.close()
+        if link.space is not None:
+            link.space.set()
 
     def _attach(self, name: str | bytes, box: _Mailbox) -> None:
-        with self._routes_lock:
+        with self._links_lock:
             self._boxes[name] = box
 
     def _detach(self, name: str | bytes) -> None:
-        with self._routes_lock:
+        with self._links_lock:
             self._boxes.pop(name, None)
 
     # -- marks -------------------------------------------------------------
@@ -823,9 +857,8 @@ class Fanotify:
 
     def _run(self, ready: threading.Event) -> None:
         loop = asyncio.new_event_loop()
-        self._loop = loop
         try:
-            loop.run_until_complete(self._main(ready))
+            loop.run_until_complete(self._main(loop, ready))
         except BaseException:
             self._log.exception("Fanotify: the engine failed")
         finally:
@@ -835,41 +868,41 @@ class Fanotify:
             finally:
                 loop.close()
 
-    async def _main(self, ready: threading.Event) -> None:
-        self._space = asyncio.Event()
-        timer = asyncio.ensure_future(self._timer()) if self._fn is not None else None
+    async def _main(self, loop: asyncio.AbstractEventLoop, ready: threading.Event) -> None:
+        self._stop_requested = stop = asyncio.Event()
+        self._loop = loop
+        with self._links_lock:
+            links = list(self._links.values())
+        for link in links:
+            self._start_pump(link)
+        timer = loop.create_task(self._timer()) if self._fn is not None else None
         ready.set()
         try:
-            await self._pump()
+            await stop.wait()
         finally:
-            if timer is not None:
-                timer.cancel()
-                try:
-                    await timer
-                except asyncio.CancelledError:
-                    pass
-            # The group must be closed on the thread whose loop reads it.
+            self._stopping = True
+            # Closing the group closes every native client, which ends the
+            # pumps; it must happen on this thread, whose loop reads the group.
             with self._mark_lock:
                 self._group.close()
-            for box in list(self._boxes.values()):
-                box.wake()
+            with self._links_lock:
+                links = list(self._links.values())
+                self._links.clear()
+            tasks = [t for t in (timer, *(lk.task for lk in links)) if t is not None]
+            for lk in links:
+                if lk.space is not None:
+                    lk.space.set()
+            if timer is not None:
+                timer.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
-    def _shutdown(self) -> None:
-        self._stopping = True
-        if self._space is not None:
-            self._space.set()
-        with self._mark_lock:
-            self._group.close()
+    def _request_stop(self) -> None:
+        if self._stop_requested is not None:
+            self._stop_requested.set()
 
-    def _notify_space(self) -> None:
-        # Called on a client's thread when it took events from a full mailbox.
-        loop, space = self._loop, self._space
-        if loop is None or space is None:
-            return
-        try:
-            loop.call_soon_threadsafe(space.set)
-        except RuntimeError:  # the loop is closed: the engine is gone
-            pass
+    def _start_pump(self, link: _Link) -> None:
+        link.space = asyncio.Event()
+        link.task = asyncio.get_running_loop().create_task(self._pump(link))
 
     async def _timer(self) -> None:
         fn = self._fn
@@ -882,106 +915,60 @@ class Fanotify:
                 self._log.exception("Fanotify: fn raised; it is called again in %s s", period)
             await asyncio.sleep(period)
 
-    async def _pump(self) -> None:
-        group = self._group
+    async def _pump(self, link: _Link) -> None:
+        """Move one native client's events into its mailbox, minus our descendants'."""
+        native, box, space = link.native, link.box, link.space
+        assert native is not None and box is not None and space is not None
+        ancestry = self._ancestry
+        notify = self._notifier(space)
         while not self._stopping:
             try:
-                ev = await group.receive()
-            except ClosedResourceError as exc:
-                if not self._stopping:
-                    self._log.error("Fanotify: the group stopped delivering: %s", exc)
+                ev = await native.get()
+            except ClosedResourceError:
                 return
             batch = [ev]
             while len(batch) < _BATCH:
                 try:
-                    batch.append(group.receive_nowait())
+                    batch.append(native.get_nowait())
                 except (WouldBlock, ClosedResourceError):
                     break
-            await self._dispatch(batch)
-
-    async def _dispatch(self, batch: list[_NativeData]) -> None:
-        routes = self._routes
-        ancestry = self._ancestry
-        now = time.monotonic()
-        out: dict[int, tuple[_Mailbox, list[_NativeData]]] = {}
-        for ev in batch:
-            pid = ev.pid
-            # The group already skipped this process's own events.
-            if pid > 0 and ancestry.is_ours(pid, now):
-                self._descendant_events += 1
-                ev.close()
-                continue
-            targets: list[_Route] = []
-            for route in routes:
-                rule = route.rule
-                try:
-                    ok = await rule.amatches(ev) if rule.is_async else rule.matches(ev)
-                except Exception:
-                    self._predicate_errors += 1
-                    self._log.exception("Fanotify: the predicate of rule %r raised", rule.name)
-                    ok = False
-                if ok:
-                    targets.append(route)
-            if not targets:
-                self._unmatched += 1
-                ev.close()
-                continue
-            self._hand_out(ev, targets, out)
-        for box, events in out.values():
-            await self._put(box, events)
-
-    def _hand_out(
-        self,
-        ev: _NativeData,
-        targets: list[_Route],
-        out: dict[int, tuple[_Mailbox, list[_NativeData]]],
-    ) -> None:
-        fd = ev.fd if ev._owns & OWN_FD else -1
-        fd_given = False
-        first = True
-        for route in targets:
-            box = route.box
-            if box is None:
-                self._unclaimed += 1
-                continue
-            item = _as_compat(ev) if first else _clone(ev)
-            first = False
-            if route.rule.pass_fd and fd >= 0:
-                # The first receiver takes the event's own fd, the others a dup.
-                item_fd = os.dup(fd) if fd_given else fd
-                fd_given = True
-                object.__setattr__(item, "fd", item_fd)
-                object.__setattr__(item, "_owns", OWN_FD)
-            else:
-                object.__setattr__(item, "fd", -1)
-                object.__setattr__(item, "_owns", 0)
-            slot = out.get(id(box))
-            if slot is None:
-                out[id(box)] = (box, [item])
-            else:
-                slot[1].append(item)
-        if first:  # nobody took the event object
-            ev.close()
-        elif fd >= 0 and not fd_given:
-            os.close(fd)
-
-    async def _put(self, box: _Mailbox, events: list[_NativeData]) -> None:
-        space = self._space
-        assert space is not None
-        while True:
-            space.clear()
-            n = box.put_many(events, self._notify_space)
-            if n == len(events):
-                return
-            # Backpressure: the mailbox is full.  While we wait, the group's
-            # queue fills and it stops reading; the kernel keeps the backlog.
-            events = events[n:]
-            self._waits += 1
-            await space.wait()
-            if self._stopping:
-                for ev in events:
+            now = time.monotonic()
+            out: list[_NativeData] = []
+            for ev in batch:
+                pid = ev.pid
+                # The group already skipped this process's own events.
+                if pid > 0 and ancestry.is_ours(pid, now):
+                    self._descendant_events += 1
                     ev.close()
-                return
+                    continue
+                out.append(_as_compat(ev) if type(ev) is _NativeData else ev)
+            while out:
+                space.clear()
+                n = box.put_many(out, notify)
+                if n == len(out):
+                    break
+                # Backpressure: the mailbox is full.  While this pump waits,
+                # the native client's queue fills and the group stops reading;
+                # the kernel keeps the backlog.
+                out = out[n:]
+                self._waits += 1
+                await space.wait()
+                if self._stopping or link.native is None or native.closed:
+                    for ev in out:
+                        ev.close()
+                    return
+
+    def _notifier(self, space: asyncio.Event) -> Callable[[], None]:
+        loop = asyncio.get_running_loop()
+
+        def notify() -> None:
+            # Called on a client's thread when it took events from a full mailbox.
+            try:
+                loop.call_soon_threadsafe(space.set)
+            except RuntimeError:  # the loop is closed: the engine is gone
+                pass
+
+        return notify
 
 
 # -- clients -----------------------------------------------------------------------
@@ -994,7 +981,8 @@ class FanotifyClient:
 
     ``sock`` has a ``fileno()`` that polls readable while events wait, so
     ``select.poll()`` loops written for pyfanotify work unchanged;
-    :meth:`get_events` yields what is waiting without blocking.
+    :meth:`get_events` yields what is waiting without blocking.  Matching
+    and fan-out are the native :class:`afanotify.FanotifyClient`'s.
 
     :param fanotify: the :class:`Fanotify` to receive from.
     :param rkw: keyword arguments for :class:`FanoRule`, except ``name``: the
@@ -1007,6 +995,7 @@ class FanotifyClient:
     :raises TypeError: if ``fanotify`` is not a compat :class:`Fanotify`, or as
         :class:`FanoRule` does (``pids`` not a set, list or tuple)
     :raises ValueError: as :class:`FanoRule` does (no criterion given)
+    :raises ClosedResourceError: if ``fanotify`` was stopped
     """
 
     def __init__(
@@ -1031,11 +1020,17 @@ class FanotifyClient:
         self.fanotify = fanotify
         self.rname: bytes = hashlib.sha256(seed or os.urandom(32)).hexdigest().encode()
         self.rule = FanoRule(self.rname, **rkw)
-        self._box = _Mailbox(maxsize, overflow)
+        box = _Mailbox(maxsize, overflow)
+        self._box = box
+        self.sock: socket.socket = box.reader
+        fanotify._attach(self.rname, box)
+        try:
+            fanotify.connect(self.rule)
+        except BaseException:
+            fanotify._detach(self.rname)
+            box.close()
+            raise
         self._closed = False
-        self.sock: socket.socket = self._box.reader
-        fanotify._attach(self.rname, self._box)
-        fanotify.connect(self.rule)
 
     def get_events(self) -> Iterator[FanotifyData]:
         """Yield the events waiting for this client, without blocking; stops when none is left.
