@@ -31,6 +31,7 @@ import atexit
 import hashlib
 import logging
 import os
+import signal
 import socket
 import threading
 import time
@@ -515,6 +516,13 @@ def _stop_all_at_exit() -> None:
 
 atexit.register(_stop_all_at_exit)
 
+_ASYNC_SIGNALS = {
+    getattr(signal, name) for name in (
+        "SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGALRM", "SIGCHLD",
+        "SIGWINCH",
+    ) if hasattr(signal, name)
+}
+
 #: Bound of the native client queue behind each mailbox.  Small on purpose:
 #: the mailbox is the bound a user sees; this one only smooths the hand-off.
 _NATIVE_MAXSIZE = 1024
@@ -856,6 +864,9 @@ class Fanotify:
     # -- the engine thread ---------------------------------------------------
 
     def _run(self, ready: threading.Event) -> None:
+        # Leave asynchronous signals to the main thread, where Python runs the
+        # handlers: a Ctrl-C must interrupt the legacy poll() loop there.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _ASYNC_SIGNALS)
         loop = asyncio.new_event_loop()
         try:
             loop.run_until_complete(self._main(loop, ready))

@@ -35,6 +35,7 @@ class Example:
         )
         self.lines: queue.Queue[str] = queue.Queue()
         self.seen: list[str] = []
+        self._result: tuple[int, str] | None = None
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -57,17 +58,27 @@ class Example:
                 return False
 
     def stop(self) -> tuple[int, str]:
+        if self._result is not None:
+            return self._result
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
+        # stdout belongs to the reader thread; stderr is read here (examples
+        # write little to it, so the pipe cannot fill up meanwhile).
         try:
-            _, err = self.proc.communicate(timeout=15)
+            self.proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            _, err = self.proc.communicate()
+            self.proc.wait()
+        assert self.proc.stderr is not None
+        err = self.proc.stderr.read()
+        self.proc.stderr.close()
         self._reader.join(5)
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
         while not self.lines.empty():
             self.seen.append(self.lines.get())
-        return self.proc.returncode, err
+        self._result = (self.proc.returncode, err)
+        return self._result
 
 
 @pytest.fixture
