@@ -55,7 +55,7 @@ import asyncio
 import logging
 import os
 from collections import deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -74,6 +74,7 @@ __all__ = ["ClientOverflow", "ClientStatistics", "DispatchStatistics", "Fanotify
 log = logging.getLogger(__name__)
 
 _OVERFLOW = int(Event.Q_OVERFLOW)
+_RENAME = int(Event.RENAME)
 _FDS = OWN_FD | OWN_PIDFD
 _CACHE_MAX = 4096
 #: Default bound of a client's queue.
@@ -157,7 +158,14 @@ class _Dispatcher:
     def __init__(self, group: Fanotify) -> None:
         self._group = group
         self._clients: list[FanotifyClient] = []
-        self._cache: dict[tuple[int, int], tuple[FanotifyClient, ...]] = {}
+        #: (mask, pid) -> (candidates without a path index key, in order;
+        #: candidates with one).  Only ev_types and pids decide membership.
+        self._cache: dict[
+            tuple[int, int], tuple[tuple[FanotifyClient, ...], frozenset[FanotifyClient]]
+        ] = {}
+        #: Directory prefix -> clients whose path_pattern lies under it.
+        self._pindex: dict[str, list[FanotifyClient]] = {}
+        self._next_order = 0
         #: Union of every rule's ev_types, or -1 if some rule accepts any type.
         self._mask = 0
         self.needs_proc = False
@@ -186,6 +194,8 @@ class _Dispatcher:
         )
 
     def add(self, client: FanotifyClient) -> None:
+        self._next_order += 1
+        client._order = self._next_order
         self._clients.append(client)
         self._recompute()
 
@@ -214,6 +224,12 @@ class _Dispatcher:
         self._mask = mask
         self.needs_proc = any(c.rule.needs_proc for c in self._clients)
         self._async_rules = sum(1 for c in self._clients if c.rule.is_async)
+        index: dict[str, list[FanotifyClient]] = {}
+        for c in self._clients:
+            key = c.rule._path_key
+            if key is not None:
+                index.setdefault(key, []).append(c)
+        self._pindex = index
 
     def find(self, rule: FanoRule) -> list[FanotifyClient]:
         return [c for c in self._clients if c.rule == rule]
@@ -231,16 +247,53 @@ class _Dispatcher:
 
     # -- matching --------------------------------------------------------
 
-    def _candidates(self, ev: FanotifyData) -> tuple[FanotifyClient, ...]:
-        """Clients whose ev_types and pids accept ``ev`` (cached by mask and pid)."""
+    def _candidates(self, ev: FanotifyData) -> Sequence[FanotifyClient]:
+        """Clients whose ev_types, pids and path directory accept ``ev``, in order.
+
+        ev_types and pids depend only on ``(mask, pid)``, which is cached.
+        Rules whose path pattern starts with a literal directory are then
+        looked up by the event path's ancestor directories, so a set of
+        per-directory rules costs a few dict lookups, not one fnmatch each.
+        """
         key = (ev.ev_types, ev.pid)
-        found = self._cache.get(key)
-        if found is None:
-            found = tuple(c for c in self._clients if c.rule._match_fast(ev))
+        entry = self._cache.get(key)
+        if entry is None:
+            fast = [c for c in self._clients if c.rule._match_fast(ev)]
+            entry = (
+                tuple(c for c in fast if c.rule._path_key is None),
+                frozenset(c for c in fast if c.rule._path_key is not None),
+            )
             if len(self._cache) >= _CACHE_MAX:
                 self._cache.clear()
-            self._cache[key] = found
-        return found
+            self._cache[key] = entry
+        plain, indexed = entry
+        if not indexed:
+            return plain
+        hits = self._path_hits(ev, indexed)
+        if not hits:
+            return plain
+        if not plain and len(hits) == 1:
+            return hits
+        return sorted((*plain, *hits), key=_order_of)
+
+    def _path_hits(
+        self, ev: FanotifyData, allowed: frozenset[FanotifyClient]
+    ) -> list[FanotifyClient]:
+        index = self._pindex
+        paths = (ev.old_path, ev.new_path, ev.path) if ev.ev_types & _RENAME else (ev.path,)
+        hits: list[FanotifyClient] = []
+        for p in paths:
+            if p is None:
+                continue
+            if isinstance(p, bytes):
+                p = os.fsdecode(p)
+            i = p.find("/")
+            while i >= 0:
+                found = index.get(p[: i + 1])
+                if found:
+                    hits.extend(c for c in found if c in allowed and c not in hits)
+                i = p.find("/", i + 1)
+        return hits
 
     def _fill_proc(self, ev: FanotifyData, cands: Iterable[FanotifyClient]) -> None:
         if self._group.proc_info or ev.exe is not None or ev.cwd is not None:
@@ -453,6 +506,10 @@ class _Dispatcher:
         return left
 
 
+def _order_of(client: FanotifyClient) -> int:
+    return client._order
+
+
 def _kept_pidfd(ev: FanotifyData) -> int:
     # FAN_NOPIDFD / FAN_EPIDFD are information, not descriptors: keep them.
     return ev.pidfd if ev.pidfd < 0 else -1
@@ -528,6 +585,7 @@ class FanotifyClient:
         self._error: BaseException | None = None
         self._matched = self._received = self._discarded = 0
         self._predicate_errors = self._fd_errors = 0
+        self._order = 0  # connection order, set by the dispatcher
         self._closed = False
         self._dispatcher.add(self)
 

@@ -414,3 +414,55 @@ def test_client_overflow_marker_pickles_and_is_fanotify_data() -> None:
     m = ClientOverflow(ev_types=int(Event.Q_OVERFLOW), dropped=3)
     assert isinstance(m, FanotifyData) and m.closed
     assert pickle.loads(pickle.dumps(m)) == m
+
+
+async def test_path_index_keeps_semantics_and_order(fan: Fanotify) -> None:
+    rules = [
+        FanoRule("deep", path_pattern="/d/x/+(a|b)"),
+        FanoRule("star", path_pattern="*/a"),  # not indexable: checked for every event
+        FanoRule("dir", path_pattern="/d/*"),
+        FanoRule("partial", path_pattern="/d/x/a*", ev_types=OPEN),
+        FanoRule("other", path_pattern="/e/*"),
+        FanoRule("bytes", path_pattern=b"/d/x/?"),
+    ]
+    clients = [fan.connect(r) for r in rules]
+    rename = int(Event.RENAME)
+    events = [
+        synth("/d/x/a"), synth("/d/x/b", ev_types=CW), synth("/e/a"), synth("/f/zz"),
+        synth(None, ev_types=OPEN),  # type: ignore[arg-type]
+        FanotifyData(ev_types=rename, old_path="/e/q", new_path="/g/q", path="/g/q"),
+    ]
+    fan._deliver(events)
+    got = {c.rule.name: [e.path for e in drain(c)] for c in clients}
+    # The directory index gives exactly what each rule's own matches() says.
+    assert got == {r.name: [e.path for e in events if r.matches(e)] for r in rules}
+    assert got == {
+        "deep": ["/d/x/a", "/d/x/b"],
+        "star": ["/d/x/a", "/e/a"],
+        "dir": ["/d/x/a", "/d/x/b"],
+        "partial": ["/d/x/a"],
+        "other": ["/e/a", "/g/q"],
+        "bytes": ["/d/x/a", "/d/x/b"],
+    }
+    for c in clients:
+        c.close()
+
+
+async def test_permission_primary_is_first_matching_client_in_connect_order(
+    fan: Fanotify,
+) -> None:
+    from afanotify.events import UNANSWERED
+
+    late = fan.connect(FanoRule("late", path_pattern="/d/*"))
+    early_star = fan.connect(FanoRule("star", path_pattern="*"))
+    fd = os.open("/dev/null", os.O_RDONLY)
+    ev = FanotifyData(fd=fd, pid=5, ev_types=int(Event.OPEN_PERM), path="/d/a",
+                      _owns=OWN_FD | UNANSWERED)
+    fan._deliver([ev])
+    first, second = late.get_nowait(), early_star.get_nowait()
+    assert first is ev  # connected first, so it holds the answerable original
+    assert second.fd == -1 and second.answered
+    object.__setattr__(ev, "_owns", OWN_FD)  # no kernel behind this fd: skip the verdict
+    ev.close()
+    late.close()
+    early_star.close()
