@@ -138,7 +138,8 @@ def run_compat(n: int) -> dict[str, float]:
 _PYFANOTIFY = r"""
 import json, os, select, sys, time
 import pyfanotify
-mnt, n, budget, gen, done = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4], sys.argv[5]
+mnt, n, budget, gen, done = sys.argv[1:6]
+n, budget = int(n), float(budget)
 fanot = pyfanotify.Fanotify()
 fanot.mark(mnt, ev_types=pyfanotify.FAN_CLOSE_WRITE, is_type="mp")
 cli = pyfanotify.FanotifyClient(fanot, path_pattern=mnt + "/*")
