@@ -978,3 +978,58 @@ def test_drop_policy_counts_and_logs_drops(
     assert (st.delivered, st.dropped, st.queued) == (4, 6, 4)
     assert "dropped" in caplog.text
     assert [e.path for e in cli.get_events()] == [f"{tmpfs}/f{i}" for i in range(1, 5)]
+
+
+def test_burst_beyond_the_kernels_default_queue_arrives_whole(
+    tmpfs: Path, make: Callable[..., Fanotify], client: Callable[..., FanotifyClient]
+) -> None:
+    # 20,000 events > the default 16384-event kernel queue: the compat group
+    # has FAN_UNLIMITED_QUEUE, and the mailbox (512) is far smaller than the
+    # burst, so the engine must wait for the reader many times.
+    n = 20_000
+    fan = make()
+    fan.mark(str(tmpfs), pyfanotify.FAN_CLOSE_WRITE, is_type="mp")
+    cli = client(fan, path_pattern=f"{tmpfs}/*", maxsize=512)
+    code = (f"import os\nfor i in range({n}): "
+            f"os.close(os.open('{tmpfs}/f%d' % i, os.O_CREAT | os.O_WRONLY, 0o644))")
+    detached(f"exec {sys.executable} -c \"{code}\"")
+    fan.start()
+    count = 0
+    last = None
+
+    def enough(evs: Events) -> bool:
+        nonlocal count, last
+        count += len(evs)
+        if evs:
+            last = evs[-1].path
+        evs.clear()
+        return count >= n
+
+    wait_events(cli, enough, timeout=60)
+    assert (count, last) == (n, f"{tmpfs}/f{n - 1}")
+    st = fan.statistics()
+    assert st.group.overflows == 0 and cli.statistics().dropped == 0
+
+
+def test_get_events_is_a_generator(
+    make: Callable[..., Fanotify], client: Callable[..., FanotifyClient]
+) -> None:
+    import inspect
+
+    cli = client(make(), path_pattern="*")
+    assert inspect.isgenerator(cli.get_events())
+
+
+def test_unstopped_fanotify_and_unclosed_client_warn() -> None:
+    import gc
+
+    fan = Fanotify()
+    cli = FanotifyClient(fan, path_pattern="*")
+    with pytest.warns(ResourceWarning, match="unclosed"):
+        del cli
+        gc.collect()
+    group = fan.group
+    with pytest.warns(ResourceWarning, match="unstopped"):
+        del fan
+        gc.collect()
+    assert group.closed
