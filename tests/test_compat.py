@@ -1033,3 +1033,49 @@ def test_unstopped_fanotify_and_unclosed_client_warn() -> None:
         del fan
         gc.collect()
     assert group.closed
+
+
+def test_default_mask_on_a_file_is_accepted(
+    tmpfs: Path, make: Callable[..., Fanotify], client: Callable[..., FanotifyClient],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    (tmpfs / "plain").write_text("")
+    fan = make()
+    with caplog.at_level(logging.ERROR, logger="afanotify.compat"):
+        fan.mark(str(tmpfs / "plain"))  # FAN_ALL_EVENTS, with ONDIR and EVENT_ON_CHILD
+    assert caplog.records == []
+    fan.start()
+    cli = client(fan, path_pattern="*")
+    detached(f"cat {tmpfs}/plain")
+    got = wait_events(cli, lambda e: any(x.ev_types & pyfanotify.FAN_CLOSE_NOWRITE for x in e))
+    assert paths(got) == {str(tmpfs / "plain")}
+
+
+def test_client_on_a_stopped_fanotify_raises(make: Callable[..., Fanotify]) -> None:
+    fan = make()
+    fan.stop()
+    with pytest.raises(ClosedResourceError):
+        FanotifyClient(fan, path_pattern="*")
+
+
+def test_client_made_before_start_receives_after_start(
+    tmpfs: Path, make: Callable[..., Fanotify], client: Callable[..., FanotifyClient]
+) -> None:
+    fan = make()
+    fan.mark(str(tmpfs), pyfanotify.FAN_CLOSE_WRITE, is_type="mp")
+    cli = client(fan, path_pattern="*")
+    fan.start()
+    detached(f"echo x > {tmpfs}/early")
+    wait_events(cli, has_path(tmpfs / "early"))
+
+
+def test_stop_from_fn_ends_the_engine(make: Callable[..., Fanotify]) -> None:
+    holder: list[Fanotify] = []
+    fan = make(fn=lambda: holder[0].stop(), fn_timeout=0.05)
+    holder.append(fan)
+    fan.start()
+    thread = fan._thread
+    assert thread is not None
+    thread.join(5)
+    assert not thread.is_alive()
+    assert fan.group.closed
