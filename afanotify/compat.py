@@ -26,6 +26,7 @@ delivered, and ``mark()`` logs a failure instead of raising.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import atexit
 import hashlib
@@ -33,6 +34,7 @@ import logging
 import os
 import signal
 import socket
+import struct
 import threading
 import time
 import warnings
@@ -46,6 +48,7 @@ from . import _ffi
 from . import flags as _flags
 from .client import DispatchStatistics
 from .client import FanotifyClient as _NativeClient
+from .events import OWN_FD
 from .events import FanotifyData as _NativeData
 from .exceptions import ClosedResourceError, WouldBlock
 from .flags import Event, InitFlag
@@ -488,14 +491,121 @@ class CompatStatistics(NamedTuple):
     descendant_events: int
     #: Times the engine waited for a full client mailbox (backpressure).
     waits: int
+    #: Events for client-less rules whose socket address nobody had bound.
+    datagrams_dropped: int
+
+
+_DGRAM_HEAD = struct.Struct("=qQ")
+_DGRAM_LEN = struct.Struct("=I")
+
+
+class _DgramSink:
+    """pyfanotify's wire format, for a rule connected without a :class:`FanotifyClient`.
+
+    pyfanotify's worker sends each matched event as one datagram to the unix
+    socket bound at the abstract address ``"\\0" + rule.name``: ``int64 pid,
+    uint64 ev_types``, then ``exe``, ``cwd`` and one path (two for a rename:
+    old, new), each as ``uint32 length`` + bytes; with ``pass_fd`` the fd
+    rides along as SCM_RIGHTS.  Code that binds such a socket itself keeps
+    working.  Unlike pyfanotify, a full socket makes the pump wait (the
+    backlog stays in the kernel) instead of dropping the event after 750 ms;
+    events for an address nobody bound are counted as dropped and logged.
+    """
+
+    def __init__(
+        self, name: str | bytes, log: logging.Logger, on_drop: Callable[[], None]
+    ) -> None:
+        self.addr = b"\0" + os.fsencode(name)
+        self._log = log
+        self._on_drop = on_drop
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        self.sock.setblocking(False)
+        self._connected = False
+        self.sent = 0
+        self.dropped = 0
+
+    @staticmethod
+    def encode(ev: _NativeData) -> bytes:
+        if ev.old_path is not None and ev.new_path is not None:
+            paths: tuple[str | None, ...] = (ev.old_path, ev.new_path)
+        else:
+            paths = (ev.path,)
+        parts = [_DGRAM_HEAD.pack(ev.pid, ev.ev_types)]
+        for text in (ev.exe, ev.cwd, *paths):
+            raw = os.fsencode(text) if text else b""
+            parts.append(_DGRAM_LEN.pack(len(raw)))
+            parts.append(raw)
+        return b"".join(parts)
+
+    async def send_all(self, events: list[_NativeData], stopping: Callable[[], bool]) -> None:
+        """Send every event in order, waiting while the receiver's socket is full."""
+        loop = asyncio.get_running_loop()
+        for i, ev in enumerate(events):
+            try:
+                msg = self.encode(ev)
+                fds = [ev.fd] if ev.fd >= 0 and ev._owns & OWN_FD else []
+                while not await self._send_one(loop, msg, fds):
+                    if stopping():
+                        for rest in events[i + 1:]:
+                            rest.close()
+                        return
+            finally:
+                ev.close()  # the receiver got its own copy of the fd
+
+    async def _send_one(
+        self, loop: asyncio.AbstractEventLoop, msg: bytes, fds: list[int]
+    ) -> bool:
+        """True when sent (or dropped for want of a receiver); False after waiting for room."""
+        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
+        try:
+            if not self._connected:
+                # Connected, so that writability follows the receiver's queue.
+                self.sock.connect(self.addr)
+                self._connected = True
+            self.sock.sendmsg([msg], anc if fds else [])
+            self.sent += 1
+            return True
+        except BlockingIOError:
+            await self._writable(loop)
+            return False
+        except OSError as exc:
+            # ECONNREFUSED / ENOENT: nobody has bound the address (any more).
+            self._connected = False
+            self.dropped += 1
+            self._on_drop()
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                self._log.warning(
+                    "Fanotify: no receiver at %r (%s): %d events dropped so far",
+                    self.addr, exc, self.dropped,
+                )
+            return True
+
+    async def _writable(self, loop: asyncio.AbstractEventLoop) -> None:
+        fut: asyncio.Future[None] = loop.create_future()
+        fd = self.sock.fileno()
+
+        def ready() -> None:
+            if not fut.done():
+                fut.set_result(None)
+
+        loop.add_writer(fd, ready)
+        try:
+            await asyncio.wait_for(fut, 1.0)  # re-check stopping at least every second
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            loop.remove_writer(fd)
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 class _Link:
-    """One connected rule: its native client, the mailbox it feeds, the pump task."""
+    """One connected rule: its native client, the mailbox (or socket) it feeds, the pump task."""
 
     __slots__ = ("rule", "box", "native", "task", "space")
 
-    def __init__(self, rule: FanoRule, box: _Mailbox | None) -> None:
+    def __init__(self, rule: FanoRule, box: _Mailbox | _DgramSink) -> None:
         self.rule = rule
         self.box = box
         self.native: _NativeClient | None = None
@@ -599,6 +709,7 @@ class Fanotify:
         self._stopping = False
         self._descendant_events = 0
         self._waits = 0
+        self._datagrams_dropped = 0
         _live.add(self)
 
     # -- properties ------------------------------------------------------
@@ -623,6 +734,7 @@ class Fanotify:
         """The engine's counters (group, fan-out, descendants filtered, backpressure waits)."""
         return CompatStatistics(
             self._group.stats, self._group.dispatch_stats, self._descendant_events, self._waits,
+            self._datagrams_dropped,
         )
 
     def __repr__(self) -> str:
@@ -671,7 +783,13 @@ class Fanotify:
         with self._mark_lock:
             self._group.close()
         with self._links_lock:
+            idle = [lk for lk in self._links.values() if lk.task is None]
+            for lk in idle:
+                del self._links[lk.rule.name]
             boxes = list(self._boxes.values())
+        for lk in idle:
+            if isinstance(lk.box, _DgramSink):
+                lk.box.close()
         for box in boxes:
             box.wake()
 
@@ -696,7 +814,8 @@ class Fanotify:
         """Deliver events matching ``rule`` to the :class:`FanotifyClient` that made it.
 
         A rule with the name of a connected rule replaces it.  A rule no
-        client made has nowhere to go: it is not connected (logged).
+        client made gets pyfanotify's datagrams: one per event, sent to the
+        unix socket bound at the abstract address ``"\\0" + rule.name``.
 
         :raises TypeError: if ``rule`` is not a :class:`FanoRule`
         :raises ClosedResourceError: if the Fanotify was stopped
@@ -706,13 +825,9 @@ class Fanotify:
         if self._state == "stopped":
             raise ClosedResourceError("this Fanotify was stopped")
         with self._links_lock:
-            box = self._boxes.get(rule.name)
+            box: _Mailbox | _DgramSink | None = self._boxes.get(rule.name)
         if box is None:
-            self._log.warning(
-                "Fanotify: rule %r was connected without a FanotifyClient: nothing would "
-                "receive its events, so it is ignored", rule.name,
-            )
-            return
+            box = _DgramSink(rule.name, self._log, self._count_datagram_drop)
         self._in_loop(self._connect_now, rule, box)
 
     def disconnect(self, rule: FanoRule) -> None:
@@ -745,9 +860,11 @@ class Fanotify:
             return
         fut.result()
 
-    def _connect_now(self, rule: FanoRule, box: _Mailbox) -> None:
+    def _connect_now(self, rule: FanoRule, box: _Mailbox | _DgramSink) -> None:
         self._disconnect_now(rule.name)
         if self._group.closed:
+            if isinstance(box, _DgramSink):
+                box.close()
             return
         link = _Link(rule, box)
         link.native = _NativeClient(self._group, rule, maxsize=_NATIVE_MAXSIZE)
@@ -765,6 +882,11 @@ class Fanotify:
             link.native.close()
         if link.space is not None:
             link.space.set()
+        if link.task is None and isinstance(link.box, _DgramSink):
+            link.box.close()  # no pump to close it
+
+    def _count_datagram_drop(self) -> None:
+        self._datagrams_dropped += 1
 
     def _attach(self, name: str | bytes, box: _Mailbox) -> None:
         with self._links_lock:
@@ -929,7 +1051,23 @@ class Fanotify:
     async def _pump(self, link: _Link) -> None:
         """Move one native client's events into its mailbox, minus our descendants'."""
         native, box, space = link.native, link.box, link.space
-        assert native is not None and box is not None and space is not None
+        assert native is not None and space is not None
+        try:
+            if isinstance(box, _DgramSink):
+                await self._pump_events(native, None, box, space)
+            else:
+                await self._pump_events(native, box, None, space)
+        finally:
+            if isinstance(box, _DgramSink):
+                box.close()
+
+    async def _pump_events(
+        self,
+        native: _NativeClient,
+        box: _Mailbox | None,
+        sink: _DgramSink | None,
+        space: asyncio.Event,
+    ) -> None:
         ancestry = self._ancestry
         notify = self._notifier(space)
         while not self._stopping:
@@ -953,6 +1091,10 @@ class Fanotify:
                     ev.close()
                     continue
                 out.append(_as_compat(ev) if type(ev) is _NativeData else ev)
+            if sink is not None:
+                await sink.send_all(out, lambda: self._stopping or native.closed)
+                continue
+            assert box is not None
             while out:
                 space.clear()
                 n = box.put_many(out, notify)
@@ -964,7 +1106,7 @@ class Fanotify:
                 out = out[n:]
                 self._waits += 1
                 await space.wait()
-                if self._stopping or link.native is None or native.closed:
+                if self._stopping or native.closed:
                     for ev in out:
                         ev.close()
                     return

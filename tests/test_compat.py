@@ -622,13 +622,95 @@ def test_connect_and_disconnect_take_only_rules(make: Callable[..., Fanotify]) -
         fan.disconnect(None)  # type: ignore[arg-type]
 
 
-def test_connect_of_a_rule_without_client_is_logged(
-    make: Callable[..., Fanotify], caplog: pytest.LogCaptureFixture
+def test_rule_without_client_gets_pyfanotify_datagrams(
+    tmpfs: Path, make: Callable[..., Fanotify]
+) -> None:
+    import array
+    import socket
+    import struct
+
+    # Legacy code may bind the abstract socket itself, as pyfanotify's client does.
+    name = b"legacy-receiver-%d" % os.getpid()
+    rx = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    rx.bind(b"\0" + name)
+    try:
+        fan = make()
+        fan.mark(str(tmpfs), pyfanotify.FAN_CLOSE_WRITE, is_type="mp")
+        rule = FanoRule(name, path_pattern=f"{tmpfs}/*", pass_fd=True)
+        fan.connect(rule)
+        fan.start()
+        detached(f"echo hi > {tmpfs}/dgram")
+        rx.settimeout(5)
+        msg, anc, _flags, _addr = rx.recvmsg(8192, socket.CMSG_SPACE(4))
+        fds = array.array("i")
+        for level, kind, data in anc:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.frombytes(data)
+        try:
+            pid, mask = struct.unpack_from("=qQ", msg)
+            off, fields = 16, []
+            while off < len(msg):
+                (size,) = struct.unpack_from("=I", msg, off)
+                fields.append(msg[off + 4:off + 4 + size])
+                off += 4 + size
+            assert pid > 0 and mask & pyfanotify.FAN_CLOSE_WRITE
+            assert fields == [b"", b"", os.fsencode(tmpfs / "dgram")]  # exe, cwd, path
+            assert len(fds) == 1 and os.read(fds[0], 10) == b"hi\n"
+        finally:
+            for fd in fds:
+                os.close(fd)
+        fan.disconnect(rule)
+    finally:
+        rx.close()
+
+
+def test_full_datagram_receiver_makes_the_engine_wait_not_drop(
+    tmpfs: Path, make: Callable[..., Fanotify]
+) -> None:
+    import socket
+
+    # A unix datagram socket queues ~10 messages; pyfanotify dropped the rest.
+    name = b"slow-receiver-%d" % os.getpid()
+    rx = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    rx.bind(b"\0" + name)
+    try:
+        fan = make()
+        fan.mark(str(tmpfs), pyfanotify.FAN_CLOSE_WRITE, is_type="mp")
+        fan.connect(FanoRule(name, path_pattern=f"{tmpfs}/*"))
+        fan.start()
+        n = 60
+        detached(f"i=0; while [ $i -lt {n} ]; do : > {tmpfs}/f$i; i=$((i+1)); done; "
+                 f": > {tmpfs}/../done-{name.decode()}")
+        deadline = time.monotonic() + 10
+        while not (tmpfs / f"../done-{name.decode()}").exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        rx.settimeout(5)
+        got = [rx.recv(8192)[-len(f"{tmpfs}/f{i}"):] for i in range(n)]
+        assert got == [os.fsencode(f"{tmpfs}/f{i}") for i in range(n)]
+        assert fan.statistics().datagrams_dropped == 0
+    finally:
+        rx.close()
+        (tmpfs / f"../done-{name.decode()}").unlink(missing_ok=True)
+
+
+def test_rule_without_receiver_counts_and_logs_drops(
+    tmpfs: Path, make: Callable[..., Fanotify], client: Callable[..., FanotifyClient],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     fan = make()
+    fan.mark(str(tmpfs), pyfanotify.FAN_CLOSE_WRITE, is_type="mp")
     with caplog.at_level(logging.WARNING, logger="afanotify.compat"):
-        fan.connect(FanoRule("lonely", path_pattern="*"))
-    assert "without a FanotifyClient" in caplog.text
+        fan.connect(FanoRule(b"nobody-listens-here", path_pattern=f"{tmpfs}/*"))
+        fan.start()
+        control = client(fan, path_pattern=f"{tmpfs}/*")
+        detached(f"echo x > {tmpfs}/lost")
+        wait_events(control, has_path(tmpfs / "lost"))
+        deadline = time.monotonic() + 5
+        while fan.statistics().datagrams_dropped < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert fan.statistics().datagrams_dropped == 1
+    assert "no receiver" in caplog.text
 
 
 # -- mark() ---------------------------------------------------------------------------------
