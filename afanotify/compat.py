@@ -16,12 +16,24 @@ events into a bounded, thread-safe mailbox; the client's ``sock`` is one end
 of a socket pair that is readable while events wait, so ``select.poll()``
 loops written for pyfanotify keep working.  When a mailbox is full the pump
 waits, the native client's queue fills, the group stops reading, and the
-backlog waits in the kernel's queue (the group is made with FAN_UNLIMITED_QUEUE, as
-pyfanotify's is): nothing is dropped unless a client asks for a drop policy,
-and then every drop is counted and logged.
+backlog waits in the kernel's queue (the group is made with
+FAN_UNLIMITED_QUEUE, as pyfanotify's is): nothing is dropped unless a client
+asks for a drop policy, and then every drop is counted and logged.
 
 As in pyfanotify, events caused by this process or its descendants are not
 delivered, and ``mark()`` logs a failure instead of raising.
+
+Where behaviour differs from pyfanotify on purpose:
+
+* Events that arrive while no client (or client-less rule) is connected stay
+  in the kernel's queue and go to the first one that connects; pyfanotify's
+  worker read and discarded them.  (pyfanotify also flushed the inode and
+  mount marks when its last rule disconnected; this layer keeps the marks.)
+* ``FanotifyData.path`` is a str as documented (pyfanotify 0.3 made it a
+  tuple); a rename carries both sides in ``old_path`` and ``new_path``.
+* With ``init_fid=True`` events carry no fd, even for ``pass_fd`` rules.
+* ``get_events()`` never loses an event: one the loop did not reach (it broke
+  out early) stays queued.
 """
 
 from __future__ import annotations
