@@ -249,6 +249,25 @@ def _as_compat(ev: _NativeData) -> FanotifyData:
     return ev  # type: ignore[return-value]
 
 
+_NATIVE_SLOTS = tuple(
+    name for cls in _NativeData.__mro__ for name in getattr(cls, "__slots__", ())
+    if name != "__weakref__"
+)
+
+
+def _own_copy(ev: _NativeData) -> FanotifyData:
+    """A compat copy that takes over what ``ev`` owns.
+
+    The native fan-out hands one immutable object to several clients when it
+    owns nothing; compat events are mutable, so each client needs its own.
+    """
+    new = object.__new__(FanotifyData)
+    for name in _NATIVE_SLOTS:
+        object.__setattr__(new, name, getattr(ev, name))
+    object.__setattr__(ev, "_owns", 0)
+    return new
+
+
 # -- process ancestry ------------------------------------------------------------
 
 
@@ -1094,6 +1113,8 @@ class Fanotify:
                 except (WouldBlock, ClosedResourceError):
                     break
             now = time.monotonic()
+            # With several rules connected the fan-out may share one object.
+            shared = len(self._links) > 1
             out: list[_NativeData] = []
             for ev in batch:
                 pid = ev.pid
@@ -1102,7 +1123,10 @@ class Fanotify:
                     self._descendant_events += 1
                     ev.close()
                     continue
-                out.append(_as_compat(ev) if type(ev) is _NativeData else ev)
+                if shared:
+                    out.append(_own_copy(ev))
+                else:
+                    out.append(_as_compat(ev) if type(ev) is _NativeData else ev)
             if sink is not None:
                 await sink.send_all(out, lambda: self._stopping or native.closed)
                 continue

@@ -983,6 +983,23 @@ def test_fid_events_carry_paths_and_rename_carries_both(
     assert (rename.old_path, rename.new_path) == (str(tmpfs / "new"), str(tmpfs / "renamed"))
 
 
+def test_clients_do_not_share_mutable_events(
+    tmpfs: Path, make: Callable[..., Fanotify], client: Callable[..., FanotifyClient]
+) -> None:
+    # In FID mode events own no fd, so the native fan-out shares one object.
+    fan = make(init_fid=True)
+    fan.mark(str(tmpfs), pyfanotify.FAN_CREATE, is_type="fs")
+    fan.start()
+    a = client(fan, path_pattern="*")
+    b = client(fan, path_pattern="*")
+    detached(f"touch {tmpfs}/shared")
+    ea = wait_events(a, has_path(tmpfs / "shared"))[0]
+    eb = wait_events(b, has_path(tmpfs / "shared"))[0]
+    assert ea is not eb
+    ea.ev_types = evt_to_str(ea.ev_types)
+    assert ea.ev_types == "create" and eb.ev_types == pyfanotify.FAN_CREATE
+
+
 # -- filtering our own process tree -----------------------------------------------------------
 
 
