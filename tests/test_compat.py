@@ -1178,3 +1178,34 @@ def test_stop_from_fn_ends_the_engine(make: Callable[..., Fanotify]) -> None:
     thread.join(5)
     assert not thread.is_alive()
     assert fan.group.closed
+
+
+def test_fn_timeout_zero_calls_fn_every_second(make: Callable[..., Fanotify]) -> None:
+    calls: list[float] = []
+    done = threading.Event()
+
+    def fn() -> None:
+        calls.append(time.monotonic())
+        if len(calls) >= 2:
+            done.set()
+
+    fan = make(fn=fn)  # fn_timeout=0, the default
+    fan.start()
+    assert done.wait(5)
+    assert 0.8 <= calls[1] - calls[0] <= 3.0
+
+
+def test_mark_relative_path_with_dirfd(
+    tmpfs: Path, make: Callable[..., Fanotify], client: Callable[..., FanotifyClient]
+) -> None:
+    (tmpfs / "rel").write_text("")
+    dirfd = os.open(tmpfs, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fan = make()
+        fan.mark("rel", pyfanotify.FAN_CLOSE_WRITE, dirfd=dirfd)
+    finally:
+        os.close(dirfd)
+    fan.start()
+    cli = client(fan, path_pattern="*")
+    detached(f"echo x > {tmpfs}/rel")
+    wait_events(cli, has_path(tmpfs / "rel"))
