@@ -290,11 +290,13 @@ class _Ancestry:
     def is_ours(self, pid: int, now: float) -> bool:
         if pid == self.root:
             return True
-        hit = self._cache.get(pid)
-        if hit is not None and now - hit[1] < self._ttl:
+        cache, ttl = self._cache, self._ttl
+        hit = cache.get(pid)
+        if hit is not None and now - hit[1] < ttl:
             return hit[0]
         self.walks += 1
         ours = False
+        chain = [pid]
         p = pid
         for _ in range(256):  # a bound in case /proc shows a cycle mid-reparenting
             ppid = _ppid(p)
@@ -303,11 +305,19 @@ class _Ancestry:
             if ppid == self.root:
                 ours = True
                 break
+            # An ancestor answered recently answers for its whole subtree, so
+            # a shell's next child costs one read, not a walk to init.
+            hit = cache.get(ppid)
+            if hit is not None and now - hit[1] < ttl:
+                ours = hit[0]
+                break
+            chain.append(ppid)
             p = ppid
-        cache = self._cache
-        cache[pid] = (ours, now)
-        cache.move_to_end(pid)
-        if len(cache) > self._size:
+        # Every process on the walked chain has the same answer.
+        for q in chain:
+            cache[q] = (ours, now)
+            cache.move_to_end(q)
+        while len(cache) > self._size:
             cache.popitem(last=False)
         return ours
 

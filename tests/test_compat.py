@@ -1209,3 +1209,31 @@ def test_mark_relative_path_with_dirfd(
     cli = client(fan, path_pattern="*")
     detached(f"echo x > {tmpfs}/rel")
     wait_events(cli, has_path(tmpfs / "rel"))
+
+
+def test_ancestry_walks_the_ppid_chain_and_caches() -> None:
+    import signal
+
+    from afanotify.compat import _Ancestry
+
+    anc = _Ancestry(os.getpid())
+    child = subprocess.Popen(["sh", "-c", "sleep 30 & echo $!; wait"], stdout=subprocess.PIPE,
+                             text=True, start_new_session=True)
+    try:
+        assert child.stdout is not None
+        grandchild = int(child.stdout.readline())
+        now = time.monotonic()
+        assert anc.is_ours(grandchild, now)
+        assert anc.is_ours(child.pid, now)  # answered by the walk above
+        assert anc.walks == 1
+        assert anc.is_ours(os.getpid(), now)
+        assert not anc.is_ours(os.getppid(), now)
+        assert not anc.is_ours(2**22 + 12345, now)  # no such process
+        walks = anc.walks
+        assert anc.is_ours(grandchild, now + 10)  # the cached answer expired: walk again
+        assert anc.walks == walks + 1
+    finally:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.wait(10)
+        assert child.stdout is not None
+        child.stdout.close()
