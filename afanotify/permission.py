@@ -288,7 +288,6 @@ class PermissionTracker:
         self.default = default
         self._pending: dict[int, _Entry] = {}
         self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._watched_tasks: dict[asyncio.Task[Any], set[int]] = {}
         self.handler: PermissionHandler | None = None
@@ -465,7 +464,6 @@ class PermissionTracker:
         loop = self._loop
         if loop is None or loop.is_closed():
             return
-        self._timer_at = when
         self._timer = loop.call_later(max(0.0, when - time.monotonic()), self._on_timer)
 
     def _on_timer(self) -> None:

@@ -115,8 +115,9 @@ SETUPS: dict[str, Setup] = {
     "baseline (no listener)": baseline,
     "C responder": c_responder,
     "afanotify async for + allow_nowait()": afanotify_setup("iter"),
-    "afanotify same, resolve_paths=False": afanotify_setup("iter", resolve_paths=False),
+    "afanotify async for, resolve_paths=False": afanotify_setup("iter", resolve_paths=False),
     "afanotify on_permission(sync fn)": afanotify_setup("handler"),
+    "afanotify on_permission(sync), no paths": afanotify_setup("handler", resolve_paths=False),
     "afanotify on_permission(async fn)": afanotify_setup("async"),
 }
 
