@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import errno
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from _perm_helpers import child, drain, wait_for
@@ -65,14 +66,28 @@ def kind(request: pytest.FixtureRequest) -> Kind:
 
 
 @pytest.fixture
-async def group(kind: Kind) -> AsyncIterator[Fanotify]:
-    fan = Fanotify(kind.flags, permission_timeout=T, default_response=Response.DENY)
-    try:
+async def make_group(kind: Kind) -> AsyncIterator[Callable[..., Fanotify]]:
+    """Makes groups for ``kind`` (its files marked, default DENY); closes them all."""
+    made: list[Fanotify] = []
+
+    def make(**kw: Any) -> Fanotify:
+        kw.setdefault("permission_timeout", T)
+        fan = Fanotify(kind.flags, default_response=Response.DENY, **kw)
+        made.append(fan)
         for f in kind.files:
             fan.mark(f, kind.mask)
-        yield fan
+        return fan
+
+    try:
+        yield make
     finally:
-        fan.close()
+        for fan in made:
+            fan.close()
+
+
+@pytest.fixture
+def group(make_group: Callable[..., Fanotify]) -> Fanotify:
+    return make_group()
 
 
 async def test_handler_sleeps_forever(kind: Kind, group: Fanotify) -> None:
@@ -128,23 +143,21 @@ async def test_consumer_cancelled(kind: Kind, group: Fanotify) -> None:
     assert group.permission_stats.abandoned == 1
 
 
-async def test_close_with_three_waiting(kind: Kind) -> None:
+async def test_close_with_three_waiting(
+    kind: Kind, make_group: Callable[..., Fanotify]
+) -> None:
     # A long deadline here, so that a child answered before it was answered by close().
-    fan = Fanotify(kind.flags, permission_timeout=20, default_response=Response.DENY)
+    fan = make_group(permission_timeout=20)
     held: list[FanotifyData] = []
 
     async def hoard() -> None:
         while True:
             held.append(await fan.receive())
 
-    try:
-        for f in kind.files:
-            fan.mark(f, kind.mask)
-        task = asyncio.create_task(hoard())
-        runs = [asyncio.create_task(child(kind.op, f)) for f in kind.files]
-        await wait_for(lambda: len(held) == 3, timeout=15)
-    finally:
-        fan.close()
+    task = asyncio.create_task(hoard())
+    runs = [asyncio.create_task(child(kind.op, f)) for f in kind.files]
+    await wait_for(lambda: len(held) == 3, timeout=15)
+    fan.close()
     results = await asyncio.gather(*runs)
     task.cancel()
     assert [r.errno for r in results] == [errno.EPERM] * 3
@@ -153,16 +166,11 @@ async def test_close_with_three_waiting(kind: Kind) -> None:
     assert fan.permission_stats.timed_out == 0
 
 
-async def test_queue_overflow(kind: Kind) -> None:
-    fan = Fanotify(kind.flags, maxsize=1, permission_timeout=T, default_response=Response.DENY)
-    try:
-        for f in kind.files:
-            fan.mark(f, kind.mask)
-        fan._ensure_reader()  # read, but never take from the queue
-        results = await asyncio.gather(*(child(kind.op, f) for f in kind.files))
-        st = fan.permission_stats
-    finally:
-        fan.close()
+async def test_queue_overflow(kind: Kind, make_group: Callable[..., Fanotify]) -> None:
+    fan = make_group(maxsize=1)
+    fan._ensure_reader()  # read, but never take from the queue
+    results = await asyncio.gather(*(child(kind.op, f) for f in kind.files))
+    st = fan.permission_stats
     assert [r.errno for r in results] == [errno.EPERM] * 3
     assert all(r.elapsed <= T + 1 for r in results)
     assert st.dropped == 2 and st.timed_out == 1
