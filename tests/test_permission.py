@@ -472,14 +472,15 @@ async def test_handler_reads_the_judged_file(
 # -- clients (afanotify.client) -------------------------------------------------------
 
 
-async def test_client_drop_newest_answers_dropped_events_at_once(
-    tmpfs: Path, make_group: Callable[..., Fanotify]
+@pytest.mark.parametrize("policy", ["drop_newest", "drop_oldest"])
+async def test_client_drop_policy_answers_dropped_events_at_once(
+    tmpfs: Path, make_group: Callable[..., Fanotify], policy: str
 ) -> None:
     files = [_file(tmpfs, f"f{i}") for i in range(3)]
     fan = make_group(permission_timeout=TIMEOUT, default_response=Response.DENY)
     fan.mark(tmpfs, Event.OPEN_PERM | Event.EVENT_ON_CHILD)
     client = fan.connect(FanoRule("all", ev_types=Event.OPEN_PERM), maxsize=1,
-                         overflow="drop_newest")
+                         overflow=policy)  # type: ignore[arg-type]
     try:
         with pytest.raises(WouldBlock):
             client.get_nowait()  # starts the reader; nothing taken afterwards
