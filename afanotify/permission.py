@@ -16,8 +16,10 @@ exactly once, and soon:
   and before the event's fd is closed: the kernel matches a response to its
   event by the fd number.
 
-The deadline is kept by the event loop; code that blocks the loop thread
-blocks the deadline too.  Everything here runs on the loop's thread.
+The deadline timer runs on the event loop, so a loop that blocks cannot keep
+it; for that case a :class:`Watchdog` thread answers instead.  Everything else
+here runs on the loop's thread, and a lock serialises answering between the
+two.
 """
 
 from __future__ import annotations
@@ -47,7 +49,9 @@ __all__ = [
     "AuditRule",
     "PermissionHandler",
     "PermissionStatistics",
+    "PermissionTracker",
     "Verdict",
+    "Watchdog",
     "ALLOW",
     "DENY",
     "to_verdict",
