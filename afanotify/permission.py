@@ -29,6 +29,7 @@ import inspect
 import logging
 import os
 import select
+import sys
 import threading
 import time
 import weakref
@@ -60,6 +61,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+_EAGER = sys.version_info >= (3, 12)
+_EAGER_START: dict[str, Any] = {"eager_start": True}
 _ALLOW = int(Response.ALLOW)
 _DENY = int(Response.DENY)
 _AUDIT = int(Response.AUDIT)
@@ -534,7 +537,15 @@ class PermissionTracker:
                 _close_awaitable(result)
                 ev.close()
                 return
-            task = asyncio.ensure_future(result)
+            if _EAGER and inspect.iscoroutine(result):
+                # Python 3.12+: run the handler up to its first real suspension
+                # now, so one that never awaits costs no trip through the loop.
+                task = asyncio.Task(result, loop=asyncio.get_running_loop(), **_EAGER_START)
+                if task.done():
+                    self._handler_done(ev, task)
+                    return
+            else:
+                task = asyncio.ensure_future(result)
             entry.handler_task = task
             task.add_done_callback(lambda t, ev=ev: self._handler_done(ev, t))  # type: ignore[misc]
             return
