@@ -644,3 +644,48 @@ def test_sync_reader_answers_overdue_events(tmpfs: Path) -> None:
         assert b"PermissionError" in err
         assert fan.permission_stats.timed_out == 1
         events[0].close()
+
+
+class _SlowLogHandler(logging.Handler):
+    """A log handler that blocks, as a log to a stuck disk or socket would."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(logging.WARNING)
+        self.seconds = seconds
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+        time.sleep(self.seconds)
+
+
+@pytest.mark.parametrize("path", ["deadline", "handler-error"])
+async def test_responses_are_written_before_logging(
+    tmpfs: Path, make_group: Callable[..., Fanotify], path: str
+) -> None:
+    target = _file(tmpfs, "f")
+    fan = make_group(permission_timeout=TIMEOUT, default_response=Response.DENY)
+    fan.mark(target, Event.OPEN_PERM)
+
+    async def forever(ev: FanotifyData) -> bool:
+        await asyncio.sleep(3600)
+        return True
+
+    def broken(ev: FanotifyData) -> bool:
+        raise RuntimeError("policy bug")
+
+    fan.on_permission(forever if path == "deadline" else broken)
+    slow = _SlowLogHandler(3.0)
+    logger = logging.getLogger("afanotify.permission")
+    logger.addHandler(slow)
+    reader = asyncio.create_task(drain(fan))
+    try:
+        result = await child("open", target)
+    finally:
+        reader.cancel()
+        logger.removeHandler(slow)
+    assert slow.records, "the path under test logs"
+    assert result.errno == errno.EPERM
+    # Had the log line come first, the child would have waited 3 s more.
+    limit = TIMEOUT + 1 if path == "deadline" else 1.0
+    assert result.elapsed <= limit
