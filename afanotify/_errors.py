@@ -121,6 +121,22 @@ def mark_error(exc: OSError, path: str | None, flags: int, mask: int) -> OSError
             "or this event type",
             path,
         )
+    if code == errno.EISDIR and flags & MarkFlag.IGNORE == MarkFlag.IGNORE:
+        return IsADirectoryError(
+            code,
+            f"cannot add an ignore mask (ignore_style='new') to{where}: on a directory, "
+            "mount or filesystem the kernel requires it to survive modification: pass "
+            "survive_modify=True (and Event.ONDIR to ignore the directory's own events)",
+            path,
+        )
+    if code == errno.EEXIST:
+        return FileExistsError(
+            code,
+            f"cannot update the mark on{where}: it was made with different flags, and the "
+            "kernel refuses to mix an evictable mark with a non-evictable one, or "
+            "ignore_style='new' with 'old'; remove the mark first (unmark) or keep its flags",
+            path,
+        )
     if code == errno.ENOSPC:
         return OSError(
             code, "too many marks for this user (fs.fanotify.max_user_marks)", path

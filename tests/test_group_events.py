@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from helpers import collect, sh
 
-from afanotify import Event, FanotifyData, Fanotify, InitFlag
+from afanotify import Event, Fanotify, FanotifyData, InitFlag
 from afanotify._proc import pidfd_pid
 
 pytestmark = pytest.mark.kernel
@@ -108,7 +108,8 @@ async def test_fid_only_self_events_report_the_object(anyfs: Path) -> None:
     async with Fanotify(FID_ONLY) as fan:
         fan.mark(anyfs / "f", Event.ATTRIB | Event.MODIFY | Event.CLOSE_WRITE)
         fan.mark(sub, Event.MOVE_SELF | Event.ONDIR)
-        assert sh(f"chmod 600 {anyfs}/f && echo y >> {anyfs}/f && mv {sub} {anyfs}/moved").returncode == 0
+        script = f"chmod 600 {anyfs}/f && echo y >> {anyfs}/f && mv {sub} {anyfs}/moved"
+        assert sh(script).returncode == 0
         evs = await collect(fan, _has(Event.MOVE_SELF))
     on_file = Event(0)
     for e in evs:
