@@ -92,11 +92,18 @@ class HandleResolver:
         self.misses = 0
 
     def add_mount(self, path: str | bytes, *, dont_follow: bool = False) -> None:
-        """Keep an O_PATH fd on ``path``'s filesystem, keyed by its fsid."""
-        # open_by_handle_at() refuses O_PATH descriptors (EBADF), so the
-        # mount fd is a real (non-blocking, in case of a FIFO) read-only open.
-        flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (os.O_NOFOLLOW if dont_follow else 0)
-        fd = os.open(path, flags)
+        """Keep an fd on the top directory of ``path``'s filesystem, keyed by fsid.
+
+        The fd is opened on the highest directory above ``path`` that is still
+        on the same device (the mount's root), never on the marked object:
+        an open fd on a marked file would keep its inode alive, so its
+        DELETE_SELF would never come, and it would make the group open (and
+        see) every file it marks.
+        """
+        # open_by_handle_at() refuses O_PATH descriptors (EBADF), so this is a
+        # real read-only open of a directory.
+        top = _fs_top(path, dont_follow)
+        fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             fsid = _ffi.fsid_of_fd(fd)
         except OSError:
@@ -146,3 +153,21 @@ class HandleResolver:
         for fd in mounts.values():
             os.close(fd)
         self._cache.clear()
+
+
+def _fs_top(path: str | bytes, dont_follow: bool) -> str:
+    """The highest directory above ``path`` on the same device (its mount's root)."""
+    p = os.path.abspath(os.fsdecode(path))
+    if (dont_follow and os.path.islink(p)) or not os.path.isdir(p):
+        p = os.path.dirname(p)
+    p = os.path.realpath(p)
+    dev = os.stat(p).st_dev
+    while p != "/":
+        parent = os.path.dirname(p)
+        try:
+            if os.stat(parent).st_dev != dev:
+                break
+        except OSError:
+            break
+        p = parent
+    return p
