@@ -778,23 +778,37 @@ def _open_group(flags: int, event_flags: int) -> int:
 
 
 def _find_rejected_init_flag(flags: int, event_flags: int) -> InitFlag | None:
-    """Which single flag makes fanotify_init fail with EINVAL on its own, if any."""
+    """Which flag, or pair of flags, makes fanotify_init fail with EINVAL, if any.
+
+    A single flag the kernel rejects on its own (too old a kernel) is returned
+    alone; otherwise the first pair the kernel refuses to combine (e.g.
+    REPORT_MNT with REPORT_FID) is returned as the two bits together.
+    """
     base = flags & (InitFlag.NONBLOCK | InitFlag.CLOEXEC)
-    for flag in InitFlag:
-        if not flag.value or flag.value & (flag.value - 1) or not flags & flag.value:
-            continue
-        if flag in (InitFlag.NONBLOCK, InitFlag.CLOEXEC):
-            continue
-        probe = base | flag.value
-        if flag == InitFlag.REPORT_NAME:
+    singles = [
+        flag for flag in InitFlag
+        if flag.value and not flag.value & (flag.value - 1) and flags & flag.value
+        and flag not in (InitFlag.NONBLOCK, InitFlag.CLOEXEC)
+    ]
+
+    def rejected(probe: int) -> bool:
+        # The kernel requires these companions; they are in ``flags`` too.
+        if probe & InitFlag.REPORT_NAME:
             probe |= InitFlag.REPORT_DIR_FID
-        if flag == InitFlag.REPORT_TARGET_FID:
+        if probe & InitFlag.REPORT_TARGET_FID:
             probe |= InitFlag.REPORT_DFID_NAME_TARGET
         try:
-            fd = _ffi.fanotify_init(probe, event_flags)
+            fd = _ffi.fanotify_init(base | probe, event_flags)
         except OSError as exc:
-            if exc.errno == _errno.EINVAL:
-                return flag
-            continue
+            return exc.errno == _errno.EINVAL
         os.close(fd)
+        return False
+
+    for flag in singles:
+        if rejected(flag.value):
+            return flag
+    for i, first in enumerate(singles):
+        for second in singles[i + 1:]:
+            if rejected(first.value | second.value):
+                return first | second
     return None
