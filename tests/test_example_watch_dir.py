@@ -69,5 +69,5 @@ async def test_watch_dir_rejects_a_missing_directory(tmpfs: Path) -> None:
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         env=dict(os.environ, PYTHONPATH=str(ROOT)),
     )
-    out, err = await asyncio.wait_for(proc.communicate(), 10)
+    _out, err = await asyncio.wait_for(proc.communicate(), 10)
     assert proc.returncode == 2 and b"not a directory" in err
