@@ -661,6 +661,8 @@ class Fanotify:
         try:
             ev = await self.receive()
         except ClosedResourceError:
+            if self._error is not None:
+                raise  # a failed read ends the iteration loudly, not as if closed
             raise StopAsyncIteration from None
         self._iter_last = ev
         return ev

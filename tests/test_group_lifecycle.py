@@ -209,3 +209,25 @@ async def test_fd_count_back_to_baseline_after_100000_events(tmpfs: Path) -> Non
     # bounded by the group's queue, and all are gone now.
     assert peak < baseline + 8192 + 64
     assert open_fd_count() == baseline
+
+
+async def test_a_failed_read_ends_iteration_with_an_error(
+    tmpfs: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with Fanotify() as fan:
+        fan.mark(tmpfs, WRITES)
+
+        async def consume() -> int:
+            n = 0
+            async for _ev in fan:
+                n += 1
+            return n
+
+        task = asyncio.create_task(consume())
+        await asyncio.sleep(0)
+        # What the reader does when read(2) fails (e.g. EIO): stop, log, wake.
+        fan._fail(OSError(5, "Input/output error"))
+        with pytest.raises(ClosedResourceError, match="failed") as info:
+            await asyncio.wait_for(task, 5)
+        assert isinstance(info.value.__cause__, OSError)
+    assert "reading the fanotify group failed" in caplog.text
