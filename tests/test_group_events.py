@@ -204,6 +204,25 @@ async def test_directory_rename_invalidates_cached_directory_paths(tmpfs: Path) 
     assert evs[-1].dir_path == f"{tmpfs}/e"
 
 
+@pytest.mark.parametrize("cache", [4096, 0])
+async def test_directory_cache_staleness_when_the_move_is_not_seen(
+    tmpfs: Path, cache: int
+) -> None:
+    (tmpfs / "d").mkdir()
+    async with Fanotify(DFID_NAME, handle_cache_size=cache) as fan:
+        # No MOVE/ONDIR in the mask: the group never hears that d is renamed.
+        fan.mark(tmpfs, Event.CREATE, "filesystem")
+        assert sh(f"touch {tmpfs}/d/a").returncode == 0
+        await collect(fan, _has(Event.CREATE, path=f"{tmpfs}/d/a"))
+        assert sh(f"mv {tmpfs}/d {tmpfs}/e && touch {tmpfs}/e/b").returncode == 0
+        (ev,) = await collect(fan, lambda g: len(g) >= 1)
+    assert ev.name == "b" and ev.path_resolved
+    if cache:
+        assert ev.path == f"{tmpfs}/d/b"  # the documented caveat: a stale cached directory
+    else:
+        assert ev.path == f"{tmpfs}/e/b"  # no cache: resolved afresh
+
+
 # -- pidfd ---------------------------------------------------------------------
 
 
