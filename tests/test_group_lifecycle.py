@@ -237,9 +237,9 @@ async def test_a_failed_read_ends_iteration_with_an_error(
 
 _LOW_FD_LIMIT = """
 import asyncio, json, os, resource, subprocess, sys
-from afanotify import Event, Fanotify
+from afanotify import Event, Fanotify, InitFlag
 
-d, total, hold = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+d, total, hold, flags = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
 MAKE = (
     "import os, sys\\n"
@@ -248,16 +248,17 @@ MAKE = (
 )
 
 async def main():
-    async with Fanotify() as fan:
+    async with Fanotify(InitFlag(flags)) as fan:
         fan.mark(d, Event.CLOSE_WRITE | Event.EVENT_ON_CHILD)
         subprocess.run([sys.executable, "-c", MAKE, d, str(total)], check=True)
-        n, held = 0, []
+        n, held, fd_errors = 0, [], 0
         while True:
             try:
                 ev = await asyncio.wait_for(fan.receive(), 1.0)
             except TimeoutError:
                 break
             n += 1
+            fd_errors += ev.fd_error is not None
             held.append(ev)
             if len(held) > hold:  # hold: how many events the consumer keeps open
                 for e in held:
@@ -269,15 +270,20 @@ async def main():
         subprocess.run(["touch", f"{d}/last"], check=True)
         with await asyncio.wait_for(fan.receive(), 5) as last:
             ok = last.path == f"{d}/last"
-        print(json.dumps({"received": n, "lost": fan.stats.lost, "ok": ok}))
+        print(json.dumps(
+            {"received": n, "lost": fan.stats.lost, "ok": ok, "fd_errors": fd_errors}
+        ))
 
 asyncio.run(main())
 """
 
 
-def _run_low_limit(tmpfs: Path, total: int, hold: int) -> tuple[dict[str, object], str]:
+def _run_low_limit(
+    tmpfs: Path, total: int, hold: int, flags: InitFlag = InitFlag.CLASS_NOTIF
+) -> tuple[dict[str, object], str]:
     r = subprocess.run(
-        [sys.executable, "-c", _LOW_FD_LIMIT, str(tmpfs), str(total), str(hold)],
+        [sys.executable, "-c", _LOW_FD_LIMIT, str(tmpfs), str(total), str(hold),
+         str(int(flags))],
         env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent)),
         capture_output=True, text=True, timeout=120, check=False,
     )
@@ -290,7 +296,7 @@ def test_fd_mode_under_a_low_open_file_limit_loses_nothing(tmpfs: Path) -> None:
     # 3000 queued fd events, RLIMIT_NOFILE 256: reads are sized to the fds
     # the process can take, so the kernel never has to drop one.
     result, log = _run_low_limit(tmpfs, 3000, 0)
-    assert result == {"received": 3000, "lost": 0, "ok": True}, log
+    assert result == {"received": 3000, "lost": 0, "ok": True, "fd_errors": 0}, log
     assert "dropped" not in log
 
 
@@ -322,3 +328,11 @@ async def test_events_read_before_a_failure_are_still_delivered(tmpfs: Path) -> 
                 got.append(ev.path)
         assert got == [f"{tmpfs}/f2", f"{tmpfs}/f3"]
     assert open_fd_count() == baseline
+
+
+@pytest.mark.timeout(150)
+def test_fd_exhaustion_with_report_fd_error_delivers_every_event(tmpfs: Path) -> None:
+    # With REPORT_FD_ERROR the kernel reports the event with the errno instead.
+    result, log = _run_low_limit(tmpfs, 3000, 200, InitFlag.REPORT_FD_ERROR)
+    assert result["received"] == 3000 and result["lost"] == 0 and result["ok"] is True, log
+    assert isinstance(result["fd_errors"], int) and result["fd_errors"] > 0
