@@ -4,6 +4,7 @@ flags the kernel rejects, and bad arguments."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import subprocess
@@ -252,3 +253,36 @@ async def test_rename_needs_a_name_group(tmpfs: Path) -> None:
     async with Fanotify(InitFlag.REPORT_FID) as fan:
         with pytest.raises(ValueError, match="REPORT_DFID_NAME"):
             fan.mark(tmpfs, Event.RENAME)
+
+
+_UNPRIVILEGED_PATHS = """
+import asyncio, json, os, subprocess, sys
+from afanotify import Event, Fanotify, InitFlag
+
+root = sys.argv[1]
+sub = os.path.join(root, "sub")
+os.mkdir(sub)
+
+async def main():
+    out = []
+    async with Fanotify(InitFlag.REPORT_DFID_NAME) as fan:
+        fan.mark(sub, Event.CREATE | Event.EVENT_ON_CHILD)
+        for script in (f"touch {sub}/x", f"mv {sub} {root}/moved && touch {root}/moved/y"):
+            subprocess.run(["sh", "-c", script], check=True)
+            with await asyncio.wait_for(fan.receive(), 5) as ev:
+                out.append([ev.path, ev.path_resolved, ev.dir_path])
+    print(json.dumps(out))
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.kernel
+def test_unprivileged_fid_group_resolves_marked_directories(tmpfs: Path) -> None:
+    # Without CAP_DAC_READ_SEARCH open_by_handle_at() fails; the handles of
+    # marked objects still resolve, and only while their path is still theirs.
+    r = _as_nobody(_UNPRIVILEGED_PATHS, str(tmpfs))
+    assert r.returncode == 0, r.stderr
+    (x, y) = json.loads(r.stdout)
+    assert x == [f"{tmpfs}/sub/x", True, f"{tmpfs}/sub"]
+    assert y == ["y", False, None]  # renamed: not reported under the old path
