@@ -20,10 +20,12 @@ from dataclasses import replace
 from typing import Any, Literal, NamedTuple, Union
 
 from . import _ffi
+from . import client as _client
 from ._errors import init_error, mark_error
 from ._parser import parse_lenient
 from ._proc import HandleResolver, fd_path, process_info
 from ._queue import EventQueue
+from .client import DispatchStatistics, FanotifyClient
 from .events import UNANSWERED, FanotifyData
 from .exceptions import AlreadyAnsweredError, ClosedResourceError, ParseError, WouldBlock
 from .flags import (
@@ -38,6 +40,7 @@ from .flags import (
     MarkFlag,
     Response,
 )
+from .rules import FanoRule
 
 __all__ = ["Fanotify", "GroupStatistics", "MarkKind"]
 
@@ -218,6 +221,10 @@ class Fanotify:
         #: Events read while the queue was full, in order (block policy).
         self._held: list[FanotifyData] = []
         self._error: BaseException | None = None
+        #: True once someone received from the group itself: with clients
+        #: connected, its own queue then takes events too (see client.py).
+        self._consuming = False
+        self._clients = _client._Dispatcher(self)
 
     # -- properties ------------------------------------------------------
 
@@ -445,6 +452,8 @@ class Fanotify:
     def _resume(self) -> None:
         if self._error is not None:
             return  # a failed group never reads again
+        if self._held or self._clients.holds_reader:
+            return  # a consumer still has no room (or async dispatch runs)
         self._paused = False
         if not self._closed and not self._reading and self._loop is not None:
             self._loop.add_reader(self._fd, self._on_readable)
@@ -582,7 +591,9 @@ class Fanotify:
             elif self._fid_mode:
                 kw.update(self._resolve_fid(ev))
         if self.proc_info:
-            kw["exe"], kw["cwd"] = process_info(ev.pid, ev.pidfd)
+            kw["exe"], kw["cwd"] = process_info(
+                ev.pid, ev.pidfd, pidfd_reported=bool(self.flags & InitFlag.REPORT_PIDFD)
+            )
         if not kw:
             return ev
         new = replace(ev, **kw)
@@ -646,6 +657,9 @@ class Fanotify:
         log.error("dropped a malformed fanotify event: %s", err)
 
     def _deliver(self, events: list[FanotifyData]) -> None:
+        if self._clients.active:
+            self._clients.dispatch(events)
+            return
         taken = self._queue.put_many(events)
         self._counters.events_delivered += taken
         if taken < len(events):
@@ -665,6 +679,7 @@ class Fanotify:
         # error once they are gone (see _refill).
         if not len(self._queue) and not self._held:
             self._queue.close()
+        self._clients.fail(exc)
 
     # -- consuming -------------------------------------------------------
 
@@ -681,6 +696,7 @@ class Fanotify:
         :raises ClosedResourceError: if the group is closed
         """
         self._ensure_reader()
+        self._consuming = True
         ev = self._queue.get_nowait()
         self._refill()
         return ev
@@ -691,6 +707,7 @@ class Fanotify:
         :raises ClosedResourceError: if the group is closed (or closes while waiting)
         """
         self._ensure_reader()
+        self._consuming = True
         try:
             ev = await self._queue.get()
         except ClosedResourceError:
@@ -728,6 +745,39 @@ class Fanotify:
             raise StopAsyncIteration from None
         self._iter_last = ev
         return ev
+
+    # -- clients ---------------------------------------------------------
+
+    def connect(
+        self,
+        rule: FanoRule,
+        *,
+        maxsize: int = _client.DEFAULT_MAXSIZE,
+        overflow: Literal["block", "drop_oldest", "drop_newest"] | None = None,
+    ) -> FanotifyClient:
+        """Connect ``rule``; returns a :class:`~afanotify.FanotifyClient` for its events.
+
+        ``overflow`` defaults to ``"block"`` (``"drop_newest"`` in a
+        CLASS_CONTENT/PRE_CONTENT group, which never stops reading).
+
+        See :mod:`afanotify.client` for fan-out, descriptors and overflow.
+
+        :raises ClosedResourceError: if the group is closed
+        :raises TypeError, ValueError: for bad arguments
+        """
+        return _client.connect(self, rule, maxsize=maxsize, overflow=overflow)
+
+    def disconnect(self, rule_or_client: FanoRule | FanotifyClient) -> int:
+        """Stop delivery to a client, or to every client with an equal rule, at once.
+
+        Returns how many clients were closed (0 if none was connected).
+        """
+        return _client.disconnect(self, rule_or_client)
+
+    @property
+    def dispatch_stats(self) -> DispatchStatistics:
+        """Counters of the fan-out to clients."""
+        return self._clients.stats()
 
     # -- permission responses -------------------------------------------
 
@@ -775,6 +825,7 @@ class Fanotify:
         for ev in list(self._pending.values()):
             self._answer_default(ev)
         left = self._queue.close() + self._held  # 2. wake the waiters
+        left += self._clients.close_all()
         self._held = []
         if self._reading and self._loop is not None:  # 3. unregister
             try:
