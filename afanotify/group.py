@@ -529,13 +529,20 @@ class Fanotify:
 
         :raises ClosedResourceError: if the group is closed
         :raises WouldBlock: if the kernel has no events
+        :raises OSError: EMFILE/ENFILE when the kernel could not open an event's
+            fd (it dropped that event; counted in ``stats.lost``)
         """
         if self._closed:
             raise ClosedResourceError("the fanotify group is closed")
+        size = self._read_size() or self._max_event_len  # see _read_size
         try:
-            n = os.readv(self._fd, (self._buf,))
+            n = os.readv(self._fd, (memoryview(self._buf)[:size],))
         except BlockingIOError:
             raise WouldBlock from None
+        except OSError as exc:
+            if exc.errno in (_errno.EMFILE, _errno.ENFILE):
+                self._counters.lost += 1
+            raise
         self._counters.reads += 1
         self._counters.bytes_read += n
         return self._decode(memoryview(self._buf)[:n])

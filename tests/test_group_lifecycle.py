@@ -336,3 +336,37 @@ def test_fd_exhaustion_with_report_fd_error_delivers_every_event(tmpfs: Path) ->
     result, log = _run_low_limit(tmpfs, 3000, 200, InitFlag.REPORT_FD_ERROR)
     assert result["received"] == 3000 and result["lost"] == 0 and result["ok"] is True, log
     assert isinstance(result["fd_errors"], int) and result["fd_errors"] > 0
+
+
+_SYNC_LOW_LIMIT = """
+import json, resource, subprocess, sys
+from afanotify import Event, Fanotify, WouldBlock
+
+d = sys.argv[1]
+resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+with Fanotify() as fan:
+    fan.mark(d, Event.CLOSE_WRITE | Event.EVENT_ON_CHILD)
+    subprocess.run(["sh", "-c", f"for i in $(seq 1000); do : > {d}/f$i; done"], check=True)
+    sizes = []
+    while True:
+        try:
+            batch = fan.read_batch()
+        except WouldBlock:
+            break
+        sizes.append(len(batch))
+        for ev in batch:
+            ev.close()
+    print(json.dumps({"sizes": sizes, "lost": fan.stats.lost}))
+"""
+
+
+def test_read_batch_is_sized_to_the_fd_limit(tmpfs: Path) -> None:
+    r = subprocess.run(
+        [sys.executable, "-c", _SYNC_LOW_LIMIT, str(tmpfs)],
+        env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent)),
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert sum(result["sizes"]) == 1000 and result["lost"] == 0
+    assert max(result["sizes"]) <= 256 // 2  # half the limit: the budget
