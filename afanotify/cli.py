@@ -1,0 +1,754 @@
+"""The ``afanotify`` command: ``watch``, ``guard`` and ``features``.
+
+Installed as a console script and runnable as ``python -m afanotify``.
+Everything here is built on the public library: the :class:`Fanotify` group
+for events, and :func:`features` for probing.  Exit codes: 0 done, 1 runtime
+error, 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import errno
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from typing import IO, Any, NoReturn
+
+from . import _ffi
+from ._features import features
+from ._proc import pidfd_pid
+from .events import FanotifyData
+from .exceptions import UnsupportedFlagError
+from .flags import FID_EVENTS, Event, InitFlag, evt_to_str
+from .group import Fanotify
+
+__all__ = ["main"]
+
+PROG = "afanotify"
+
+#: ``--events`` names for ``watch``: the notification events, plus composites.
+WATCH_EVENTS: dict[str, Event] = {
+    "access": Event.ACCESS,
+    "modify": Event.MODIFY,
+    "attrib": Event.ATTRIB,
+    "close_write": Event.CLOSE_WRITE,
+    "close_nowrite": Event.CLOSE_NOWRITE,
+    "close": Event.CLOSE,
+    "open": Event.OPEN,
+    "open_exec": Event.OPEN_EXEC,
+    "moved_from": Event.MOVED_FROM,
+    "moved_to": Event.MOVED_TO,
+    "move": Event.MOVE,
+    "create": Event.CREATE,
+    "delete": Event.DELETE,
+    "delete_self": Event.DELETE_SELF,
+    "move_self": Event.MOVE_SELF,
+    "rename": Event.RENAME,
+    "fs_error": Event.FS_ERROR,
+}
+
+#: What ``--events all`` (the default) means: every notification event except
+#: RENAME (a move already shows as MOVED_FROM + MOVED_TO) and FS_ERROR (which
+#: needs a filesystem mark on a filesystem that reports errors).
+ALL_WATCH_EVENTS = (
+    Event.ACCESS | Event.MODIFY | Event.ATTRIB | Event.CLOSE | Event.OPEN | Event.OPEN_EXEC
+    | Event.MOVE | Event.CREATE | Event.DELETE | Event.DELETE_SELF | Event.MOVE_SELF
+)
+
+#: Events only a FID group reports; asking for any of them selects FID mode.
+FID_ONLY = FID_EVENTS
+#: Directory-entry events, which mount marks cannot carry.
+DIRENT_EVENTS = FID_EVENTS & ~Event.ATTRIB & ~Event.FS_ERROR
+
+_FID_FLAGS = InitFlag.REPORT_DFID_NAME | InitFlag.REPORT_FID
+_NEEDS_CAP = (
+    "needs CAP_SYS_ADMIN, which this process lacks: run it as root (or grant the "
+    "capability). Without it, a user can still watch files they can read with inode "
+    "marks in FID mode: afanotify watch --inode --fid PATH"
+)
+
+#: ECS ``event.type`` for each event bit (the ``file`` category's types).
+_ECS_TYPES: tuple[tuple[Event, str], ...] = (
+    (Event.ACCESS | Event.OPEN | Event.OPEN_EXEC | Event.CLOSE_NOWRITE, "access"),
+    (Event.MODIFY | Event.CLOSE_WRITE | Event.ATTRIB | Event.MOVE_SELF | Event.RENAME, "change"),
+    (Event.CREATE | Event.MOVED_TO, "creation"),
+    (Event.DELETE | Event.DELETE_SELF | Event.MOVED_FROM, "deletion"),
+    (Event.FS_ERROR, "error"),
+)
+_SINGLE = tuple(
+    e for e in Event if e.value and not e.value & (e.value - 1) and e not in (Event.ONDIR,)
+)
+ECS_VERSION = "8.11.0"
+
+WATCH_EPILOG = """\
+examples:
+  afanotify watch /tmp/watched
+      every event on /tmp/watched and the entries directly in it
+  afanotify watch --events modify,close_write --filesystem --path '/srv/*' /srv
+      every write anywhere on the filesystem holding /srv, under /srv
+  afanotify watch --json --output /var/log/files.json --filesystem /srv
+      one JSON object per line (Elastic Common Schema names) for a log shipper
+  afanotify watch --events open --pid 1234 --count 10 /etc/passwd
+      the next ten opens of /etc/passwd by process 1234
+  afanotify watch --json --exclude-self /var/log | tee /var/log/watch.json
+      without the pipeline's own writes (tee is in our process group)
+
+An inode mark (the default) covers the path itself and, for a directory, the
+entries directly in it; --mount and --filesystem cover everything on the
+mount or filesystem, narrowed with --path.  Patterns are fnmatch(3)
+patterns with extended syntax (@(a|b), !(x), +(...)); '*' also matches '/'.
+The events mode follows from --events: any of attrib, create, delete,
+moved_from, moved_to, move, delete_self, move_self, rename, fs_error selects
+FID mode (events carry file handles, resolved to paths); otherwise events
+carry file descriptors.  --fid forces FID mode.
+
+A line "afanotify: watching ..." on stderr says the marks are in place.  On
+exit (--count, --timeout, Ctrl-C, SIGTERM, or a closed output pipe) a summary
+goes to stderr: events seen, shown, filtered out, dropped, queue overflows.
+"""
+
+FEATURES_EPILOG = """\
+examples:
+  afanotify features
+  afanotify features --json | jq .events
+
+Every answer comes from a probe of the running kernel (needs root for a full
+answer), not from its version number.
+"""
+
+GUARD_EPILOG = """\
+examples:
+  afanotify guard --deny '*.key' /srv/secrets
+      refuse every open of a .key file directly in /srv/secrets
+  afanotify guard --default deny --allow-exe '/usr/bin/@(cat|less)' /srv/secrets
+      only cat and less may open files there
+  afanotify guard --filesystem --deny-exe '*/curl' --log-denials /srv
+      curl may open nothing on /srv's filesystem; each refusal is logged
+
+A process opening a guarded file waits until the guard answers.  The guard
+answers every open: a verdict from the rules, the default verdict when none
+matches, and allow for whatever is pending when it stops (SIGTERM, Ctrl-C).
+If it is killed (SIGKILL), the kernel allows what was waiting.
+"""
+
+
+class _Usage(Exception):
+    """A usage error found after argument parsing (exit code 2)."""
+
+
+# -- argument types ----------------------------------------------------------
+
+
+def _events_arg(text: str) -> int:
+    mask = 0
+    for raw in text.split(","):
+        name = raw.strip().lower()
+        if not name:
+            continue
+        if name == "all":
+            mask |= ALL_WATCH_EVENTS
+            continue
+        ev = WATCH_EVENTS.get(name)
+        if ev is None:
+            valid = ", ".join(["all", *WATCH_EVENTS])
+            raise argparse.ArgumentTypeError(f"unknown event {raw.strip()!r}; valid: {valid}")
+        mask |= ev
+    if not mask:
+        raise argparse.ArgumentTypeError("no event named; valid: all, " + ", ".join(WATCH_EVENTS))
+    return mask
+
+
+def _pids_arg(text: str) -> list[int]:
+    pids = []
+    for part in text.split(","):
+        try:
+            pid = int(part)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{part!r} is not a process id") from None
+        if pid <= 0:
+            raise argparse.ArgumentTypeError(f"{pid} is not a process id (must be > 0)")
+        pids.append(pid)
+    return pids
+
+
+def _count_arg(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
+def _seconds_arg(text: str) -> float:
+    try:
+        s = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not s > 0 or s == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return s
+
+
+def _pattern_arg(text: str) -> str:
+    if not text:
+        raise argparse.ArgumentTypeError("the pattern is empty")
+    return text
+
+
+# -- the parser --------------------------------------------------------------
+
+
+def _add_scope(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument(
+        "--inode", dest="scope", action="store_const", const="inode",
+        help="mark each PATH itself (and a directory's direct entries); the default",
+    )
+    g.add_argument(
+        "--mount", dest="scope", action="store_const", const="mount",
+        help="mark the mount holding each PATH",
+    )
+    g.add_argument(
+        "--filesystem", dest="scope", action="store_const", const="filesystem",
+        help="mark the whole filesystem holding each PATH",
+    )
+    p.set_defaults(scope="inode")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``afanotify`` argument parser."""
+    return _build()[0]
+
+
+def _build() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Linux fanotify from the command line: watch file events, guard opens, "
+        "and list what the kernel supports.",
+        epilog="Run 'afanotify COMMAND --help' for a command's options and examples.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    fmt = argparse.RawDescriptionHelpFormatter
+
+    w = sub.add_parser(
+        "watch", help="stream file events", formatter_class=fmt, epilog=WATCH_EPILOG,
+        description="Stream fanotify events on PATHs, one line each.",
+    )
+    w.add_argument("paths", nargs="+", metavar="PATH", help="what to mark")
+    _add_scope(w)
+    w.add_argument(
+        "--events", type=_events_arg, default=None, metavar="LIST",
+        help="comma-separated events (default: all): all, " + ", ".join(WATCH_EVENTS),
+    )
+    w.add_argument(
+        "--fid", action="store_true",
+        help="use FID mode (file handles) even for open/access/modify/close events; "
+        "works without root for inode marks on files you can read",
+    )
+    w.add_argument(
+        "--pid", type=_pids_arg, action="append", default=[], metavar="PID[,PID...]",
+        help="only events caused by these processes (repeatable)",
+    )
+    w.add_argument("--exe", type=_pattern_arg, metavar="PATTERN",
+                   help="only events by processes whose executable matches")
+    w.add_argument("--cwd", type=_pattern_arg, metavar="PATTERN",
+                   help="only events by processes whose working directory matches")
+    w.add_argument("--path", type=_pattern_arg, metavar="PATTERN",
+                   help="only events whose path matches")
+    w.add_argument(
+        "--exclude-self", action="store_true",
+        help="also drop events caused by processes in this command's process group "
+        "(its pipeline, e.g. '| tee FILE'); the command's own events are always dropped",
+    )
+    out = w.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true",
+                     help="one JSON object per line (Elastic Common Schema names)")
+    w.add_argument("--output", "-o", metavar="FILE",
+                   help="append events to FILE instead of standard output")
+    w.add_argument("--count", type=_count_arg, metavar="N", help="stop after N events shown")
+    w.add_argument("--timeout", type=_seconds_arg, metavar="S", help="stop after S seconds")
+
+    f = sub.add_parser(
+        "features", help="list what the running kernel supports", formatter_class=fmt,
+        epilog=FEATURES_EPILOG,
+        description="Probe the running kernel's fanotify: init flags, mark types and "
+        "flags, events.",
+    )
+    f.add_argument("--json", action="store_true", help="print one JSON object")
+
+    g = sub.add_parser(
+        "guard", help="allow or deny opens (a permission agent)", formatter_class=fmt,
+        epilog=GUARD_EPILOG,
+        description="Answer open permission requests on PATHs by rules.",
+    )
+    g.add_argument("paths", nargs="+", metavar="PATH", help="what to guard")
+    _add_scope(g)
+    g.add_argument("--deny", type=_pattern_arg, action="append", default=[], metavar="PATTERN",
+                   help="deny opens of paths matching PATTERN (repeatable)")
+    g.add_argument("--deny-exe", type=_pattern_arg, action="append", default=[],
+                   metavar="PATTERN",
+                   help="deny opens by processes whose executable matches (repeatable)")
+    g.add_argument("--allow-exe", type=_pattern_arg, action="append", default=[],
+                   metavar="PATTERN",
+                   help="always allow processes whose executable matches (repeatable); "
+                   "checked first")
+    g.add_argument("--default", choices=("allow", "deny"), default="allow",
+                   help="the verdict when no rule matches (default: allow)")
+    g.add_argument("--timeout", type=_seconds_arg, metavar="S", help="stop after S seconds")
+    g.add_argument("--log-denials", action="store_true",
+                   help="write a line to stderr for every denied open")
+    return parser, {"watch": w, "features": f, "guard": g}
+
+
+# -- small helpers -----------------------------------------------------------
+
+
+def _err(msg: str) -> None:
+    try:
+        print(f"{PROG}: {msg}", file=sys.stderr, flush=True)
+    except (BrokenPipeError, ValueError):
+        pass
+
+
+def _check_paths(parser: argparse.ArgumentParser, paths: Sequence[str]) -> None:
+    for p in paths:
+        try:
+            os.stat(p)
+        except FileNotFoundError:
+            parser.error(f"argument PATH: no such file or directory: {p!r}")
+        except NotADirectoryError:
+            parser.error(f"argument PATH: a component is not a directory: {p!r}")
+        except PermissionError:
+            parser.error(f"argument PATH: permission denied: {p!r}")
+
+
+def _fnmatch(pattern: str, text: str | None) -> bool:
+    if text is None:
+        return False
+    return _ffi.fnmatch(os.fsencode(pattern), os.fsencode(text), _ffi.lib.FNM_EXTMATCH)
+
+
+def _comm(pid: int, pidfd: int) -> str | None:
+    """The process name from /proc (trusted only while ``pidfd`` still names ``pid``)."""
+    if pid <= 0:
+        return None
+    try:
+        with open(f"/proc/{pid}/comm", "rb") as f:
+            name = f.read().rstrip(b"\n").decode("utf-8", "replace")
+    except OSError:
+        return None
+    if pidfd >= 0 and pidfd_pid(pidfd) != pid:
+        return None
+    return name
+
+
+def _action_names(mask: int) -> list[str]:
+    return [(e.name or "").lower() for e in _SINGLE if mask & e.value]
+
+
+# -- output -------------------------------------------------------------------
+
+
+class _Sink:
+    """Where event lines go; remembers a closed pipe instead of raising."""
+
+    def __init__(self, path: str | None) -> None:
+        self.broken = False
+        self._own = path is not None
+        self._f: IO[str] = (
+            open(path, "a", encoding="utf-8") if path is not None else sys.stdout
+        )
+
+    def write(self, line: str) -> None:
+        if self.broken:
+            return
+        try:
+            self._f.write(line)
+            self._f.write("\n")
+        except BrokenPipeError:
+            self._broke()
+
+    def flush(self) -> None:
+        if self.broken:
+            return
+        try:
+            self._f.flush()
+        except BrokenPipeError:
+            self._broke()
+
+    def _broke(self) -> None:
+        self.broken = True
+        # Python would try to flush stdout again at exit and complain; point
+        # the descriptor at /dev/null so that last flush goes nowhere quietly.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._f.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):
+            pass
+
+    def close(self) -> None:
+        self.flush()
+        if self._own:
+            self._f.close()
+
+
+def format_human(ev: FanotifyData, now: float, comm: str | None) -> str:
+    """One aligned line: time, pid, process name, events, path(s)."""
+    stamp = time.strftime("%H:%M:%S", time.localtime(now)) + f".{int(now % 1 * 1000):03d}"
+    if ev.ev_types & Event.Q_OVERFLOW:
+        return f"{stamp}  {'-':>7}  {'-':<15}  {'Q_OVERFLOW':<26}  (the kernel dropped events)"
+    pid = str(ev.pid) if ev.pid > 0 else "-"
+    name = comm or (os.path.basename(ev.exe) if ev.exe else "?")
+    if ev.old_path is not None and ev.new_path is not None:
+        where = f"{ev.old_path} -> {ev.new_path}"
+    else:
+        where = ev.path if ev.path is not None else "?"
+    if ev.path is not None and not ev.path_resolved:
+        where += "  (unresolved)"
+    return f"{stamp}  {pid:>7}  {name:<15.15}  {evt_to_str(ev.ev_types):<26}  {where}"
+
+
+def format_json(ev: FanotifyData, now: float, comm: str | None) -> str:
+    """One JSON object with Elastic Common Schema field names (see the README)."""
+    stamp = datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    mask = ev.ev_types
+    if mask & Event.Q_OVERFLOW:
+        rec: dict[str, Any] = {
+            "@timestamp": stamp,
+            "ecs": {"version": ECS_VERSION},
+            "message": "fanotify queue overflow: the kernel dropped events",
+            "event": {"kind": "pipeline_error", "category": ["file"], "type": ["error"],
+                      "action": ["q_overflow"], "module": "fanotify"},
+            "fanotify": {"mask": mask, "events": ["Q_OVERFLOW"]},
+        }
+        return json.dumps(rec, separators=(",", ":"))
+    path = ev.path
+    directory = ev.dir_path
+    name = ev.name
+    if path is not None and ev.path_resolved:
+        if directory is None:
+            directory = os.path.dirname(path) or None
+        if name is None:
+            name = os.path.basename(path) or None
+    types = [t for bits, t in _ECS_TYPES if mask & bits]
+    rec = {
+        "@timestamp": stamp,
+        "ecs": {"version": ECS_VERSION},
+        "event": {
+            "kind": "event",
+            "category": ["file"],
+            "type": types,
+            "action": _action_names(mask),
+            "module": "fanotify",
+        },
+        "file": {
+            "path": path,
+            "directory": directory,
+            "name": name,
+            "type": "dir" if mask & Event.ONDIR else "file",
+        },
+        "process": {
+            "pid": ev.pid if ev.pid > 0 else None,
+            "name": comm,
+            "executable": ev.exe,
+            "working_directory": ev.cwd,
+        },
+        "fanotify": {
+            "mask": mask,
+            "events": [(e.name or "") for e in _SINGLE if mask & e.value],
+            "path_resolved": ev.path_resolved,
+            "old_path": ev.old_path,
+            "new_path": ev.new_path,
+        },
+    }
+    return json.dumps(rec, separators=(",", ":"))
+
+
+# -- filtering ----------------------------------------------------------------
+
+
+class EventFilter:
+    """The ``--pid/--exe/--cwd/--path`` filters: an event must pass all given."""
+
+    def __init__(
+        self,
+        pids: Sequence[int] = (),
+        exe: str | None = None,
+        cwd: str | None = None,
+        path: str | None = None,
+    ) -> None:
+        self.pids = frozenset(pids)
+        self.exe = exe
+        self.cwd = cwd
+        self.path = path
+
+    def __call__(self, ev: FanotifyData) -> bool:
+        if self.pids and ev.pid not in self.pids:
+            return False
+        if self.exe is not None and not _fnmatch(self.exe, ev.exe):
+            return False
+        if self.cwd is not None and not _fnmatch(self.cwd, ev.cwd):
+            return False
+        if self.path is not None:
+            paths = (ev.path, ev.old_path, ev.new_path)
+            if not any(_fnmatch(self.path, p) for p in paths if p is not None):
+                return False
+        return True
+
+    def __repr__(self) -> str:
+        return (
+            f"EventFilter(pids={sorted(self.pids)!r}, exe={self.exe!r}, cwd={self.cwd!r}, "
+            f"path={self.path!r})"
+        )
+
+
+# -- watch --------------------------------------------------------------------
+
+
+class _Counts:
+    __slots__ = ("seen", "shown", "filtered")
+
+    def __init__(self) -> None:
+        self.seen = self.shown = self.filtered = 0
+
+
+def _open_group(fid: bool) -> Fanotify:
+    """A notification group; with a pidfd per event when the kernel and caps allow."""
+    base = _FID_FLAGS if fid else InitFlag.CLASS_NOTIF
+    try:
+        return Fanotify(base | InitFlag.REPORT_PIDFD, proc_info=True)
+    except (UnsupportedFlagError, PermissionError):
+        # REPORT_PIDFD is Linux 5.15+ and needs CAP_SYS_ADMIN; do without.
+        return Fanotify(base, proc_info=True)
+
+
+def _mark_all(fan: Fanotify, paths: Sequence[str], mask: int, scope: str) -> None:
+    for p in paths:
+        m = mask | Event.ONDIR
+        if scope == "inode" and os.path.isdir(p):
+            m |= Event.EVENT_ON_CHILD
+        fan.mark(p, m, scope)  # type: ignore[arg-type]
+
+
+def _setup_watch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[Fanotify, str]:
+    explicit = args.events is not None
+    mask = args.events if explicit else ALL_WATCH_EVENTS
+    scope: str = args.scope
+    if scope == "mount":
+        if explicit and mask & DIRENT_EVENTS:
+            parser.error(
+                f"argument --events: mount marks cannot report "
+                f"{','.join(_action_names(mask & DIRENT_EVENTS))}; use --filesystem"
+            )
+        mask &= ~DIRENT_EVENTS
+    fid = bool(args.fid or mask & FID_ONLY)
+    fan = _open_group(fid)
+    try:
+        _mark_all(fan, args.paths, mask, scope)
+    except OSError as exc:
+        fan.close()
+        fallback = (
+            fid and not explicit and not args.fid
+            and exc.errno in (errno.EXDEV, errno.ENODEV, errno.EOPNOTSUPP)
+        )
+        if not fallback:
+            raise
+        # The filesystem cannot report file handles (e.g. some overlayfs
+        # setups): with the default event set, watch what fd mode can.
+        _err(f"note: {exc.strerror}; watching without FID events (no create/delete/move)")
+        mask &= ~FID_ONLY
+        fid = False
+        fan = _open_group(False)
+        try:
+            _mark_all(fan, args.paths, mask, scope)
+        except BaseException:
+            fan.close()
+            raise
+    mode = "FID" if fid else "fd"
+    return fan, f"{scope} marks, {mode} mode, events {','.join(_action_names(mask))}"
+
+
+async def _watch_loop(
+    fan: Fanotify,
+    args: argparse.Namespace,
+    sink: _Sink,
+    counts: _Counts,
+    keep: Callable[[FanotifyData], bool],
+) -> None:
+    fmt = format_json if args.json else format_human
+    my_pgrp = os.getpgrp() if args.exclude_self else -1
+    limit: int | None = args.count
+    while True:
+        ev = await fan.receive()
+        with ev:
+            now = time.time()
+            if not ev.ev_types & Event.Q_OVERFLOW:
+                counts.seen += 1
+                if my_pgrp >= 0 and _in_pgrp(ev.pid, my_pgrp):
+                    counts.filtered += 1
+                    continue
+                if not keep(ev):
+                    counts.filtered += 1
+                    continue
+                counts.shown += 1
+            sink.write(fmt(ev, now, _comm(ev.pid, ev.pidfd)))
+        if sink.broken:
+            return
+        if not fan.stats.queued:
+            sink.flush()
+            if sink.broken:
+                return
+        if limit is not None and counts.shown >= limit:
+            return
+
+
+def _in_pgrp(pid: int, pgrp: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        return os.getpgid(pid) == pgrp
+    except OSError:
+        return False  # the process is gone: nothing tells where it belonged
+
+
+async def _run_until_stopped(work: Callable[[], Any], timeout: float | None) -> str:
+    """Run ``work()`` until it returns, the timeout passes, or SIGINT/SIGTERM; says which."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    caught: list[str] = []
+
+    def on_signal(name: str) -> None:
+        caught.append(name)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig.name)
+    task: asyncio.Task[Any] = asyncio.ensure_future(work())
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        done, _ = await asyncio.wait(
+            {task, stopper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        for t in (task, stopper):
+            if not t.done():
+                t.cancel()
+        await asyncio.gather(task, stopper, return_exceptions=True)
+    if task in done:
+        task.result()  # re-raise a failure
+        return "done"
+    if caught:
+        return caught[0]
+    return "timeout"
+
+
+def _cmd_watch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    _check_paths(parser, args.paths)
+    keep = EventFilter(
+        [p for group in args.pid for p in group], args.exe, args.cwd, args.path
+    )
+    try:
+        sink = _Sink(args.output)
+    except OSError as exc:
+        parser.error(f"argument --output: cannot open {args.output!r}: {exc.strerror}")
+    counts = _Counts()
+    fan: Fanotify | None = None
+    try:
+        fan, desc = _setup_watch(args, parser)
+        group = fan
+
+        async def run() -> str:
+            _err(f"watching {len(args.paths)} path(s): {desc}")
+            return await _run_until_stopped(
+                lambda: _watch_loop(group, args, sink, counts, keep), args.timeout
+            )
+
+        asyncio.run(run())
+    finally:
+        if fan is not None:
+            stats = fan.stats
+            fan.close()
+            _err(
+                f"{counts.seen} events seen, {counts.shown} shown, {counts.filtered} "
+                f"filtered out, {stats.parse_errors} dropped, {stats.overflows} overflows"
+            )
+        sink.close()
+    return 0
+
+
+# -- features -----------------------------------------------------------------
+
+
+def _cmd_features(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    feats = features()
+    sink = _Sink(None)
+    if args.json:
+        sink.write(json.dumps(feats.as_dict(), sort_keys=True))
+    else:
+        d = feats.as_dict()
+        if not feats.available:
+            sink.write(f"fanotify unavailable: {feats.reason}")
+        else:
+            for key in ("init_flags", "mark_types", "mark_flags", "events"):
+                values = d[key]
+                assert isinstance(values, list)
+                sink.write(f"{key + ':':<12} {' '.join(values)}")
+    sink.close()
+    if not feats.available:
+        _err(f"fanotify is not usable here: {feats.reason}; {_NEEDS_CAP}")
+        return 1
+    return 0
+
+
+# -- main ---------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (0 done, 1 error, 2 usage)."""
+    parser, subparsers = _build()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error (already printed)
+        return exc.code if isinstance(exc.code, int) else 2
+    subparser = subparsers[args.command]
+    commands: dict[str, Callable[[argparse.Namespace, argparse.ArgumentParser], int]] = {
+        "watch": _cmd_watch,
+        "features": _cmd_features,
+        "guard": _cmd_guard,
+    }
+    try:
+        return commands[args.command](args, subparser)
+    except SystemExit as exc:  # parser.error() after parsing
+        return exc.code if isinstance(exc.code, int) else 2
+    except KeyboardInterrupt:  # before the event loop took over SIGINT
+        return 130
+    except PermissionError as exc:
+        detail = exc.strerror or str(exc)
+        where = f" ({exc.filename})" if exc.filename else ""
+        if "CAP_SYS_ADMIN" in detail:
+            _err(f"{args.command}: error: {args.command}{where} {_NEEDS_CAP}")
+        else:
+            _err(f"{args.command}: error: {detail}{where}")
+        return 1
+    except OSError as exc:
+        _err(f"{args.command}: error: {exc.strerror or exc}")
+        return 1
+
+
+def _cmd_guard(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    _fail(parser, "guard is not implemented yet")
+
+
+def _fail(parser: argparse.ArgumentParser, msg: str) -> NoReturn:
+    parser.exit(1, f"{PROG}: {msg}\n")
