@@ -23,6 +23,7 @@ from .flags import Response as Response
 from .flags import evt_to_str as evt_to_str
 from .group import Fanotify as Fanotify
 from .group import GroupStatistics as GroupStatistics
+from .rules import FanoRule as FanoRule
 
 __version__ = "0.1.0"
 
@@ -31,6 +32,7 @@ __all__ = (
     "AlreadyAnsweredError",
     "ClosedResourceError",
     "Event",
+    "FanoRule",
     "Fanotify",
     "Features",
     "GroupStatistics",
