@@ -20,13 +20,13 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from typing import IO, Any, NoReturn
 
-from . import _ffi
 from ._features import features
 from ._proc import pidfd_pid
 from .events import FanotifyData
 from .exceptions import UnsupportedFlagError
 from .flags import FID_EVENTS, Event, InitFlag, evt_to_str
 from .group import Fanotify
+from .rules import FanoRule
 
 __all__ = ["main"]
 
@@ -330,12 +330,6 @@ def _check_paths(parser: argparse.ArgumentParser, paths: Sequence[str]) -> None:
             parser.error(f"argument PATH: permission denied: {p!r}")
 
 
-def _fnmatch(pattern: str, text: str | None) -> bool:
-    if text is None:
-        return False
-    return _ffi.fnmatch(os.fsencode(pattern), os.fsencode(text), _ffi.lib.FNM_EXTMATCH)
-
-
 def _comm(pid: int, pidfd: int) -> str | None:
     """The process name from /proc (trusted only while ``pidfd`` still names ``pid``)."""
     if pid <= 0:
@@ -476,39 +470,15 @@ def format_json(ev: FanotifyData, now: float, comm: str | None) -> str:
 # -- filtering ----------------------------------------------------------------
 
 
-class EventFilter:
-    """The ``--pid/--exe/--cwd/--path`` filters: an event must pass all given."""
-
-    def __init__(
-        self,
-        pids: Sequence[int] = (),
-        exe: str | None = None,
-        cwd: str | None = None,
-        path: str | None = None,
-    ) -> None:
-        self.pids = frozenset(pids)
-        self.exe = exe
-        self.cwd = cwd
-        self.path = path
-
-    def __call__(self, ev: FanotifyData) -> bool:
-        if self.pids and ev.pid not in self.pids:
-            return False
-        if self.exe is not None and not _fnmatch(self.exe, ev.exe):
-            return False
-        if self.cwd is not None and not _fnmatch(self.cwd, ev.cwd):
-            return False
-        if self.path is not None:
-            paths = (ev.path, ev.old_path, ev.new_path)
-            if not any(_fnmatch(self.path, p) for p in paths if p is not None):
-                return False
-        return True
-
-    def __repr__(self) -> str:
-        return (
-            f"EventFilter(pids={sorted(self.pids)!r}, exe={self.exe!r}, cwd={self.cwd!r}, "
-            f"path={self.path!r})"
-        )
+def _rule(args: argparse.Namespace) -> FanoRule | None:
+    """The ``--pid/--exe/--cwd/--path`` filters as one rule (None: keep everything)."""
+    pids = [p for group in args.pid for p in group]
+    if not (pids or args.exe or args.cwd or args.path):
+        return None
+    return FanoRule(
+        "afanotify-watch", pids=pids, exe_pattern=args.exe, cwd_pattern=args.cwd,
+        path_pattern=args.path,
+    )
 
 
 # -- watch --------------------------------------------------------------------
@@ -582,7 +552,7 @@ async def _watch_loop(
     args: argparse.Namespace,
     sink: _Sink,
     counts: _Counts,
-    keep: Callable[[FanotifyData], bool],
+    rule: FanoRule | None,
 ) -> None:
     fmt = format_json if args.json else format_human
     my_pgrp = os.getpgrp() if args.exclude_self else -1
@@ -596,7 +566,7 @@ async def _watch_loop(
                 if my_pgrp >= 0 and _in_pgrp(ev.pid, my_pgrp):
                     counts.filtered += 1
                     continue
-                if not keep(ev):
+                if rule is not None and not rule.matches(ev):
                     counts.filtered += 1
                     continue
                 counts.shown += 1
@@ -655,9 +625,7 @@ async def _run_until_stopped(work: Callable[[], Any], timeout: float | None) -> 
 
 def _cmd_watch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     _check_paths(parser, args.paths)
-    keep = EventFilter(
-        [p for group in args.pid for p in group], args.exe, args.cwd, args.path
-    )
+    rule = _rule(args)
     try:
         sink = _Sink(args.output)
     except OSError as exc:
@@ -671,7 +639,7 @@ def _cmd_watch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         async def run() -> str:
             _err(f"watching {len(args.paths)} path(s): {desc}")
             return await _run_until_stopped(
-                lambda: _watch_loop(group, args, sink, counts, keep), args.timeout
+                lambda: _watch_loop(group, args, sink, counts, rule), args.timeout
             )
 
         asyncio.run(run())
