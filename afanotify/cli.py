@@ -17,9 +17,11 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import IO, Any, NoReturn
 
+from . import _ffi
 from ._features import features
 from ._proc import pidfd_pid
 from .events import FanotifyData
@@ -501,15 +503,60 @@ def _open_group(fid: bool) -> Fanotify:
         return Fanotify(base, proc_info=True)
 
 
-def _mark_all(fan: Fanotify, paths: Sequence[str], mask: int, scope: str) -> None:
+class MarkedPaths:
+    """The marked objects' paths, by file handle.
+
+    Turning an event's file handle into a path needs ``open_by_handle_at``,
+    which needs CAP_DAC_READ_SEARCH.  Without it (an unprivileged FID watch),
+    the handles of what was marked still name known directories: events in
+    them get their full path from here.
+    """
+
+    def __init__(self) -> None:
+        self._paths: dict[tuple[tuple[int, int], int, bytes], str] = {}
+
+    def add(self, path: str) -> None:
+        try:
+            fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+            try:
+                fsid = _ffi.fsid_of_fd(fd)
+            finally:
+                os.close(fd)
+            htype, handle, _ = _ffi.name_to_handle(_ffi.lib.AT_FDCWD, path)
+        except OSError:
+            return
+        self._paths[(fsid, htype, handle)] = os.path.abspath(path)
+
+    def complete(self, ev: FanotifyData) -> FanotifyData:
+        """``ev`` with its path filled from a marked directory, if the group could not."""
+        if ev.path_resolved or not self._paths or ev.fd >= 0 or ev.pidfd >= 0:
+            return ev  # (an event that owns descriptors is never copied)
+        handle = ev.dfid if ev.dfid is not None else ev.fid
+        if handle is None:
+            return ev
+        d = self._paths.get((handle.fsid, handle.handle_type, handle.handle))
+        if d is None:
+            return ev
+        if ev.dfid is None or not ev.name or ev.name == ".":
+            return replace(ev, path=d, path_resolved=True)
+        return replace(ev, path=os.path.join(d, ev.name), dir_path=d, path_resolved=True)
+
+
+def _mark_all(
+    fan: Fanotify, paths: Sequence[str], mask: int, scope: str, known: MarkedPaths
+) -> None:
     for p in paths:
+        if fan.fid_mode:
+            known.add(p)
         m = mask | Event.ONDIR
         if scope == "inode" and os.path.isdir(p):
             m |= Event.EVENT_ON_CHILD
         fan.mark(p, m, scope)  # type: ignore[arg-type]
 
 
-def _setup_watch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[Fanotify, str]:
+def _setup_watch(
+    args: argparse.Namespace, parser: argparse.ArgumentParser, known: MarkedPaths
+) -> tuple[Fanotify, str]:
     explicit = args.events is not None
     mask = args.events if explicit else ALL_WATCH_EVENTS
     scope: str = args.scope
@@ -523,7 +570,7 @@ def _setup_watch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> t
     fid = bool(args.fid or mask & FID_ONLY)
     fan = _open_group(fid)
     try:
-        _mark_all(fan, args.paths, mask, scope)
+        _mark_all(fan, args.paths, mask, scope, known)
     except OSError as exc:
         fan.close()
         fallback = (
@@ -539,7 +586,7 @@ def _setup_watch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> t
         fid = False
         fan = _open_group(False)
         try:
-            _mark_all(fan, args.paths, mask, scope)
+            _mark_all(fan, args.paths, mask, scope, known)
         except BaseException:
             fan.close()
             raise
@@ -553,6 +600,7 @@ async def _watch_loop(
     sink: _Sink,
     counts: _Counts,
     rule: FanoRule | None,
+    known: MarkedPaths,
 ) -> None:
     fmt = format_json if args.json else format_human
     my_pgrp = os.getpgrp() if args.exclude_self else -1
@@ -562,6 +610,7 @@ async def _watch_loop(
         with ev:
             now = time.time()
             if not ev.ev_types & Event.Q_OVERFLOW:
+                ev = known.complete(ev)
                 counts.seen += 1
                 if my_pgrp >= 0 and _in_pgrp(ev.pid, my_pgrp):
                     counts.filtered += 1
@@ -631,15 +680,16 @@ def _cmd_watch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     except OSError as exc:
         parser.error(f"argument --output: cannot open {args.output!r}: {exc.strerror}")
     counts = _Counts()
+    known = MarkedPaths()
     fan: Fanotify | None = None
     try:
-        fan, desc = _setup_watch(args, parser)
+        fan, desc = _setup_watch(args, parser, known)
         group = fan
 
         async def run() -> str:
             _err(f"watching {len(args.paths)} path(s): {desc}")
             return await _run_until_stopped(
-                lambda: _watch_loop(group, args, sink, counts, rule), args.timeout
+                lambda: _watch_loop(group, args, sink, counts, rule, known), args.timeout
             )
 
         asyncio.run(run())

@@ -82,7 +82,9 @@ def cli(
                 f.close()
 
 
-def run(*args: str, prefix: Sequence[str] = (), timeout: float = 30) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, prefix: Sequence[str] = (), timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*prefix, *CLI, *args], capture_output=True, text=True, env=ENV, timeout=timeout,
         check=False,
