@@ -114,8 +114,11 @@ class EventQueue:
     def _drop(self, event: FanotifyData) -> None:
         if self._on_drop is not None:
             self._on_drop(event)
-        else:
-            event.close()
+            return
+        if not event.answered and event._group is not None:
+            # Answer at once, and count it as a drop (close() would count a release).
+            event._group._answer_default(event, "dropped")
+        event.close()
 
     def _wake_one(self) -> None:
         while self._waiters:

@@ -24,7 +24,7 @@ from ._parser import parse_lenient
 from ._proc import HandleResolver, fd_path, process_info
 from ._queue import EventQueue
 from .events import UNANSWERED, FanotifyData
-from .exceptions import AlreadyAnsweredError, ClosedResourceError, ParseError, WouldBlock
+from .exceptions import ClosedResourceError, ParseError, WouldBlock
 from .flags import (
     CLASS_BITS,
     FID_EVENTS,
@@ -36,6 +36,17 @@ from .flags import (
     InitFlag,
     MarkFlag,
     Response,
+)
+from .permission import (
+    AT_CLOSE,
+    DROPPED,
+    RELEASED,
+    AuditRule,
+    PermissionHandler,
+    PermissionStatistics,
+    PermissionTracker,
+    Verdict,
+    check_timeout,
 )
 
 __all__ = ["Fanotify", "GroupStatistics", "MarkKind"]
@@ -86,7 +97,8 @@ class GroupStatistics(NamedTuple):
     reads: int
     #: Bytes read.
     bytes_read: int
-    #: Permission events answered with the default verdict (deadline, error, close).
+    #: Permission events answered with the default verdict (deadline, error, close);
+    #: :attr:`Fanotify.permission_stats` breaks this down.
     defaulted: int
     #: Events waiting in the group's own queue.
     queued: int
@@ -95,13 +107,12 @@ class GroupStatistics(NamedTuple):
 class _Counters:
     __slots__ = (
         "events_read", "events_delivered", "overflows", "parse_errors", "own_events", "reads",
-        "bytes_read", "defaulted",
+        "bytes_read",
     )
 
     def __init__(self) -> None:
         self.events_read = self.events_delivered = self.overflows = 0
         self.parse_errors = self.own_events = self.reads = self.bytes_read = 0
-        self.defaulted = 0
 
 
 def _check_int(name: str, value: object) -> int:
@@ -130,6 +141,8 @@ class Fanotify:
     :param handle_cache_size: directory handles kept resolved (FID modes).
     :param default_response: the verdict for permission events nobody answers
         in time, or whose handler fails, or that are pending at close.
+    :param permission_timeout: seconds a permission event may wait for its
+        verdict; then the group answers ``default_response`` (see docs/permissions.md).
     :raises TypeError: for arguments of the wrong type
     :raises ValueError: for impossible flag combinations
     :raises PermissionError: without CAP_SYS_ADMIN (for non-FID groups)
@@ -148,6 +161,7 @@ class Fanotify:
         buffer_size: int = 256 * 1024,
         handle_cache_size: int = 4096,
         default_response: Response | int = Response.ALLOW,
+        permission_timeout: float = 5.0,
     ) -> None:
         self._fd = -1
         self._closed = True
@@ -157,6 +171,7 @@ class Fanotify:
         buffer_size = _check_int("buffer_size", buffer_size)
         handle_cache_size = _check_int("handle_cache_size", handle_cache_size)
         default_response = _check_int("default_response", default_response)
+        permission_timeout = check_timeout(permission_timeout)
         if flags & ~_ALL_INIT:
             raise ValueError(f"flags has bits no InitFlag names: {flags & ~_ALL_INIT:#x}")
         if flags & CLASS_BITS == CLASS_BITS:
@@ -203,8 +218,11 @@ class Fanotify:
         self._paused = False
         self._queue = EventQueue(maxsize, "block", on_space=self._resume)
         self._iter_last: FanotifyData | None = None
-        #: Permission events handed out and not yet answered, by event fd.
-        self._pending: dict[int, FanotifyData] = {}
+        #: Permission events read and not yet answered, their deadlines and verdicts.
+        self._perm = PermissionTracker(self, permission_timeout, self.default_response)
+        #: A CONTENT or PRE_CONTENT group never stops reading: a permission
+        #: event left in the kernel's queue would have no deadline.
+        self._perm_class = bool(flags & CLASS_BITS)
         #: Events read while the queue was full, in order (block policy).
         self._held: list[FanotifyData] = []
         self._error: BaseException | None = None
@@ -234,8 +252,18 @@ class Fanotify:
         c = self._counters
         return GroupStatistics(
             c.events_read, c.events_delivered, c.overflows, c.parse_errors, c.own_events,
-            c.reads, c.bytes_read, c.defaulted, len(self._queue),
+            c.reads, c.bytes_read, self._perm.defaulted, len(self._queue),
         )
+
+    @property
+    def permission_stats(self) -> PermissionStatistics:
+        """Counters of permission verdicts: answered, defaulted and why, pending."""
+        return self._perm.statistics()
+
+    @property
+    def permission_timeout(self) -> float:
+        """Seconds a permission event may wait before the default verdict is written."""
+        return self._perm.timeout
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"fd={self._fd}"
@@ -425,6 +453,8 @@ class Fanotify:
         if not self._reading and not self._paused:
             loop.add_reader(self._fd, self._on_readable)
             self._reading = True
+            if len(self._perm):
+                self._perm.ensure_timer(loop)
 
     def _pause(self) -> None:
         if self._reading and self._loop is not None:
@@ -500,14 +530,19 @@ class Fanotify:
                 continue
             if self.ignore_own and self._is_own(ev.pid):
                 c.own_events += 1
-                if mask & _PERM and ev.fd >= 0:
-                    self._write_response(ev, Response.ALLOW)
+                if ev._owns & UNANSWERED:
+                    # Allow at once, so the agent can read the file it judges.
+                    object.__setattr__(ev, "_owns", ev._owns & ~UNANSWERED)
+                    try:
+                        _ffi.respond(self._fd, ev.fd, Response.ALLOW)
+                    except OSError as exc:
+                        log.error("could not allow own permission event: %s", exc)
                 ev.close()
                 continue
             ev = self._enrich(ev)
             if ev._owns & UNANSWERED:
-                self._pending[ev.fd] = ev
                 object.__setattr__(ev, "_group", self)
+                self._perm.add(ev, self._loop)
             out.append(ev)
         return out
 
@@ -592,11 +627,46 @@ class Fanotify:
         log.error("dropped a malformed fanotify event: %s", err)
 
     def _deliver(self, events: list[FanotifyData]) -> None:
+        if self._perm.handler is not None:
+            events = self._dispatch_permission(events)
+            if not events:
+                return
         taken = self._queue.put_many(events)
         self._counters.events_delivered += taken
         if taken < len(events):
-            # The queue is full: keep the rest for when it drains.
-            self._overflow_hold(events[taken:])
+            if self._perm_class:
+                self._overflow_drop(events[taken:])
+            else:
+                # The queue is full: keep the rest for when it drains.
+                self._overflow_hold(events[taken:])
+
+    def _dispatch_permission(self, events: list[FanotifyData]) -> list[FanotifyData]:
+        """Hand permission events to the ``on_permission`` handler; return the rest."""
+        rest: list[FanotifyData] = []
+        dispatch = self._perm.dispatch
+        for ev in events:
+            if ev._owns & UNANSWERED:
+                self._counters.events_delivered += 1
+                dispatch(ev)
+            else:
+                rest.append(ev)
+        return rest
+
+    def _overflow_drop(self, rest: list[FanotifyData]) -> None:
+        # A permission group keeps reading when its queue is full: what is
+        # read and does not fit is answered with the default verdict now
+        # (response first, then the fd is closed, then the log line).
+        perm = 0
+        for ev in rest:
+            if ev._owns & UNANSWERED:
+                perm += 1
+                self._answer_default(ev, DROPPED)
+            ev.close()
+        self._perm.queue_dropped += len(rest) - perm
+        log.warning(
+            "event queue full (maxsize=%d): dropped %d event(s), %d permission event(s) "
+            "answered %s", self._queue.maxsize, len(rest), perm, self.default_response.name,
+        )
 
     def _overflow_hold(self, rest: list[FanotifyData]) -> None:
         # Block policy: stop reading; events already read wait here in order.
@@ -625,6 +695,8 @@ class Fanotify:
         """
         self._ensure_reader()
         ev = self._queue.get_nowait()
+        if ev._owns & UNANSWERED:
+            self._perm.received_by(ev)
         self._refill()
         return ev
 
@@ -640,6 +712,8 @@ class Fanotify:
             if self._error is not None:
                 raise ClosedResourceError(f"the group failed: {self._error}") from self._error
             raise
+        if ev._owns & UNANSWERED:
+            self._perm.received_by(ev)
         self._refill()
         return ev
 
@@ -667,34 +741,58 @@ class Fanotify:
 
     # -- permission responses -------------------------------------------
 
+    def on_permission(self, handler: PermissionHandler | None) -> PermissionHandler | None:
+        """Decide permission events with ``handler`` instead of the iterator.
+
+        ``handler(event)`` (a plain or ``async`` function) returns the verdict:
+        ``True``/``False``, a :class:`~afanotify.Verdict` or a ``Response``.  It
+        may instead answer with ``event.allow()``/``event.deny()`` and return
+        ``None``.  The group closes the event after the verdict.  If the
+        handler raises, returns something else, or is still running at the
+        deadline (it is then cancelled), the default verdict is written.
+        Other events still go to ``receive()``/``async for``.  A plain function
+        runs inside the reader callback: it must not block.  ``None`` removes
+        the handler.  Usable as a decorator; returns ``handler``.
+
+        :raises TypeError: if ``handler`` is not callable
+        """
+        if handler is not None and not callable(handler):
+            raise TypeError(f"handler must be callable, not {type(handler).__name__}")
+        self._perm.handler = handler
+        return handler
+
+    def answer_overdue(self) -> int:
+        """Answer permission events past their deadline; returns how many.
+
+        The event loop does this by itself.  Synchronous readers
+        (:meth:`read_batch` without a running loop) call it from their loop.
+        """
+        return self._perm.expire()
+
+    def _respond(
+        self, ev: FanotifyData, allowed: bool, errno: int | None, audit: bool,
+        audit_rule: AuditRule | None,
+    ) -> None:
+        self._perm.respond(ev, Verdict(allowed, errno, audit, audit_rule))
+
+    def _respond_verdict(self, ev: FanotifyData, verdict: Verdict) -> None:
+        self._perm.respond(ev, verdict)
+
     def _write_response(
         self, ev: FanotifyData, response: int, audit_rule: tuple[int, int, int] | None = None
     ) -> None:
-        """Write the verdict for ``ev`` and mark it answered.
+        """Write an encoded verdict for ``ev`` and mark it answered.
 
         :raises AlreadyAnsweredError: if ``ev`` was answered before
         """
-        owns = ev._owns
-        if not owns & UNANSWERED:
-            raise AlreadyAnsweredError(f"permission event fd={ev.fd} was already answered")
-        object.__setattr__(ev, "_owns", owns & ~UNANSWERED)
-        self._pending.pop(ev.fd, None)
-        if self._closed:
-            return  # the kernel allowed it when the group fd closed
-        if audit_rule is None:
-            _ffi.respond(self._fd, ev.fd, response)
-        else:
-            _ffi.respond_audit(self._fd, ev.fd, response, *audit_rule)
+        rule = None if audit_rule is None else AuditRule(*audit_rule)
+        self._perm.write(ev, response, rule)
 
-    def _answer_default(self, ev: FanotifyData) -> None:
-        """Answer ``ev`` with the default verdict (called when it is closed unanswered)."""
-        if not ev._owns & UNANSWERED:
-            return
-        self._counters.defaulted += 1
-        try:
-            self._write_response(ev, self.default_response)
-        except OSError as exc:
-            log.error("could not answer permission event fd=%d: %s", ev.fd, exc)
+    def _answer_default(self, ev: FanotifyData, reason: str = RELEASED) -> None:
+        """Answer ``ev`` with the default verdict (when it is closed or dropped unanswered)."""
+        err = self._perm.answer_default(ev, reason)
+        if err is not None:
+            log.error("could not answer permission event fd=%d: %s", ev.fd, err)
 
     # -- closing ---------------------------------------------------------
 
@@ -706,14 +804,12 @@ class Fanotify:
         """
         if self._closed:
             return
+        # 1. answer what is pending, and what is still in the kernel's queue,
+        #    while the fd is still open
+        self._perm.close()
+        if self._perm_class:
+            self._drain_kernel_queue()
         self._closed = True
-        # 1. answer what is pending, while the fd is still open
-        for ev in list(self._pending.values()):
-            self._closed = False
-            try:
-                self._answer_default(ev)
-            finally:
-                self._closed = True
         left = self._queue.close() + self._held  # 2. wake the waiters
         self._held = []
         if self._reading and self._loop is not None:  # 3. unregister
@@ -732,6 +828,30 @@ class Fanotify:
             fd, self._fd = self._fd, -1
             self._resolver.close()
             os.close(fd)  # 4. the kernel allows whatever is still queued
+
+    def _drain_kernel_queue(self) -> None:
+        # Read what the kernel still queues and give its permission events the
+        # default verdict.  (Closing the fd would allow them regardless of
+        # default_response.)  Bounded: the kernel's queue is.
+        for _ in range(64):
+            try:
+                n = os.readv(self._fd, (self._buf,))
+            except OSError:
+                return
+            if n <= 0:
+                return
+            events, errors = parse_lenient(memoryview(self._buf)[:n], owned=True)
+            for err in errors:
+                self._bad_event(err)
+            for ev in events:
+                if ev._owns & UNANSWERED:
+                    object.__setattr__(ev, "_group", self)
+                    self._perm.add(ev, None)
+                    if self.ignore_own and self._is_own(ev.pid):
+                        self._write_response(ev, Response.ALLOW)
+                    else:
+                        self._answer_default(ev, AT_CLOSE)
+                ev.close()
 
     async def aclose(self) -> None:
         """Close the group (see :meth:`close`)."""
