@@ -19,15 +19,16 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime, timezone
-from typing import IO, Any, NoReturn
+from typing import IO, Any
 
 from . import _ffi
 from ._features import features
 from ._proc import pidfd_pid
 from .events import FanotifyData
 from .exceptions import UnsupportedFlagError
-from .flags import FID_EVENTS, Event, InitFlag, evt_to_str
+from .flags import FID_EVENTS, Event, InitFlag, Response, evt_to_str
 from .group import Fanotify
+from .permission import ALLOW, DENY, Verdict
 from .rules import FanoRule
 
 __all__ = ["main"]
@@ -133,10 +134,17 @@ examples:
   afanotify guard --filesystem --deny-exe '*/curl' --log-denials /srv
       curl may open nothing on /srv's filesystem; each refusal is logged
 
+Rules are checked in order: --allow-exe, then --deny-exe, then --deny; the
+first that matches decides, else --default.  Patterns are fnmatch(3)
+patterns with extended syntax; '*' also matches '/'.  Only opens of files
+are guarded (not of directories).
+
 A process opening a guarded file waits until the guard answers.  The guard
-answers every open: a verdict from the rules, the default verdict when none
-matches, and allow for whatever is pending when it stops (SIGTERM, Ctrl-C).
-If it is killed (SIGKILL), the kernel allows what was waiting.
+answers every open: by the rules, or with the --default verdict when it is not
+decided within --deadline, and for what is pending when it stops (--timeout,
+SIGTERM, Ctrl-C); the kernel allows whatever it still had queued.  If the
+guard is killed (SIGKILL), its fd closes and the kernel allows what was waiting.
+A line "afanotify: guarding ..." on stderr says the marks are in place.
 """
 
 
@@ -305,6 +313,9 @@ def _build() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser
     g.add_argument("--default", choices=("allow", "deny"), default="allow",
                    help="the verdict when no rule matches (default: allow)")
     g.add_argument("--timeout", type=_seconds_arg, metavar="S", help="stop after S seconds")
+    g.add_argument("--deadline", type=_seconds_arg, default=5.0, metavar="S",
+                   help="answer an open with the --default verdict if it is not decided "
+                   "within S seconds (default: 5)")
     g.add_argument("--log-denials", action="store_true",
                    help="write a line to stderr for every denied open")
     return parser, {"watch": w, "features": f, "guard": g}
@@ -764,9 +775,94 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+# -- guard --------------------------------------------------------------------
+
+
+class GuardPolicy:
+    """The guard's rules, in order: ``--allow-exe``, ``--deny-exe``, ``--deny``, ``--default``."""
+
+    def __init__(
+        self,
+        deny: Sequence[str] = (),
+        deny_exe: Sequence[str] = (),
+        allow_exe: Sequence[str] = (),
+        default_allow: bool = True,
+    ) -> None:
+        self.rules: list[tuple[bool, str, FanoRule]] = []
+        for p in allow_exe:
+            self.rules.append((True, f"--allow-exe {p!r}", FanoRule("allow-exe", exe_pattern=p)))
+        for p in deny_exe:
+            self.rules.append((False, f"--deny-exe {p!r}", FanoRule("deny-exe", exe_pattern=p)))
+        for p in deny:
+            self.rules.append((False, f"--deny {p!r}", FanoRule("deny", path_pattern=p)))
+        self.default_allow = default_allow
+        #: True when a rule looks at the process's executable (/proc must be read).
+        self.needs_exe = bool(allow_exe or deny_exe)
+
+    def decide(self, ev: FanotifyData) -> tuple[bool, str]:
+        """``(allowed, why)`` for one permission event."""
+        for allowed, why, rule in self.rules:
+            if rule.matches(ev):
+                return allowed, why
+        return self.default_allow, "--default " + ("allow" if self.default_allow else "deny")
+
+    def __repr__(self) -> str:
+        rules = ", ".join(why for _, why, _ in self.rules)
+        return f"GuardPolicy([{rules}], default={'allow' if self.default_allow else 'deny'})"
+
+
 def _cmd_guard(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    _fail(parser, "guard is not implemented yet")
+    _check_paths(parser, args.paths)
+    policy = GuardPolicy(args.deny, args.deny_exe, args.allow_exe, args.default == "allow")
+    default = Response.ALLOW if policy.default_allow else Response.DENY
+    fan = Fanotify(
+        InitFlag.CLASS_CONTENT,
+        proc_info=policy.needs_exe or args.log_denials,
+        default_response=default,
+        permission_timeout=args.deadline,
+    )
+    try:
+        for p in args.paths:
+            mask = Event.OPEN_PERM
+            if args.scope == "inode" and os.path.isdir(p):
+                mask |= Event.EVENT_ON_CHILD
+            fan.mark(p, mask, args.scope)
 
+        async def run() -> str:
+            loop = asyncio.get_running_loop()
 
-def _fail(parser: argparse.ArgumentParser, msg: str) -> NoReturn:
-    parser.exit(1, f"{PROG}: {msg}\n")
+            def log_denial(ev: FanotifyData, why: str) -> None:
+                exe = ev.exe or "?"
+                _err(f"denied open of {ev.path} by pid {ev.pid} ({exe}): {why}")
+
+            def handler(ev: FanotifyData) -> Verdict:
+                allowed, why = policy.decide(ev)
+                if not allowed and args.log_denials:
+                    # After the verdict is written: logging can wait, the process can't.
+                    loop.call_soon(log_denial, ev, why)
+                return ALLOW if allowed else DENY
+
+            fan.on_permission(handler)
+
+            async def serve() -> None:
+                # Permission events go to the handler; receiving starts the reader.
+                while True:
+                    (await fan.receive()).close()
+
+            _err(
+                f"guarding {len(args.paths)} path(s): {args.scope} marks, "
+                f"{len(policy.rules)} rule(s), default {args.default}"
+            )
+            return await _run_until_stopped(serve, args.timeout)
+
+        asyncio.run(run())
+    finally:
+        # Closing answers whatever is pending with the default verdict, then
+        # the kernel allows anything still queued.
+        fan.close()
+        st = fan.permission_stats
+        _err(
+            f"{st.allowed + st.denied} opens answered: {st.allowed} allowed, {st.denied} "
+            f"denied ({st.defaulted} by the default after a deadline, error or stop)"
+        )
+    return 0
