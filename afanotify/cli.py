@@ -72,9 +72,17 @@ DIRENT_EVENTS = FID_EVENTS & ~Event.ATTRIB & ~Event.FS_ERROR
 _FID_FLAGS = InitFlag.REPORT_DFID_NAME | InitFlag.REPORT_FID
 _NEEDS_CAP = (
     "needs CAP_SYS_ADMIN, which this process lacks: run it as root (or grant the "
-    "capability). Without it, a user can still watch files they can read with inode "
-    "marks in FID mode: afanotify watch --inode --fid PATH"
+    "capability)."
 )
+_UNPRIVILEGED_HINT = (
+    " Without it, a user can still watch files they can read with inode marks in FID "
+    "mode: afanotify watch --inode --fid PATH"
+)
+_HINTS = {
+    "watch": _UNPRIVILEGED_HINT,
+    "features": _UNPRIVILEGED_HINT,
+    "guard": " Permission events always need it.",
+}
 
 #: ECS ``event.type`` for each event bit (the ``file`` category's types).
 _ECS_TYPES: tuple[tuple[Event, str], ...] = (
@@ -650,8 +658,22 @@ def _in_pgrp(pid: int, pgrp: int) -> bool:
         return False  # the process is gone: nothing tells where it belonged
 
 
-async def _run_until_stopped(work: Callable[[], Any], timeout: float | None) -> str:
-    """Run ``work()`` until it returns, the timeout passes, or SIGINT/SIGTERM; says which."""
+class _Terminated(Exception):
+    """SIGTERM arrived outside the event loop (while setting up or closing)."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
+async def _run_until_stopped(
+    work: Callable[[], Any], timeout: float | None, announce: Callable[[], None]
+) -> str:
+    """Run ``work()`` until it returns, the timeout passes, or SIGINT/SIGTERM; says which.
+
+    ``announce()`` runs once the signal handlers are in place, so a signal
+    sent after the announcement always gets a clean stop.
+    """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     caught: list[str] = []
@@ -660,17 +682,21 @@ async def _run_until_stopped(work: Callable[[], Any], timeout: float | None) -> 
         caught.append(name)
         stop.set()
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    sigs = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.getsignal(sig) for sig in sigs}
+    for sig in sigs:
         loop.add_signal_handler(sig, on_signal, sig.name)
     task: asyncio.Task[Any] = asyncio.ensure_future(work())
     stopper = asyncio.ensure_future(stop.wait())
     try:
+        announce()
         done, _ = await asyncio.wait(
             {task, stopper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
         )
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in sigs:
             loop.remove_signal_handler(sig)
+            signal.signal(sig, previous[sig] or signal.SIG_DFL)
         for t in (task, stopper):
             if not t.done():
                 t.cancel()
@@ -698,9 +724,9 @@ def _cmd_watch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         group = fan
 
         async def run() -> str:
-            _err(f"watching {len(args.paths)} path(s): {desc}")
             return await _run_until_stopped(
-                lambda: _watch_loop(group, args, sink, counts, rule, known), args.timeout
+                lambda: _watch_loop(group, args, sink, counts, rule, known), args.timeout,
+                lambda: _err(f"watching {len(args.paths)} path(s): {desc}"),
             )
 
         asyncio.run(run())
@@ -724,18 +750,15 @@ def _cmd_features(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     sink = _Sink(None)
     if args.json:
         sink.write(json.dumps(feats.as_dict(), sort_keys=True))
-    else:
+    elif feats.available:
         d = feats.as_dict()
-        if not feats.available:
-            sink.write(f"fanotify unavailable: {feats.reason}")
-        else:
-            for key in ("init_flags", "mark_types", "mark_flags", "events"):
-                values = d[key]
-                assert isinstance(values, list)
-                sink.write(f"{key + ':':<12} {' '.join(values)}")
+        for key in ("init_flags", "mark_types", "mark_flags", "events"):
+            values = d[key]
+            assert isinstance(values, list)
+            sink.write(f"{key + ':':<12} {' '.join(values)}")
     sink.close()
     if not feats.available:
-        _err(f"fanotify is not usable here: {feats.reason}; {_NEEDS_CAP}")
+        _err(f"features: error: {feats.reason}; fanotify {_NEEDS_CAP}{_HINTS['features']}")
         return 1
     return 0
 
@@ -756,23 +779,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         "features": _cmd_features,
         "guard": _cmd_guard,
     }
+    # Until the event loop takes over, SIGTERM unwinds like an exception, so
+    # the group is still closed and the summary written.
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return commands[args.command](args, subparser)
     except SystemExit as exc:  # parser.error() after parsing
         return exc.code if isinstance(exc.code, int) else 2
     except KeyboardInterrupt:  # before the event loop took over SIGINT
-        return 130
+        return 128 + signal.SIGINT
+    except _Terminated:
+        return 128 + signal.SIGTERM
     except PermissionError as exc:
         detail = exc.strerror or str(exc)
         where = f" ({exc.filename})" if exc.filename else ""
         if "CAP_SYS_ADMIN" in detail:
-            _err(f"{args.command}: error: {args.command}{where} {_NEEDS_CAP}")
+            _err(
+                f"{args.command}: error: {args.command}{where} {_NEEDS_CAP}"
+                f"{_HINTS[args.command]}"
+            )
         else:
             _err(f"{args.command}: error: {detail}{where}")
         return 1
     except OSError as exc:
         _err(f"{args.command}: error: {exc.strerror or exc}")
         return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous or signal.SIG_DFL)
 
 
 # -- guard --------------------------------------------------------------------
@@ -849,11 +882,13 @@ def _cmd_guard(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
                 while True:
                     (await fan.receive()).close()
 
-            _err(
-                f"guarding {len(args.paths)} path(s): {args.scope} marks, "
-                f"{len(policy.rules)} rule(s), default {args.default}"
+            return await _run_until_stopped(
+                serve, args.timeout,
+                lambda: _err(
+                    f"guarding {len(args.paths)} path(s): {args.scope} marks, "
+                    f"{len(policy.rules)} rule(s), default {args.default}"
+                ),
             )
-            return await _run_until_stopped(serve, args.timeout)
 
         asyncio.run(run())
     finally:
