@@ -66,8 +66,9 @@ ALL_WATCH_EVENTS = (
 
 #: Events only a FID group reports; asking for any of them selects FID mode.
 FID_ONLY = FID_EVENTS
-#: Directory-entry events, which mount marks cannot carry.
-DIRENT_EVENTS = FID_EVENTS & ~Event.ATTRIB & ~Event.FS_ERROR
+#: Linux 6.5's AT_HANDLE_FID: a handle to identify an object by, as fanotify
+#: reports for filesystems that cannot decode handles (overlayfs).
+_AT_HANDLE_FID = 0x200
 
 _FID_FLAGS = InitFlag.REPORT_DFID_NAME | InitFlag.REPORT_FID
 _NEEDS_CAP = (
@@ -527,8 +528,9 @@ class MarkedPaths:
 
     Turning an event's file handle into a path needs ``open_by_handle_at``,
     which needs CAP_DAC_READ_SEARCH.  Without it (an unprivileged FID watch),
-    the handles of what was marked still name known directories: events in
-    them get their full path from here.
+    and on filesystems that cannot decode handles (overlayfs), the handles
+    of what was marked still name known directories: events in them get
+    their full path from here.
     """
 
     def __init__(self) -> None:
@@ -541,7 +543,12 @@ class MarkedPaths:
                 fsid = _ffi.fsid_of_fd(fd)
             finally:
                 os.close(fd)
-            htype, handle, _ = _ffi.name_to_handle(_ffi.lib.AT_FDCWD, path)
+            try:
+                htype, handle, _ = _ffi.name_to_handle(_ffi.lib.AT_FDCWD, path)
+            except OSError as exc:
+                if exc.errno != errno.EOPNOTSUPP:
+                    raise
+                htype, handle, _ = _ffi.name_to_handle(_ffi.lib.AT_FDCWD, path, _AT_HANDLE_FID)
         except OSError:
             return
         self._paths[(fsid, htype, handle)] = os.path.abspath(path)
@@ -580,12 +587,13 @@ def _setup_watch(
     mask = args.events if explicit else ALL_WATCH_EVENTS
     scope: str = args.scope
     if scope == "mount":
-        if explicit and mask & DIRENT_EVENTS:
+        # The kernel refuses the FID-only events on mount marks (EINVAL).
+        if explicit and mask & FID_ONLY:
             parser.error(
                 f"argument --events: mount marks cannot report "
-                f"{','.join(_action_names(mask & DIRENT_EVENTS))}; use --filesystem"
+                f"{','.join(_action_names(mask & FID_ONLY))}; use --filesystem"
             )
-        mask &= ~DIRENT_EVENTS
+        mask &= ~FID_ONLY
     fid = bool(args.fid or mask & FID_ONLY)
     fan = _open_group(fid)
     try:
