@@ -110,6 +110,26 @@ def json_lines(out: str) -> list[dict[str, object]]:
     return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
+def flat_keys(obj: dict[str, object], prefix: str = "") -> set[str]:
+    keys = set()
+    for k, v in obj.items():
+        if isinstance(v, dict):
+            keys |= flat_keys(v, f"{prefix}{k}.")
+        else:
+            keys.add(prefix + k)
+    return keys
+
+
+def readme_json_fields() -> set[str]:
+    """The field names the README's "JSON lines" table documents."""
+    text = (Path(ROOT) / "README.md").read_text()
+    table = text.split("### JSON lines", 1)[1].split("\n\n|", 1)[1].split("\n\n", 1)[0]
+    fields: set[str] = set()
+    for line in table.splitlines()[2:]:
+        fields.update(re.findall(r"`([@\w.]+)`", line.split("|")[1]))
+    return fields
+
+
 # -- watch --------------------------------------------------------------------
 
 
@@ -138,6 +158,8 @@ def test_watch_json_fields_match_the_files_touched(tmpfs: Path) -> None:
         assert proc["executable"] == os.path.realpath(sys.executable)  # type: ignore[index]
         assert proc["working_directory"] == str(tmpfs)  # type: ignore[index]
         assert proc["name"] == "python3" or str(proc["name"]).startswith("python")  # type: ignore[index]
+    for r in recs:
+        assert flat_keys(r) == readme_json_fields()
     assert recs[0]["event"]["type"] == ["creation"]  # type: ignore[index]
     assert recs[1]["event"]["type"] == ["change"]  # type: ignore[index]
     assert "2 events seen, 2 shown, 0 filtered out, 0 dropped, 0 overflows" in err
