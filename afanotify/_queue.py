@@ -152,10 +152,8 @@ class EventQueue:
         :raises ClosedResourceError: if the queue is closed and empty
         """
         while True:
-            try:
+            if self._items or self._closed:
                 return self.get_nowait()
-            except WouldBlock:
-                pass
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._waiters.append(fut)
             try:

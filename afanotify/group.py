@@ -15,7 +15,6 @@ import logging
 import os
 import warnings
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from typing import Any, Literal, NamedTuple, Union
 
 from . import _ffi
@@ -69,6 +68,8 @@ _ALL_EVENTS = 0
 for _e in Event:
     _ALL_EVENTS |= _e.value
 _PERM = int(PERM_EVENTS)
+_ALLOW = int(Response.ALLOW)
+_DENY = int(Response.DENY)
 _OVERFLOW = int(Event.Q_OVERFLOW)
 _DIR_CHANGE = int(
     Event.MOVED_FROM | Event.MOVED_TO | Event.RENAME | Event.DELETE_SELF | Event.MOVE_SELF
@@ -564,11 +565,13 @@ class Fanotify:
                 kw.update(self._resolve_fid(ev))
         if self.proc_info:
             kw["exe"], kw["cwd"] = process_info(ev.pid, ev.pidfd)
-        if not kw:
-            return ev
-        new = replace(ev, **kw)
-        object.__setattr__(ev, "_owns", 0)
-        return new
+        # The event is fresh from the parser and nobody else holds it yet:
+        # filling it in place costs far less than dataclasses.replace, which
+        # matters while a process waits on a permission event.
+        set_field = object.__setattr__
+        for name, value in kw.items():
+            set_field(ev, name, value)
+        return ev
 
     def _resolve_fid(self, ev: FanotifyData) -> dict[str, Any]:
         res = self._resolver
@@ -773,6 +776,10 @@ class Fanotify:
         self, ev: FanotifyData, allowed: bool, errno: int | None, audit: bool,
         audit_rule: AuditRule | None,
     ) -> None:
+        if errno is None and not audit and audit_rule is None and ev.ev_types & _PERM:
+            # Plain allow or deny: valid for every permission group.
+            self._perm.write(ev, _ALLOW if allowed else _DENY)
+            return
         self._perm.respond(ev, Verdict(allowed, errno, audit, audit_rule))
 
     def _respond_verdict(self, ev: FanotifyData, verdict: Verdict) -> None:
@@ -818,13 +825,11 @@ class Fanotify:
             except Exception:  # the loop may already be closed
                 pass
             self._reading = False
-        self._closed = False
         try:
             for ev in left:
                 ev.close()
             self._release_last()
         finally:
-            self._closed = True
             fd, self._fd = self._fd, -1
             self._resolver.close()
             os.close(fd)  # 4. the kernel allows whatever is still queued

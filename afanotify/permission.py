@@ -377,7 +377,7 @@ class PermissionTracker:
             )
         object.__setattr__(ev, "_owns", owns & ~UNANSWERED)
         entry = self._forget(ev.fd)
-        if self._group.closed:
+        if self._group._fd < 0:
             return  # the kernel allowed it when the group fd closed
         if response & _DENY:
             self.denied += 1
@@ -526,8 +526,10 @@ class PermissionTracker:
             ev.close()
             return
         try:
-            verdict = to_verdict(result)
-            self.respond(ev, verdict)
+            if result is True or result is False:
+                self.write(ev, _ALLOW if result else _DENY)
+            else:
+                self.respond(ev, to_verdict(result))
         except (TypeError, ValueError) as exc:
             self._handler_failed(ev, exc)
             return

@@ -1,0 +1,341 @@
+/*
+ * The batch decoder: one pass over a buffer of fanotify events, filling one
+ * fixed-size struct afn_event per event for afanotify/_fastparse.py.
+ *
+ * Its accept/reject decisions are those of afanotify/_parser.py, rule for
+ * rule and in the same order, so that both produce the same events and the
+ * same errors; tests/test_fastparse_differential.py holds them to it.  An
+ * error status carries up to two numbers (arg1, arg2) that the Python side
+ * puts in the same message the pure parser writes.
+ *
+ * Nothing here reads outside [buf, buf + nbytes): every length taken from
+ * the buffer is checked against what is left before it is used, in size_t
+ * arithmetic so that no sum can wrap.  Fields are read with memcpy because a
+ * synthetic buffer need not be aligned.
+ */
+#include <limits.h>
+
+#define AFN_OK 0
+#define AFN_E_SHORT_BUFFER 1     /* arg1: bytes left; the walk stops */
+#define AFN_E_EVENT_LEN 2        /* arg1: event_len, arg2: bytes left; the walk stops */
+#define AFN_E_VERSION 3          /* arg1: vers */
+#define AFN_E_META_LEN 4         /* arg1: metadata_len */
+#define AFN_E_STRAY_BYTES 5      /* arg1: bytes after the last record */
+#define AFN_E_RECORD_LEN 6       /* arg1: info_type, arg2: len */
+#define AFN_E_RECORD_PAST_END 7  /* arg1: info_type, arg2: len */
+#define AFN_E_FID_SHORT 8        /* arg1: info_type, arg2: len */
+#define AFN_E_HANDLE_PAST_END 9  /* arg1: info_type, arg2: handle_bytes */
+#define AFN_E_NAME_NUL 10        /* arg1: info_type */
+#define AFN_E_RECORD_SHORT 11    /* arg1: info_type, arg2: len */
+
+#define AFN_HAS_FID 0x1
+#define AFN_HAS_DFID 0x2
+#define AFN_HAS_NAME 0x4
+#define AFN_HAS_OLD 0x8
+#define AFN_HAS_NEW 0x10
+#define AFN_HAS_PIDFD 0x20
+#define AFN_HAS_ERROR 0x40
+#define AFN_HAS_RANGE 0x80
+#define AFN_HAS_MNT 0x100
+#define AFN_HAS_UNKNOWN 0x200
+#define AFN_FD_CLOSED 0x400
+
+#define AFN_RESOLVE_FD_PATHS 0x1
+#define AFN_CLOSE_FDS 0x2
+
+#define AFN_PATH_NONE (-1)    /* not asked for, or the event has no fd */
+#define AFN_PATH_RETRY (-2)   /* did not fit in the arena: the caller resolves it */
+#define AFN_PATH_FAILED (-3)  /* readlink failed; arg1 is its errno */
+
+/* One FID-like record: `rec` is the buffer offset of its body (the fsid),
+ * followed by handle_bytes, handle_type and `handle_len` handle bytes. */
+struct afn_fidref {
+    uint32_t rec;
+    uint32_t handle_len;
+    uint32_t name_off;
+    uint32_t name_len;
+};
+
+/* Keep in step with _EVENT in afanotify/_fastparse.py (a test compares them). */
+struct afn_event {
+    uint64_t mask;
+    uint32_t offset;
+    uint32_t event_len;
+    int32_t fd;
+    int32_t pid;
+    uint32_t status;
+    uint32_t has;
+    int32_t pidfd;
+    int32_t error;
+    uint32_t error_count;
+    uint32_t arg1;
+    uint32_t arg2;
+    uint32_t path_off;
+    int32_t path_len;
+    uint32_t reserved;
+    uint64_t range_offset;
+    uint64_t range_count;
+    uint64_t mnt_id;
+    struct afn_fidref fid;
+    struct afn_fidref dfid;
+    struct afn_fidref old;
+    struct afn_fidref new;
+};
+
+static inline uint16_t afn_u16(const unsigned char *p) { uint16_t v; memcpy(&v, p, 2); return v; }
+static inline uint32_t afn_u32(const unsigned char *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+static inline int32_t afn_s32(const unsigned char *p) { int32_t v; memcpy(&v, p, 4); return v; }
+static inline uint64_t afn_u64(const unsigned char *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+
+/* read(2) once, retrying EINTR; returns the byte count or -errno. */
+long afn_read(int fd, void *buf, size_t n)
+{
+    ssize_t r;
+    do {
+        r = read(fd, buf, n);
+    } while (r < 0 && errno == EINTR);
+    return r < 0 ? -(long)errno : (long)r;
+}
+
+static int afn_fail(struct afn_event *ev, uint32_t status, uint32_t a1, uint32_t a2)
+{
+    ev->status = status;
+    ev->arg1 = a1;
+    ev->arg2 = a2;
+    return -1;
+}
+
+/* A record's body is at least `need` bytes (header included), as _parser._need. */
+static int afn_need(struct afn_event *ev, unsigned type, size_t rlen, size_t need)
+{
+    if (rlen < need)
+        return afn_fail(ev, AFN_E_RECORD_SHORT, type, (uint32_t)rlen);
+    return 0;
+}
+
+/* Decode the info records of one event whose own bounds are checked:
+ * [base + meta_len, base + event_len) lies inside the buffer.  `boff` is
+ * base's offset in the buffer, for the offsets stored in `ev`. */
+static int afn_records(const unsigned char *base, size_t boff, size_t meta_len,
+                       size_t event_len, struct afn_event *ev)
+{
+    size_t pos = meta_len, end = event_len;
+
+    while (pos < end) {
+        unsigned type;
+        size_t rlen, body, rend;
+
+        if (end - pos < sizeof(struct fanotify_event_info_header))
+            return afn_fail(ev, AFN_E_STRAY_BYTES, (uint32_t)(end - pos), 0);
+        type = base[pos];
+        rlen = afn_u16(base + pos + 2);
+        if (rlen < sizeof(struct fanotify_event_info_header))
+            return afn_fail(ev, AFN_E_RECORD_LEN, type, (uint32_t)rlen);
+        if (rlen > end - pos)
+            return afn_fail(ev, AFN_E_RECORD_PAST_END, type, (uint32_t)rlen);
+        body = pos + sizeof(struct fanotify_event_info_header);
+        rend = pos + rlen;
+
+        switch (type) {
+        case FAN_EVENT_INFO_TYPE_FID:
+        case FAN_EVENT_INFO_TYPE_DFID:
+        case FAN_EVENT_INFO_TYPE_DFID_NAME:
+        case FAN_EVENT_INFO_TYPE_OLD_DFID_NAME:
+        case FAN_EVENT_INFO_TYPE_NEW_DFID_NAME: {
+            /* fsid (2 x u32), handle_bytes (u32), handle_type (s32) */
+            size_t hstart, hend, hbytes, name_len = 0;
+            struct afn_fidref *ref;
+            if (rend - body < 16)
+                return afn_fail(ev, AFN_E_FID_SHORT, type, (uint32_t)rlen);
+            hbytes = afn_u32(base + body + 8);
+            hstart = body + 16;
+            if (hbytes > rend - hstart)
+                return afn_fail(ev, AFN_E_HANDLE_PAST_END, type, (uint32_t)hbytes);
+            hend = hstart + hbytes;
+            if (type != FAN_EVENT_INFO_TYPE_FID && type != FAN_EVENT_INFO_TYPE_DFID) {
+                const unsigned char *nul = memchr(base + hend, 0, rend - hend);
+                if (nul == NULL)
+                    return afn_fail(ev, AFN_E_NAME_NUL, type, 0);
+                name_len = (size_t)(nul - (base + hend));
+            }
+            /* A repeated record replaces the earlier one, as in the pure parser;
+             * DFID and DFID_NAME both set dfid, only DFID_NAME sets the name. */
+            switch (type) {
+            case FAN_EVENT_INFO_TYPE_FID:
+                ref = &ev->fid;
+                ev->has |= AFN_HAS_FID;
+                break;
+            case FAN_EVENT_INFO_TYPE_OLD_DFID_NAME:
+                ref = &ev->old;
+                ev->has |= AFN_HAS_OLD;
+                break;
+            case FAN_EVENT_INFO_TYPE_NEW_DFID_NAME:
+                ref = &ev->new;
+                ev->has |= AFN_HAS_NEW;
+                break;
+            default:
+                ref = &ev->dfid;
+                ev->has |= AFN_HAS_DFID;
+                break;
+            }
+            ref->rec = (uint32_t)(boff + body);
+            ref->handle_len = (uint32_t)hbytes;
+            if (type != FAN_EVENT_INFO_TYPE_FID && type != FAN_EVENT_INFO_TYPE_DFID) {
+                ref->name_off = (uint32_t)(boff + hend);
+                ref->name_len = (uint32_t)name_len;
+                if (type == FAN_EVENT_INFO_TYPE_DFID_NAME)
+                    ev->has |= AFN_HAS_NAME;
+            }
+            break;
+        }
+        case FAN_EVENT_INFO_TYPE_PIDFD:
+            if (afn_need(ev, type, rlen, 8))
+                return -1;
+            ev->pidfd = afn_s32(base + body);
+            ev->has |= AFN_HAS_PIDFD;
+            break;
+        case FAN_EVENT_INFO_TYPE_ERROR:
+            if (afn_need(ev, type, rlen, 12))
+                return -1;
+            ev->error = afn_s32(base + body);
+            ev->error_count = afn_u32(base + body + 4);
+            ev->has |= AFN_HAS_ERROR;
+            break;
+        case FAN_EVENT_INFO_TYPE_RANGE:
+            /* u32 pad, u64 offset, u64 count */
+            if (afn_need(ev, type, rlen, 24))
+                return -1;
+            ev->range_offset = afn_u64(base + body + 4);
+            ev->range_count = afn_u64(base + body + 12);
+            ev->has |= AFN_HAS_RANGE;
+            break;
+        case FAN_EVENT_INFO_TYPE_MNT:
+            /* u32 pad, u64 mnt_id */
+            if (afn_need(ev, type, rlen, 16))
+                return -1;
+            ev->mnt_id = afn_u64(base + body + 4);
+            ev->has |= AFN_HAS_MNT;
+            break;
+        default:
+            /* Newer than us: the caller collects these by walking the event
+             * again; the bounds are already checked. */
+            ev->has |= AFN_HAS_UNKNOWN;
+            break;
+        }
+        pos = rend;
+    }
+    return 0;
+}
+
+/* readlink("/proc/self/fd/N") into the arena.  The path is looked up afresh
+ * each time rather than through a dirfd kept open, because a dirfd opened on
+ * /proc/self would still name the parent's table after a fork. */
+static void afn_resolve(struct afn_event *ev, char *arena, size_t arena_cap, size_t *used)
+{
+    char link[32] = "/proc/self/fd/";
+    char digits[12];
+    size_t room, nd = 0, i;
+    unsigned v = (unsigned)ev->fd;
+    ssize_t r;
+
+    do {
+        digits[nd++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    for (i = 0; i < nd; i++)
+        link[14 + i] = digits[nd - 1 - i];
+    link[14 + nd] = '\0';
+
+    room = arena_cap - *used;
+    if (room > PATH_MAX)
+        room = PATH_MAX;
+    if (room == 0) {
+        ev->path_len = AFN_PATH_RETRY;
+        return;
+    }
+    r = readlink(link, arena + *used, room);
+    if (r < 0) {
+        ev->path_len = AFN_PATH_FAILED;
+        ev->arg1 = (uint32_t)errno;
+        return;
+    }
+    /* readlink() truncates silently: a full buffer may be a cut path. */
+    if ((size_t)r >= room) {
+        ev->path_len = AFN_PATH_RETRY;
+        return;
+    }
+    ev->path_off = (uint32_t)*used;
+    ev->path_len = (int32_t)r;
+    *used += (size_t)r;
+}
+
+/*
+ * Decode the events in buf[0, nbytes) into out[0, cap); returns how many
+ * entries were written (good events and malformed ones alike, in buffer
+ * order), or -EOVERFLOW if nbytes does not fit the 32-bit offsets.  *stop is
+ * where the walk ended: nbytes, unless `cap` ran out first.
+ *
+ * With AFN_RESOLVE_FD_PATHS, a good event's fd is resolved to a path in the
+ * arena.  With AFN_CLOSE_FDS, a good event's fd is closed here, unless its
+ * mask has a bit of keep_fd_mask (permission events: the kernel matches the
+ * response by fd number, so the fd must live until it is answered) or its
+ * path must still be resolved by the caller.  A malformed event's fd is
+ * never touched: the error reports it, and the caller closes it.
+ */
+long afn_decode(const unsigned char *buf, size_t nbytes, struct afn_event *out, size_t cap,
+                unsigned int flags, uint64_t keep_fd_mask, char *arena, size_t arena_cap,
+                size_t *arena_used, size_t *stop)
+{
+    const size_t meta = FAN_EVENT_METADATA_LEN;
+    size_t off = 0, n = 0, used = 0;
+
+    if (nbytes > UINT32_MAX || arena_cap > UINT32_MAX)
+        return -EOVERFLOW;
+    while (off < nbytes && n < cap) {
+        struct afn_event *ev = &out[n++];
+        size_t left = nbytes - off, event_len, meta_len;
+        const unsigned char *p = buf + off;
+
+        memset(ev, 0, sizeof *ev);
+        ev->offset = (uint32_t)off;
+        ev->fd = -1;
+        ev->pidfd = -1;
+        ev->path_len = AFN_PATH_NONE;
+        if (left < meta) {
+            afn_fail(ev, AFN_E_SHORT_BUFFER, (uint32_t)left, 0);
+            off = nbytes;
+            break;
+        }
+        event_len = afn_u32(p);
+        meta_len = afn_u16(p + 6);
+        ev->event_len = (uint32_t)event_len;
+        ev->mask = afn_u64(p + 8);
+        ev->fd = afn_s32(p + 16);
+        ev->pid = afn_s32(p + 20);
+        if (event_len < meta || event_len > left) {
+            afn_fail(ev, AFN_E_EVENT_LEN, (uint32_t)event_len, (uint32_t)left);
+            off = nbytes;
+            break;
+        }
+        if (p[4] != FANOTIFY_METADATA_VERSION)
+            afn_fail(ev, AFN_E_VERSION, p[4], 0);
+        else if (meta_len < meta || meta_len > event_len)
+            afn_fail(ev, AFN_E_META_LEN, (uint32_t)meta_len, 0);
+        else if (event_len > meta_len)
+            afn_records(p, off, meta_len, event_len, ev);
+
+        if (ev->status == AFN_OK && ev->fd >= 0) {
+            if (flags & AFN_RESOLVE_FD_PATHS)
+                afn_resolve(ev, arena, arena_cap, &used);
+            if ((flags & AFN_CLOSE_FDS) && !(ev->mask & keep_fd_mask)
+                && ev->path_len != AFN_PATH_RETRY) {
+                close(ev->fd);
+                ev->has |= AFN_FD_CLOSED;
+            }
+        }
+        off += event_len;
+    }
+    *arena_used = used;
+    *stop = off;
+    return (long)n;
+}
