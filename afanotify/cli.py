@@ -150,9 +150,9 @@ are guarded (not of directories).
 
 A process opening a guarded file waits until the guard answers.  The guard
 answers every open: by the rules, or with the --default verdict when it is not
-decided within --deadline, and for what is pending when it stops (--timeout,
-SIGTERM, Ctrl-C); the kernel allows whatever it still had queued.  If the
-guard is killed (SIGKILL), its fd closes and the kernel allows what was waiting.
+decided within --deadline, and for what is pending or still queued when it
+stops (--timeout, SIGTERM, Ctrl-C).  If the guard is killed (SIGKILL), its fd
+closes and the kernel allows what was waiting.
 A line "afanotify: guarding ..." on stderr says the marks are in place.
 """
 
@@ -900,8 +900,8 @@ def _cmd_guard(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 
         asyncio.run(run())
     finally:
-        # Closing answers whatever is pending with the default verdict, then
-        # the kernel allows anything still queued.
+        # Closing answers what is pending, and what is still queued in the
+        # kernel, with the default verdict (docs/permissions.md).
         fan.close()
         st = fan.permission_stats
         _err(
