@@ -25,7 +25,7 @@ from . import _ffi
 from ._features import features
 from ._proc import pidfd_pid
 from .events import FanotifyData
-from .exceptions import UnsupportedFlagError
+from .exceptions import AfanotifyError, UnsupportedFlagError
 from .flags import FID_EVENTS, Event, InitFlag, Response, evt_to_str
 from .group import Fanotify
 from .permission import ALLOW, DENY, Verdict
@@ -594,6 +594,9 @@ def _setup_watch(
                 f"{','.join(_action_names(mask & FID_ONLY))}; use --filesystem"
             )
         mask &= ~FID_ONLY
+    if mask & Event.FS_ERROR and scope != "filesystem":
+        parser.error("argument --events: fs_error is reported for filesystem marks: "
+                     "add --filesystem")
     fid = bool(args.fid or mask & FID_ONLY)
     fan = _open_group(fid)
     try:
@@ -812,6 +815,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         _err(f"{args.command}: error: {exc.strerror or exc}")
         return 1
+    except AfanotifyError as exc:  # e.g. the group failed while reading
+        _err(f"{args.command}: error: {exc}")
+        return 1
+    except ValueError as exc:  # an argument combination the library refuses
+        _err(f"{args.command}: error: {exc}")
+        return 2
     finally:
         signal.signal(signal.SIGTERM, previous or signal.SIG_DFL)
 

@@ -622,3 +622,38 @@ def test_guard_not_root_names_the_capability(tmpfs: Path) -> None:
     assert r.returncode == 1
     assert "CAP_SYS_ADMIN" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_watch_reports_a_queue_overflow(tmpfs: Path, tmp_path: Path) -> None:
+    log = tmp_path / "events.json"
+    with cli("watch", "--json", "--events", "create", "--output", str(log), str(tmpfs)) as p:
+        p.wait_stderr("watching")
+        # Stopped, the command reads nothing: more creates than the kernel
+        # queues (16384) make it drop events and queue an overflow.
+        os.kill(p.popen.pid, signal.SIGSTOP)
+        try:
+            child("import sys\nfor i in range(17000): open(f'{sys.argv[1]}/{i}', 'w').close()\n",
+                  str(tmpfs))
+        finally:
+            os.kill(p.popen.pid, signal.SIGCONT)
+        deadline = time.monotonic() + 30
+        while "pipeline_error" not in _read(log):
+            assert time.monotonic() < deadline, "no overflow line"
+            time.sleep(0.1)
+        p.popen.send_signal(signal.SIGTERM)
+        code, _, err = p.finish()
+    assert code == 0, err
+    recs = json_lines(log.read_text())
+    overflow = [r for r in recs if r["event"]["kind"] == "pipeline_error"]  # type: ignore[index]
+    assert len(overflow) == 1
+    assert overflow[0]["event"]["action"] == ["q_overflow"]  # type: ignore[index]
+    creates = len(recs) - 1
+    assert 0 < creates < 17000
+    assert f"{creates} events seen, {creates} shown" in err
+    assert "1 overflows" in err
+
+
+def test_fs_error_needs_filesystem_scope(tmpfs: Path) -> None:
+    r = run("watch", "--events", "fs_error", str(tmpfs))
+    assert r.returncode == 2
+    assert "--filesystem" in r.stderr.strip().splitlines()[-1]
