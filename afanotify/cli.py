@@ -21,7 +21,7 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from typing import IO, Any
 
-from . import _ffi
+from . import __version__, _ffi
 from ._features import features
 from ._proc import pidfd_pid
 from .events import FanotifyData
@@ -254,6 +254,7 @@ def _build() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser
         "and list what the kernel supports.",
         epilog="Run 'afanotify COMMAND --help' for a command's options and examples.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     fmt = argparse.RawDescriptionHelpFormatter
 
@@ -480,7 +481,7 @@ def format_json(ev: FanotifyData, now: float, comm: str | None) -> str:
         },
         "fanotify": {
             "mask": mask,
-            "events": [(e.name or "") for e in _SINGLE if mask & e.value],
+            "events": evt_to_str(mask).split("|"),
             "path_resolved": ev.path_resolved,
             "old_path": ev.old_path,
             "new_path": ev.new_path,
