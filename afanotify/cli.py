@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
+import functools
 import json
 import os
 import signal
@@ -19,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime, timezone
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 from . import __version__, _ffi
 from ._features import features
@@ -96,6 +97,31 @@ _ECS_TYPES: tuple[tuple[Event, str], ...] = (
 _SINGLE = tuple(
     e for e in Event if e.value and not e.value & (e.value - 1) and e not in (Event.ONDIR,)
 )
+_OVERFLOW = int(Event.Q_OVERFLOW)
+_ONDIR = int(Event.ONDIR)
+
+
+class _MaskNames(NamedTuple):
+    #: ``event.action``: lower-case names, ONDIR left out.
+    actions: tuple[str, ...]
+    #: ``fanotify.events``: the names of every bit.
+    events: tuple[str, ...]
+    #: ``event.type``: the ECS types.
+    ecs_types: tuple[str, ...]
+    #: For the human format: ``CREATE|ONDIR``.
+    text: str
+
+
+@functools.lru_cache(maxsize=1024)
+def _mask_names(mask: int) -> _MaskNames:
+    # Enum arithmetic is slow per event; masks repeat, so name each once.
+    text = evt_to_str(mask)
+    return _MaskNames(
+        tuple((e.name or "").lower() for e in _SINGLE if mask & e.value),
+        tuple(text.split("|")),
+        tuple(t for bits, t in _ECS_TYPES if mask & bits),
+        text,
+    )
 ECS_VERSION = "8.11.0"
 
 WATCH_EPILOG = """\
@@ -368,7 +394,7 @@ def _comm(pid: int, pidfd: int) -> str | None:
 
 
 def _action_names(mask: int) -> list[str]:
-    return [(e.name or "").lower() for e in _SINGLE if mask & e.value]
+    return list(_mask_names(mask).actions)
 
 
 # -- output -------------------------------------------------------------------
@@ -421,7 +447,7 @@ class _Sink:
 def format_human(ev: FanotifyData, now: float, comm: str | None) -> str:
     """One aligned line: time, pid, process name, events, path(s)."""
     stamp = time.strftime("%H:%M:%S", time.localtime(now)) + f".{int(now % 1 * 1000):03d}"
-    if ev.ev_types & Event.Q_OVERFLOW:
+    if ev.ev_types & _OVERFLOW:
         return f"{stamp}  {'-':>7}  {'-':<15}  {'Q_OVERFLOW':<26}  (the kernel dropped events)"
     pid = str(ev.pid) if ev.pid > 0 else "-"
     name = comm or (os.path.basename(ev.exe) if ev.exe else "?")
@@ -431,14 +457,14 @@ def format_human(ev: FanotifyData, now: float, comm: str | None) -> str:
         where = ev.path if ev.path is not None else "?"
     if ev.path is not None and not ev.path_resolved:
         where += "  (unresolved)"
-    return f"{stamp}  {pid:>7}  {name:<15.15}  {evt_to_str(ev.ev_types):<26}  {where}"
+    return f"{stamp}  {pid:>7}  {name:<15.15}  {_mask_names(ev.ev_types).text:<26}  {where}"
 
 
 def format_json(ev: FanotifyData, now: float, comm: str | None) -> str:
     """One JSON object with Elastic Common Schema field names (see the README)."""
     stamp = datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     mask = ev.ev_types
-    if mask & Event.Q_OVERFLOW:
+    if mask & _OVERFLOW:
         rec: dict[str, Any] = {
             "@timestamp": stamp,
             "ecs": {"version": ECS_VERSION},
@@ -456,22 +482,22 @@ def format_json(ev: FanotifyData, now: float, comm: str | None) -> str:
             directory = os.path.dirname(path) or None
         if name is None:
             name = os.path.basename(path) or None
-    types = [t for bits, t in _ECS_TYPES if mask & bits]
+    names = _mask_names(mask)
     rec = {
         "@timestamp": stamp,
         "ecs": {"version": ECS_VERSION},
         "event": {
             "kind": "event",
             "category": ["file"],
-            "type": types,
-            "action": _action_names(mask),
+            "type": list(names.ecs_types),
+            "action": list(names.actions),
             "module": "fanotify",
         },
         "file": {
             "path": path,
             "directory": directory,
             "name": name,
-            "type": "dir" if mask & Event.ONDIR else "file",
+            "type": "dir" if mask & _ONDIR else "file",
         },
         "process": {
             "pid": ev.pid if ev.pid > 0 else None,
@@ -481,7 +507,7 @@ def format_json(ev: FanotifyData, now: float, comm: str | None) -> str:
         },
         "fanotify": {
             "mask": mask,
-            "events": evt_to_str(mask).split("|"),
+            "events": list(names.events),
             "path_resolved": ev.path_resolved,
             "old_path": ev.old_path,
             "new_path": ev.new_path,
@@ -640,7 +666,7 @@ async def _watch_loop(
         ev = await fan.receive()
         with ev:
             now = time.time()
-            if not ev.ev_types & Event.Q_OVERFLOW:
+            if not ev.ev_types & _OVERFLOW:
                 ev = known.complete(ev)
                 counts.seen += 1
                 if my_pgrp >= 0 and _in_pgrp(ev.pid, my_pgrp):
