@@ -5,6 +5,10 @@ from __future__ import annotations
 from . import flags as flags
 from ._features import Features as Features
 from ._features import features as features
+from .client import ClientOverflow as ClientOverflow
+from .client import ClientStatistics as ClientStatistics
+from .client import DispatchStatistics as DispatchStatistics
+from .client import FanotifyClient as FanotifyClient
 from .events import FanotifyData as FanotifyData
 from .events import FileHandle as FileHandle
 from .exceptions import AfanotifyError as AfanotifyError
@@ -38,10 +42,14 @@ __all__ = (
     "AfanotifyError",
     "AlreadyAnsweredError",
     "AuditRule",
+    "ClientOverflow",
+    "ClientStatistics",
     "ClosedResourceError",
+    "DispatchStatistics",
     "Event",
     "FanoRule",
     "Fanotify",
+    "FanotifyClient",
     "Features",
     "GroupStatistics",
     "FanotifyData",

@@ -18,10 +18,12 @@ from collections.abc import AsyncIterator
 from typing import Any, Literal, NamedTuple, Union
 
 from . import _ffi
+from . import client as _client
 from ._errors import init_error, mark_error
 from ._parser import parse_lenient
 from ._proc import HandleResolver, fd_path, process_info
 from ._queue import EventQueue
+from .client import DispatchStatistics, FanotifyClient
 from .events import UNANSWERED, FanotifyData
 from .exceptions import ClosedResourceError, ParseError, WouldBlock
 from .flags import (
@@ -45,8 +47,10 @@ from .permission import (
     PermissionStatistics,
     PermissionTracker,
     Verdict,
+    Watchdog,
     check_timeout,
 )
+from .rules import FanoRule
 
 __all__ = ["Fanotify", "GroupStatistics", "MarkKind"]
 
@@ -144,6 +148,9 @@ class Fanotify:
         in time, or whose handler fails, or that are pending at close.
     :param permission_timeout: seconds a permission event may wait for its
         verdict; then the group answers ``default_response`` (see docs/permissions.md).
+    :param watchdog: in a permission group, run a thread that answers for the
+        event loop when it stops reading or answering for ``permission_timeout``
+        (a blocked loop cannot keep its own deadlines).
     :raises TypeError: for arguments of the wrong type
     :raises ValueError: for impossible flag combinations
     :raises PermissionError: without CAP_SYS_ADMIN (for non-FID groups)
@@ -163,6 +170,7 @@ class Fanotify:
         handle_cache_size: int = 4096,
         default_response: Response | int = Response.ALLOW,
         permission_timeout: float = 5.0,
+        watchdog: bool = True,
     ) -> None:
         self._fd = -1
         self._closed = True
@@ -224,9 +232,15 @@ class Fanotify:
         #: A CONTENT or PRE_CONTENT group never stops reading: a permission
         #: event left in the kernel's queue would have no deadline.
         self._perm_class = bool(flags & CLASS_BITS)
+        self._use_watchdog = bool(watchdog)
+        self._watchdog: Watchdog | None = None
         #: Events read while the queue was full, in order (block policy).
         self._held: list[FanotifyData] = []
         self._error: BaseException | None = None
+        #: True once someone received from the group itself: with clients
+        #: connected, its own queue then takes events too (see client.py).
+        self._consuming = False
+        self._clients = _client._Dispatcher(self)
 
     # -- properties ------------------------------------------------------
 
@@ -308,6 +322,8 @@ class Fanotify:
         )
         mask = self._check_events(events, kind_flags=mflags, ignore=ignore)
         self._do_mark(mflags, mask, path, dirfd)
+        if mask & _PERM and not ignore and self._use_watchdog and self._watchdog is None:
+            self._watchdog = Watchdog(self, tick=min(0.25, self._perm.timeout / 4))
         if self._fid_mode and self.resolve_paths and not mflags & MARK_TYPE_BITS == MarkFlag.MNTNS:
             self._register_mount(path, dirfd, dont_follow)
 
@@ -464,6 +480,8 @@ class Fanotify:
         self._paused = True
 
     def _resume(self) -> None:
+        if self._held or self._clients.holds_reader:
+            return  # a consumer still has no room (or async dispatch runs)
         self._paused = False
         if not self._closed and not self._reading and self._loop is not None:
             self._loop.add_reader(self._fd, self._on_readable)
@@ -564,7 +582,9 @@ class Fanotify:
             elif self._fid_mode:
                 kw.update(self._resolve_fid(ev))
         if self.proc_info:
-            kw["exe"], kw["cwd"] = process_info(ev.pid, ev.pidfd)
+            kw["exe"], kw["cwd"] = process_info(
+                ev.pid, ev.pidfd, pidfd_reported=bool(self.flags & InitFlag.REPORT_PIDFD)
+            )
         # The event is fresh from the parser and nobody else holds it yet:
         # filling it in place costs far less than dataclasses.replace, which
         # matters while a process waits on a permission event.
@@ -634,6 +654,9 @@ class Fanotify:
             events = self._dispatch_permission(events)
             if not events:
                 return
+        if self._clients.active:
+            self._clients.dispatch(events)
+            return
         taken = self._queue.put_many(events)
         self._counters.events_delivered += taken
         if taken < len(events):
@@ -681,6 +704,7 @@ class Fanotify:
         self._error = exc
         self._pause()
         self._queue.close()
+        self._clients.fail(exc)
 
     # -- consuming -------------------------------------------------------
 
@@ -697,6 +721,7 @@ class Fanotify:
         :raises ClosedResourceError: if the group is closed
         """
         self._ensure_reader()
+        self._consuming = True
         ev = self._queue.get_nowait()
         if ev._owns & UNANSWERED:
             self._perm.received_by(ev)
@@ -709,6 +734,7 @@ class Fanotify:
         :raises ClosedResourceError: if the group is closed (or closes while waiting)
         """
         self._ensure_reader()
+        self._consuming = True
         try:
             ev = await self._queue.get()
         except ClosedResourceError:
@@ -741,6 +767,39 @@ class Fanotify:
             raise StopAsyncIteration from None
         self._iter_last = ev
         return ev
+
+    # -- clients ---------------------------------------------------------
+
+    def connect(
+        self,
+        rule: FanoRule,
+        *,
+        maxsize: int = _client.DEFAULT_MAXSIZE,
+        overflow: Literal["block", "drop_oldest", "drop_newest"] | None = None,
+    ) -> FanotifyClient:
+        """Connect ``rule``; returns a :class:`~afanotify.FanotifyClient` for its events.
+
+        ``overflow`` defaults to ``"block"`` (``"drop_newest"`` in a
+        CLASS_CONTENT/PRE_CONTENT group, which never stops reading).
+
+        See :mod:`afanotify.client` for fan-out, descriptors and overflow.
+
+        :raises ClosedResourceError: if the group is closed
+        :raises TypeError, ValueError: for bad arguments
+        """
+        return _client.connect(self, rule, maxsize=maxsize, overflow=overflow)
+
+    def disconnect(self, rule_or_client: FanoRule | FanotifyClient) -> int:
+        """Stop delivery to a client, or to every client with an equal rule, at once.
+
+        Returns how many clients were closed (0 if none was connected).
+        """
+        return _client.disconnect(self, rule_or_client)
+
+    @property
+    def dispatch_stats(self) -> DispatchStatistics:
+        """Counters of the fan-out to clients."""
+        return self._clients.stats()
 
     # -- permission responses -------------------------------------------
 
@@ -811,6 +870,10 @@ class Fanotify:
         """
         if self._closed:
             return
+        # 0. the watchdog thread must be gone before the fd number is freed
+        if self._watchdog is not None:
+            self._watchdog.stop()
+            self._watchdog = None
         # 1. answer what is pending, and what is still in the kernel's queue,
         #    while the fd is still open
         self._perm.close()
@@ -818,6 +881,7 @@ class Fanotify:
             self._drain_kernel_queue()
         self._closed = True
         left = self._queue.close() + self._held  # 2. wake the waiters
+        left += self._clients.close_all()
         self._held = []
         if self._reading and self._loop is not None:  # 3. unregister
             try:

@@ -25,12 +25,17 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import os
+import select
+import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, Union
 
 from . import _ffi
+from ._parser import parse_lenient
 from .events import UNANSWERED, FanotifyData
 from .exceptions import AlreadyAnsweredError, ClosedResourceError
 from .flags import CLASS_BITS, DENY_ERRNOS, InitFlag, Response
@@ -237,6 +242,9 @@ class PermissionStatistics(NamedTuple):
     #: Notification events dropped because a permission group's queue was full
     #: (such a group keeps reading; see docs/permissions.md).
     notifications_dropped: int
+    #: Permission events the watchdog thread answered because the event loop
+    #: did not read them in time (also counted in ``defaulted``).
+    stalled: int
 
 
 class _Entry:
@@ -255,6 +263,7 @@ class _Entry:
 
 # Reasons an event was answered with the default verdict (PermissionStatistics fields).
 TIMED_OUT = "timed_out"
+STALLED = "stalled"
 HANDLER_ERROR = "handler_errors"
 ABANDONED = "abandoned"
 DROPPED = "dropped"
@@ -285,8 +294,12 @@ class PermissionTracker:
         self.handler: PermissionHandler | None = None
         self.allowed = self.denied = self.late = self.queue_dropped = 0
         self._reasons: dict[str, int] = dict.fromkeys(
-            (TIMED_OUT, HANDLER_ERROR, ABANDONED, DROPPED, RELEASED, AT_CLOSE), 0
+            (TIMED_OUT, HANDLER_ERROR, ABANDONED, DROPPED, RELEASED, AT_CLOSE, STALLED), 0
         )
+        #: Serialises answering with the watchdog thread: whoever clears an
+        #: event's UNANSWERED bit writes its response before anyone else can
+        #: look at the event again.  Never held while user code runs.
+        self.lock = threading.RLock()
 
     # -- bookkeeping ---------------------------------------------------
 
@@ -299,19 +312,21 @@ class PermissionTracker:
         return PermissionStatistics(
             len(self._pending), self.allowed, self.denied, self.defaulted, r[TIMED_OUT],
             r[HANDLER_ERROR], r[ABANDONED], r[DROPPED], r[RELEASED], r[AT_CLOSE], self.late,
-            self.queue_dropped,
+            self.queue_dropped, r[STALLED],
         )
 
     def __len__(self) -> int:
         return len(self._pending)
 
     def pending_events(self) -> list[FanotifyData]:
-        return [e.event for e in self._pending.values()]
+        with self.lock:
+            return [e.event for e in self._pending.values()]
 
     def add(self, ev: FanotifyData, loop: asyncio.AbstractEventLoop | None) -> None:
         """Start the clock for a permission event just read from the kernel."""
         entry = _Entry(ev, time.monotonic() + self.timeout)
-        self._pending[ev.fd] = entry
+        with self.lock:
+            self._pending[ev.fd] = entry
         if loop is not None:
             self._loop = loop
             if self._timer is None:
@@ -328,12 +343,15 @@ class PermissionTracker:
             return
         if task is None:
             return
-        entry.task = task
-        fds = self._watched_tasks.get(task)
-        if fds is None:
-            fds = self._watched_tasks[task] = set()
-            task.add_done_callback(self._task_done)
-        fds.add(ev.fd)
+        with self.lock:
+            if not ev._owns & UNANSWERED:
+                return
+            entry.task = task
+            fds = self._watched_tasks.get(task)
+            if fds is None:
+                fds = self._watched_tasks[task] = set()
+                task.add_done_callback(self._task_done)
+            fds.add(ev.fd)
 
     def _forget(self, fd: int) -> _Entry | None:
         entry = self._pending.pop(fd, None)
@@ -364,6 +382,21 @@ class PermissionTracker:
 
         :raises AlreadyAnsweredError: if ``ev`` was answered before
         """
+        with self.lock:
+            entry = self._write_locked(ev, response, rule)
+        if entry is not None and entry.handler_task is not None:
+            task, entry.handler_task = entry.handler_task, None
+            if task.done():
+                return
+            if asyncio._get_running_loop() is self._loop:
+                if task is not _current_task():
+                    task.cancel()
+            elif self._loop is not None and not self._loop.is_closed():
+                self._loop.call_soon_threadsafe(task.cancel)  # from the watchdog
+
+    def _write_locked(
+        self, ev: FanotifyData, response: int, rule: AuditRule | None
+    ) -> _Entry | None:
         owns = ev._owns
         if not owns & UNANSWERED:
             if self._group.closed:
@@ -378,7 +411,7 @@ class PermissionTracker:
         object.__setattr__(ev, "_owns", owns & ~UNANSWERED)
         entry = self._forget(ev.fd)
         if self._group._fd < 0:
-            return  # the kernel allowed it when the group fd closed
+            return entry  # the kernel allowed it when the group fd closed
         if response & _DENY:
             self.denied += 1
         else:
@@ -387,10 +420,7 @@ class PermissionTracker:
             _ffi.respond(self._group._fd, ev.fd, response)
         else:
             _ffi.respond_audit(self._group._fd, ev.fd, response, *rule)
-        if entry is not None and entry.handler_task is not None:
-            task, entry.handler_task = entry.handler_task, None
-            if not task.done() and task is not _current_task():
-                task.cancel()
+        return entry
 
     def answer_default(self, ev: FanotifyData, reason: str) -> OSError | None:
         """Answer ``ev`` with the default verdict, if it is still unanswered.
@@ -398,13 +428,14 @@ class PermissionTracker:
         Never raises; returns the OSError of a failed write for the caller to
         log *after* it has answered everything it has to answer.
         """
-        if not ev._owns & UNANSWERED:
-            return None
-        self._reasons[reason] += 1
-        try:
-            self.write(ev, int(self.default))
-        except OSError as exc:
-            return exc
+        with self.lock:  # wait for a watchdog write in progress
+            if not ev._owns & UNANSWERED:
+                return None
+            self._reasons[reason] += 1
+            try:
+                self.write(ev, int(self.default))
+            except OSError as exc:
+                return exc
         return None
 
     def expire(self, now: float | None = None) -> int:
@@ -412,13 +443,14 @@ class PermissionTracker:
         if now is None:
             now = time.monotonic()
         expired: list[FanotifyData] = []
-        for entry in self._pending.values():
-            if entry.deadline > now:
-                break
-            expired.append(entry.event)
-        if not expired:
-            return 0
-        errors = [self.answer_default(ev, TIMED_OUT) for ev in expired]
+        with self.lock:
+            for entry in self._pending.values():
+                if entry.deadline > now:
+                    break
+                expired.append(entry.event)
+            if not expired:
+                return 0
+            errors = [self.answer_default(ev, TIMED_OUT) for ev in expired]
         # Responses are written; now it is safe to spend time on logging.
         log.warning(
             "%d permission event(s) passed their %.3gs deadline: answered %s",
@@ -441,17 +473,19 @@ class PermissionTracker:
         if self._group.closed:
             return
         self.expire()
-        for entry in self._pending.values():
-            self._arm(entry.deadline)
-            break
+        with self.lock:
+            head = next(iter(self._pending.values()), None)
+        if head is not None:
+            self._arm(head.deadline)
 
     def ensure_timer(self, loop: asyncio.AbstractEventLoop) -> None:
         """Arm the timer for events read before the loop was known (sync reads)."""
         self._loop = loop
         if self._timer is None:
-            for entry in self._pending.values():
-                self._arm(entry.deadline)
-                break
+            with self.lock:
+                head = next(iter(self._pending.values()), None)
+            if head is not None:
+                self._arm(head.deadline)
 
     # -- tasks ---------------------------------------------------------
 
@@ -462,14 +496,15 @@ class PermissionTracker:
         # A task that returns normally may have handed its events on; the
         # deadline covers those.  One that was cancelled or failed cannot
         # answer any more: answer for it now.
-        if not task.cancelled() and task.exception() is None:
-            for fd in fds:
-                entry = self._pending.get(fd)
-                if entry is not None:
-                    entry.task = None
-            return
-        events = [self._pending[fd].event for fd in fds if fd in self._pending]
-        errors = [self.answer_default(ev, ABANDONED) for ev in events]
+        with self.lock:
+            if not task.cancelled() and task.exception() is None:
+                for fd in fds:
+                    entry = self._pending.get(fd)
+                    if entry is not None:
+                        entry.task = None
+                return
+            events = [self._pending[fd].event for fd in fds if fd in self._pending]
+            errors = [self.answer_default(ev, ABANDONED) for ev in events]
         if events:
             log.warning(
                 "consumer task %s ended (%s) holding %d unanswered permission event(s): "
@@ -572,6 +607,128 @@ class PermissionTracker:
         _log_write_errors(events, errors)
         self._watched_tasks.clear()
         return events
+
+
+class Watchdog:
+    """A thread that answers for an event loop that has stopped answering.
+
+    The deadline timer runs on the event loop, so a loop that blocks cannot
+    keep it.  The worst case is the agent's own: an ``open()`` of a marked
+    file on the loop's thread waits for a verdict only that loop could
+    write.  Every ``tick`` seconds this thread looks at two things, without
+    touching the loop:
+
+    * events the loop read whose deadline passed more than a tick ago (the
+      loop's timer did not fire): it answers them with the default verdict;
+    * the group fd: if it stayed readable for ``timeout`` seconds while the
+      loop did not read once, the loop is stalled (or nobody started
+      reading).  The thread then reads the waiting events itself, allows
+      the group's own ones and answers the rest with the default verdict.
+      Those events are not delivered: they are counted (``stalled``) and
+      logged.
+
+    The thread holds only a weak reference to the group between ticks, and
+    the group stops (and joins) it before closing its fd.
+    """
+
+    def __init__(self, group: Fanotify, tick: float) -> None:
+        self.tick = tick
+        self._ref = weakref.ref(group)
+        self._fd = group._fd
+        self._stop = threading.Event()
+        self._buf = bytearray(64 * 1024)
+        self._since: float | None = None
+        self._last_reads = -1
+        self._poll = select.poll()
+        self._poll.register(self._fd, select.POLLIN)
+        self._thread = threading.Thread(
+            target=self._run, name=f"afanotify-watchdog-fd{self._fd}", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread and wait for it (it never blocks for long)."""
+        self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.tick):
+            group = self._ref()
+            if group is None or group._fd < 0:
+                return
+            try:
+                self._check(group)
+            except Exception:
+                log.exception("the permission watchdog failed to check its group")
+            del group  # no strong reference while sleeping
+
+    def _check(self, group: Fanotify) -> None:
+        perm = group._perm
+        now = time.monotonic()
+        if perm._pending:
+            perm.expire(now - self.tick)
+        reads = group._counters.reads
+        if reads != self._last_reads or not self._readable():
+            self._last_reads = reads
+            self._since = None
+            return
+        if self._since is None:
+            self._since = now
+        elif now - self._since >= perm.timeout:
+            self._since = None
+            self._rescue(group, perm)
+
+    def _readable(self) -> bool:
+        try:
+            return bool(self._poll.poll(0))
+        except OSError:
+            return False
+
+    def _rescue(self, group: Fanotify, perm: PermissionTracker) -> None:
+        answered = own = 0
+        with perm.lock:
+            if self._stop.is_set() or group._fd < 0:
+                return
+            for _ in range(64):
+                try:
+                    n = os.readv(self._fd, (self._buf,))
+                except OSError:
+                    break
+                if n <= 0:
+                    break
+                events, errors = parse_lenient(
+                    memoryview(self._buf)[:n], owned=True, pid_is_tid=group._pid_is_tid,
+                    fd_error=group._fd_error,
+                )
+                for err in errors:
+                    group._bad_event(err)
+                for ev in events:
+                    if ev._owns & UNANSWERED:
+                        object.__setattr__(ev, "_owns", ev._owns & ~UNANSWERED)
+                        if group.ignore_own and group._is_own(ev.pid):
+                            response = _ALLOW
+                            own += 1
+                            group._counters.own_events += 1
+                        else:
+                            response = int(perm.default)
+                            perm._reasons[STALLED] += 1
+                            if response & _DENY:
+                                perm.denied += 1
+                            else:
+                                perm.allowed += 1
+                        answered += 1
+                        try:
+                            _ffi.respond(self._fd, ev.fd, response)
+                        except OSError as exc:
+                            log.error("watchdog could not answer fd=%d: %s", ev.fd, exc)
+                    ev.close()
+        if answered:
+            log.error(
+                "the event loop did not read its fanotify group for %.3gs: the watchdog "
+                "answered %d permission event(s) (%d of this process allowed, the rest %s)",
+                perm.timeout, answered, own, perm.default.name,
+            )
 
 
 def _current_task() -> asyncio.Task[Any] | None:

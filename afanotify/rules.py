@@ -47,6 +47,42 @@ def fnmatch(pattern: Pattern, name: str | bytes) -> bool:
     return _ffi.fnmatch(os.fsencode(pattern), os.fsencode(name), _FNM_FLAGS)
 
 
+class _Matcher:
+    """One compiled pattern: a cheap literal prefix/suffix test, then fnmatch.
+
+    Without FNM_PATHNAME, FNM_PERIOD or FNM_CASEFOLD, the characters before
+    the first special one must appear literally at the start of a matching
+    name, so comparing them rejects most names without a C call (a set of
+    per-directory rules is the common case).  When the pattern has no
+    brackets, escapes or extended groups, the characters after its last
+    ``*``/``?`` must likewise end the name.
+    """
+
+    __slots__ = ("pattern", "prefix", "suffix", "dir_prefix")
+
+    def __init__(self, pattern: str | bytes) -> None:
+        pat = os.fsencode(pattern)
+        self.pattern = pat
+        end = len(pat)
+        for i, ch in enumerate(pat):
+            if ch in b"*?[\\" or (ch in b"+@!" and pat[i + 1:i + 2] == b"("):
+                end = i
+                break
+        self.prefix = pat[:end]
+        #: The prefix up to its last "/": every matching name is under it.
+        self.dir_prefix = self.prefix[: self.prefix.rfind(b"/") + 1]
+        self.suffix = b""
+        if end < len(pat) and not any(c in pat for c in (b"[", b"\\", b"(")):
+            last = max(pat.rfind(b"*"), pat.rfind(b"?"))
+            self.suffix = pat[last + 1:]
+
+    def __call__(self, name: str | bytes) -> bool:
+        raw = os.fsencode(name)
+        if not raw.startswith(self.prefix) or not raw.endswith(self.suffix):
+            return False
+        return _ffi.fnmatch(self.pattern, raw, _FNM_FLAGS)
+
+
 def _is_async_callable(fn: object) -> bool:
     if inspect.iscoroutinefunction(fn):
         return True
@@ -104,7 +140,8 @@ class FanoRule:
 
     __slots__ = (
         "name", "pids", "ev_types", "exe_pattern", "cwd_pattern", "path_pattern", "pass_fd",
-        "predicate", "is_async", "needs_proc", "_exe_b", "_cwd_b", "_path_b", "_has_rest",
+        "predicate", "is_async", "needs_proc", "_exe_m", "_cwd_m", "_path_m", "_has_rest",
+        "_path_key",
     )
 
     name: str | bytes
@@ -120,10 +157,13 @@ class FanoRule:
     is_async: bool
     #: True when matching needs ``exe`` or ``cwd`` read from /proc.
     needs_proc: bool
-    _exe_b: bytes | None
-    _cwd_b: bytes | None
-    _path_b: bytes | None
+    _exe_m: _Matcher | None
+    _cwd_m: _Matcher | None
+    _path_m: _Matcher | None
     _has_rest: bool
+    #: The directory every path this rule matches starts with (ends in "/"),
+    #: or None: lets the dispatcher index path rules by directory.
+    _path_key: str | None
 
     def __init__(
         self,
@@ -166,9 +206,11 @@ class FanoRule:
             )
         s(self, "is_async", predicate is not None and _is_async_callable(predicate))
         s(self, "needs_proc", self.exe_pattern is not None or self.cwd_pattern is not None)
-        s(self, "_exe_b", None if self.exe_pattern is None else os.fsencode(self.exe_pattern))
-        s(self, "_cwd_b", None if self.cwd_pattern is None else os.fsencode(self.cwd_pattern))
-        s(self, "_path_b", None if self.path_pattern is None else os.fsencode(self.path_pattern))
+        s(self, "_exe_m", None if self.exe_pattern is None else _Matcher(self.exe_pattern))
+        s(self, "_cwd_m", None if self.cwd_pattern is None else _Matcher(self.cwd_pattern))
+        s(self, "_path_m", None if self.path_pattern is None else _Matcher(self.path_pattern))
+        pm = self._path_m
+        s(self, "_path_key", os.fsdecode(pm.dir_prefix) if pm and pm.dir_prefix else None)
         s(
             self, "_has_rest",
             self.needs_proc or self.path_pattern is not None or predicate is not None,
@@ -231,22 +273,17 @@ class FanoRule:
 
     def _match_fields(self, ev: FanotifyData) -> bool:
         """The pattern criteria (exe, cwd, path); not the predicate."""
-        if self._exe_b is not None and (
-            ev.exe is None or not _ffi.fnmatch(self._exe_b, os.fsencode(ev.exe), _FNM_FLAGS)
-        ):
+        m = self._exe_m
+        if m is not None and (ev.exe is None or not m(ev.exe)):
             return False
-        if self._cwd_b is not None and (
-            ev.cwd is None or not _ffi.fnmatch(self._cwd_b, os.fsencode(ev.cwd), _FNM_FLAGS)
-        ):
+        m = self._cwd_m
+        if m is not None and (ev.cwd is None or not m(ev.cwd)):
             return False
-        pat = self._path_b
-        if pat is not None:
+        m = self._path_m
+        if m is not None:
             if ev.ev_types & _RENAME:
-                return any(
-                    p is not None and _ffi.fnmatch(pat, os.fsencode(p), _FNM_FLAGS)
-                    for p in (ev.old_path, ev.new_path, ev.path)
-                )
-            return ev.path is not None and _ffi.fnmatch(pat, os.fsencode(ev.path), _FNM_FLAGS)
+                return any(p is not None and m(p) for p in (ev.old_path, ev.new_path, ev.path))
+            return ev.path is not None and m(ev.path)
         return True
 
     def _call_sync(self, ev: FanotifyData) -> bool:

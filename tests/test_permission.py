@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -26,11 +27,13 @@ from afanotify import (
     AuditRule,
     ClosedResourceError,
     Event,
+    FanoRule,
     Fanotify,
     FanotifyData,
     InitFlag,
     Response,
     Verdict,
+    WouldBlock,
 )
 
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(60)]
@@ -528,3 +531,147 @@ async def _drain(fan: Fanotify) -> None:
     """Keep the group reading (permission events go to the handler)."""
     async for ev in fan:
         ev.close()
+
+
+# -- clients (afanotify.client) -------------------------------------------------------
+
+
+async def test_client_drop_newest_answers_dropped_events_at_once(
+    tmpfs: Path, make_group: Callable[..., Fanotify]
+) -> None:
+    files = [_file(tmpfs, f"f{i}") for i in range(3)]
+    fan = make_group(permission_timeout=TIMEOUT, default_response=Response.DENY)
+    fan.mark(tmpfs, Event.OPEN_PERM | Event.EVENT_ON_CHILD)
+    client = fan.connect(FanoRule("all", ev_types=Event.OPEN_PERM), maxsize=1,
+                         overflow="drop_newest")
+    try:
+        with pytest.raises(WouldBlock):
+            client.get_nowait()  # starts the reader; nothing taken afterwards
+        results = await asyncio.gather(*(child("open", f) for f in files))
+        assert [r.errno for r in results] == [errno.EPERM] * 3
+        assert all(r.elapsed <= TIMEOUT + 1 for r in results)
+        st = fan.permission_stats
+        assert st.dropped == 2  # answered at once
+        assert st.timed_out == 1  # the queued one waited for its deadline
+        assert sorted(r.elapsed for r in results)[1] < TIMEOUT * 0.9
+        assert client.stats.dropped == 2
+    finally:
+        client.close()
+
+
+async def test_cancelled_client_consumer_answers_what_it_holds(
+    tmpfs: Path, make_group: Callable[..., Fanotify]
+) -> None:
+    target = _file(tmpfs, "f")
+    fan = make_group(permission_timeout=30, default_response=Response.DENY)
+    fan.mark(target, Event.OPEN_PERM)
+    client = fan.connect(FanoRule("perm", ev_types=Event.OPEN_PERM))
+    got = asyncio.Event()
+
+    async def consumer() -> None:
+        await client.get()
+        got.set()
+        await asyncio.sleep(3600)
+
+    task = asyncio.create_task(consumer())
+    try:
+        run = asyncio.create_task(child("open", target))
+        await asyncio.wait_for(got.wait(), 10)
+        task.cancel()
+        result = await run
+    finally:
+        client.close()
+    assert result.errno == errno.EPERM and result.elapsed < 5
+    assert fan.permission_stats.abandoned == 1
+
+
+# -- the watchdog: a blocked event loop cannot keep its deadlines -----------------------
+
+_STUCK_AGENT = r"""
+import asyncio, json, sys, time
+from afanotify import Event, Fanotify, InitFlag
+path, watchdog = sys.argv[1], sys.argv[2] == "1"
+
+async def main():
+    async with Fanotify(InitFlag.CLASS_CONTENT, permission_timeout=1.0,
+                        watchdog=watchdog) as fan:
+        fan.mark(path, Event.OPEN_PERM)
+
+        async def reader():
+            async for ev in fan:
+                await ev.allow()
+
+        task = asyncio.create_task(reader())
+        await asyncio.sleep(0.1)
+        t0 = time.monotonic()
+        with open(path) as f:  # on the loop's thread: our own event, and nobody to read it
+            data = f.read()
+        elapsed = time.monotonic() - t0
+        task.cancel()
+        print(json.dumps({"elapsed": elapsed, "data": data, "own": fan.stats.own_events}))
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("watchdog", [True, False])
+async def test_watchdog_frees_a_loop_blocked_on_its_own_open(tmpfs: Path, watchdog: bool) -> None:
+    target = _file(tmpfs, "judged", "payload")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _STUCK_AGENT, str(target), "1" if watchdog else "0",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), 6)
+    except asyncio.TimeoutError:
+        proc.kill()  # the wait is killable; the kernel allows when the group fd goes
+        await proc.wait()
+        assert not watchdog, "the agent deadlocked despite its watchdog"
+        return
+    assert watchdog, "expected a deadlock without the watchdog"
+    assert proc.returncode == 0, err.decode()
+    data = json.loads(out)
+    assert data["data"] == "payload"
+    assert 1.0 <= data["elapsed"] <= 2.0
+    assert data["own"] == 1
+
+
+async def test_watchdog_answers_for_a_loop_blocked_by_a_handler(
+    tmpfs: Path, make_group: Callable[..., Fanotify]
+) -> None:
+    target = _file(tmpfs, "f")
+    fan = make_group(permission_timeout=TIMEOUT, default_response=Response.DENY)
+    fan.mark(target, Event.OPEN_PERM)
+    blocked = 0.0
+
+    def slow(ev: FanotifyData) -> bool:
+        nonlocal blocked
+        t0 = time.monotonic()
+        time.sleep(TIMEOUT + 2)  # a badly written handler: blocks the loop
+        blocked = time.monotonic() - t0
+        return True
+
+    fan.on_permission(slow)
+    reader = asyncio.create_task(_drain(fan))
+    try:
+        run = asyncio.create_task(child("open", target))
+        result = await run
+    finally:
+        reader.cancel()
+    assert blocked >= TIMEOUT + 2
+    assert result.errno == errno.EPERM  # the default, not the handler's late True
+    assert result.elapsed <= TIMEOUT + 1
+    st = fan.permission_stats
+    assert (st.timed_out, st.late) == (1, 1)
+
+
+async def test_watchdog_answers_when_nobody_reads(
+    tmpfs: Path, make_group: Callable[..., Fanotify]
+) -> None:
+    target = _file(tmpfs, "f")
+    fan = make_group(permission_timeout=TIMEOUT, default_response=Response.DENY)
+    fan.mark(target, Event.OPEN_PERM)  # and never read
+    result = await child("open", target)
+    assert result.errno == errno.EPERM
+    assert TIMEOUT * 0.9 <= result.elapsed <= TIMEOUT + 1
+    assert fan.permission_stats.stalled == 1

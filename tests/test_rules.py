@@ -8,8 +8,10 @@ import pickle
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from afanotify import Event, FanotifyData
+from afanotify import Event, FanotifyData, _ffi
 from afanotify.rules import FanoRule, fnmatch
 
 OPEN = int(Event.OPEN)
@@ -344,3 +346,21 @@ def test_rename_path_matches_old_or_new_side() -> None:
     assert not r.matches(ev(ev_types=rename, old_path="/x/a", new_path="/y/a", path="/y/a"))
     # Only FAN_RENAME looks at both sides; other events use path.
     assert not r.matches(ev(ev_types=OPEN, old_path="/src/a", path="/dst/a"))
+
+
+# -- the literal prefix/suffix shortcut never changes a result -----------
+
+_FNM = int(_ffi.lib.FNM_EXTMATCH)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    st.text(alphabet="ab/.*?[]!+@()|\\", max_size=10),
+    st.text(alphabet="ab/.()|!", max_size=10),
+)
+def test_rule_patterns_agree_with_raw_fnmatch(pattern: str, name: str) -> None:
+    if not pattern:
+        return
+    raw = _ffi.fnmatch(pattern.encode(), name.encode(), _FNM)
+    assert FanoRule("r", path_pattern=pattern).matches(ev(path=name)) is raw
+    assert FanoRule("r", exe_pattern=pattern.encode()).matches(ev(exe=name)) is raw
