@@ -201,6 +201,30 @@ def test_watch_json_directory_event(tmpfs: Path) -> None:
     assert rec["fanotify"]["events"] == ["CREATE", "ONDIR"]  # type: ignore[index]
 
 
+def test_watch_rename_shows_both_paths(tmpfs: Path) -> None:
+    (tmpfs / "d").mkdir()
+    (tmpfs / "old").write_text("x")
+    with cli("watch", "--filesystem", "--json", "--events", "rename", "--count", "1",
+             str(tmpfs)) as p:
+        p.wait_stderr("watching")
+        child("import os, sys\nos.rename(sys.argv[1], sys.argv[2])\n",
+              str(tmpfs / "old"), str(tmpfs / "d" / "new"))
+        code, out, err = p.finish()
+    assert code == 0, err
+    (rec,) = json_lines(out)
+    assert rec["event"]["action"] == ["rename"]  # type: ignore[index]
+    assert rec["file"]["path"] == str(tmpfs / "d" / "new")  # type: ignore[index]
+    assert rec["fanotify"]["old_path"] == str(tmpfs / "old")  # type: ignore[index]
+    assert rec["fanotify"]["new_path"] == str(tmpfs / "d" / "new")  # type: ignore[index]
+    with cli("watch", "--filesystem", "--events", "rename", "--count", "1", str(tmpfs)) as p:
+        p.wait_stderr("watching")
+        child("import os, sys\nos.rename(sys.argv[1], sys.argv[2])\n",
+              str(tmpfs / "d" / "new"), str(tmpfs / "back"))
+        code, out, err = p.finish()
+    assert code == 0, err
+    assert out.rstrip().endswith(f"RENAME{' ' * 20}  {tmpfs}/d/new -> {tmpfs}/back")
+
+
 def test_version() -> None:
     r = run("--version")
     assert r.returncode == 0
