@@ -663,11 +663,12 @@ async def _watch_loop(
     my_pgrp = os.getpgrp() if args.exclude_self else -1
     limit: int | None = args.count
     while True:
-        ev = await fan.receive()
-        with ev:
+        received = await fan.receive()
+        with received:
             now = time.time()
+            ev = received
             if not ev.ev_types & _OVERFLOW:
-                ev = known.complete(ev)
+                ev = known.complete(received)
                 counts.seen += 1
                 if my_pgrp >= 0 and _in_pgrp(ev.pid, my_pgrp):
                     counts.filtered += 1
