@@ -412,7 +412,8 @@ def test_watch_shell_pipe_to_head(tmpfs: Path) -> None:
     for i in range(5):
         (tmpfs / f"f{i}").write_text("x")
     script = (
-        f"{' '.join(CLI)} watch --events open --count 1000 --timeout 20 {tmpfs} 2>{tmpfs}/err | head -1 "
+        f"{' '.join(CLI)} watch --events open --count 1000 --timeout 20 {tmpfs} "
+        f"2>{tmpfs}/err | head -1 "
         f"& sleep 0.1; until grep -q watching {tmpfs}/err; do sleep 0.05; done; "
         f"for i in 1 2 3 4 5 6 7 8 9 10; do cat {tmpfs}/f* >/dev/null; sleep 0.05; done; wait"
     )
