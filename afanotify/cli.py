@@ -144,7 +144,8 @@ patterns with extended syntax (@(a|b), !(x), +(...)); '*' also matches '/'.
 The events mode follows from --events: any of attrib, create, delete,
 moved_from, moved_to, move, delete_self, move_self, rename, fs_error selects
 FID mode (events carry file handles, resolved to paths); otherwise events
-carry file descriptors.  --fid forces FID mode.
+carry file descriptors.  --fid forces FID mode.  Mount marks cannot report
+the FID-only events: with --mount, the default leaves them out.
 
 A line "afanotify: watching ..." on stderr says the marks are in place.  On
 exit (--count, --timeout, Ctrl-C, SIGTERM, or a closed output pipe) a summary
@@ -314,8 +315,7 @@ def _build() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser
         help="also drop events caused by processes in this command's process group "
         "(its pipeline, e.g. '| tee FILE'); the command's own events are always dropped",
     )
-    out = w.add_mutually_exclusive_group()
-    out.add_argument("--json", action="store_true",
+    w.add_argument("--json", action="store_true",
                      help="one JSON object per line (Elastic Common Schema names)")
     w.add_argument("--output", "-o", metavar="FILE",
                    help="append events to FILE instead of standard output")
