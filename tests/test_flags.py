@@ -11,12 +11,12 @@ import errno
 import os
 from collections.abc import Callable, Iterator
 
+import _buffers as B
 import pytest
 
 from afanotify import _parser, flags
 from afanotify.events import OWN_FD, OWN_PIDFD, UNANSWERED, FanotifyData
 from afanotify.flags import Event, InfoType, InitFlag, MarkFlag, Response, deny_errno, evt_to_str
-from tests import _buffers as B
 
 # -- members and names -------------------------------------------------------
 
