@@ -164,8 +164,9 @@ def _parse_one(
             _need(rlen, 8, "pidfd", off, meta)
             (pidfd,) = _S32.unpack_from(mv, body)
             kw["pidfd"] = pidfd
-            if pidfd >= 0 and owned:
-                owns |= OWN_PIDFD
+            # A repeated record replaces the pidfd: own only the one reported,
+            # never a negative value that close() would pass to os.close().
+            owns = OWN_PIDFD if pidfd >= 0 and owned else 0
         elif info_type == FAN_EVENT_INFO_TYPE_ERROR:
             _need(rlen, 12, "error", off, meta)
             kw["error"], kw["error_count"] = _ERROR.unpack_from(mv, body)

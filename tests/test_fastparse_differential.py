@@ -1,0 +1,565 @@
+"""The C decoder against the pure parser: same events, same errors, for any bytes.
+
+Every buffer here goes through both ``_parser.parse_lenient`` and
+``_fastparse.decode``; the events must be equal (ownership bits included)
+and the errors of the same class, message, offset and metadata.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import struct
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from afanotify import _ffi
+from afanotify._fastparse import EVENT, Decoder, _constructor, decode
+from afanotify._ffi import ffi, lib
+from afanotify._parser import METADATA, parse_lenient
+from afanotify.events import OWN_FD, UNANSWERED, FanotifyData
+from afanotify.exceptions import ParseError
+from afanotify.flags import (
+    FAN_EVENT_INFO_TYPE_DFID,
+    FAN_EVENT_INFO_TYPE_DFID_NAME,
+    FAN_EVENT_INFO_TYPE_ERROR,
+    FAN_EVENT_INFO_TYPE_FID,
+    FAN_EVENT_INFO_TYPE_MNT,
+    FAN_EVENT_INFO_TYPE_NEW_DFID_NAME,
+    FAN_EVENT_INFO_TYPE_OLD_DFID_NAME,
+    FAN_EVENT_INFO_TYPE_PIDFD,
+    FAN_EVENT_INFO_TYPE_RANGE,
+    Event,
+    InitFlag,
+    MarkFlag,
+)
+
+FID, DFID, DFID_NAME = (
+    FAN_EVENT_INFO_TYPE_FID,
+    FAN_EVENT_INFO_TYPE_DFID,
+    FAN_EVENT_INFO_TYPE_DFID_NAME,
+)
+OLD, NEW = FAN_EVENT_INFO_TYPE_OLD_DFID_NAME, FAN_EVENT_INFO_TYPE_NEW_DFID_NAME
+PIDFD, ERROR = FAN_EVENT_INFO_TYPE_PIDFD, FAN_EVENT_INFO_TYPE_ERROR
+RANGE, MNT = FAN_EVENT_INFO_TYPE_RANGE, FAN_EVENT_INFO_TYPE_MNT
+FID_TYPES = (FID, DFID, DFID_NAME, OLD, NEW)
+
+OPTIONS = [
+    {"owned": False, "pid_is_tid": False, "fd_error": False},
+    {"owned": True, "pid_is_tid": True, "fd_error": False},
+    {"owned": True, "pid_is_tid": False, "fd_error": True},
+]
+
+
+# -- building buffers ---------------------------------------------------------
+
+
+def pad4(b: bytes) -> bytes:
+    return b + b"\0" * (-len(b) % 4)
+
+
+def rec(info_type: int, body: bytes, length: int | None = None) -> bytes:
+    """An info record; ``length`` overrides the header's len field."""
+    n = len(body) + 4 if length is None else length
+    return struct.pack("=BBH", info_type, 0, n) + body
+
+
+def fid_rec(
+    info_type: int,
+    handle: bytes = b"\x01\x02\x03\x04\x05\x06\x07\x08",
+    name: bytes | None = None,
+    fsid: tuple[int, int] = (0x1234, 0x5678),
+    htype: int = 1,
+    nbytes: int | None = None,
+) -> bytes:
+    body = struct.pack("=IIIi", *fsid, len(handle) if nbytes is None else nbytes, htype) + handle
+    if name is not None:
+        body = pad4(body + name + b"\0")
+    return rec(info_type, body)
+
+
+def event(
+    *records: bytes,
+    mask: int = int(Event.CLOSE_WRITE),
+    fd: int = 7,
+    pid: int = 4242,
+    vers: int = 3,
+    meta_len: int = 24,
+    event_len: int | None = None,
+    meta_pad: bytes = b"",
+) -> bytes:
+    body = meta_pad + b"".join(records)
+    n = 24 + len(body) if event_len is None else event_len
+    return METADATA.pack(n, vers, 0, meta_len, mask, fd, pid) + body
+
+
+def error_key(e: ParseError) -> tuple[Any, ...]:
+    return (type(e), str(e), e.offset, e.fd, e.pid, e.mask)
+
+
+def event_key(e: FanotifyData) -> tuple[Any, ...]:
+    return (e, e._owns)
+
+
+def both(buf: bytes, **opts: bool) -> tuple[list[FanotifyData], list[ParseError]]:
+    """Decode with both; assert they agree; return the pure parser's result."""
+    ref_events, ref_errors = parse_lenient(buf, **opts)
+    events, errors = decode(buf, len(buf), **opts)
+    assert [event_key(e) for e in events] == [event_key(e) for e in ref_events]
+    assert [error_key(e) for e in errors] == [error_key(e) for e in ref_errors]
+    return ref_events, ref_errors
+
+
+# -- the C layout -------------------------------------------------------------
+
+
+def test_event_struct_matches_c_layout() -> None:
+    assert ffi.sizeof("struct afn_event") == EVENT.size
+    ev = ffi.new("struct afn_event *")
+    values: list[int] = []
+    for i, (name, field) in enumerate(ffi.typeof("struct afn_event").fields):
+        if field.type.kind == "struct":
+            for j, sub in enumerate(("rec", "handle_len", "name_off", "name_len")):
+                setattr(getattr(ev, name), sub, 100 * i + j)
+                values.append(100 * i + j)
+        else:
+            setattr(ev, name, -i if name in ("fd", "pid", "pidfd", "error", "path_len") else i)
+            values.append(getattr(ev, name))
+    assert list(EVENT.unpack(ffi.buffer(ev))) == values
+
+
+def test_fast_constructor_builds_the_same_object() -> None:
+    make = _constructor(FanotifyData)
+    assert make is not FanotifyData
+    values: dict[str, Any] = {
+        f.name: (i + 1 if isinstance(f.default, int) else f"v{i}")
+        for i, f in enumerate(dataclasses.fields(FanotifyData))
+    }
+    fast, slow = make(**values), FanotifyData(**values)
+    assert type(fast) is FanotifyData
+    for f in dataclasses.fields(FanotifyData):
+        assert getattr(fast, f.name) == getattr(slow, f.name), f.name
+    assert make(3, 4) == FanotifyData(3, 4)
+    assert make(3, 4)._owns == 0 and make(3, 4)._group is None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.fd = 1  # type: ignore[misc]
+
+
+def test_fast_constructor_falls_back_for_other_shapes() -> None:
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Factory:
+        x: list[int] = dataclasses.field(default_factory=list)
+
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class PostInit:
+        x: int = 0
+
+        def __post_init__(self) -> None:
+            pass
+
+    @dataclasses.dataclass(frozen=True)
+    class NoSlots:
+        x: int = 0
+
+    for cls in (Factory, PostInit, NoSlots):
+        assert _constructor(cls) is cls
+
+
+# -- hand-built buffers, one per record type and per rule ---------------------
+
+GOOD = {
+    "fd-mode": event(),
+    "nofd": event(fd=-1),
+    "fd-error": event(fd=-13),
+    "perm": event(mask=int(Event.OPEN_PERM), fd=9),
+    "three-fd-events": event(fd=3) + event(fd=4, mask=int(Event.OPEN)) + event(fd=5),
+    "overflow": event(mask=int(Event.Q_OVERFLOW), fd=-1, pid=0),
+    "fid": event(fid_rec(FID), fd=-1, mask=int(Event.ATTRIB)),
+    "dfid": event(fid_rec(DFID), fd=-1),
+    "dfid-name": event(fid_rec(DFID_NAME, name=b"hello.txt"), fd=-1, mask=int(Event.CREATE)),
+    "dfid-name-empty": event(fid_rec(DFID_NAME, name=b""), fd=-1),
+    "dfid-name-not-utf8": event(fid_rec(DFID_NAME, name=b"caf\xe9\xff"), fd=-1),
+    "dfid-name-fid": event(fid_rec(DFID_NAME, name=b"a"), fid_rec(FID, handle=b"zz"), fd=-1),
+    "dfid-name-then-dfid": event(fid_rec(DFID_NAME, name=b"kept"), fid_rec(DFID, b"x"), fd=-1),
+    "rename": event(
+        fid_rec(OLD, name=b"from"),
+        fid_rec(NEW, name=b"to"),
+        fid_rec(FID),
+        fd=-1,
+        mask=int(Event.RENAME),
+    ),
+    "empty-handle": event(fid_rec(FID, handle=b""), fd=-1),
+    "max-handle": event(fid_rec(DFID, handle=bytes(range(128))), fd=-1),
+    "pidfd": event(rec(PIDFD, struct.pack("=i", 11))),
+    "pidfd-gone": event(rec(PIDFD, struct.pack("=i", -1))),
+    "pidfd-error": event(rec(PIDFD, struct.pack("=i", -2)), fd=-1),
+    "pidfd-long": event(rec(PIDFD, struct.pack("=i", 11) + b"\0" * 8)),
+    "error": event(rec(ERROR, struct.pack("=iI", 5, 3)), fid_rec(FID), fd=-1),
+    "range": event(rec(RANGE, struct.pack("=IQQ", 0, 2**40 + 1, 4096)), mask=0x100000),
+    "mnt": event(rec(MNT, struct.pack("=IQ", 0, 2**63 + 5)), fd=-1, mask=0x1000000),
+    "unknown": event(rec(99, b"abcd"), rec(0, b""), rec(200, b"\x01\x02\x03"), fd=-1),
+    "unknown-and-known": event(rec(8, b"zz"), fid_rec(DFID_NAME, name=b"n"), fd=-1),
+    "big-metadata": event(meta_len=32, meta_pad=b"\xff" * 8),
+    "big-metadata-records": event(fid_rec(FID), meta_len=28, meta_pad=b"\0" * 4, fd=-1),
+    "name-with-junk-after-nul": event(
+        rec(DFID_NAME, struct.pack("=IIIi", 1, 2, 0, 1) + b"a\0b"), fd=-1
+    ),
+    "everything": event(
+        fid_rec(FID),
+        fid_rec(DFID_NAME, name=b"n"),
+        fid_rec(OLD, name=b"o"),
+        fid_rec(NEW, name=b"w"),
+        rec(PIDFD, struct.pack("=i", 3)),
+        rec(ERROR, struct.pack("=iI", -5, 1)),
+        rec(RANGE, struct.pack("=IQQ", 0, 1, 2)),
+        rec(MNT, struct.pack("=IQ", 0, 9)),
+        rec(77, b"new!"),
+        fd=-1,
+    ),
+    "empty-buffer": b"",
+}
+
+BAD = {
+    "short-tail": event() + b"\x01\x02\x03",
+    "only-tail": b"\0" * 23,
+    "event-len-too-small": event(event_len=20) + event(),
+    "event-len-past-end": event(event_len=100),
+    "event-len-zero": event(event_len=0),
+    "version": event(vers=2) + event(),
+    "meta-len-small": event(meta_len=16) + event(),
+    "meta-len-big": event(fid_rec(FID), meta_len=200, fd=-1),
+    "stray-bytes": event(b"\x01\x02"),
+    "record-len-zero": event(rec(FID, b"", length=0)),
+    "record-len-small": event(rec(PIDFD, b"", length=3) + b"\0"),
+    "record-past-end": event(rec(PIDFD, struct.pack("=i", 1), length=12)),
+    "fid-short": event(rec(FID, b"\0" * 12)),
+    "handle-past-end": event(fid_rec(DFID, handle=b"ab", nbytes=3)),
+    "handle-huge": event(fid_rec(DFID, handle=b"ab", nbytes=0xFFFFFFFF)),
+    "name-no-nul": event(rec(DFID_NAME, struct.pack("=IIIi", 1, 2, 0, 1) + b"abcd")),
+    "name-missing": event(rec(OLD, struct.pack("=IIIi", 1, 2, 0, 1))),
+    "pidfd-short": event(rec(PIDFD, b"")),
+    "error-short": event(rec(ERROR, b"\0" * 4)),
+    "range-short": event(rec(RANGE, b"\0" * 16)),
+    "mnt-short": event(rec(MNT, b"\0" * 8)),
+    "error-then-good": event(rec(MNT, b"\0" * 8), fd=5, pid=6, mask=0x10000) + event(fd=8),
+    "pidfd-then-error": event(rec(PIDFD, struct.pack("=i", 3)), b"\0\0"),
+}
+
+
+@pytest.mark.parametrize("opts", OPTIONS, ids=["plain", "owned-tid", "owned-fderror"])
+@pytest.mark.parametrize("name", sorted(GOOD))
+def test_good_buffers_agree(name: str, opts: dict[str, bool]) -> None:
+    events, errors = both(GOOD[name], **opts)
+    assert not errors
+    assert len(events) >= (1 if GOOD[name] else 0)
+
+
+@pytest.mark.parametrize("opts", OPTIONS, ids=["plain", "owned-tid", "owned-fderror"])
+@pytest.mark.parametrize("name", sorted(BAD))
+def test_bad_buffers_agree(name: str, opts: dict[str, bool]) -> None:
+    _, errors = both(BAD[name], **opts)
+    assert errors
+
+
+def test_repeated_pidfd_owns_only_the_last() -> None:
+    buf = event(rec(PIDFD, struct.pack("=i", 5)), rec(PIDFD, struct.pack("=i", -1)), fd=-1)
+    (ev,), _ = both(buf, owned=True, pid_is_tid=False, fd_error=False)
+    assert ev.pidfd == -1
+    assert ev.closed
+
+
+def test_buffer_types_and_nbytes() -> None:
+    buf = GOOD["three-fd-events"] + GOOD["rename"]
+    want, _ = parse_lenient(buf)
+    opts: dict[str, Any] = {"owned": False, "pid_is_tid": False, "fd_error": False}
+    for b in (buf, bytearray(buf), memoryview(buf), ffi.from_buffer("unsigned char[]", buf)):
+        assert decode(b, len(buf), **opts) == (want, [])
+    cbuf = ffi.new("unsigned char[]", len(buf) + 100)
+    ffi.memmove(cbuf, buf, len(buf))
+    assert decode(cbuf, len(buf), **opts) == (want, [])
+    assert decode(buf + b"\xff" * 50, len(buf), **opts) == (want, [])
+    assert decode(buf, 48, **opts) == (want[:2], [])
+    with pytest.raises(ValueError, match="nbytes"):
+        decode(buf, len(buf) + 1, **opts)
+    with pytest.raises(ValueError, match="owned"):
+        decode(buf, len(buf), close_fds=True, **opts)
+
+
+def test_decoder_grows_for_a_bigger_buffer() -> None:
+    dec = Decoder(bufsize=64)
+    buf = event() * 1000
+    events, errors = dec.decode(buf, len(buf))
+    assert len(events) == 1000 and not errors
+
+
+# -- random and mutated buffers -----------------------------------------------
+
+u32 = st.integers(0, 2**32 - 1)
+s32 = st.integers(-(2**31), 2**31 - 1)
+
+
+@st.composite
+def records(draw: st.DrawFn) -> bytes:
+    kind = draw(st.sampled_from(["fid", "pidfd", "error", "range", "mnt", "unknown", "raw"]))
+    if kind == "fid":
+        t = draw(st.sampled_from(FID_TYPES))
+        handle = draw(st.binary(max_size=40))
+        name = draw(st.binary(max_size=20).map(lambda b: b.replace(b"\0", b"")))
+        return fid_rec(
+            t,
+            handle,
+            name if t in (DFID_NAME, OLD, NEW) else None,
+            (draw(u32), draw(u32)),
+            draw(s32),
+        )
+    if kind == "pidfd":
+        return rec(PIDFD, struct.pack("=i", draw(st.sampled_from([-2, -1, 0, 3, 1000]))))
+    if kind == "error":
+        return rec(ERROR, struct.pack("=iI", draw(s32), draw(u32)))
+    if kind == "range":
+        return rec(RANGE, struct.pack("=IQQ", 0, draw(st.integers(0, 2**64 - 1)), draw(u32)))
+    if kind == "mnt":
+        return rec(MNT, struct.pack("=IQ", 0, draw(st.integers(0, 2**64 - 1))))
+    if kind == "unknown":
+        return rec(draw(st.integers(8, 255)), draw(st.binary(max_size=12)))
+    # A header of any type and length, then any bytes.
+    body = draw(st.binary(max_size=40))
+    return rec(draw(st.integers(0, 255)), body, draw(st.integers(0, 70)))
+
+
+@st.composite
+def events(draw: st.DrawFn) -> bytes:
+    recs = draw(st.lists(records(), max_size=4))
+    return event(
+        *recs,
+        mask=draw(
+            st.sampled_from([1, 8, 0x100, 0x10000, 0x100000, 0x4000]) | st.integers(0, 2**64 - 1)
+        ),
+        fd=draw(st.sampled_from([-1, -2, -13, 0, 3, 2**31 - 1]) | s32),
+        pid=draw(s32),
+    )
+
+
+buffers = st.lists(events(), max_size=6).map(b"".join)
+
+
+@st.composite
+def mutated(draw: st.DrawFn) -> bytes:
+    buf = bytearray(draw(buffers))
+    for _ in range(draw(st.integers(1, 4))):
+        op = draw(st.sampled_from(["set", "truncate", "insert", "delete"]))
+        at = draw(st.integers(0, len(buf)))
+        if op == "set" and at < len(buf):
+            buf[at] = draw(
+                st.sampled_from([0, 1, 2, 3, 4, 23, 24, 0x7F, 0xFF]) | st.integers(0, 255)
+            )
+        elif op == "truncate":
+            del buf[at:]
+        elif op == "insert":
+            buf[at:at] = draw(st.binary(min_size=1, max_size=8))
+        else:
+            del buf[at : at + draw(st.integers(1, 8))]
+    return bytes(buf)
+
+
+SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@SETTINGS
+@given(buf=buffers, opts=st.sampled_from(OPTIONS))
+def test_random_buffers_agree(buf: bytes, opts: dict[str, bool]) -> None:
+    both(buf, **opts)
+
+
+@SETTINGS
+@given(buf=mutated(), opts=st.sampled_from(OPTIONS))
+def test_mutated_buffers_agree(buf: bytes, opts: dict[str, bool]) -> None:
+    both(buf, **opts)
+
+
+@SETTINGS
+@given(buf=st.binary(max_size=300), opts=st.sampled_from(OPTIONS))
+def test_noise_agrees(buf: bytes, opts: dict[str, bool]) -> None:
+    both(buf, **opts)
+
+
+# -- fds: path resolution and closing, on fds this process opened -------------
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> Iterator[tuple[Path, list[int]]]:
+    """Three open files in tmp_path (the third unlinked); closed afterwards if still open."""
+    fds = []
+    for name in ("a.txt", "b.txt", "gone.txt"):
+        (tmp_path / name).write_text(name)
+        fds.append(os.open(tmp_path / name, os.O_RDONLY))
+    os.unlink(tmp_path / "gone.txt")
+    yield tmp_path, fds
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("arena_size", [None, 1, 0])
+def test_resolve_fd_paths(files: tuple[Path, list[int]], arena_size: int | None) -> None:
+    tmp, (a, b, gone) = files
+    buf = event(fd=a) + event(fd=b, mask=int(Event.OPEN_PERM)) + event(fd=gone) + event(fd=-1)
+    dec = Decoder(arena_size=arena_size)
+    evs, errors = dec.decode(buf, len(buf), owned=True, resolve_fd_paths=True)
+    assert not errors
+    assert [(e.fd, e.path, e.path_resolved) for e in evs] == [
+        (a, str(tmp / "a.txt"), True),
+        (b, str(tmp / "b.txt"), True),
+        (gone, str(tmp / "gone.txt"), False),
+        (-1, None, False),
+    ]
+    assert [e._owns for e in evs] == [OWN_FD, OWN_FD | UNANSWERED, OWN_FD, 0]
+    # Apart from the path, the events are the pure parser's.
+    ref, _ = parse_lenient(buf, owned=True)
+    assert [e.fd for e in ref] == [e.fd for e in evs]
+    assert all(is_open(fd) for fd in (a, b, gone))
+
+
+@pytest.mark.parametrize("arena_size", [None, 1])
+def test_close_fds_keeps_permission_fds(
+    files: tuple[Path, list[int]], arena_size: int | None
+) -> None:
+    tmp, (a, b, gone) = files
+    bad = event(rec(MNT, b""), fd=gone)
+    buf = event(fd=a) + event(fd=b, mask=int(Event.OPEN_PERM)) + bad
+    dec = Decoder(arena_size=arena_size)
+    evs, errors = dec.decode(buf, len(buf), owned=True, resolve_fd_paths=True, close_fds=True)
+    assert [(e.fd, e.path, e._owns) for e in evs] == [
+        (-1, str(tmp / "a.txt"), 0),
+        (b, str(tmp / "b.txt"), OWN_FD | UNANSWERED),
+    ]
+    # The malformed event's fd is left to whoever reads the error.
+    assert [err.fd for err in errors] == [gone]
+    assert not is_open(a)
+    assert is_open(b) and is_open(gone)
+
+
+def test_close_fds_without_paths(files: tuple[Path, list[int]]) -> None:
+    _, (a, _, _) = files
+    evs, _ = Decoder().decode(event(fd=a), 24, owned=True, close_fds=True)
+    assert evs[0].fd == -1 and evs[0].path is None and evs[0].closed
+    assert not is_open(a)
+
+
+def test_read_reports_errno() -> None:
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    try:
+        with pytest.raises(BlockingIOError):
+            Decoder().read(r)
+    finally:
+        os.close(r)
+        os.close(w)
+    with pytest.raises(OSError) as info:
+        Decoder().read(r)
+    assert info.value.errno == 9
+
+
+# -- the kernel -----------------------------------------------------------------
+
+CHILD = """
+import os, sys
+d = sys.argv[1]
+for i in range(5):
+    with open(os.path.join(d, f"f{i}.txt"), "w") as f:
+        f.write("x")
+os.rename(os.path.join(d, "f0.txt"), os.path.join(d, "moved.txt"))
+os.unlink(os.path.join(d, "f1.txt"))
+os.makedirs(os.path.join(d, "sub"), exist_ok=True)
+"""
+
+
+def run_child(d: Path) -> None:
+    subprocess.run([sys.executable, "-c", CHILD, str(d)], check=True, timeout=30)
+
+
+def read_all(group: int) -> bytes:
+    chunks = []
+    while True:
+        try:
+            chunks.append(os.read(group, 65536))
+        except BlockingIOError:
+            return b"".join(chunks)
+
+
+@pytest.mark.kernel
+def test_kernel_fd_mode(tmpfs: Path) -> None:
+    group = _ffi.fanotify_init(InitFlag.CLOEXEC | InitFlag.NONBLOCK, os.O_RDONLY)
+    try:
+        mask = Event.OPEN | Event.CLOSE_WRITE | Event.MODIFY | Event.EVENT_ON_CHILD
+        _ffi.fanotify_mark(group, MarkFlag.ADD, mask, lib.AT_FDCWD, str(tmpfs))
+        run_child(tmpfs)
+        raw = read_all(group)
+        assert raw
+        opts: dict[str, bool] = {"owned": False, "pid_is_tid": False, "fd_error": False}
+        ref, ref_errors = both(raw, **opts)
+        assert not ref_errors
+        # OPEN, MODIFY and CLOSE_WRITE of one file by one process merge into one event.
+        assert len(ref) >= 5
+        resolved, _ = decode(raw, len(raw), resolve_fd_paths=True, **opts)
+        for e in ref:
+            os.close(e.fd)
+        # The fds outlive the child's rename and unlink: a path is where the file is now.
+        want = {(str(tmpfs / name), name != "f1.txt") for name in ("moved.txt", "f1.txt")}
+        want |= {(str(tmpfs / f"f{i}.txt"), True) for i in range(2, 5)}
+        assert {(e.path, e.path_resolved) for e in resolved} == want
+
+        # Once more through Decoder.read, which closes the fds itself.
+        before = len(os.listdir("/proc/self/fd"))
+        run_child(tmpfs)
+        dec = Decoder()
+        got = []
+        while True:
+            try:
+                evs, errors = dec.read(group, resolve_fd_paths=True, close_fds=True)
+            except BlockingIOError:
+                break
+            assert not errors
+            got.extend(evs)
+        assert len(got) >= 5
+        assert all(e.fd == -1 and e.closed for e in got)
+        assert {(e.path, e.path_resolved) for e in got} == want
+        assert len(os.listdir("/proc/self/fd")) == before
+    finally:
+        os.close(group)
+
+
+@pytest.mark.kernel
+def test_kernel_dfid_name_mode(tmpfs: Path) -> None:
+    flags = InitFlag.CLOEXEC | InitFlag.NONBLOCK | InitFlag.REPORT_DFID_NAME | InitFlag.REPORT_FID
+    group = _ffi.fanotify_init(flags, os.O_RDONLY)
+    try:
+        mask = Event.CREATE | Event.DELETE | Event.MOVE | Event.ONDIR | Event.EVENT_ON_CHILD
+        _ffi.fanotify_mark(group, MarkFlag.ADD, mask, lib.AT_FDCWD, str(tmpfs))
+        run_child(tmpfs)
+        raw = read_all(group)
+        ref, errors = both(raw, owned=True, pid_is_tid=False, fd_error=False)
+        assert not errors
+        names = [e.name for e in ref]
+        assert names[:5] == [f"f{i}.txt" for i in range(5)]
+        assert {"f0.txt", "moved.txt", "f1.txt", "sub"} <= set(names)
+        assert all(e.dfid is not None and e.fd == -1 for e in ref)
+    finally:
+        os.close(group)
