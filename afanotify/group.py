@@ -15,7 +15,6 @@ import logging
 import os
 import warnings
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from typing import Any, Literal, NamedTuple, Union
 
 from . import _ffi
@@ -196,6 +195,7 @@ class Fanotify:
         self._pid = os.getpid()
         self._own_tids: set[int] = {self._pid}
         self._buf = bytearray(buffer_size)
+        self._fast = _fast_decoder(buffer_size)
         self._resolver = HandleResolver(handle_cache_size)
         self._counters = _Counters()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -483,32 +483,66 @@ class Fanotify:
             self._deliver(events)
 
     def _decode(self, view: memoryview) -> list[FanotifyData]:
-        events, errors = parse_lenient(
-            view, owned=True, pid_is_tid=self._pid_is_tid, fd_error=self._fd_error
-        )
+        fast = self._fast
+        # The C decoder resolves event fds to paths while it walks the batch
+        # (FID groups have no event fds; their paths come from handles below).
+        fd_paths_done = fast is not None and self.resolve_paths and not self._fid_mode
+        if fast is not None:
+            events, errors = fast.decode(
+                view, len(view), owned=True, pid_is_tid=self._pid_is_tid,
+                fd_error=self._fd_error, resolve_fd_paths=fd_paths_done,
+            )  # fmt: skip
+        else:
+            events, errors = parse_lenient(
+                view, owned=True, pid_is_tid=self._pid_is_tid, fd_error=self._fd_error
+            )
         for err in errors:
             self._bad_event(err)
         c = self._counters
         c.events_read += len(events)
+        # Per-event work below touches only locals: this loop runs for every
+        # event the kernel hands us.
         out: list[FanotifyData] = []
+        append = out.append
+        own = self._own_tids if self.ignore_own else None
+        pid_is_tid = self._pid_is_tid
+        fd_paths = self.resolve_paths and not fd_paths_done
+        fid_paths = self.resolve_paths and self._fid_mode
+        proc_info = self.proc_info
+        pending = self._pending
         for ev in events:
             mask = ev.ev_types
             if mask & _OVERFLOW:
                 c.overflows += 1
                 log.warning("fanotify queue overflowed: the kernel dropped events")
-                out.append(ev)
+                append(ev)
                 continue
-            if self.ignore_own and self._is_own(ev.pid):
-                c.own_events += 1
-                if mask & _PERM and ev.fd >= 0:
-                    self._write_response(ev, Response.ALLOW)
-                ev.close()
-                continue
-            ev = self._enrich(ev)
+            if own is not None:
+                pid = ev.pid
+                if pid in own or (pid_is_tid and self._is_own(pid)):
+                    c.own_events += 1
+                    if mask & _PERM and ev.fd >= 0:
+                        self._write_response(ev, Response.ALLOW)
+                    ev.close()
+                    continue
+            # Enrich in place: nobody else has seen the event yet, so filling
+            # its fields now is the same as having built it with them.
+            fd = ev.fd
+            if fd >= 0:
+                if fd_paths:
+                    path, resolved = fd_path(fd)
+                    _set_path(ev, path)
+                    _set_path_resolved(ev, resolved)
+            elif fid_paths:
+                self._resolve_fid(ev)
+            if proc_info:
+                exe, cwd = process_info(ev.pid, ev.pidfd)
+                _set_exe(ev, exe)
+                _set_cwd(ev, cwd)
             if ev._owns & UNANSWERED:
-                self._pending[ev.fd] = ev
-                object.__setattr__(ev, "_group", self)
-            out.append(ev)
+                pending[fd] = ev
+                _set_group(ev, self)
+            append(ev)
         return out
 
     def _is_own(self, pid: int) -> bool:
@@ -520,60 +554,67 @@ class Fanotify:
         return False
 
     def _enrich(self, ev: FanotifyData) -> FanotifyData:
-        """Fill paths and process details; returns the event that now owns the fds."""
-        kw: dict[str, Any] = {}
+        """Fill paths and process details of a fresh event, in place; returns it."""
         if self.resolve_paths:
             if ev.fd >= 0:
-                kw["path"], kw["path_resolved"] = fd_path(ev.fd)
+                path, resolved = fd_path(ev.fd)
+                _set_path(ev, path)
+                _set_path_resolved(ev, resolved)
             elif self._fid_mode:
-                kw.update(self._resolve_fid(ev))
+                self._resolve_fid(ev)
         if self.proc_info:
-            kw["exe"], kw["cwd"] = process_info(ev.pid, ev.pidfd)
-        if not kw:
-            return ev
-        new = replace(ev, **kw)
-        object.__setattr__(ev, "_owns", 0)
-        return new
+            exe, cwd = process_info(ev.pid, ev.pidfd)
+            _set_exe(ev, exe)
+            _set_cwd(ev, cwd)
+        return ev
 
-    def _resolve_fid(self, ev: FanotifyData) -> dict[str, Any]:
+    def _resolve_fid(self, ev: FanotifyData) -> None:
+        """Set the paths of a fresh FID event from its handles (in place)."""
         res = self._resolver
-        kw: dict[str, Any] = {}
         mask = ev.ev_types
         if mask & _DIR_CHANGE and mask & _ONDIR:
             # A directory moved or went away: cached paths under it may be stale.
             res.invalidate()
-        resolved = True
-        if ev.old_dfid is not None or ev.new_dfid is not None:
-            for side, dfid, name in (
-                ("old", ev.old_dfid, ev.old_name),
-                ("new", ev.new_dfid, ev.new_name),
-            ):
-                if dfid is None:
-                    continue
-                d = res.resolve(dfid)
+        old_dfid = ev.old_dfid
+        new_dfid = ev.new_dfid
+        if old_dfid is not None or new_dfid is not None:
+            resolved = True
+            old_path = new_path = None
+            if old_dfid is not None:
+                d = res.resolve(old_dfid)
                 if d is None:
                     resolved = False
-                    kw[f"{side}_path"] = name
+                    old_path = ev.old_name
                 else:
-                    kw[f"{side}_path"] = _join(d, name)
-            kw["path"] = kw.get("new_path") or kw.get("old_path")
-            kw["path_resolved"] = resolved
-            return kw
-        if ev.dfid is not None:
-            d = res.resolve(ev.dfid)
-            kw["dir_path"] = d
+                    old_path = _join(d, ev.old_name)
+                _set_old_path(ev, old_path)
+            if new_dfid is not None:
+                d = res.resolve(new_dfid)
+                if d is None:
+                    resolved = False
+                    new_path = ev.new_name
+                else:
+                    new_path = _join(d, ev.new_name)
+                _set_new_path(ev, new_path)
+            _set_path(ev, new_path or old_path)
+            _set_path_resolved(ev, resolved)
+            return
+        dfid = ev.dfid
+        if dfid is not None:
+            d = res.resolve(dfid)
+            _set_dir_path(ev, d)
             if d is None:
-                kw["path"] = ev.name
-                kw["path_resolved"] = False
+                _set_path(ev, ev.name)
+                _set_path_resolved(ev, False)
             else:
-                kw["path"] = _join(d, ev.name)
-                kw["path_resolved"] = True
-            return kw
-        if ev.fid is not None:
-            p = res.resolve(ev.fid, cache=False)
-            kw["path"] = p
-            kw["path_resolved"] = p is not None
-        return kw
+                _set_path(ev, _join(d, ev.name))
+                _set_path_resolved(ev, True)
+            return
+        fid = ev.fid
+        if fid is not None:
+            p = res.resolve(fid, cache=False)
+            _set_path(ev, p)
+            _set_path_resolved(ev, p is not None)
 
     def _bad_event(self, err: ParseError) -> None:
         self._counters.parse_errors += 1
@@ -657,7 +698,26 @@ class Fanotify:
 
     async def __anext__(self) -> FanotifyData:
         # Moving past an event releases what the consumer did not detach.
-        self._release_last()
+        last = self._iter_last
+        if last is not None:
+            self._iter_last = None
+            last.close()
+        # The common case, once reading has started: an event is already
+        # queued.  Same steps as receive(), without its await and checks.
+        if (
+            (self._reading or self._paused)
+            and not self._closed
+            and self._loop is asyncio.get_running_loop()
+        ):
+            try:
+                ev = self._queue.get_nowait()
+            except (WouldBlock, ClosedResourceError):
+                pass
+            else:
+                if self._held:
+                    self._refill()
+                self._iter_last = ev
+                return ev
         try:
             ev = await self.receive()
         except ClosedResourceError:
@@ -757,6 +817,38 @@ class Fanotify:
             self.close()
         except Exception:
             pass
+
+
+def _fast_decoder(bufsize: int) -> Any:
+    """The C batch decoder, or None when this core lacks it or AFANOTIFY_PURE_PARSER is set.
+
+    The pure parser stays the reference and the fallback: both give the same
+    events (tests/test_fastparse_differential.py).
+    """
+    if os.environ.get("AFANOTIFY_PURE_PARSER"):
+        return None
+    try:
+        from ._fastparse import Decoder
+    except (ImportError, AttributeError) as exc:  # a core built before csrc/fastpath.c
+        log.debug("C batch decoder unavailable, using the pure parser: %s", exc)
+        return None
+    return Decoder(bufsize)
+
+
+def _setter(name: str) -> Any:
+    # The slot's own descriptor: sets a field of a frozen event we just decoded
+    # without the per-field cost of dataclasses.replace() or object.__setattr__.
+    return FanotifyData.__dict__[name].__set__
+
+
+_set_path = _setter("path")
+_set_path_resolved = _setter("path_resolved")
+_set_dir_path = _setter("dir_path")
+_set_old_path = _setter("old_path")
+_set_new_path = _setter("new_path")
+_set_exe = _setter("exe")
+_set_cwd = _setter("cwd")
+_set_group = _setter("_group")
 
 
 def _join(directory: str, name: str | None) -> str:

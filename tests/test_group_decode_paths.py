@@ -1,0 +1,70 @@
+"""The group's two decoders (C batch decoder and pure parser) give the same events."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from helpers import collect, sh
+
+from afanotify import Event, Fanotify, InitFlag
+
+pytestmark = pytest.mark.kernel
+
+
+@pytest.fixture(params=["fast", "pure"])
+def decoder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    if request.param == "pure":
+        monkeypatch.setenv("AFANOTIFY_PURE_PARSER", "1")
+    else:
+        monkeypatch.delenv("AFANOTIFY_PURE_PARSER", raising=False)
+    return str(request.param)
+
+
+def _check_decoder(fan: Fanotify, decoder: str) -> None:
+    assert (fan._fast is not None) == (decoder == "fast")
+
+
+async def test_fd_mode_paths_and_deleted_files(tmpfs: Path, decoder: str) -> None:
+    async with Fanotify() as fan:
+        _check_decoder(fan, decoder)
+        fan.mark(tmpfs, Event.CLOSE_WRITE, "mount")
+        script = f"for i in 1 2 3; do : > {tmpfs}/f$i; done; : > {tmpfs}/gone; rm {tmpfs}/gone"
+        assert sh(script).returncode == 0
+        evs = await collect(fan, lambda g: len(g) == 4)
+    got = [(e.path, e.path_resolved, e.ev_types, e.fd >= 0) for e in evs]
+    assert got == [
+        (f"{tmpfs}/f1", True, Event.CLOSE_WRITE, True),
+        (f"{tmpfs}/f2", True, Event.CLOSE_WRITE, True),
+        (f"{tmpfs}/f3", True, Event.CLOSE_WRITE, True),
+        (f"{tmpfs}/gone", False, Event.CLOSE_WRITE, True),
+    ]
+    assert all(e.closed for e in evs)
+
+
+async def test_fid_mode_paths(tmpfs: Path, decoder: str) -> None:
+    async with Fanotify(InitFlag.REPORT_DFID_NAME) as fan:
+        _check_decoder(fan, decoder)
+        fan.mark(tmpfs, Event.CREATE | Event.DELETE | Event.ONDIR, "filesystem")
+        assert sh(f"mkdir {tmpfs}/d && touch {tmpfs}/d/a && rm {tmpfs}/d/a").returncode == 0
+        evs = await collect(fan, lambda g: len(g) == 3)
+    got = [(e.ev_types, e.path, e.dir_path, e.name, e.path_resolved, e.fd) for e in evs]
+    assert got == [
+        (Event.CREATE | Event.ONDIR, f"{tmpfs}/d", str(tmpfs), "d", True, -1),
+        (Event.CREATE, f"{tmpfs}/d/a", f"{tmpfs}/d", "a", True, -1),
+        (Event.DELETE, f"{tmpfs}/d/a", f"{tmpfs}/d", "a", True, -1),
+    ]
+
+
+async def test_events_past_a_full_queue_arrive_in_order(tmpfs: Path, decoder: str) -> None:
+    # maxsize 3: the group holds the rest of each batch and pauses its reader.
+    async with Fanotify(InitFlag.REPORT_DFID_NAME, maxsize=3) as fan:
+        _check_decoder(fan, decoder)
+        fan.mark(tmpfs, Event.CREATE, "filesystem")
+        assert sh(f"cd {tmpfs} && touch $(seq -f 'n%03g' 1 50)").returncode == 0
+        names: list[str | None] = []
+        async for ev in fan:
+            names.append(ev.name)
+            if len(names) == 50:
+                break
+    assert names == [f"n{i:03d}" for i in range(1, 51)]
