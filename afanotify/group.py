@@ -201,7 +201,7 @@ class Fanotify:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reading = False
         self._paused = False
-        self._queue = EventQueue(maxsize, "block", on_space=self._resume)
+        self._queue = EventQueue(maxsize, "block", on_space=self._on_space)
         self._iter_last: FanotifyData | None = None
         #: Permission events handed out and not yet answered, by event fd.
         self._pending: dict[int, FanotifyData] = {}
@@ -431,6 +431,13 @@ class Fanotify:
             self._loop.remove_reader(self._fd)
             self._reading = False
         self._paused = True
+
+    def _on_space(self) -> None:
+        # The queue has room again.  Events read earlier and held go in first
+        # (_refill resumes reading once they are all in); resuming now would
+        # read more into _held on every pass of the loop, unbounded.
+        if not self._held:
+            self._resume()
 
     def _resume(self) -> None:
         self._paused = False
@@ -686,7 +693,9 @@ class Fanotify:
 
     def _refill(self) -> None:
         held = self._held
-        if held and not self._queue.full:
+        # Move held events in once the queue is down to half, not one per
+        # event taken: each move costs a shift of the whole held list.
+        if held and len(self._queue) <= self._queue.maxsize // 2:
             taken = self._queue.put_many(held)
             self._counters.events_delivered += taken
             del held[:taken]

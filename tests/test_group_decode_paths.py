@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -68,3 +69,20 @@ async def test_events_past_a_full_queue_arrive_in_order(tmpfs: Path, decoder: st
             if len(names) == 50:
                 break
     assert names == [f"n{i:03d}" for i in range(1, 51)]
+
+
+async def test_held_events_stay_bounded_when_the_consumer_yields(tmpfs: Path) -> None:
+    # A consumer that awaits between events lets the loop poll the group fd
+    # while the queue is full: the group must not read the kernel's backlog
+    # into memory then.  At most one read's worth of events is held.
+    async with Fanotify(InitFlag.REPORT_DFID_NAME, maxsize=10, buffer_size=4096) as fan:
+        fan.mark(tmpfs, Event.CREATE, "filesystem")
+        assert sh(f"cd {tmpfs} && touch $(seq -f 'n%04g' 1 600)").returncode == 0
+        most_held = got = 0
+        async for _ev in fan:
+            got += 1
+            most_held = max(most_held, len(fan._held))
+            await asyncio.sleep(0)
+            if got == 600:
+                break
+    assert most_held <= 4096 // 24
