@@ -7,8 +7,11 @@ and the errors of the same class, message, offset and metadata.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import os
+import random
+import shutil
 import struct
 import subprocess
 import sys
@@ -388,6 +391,62 @@ def test_mutated_buffers_agree(buf: bytes, opts: dict[str, bool]) -> None:
 @given(buf=st.binary(max_size=300), opts=st.sampled_from(OPTIONS))
 def test_noise_agrees(buf: bytes, opts: dict[str, bool]) -> None:
     both(buf, **opts)
+
+
+def asan_corpus() -> list[bytes]:
+    """The hand-built buffers, every prefix of the good ones, and seeded mutations."""
+    rnd = random.Random(0)
+    bufs = [*GOOD.values(), *BAD.values()]
+    bufs += [b[:i] for b in GOOD.values() for i in range(len(b))]
+    whole = b"".join(GOOD.values())
+    for _ in range(3000):
+        start = rnd.randrange(len(whole))
+        buf = bytearray(whole[start : start + rnd.randrange(400)])
+        for _ in range(rnd.randrange(1, 5)):
+            if buf:
+                buf[rnd.randrange(len(buf))] = rnd.choice([0, 1, 2, 4, 23, 24, 255])
+        bufs.append(bytes(buf))
+    bufs += [rnd.randbytes(rnd.randrange(200)) for _ in range(1000)]
+    return bufs
+
+
+@pytest.mark.timeout(120)
+def test_c_decoder_reads_nothing_past_the_buffer(tmp_path: Path) -> None:
+    """The C walk under AddressSanitizer and UBSan, one exact-size allocation per buffer."""
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        pytest.skip("needs gcc with AddressSanitizer")
+    root = Path(__file__).resolve().parent.parent
+    # build_ffi.py's C prelude, taken without importing the build script.
+    tree = ast.parse((root / "build_ffi.py").read_text())
+    source = next(
+        node.value
+        for node in tree.body
+        if isinstance(node, ast.Assign) and ast.unparse(node.targets[0]) == "_PRELUDE"
+    )
+    prelude = tmp_path / "prelude.h"
+    prelude.write_text(ast.literal_eval(source))
+    exe = tmp_path / "harness"
+    build = subprocess.run(
+        [
+            gcc, "-O1", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all",
+            "-Wall", "-Wno-unused-function", f'-DPRELUDE="{prelude}"',
+            f'-DFASTPATH="{root / "afanotify" / "csrc" / "fastpath.c"}"',
+            str(Path(__file__).with_name("asan_harness.c")), "-o", str(exe),
+        ],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if build.returncode != 0 and "asan" in build.stderr:
+        pytest.skip(f"gcc cannot build with AddressSanitizer: {build.stderr[-300:]}")
+    assert build.returncode == 0, build.stderr
+    corpus = asan_corpus()
+    stdin = b"".join(struct.pack("=I", len(b)) + b for b in corpus)
+    run = subprocess.run(
+        [str(exe)], input=stdin, capture_output=True, check=False, timeout=100,
+        env={**os.environ, "ASAN_OPTIONS": "detect_leaks=1"},
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr.decode(errors="replace")[-3000:]
+    assert run.stdout == f"{len(corpus)} buffers\n".encode()
 
 
 # -- fds: path resolution and closing, on fds this process opened -------------
