@@ -74,6 +74,9 @@ TARGETS = {
     "rss": ("peak_over_idle", "<", 2.0),
 }
 _META = struct.Struct("=IBBHQii")
+#: The RSS scenario's consumer yields to the event loop this often, as one
+#: doing its own I/O would; the group must not read ahead meanwhile.
+YIELD_EVERY = 64
 
 
 # -- the environment ----------------------------------------------------------
@@ -131,8 +134,16 @@ def raise_fd_limit() -> int:
     return hard
 
 
-def c_drain(ctx: Context, mode: str, mnt: Path, producer: str, nfiles: int, nevents: int) -> float:
-    """Run a C drain reader: set up, pre-fill with the producer, drain; events/s."""
+@dataclass
+class Rate:
+    """One drain: events per wall-clock second and per second of the reader's CPU time."""
+
+    wall: float
+    cpu: float
+
+
+def c_drain(ctx: Context, mode: str, mnt: Path, producer: str, nfiles: int, nevents: int) -> Rate:
+    """Run a C drain reader: set up, pre-fill with the producer, drain."""
     reader = subprocess.Popen(
         [str(ctx.cbench), mode, str(mnt), str(nevents)],
         stdin=subprocess.PIPE,
@@ -152,19 +163,27 @@ def c_drain(ctx: Context, mode: str, mnt: Path, producer: str, nfiles: int, neve
         if reader.poll() is None:
             reader.kill()
             reader.wait()
-    got, ns = int(line[1]), int(line[3])
+    got, ns, cpu = int(line[1]), int(line[3]), int(line[5])
     if got != nevents:
         raise RuntimeError(f"cbench {mode} drained {got} of {nevents} events")
-    return got / (ns / 1e9)
+    return Rate(got / (ns / 1e9), got / (cpu / 1e9))
 
 
 # -- the Python readers -------------------------------------------------------
 
 
-async def _drain(fan: Fanotify, n: int, timeout: float) -> tuple[int, float, int]:
-    """Consume ``n`` events with ``async for``, touching each path; (count, seconds, resolved)."""
+async def _drain(
+    fan: Fanotify, n: int, timeout: float, yield_every: int = 0
+) -> tuple[int, float, float, int]:
+    """Consume ``n`` events with ``async for``, touching each path.
+
+    :param yield_every: await ``asyncio.sleep(0)`` after this many events, as
+        a consumer doing its own I/O would (0: never)
+    :returns: (count, wall seconds, CPU seconds, events with a resolved path)
+    """
     got = resolved = 0
     t0 = time.perf_counter()
+    c0 = time.process_time()
 
     async def consume() -> None:
         nonlocal got, resolved
@@ -175,43 +194,51 @@ async def _drain(fan: Fanotify, n: int, timeout: float) -> tuple[int, float, int
             if got >= n:
                 ev.close()
                 break
+            if yield_every and not got % yield_every:
+                await asyncio.sleep(0)
 
     try:
         await asyncio.wait_for(consume(), timeout)
     except asyncio.TimeoutError:
         pass
-    return got, time.perf_counter() - t0, resolved
+    return got, time.perf_counter() - t0, time.process_time() - c0, resolved
 
 
-def py_drain_fd(ctx: Context, mnt: Path, n: int) -> tuple[float, dict[str, Any]]:
-    async def main() -> tuple[float, dict[str, Any]]:
+def py_drain_fd(ctx: Context, mnt: Path, n: int) -> tuple[Rate, dict[str, Any]]:
+    async def main() -> tuple[Rate, dict[str, Any]]:
         with Fanotify(InitFlag.CLASS_NOTIF | InitFlag.UNLIMITED_QUEUE) as fan:
             fan.mark(mnt, Event.CLOSE_WRITE, kind="mount")
             ctx.produce("create", mnt / "d", n)
-            got, secs, resolved = await _drain(fan, n, 120)
+            got, secs, cpu, resolved = await _drain(fan, n, 120)
             if got != n:
                 raise RuntimeError(f"afanotify drained {got} of {n} events")
-            return got / secs, {"resolved": resolved, "fast_path": _fast_path(fan)}
+            return Rate(got / secs, got / cpu), {
+                "resolved": resolved,
+                "fast_path": _fast_path(fan),
+            }
 
     return asyncio.run(main())
 
 
-def py_drain_fid(ctx: Context, mnt: Path, nfiles: int) -> tuple[float, dict[str, Any]]:
+def py_drain_fid(ctx: Context, mnt: Path, nfiles: int) -> tuple[Rate, dict[str, Any]]:
     n = 2 * nfiles
 
-    async def main() -> tuple[float, dict[str, Any]]:
+    async def main() -> tuple[Rate, dict[str, Any]]:
         with Fanotify(InitFlag.REPORT_DFID_NAME | InitFlag.UNLIMITED_QUEUE) as fan:
             fan.mark(mnt, Event.CREATE | Event.DELETE, kind="filesystem")
             ctx.produce("create-unlink", mnt / "d", nfiles)
-            got, secs, resolved = await _drain(fan, n, 120)
+            got, secs, cpu, resolved = await _drain(fan, n, 120)
             if got != n:
                 raise RuntimeError(f"afanotify drained {got} of {n} events")
-            return got / secs, {"resolved": resolved, "fast_path": _fast_path(fan)}
+            return Rate(got / secs, got / cpu), {
+                "resolved": resolved,
+                "fast_path": _fast_path(fan),
+            }
 
     return asyncio.run(main())
 
 
-def naive_drain_fd(ctx: Context, mnt: Path, n: int) -> float:
+def naive_drain_fd(ctx: Context, mnt: Path, n: int) -> Rate:
     """The loop a user would write without afanotify: os.read, struct, readlink, close."""
     with Fanotify(InitFlag.CLASS_NOTIF | InitFlag.UNLIMITED_QUEUE) as fan:
         fan.mark(mnt, Event.CLOSE_WRITE, kind="mount")
@@ -220,6 +247,7 @@ def naive_drain_fd(ctx: Context, mnt: Path, n: int) -> float:
         unpack = _META.unpack_from
         got = 0
         t0 = time.perf_counter()
+        c0 = time.process_time()
         while got < n:
             try:
                 buf = os.read(fd, 256 * 1024)
@@ -236,9 +264,10 @@ def naive_drain_fd(ctx: Context, mnt: Path, n: int) -> float:
                 got += 1
                 off += event_len
         secs = time.perf_counter() - t0
+        cpu = time.process_time() - c0
     if got != n:
         raise RuntimeError(f"the naive loop drained {got} of {n} events")
-    return got / secs
+    return Rate(got / secs, got / cpu)
 
 
 def _fast_path(fan: Fanotify) -> bool:
@@ -248,14 +277,38 @@ def _fast_path(fan: Fanotify) -> bool:
 # -- scenarios ----------------------------------------------------------------
 
 
-def _alternate(
-    reps: int, runs: dict[str, Callable[[], float]]
-) -> dict[str, list[float]]:
+def _alternate(reps: int, runs: dict[str, Callable[[], Rate]]) -> dict[str, list[Rate]]:
     """Run each measurement ``reps`` times, interleaved, so drift hits all alike."""
-    out: dict[str, list[float]] = {k: [] for k in runs}
+    out: dict[str, list[Rate]] = {k: [] for k in runs}
     for _ in range(reps):
         for name, fn in runs.items():
             out[name].append(fn())
+    return out
+
+
+def _summarise(rates: dict[str, list[Rate]]) -> dict[str, Any]:
+    """Medians, and ratios to C taken pairwise (each repetition against its own C run).
+
+    Other processes on the machine slow a reader down for a while; pairing
+    each repetition with the C run just before it cancels most of that, and
+    the CPU-time ratio (events per second of the reader's own CPU time) is
+    steadier still.
+    """
+    c = rates["c"]
+    out: dict[str, Any] = {"c_events_per_s": round(statistics.median(r.wall for r in c))}
+    for name, rs in rates.items():
+        if name == "c":
+            continue
+        prefix = "" if name == "afanotify" else f"{name}_"
+        out[f"{prefix}events_per_s"] = round(statistics.median(r.wall for r in rs))
+        out[f"{prefix}ratio_to_c"] = round(
+            statistics.median(r.wall / cr.wall for r, cr in zip(rs, c, strict=True)), 3
+        )
+        out[f"{prefix}cpu_ratio_to_c"] = round(
+            statistics.median(r.cpu / cr.cpu for r, cr in zip(rs, c, strict=True)), 3
+        )
+    out["all_rates"] = {k: [round(r.wall) for r in v] for k, v in rates.items()}
+    out["all_cpu_rates"] = {k: [round(r.cpu) for r in v] for k, v in rates.items()}
     return out
 
 
@@ -263,62 +316,44 @@ def scenario_fd_drain(ctx: Context) -> dict[str, Any]:
     n = ctx.size("fd_events")
     extra: dict[str, Any] = {}
 
-    def c() -> float:
+    def c() -> Rate:
         with ctx.mount() as mnt:
             return c_drain(ctx, "drain-fd", mnt, "create", n, n)
 
-    def py() -> float:
+    def py() -> Rate:
         with ctx.mount() as mnt:
             rate, info = py_drain_fd(ctx, mnt, n)
         extra.update(info)
         return rate
 
-    def naive() -> float:
+    def naive() -> Rate:
         with ctx.mount() as mnt:
             return naive_drain_fd(ctx, mnt, n)
 
     rates = _alternate(ctx.size("reps"), {"c": c, "afanotify": py, "naive_python": naive})
-    c_rate = statistics.median(rates["c"])
-    py_rate = statistics.median(rates["afanotify"])
-    ctx.c_rates["fd_drain"] = c_rate
-    return {
-        "events": n,
-        "c_events_per_s": round(c_rate),
-        "events_per_s": round(py_rate),
-        "ratio_to_c": round(py_rate / c_rate, 3),
-        "naive_python_events_per_s": round(statistics.median(rates["naive_python"])),
-        "naive_python_ratio_to_c": round(statistics.median(rates["naive_python"]) / c_rate, 3),
-        "all_rates": {k: [round(x) for x in v] for k, v in rates.items()},
-        **extra,
-    }
+    out = _summarise(rates)
+    ctx.c_rates["fd_drain"] = out["c_events_per_s"]
+    return {"events": n, **out, **extra}
 
 
 def scenario_fid_drain(ctx: Context) -> dict[str, Any]:
     nfiles = ctx.size("fid_files")
     extra: dict[str, Any] = {}
 
-    def c() -> float:
+    def c() -> Rate:
         with ctx.mount() as mnt:
             return c_drain(ctx, "drain-fid", mnt, "create-unlink", nfiles, 2 * nfiles)
 
-    def py() -> float:
+    def py() -> Rate:
         with ctx.mount() as mnt:
             rate, info = py_drain_fid(ctx, mnt, nfiles)
         extra.update(info)
         return rate
 
     rates = _alternate(ctx.size("reps"), {"c": c, "afanotify": py})
-    c_rate = statistics.median(rates["c"])
-    py_rate = statistics.median(rates["afanotify"])
-    ctx.c_rates["fid_drain"] = c_rate
-    return {
-        "events": 2 * nfiles,
-        "c_events_per_s": round(c_rate),
-        "events_per_s": round(py_rate),
-        "ratio_to_c": round(py_rate / c_rate, 3),
-        "all_rates": {k: [round(x) for x in v] for k, v in rates.items()},
-        **extra,
-    }
+    out = _summarise(rates)
+    ctx.c_rates["fid_drain"] = out["c_events_per_s"]
+    return {"events": 2 * nfiles, **out, **extra}
 
 
 def _percentiles(lat_ns: list[int]) -> dict[str, float]:
@@ -327,7 +362,11 @@ def _percentiles(lat_ns: list[int]) -> dict[str, float]:
     def pct(p: float) -> float:
         return lat[min(len(lat) - 1, int(p / 100 * len(lat)))] / 1e6
 
-    return {"p50_ms": round(pct(50), 4), "p99_ms": round(pct(99), 4), "max_ms": round(lat[-1] / 1e6, 4)}
+    return {
+        "p50_ms": round(pct(50), 4),
+        "p99_ms": round(pct(99), 4),
+        "max_ms": round(lat[-1] / 1e6, 4),
+    }
 
 
 def _pairs(text: str) -> dict[int, int]:
@@ -426,14 +465,12 @@ def rss_child(cbench: str, mnt: str, n: int) -> dict[str, Any]:
     mnt_path = Path(mnt)
 
     async def main() -> dict[str, Any]:
-        with Fanotify(
-            InitFlag.REPORT_DFID_NAME | InitFlag.UNLIMITED_QUEUE, maxsize=10_000
-        ) as fan:
+        with Fanotify(InitFlag.REPORT_DFID_NAME | InitFlag.UNLIMITED_QUEUE, maxsize=10_000) as fan:
             fan.mark(mnt_path, Event.CREATE | Event.DELETE, kind="filesystem")
             # Warm up every code path once, so idle means "ready to run".
             warm = mnt_path / "warm"
             subprocess.run([cbench, "create", str(warm), "200"], check=True)
-            got, _, _ = await _drain(fan, 200, 10)
+            got, _, _, _ = await _drain(fan, 200, 10)
             assert got == 200, got
             idle = _status("VmRSS")
             # Writing 5 to clear_refs resets VmHWM to the current RSS.
@@ -443,7 +480,7 @@ def rss_child(cbench: str, mnt: str, n: int) -> dict[str, Any]:
                 cbench, "create-unlink", str(mnt_path / "d"), str(n // 2)
             )
             t0 = time.perf_counter()
-            got, _, _ = await _drain(fan, n, 300)
+            got, _, _, _ = await _drain(fan, n, 300, yield_every=YIELD_EVERY)
             secs = time.perf_counter() - t0
             await prod.wait()
             peak = _status("VmHWM")
@@ -526,17 +563,19 @@ def _line(name: str, r: dict[str, Any]) -> str:
     if name in ("fd_drain", "fid_drain"):
         s = (
             f"{name:11s} {r['events_per_s']:>10,} events/s   C reader {r['c_events_per_s']:>10,}"
-            f"   ratio {r['ratio_to_c']:.3f}"
+            f"   ratio {r['ratio_to_c']:.3f} (CPU-time ratio {r['cpu_ratio_to_c']:.3f})"
         )
         if "naive_python_events_per_s" in r:
             s += (
-                f"   (naive Python loop {r['naive_python_events_per_s']:,}/s,"
-                f" ratio {r['naive_python_ratio_to_c']:.3f})"
+                f"\n{'':11s} naive Python loop {r['naive_python_events_per_s']:,}/s,"
+                f" ratio {r['naive_python_ratio_to_c']:.3f}"
+                f" (CPU-time ratio {r['naive_python_cpu_ratio_to_c']:.3f})"
             )
         return s
     if name == "latency":
         return (
-            f"{name:11s} p50 {r['p50_ms']:.3f} ms  p99 {r['p99_ms']:.3f} ms  at {r['rate_per_s']:,}/s"
+            f"{name:11s} p50 {r['p50_ms']:.3f} ms  p99 {r['p99_ms']:.3f} ms"
+            f"  at {r['rate_per_s']:,}/s"
             f"   C reader p50 {r['c_p50_ms']:.3f} ms  p99 {r['c_p99_ms']:.3f} ms"
             f"   p99 ratio {r['p99_ratio_to_c']}"
         )
