@@ -115,11 +115,12 @@ def _constructor(cls: type[T]) -> Callable[..., T]:
     (same signature, same defaults, every slot set, still frozen).  Where the
     class swap is refused, each slot's descriptor is called instead.  Any
     shape neither covers (``__post_init__``, ``default_factory``,
-    ``init=False``, no slots) gets ``cls`` itself.
+    ``init=False`` on the class or a field, no slots) gets ``cls`` itself.
     """
     fields = dataclasses.fields(cls)  # type: ignore[arg-type]
     if (
         hasattr(cls, "__post_init__")
+        or not cls.__dataclass_params__.init  # type: ignore[attr-defined]
         or "__slots__" not in cls.__dict__
         or any(not f.init or f.default_factory is not dataclasses.MISSING for f in fields)
     ):

@@ -164,9 +164,6 @@ def _parse_one(
             _need(rlen, 8, "pidfd", off, meta)
             (pidfd,) = _S32.unpack_from(mv, body)
             kw["pidfd"] = pidfd
-            # A repeated record replaces the pidfd: own only the one reported,
-            # never a negative value that close() would pass to os.close().
-            owns = OWN_PIDFD if pidfd >= 0 and owned else 0
         elif info_type == FAN_EVENT_INFO_TYPE_ERROR:
             _need(rlen, 12, "error", off, meta)
             kw["error"], kw["error_count"] = _ERROR.unpack_from(mv, body)
@@ -182,6 +179,11 @@ def _parse_one(
         pos = rend
     if unknown:
         kw["unknown_records"] = tuple(unknown)
+    # Ownership follows the pidfd the event ends up holding: the kernel sends one
+    # PIDFD record, and a stray second one must not leave OWN_PIDFD set on -1.
+    pidfd = kw.get("pidfd", -1)
+    if owned and isinstance(pidfd, int) and pidfd >= 0:
+        owns |= OWN_PIDFD
     return _make(fd, pid, mask, owned, pid_is_tid, fd_error, owns, kw)
 
 
@@ -286,7 +288,10 @@ def parse_lenient(
                     )
                 )
             except ParseError as exc:
-                errors.append(exc)
+                # Drop the traceback: its frames hold ``mv``, an export that would
+                # keep the caller's bytearray from being resized while the error
+                # is kept (and would tie the buffer into a reference cycle).
+                errors.append(exc.with_traceback(None))
         off += event_len
     return events, errors
 
@@ -295,6 +300,10 @@ def parse(
     buf: BufferLike, *, owned: bool = False, pid_is_tid: bool = False, fd_error: bool = False
 ) -> list[FanotifyData]:
     """Decode every event in ``buf``, strictly.
+
+    Meant for synthetic buffers and tests.  For a buffer read from a group,
+    use :func:`parse_lenient`: here the first error discards the events
+    decoded before it, and with ``owned=True`` their descriptors with them.
 
     :raises ParseError: for the first malformed event (a subclass of
         ``ValueError``: :class:`TruncatedEventError` or

@@ -166,10 +166,14 @@ class FanotifyData:
             self._group._answer_default(self)
             owns = self._owns
         object.__setattr__(self, "_owns", 0)
-        if owns & OWN_FD:
-            os.close(self.fd)
-        if owns & OWN_PIDFD:
-            os.close(self.pidfd)
+        # Ownership is already given up, so a failing first close must not leak
+        # the second descriptor: it would never be closed by anyone.
+        try:
+            if owns & OWN_FD:
+                os.close(self.fd)
+        finally:
+            if owns & OWN_PIDFD:
+                os.close(self.pidfd)
 
     def __enter__(self) -> FanotifyData:
         return self

@@ -10,6 +10,7 @@ than the headers).
 from __future__ import annotations
 
 import enum
+import errno as _errno  # deny_errno()'s parameter is called errno
 
 from ._ffi import lib
 
@@ -210,8 +211,20 @@ class InfoType(enum.IntEnum):
     NEW_DFID_NAME = lib.FAN_EVENT_INFO_TYPE_NEW_DFID_NAME
 
 
-#: The errnos a PRE_CONTENT group may return with ``FAN_DENY_ERRNO``.
-DENY_ERRNOS = frozenset({1, 5, 16, 26, 11, 28, 122})  # EPERM EIO EBUSY ETXTBSY EAGAIN ENOSPC EDQUOT
+#: The errnos a PRE_CONTENT group may return with ``FAN_DENY_ERRNO``.  Taken from
+#: the errno module: their numbers differ between architectures (EAGAIN is 11 on
+#: x86_64, 35 on Alpha).
+DENY_ERRNOS = frozenset(
+    {
+        _errno.EPERM,
+        _errno.EIO,
+        _errno.EBUSY,
+        _errno.ETXTBSY,
+        _errno.EAGAIN,
+        _errno.ENOSPC,
+        _errno.EDQUOT,
+    }
+)
 
 
 def deny_errno(errno: int) -> int:
@@ -228,7 +241,11 @@ def deny_errno(errno: int) -> int:
 
 
 def evt_to_str(mask: int) -> str:
-    """Names of the event bits in ``mask``, joined by ``|`` (``"OPEN|CLOSE_WRITE"``)."""
+    """Names of the event bits in ``mask`` in bit order, joined by ``|`` (``"CLOSE_WRITE|OPEN"``).
+
+    Composites are spelled out (``CLOSE`` gives ``"CLOSE_WRITE|CLOSE_NOWRITE"``);
+    bits without a name end the string as one hex number.
+    """
     names = [m.name for m in _SINGLE_EVENTS if mask & m.value and m.name]
     rest = mask & ~_ALL_EVENT_BITS
     if rest:

@@ -748,7 +748,7 @@ class Fanotify:
             raise AlreadyAnsweredError(f"permission event fd={ev.fd} was already answered")
         object.__setattr__(ev, "_owns", owns & ~UNANSWERED)
         self._pending.pop(ev.fd, None)
-        if self._closed:
+        if self._fd < 0:
             return  # the kernel allowed it when the group fd closed
         if audit_rule is None:
             _ffi.respond(self._fd, ev.fd, response)
@@ -778,11 +778,7 @@ class Fanotify:
         self._closed = True
         # 1. answer what is pending, while the fd is still open
         for ev in list(self._pending.values()):
-            self._closed = False
-            try:
-                self._answer_default(ev)
-            finally:
-                self._closed = True
+            self._answer_default(ev)
         left = self._queue.close() + self._held  # 2. wake the waiters
         self._held = []
         if self._reading and self._loop is not None:  # 3. unregister
@@ -791,13 +787,11 @@ class Fanotify:
             except Exception:  # the loop may already be closed
                 pass
             self._reading = False
-        self._closed = False
         try:
             for ev in left:
                 ev.close()
             self._release_last()
         finally:
-            self._closed = True
             fd, self._fd = self._fd, -1
             self._resolver.close()
             os.close(fd)  # 4. the kernel allows whatever is still queued

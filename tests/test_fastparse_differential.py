@@ -171,7 +171,11 @@ def test_fast_constructor_falls_back_for_other_shapes() -> None:
     class NoSlots:
         x: int = 0
 
-    for cls in (Factory, PostInit, NoSlots):
+    @dataclasses.dataclass(frozen=True, slots=True, init=False)
+    class OwnInit:
+        x: int = 0
+
+    for cls in (Factory, PostInit, NoSlots, OwnInit):
         assert _constructor(cls) is cls
 
 
