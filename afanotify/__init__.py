@@ -5,6 +5,10 @@ from __future__ import annotations
 from . import flags as flags
 from ._features import Features as Features
 from ._features import features as features
+from .client import ClientOverflow as ClientOverflow
+from .client import ClientStatistics as ClientStatistics
+from .client import DispatchStatistics as DispatchStatistics
+from .client import FanotifyClient as FanotifyClient
 from .events import FanotifyData as FanotifyData
 from .events import FileHandle as FileHandle
 from .exceptions import AfanotifyError as AfanotifyError
@@ -23,15 +27,21 @@ from .flags import Response as Response
 from .flags import evt_to_str as evt_to_str
 from .group import Fanotify as Fanotify
 from .group import GroupStatistics as GroupStatistics
+from .rules import FanoRule as FanoRule
 
 __version__ = "0.1.0"
 
 __all__ = (
     "AfanotifyError",
     "AlreadyAnsweredError",
+    "ClientOverflow",
+    "ClientStatistics",
     "ClosedResourceError",
+    "DispatchStatistics",
     "Event",
+    "FanoRule",
     "Fanotify",
+    "FanotifyClient",
     "Features",
     "GroupStatistics",
     "FanotifyData",

@@ -50,14 +50,31 @@ def pidfd_pid(pidfd: int) -> int | None:
     return None
 
 
-def process_info(pid: int, pidfd: int = -1) -> tuple[str | None, str | None]:
+def process_info(
+    pid: int, pidfd: int = -1, *, pidfd_reported: bool = False
+) -> tuple[str | None, str | None]:
     """``(exe, cwd)`` of ``pid`` from /proc; ``None`` for what cannot be read.
 
     With a pidfd, the /proc entries are trusted only if the pidfd still
     refers to ``pid`` after they were read: if the process exited (and its
     pid may have been reused) both fields are ``None``.
+
+    ``pidfd_reported`` says the group asked for pidfds (FAN_REPORT_PIDFD).
+    Then a negative ``pidfd`` (FAN_NOPIDFD: the process was already gone
+    when the event was read; FAN_EPIDFD: error) means /proc/<pid> cannot be
+    trusted, since the pid may already belong to another process: both
+    fields are ``None`` without reading /proc.
+
+    Why the check after the reads is enough: a pid is reused only after its
+    process has exited *and been reaped*, and from that moment the pidfd's
+    fdinfo shows ``Pid: -1``.  So if the pidfd still names ``pid`` after both
+    readlinks, the process was never reaped while they ran, and they read
+    that process's entries (a zombie has no exe or cwd, so those fail and
+    give ``None``).
     """
     if pid <= 0:
+        return None, None
+    if pidfd_reported and pidfd < 0:
         return None, None
     try:
         exe: str | None = os.readlink(f"/proc/{pid}/exe")

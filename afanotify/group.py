@@ -18,10 +18,12 @@ from collections.abc import AsyncIterator
 from typing import Any, Literal, NamedTuple, Union
 
 from . import _ffi
+from . import client as _client
 from ._errors import init_error, mark_error
 from ._parser import parse_lenient
 from ._proc import HandleResolver, fd_path, process_info
 from ._queue import EventQueue
+from .client import DispatchStatistics, FanotifyClient
 from .events import UNANSWERED, FanotifyData
 from .exceptions import AlreadyAnsweredError, ClosedResourceError, ParseError, WouldBlock
 from .flags import (
@@ -36,6 +38,7 @@ from .flags import (
     MarkFlag,
     Response,
 )
+from .rules import FanoRule
 
 __all__ = ["Fanotify", "GroupStatistics", "MarkKind"]
 
@@ -201,13 +204,17 @@ class Fanotify:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reading = False
         self._paused = False
-        self._queue = EventQueue(maxsize, "block", on_space=self._on_space)
+        self._queue = EventQueue(maxsize, "block", on_space=self._resume)
         self._iter_last: FanotifyData | None = None
         #: Permission events handed out and not yet answered, by event fd.
         self._pending: dict[int, FanotifyData] = {}
         #: Events read while the queue was full, in order (block policy).
         self._held: list[FanotifyData] = []
         self._error: BaseException | None = None
+        #: True once someone received from the group itself: with clients
+        #: connected, its own queue then takes events too (see client.py).
+        self._consuming = False
+        self._clients = _client._Dispatcher(self)
 
     # -- properties ------------------------------------------------------
 
@@ -432,14 +439,9 @@ class Fanotify:
             self._reading = False
         self._paused = True
 
-    def _on_space(self) -> None:
-        # The queue has room again.  Events read earlier and held go in first
-        # (_refill resumes reading once they are all in); resuming now would
-        # read more into _held on every pass of the loop, unbounded.
-        if not self._held:
-            self._resume()
-
     def _resume(self) -> None:
+        if self._held or self._clients.holds_reader:
+            return  # a consumer still has no room (or async dispatch runs)
         self._paused = False
         if not self._closed and not self._reading and self._loop is not None:
             self._loop.add_reader(self._fd, self._on_readable)
@@ -516,6 +518,7 @@ class Fanotify:
         fd_paths = self.resolve_paths and not fd_paths_done
         fid_paths = self.resolve_paths and self._fid_mode
         proc_info = self.proc_info
+        pidfd_reported = bool(self.flags & InitFlag.REPORT_PIDFD)
         pending = self._pending
         for ev in events:
             mask = ev.ev_types
@@ -543,7 +546,7 @@ class Fanotify:
             elif fid_paths:
                 self._resolve_fid(ev)
             if proc_info:
-                exe, cwd = process_info(ev.pid, ev.pidfd)
+                exe, cwd = process_info(ev.pid, ev.pidfd, pidfd_reported=pidfd_reported)
                 _set_exe(ev, exe)
                 _set_cwd(ev, cwd)
             if ev._owns & UNANSWERED:
@@ -570,7 +573,9 @@ class Fanotify:
             elif self._fid_mode:
                 self._resolve_fid(ev)
         if self.proc_info:
-            exe, cwd = process_info(ev.pid, ev.pidfd)
+            exe, cwd = process_info(
+                ev.pid, ev.pidfd, pidfd_reported=bool(self.flags & InitFlag.REPORT_PIDFD)
+            )
             _set_exe(ev, exe)
             _set_cwd(ev, cwd)
         return ev
@@ -640,6 +645,9 @@ class Fanotify:
         log.error("dropped a malformed fanotify event: %s", err)
 
     def _deliver(self, events: list[FanotifyData]) -> None:
+        if self._clients.active:
+            self._clients.dispatch(events)
+            return
         taken = self._queue.put_many(events)
         self._counters.events_delivered += taken
         if taken < len(events):
@@ -656,6 +664,7 @@ class Fanotify:
         self._error = exc
         self._pause()
         self._queue.close()
+        self._clients.fail(exc)
 
     # -- consuming -------------------------------------------------------
 
@@ -672,6 +681,7 @@ class Fanotify:
         :raises ClosedResourceError: if the group is closed
         """
         self._ensure_reader()
+        self._consuming = True
         ev = self._queue.get_nowait()
         self._refill()
         return ev
@@ -682,6 +692,7 @@ class Fanotify:
         :raises ClosedResourceError: if the group is closed (or closes while waiting)
         """
         self._ensure_reader()
+        self._consuming = True
         try:
             ev = await self._queue.get()
         except ClosedResourceError:
@@ -714,7 +725,8 @@ class Fanotify:
         # The common case, once reading has started: an event is already
         # queued.  Same steps as receive(), without its await and checks.
         if (
-            (self._reading or self._paused)
+            self._consuming
+            and (self._reading or self._paused)
             and not self._closed
             and self._loop is asyncio.get_running_loop()
         ):
@@ -733,6 +745,36 @@ class Fanotify:
             raise StopAsyncIteration from None
         self._iter_last = ev
         return ev
+
+    # -- clients ---------------------------------------------------------
+
+    def connect(
+        self,
+        rule: FanoRule,
+        *,
+        maxsize: int = _client.DEFAULT_MAXSIZE,
+        overflow: Literal["block", "drop_oldest", "drop_newest"] = "block",
+    ) -> FanotifyClient:
+        """Connect ``rule``; returns a :class:`~afanotify.FanotifyClient` for its events.
+
+        See :mod:`afanotify.client` for fan-out, descriptors and overflow.
+
+        :raises ClosedResourceError: if the group is closed
+        :raises TypeError, ValueError: for bad arguments
+        """
+        return _client.connect(self, rule, maxsize=maxsize, overflow=overflow)
+
+    def disconnect(self, rule_or_client: FanoRule | FanotifyClient) -> int:
+        """Stop delivery to a client, or to every client with an equal rule, at once.
+
+        Returns how many clients were closed (0 if none was connected).
+        """
+        return _client.disconnect(self, rule_or_client)
+
+    @property
+    def dispatch_stats(self) -> DispatchStatistics:
+        """Counters of the fan-out to clients."""
+        return self._clients.stats()
 
     # -- permission responses -------------------------------------------
 
@@ -780,6 +822,7 @@ class Fanotify:
         for ev in list(self._pending.values()):
             self._answer_default(ev)
         left = self._queue.close() + self._held  # 2. wake the waiters
+        left += self._clients.close_all()
         self._held = []
         if self._reading and self._loop is not None:  # 3. unregister
             try:

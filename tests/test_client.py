@@ -1,0 +1,468 @@
+"""FanotifyClient and the dispatcher, fed synthetic events through the group's
+delivery path (``fan._deliver``).  A group is created (no marks), but no
+event comes from the kernel."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pickle
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from afanotify import (
+    ClientOverflow,
+    ClosedResourceError,
+    Event,
+    FanoRule,
+    Fanotify,
+    FanotifyClient,
+    FanotifyData,
+    WouldBlock,
+)
+from afanotify.events import OWN_FD, OWN_PIDFD
+
+OPEN = int(Event.OPEN)
+CW = int(Event.CLOSE_WRITE)
+MODIFY = int(Event.MODIFY)
+
+
+@pytest.fixture
+async def fan() -> AsyncIterator[Fanotify]:
+    async with Fanotify() as group:
+        yield group
+
+
+def fd_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+def synth(path: str = "/d/a", pid: int = 100, ev_types: int = OPEN, fd: bool = False,
+          **kw: Any) -> FanotifyData:
+    if fd:
+        n = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+        return FanotifyData(fd=n, pid=pid, ev_types=ev_types, path=path, _owns=OWN_FD, **kw)
+    return FanotifyData(pid=pid, ev_types=ev_types, path=path, **kw)
+
+
+def drain(client: FanotifyClient) -> list[FanotifyData]:
+    out = []
+    while True:
+        try:
+            ev = client.get_nowait()
+        except WouldBlock:
+            return out
+        ev.close()
+        out.append(ev)
+
+
+async def test_three_rules_each_get_exactly_their_events(fan: Fanotify) -> None:
+    a = fan.connect(FanoRule("a", ev_types=OPEN))
+    b = FanotifyClient(fan, path_pattern="/d/+(x|y)")
+    c = fan.connect(FanoRule("c", pids=[7], ev_types=CW))
+    evs = [
+        synth("/d/x", 1, OPEN), synth("/d/y", 7, CW), synth("/d/z", 7, CW),
+        synth("/d/z", 2, MODIFY), synth("/d/x", 7, OPEN | CW),
+    ]
+    fan._deliver(evs)
+    assert [(e.path, e.pid) for e in drain(a)] == [("/d/x", 1), ("/d/x", 7)]
+    assert [(e.path, e.pid) for e in drain(b)] == [("/d/x", 1), ("/d/y", 7), ("/d/x", 7)]
+    assert [(e.path, e.pid) for e in drain(c)] == [("/d/y", 7), ("/d/z", 7), ("/d/x", 7)]
+    assert fan.dispatch_stats.unmatched == 1  # the MODIFY
+    assert b.rname.startswith("client-")
+    for cl in (a, b, c):
+        cl.close()
+
+
+async def test_fd_ownership_fan_out(fan: Fanotify) -> None:
+    p1 = fan.connect(FanoRule("p1", ev_types=OPEN, pass_fd=True))
+    p2 = fan.connect(FanoRule("p2", ev_types=OPEN, pass_fd=True))
+    plain = fan.connect(FanoRule("plain", ev_types=OPEN))
+    ev = synth(fd=True)
+    orig_fd = ev.fd
+    fan._deliver([ev])
+    e1, e2, e3 = p1.get_nowait(), p2.get_nowait(), plain.get_nowait()
+    assert e1 is ev and e1.fd == orig_fd and e1._owns & OWN_FD
+    assert e2.fd >= 0 and e2.fd != orig_fd and e2._owns & OWN_FD
+    assert os.path.samestat(os.fstat(e1.fd), os.fstat(e2.fd))
+    assert e3.fd == -1 and e3.closed
+    fds = (e1.fd, e2.fd)
+    e1.close()
+    assert fd_open(e2.fd)  # each client owns its own descriptor
+    e2.close()
+    assert not any(fd_open(f) for f in fds)
+    assert fan.dispatch_stats.dup_fds == 1
+    for cl in (p1, p2, plain):
+        cl.close()
+
+
+async def test_without_pass_fd_the_library_closes_the_fd(fan: Fanotify) -> None:
+    c = fan.connect(FanoRule("c", ev_types=OPEN))
+    ev = synth(fd=True)
+    fd = ev.fd
+    fan._deliver([ev])
+    got = c.get_nowait()
+    assert got.fd == -1 and got.closed
+    assert not fd_open(fd)
+    c.close()
+
+
+async def test_unmatched_events_are_released_and_counted(fan: Fanotify) -> None:
+    c = fan.connect(FanoRule("c", ev_types=CW))
+    ev = synth(fd=True)
+    fan._deliver([ev])
+    assert ev.closed and not fd_open(ev.fd)
+    assert fan.dispatch_stats.unmatched == 1 and fan.dispatch_stats.dispatched == 0
+    c.close()
+
+
+async def test_pidfd_is_duplicated_or_stripped_like_fd(fan: Fanotify) -> None:
+    p1 = fan.connect(FanoRule("p1", ev_types=OPEN, pass_fd=True))
+    p2 = fan.connect(FanoRule("p2", ev_types=OPEN, pass_fd=True))
+    plain = fan.connect(FanoRule("plain", ev_types=OPEN))
+    fd = os.open("/dev/null", os.O_RDONLY)
+    pidfd = os.pidfd_open(os.getpid())
+    ev = FanotifyData(fd=fd, pidfd=pidfd, pid=1, ev_types=OPEN, _owns=OWN_FD | OWN_PIDFD)
+    fan._deliver([ev])
+    e1, e2, e3 = p1.get_nowait(), p2.get_nowait(), plain.get_nowait()
+    assert e1.pidfd == pidfd
+    assert e2.pidfd >= 0 and e2.pidfd != pidfd and e2._owns == OWN_FD | OWN_PIDFD
+    assert e3.pidfd == -1 and e3.fd == -1
+    for e in (e1, e2):
+        e.close()
+    for cl in (p1, p2, plain):
+        cl.close()
+
+
+@pytest.mark.parametrize("policy", ["drop_oldest", "drop_newest"])
+async def test_drop_policies_count_and_mark(fan: Fanotify, policy: str) -> None:
+    slow = fan.connect(FanoRule("slow", ev_types=OPEN), maxsize=3, overflow=policy)  # type: ignore[arg-type]
+    fast = fan.connect(FanoRule("fast", ev_types=OPEN), maxsize=100)
+    evs = [synth(f"/d/{i}", fd=True) for i in range(10)]
+    fds = [e.fd for e in evs]
+    fan._deliver(evs)
+    st = slow.stats
+    assert st.matched == 10 and st.dropped == 7 and st.queued == 3
+    got = [slow.get_nowait() for _ in range(4)]
+    assert isinstance(got[0], ClientOverflow)
+    assert got[0].dropped == 7 and got[0].ev_types == int(Event.Q_OVERFLOW) and got[0].fd == -1
+    kept = [e.path for e in got[1:]]
+    newest, oldest = ["/d/7", "/d/8", "/d/9"], ["/d/0", "/d/1", "/d/2"]
+    assert kept == (newest if policy == "drop_oldest" else oldest)
+    for e in got:
+        e.close()
+    st = slow.stats
+    assert st.matched == st.received + st.dropped + st.queued + st.held + st.discarded
+    assert st.received == 3
+    # The other client is unaffected and got every event.
+    assert len(drain(fast)) == 10
+    # Nothing leaked: every descriptor was closed (the fast client had no pass_fd).
+    assert not any(fd_open(f) for f in fds)
+    with pytest.raises(WouldBlock):
+        slow.get_nowait()
+    slow.close()
+    fast.close()
+
+
+async def test_block_policy_pauses_reading_and_loses_nothing(fan: Fanotify) -> None:
+    fan._ensure_reader()
+    assert fan._reading
+    slow = fan.connect(FanoRule("slow", ev_types=OPEN), maxsize=2)
+    other = fan.connect(FanoRule("other", ev_types=OPEN), maxsize=100)
+    fan._deliver([synth(f"/d/{i}") for i in range(5)])
+    assert slow.stats.queued == 2 and slow.stats.held == 3 and slow.stats.blocked == 1
+    assert fan._paused and not fan._reading
+    assert len(drain(other)) == 5  # already-read events still reach the others
+    # Each get moves one held event into the queue, in order.
+    got = [slow.get_nowait().path for _ in range(2)]
+    assert fan._paused and slow.stats.held == 1
+    got.append(slow.get_nowait().path)
+    assert slow.stats.held == 0
+    assert not fan._paused and fan._reading
+    got += [slow.get_nowait().path for _ in range(2)]
+    assert got == [f"/d/{i}" for i in range(5)]
+    st = slow.stats
+    assert st.dropped == 0 and st.matched == st.received == 5
+    slow.close()
+    other.close()
+
+
+async def test_closing_a_blocked_client_resumes_reading(fan: Fanotify) -> None:
+    fan._ensure_reader()
+    slow = fan.connect(FanoRule("slow", ev_types=OPEN, pass_fd=True), maxsize=1)
+    other = fan.connect(FanoRule("other", ev_types=CW))
+    fan._deliver([synth(fd=True), synth(fd=True)])
+    held_fd = slow._held[0].fd
+    assert fan._paused
+    slow.close()
+    assert not fan._paused and fan._reading
+    assert not fd_open(held_fd)
+    assert slow.stats.discarded == 2
+    other.close()
+
+
+async def test_close_stops_delivery_at_once(fan: Fanotify) -> None:
+    c = fan.connect(FanoRule("c", ev_types=OPEN, pass_fd=True))
+    keep = fan.connect(FanoRule("keep", ev_types=OPEN))
+    ev = synth(fd=True)
+    fan._deliver([ev])
+    c.close()
+    assert not fd_open(ev.fd)  # queued, unread: released
+    fan._deliver([synth()])
+    assert c.stats.matched == 1
+    with pytest.raises(ClosedResourceError):
+        c.get_nowait()
+    with pytest.raises(ClosedResourceError):
+        await c.get()
+    assert len(drain(keep)) == 2
+    keep.close()
+
+
+async def test_waiting_get_wakes_on_close(fan: Fanotify) -> None:
+    c = fan.connect(FanoRule("c", ev_types=OPEN))
+    waiter = asyncio.ensure_future(c.get())
+    await asyncio.sleep(0)
+    c.close()
+    with pytest.raises(ClosedResourceError):
+        await waiter
+
+
+async def test_disconnect_by_rule_and_by_client(fan: Fanotify) -> None:
+    rule = FanoRule("r", ev_types=OPEN)
+    c1 = fan.connect(rule)
+    c2 = fan.connect(FanoRule("r", ev_types=Event.OPEN))  # equal rule
+    c3 = fan.connect(FanoRule("other", ev_types=OPEN))
+    assert fan.disconnect(rule) == 2
+    assert c1.closed and c2.closed and not c3.closed
+    assert fan.disconnect(c3) == 1
+    assert fan.disconnect(c3) == 0
+    with pytest.raises(TypeError, match="FanoRule or FanotifyClient"):
+        fan.disconnect("r")  # type: ignore[arg-type]
+
+
+async def test_group_close_ends_clients(fan: Fanotify) -> None:
+    c = fan.connect(FanoRule("c", ev_types=OPEN, pass_fd=True))
+    ev = synth(fd=True)
+    fan._deliver([ev])
+    got: list[FanotifyData] = []
+
+    async def consume() -> None:
+        async for e in c:
+            got.append(e)
+
+    task = asyncio.ensure_future(consume())
+    await asyncio.sleep(0.01)
+    await fan.aclose()
+    await asyncio.wait_for(task, 2)
+    assert len(got) == 1 and not fd_open(ev.fd) and c.closed
+
+
+async def test_async_for_releases_previous_event(fan: Fanotify) -> None:
+    c = fan.connect(FanoRule("c", ev_types=OPEN, pass_fd=True))
+    evs = [synth(fd=True) for _ in range(2)]
+    fan._deliver(evs)
+    it = c.__aiter__()
+    first = await it.__anext__()
+    assert fd_open(first.fd)
+    await it.__anext__()
+    assert first.closed
+    await c.aclose()
+    assert all(e.closed for e in evs)
+
+
+async def test_sync_predicate_dispatches_inline(fan: Fanotify) -> None:
+    c = fan.connect(FanoRule("c", predicate=lambda e: e.pid % 2 == 0))
+    fan._deliver([synth(pid=1), synth(pid=2), synth(pid=4)])
+    assert fan._clients._task is None  # no task was created
+    assert [e.pid for e in drain(c)] == [2, 4]
+    c.close()
+
+
+async def test_async_predicate_keeps_order_and_pauses_reading(fan: Fanotify) -> None:
+    fan._ensure_reader()
+
+    async def slow_even(e: FanotifyData) -> bool:
+        await asyncio.sleep(0.001 * (5 - e.pid % 5))
+        return e.pid % 2 == 0
+
+    a = fan.connect(FanoRule("a", predicate=slow_even))
+    s = fan.connect(FanoRule("s", ev_types=OPEN))
+    fan._deliver([synth(pid=i) for i in range(10)])
+    assert fan._paused  # the group waits for the async dispatch
+    fan._deliver([synth(pid=i) for i in range(10, 14)])  # queued behind, in order
+    got = [(await asyncio.wait_for(a.get(), 2)).pid for _ in range(7)]
+    assert got == [0, 2, 4, 6, 8, 10, 12]
+    for _ in range(100):
+        if fan._clients._task is None:
+            break
+        await asyncio.sleep(0.01)
+    assert fan._clients._task is None and not fan._paused
+    assert [e.pid for e in drain(s)] == list(range(14))
+    a.close()
+    s.close()
+
+
+async def test_failing_predicate_is_counted_not_fatal(fan: Fanotify) -> None:
+    def boom(e: FanotifyData) -> bool:
+        raise RuntimeError("boom")
+
+    c = fan.connect(FanoRule("c", predicate=boom))
+    ok = fan.connect(FanoRule("ok", ev_types=OPEN))
+    fan._deliver([synth()])
+    assert c.stats.predicate_errors == 1 and c.stats.matched == 0
+    assert len(drain(ok)) == 1
+    c.close()
+    ok.close()
+
+
+async def test_kernel_overflow_reaches_every_client(fan: Fanotify) -> None:
+    a = fan.connect(FanoRule("a", ev_types=OPEN))
+    b = fan.connect(FanoRule("b", pids=[3]))
+    fan._deliver([FanotifyData(ev_types=int(Event.Q_OVERFLOW))])
+    for c in (a, b):
+        [e] = drain(c)
+        assert e.ev_types == int(Event.Q_OVERFLOW) and not isinstance(e, ClientOverflow)
+        c.close()
+
+
+async def test_group_queue_is_a_consumer_only_once_received_from(fan: Fanotify) -> None:
+    c = fan.connect(FanoRule("c", ev_types=OPEN))
+    fan._deliver([synth("/d/1", fd=True)])
+    with pytest.raises(WouldBlock):
+        fan.receive_nowait()  # nothing reached the group: nobody was reading it
+    fan._deliver([synth("/d/2", fd=True), synth("/d/3", ev_types=CW, fd=True)])
+    e = fan.receive_nowait()
+    assert e.path == "/d/2" and e.fd >= 0  # the group gets the original and its fd
+    assert fan.receive_nowait().path == "/d/3"  # match-all
+    assert [x.path for x in drain(c)] == ["/d/1", "/d/2"]
+    e.close()
+    c.close()
+
+
+async def test_last_client_leaving_stops_reading_when_group_unread(fan: Fanotify) -> None:
+    c = fan.connect(FanoRule("c", ev_types=OPEN))
+    with pytest.raises(WouldBlock):
+        c.get_nowait()
+    assert fan._reading
+    c.close()
+    assert not fan._reading  # the kernel keeps events for the next reader
+
+
+async def test_proc_read_only_when_a_candidate_needs_it(fan: Fanotify) -> None:
+    by_type = fan.connect(FanoRule("t", ev_types=CW))
+    by_exe = fan.connect(FanoRule("e", ev_types=OPEN, exe_pattern="*python*"))
+    me = os.getpid()
+    fan._deliver([synth(pid=me, ev_types=CW)])
+    assert fan.dispatch_stats.proc_reads == 0
+    [e] = drain(by_type)
+    assert e.exe is None
+    fan._deliver([synth(pid=me, ev_types=OPEN)])
+    assert fan.dispatch_stats.proc_reads == 1
+    [e] = drain(by_exe)
+    assert e.exe == os.readlink("/proc/self/exe") and e.cwd == os.getcwd()
+    by_type.close()
+    by_exe.close()
+
+
+async def test_process_gone_fields_none_and_exe_rule_does_not_match(fan: Fanotify) -> None:
+    by_exe = fan.connect(FanoRule("e", exe_pattern="*"))
+    by_type = fan.connect(FanoRule("t", ev_types=OPEN))
+    gone = 2**22 + 12345  # above pid_max: no such process
+    fan._deliver([synth(pid=gone)])
+    assert by_exe.stats.matched == 0
+    [e] = drain(by_type)
+    assert e.exe is None and e.cwd is None
+    by_exe.close()
+    by_type.close()
+
+
+async def test_client_arguments_are_checked(fan: Fanotify) -> None:
+    with pytest.raises(ValueError, match="overflow"):
+        FanotifyClient(fan, ev_types=OPEN, overflow="spill")
+    with pytest.raises(ValueError, match="maxsize"):
+        FanotifyClient(fan, ev_types=OPEN, maxsize=0)
+    with pytest.raises(ValueError, match="at least one criterion"):
+        FanotifyClient(fan)
+    with pytest.raises(TypeError, match="either"):
+        FanotifyClient(fan, FanoRule("r", ev_types=OPEN), ev_types=OPEN)
+    assert not fan._clients.active
+    async with Fanotify(resolve_paths=False) as nopaths:
+        with pytest.raises(ValueError, match="resolve_paths"):
+            nopaths.connect(FanoRule("p", path_pattern="*"))
+    await fan.aclose()
+    with pytest.raises(ClosedResourceError):
+        fan.connect(FanoRule("r", ev_types=OPEN))
+
+
+async def test_client_context_managers(fan: Fanotify) -> None:
+    async with FanotifyClient(fan, ev_types=OPEN) as c:
+        assert not c.closed
+    assert c.closed
+    with fan.connect(FanoRule("r", ev_types=OPEN)) as c2:
+        pass
+    assert c2.closed
+    assert not fan._clients.active
+
+
+def test_client_overflow_marker_pickles_and_is_fanotify_data() -> None:
+    m = ClientOverflow(ev_types=int(Event.Q_OVERFLOW), dropped=3)
+    assert isinstance(m, FanotifyData) and m.closed
+    assert pickle.loads(pickle.dumps(m)) == m
+
+
+async def test_path_index_keeps_semantics_and_order(fan: Fanotify) -> None:
+    rules = [
+        FanoRule("deep", path_pattern="/d/x/+(a|b)"),
+        FanoRule("star", path_pattern="*/a"),  # not indexable: checked for every event
+        FanoRule("dir", path_pattern="/d/*"),
+        FanoRule("partial", path_pattern="/d/x/a*", ev_types=OPEN),
+        FanoRule("other", path_pattern="/e/*"),
+        FanoRule("bytes", path_pattern=b"/d/x/?"),
+    ]
+    clients = [fan.connect(r) for r in rules]
+    rename = int(Event.RENAME)
+    events = [
+        synth("/d/x/a"), synth("/d/x/b", ev_types=CW), synth("/e/a"), synth("/f/zz"),
+        synth(None, ev_types=OPEN),  # type: ignore[arg-type]
+        FanotifyData(ev_types=rename, old_path="/e/q", new_path="/g/q", path="/g/q"),
+    ]
+    fan._deliver(events)
+    got = {c.rule.name: [e.path for e in drain(c)] for c in clients}
+    # The directory index gives exactly what each rule's own matches() says.
+    assert got == {r.name: [e.path for e in events if r.matches(e)] for r in rules}
+    assert got == {
+        "deep": ["/d/x/a", "/d/x/b"],
+        "star": ["/d/x/a", "/e/a"],
+        "dir": ["/d/x/a", "/d/x/b"],
+        "partial": ["/d/x/a"],
+        "other": ["/e/a", "/g/q"],
+        "bytes": ["/d/x/a", "/d/x/b"],
+    }
+    for c in clients:
+        c.close()
+
+
+async def test_permission_primary_is_first_matching_client_in_connect_order(
+    fan: Fanotify,
+) -> None:
+    from afanotify.events import UNANSWERED
+
+    late = fan.connect(FanoRule("late", path_pattern="/d/*"))
+    early_star = fan.connect(FanoRule("star", path_pattern="*"))
+    fd = os.open("/dev/null", os.O_RDONLY)
+    ev = FanotifyData(fd=fd, pid=5, ev_types=int(Event.OPEN_PERM), path="/d/a",
+                      _owns=OWN_FD | UNANSWERED)
+    fan._deliver([ev])
+    first, second = late.get_nowait(), early_star.get_nowait()
+    assert first is ev  # connected first, so it holds the answerable original
+    assert second.fd == -1 and second.answered
+    object.__setattr__(ev, "_owns", OWN_FD)  # no kernel behind this fd: skip the verdict
+    ev.close()
+    late.close()
+    early_star.close()
