@@ -511,7 +511,21 @@ def scenario_rss(ctx: Context) -> dict[str, Any]:
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
+#: Arguments for the other branches' benchmark scripts: (full, quick).
+EXTERNAL_ARGS = {
+    "dispatch": (["--kernel"], ["--events", "50000", "--files", "5000"]),
+    "permission": ([], ["--opens", "5000", "--rounds", "1"]),
+}
+
+
 def _external(name: str) -> Callable[[Context], dict[str, Any]]:
+    """Scenario ``name`` from ``bench/bench_<name>.py``, written on another branch.
+
+    A module with ``run(ctx)`` is called with the :class:`Context`, and returns
+    a dict (``"figure"``: the line to print).  A script with ``main(argv)`` is
+    run as a subprocess; its output is the figure, kept whole in the summary.
+    """
+
     def run(ctx: Context) -> dict[str, Any]:
         path = BENCH / f"bench_{name}.py"
         if not path.exists():
@@ -521,10 +535,20 @@ def _external(name: str) -> Callable[[Context], dict[str, Any]]:
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
         fn = getattr(mod, "run", None)
-        if fn is None:
-            return {"skipped": f"{path.name} has no run() function"}
-        result = fn(ctx) if inspect.signature(fn).parameters else fn()
-        return dict(result)
+        if fn is not None:
+            result = fn(ctx) if inspect.signature(fn).parameters else fn()
+            return dict(result)
+        full, quick = EXTERNAL_ARGS.get(name, ([], []))
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        out = subprocess.run(
+            [sys.executable, str(path), *(quick if ctx.quick else full)],
+            capture_output=True, text=True, env=env, timeout=1200, check=False,
+        )  # fmt: skip
+        if out.returncode != 0:
+            tail = out.stderr.strip().splitlines()[-1:] or ["no output"]
+            raise RuntimeError(f"{path.name} failed (status {out.returncode}): {tail[0]}")
+        lines = out.stdout.rstrip().splitlines()
+        return {"figure": "\n" + "\n".join(lines), "output": lines}
 
     return run
 
