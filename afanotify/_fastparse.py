@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import struct
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -59,6 +60,12 @@ _U16 = struct.Struct("=H")
 # handle_len, name_off, name_len.
 _FIDREFS = struct.Struct("=II8xIIII")
 _FIDREFS_AT = ffi.offsetof("struct afn_event", "fid")
+# path_off and path_len of struct afn_event.
+_PATHREF = struct.Struct("=Ii")
+_PATHREF_AT = ffi.offsetof("struct afn_event", "path_off")
+# As os.fsdecode(), without its Python-level call per path.
+_FS_ENCODING = sys.getfilesystemencoding()
+_FS_ERRORS = sys.getfilesystemencodeerrors()
 
 _SIZE = EVENT.size
 _META_LEN = FAN_EVENT_METADATA_LEN
@@ -367,6 +374,19 @@ class Decoder:
         src = ffi.buffer(cbuf, nbytes) if nbytes else b""
         return self._build(src, count, owned, pid_is_tid, fd_error, resolve_fd_paths, close_fds)
 
+    def _arena_text(self) -> str | None:
+        """The batch's resolved paths as one str, when byte offsets are also str offsets.
+
+        Decoding the arena once and slicing the str is cheaper than a bytes
+        slice and a decode per path; it is right only for ASCII, where each
+        byte is one character.
+        """
+        used = self._arena_used[0]
+        if not used:
+            return None
+        blob = self._arena_buf[0:used]
+        return blob.decode("ascii") if blob.isascii() else None
+
     def _build(
         self,
         src: Any,
@@ -385,8 +405,32 @@ class Decoder:
         fidpart = _FIDREFS.unpack_from
         append = events.append
         perm = _PERM
+        pathref = _PATHREF.unpack_from
+        arena = self._arena_buf
+        text = self._arena_text() if resolve else None
         for pos in range(0, count * _SIZE, _SIZE):
             mask, off, event_len, fd, pid, status, has = head(out, pos)
+            if resolve and fd >= 0 and not (status or has):
+                # fd mode with paths resolved in C: the common shape there.
+                path_off, path_len = pathref(out, pos + _PATHREF_AT)
+                if path_len >= 0:
+                    end = path_off + path_len
+                    if text is not None:
+                        fpath = text[path_off:end]
+                    else:
+                        fpath = str(arena[path_off:end], _FS_ENCODING, _FS_ERRORS)
+                    ok = True
+                    if fpath.endswith(_DELETED):
+                        fpath = fpath[: -len(_DELETED)]
+                        ok = False
+                    owns = ((OWN_FD | UNANSWERED) if mask & perm else OWN_FD) if owned else 0
+                    append(
+                        _event(
+                            fd, pid, mask, path=fpath, pid_is_tid=pid_is_tid,
+                            path_resolved=ok, _owns=owns,
+                        )
+                    )  # fmt: skip
+                    continue
             if not (status or has or resolve):
                 # The common shape (fd mode, no records): no dict, no second unpack.
                 if fd >= 0:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 import pytest
-from helpers import collect, sh
+from helpers import collect, run_in_child, sh
 
 from afanotify import Event, Fanotify, InitFlag
 
@@ -86,3 +87,23 @@ async def test_held_events_stay_bounded_when_the_consumer_yields(tmpfs: Path) ->
             if got == 600:
                 break
     assert most_held <= 4096 // 24
+
+
+async def test_fd_mode_non_ascii_and_undecodable_names(tmpfs: Path, decoder: str) -> None:
+    names = [b"plain", "caf\u00e9".encode(), b"bad\xff"]
+    async with Fanotify() as fan:
+        _check_decoder(fan, decoder)
+        fan.mark(tmpfs, Event.CLOSE_WRITE, "mount")
+        code = (
+            "import os, sys\n"
+            "for n in sys.argv[2:]:\n"
+            "    os.close(os.open(os.path.join(os.fsencode(sys.argv[1]), bytes.fromhex(n)),"
+            " os.O_CREAT | os.O_WRONLY))\n"
+        )
+        proc = run_in_child(code, str(tmpfs), *(n.hex() for n in names))
+        assert proc.returncode == 0, proc.stderr
+        evs = await collect(fan, lambda g: len(g) == len(names))
+    assert [e.path for e in evs] == [
+        os.fsdecode(os.path.join(os.fsencode(tmpfs), n)) for n in names
+    ]
+    assert all(e.path_resolved for e in evs)
