@@ -408,6 +408,7 @@ class Decoder:
         pathref = _PATHREF.unpack_from
         arena = self._arena_buf
         text = self._arena_text() if resolve else None
+        dirs: dict[bytes, FileHandle] = {}
         for pos in range(0, count * _SIZE, _SIZE):
             mask, off, event_len, fd, pid, status, has = head(out, pos)
             if resolve and fd >= 0 and not (status or has):
@@ -446,11 +447,20 @@ class Decoder:
                 fid_rec, fid_len, dfid_rec, dfid_len, name_off, name_len = fidpart(
                     out, pos + _FIDREFS_AT
                 )
+                dfid = None
+                if has & _HAS_DFID:
+                    # Events of one batch mostly share a few directories: one
+                    # FileHandle per distinct record, so equal handles are
+                    # also the same object (HandleResolver uses that).
+                    key = src[dfid_rec : dfid_rec + _FID.size + dfid_len]
+                    dfid = dirs.get(key)
+                    if dfid is None:
+                        dfid = dirs[key] = _handle(src, dfid_rec, dfid_len)
                 append(
                     _event(
                         fd, pid, mask, pid_is_tid=pid_is_tid,
                         fid=_handle(src, fid_rec, fid_len) if has & _HAS_FID else None,
-                        dfid=_handle(src, dfid_rec, dfid_len) if has & _HAS_DFID else None,
+                        dfid=dfid,
                         name=_name(src, name_off, name_len) if has & _HAS_NAME else None,
                     )
                 )  # fmt: skip
