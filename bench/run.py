@@ -95,7 +95,12 @@ class Context:
     #: C baseline figures measured so far in this run, e.g. ``{"fd_drain": 166000.0}``.
     c_rates: dict[str, float] = field(default_factory=dict)
 
+    #: Repetitions of each drain measurement (0: the default for the mode).
+    reps: int = 0
+
     def size(self, name: str) -> int:
+        if name == "reps" and self.reps:
+            return self.reps
         full, quick = SIZES[name]
         return quick if self.quick else full
 
@@ -633,6 +638,7 @@ def main(argv: list[str] | None = None) -> int:
         "--only", action="append", choices=list(SCENARIOS), help="run only these (repeatable)"
     )
     parser.add_argument("--out", type=Path, default=SUMMARY, help="where to write the JSON")
+    parser.add_argument("--reps", type=int, default=0, help="repetitions of each drain")
     parser.add_argument("--child-rss", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -651,7 +657,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict[str, Any]] = {}
     failed = False
     with tempfile.TemporaryDirectory(prefix="afanotify-bench-build-") as work:
-        ctx = Context(quick=args.quick, cbench=build_cbench(Path(work)))
+        ctx = Context(quick=args.quick, cbench=build_cbench(Path(work)), reps=args.reps)
         for name in names:
             t0 = time.perf_counter()
             try:
