@@ -724,12 +724,10 @@ class Fanotify:
             last.close()
         # The common case, once reading has started: an event is already
         # queued.  Same steps as receive(), without its await and checks.
-        if (
-            self._consuming
-            and (self._reading or self._paused)
-            and not self._closed
-            and self._loop is asyncio.get_running_loop()
-        ):
+        # (The loop check is left to receive(), reached whenever the queue is
+        # empty: on Python 3.11 asyncio.get_running_loop() costs a getpid()
+        # system call, too much to pay per event.)
+        if self._consuming and (self._reading or self._paused) and not self._closed:
             try:
                 ev = self._queue.get_nowait()
             except (WouldBlock, ClosedResourceError):
