@@ -461,7 +461,8 @@ class Decoder:
                         fd, pid, mask, pid_is_tid=pid_is_tid,
                         fid=_handle(src, fid_rec, fid_len) if has & _HAS_FID else None,
                         dfid=dfid,
-                        name=_name(src, name_off, name_len) if has & _HAS_NAME else None,
+                        name=str(src[name_off : name_off + name_len], "utf-8", "surrogateescape")
+                        if has & _HAS_NAME else None,
                     )
                 )  # fmt: skip
                 continue

@@ -519,6 +519,7 @@ class Fanotify:
         fid_paths = self.resolve_paths and self._fid_mode
         proc_info = self.proc_info
         pidfd_reported = bool(self.flags & InitFlag.REPORT_PIDFD)
+        resolve = self._resolver.resolve
         pending = self._pending
         for ev in events:
             mask = ev.ev_types
@@ -544,7 +545,30 @@ class Fanotify:
                     _set_path(ev, path)
                     _set_path_resolved(ev, resolved)
             elif fid_paths:
-                self._resolve_fid(ev)
+                dfid = ev.dfid
+                if (
+                    dfid is None
+                    or ev.old_dfid is not None
+                    or ev.new_dfid is not None
+                    or (mask & _DIR_CHANGE and mask & _ONDIR)
+                ):
+                    self._resolve_fid(ev)
+                else:
+                    # The common FID shape (a DFID_NAME record), as in
+                    # _resolve_fid, without its calls.
+                    d = resolve(dfid)
+                    _set_dir_path(ev, d)
+                    name = ev.name
+                    if d is None:
+                        _set_path(ev, name)
+                    else:
+                        if not name or name == ".":
+                            _set_path(ev, d)
+                        elif d == "/":
+                            _set_path(ev, "/" + name)
+                        else:
+                            _set_path(ev, d + "/" + name)
+                        _set_path_resolved(ev, True)
             if proc_info:
                 exe, cwd = process_info(ev.pid, ev.pidfd, pidfd_reported=pidfd_reported)
                 _set_exe(ev, exe)
