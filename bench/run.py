@@ -571,15 +571,29 @@ SCENARIOS: dict[str, Callable[[Context], dict[str, Any]]] = {
 # -- reporting ----------------------------------------------------------------
 
 
+def _meets(value: float, op: str, bound: float) -> bool:
+    return value >= bound if op == ">=" else value <= bound if op == "<=" else value < bound
+
+
 def _verdict(name: str, result: dict[str, Any]) -> str:
+    """Check a scenario against its target; records ``target`` and ``target_met``.
+
+    For the drain rates the target is on the wall-clock ratio, as the issue
+    states it; the CPU-time ratio must agree before a target counts as met,
+    because on a busy machine a slowed C run alone can lift the wall ratio.
+    """
     if name not in TARGETS or "error" in result or "skipped" in result:
         return ""
     key, op, bound = TARGETS[name]
     value = result.get(key)
     if value is None:
         return ""
-    ok = value >= bound if op == ">=" else value <= bound if op == "<=" else value < bound
+    ok = _meets(value, op, bound)
     result["target"] = f"{key} {op} {bound}"
+    cpu = result.get("cpu_ratio_to_c")
+    if ok and cpu is not None and not _meets(cpu, op, bound):
+        result["target_met"] = "unsure"
+        return f"  [target {key} {op} {bound}: met on wall clock, MISSED on CPU time]"
     result["target_met"] = ok
     return f"  [target {key} {op} {bound}: {'met' if ok else 'MISSED'}]"
 
@@ -668,7 +682,8 @@ def main(argv: list[str] | None = None) -> int:
             r["wall_s"] = round(time.perf_counter() - t0, 1)
             verdict = _verdict(name, r)
             results[name] = r
-            print(_line(name, r) + verdict, flush=True)
+            first, *rest = _line(name, r).split("\n")
+            print("\n".join([first + verdict, *rest]), flush=True)
     summary = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "git": _git_rev(),
