@@ -24,7 +24,7 @@ from ._parser import parse_lenient
 from ._proc import HandleResolver, fd_path, process_info
 from ._queue import EventQueue
 from .client import DispatchStatistics, FanotifyClient
-from .events import UNANSWERED, FanotifyData
+from .events import OWN_FD, UNANSWERED, FanotifyData
 from .exceptions import AlreadyAnsweredError, ClosedResourceError, ParseError, WouldBlock
 from .flags import (
     CLASS_BITS,
@@ -745,7 +745,12 @@ class Fanotify:
         last = self._iter_last
         if last is not None:
             self._iter_last = None
-            last.close()
+            if last._owns == OWN_FD:
+                # FanotifyData.close() for the usual case (only an fd), inline.
+                _set_owns(last, 0)
+                os.close(last.fd)
+            else:
+                last.close()
         # The common case, once reading has started: an event is already
         # queued.  Same steps as receive(), without its await and checks.
         # (The loop check is left to receive(), reached whenever the queue is
@@ -917,6 +922,7 @@ _set_new_path = _setter("new_path")
 _set_exe = _setter("exe")
 _set_cwd = _setter("cwd")
 _set_group = _setter("_group")
+_set_owns = _setter("_owns")
 
 
 def _join(directory: str, name: str | None) -> str:

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers import collect, run_in_child, sh
+from helpers import collect, open_fd_count, run_in_child, sh
 
 from afanotify import Event, Fanotify, InitFlag
 
@@ -107,3 +107,21 @@ async def test_fd_mode_non_ascii_and_undecodable_names(tmpfs: Path, decoder: str
         os.fsdecode(os.path.join(os.fsencode(tmpfs), n)) for n in names
     ]
     assert all(e.path_resolved for e in evs)
+
+
+async def test_iterating_releases_each_event_fd_when_moving_on(tmpfs: Path, decoder: str) -> None:
+    async with Fanotify() as fan:
+        _check_decoder(fan, decoder)
+        fan.mark(tmpfs, Event.CLOSE_WRITE, "mount")
+        assert sh(f"cd {tmpfs} && touch $(seq -f 'n%03g' 1 20)").returncode == 0
+        before = open_fd_count()
+        seen = []
+        async for ev in fan:
+            assert not ev.closed
+            seen.append(ev)
+            if len(seen) == 20:
+                break
+        assert all(e.closed for e in seen[:-1])
+        assert not seen[-1].closed
+        seen[-1].close()
+        assert open_fd_count() <= before
