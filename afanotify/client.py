@@ -63,7 +63,7 @@ from ._proc import process_info
 from ._queue import POLICIES, EventQueue
 from .events import OWN_FD, OWN_PIDFD, UNANSWERED, FanotifyData
 from .exceptions import ClosedResourceError
-from .flags import Event, InitFlag
+from .flags import CLASS_BITS, Event, InitFlag
 from .rules import FanoRule
 
 if TYPE_CHECKING:
@@ -141,6 +141,9 @@ class DispatchStatistics(NamedTuple):
     dup_fds: int
     #: Events whose exe/cwd were read from /proc because a rule needed them.
     proc_reads: int
+    #: Events the group's own queue could not take in a permission-class
+    #: group, which never stops reading (answered with the default verdict).
+    group_dropped: int
 
 
 class _GroupSink:
@@ -174,7 +177,11 @@ class _Dispatcher:
         self._task: asyncio.Task[None] | None = None
         self._inflight: deque[FanotifyData] = deque()
         self._pidfd_mode = bool(group.flags & InitFlag.REPORT_PIDFD)
+        #: CONTENT/PRE_CONTENT groups never stop reading: a permission event
+        #: left in the kernel's queue would get no deadline.
+        self.never_pause = bool(group.flags & CLASS_BITS)
         self.dispatched = self.unmatched = self.copies = self.dup_fds = self.proc_reads = 0
+        self.group_dropped = 0
 
     # -- membership ------------------------------------------------------
 
@@ -190,7 +197,7 @@ class _Dispatcher:
     def stats(self) -> DispatchStatistics:
         return DispatchStatistics(
             len(self._clients), self.dispatched, self.unmatched, self.copies, self.dup_fds,
-            self.proc_reads,
+            self.proc_reads, self.group_dropped,
         )
 
     def add(self, client: FanotifyClient) -> None:
@@ -208,8 +215,13 @@ class _Dispatcher:
         if client in self._blocked:
             self._unblock(client)
         g = self._group
-        if not self._clients and not g._consuming and g._reading and g._loop is not None:
-            # Nobody will take events: leave them in the kernel's queue.
+        if (
+            not self._clients and not g._consuming and not self.never_pause
+            and g._reading and g._loop is not None
+        ):
+            # Nobody will take events: leave them in the kernel's queue.  (Not
+            # in a permission group: there, events must be read to get their
+            # deadline and default verdict.)
             g._loop.remove_reader(g._fd)
             g._reading = False
 
@@ -413,14 +425,20 @@ class _Dispatcher:
             # the first one keeps any pending answer.
             if to_group:
                 self._to_group(ev)
-                shared = _strip(ev) if owns else ev
-                for c in targets:
-                    c._offer(shared)
+                if targets:
+                    shared = ev
+                    if owns:
+                        shared = _strip(ev)
+                        self.copies += 1
+                    for c in targets:
+                        c._offer(shared)
                 return
             targets[0]._offer(ev)
             if len(targets) > 1:
-                shared = _strip(ev) if owns else ev
-                self.copies += 1
+                shared = ev
+                if owns:
+                    shared = _strip(ev)
+                    self.copies += 1
                 for c in targets[1:]:
                     c._offer(shared)
             return
@@ -479,16 +497,31 @@ class _Dispatcher:
     def _to_group(self, ev: FanotifyData) -> None:
         g = self._group
         if g._held or not g._queue.put(ev):
+            if self.never_pause:
+                # As the group does for its own queue in a permission group:
+                # drop, answering a permission event with the default verdict.
+                self.group_dropped += 1
+                ev.close()
+                log.warning(
+                    "the group's own queue is full (maxsize=%d): dropped an event (%d so far)",
+                    g._queue.maxsize, self.group_dropped,
+                )
+                return
             g._held.append(ev)
             g._pause()
 
     # -- shutdown --------------------------------------------------------
 
     def fail(self, exc: BaseException) -> None:
-        """The group failed: end every client (waiters wake with ClosedResourceError)."""
+        """The group failed and reads no more.
+
+        Events already queued (or held) for a client are still delivered;
+        then its ``get()`` and ``async for`` raise ClosedResourceError naming
+        the failure.
+        """
         for c in list(self._clients):
             c._error = exc
-            c.close()
+            c._close_if_drained()
 
     def close_all(self) -> list[FanotifyData]:
         """The group is closing: end every client; returns events for the group to release."""
@@ -539,6 +572,10 @@ class FanotifyClient:
     :param overflow: ``"block"`` (stop reading the group until there is room:
         nothing is lost, but every consumer waits), ``"drop_oldest"`` or
         ``"drop_newest"`` (counted, and announced by a :class:`ClientOverflow`).
+        The default is ``"block"``, except for a CLASS_CONTENT or
+        CLASS_PRE_CONTENT group, which never stops reading (a permission
+        event left in the kernel's queue would have no deadline): there it is
+        ``"drop_newest"``, and ``"block"`` is refused.
     :raises TypeError, ValueError: for bad arguments (from FanoRule too)
     :raises ClosedResourceError: if the group is closed
     """
@@ -551,7 +588,7 @@ class FanotifyClient:
         rule: FanoRule | None = None,
         *,
         maxsize: int = DEFAULT_MAXSIZE,
-        overflow: str = "block",
+        overflow: str | None = None,
         **rule_kwargs: Any,
     ) -> None:
         self._closed = True
@@ -566,10 +603,19 @@ class FanotifyClient:
             )
         if not isinstance(rule, FanoRule):
             raise TypeError(f"rule must be a FanoRule, not {type(rule).__name__}")
-        if overflow not in POLICIES:
-            raise ValueError(f"overflow must be one of {', '.join(POLICIES)}, not {overflow!r}")
         if fan.closed:
             raise ClosedResourceError("the fanotify group is closed")
+        never_pause = fan._clients.never_pause
+        if overflow is None:
+            overflow = "drop_newest" if never_pause else "block"
+        if overflow not in POLICIES:
+            raise ValueError(f"overflow must be one of {', '.join(POLICIES)}, not {overflow!r}")
+        if overflow == "block" and never_pause:
+            raise ValueError(
+                "overflow='block' would stop a permission-class group from reading, leaving "
+                "permission events in the kernel's queue with no deadline: use "
+                "overflow='drop_newest' or 'drop_oldest' (dropped events get the default verdict)"
+            )
         if rule.path_pattern is not None and not fan.resolve_paths:
             raise ValueError(
                 f"rule {rule.name!r} has a path_pattern but the group does not resolve "
@@ -664,9 +710,20 @@ class FanotifyClient:
         marker = self._marker()
         if marker is not None:
             return marker
-        ev = self._queue.get_nowait()
+        try:
+            ev = self._queue.get_nowait()
+        except ClosedResourceError:
+            raise self._closed_error() from None
         self._received += 1
+        if self._error is not None:
+            self._close_if_drained()
         return ev
+
+    def _close_if_drained(self) -> None:
+        # After a group failure nothing more arrives: once the queue (and the
+        # hold list, which refills it) is empty, waiters learn of the failure.
+        if not len(self._queue) and not self._held:
+            self._queue.close()
 
     async def get(self) -> FanotifyData:
         """The next event (or drop marker); the caller owns it.
@@ -685,6 +742,8 @@ class FanotifyClient:
         except ClosedResourceError:
             raise self._closed_error() from None
         self._received += 1
+        if self._error is not None:
+            self._close_if_drained()
         return ev
 
     def __aiter__(self) -> AsyncIterator[FanotifyData]:
@@ -697,6 +756,8 @@ class FanotifyClient:
         try:
             ev = await self.get()
         except ClosedResourceError:
+            if self._error is not None:
+                raise  # the group failed: say so instead of ending quietly
             raise StopAsyncIteration from None
         self._iter_last = ev
         return ev
@@ -742,7 +803,7 @@ class FanotifyClient:
 
 
 def connect(
-    fan: Fanotify, rule: FanoRule, *, maxsize: int = DEFAULT_MAXSIZE, overflow: str = "block"
+    fan: Fanotify, rule: FanoRule, *, maxsize: int = DEFAULT_MAXSIZE, overflow: str | None = None
 ) -> FanotifyClient:
     """Connect ``rule`` to ``fan``; see :meth:`afanotify.Fanotify.connect`."""
     return FanotifyClient(fan, rule, maxsize=maxsize, overflow=overflow)

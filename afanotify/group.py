@@ -780,9 +780,12 @@ class Fanotify:
         rule: FanoRule,
         *,
         maxsize: int = _client.DEFAULT_MAXSIZE,
-        overflow: Literal["block", "drop_oldest", "drop_newest"] = "block",
+        overflow: Literal["block", "drop_oldest", "drop_newest"] | None = None,
     ) -> FanotifyClient:
         """Connect ``rule``; returns a :class:`~afanotify.FanotifyClient` for its events.
+
+        ``overflow`` defaults to ``"block"`` (``"drop_newest"`` in a
+        CLASS_CONTENT/PRE_CONTENT group, which never stops reading).
 
         See :mod:`afanotify.client` for fan-out, descriptors and overflow.
 

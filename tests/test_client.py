@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from afanotify import (
     ClientOverflow,
@@ -466,3 +468,121 @@ async def test_permission_primary_is_first_matching_client_in_connect_order(
     ev.close()
     late.close()
     early_star.close()
+
+
+async def test_permission_class_group_never_blocks() -> None:
+    from afanotify import InitFlag
+
+    async with Fanotify(InitFlag.CLASS_CONTENT, maxsize=1) as fan:
+        c = fan.connect(FanoRule("c", ev_types=OPEN), maxsize=1)
+        assert c.overflow == "drop_newest"
+        with pytest.raises(ValueError, match="no deadline"):
+            FanotifyClient(fan, ev_types=OPEN, overflow="block")
+        with pytest.raises(WouldBlock):
+            fan.receive_nowait()  # the group's own queue is a consumer now
+        fan._deliver([synth(f"/d/{i}", fd=True) for i in range(3)])
+        assert not fan._paused
+        assert fan.dispatch_stats.group_dropped == 2
+        st = c.stats
+        assert st.queued == 1 and st.dropped == 2 and st.held == 0
+        fan.receive_nowait().close()
+        c.close()
+
+
+async def test_group_failure_delivers_queued_events_then_errors(fan: Fanotify) -> None:
+    fan._ensure_reader()
+    c = fan.connect(FanoRule("c", ev_types=OPEN), maxsize=1)
+    fan._deliver([synth("/d/1"), synth("/d/2")])  # one queued, one held (block)
+    fan._fail(OSError(5, "Input/output error"))
+    assert (await c.get()).path == "/d/1"
+    assert c.get_nowait().path == "/d/2"
+    with pytest.raises(ClosedResourceError, match="failed"):
+        await c.get()
+    assert c.stats.received == 2
+    c.close()
+
+
+async def test_group_failure_ends_clients_with_an_error(fan: Fanotify) -> None:
+    c = fan.connect(FanoRule("c", ev_types=OPEN))
+
+    async def consume() -> None:
+        async for _ in c:
+            pass
+
+    task = asyncio.ensure_future(consume())
+    await asyncio.sleep(0.01)
+    fan._fail(OSError(5, "Input/output error"))
+    with pytest.raises(ClosedResourceError, match="failed"):
+        await asyncio.wait_for(task, 2)
+    with pytest.raises(ClosedResourceError, match="failed"):
+        c.get_nowait()
+
+
+# -- the dispatcher's shortcuts agree with the rules ----------------------
+
+_PATTERNS = ["/a/*", "/a/b/*", "/a/b/c", "*/c", "/b/+(c|d)", "/a/?", "!(/a/*)", "/a/b*"]
+_rule_st = st.builds(
+    dict,
+    pids=st.lists(st.sampled_from([1, 2, 3]), max_size=2),
+    ev_types=st.sampled_from([0, OPEN, CW, OPEN | CW]),
+    path_pattern=st.none() | st.sampled_from(_PATTERNS),
+    exe_pattern=st.none() | st.sampled_from(["*/cat", "/bin/*"]),
+)
+_event_st = st.builds(
+    dict,
+    pid=st.sampled_from([1, 2, 3, 4]),
+    ev_types=st.sampled_from([OPEN, CW, MODIFY, OPEN | CW, int(Event.RENAME)]),
+    path=st.none() | st.sampled_from(["/a/b/c", "/a/x", "/b/c", "/a/b", "/c", "/a/bz"]),
+    exe=st.none() | st.sampled_from(["/bin/cat", "/usr/bin/cat", "/bin/ls"]),
+    old_path=st.none() | st.sampled_from(["/a/b/c", "/b/d"]),
+    cwd=st.just("/"),  # with cwd known, the dispatcher does not read /proc
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(_rule_st, min_size=1, max_size=6), st.lists(_event_st, max_size=12))
+def test_dispatch_equals_matching_each_rule(
+    rule_kws: list[dict[str, Any]], event_kws: list[dict[str, Any]]
+) -> None:
+    rules = []
+    for i, kw in enumerate(rule_kws):
+        try:
+            rules.append(FanoRule(f"r{i}", **kw))
+        except ValueError:
+            continue  # no criterion
+    # range_offset tags each event, since fan-out copies are new objects.
+    events = [FanotifyData(range_offset=i, **kw) for i, kw in enumerate(event_kws)]
+
+    async def run() -> dict[str, list[int | None]]:
+        async with Fanotify() as fan:
+            clients = [fan.connect(r, maxsize=100) for r in rules]
+            fan._deliver(events[: len(events) // 2])
+            fan._deliver(events[len(events) // 2:])  # the cache is warm now
+            return {c.rule.name: [e.range_offset for e in drain(c)] for c in clients}
+
+    got = asyncio.run(run())
+    want = {r.name: [e.range_offset for e in events if r.matches(e)] for r in rules}
+    assert got == want
+
+
+async def test_group_close_during_async_dispatch_releases_everything() -> None:
+    never = asyncio.Event()
+
+    async def stuck(e: FanotifyData) -> bool:
+        await never.wait()
+        return True
+
+    fan = Fanotify()
+    try:
+        c = fan.connect(FanoRule("stuck", predicate=stuck, pass_fd=True))
+        evs = [synth(fd=True) for _ in range(3)]
+        fan._deliver(evs)
+        await asyncio.sleep(0.01)
+        task = fan._clients._task
+        assert task is not None and not task.done()
+    finally:
+        await fan.aclose()
+    assert all(e.closed and not fd_open(e.fd) for e in evs)
+    assert c.closed
+    await asyncio.sleep(0)
+    assert task.cancelled()

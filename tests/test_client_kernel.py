@@ -13,7 +13,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from helpers import sh
+from helpers import open_fd_count, sh
 
 from afanotify import (
     ClientOverflow,
@@ -299,3 +299,34 @@ def test_pid_reuse_is_detected_with_pidfd(tmpfs: Path) -> None:
     live = out["live"]
     assert live["pid"] == live["c"] and live["pidfd_ok"]
     assert live["exe"] == os.path.realpath(sys.executable)
+
+
+async def test_pass_fd_fan_out_gives_each_client_its_own_fd(tmpfs: Path) -> None:
+    target = tmpfs / "f"
+    target.write_text("x")
+    baseline = open_fd_count()
+
+    async def is_target(e: FanotifyData) -> bool:
+        await asyncio.sleep(0)
+        return e.path == str(target)
+
+    async with Fanotify() as fan:
+        fan.mark(tmpfs, CNW, "mount")
+        p1 = fan.connect(FanoRule("p1", ev_types=CNW, pass_fd=True))
+        p2 = fan.connect(FanoRule("p2", predicate=is_target, pass_fd=True))  # async predicate
+        plain = fan.connect(FanoRule("plain", ev_types=CNW))
+        assert sh(f"cat {target} > /dev/null").returncode == 0
+        e1 = await asyncio.wait_for(p1.get(), 5)
+        e2 = await asyncio.wait_for(p2.get(), 5)
+        e3 = await asyncio.wait_for(plain.get(), 5)
+        assert e1.path == e2.path == e3.path == str(target)
+        assert e1.fd >= 0 and e2.fd >= 0 and e1.fd != e2.fd and e3.fd == -1
+        st = os.stat(target)
+        for e in (e1, e2):
+            fst = os.fstat(e.fd)
+            assert (fst.st_dev, fst.st_ino) == (st.st_dev, st.st_ino)
+        e1.close()
+        assert os.read(e2.fd, 1) == b"x"  # still open: p2 owns its own descriptor
+        e2.close()
+        e3.close()
+    assert open_fd_count() == baseline
