@@ -63,6 +63,11 @@ _FIDREFS_AT = ffi.offsetof("struct afn_event", "fid")
 # path_off and path_len of struct afn_event.
 _PATHREF = struct.Struct("=Ii")
 _PATHREF_AT = ffi.offsetof("struct afn_event", "path_off")
+# What the common shapes need, in one unpack: the first seven fields,
+# path_off and path_len, then the fid and dfid parts as in _FIDREFS.
+_SHAPE = struct.Struct(
+    f"=QIIiiII{_PATHREF_AT - _HEAD.size}xIi{_FIDREFS_AT - _PATHREF_AT - _PATHREF.size}xII8xIIII"
+)
 # As os.fsdecode(), without its Python-level call per path.
 _FS_ENCODING = sys.getfilesystemencoding()
 _FS_ERRORS = sys.getfilesystemencodeerrors()
@@ -400,20 +405,20 @@ class Decoder:
         events: list[FanotifyData] = []
         errors: list[ParseError] = []
         out = self._out_mv
-        head = _HEAD.unpack_from
         full = EVENT.unpack_from
-        fidpart = _FIDREFS.unpack_from
         append = events.append
         perm = _PERM
-        pathref = _PATHREF.unpack_from
         arena = self._arena_buf
         text = self._arena_text() if resolve else None
         dirs: dict[bytes, FileHandle] = {}
+        shape = _SHAPE.unpack_from
         for pos in range(0, count * _SIZE, _SIZE):
-            mask, off, event_len, fd, pid, status, has = head(out, pos)
+            (
+                mask, off, event_len, fd, pid, status, has, path_off, path_len,
+                fid_rec, fid_len, dfid_rec, dfid_len, name_off, name_len,
+            ) = shape(out, pos)  # fmt: skip
             if resolve and fd >= 0 and not (status or has):
                 # fd mode with paths resolved in C: the common shape there.
-                path_off, path_len = pathref(out, pos + _PATHREF_AT)
                 if path_len >= 0:
                     end = path_off + path_len
                     if text is not None:
@@ -444,9 +449,6 @@ class Decoder:
                 continue
             if fd == FAN_NOFD and has and not (status or resolve or has & ~_FID_SHAPE):
                 # The common FID-group shape: a DFID_NAME record, maybe a FID.
-                fid_rec, fid_len, dfid_rec, dfid_len, name_off, name_len = fidpart(
-                    out, pos + _FIDREFS_AT
-                )
                 dfid = None
                 if has & _HAS_DFID:
                     # Events of one batch mostly share a few directories: one
