@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 
 from .exceptions import UnsupportedFlagError
 from .flags import Event, InitFlag, MarkFlag
@@ -61,6 +62,31 @@ def _newer(flags: int, table: dict[InitFlag, str] | dict[MarkFlag, str] | dict[E
     return ", ".join(parts)
 
 
+def _running() -> str:
+    return os.uname().release
+
+
+def _single_flags(flags: InitFlag) -> list[InitFlag]:
+    return [f for f in InitFlag if f.value and not f.value & (f.value - 1) and flags & f.value]
+
+
+def _rejected_init_message(culprit: InitFlag) -> str:
+    """The message for flags the kernel rejected: one flag, or two it will not combine."""
+    parts = []
+    for f in _single_flags(culprit):
+        ver = INIT_FLAG_VERSIONS.get(f)
+        parts.append(f"InitFlag.{f.name}" + (f" (added in Linux {ver})" if ver else ""))
+    if len(parts) == 1:
+        return (
+            f"this kernel (Linux {_running()}) rejects {parts[0]}: upgrade the kernel or "
+            "leave the flag out (see afanotify.features())"
+        )
+    return (
+        f"this kernel (Linux {_running()}) rejects {' together with '.join(parts)}: "
+        "the kernel does not allow these flags in one group; leave one of them out"
+    )
+
+
 def init_error(exc: OSError, flags: int, culprit: InitFlag | None) -> OSError:
     """Rewrite a fanotify_init failure."""
     code = exc.errno
@@ -68,16 +94,14 @@ def init_error(exc: OSError, flags: int, culprit: InitFlag | None) -> OSError:
         return PermissionError(code, f"fanotify_init {_NEEDS_ROOT}")
     if code == errno.EINVAL:
         if culprit is not None:
-            ver = INIT_FLAG_VERSIONS.get(culprit)
-            since = f", added in Linux {ver}" if ver else ""
-            return UnsupportedFlagError(
-                code,
-                f"this kernel rejects InitFlag.{culprit.name}{since}: "
-                "upgrade the kernel or leave the flag out (see afanotify.features())",
-            )
+            return UnsupportedFlagError(code, _rejected_init_message(culprit))
         newer = _newer(flags, INIT_FLAG_VERSIONS)
         hint = f"; flags newer than 2.6.37 in use: {newer}" if newer else ""
-        return OSError(code, f"fanotify_init rejected the flag combination {flags:#x}{hint}")
+        return OSError(
+            code,
+            f"fanotify_init rejected the flag combination {flags:#x} on Linux "
+            f"{_running()}{hint}",
+        )
     if code == errno.EMFILE:
         return OSError(
             code,
@@ -121,6 +145,22 @@ def mark_error(exc: OSError, path: str | None, flags: int, mask: int) -> OSError
             "or this event type",
             path,
         )
+    if code == errno.EISDIR and flags & MarkFlag.IGNORE == MarkFlag.IGNORE:
+        return IsADirectoryError(
+            code,
+            f"cannot add an ignore mask (ignore_style='new') to{where}: on a directory, "
+            "mount or filesystem the kernel requires it to survive modification: pass "
+            "survive_modify=True (and Event.ONDIR to ignore the directory's own events)",
+            path,
+        )
+    if code == errno.EEXIST:
+        return FileExistsError(
+            code,
+            f"cannot update the mark on{where}: it was made with different flags, and the "
+            "kernel refuses to mix an evictable mark with a non-evictable one, or "
+            "ignore_style='new' with 'old'; remove the mark first (unmark) or keep its flags",
+            path,
+        )
     if code == errno.ENOSPC:
         return OSError(
             code, "too many marks for this user (fs.fanotify.max_user_marks)", path
@@ -134,8 +174,8 @@ def mark_error(exc: OSError, path: str | None, flags: int, mask: int) -> OSError
         )
         return UnsupportedFlagError(
             code,
-            f"the kernel rejected marking{where} with flags {flags:#x} and events "
-            f"{mask:#x}{hint}",
+            f"this kernel (Linux {_running()}) rejected marking{where} with flags "
+            f"{flags:#x} and events {mask:#x}{hint}",
             path,
         )
     return exc

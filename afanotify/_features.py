@@ -14,6 +14,7 @@ import tempfile
 from dataclasses import dataclass, field
 
 from . import _ffi
+from ._errors import init_error
 from .flags import Event, InitFlag, MarkFlag
 
 __all__ = ["Features", "features"]
@@ -89,7 +90,7 @@ def features() -> Features:
     try:
         fd = _ffi.fanotify_init(_BASE, os.O_RDONLY)
     except OSError as exc:
-        return Features(False, f"fanotify_init failed: {exc.strerror}")
+        return Features(False, str(init_error(exc, _BASE, None)))
     os.close(fd)
 
     init_flags = set()

@@ -99,11 +99,18 @@ class HandleResolver:
 
     A cached directory path goes stale if the directory is renamed; the
     group calls :meth:`invalidate` when it sees a directory move or delete.
+
+    ``open_by_handle_at`` needs CAP_DAC_READ_SEARCH, which an unprivileged
+    FID group lacks.  So the handle of every marked object is also recorded
+    with its path (``name_to_handle_at`` needs no privilege); such a handle
+    resolves to that path as long as the path still has that handle.
     """
 
     def __init__(self, cache_size: int = 4096) -> None:
         self._mounts: dict[tuple[int, int], int] = {}
         self._cache: OrderedDict[tuple[tuple[int, int], int, bytes], str] = OrderedDict()
+        #: Marked objects: handle key -> the path they were marked by.
+        self._marked: dict[tuple[tuple[int, int], int, bytes], str] = {}
         self._cache_size = cache_size
         # The last handle resolved through the cache, by identity: the batch
         # decoder hands out one FileHandle object per distinct directory in a
@@ -114,20 +121,40 @@ class HandleResolver:
         self.misses = 0
 
     def add_mount(self, path: str | bytes, *, dont_follow: bool = False) -> None:
-        """Keep an O_PATH fd on ``path``'s filesystem, keyed by its fsid."""
-        # open_by_handle_at() refuses O_PATH descriptors (EBADF), so the
-        # mount fd is a real (non-blocking, in case of a FIFO) read-only open.
-        flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (os.O_NOFOLLOW if dont_follow else 0)
-        fd = os.open(path, flags)
+        """Record the handle of the marked ``path``, and keep an fd on the top
+        directory of its filesystem, keyed by fsid.
+
+        The fd is opened on the highest directory above ``path`` that is still
+        on the same device (the mount's root), never on the marked object:
+        an open fd on a marked file would keep its inode alive, so its
+        DELETE_SELF would never come, and it would make the group open (and
+        see) every file it marks.
+        """
+        p = os.path.abspath(os.fsdecode(path))
+        if not dont_follow:
+            p = os.path.realpath(p)
+        fd = os.open(p, os.O_PATH | os.O_CLOEXEC | (os.O_NOFOLLOW if dont_follow else 0))
         try:
-            fsid = _ffi.fsid_of_fd(fd)
+            fsid = _ffi.fsid_of_fd(fd)  # fstatfs works on O_PATH descriptors
+        finally:
+            os.close(fd)
+        try:
+            htype, handle, _mnt = _ffi.name_to_handle(_ffi.lib.AT_FDCWD, p)
         except OSError:
-            os.close(fd)
-            raise
-        if fsid in self._mounts:
-            os.close(fd)
+            pass  # paths then come from open_by_handle_at alone
         else:
-            self._mounts[fsid] = fd
+            self._marked[(fsid, htype, handle)] = p
+        if fsid in self._mounts:
+            return
+        # open_by_handle_at() refuses O_PATH descriptors (EBADF), so this is a
+        # real read-only open of a directory.
+        try:
+            mount_fd = os.open(_fs_top(p, dont_follow), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            if fsid in {k[0] for k in self._marked}:
+                return  # marked objects still resolve
+            raise
+        self._mounts[fsid] = mount_fd
 
     def resolve(self, handle: FileHandle, *, cache: bool = True) -> str | None:
         """The current path of ``handle``'s object, or None if it cannot be opened."""
@@ -143,6 +170,18 @@ class HandleResolver:
                 self._last, self._last_path = handle, hit
                 return hit
         self.misses += 1
+        path = self._open_path(handle)
+        if path is None:
+            return self._marked_path(key)
+        if cache:
+            self._cache[key] = path
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+            if self._cache_size:
+                self._last, self._last_path = handle, path
+        return path
+
+    def _open_path(self, handle: FileHandle) -> str | None:
         mount_fd = self._mounts.get(handle.fsid)
         if mount_fd is None:
             return None
@@ -154,15 +193,18 @@ class HandleResolver:
             path, resolved = fd_path(fd)
         finally:
             os.close(fd)
-        if path is None or not resolved:
+        return path if resolved else None
+
+    def _marked_path(self, key: tuple[tuple[int, int], int, bytes]) -> str | None:
+        """The path a marked object was marked by, if it still names that object."""
+        path = self._marked.get(key)
+        if path is None:
             return None
-        if cache:
-            self._cache[key] = path
-            if len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
-            if self._cache_size:
-                self._last, self._last_path = handle, path
-        return path
+        try:
+            htype, handle, _mnt = _ffi.name_to_handle(_ffi.lib.AT_FDCWD, path)
+        except OSError:
+            return None
+        return path if (htype, handle) == key[1:] else None
 
     def invalidate(self) -> None:
         """Forget every cached directory path."""
@@ -174,5 +216,24 @@ class HandleResolver:
         mounts, self._mounts = self._mounts, {}
         for fd in mounts.values():
             os.close(fd)
+        self._marked.clear()
         self._cache.clear()
         self._last = None
+
+
+def _fs_top(path: str | bytes, dont_follow: bool) -> str:
+    """The highest directory above ``path`` on the same device (its mount's root)."""
+    p = os.path.abspath(os.fsdecode(path))
+    if (dont_follow and os.path.islink(p)) or not os.path.isdir(p):
+        p = os.path.dirname(p)
+    p = os.path.realpath(p)
+    dev = os.stat(p).st_dev
+    while p != "/":
+        parent = os.path.dirname(p)
+        try:
+            if os.stat(parent).st_dev != dev:
+                break
+        except OSError:
+            break
+        p = parent
+    return p

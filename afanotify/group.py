@@ -13,6 +13,7 @@ import asyncio
 import errno as _errno
 import logging
 import os
+import resource
 import warnings
 from collections.abc import AsyncIterator
 from typing import Any, Literal, NamedTuple, Union
@@ -69,6 +70,10 @@ _ONDIR = int(Event.ONDIR)
 _DEFAULT_EVENT_FLAGS = os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_LARGEFILE", 0)
 #: Reads per readiness callback, so one busy group cannot starve the loop.
 _READS_PER_WAKEUP = 8
+#: The smallest event: metadata only.
+_MIN_EVENT_LEN = 24
+#: Seconds to wait before reading again after the kernel ran out of fds for us.
+_FD_RETRY_DELAY = 0.05
 
 
 class GroupStatistics(NamedTuple):
@@ -92,18 +97,21 @@ class GroupStatistics(NamedTuple):
     defaulted: int
     #: Events waiting in the group's own queue.
     queued: int
+    #: Events the kernel dropped because it could not open their fd in this
+    #: process (EMFILE/ENFILE: the open-file limit was reached).
+    lost: int = 0
 
 
 class _Counters:
     __slots__ = (
         "events_read", "events_delivered", "overflows", "parse_errors", "own_events", "reads",
-        "bytes_read", "defaulted",
+        "bytes_read", "defaulted", "lost",
     )
 
     def __init__(self) -> None:
         self.events_read = self.events_delivered = self.overflows = 0
         self.parse_errors = self.own_events = self.reads = self.bytes_read = 0
-        self.defaulted = 0
+        self.defaulted = self.lost = 0
 
 
 def _check_int(name: str, value: object) -> int:
@@ -199,6 +207,8 @@ class Fanotify:
         self._own_tids: set[int] = {self._pid}
         self._buf = bytearray(buffer_size)
         self._fast = _fast_decoder(buffer_size)
+        self._fd_budget = _fd_budget(flags)
+        self._max_event_len = _max_event_len(flags)
         self._resolver = HandleResolver(handle_cache_size)
         self._counters = _Counters()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -241,7 +251,7 @@ class Fanotify:
         c = self._counters
         return GroupStatistics(
             c.events_read, c.events_delivered, c.overflows, c.parse_errors, c.own_events,
-            c.reads, c.bytes_read, c.defaulted, len(self._queue),
+            c.reads, c.bytes_read, c.defaulted, len(self._queue), c.lost,
         )
 
     def __repr__(self) -> str:
@@ -440,6 +450,8 @@ class Fanotify:
         self._paused = True
 
     def _resume(self) -> None:
+        if self._error is not None:
+            return  # a failed group never reads again
         if self._held or self._clients.holds_reader:
             return  # a consumer still has no room (or async dispatch runs)
         self._paused = False
@@ -451,22 +463,64 @@ class Fanotify:
         for _ in range(_READS_PER_WAKEUP):
             if self._closed or self._paused:
                 return
+            size = self._read_size()
+            if size == 0:
+                self._pause()  # the consumer holds enough fds; _refill resumes
+                return
             try:
-                n = os.readv(self._fd, (self._buf,))
+                n = os.readv(self._fd, (memoryview(self._buf)[:size],))
             except BlockingIOError:
                 return
             except InterruptedError:
                 continue
             except OSError as exc:
-                self._fail(exc)
+                if exc.errno in (_errno.EMFILE, _errno.ENFILE):
+                    self._out_of_fds(exc)
+                else:
+                    self._fail(exc)
                 return
             if n <= 0:
                 return
             self._counters.reads += 1
             self._counters.bytes_read += n
             self._handle_batch(memoryview(self._buf)[:n])
-            if n < len(self._buf) // 2:
+            if n < size // 2:
                 return
+
+    def _read_size(self) -> int:
+        """How many bytes the next read may ask for.
+
+        Every event read in fd mode is a new descriptor in this process (two
+        with REPORT_PIDFD), and the kernel *drops* an event whose fd it cannot
+        install (EMFILE; a permission event is denied), silently when it is
+        not the first of the read.  So fd-carrying reads ask for no more
+        events than there is room for in the queue and in an fd budget
+        derived from RLIMIT_NOFILE (24 bytes is the smallest event), but at
+        least for the largest single event (else the kernel fails with EINVAL).
+        """
+        full = len(self._buf)
+        if self._fd_budget is None:
+            return full
+        room = min(self._queue.maxsize, self._fd_budget) - len(self._queue) - len(self._held)
+        if room <= 0:
+            return 0
+        return min(full, max(self._max_event_len, room * _MIN_EVENT_LEN))
+
+    def _out_of_fds(self, exc: OSError) -> None:
+        # The kernel destroyed the event it could not open an fd for; the
+        # rest stay queued in the kernel.  Count and log it, and read again
+        # once the consumer has released an event or after a pause.
+        lost = self._counters.lost = self._counters.lost + 1
+        if not lost & (lost - 1):  # 1, 2, 4, 8, ...: logged, but not once per event
+            log.warning(
+                "the kernel dropped a fanotify event: no descriptor left for it (%s; %d "
+                "so far); close events sooner, lower maxsize, or raise the open-file "
+                "limit (ulimit -n)",
+                exc.strerror, lost,
+            )
+        self._pause()
+        if self._loop is not None:
+            self._loop.call_later(_FD_RETRY_DELAY, self._resume)
 
     def read_batch(self) -> list[FanotifyData]:
         """Read once from the kernel and return the events (resolved), without queueing.
@@ -687,7 +741,10 @@ class Fanotify:
         log.error("reading the fanotify group failed: %s", exc)
         self._error = exc
         self._pause()
-        self._queue.close()
+        # Events already read are still delivered; the consumer gets the
+        # error once they are gone (see _refill).
+        if not len(self._queue) and not self._held:
+            self._queue.close()
         self._clients.fail(exc)
 
     # -- consuming -------------------------------------------------------
@@ -734,8 +791,13 @@ class Fanotify:
             taken = self._queue.put_many(held)
             self._counters.events_delivered += taken
             del held[:taken]
-            if not held and self._paused:
-                self._resume()
+        if held:
+            return
+        if self._error is not None:
+            if not len(self._queue):
+                self._queue.close()  # drained: the next receive reports the error
+        elif self._paused:
+            self._resume()
 
     def __aiter__(self) -> AsyncIterator[FanotifyData]:
         return self
@@ -762,13 +824,15 @@ class Fanotify:
             except (WouldBlock, ClosedResourceError):
                 pass
             else:
-                if self._held:
+                if self._held or self._paused or self._error is not None:
                     self._refill()
                 self._iter_last = ev
                 return ev
         try:
             ev = await self.receive()
         except ClosedResourceError:
+            if self._error is not None:
+                raise  # a failed read ends the iteration loudly, not as if closed
             raise StopAsyncIteration from None
         self._iter_last = ev
         return ev
@@ -926,6 +990,28 @@ _set_exe = _setter("exe")
 _set_cwd = _setter("cwd")
 _set_group = _setter("_group")
 _set_owns = _setter("_owns")
+def _fd_budget(flags: int) -> int | None:
+    """How many events carrying fds the group may hold at once (None: no fds)."""
+    fd_mode = not flags & FID_INIT_FLAGS
+    per_event = int(fd_mode) + int(bool(flags & InitFlag.REPORT_PIDFD))
+    if not per_event:
+        return None
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 20
+    # Half the limit, so the application keeps the other half.
+    return max(16, soft // 2 // per_event)
+
+
+def _max_event_len(flags: int) -> int:
+    """The largest single event this group can read (the least a read may ask for)."""
+    if flags & FID_INIT_FLAGS:
+        return 4096  # handles and names: two FID+name records fit easily
+    # metadata, then a PIDFD record (8 bytes), a RANGE record (24, PRE_ACCESS)
+    size = _MIN_EVENT_LEN + 24
+    if flags & InitFlag.REPORT_PIDFD:
+        size += 8
+    return size
 
 
 def _join(directory: str, name: str | None) -> str:
@@ -947,23 +1033,37 @@ def _open_group(flags: int, event_flags: int) -> int:
 
 
 def _find_rejected_init_flag(flags: int, event_flags: int) -> InitFlag | None:
-    """Which single flag makes fanotify_init fail with EINVAL on its own, if any."""
+    """Which flag, or pair of flags, makes fanotify_init fail with EINVAL, if any.
+
+    A single flag the kernel rejects on its own (too old a kernel) is returned
+    alone; otherwise the first pair the kernel refuses to combine (e.g.
+    REPORT_MNT with REPORT_FID) is returned as the two bits together.
+    """
     base = flags & (InitFlag.NONBLOCK | InitFlag.CLOEXEC)
-    for flag in InitFlag:
-        if not flag.value or flag.value & (flag.value - 1) or not flags & flag.value:
-            continue
-        if flag in (InitFlag.NONBLOCK, InitFlag.CLOEXEC):
-            continue
-        probe = base | flag.value
-        if flag == InitFlag.REPORT_NAME:
+    singles = [
+        flag for flag in InitFlag
+        if flag.value and not flag.value & (flag.value - 1) and flags & flag.value
+        and flag not in (InitFlag.NONBLOCK, InitFlag.CLOEXEC)
+    ]
+
+    def rejected(probe: int) -> bool:
+        # The kernel requires these companions; they are in ``flags`` too.
+        if probe & InitFlag.REPORT_NAME:
             probe |= InitFlag.REPORT_DIR_FID
-        if flag == InitFlag.REPORT_TARGET_FID:
+        if probe & InitFlag.REPORT_TARGET_FID:
             probe |= InitFlag.REPORT_DFID_NAME_TARGET
         try:
-            fd = _ffi.fanotify_init(probe, event_flags)
+            fd = _ffi.fanotify_init(base | probe, event_flags)
         except OSError as exc:
-            if exc.errno == _errno.EINVAL:
-                return flag
-            continue
+            return exc.errno == _errno.EINVAL
         os.close(fd)
+        return False
+
+    for flag in singles:
+        if rejected(flag.value):
+            return flag
+    for i, first in enumerate(singles):
+        for second in singles[i + 1:]:
+            if rejected(first.value | second.value):
+                return first | second
     return None

@@ -49,3 +49,10 @@ def ext4() -> Iterator[Path]:
     finally:
         _umount(mnt)
         shutil.rmtree(os.path.dirname(image), ignore_errors=True)
+
+
+@pytest.fixture(params=["tmpfs", "ext4"])
+def anyfs(request: pytest.FixtureRequest) -> Path:
+    """Each test using this runs twice: on a private tmpfs and on a loop-mounted ext4."""
+    path: Path = request.getfixturevalue(request.param)
+    return path

@@ -1,0 +1,74 @@
+"""examples/watch_dir.py runs, prints the events of another process, and exits 0 on Ctrl-C."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import sh
+
+pytestmark = pytest.mark.kernel
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "watch_dir.py"
+
+
+async def _line(stream: asyncio.StreamReader, seen: list[str], *want: str) -> str:
+    """Read lines until one contains every string in ``want`` (10 s deadline)."""
+    async def read() -> str:
+        while True:
+            raw = await stream.readline()
+            if not raw:
+                raise AssertionError(f"output ended before {want!r}: {seen!r}")
+            line = raw.decode().rstrip("\n")
+            seen.append(line)
+            if all(w in line for w in want):
+                return line
+
+    return await asyncio.wait_for(read(), 10)
+
+
+@pytest.mark.parametrize(
+    ("args", "expect"),
+    [((), "CLOSE_WRITE"), (("--fid",), "CREATE")],
+    ids=["fd", "fid"],
+)
+async def test_watch_dir_prints_events_and_exits_on_sigint(
+    tmpfs: Path, args: tuple[str, ...], expect: str
+) -> None:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(EXAMPLE), *args, str(tmpfs),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    seen: list[str] = []
+    try:
+        await _line(proc.stdout, seen, "watching")  # the mark exists from here on
+        assert sh(f"touch {tmpfs}/hello").returncode == 0
+        # OPEN may come first, or merged with the close: wait for the line with ``expect``.
+        line = await _line(proc.stdout, seen, f" {tmpfs}/hello ", expect)
+        assert expect in line.split()[0].split("|"), seen
+        assert line.endswith(")") and "(pid " in line
+        proc.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
+        err = await proc.stderr.read()
+        assert b"Traceback" not in err, err.decode()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_watch_dir_rejects_a_missing_directory(tmpfs: Path) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(EXAMPLE), str(tmpfs / "missing"),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
+    _out, err = await asyncio.wait_for(proc.communicate(), 10)
+    assert proc.returncode == 2 and b"not a directory" in err
