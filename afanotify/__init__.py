@@ -27,13 +27,21 @@ from .flags import Response as Response
 from .flags import evt_to_str as evt_to_str
 from .group import Fanotify as Fanotify
 from .group import GroupStatistics as GroupStatistics
+from .permission import ALLOW as ALLOW
+from .permission import DENY as DENY
+from .permission import AuditRule as AuditRule
+from .permission import PermissionStatistics as PermissionStatistics
+from .permission import Verdict as Verdict
 from .rules import FanoRule as FanoRule
 
 __version__ = "0.1.0"
 
 __all__ = (
+    "ALLOW",
+    "DENY",
     "AfanotifyError",
     "AlreadyAnsweredError",
+    "AuditRule",
     "ClientOverflow",
     "ClientStatistics",
     "ClosedResourceError",
@@ -51,9 +59,11 @@ __all__ = (
     "MarkFlag",
     "MetadataVersionError",
     "ParseError",
+    "PermissionStatistics",
     "Response",
     "TruncatedEventError",
     "UnsupportedFlagError",
+    "Verdict",
     "WouldBlock",
     "__version__",
     "evt_to_str",

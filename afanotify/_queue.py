@@ -131,8 +131,11 @@ class EventQueue:
     def _drop(self, event: FanotifyData) -> None:
         if self._on_drop is not None:
             self._on_drop(event)
-        else:
-            event.close()
+            return
+        if not event.answered and event._group is not None:
+            # Answer at once, and count it as a drop (close() would count a release).
+            event._group._answer_default(event, "dropped")
+        event.close()
 
     def _wake_one(self) -> None:
         while self._waiters:
@@ -166,10 +169,8 @@ class EventQueue:
         :raises ClosedResourceError: if the queue is closed and empty
         """
         while True:
-            try:
+            if self._items or self._closed:
                 return self.get_nowait()
-            except WouldBlock:
-                pass
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._waiters.append(fut)
             try:

@@ -501,6 +501,8 @@ class _Dispatcher:
                 # As the group does for its own queue in a permission group:
                 # drop, answering a permission event with the default verdict.
                 self.group_dropped += 1
+                if ev._owns & UNANSWERED:
+                    g._answer_default(ev, "dropped")
                 ev.close()
                 log.warning(
                     "the group's own queue is full (maxsize=%d): dropped an event (%d so far)",
@@ -674,7 +676,10 @@ class FanotifyClient:
 
     def _on_drop(self, ev: FanotifyData) -> None:
         self._unreported += 1
-        ev.close()  # answers a dropped permission event with the default verdict
+        if ev._owns & UNANSWERED:
+            # The default verdict goes out now (counted as a drop), then the fd.
+            self._fan._answer_default(ev, "dropped")
+        ev.close()
 
     def _on_space(self) -> None:
         held = self._held
@@ -715,6 +720,8 @@ class FanotifyClient:
         except ClosedResourceError:
             raise self._closed_error() from None
         self._received += 1
+        if ev._owns & UNANSWERED:
+            self._fan._perm.received_by(ev)  # answered at once if this task dies
         if self._error is not None:
             self._close_if_drained()
         return ev
@@ -742,6 +749,8 @@ class FanotifyClient:
         except ClosedResourceError:
             raise self._closed_error() from None
         self._received += 1
+        if ev._owns & UNANSWERED:
+            self._fan._perm.received_by(ev)  # answered at once if this task dies
         if self._error is not None:
             self._close_if_drained()
         return ev

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .flags import PERM_EVENTS, Event
+
+if TYPE_CHECKING:
+    from .permission import AuditRule, Verdict
 
 __all__ = ["FileHandle", "FanotifyData", "OWN_FD", "OWN_PIDFD", "UNANSWERED"]
 
@@ -128,6 +131,70 @@ class FanotifyData:
         """True unless this is a permission event still waiting for a verdict."""
         return not self._owns & UNANSWERED
 
+    # -- permission verdicts (docs/permissions.md) -------------------------
+    #
+    # The write is a non-blocking write(2) to the group fd, so the ``*_nowait``
+    # forms do all the work and the async forms exist for symmetry.  The logic
+    # lives in afanotify/permission.py.
+
+    def allow_nowait(self, *, audit: bool = False, audit_rule: AuditRule | None = None) -> None:
+        """Let the operation proceed (FAN_ALLOW); call on the group's loop thread.
+
+        :param audit: also write an audit record (needs InitFlag.ENABLE_AUDIT).
+        :param audit_rule: an :class:`~afanotify.AuditRule` sent with FAN_INFO.
+        :raises ValueError: if this is not a permission event, or the group
+            cannot send this verdict (nothing is written then)
+        :raises AlreadyAnsweredError: if the event was answered before
+        :raises ClosedResourceError: if the group closed (it answered the event then)
+        """
+        self._group_for_answer()._respond(self, True, None, audit, audit_rule)
+
+    def deny_nowait(
+        self, errno: int | None = None, *, audit: bool = False,
+        audit_rule: AuditRule | None = None,
+    ) -> None:
+        """Refuse the operation: the process gets EPERM, or ``errno``.
+
+        :param errno: FAN_DENY_ERRNO (PRE_CONTENT groups, Linux 6.14): one of
+            EPERM, EIO, EBUSY, ETXTBSY, EAGAIN, ENOSPC, EDQUOT.
+        :raises: as :meth:`allow_nowait`
+        """
+        self._group_for_answer()._respond(self, False, errno, audit, audit_rule)
+
+    def respond_nowait(self, verdict: Verdict) -> None:
+        """Write a :class:`~afanotify.Verdict`.
+
+        :raises: as :meth:`allow_nowait`
+        """
+        self._group_for_answer()._respond_verdict(self, verdict)
+
+    async def allow(self, *, audit: bool = False, audit_rule: AuditRule | None = None) -> None:
+        """``await event.allow()``: see :meth:`allow_nowait`."""
+        self.allow_nowait(audit=audit, audit_rule=audit_rule)
+
+    async def deny(
+        self, errno: int | None = None, *, audit: bool = False,
+        audit_rule: AuditRule | None = None,
+    ) -> None:
+        """``await event.deny(errno=None, audit=False)``: see :meth:`deny_nowait`."""
+        self.deny_nowait(errno, audit=audit, audit_rule=audit_rule)
+
+    async def respond(self, verdict: Verdict) -> None:
+        """``await event.respond(verdict)``: see :meth:`respond_nowait`."""
+        self.respond_nowait(verdict)
+
+    def _group_for_answer(self) -> Any:
+        if not self.ev_types & _PERM_BITS:
+            raise ValueError(
+                f"{self.events!r} is not a permission event: there is nothing to answer"
+            )
+        if self._group is None:
+            raise ValueError(
+                "this event was not read by a Fanotify group (or was answered at once as the "
+                "group's own): there is nothing to answer"
+            )
+        return self._group
+
     # -- ownership -------------------------------------------------------
 
     def detach_fd(self) -> int:
@@ -136,10 +203,16 @@ class FanotifyData:
         For a permission event, answer it first: the kernel needs the fd
         number to match the response.
 
-        :raises ValueError: if the event has no fd or it was already released
+        :raises ValueError: if the event has no fd or it was already released,
+            or is a permission event not answered yet
         """
         if not self._owns & OWN_FD:
             raise ValueError("the event owns no fd: it had none, or it was closed or detached")
+        if self._owns & UNANSWERED:
+            raise ValueError(
+                "answer a permission event before taking its fd: the response is matched "
+                "to the event by the fd number"
+            )
         object.__setattr__(self, "_owns", self._owns & ~OWN_FD)
         return self.fd
 

@@ -26,7 +26,7 @@ from ._proc import HandleResolver, fd_path, process_info
 from ._queue import EventQueue
 from .client import DispatchStatistics, FanotifyClient
 from .events import OWN_FD, UNANSWERED, FanotifyData
-from .exceptions import AlreadyAnsweredError, ClosedResourceError, ParseError, WouldBlock
+from .exceptions import ClosedResourceError, ParseError, WouldBlock
 from .flags import (
     CLASS_BITS,
     FID_EVENTS,
@@ -38,6 +38,18 @@ from .flags import (
     InitFlag,
     MarkFlag,
     Response,
+)
+from .permission import (
+    AT_CLOSE,
+    DROPPED,
+    RELEASED,
+    AuditRule,
+    PermissionHandler,
+    PermissionStatistics,
+    PermissionTracker,
+    Verdict,
+    Watchdog,
+    check_timeout,
 )
 from .rules import FanoRule
 
@@ -61,6 +73,8 @@ _ALL_EVENTS = 0
 for _e in Event:
     _ALL_EVENTS |= _e.value
 _PERM = int(PERM_EVENTS)
+_ALLOW = int(Response.ALLOW)
+_DENY = int(Response.DENY)
 _OVERFLOW = int(Event.Q_OVERFLOW)
 _DIR_CHANGE = int(
     Event.MOVED_FROM | Event.MOVED_TO | Event.RENAME | Event.DELETE_SELF | Event.MOVE_SELF
@@ -93,7 +107,8 @@ class GroupStatistics(NamedTuple):
     reads: int
     #: Bytes read.
     bytes_read: int
-    #: Permission events answered with the default verdict (deadline, error, close).
+    #: Permission events answered with the default verdict (deadline, error, close);
+    #: :attr:`Fanotify.permission_stats` breaks this down.
     defaulted: int
     #: Events waiting in the group's own queue.
     queued: int
@@ -105,13 +120,13 @@ class GroupStatistics(NamedTuple):
 class _Counters:
     __slots__ = (
         "events_read", "events_delivered", "overflows", "parse_errors", "own_events", "reads",
-        "bytes_read", "defaulted", "lost",
+        "bytes_read", "lost",
     )
 
     def __init__(self) -> None:
         self.events_read = self.events_delivered = self.overflows = 0
         self.parse_errors = self.own_events = self.reads = self.bytes_read = 0
-        self.defaulted = self.lost = 0
+        self.lost = 0
 
 
 def _check_int(name: str, value: object) -> int:
@@ -140,6 +155,11 @@ class Fanotify:
     :param handle_cache_size: directory handles kept resolved (FID modes).
     :param default_response: the verdict for permission events nobody answers
         in time, or whose handler fails, or that are pending at close.
+    :param permission_timeout: seconds a permission event may wait for its
+        verdict; then the group answers ``default_response`` (see docs/permissions.md).
+    :param watchdog: in a permission group, run a thread that answers for the
+        event loop when it stops reading or answering for ``permission_timeout``
+        (a blocked loop cannot keep its own deadlines).
     :raises TypeError: for arguments of the wrong type
     :raises ValueError: for impossible flag combinations
     :raises PermissionError: without CAP_SYS_ADMIN (for non-FID groups)
@@ -158,6 +178,8 @@ class Fanotify:
         buffer_size: int = 256 * 1024,
         handle_cache_size: int = 4096,
         default_response: Response | int = Response.ALLOW,
+        permission_timeout: float = 5.0,
+        watchdog: bool = True,
     ) -> None:
         self._fd = -1
         self._closed = True
@@ -167,6 +189,7 @@ class Fanotify:
         buffer_size = _check_int("buffer_size", buffer_size)
         handle_cache_size = _check_int("handle_cache_size", handle_cache_size)
         default_response = _check_int("default_response", default_response)
+        permission_timeout = check_timeout(permission_timeout)
         if flags & ~_ALL_INIT:
             raise ValueError(f"flags has bits no InitFlag names: {flags & ~_ALL_INIT:#x}")
         if flags & CLASS_BITS == CLASS_BITS:
@@ -216,8 +239,13 @@ class Fanotify:
         self._paused = False
         self._queue = EventQueue(maxsize, "block", on_space=self._resume)
         self._iter_last: FanotifyData | None = None
-        #: Permission events handed out and not yet answered, by event fd.
-        self._pending: dict[int, FanotifyData] = {}
+        #: Permission events read and not yet answered, their deadlines and verdicts.
+        self._perm = PermissionTracker(self, permission_timeout, self.default_response)
+        #: A CONTENT or PRE_CONTENT group never stops reading: a permission
+        #: event left in the kernel's queue would have no deadline.
+        self._perm_class = bool(flags & CLASS_BITS)
+        self._use_watchdog = bool(watchdog)
+        self._watchdog: Watchdog | None = None
         #: Events read while the queue was full, in order (block policy).
         self._held: list[FanotifyData] = []
         self._error: BaseException | None = None
@@ -251,8 +279,18 @@ class Fanotify:
         c = self._counters
         return GroupStatistics(
             c.events_read, c.events_delivered, c.overflows, c.parse_errors, c.own_events,
-            c.reads, c.bytes_read, c.defaulted, len(self._queue), c.lost,
+            c.reads, c.bytes_read, self._perm.defaulted, len(self._queue), c.lost,
         )
+
+    @property
+    def permission_stats(self) -> PermissionStatistics:
+        """Counters of permission verdicts: answered, defaulted and why, pending."""
+        return self._perm.statistics()
+
+    @property
+    def permission_timeout(self) -> float:
+        """Seconds a permission event may wait before the default verdict is written."""
+        return self._perm.timeout
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"fd={self._fd}"
@@ -296,6 +334,8 @@ class Fanotify:
         )
         mask = self._check_events(events, kind_flags=mflags, ignore=ignore)
         self._do_mark(mflags, mask, path, dirfd)
+        if mask & _PERM and not ignore and self._use_watchdog and self._watchdog is None:
+            self._watchdog = Watchdog(self, tick=min(0.25, self._perm.timeout / 4))
         if self._fid_mode and self.resolve_paths and not mflags & MARK_TYPE_BITS == MarkFlag.MNTNS:
             self._register_mount(path, dirfd, dont_follow)
 
@@ -442,6 +482,8 @@ class Fanotify:
         if not self._reading and not self._paused:
             loop.add_reader(self._fd, self._on_readable)
             self._reading = True
+            if len(self._perm):
+                self._perm.ensure_timer(loop)
 
     def _pause(self) -> None:
         if self._reading and self._loop is not None:
@@ -503,7 +545,9 @@ class Fanotify:
             return full
         room = min(self._queue.maxsize, self._fd_budget) - len(self._queue) - len(self._held)
         if room <= 0:
-            return 0
+            # A permission group never stops reading (a process waits on each
+            # event): one event at a time, answered at once if it does not fit.
+            return self._max_event_len if self._perm_class else 0
         return min(full, max(self._max_event_len, room * _MIN_EVENT_LEN))
 
     def _out_of_fds(self, exc: OSError) -> None:
@@ -574,7 +618,6 @@ class Fanotify:
         proc_info = self.proc_info
         pidfd_reported = bool(self.flags & InitFlag.REPORT_PIDFD)
         resolve = self._resolver.resolve
-        pending = self._pending
         for ev in events:
             mask = ev.ev_types
             if mask & _OVERFLOW:
@@ -586,8 +629,13 @@ class Fanotify:
                 pid = ev.pid
                 if pid in own or (pid_is_tid and self._is_own(pid)):
                     c.own_events += 1
-                    if mask & _PERM and ev.fd >= 0:
-                        self._write_response(ev, Response.ALLOW)
+                    if ev._owns & UNANSWERED:
+                        # Allow at once, so the agent can read the file it judges.
+                        object.__setattr__(ev, "_owns", ev._owns & ~UNANSWERED)
+                        try:
+                            _ffi.respond(self._fd, ev.fd, Response.ALLOW)
+                        except OSError as exc:
+                            log.error("could not allow own permission event: %s", exc)
                     ev.close()
                     continue
             # Enrich in place: nobody else has seen the event yet, so filling
@@ -628,8 +676,8 @@ class Fanotify:
                 _set_exe(ev, exe)
                 _set_cwd(ev, cwd)
             if ev._owns & UNANSWERED:
-                pending[fd] = ev
                 _set_group(ev, self)
+                self._perm.add(ev, self._loop)
             append(ev)
         return out
 
@@ -723,14 +771,49 @@ class Fanotify:
         log.error("dropped a malformed fanotify event: %s", err)
 
     def _deliver(self, events: list[FanotifyData]) -> None:
+        if self._perm.handler is not None:
+            events = self._dispatch_permission(events)
+            if not events:
+                return
         if self._clients.active:
             self._clients.dispatch(events)
             return
         taken = self._queue.put_many(events)
         self._counters.events_delivered += taken
         if taken < len(events):
-            # The queue is full: keep the rest for when it drains.
-            self._overflow_hold(events[taken:])
+            if self._perm_class:
+                self._overflow_drop(events[taken:])
+            else:
+                # The queue is full: keep the rest for when it drains.
+                self._overflow_hold(events[taken:])
+
+    def _dispatch_permission(self, events: list[FanotifyData]) -> list[FanotifyData]:
+        """Hand permission events to the ``on_permission`` handler; return the rest."""
+        rest: list[FanotifyData] = []
+        dispatch = self._perm.dispatch
+        for ev in events:
+            if ev._owns & UNANSWERED:
+                self._counters.events_delivered += 1
+                dispatch(ev)
+            else:
+                rest.append(ev)
+        return rest
+
+    def _overflow_drop(self, rest: list[FanotifyData]) -> None:
+        # A permission group keeps reading when its queue is full: what is
+        # read and does not fit is answered with the default verdict now
+        # (response first, then the fd is closed, then the log line).
+        perm = 0
+        for ev in rest:
+            if ev._owns & UNANSWERED:
+                perm += 1
+                self._answer_default(ev, DROPPED)
+            ev.close()
+        self._perm.queue_dropped += len(rest) - perm
+        log.warning(
+            "event queue full (maxsize=%d): dropped %d event(s), %d permission event(s) "
+            "answered %s", self._queue.maxsize, len(rest), perm, self.default_response.name,
+        )
 
     def _overflow_hold(self, rest: list[FanotifyData]) -> None:
         # Block policy: stop reading; events already read wait here in order.
@@ -764,6 +847,8 @@ class Fanotify:
         self._ensure_reader()
         self._consuming = True
         ev = self._queue.get_nowait()
+        if ev._owns & UNANSWERED:
+            self._perm.received_by(ev)
         self._refill()
         return ev
 
@@ -780,6 +865,8 @@ class Fanotify:
             if self._error is not None:
                 raise ClosedResourceError(f"the group failed: {self._error}") from self._error
             raise
+        if ev._owns & UNANSWERED:
+            self._perm.received_by(ev)
         self._refill()
         return ev
 
@@ -824,6 +911,8 @@ class Fanotify:
             except (WouldBlock, ClosedResourceError):
                 pass
             else:
+                if ev._owns & UNANSWERED:
+                    self._perm.received_by(ev)
                 if self._held or self._paused or self._error is not None:
                     self._refill()
                 self._iter_last = ev
@@ -872,34 +961,62 @@ class Fanotify:
 
     # -- permission responses -------------------------------------------
 
+    def on_permission(self, handler: PermissionHandler | None) -> PermissionHandler | None:
+        """Decide permission events with ``handler`` instead of the iterator.
+
+        ``handler(event)`` (a plain or ``async`` function) returns the verdict:
+        ``True``/``False``, a :class:`~afanotify.Verdict` or a ``Response``.  It
+        may instead answer with ``event.allow()``/``event.deny()`` and return
+        ``None``.  The group closes the event after the verdict.  If the
+        handler raises, returns something else, or is still running at the
+        deadline (it is then cancelled), the default verdict is written.
+        Other events still go to ``receive()``/``async for``.  A plain function
+        runs inside the reader callback: it must not block.  ``None`` removes
+        the handler.  Usable as a decorator; returns ``handler``.
+
+        :raises TypeError: if ``handler`` is not callable
+        """
+        if handler is not None and not callable(handler):
+            raise TypeError(f"handler must be callable, not {type(handler).__name__}")
+        self._perm.handler = handler
+        return handler
+
+    def answer_overdue(self) -> int:
+        """Answer permission events past their deadline; returns how many.
+
+        The event loop does this by itself.  Synchronous readers
+        (:meth:`read_batch` without a running loop) call it from their loop.
+        """
+        return self._perm.expire()
+
+    def _respond(
+        self, ev: FanotifyData, allowed: bool, errno: int | None, audit: bool,
+        audit_rule: AuditRule | None,
+    ) -> None:
+        if errno is None and not audit and audit_rule is None and ev.ev_types & _PERM:
+            # Plain allow or deny: valid for every permission group.
+            self._perm.write(ev, _ALLOW if allowed else _DENY)
+            return
+        self._perm.respond(ev, Verdict(allowed, errno, audit, audit_rule))
+
+    def _respond_verdict(self, ev: FanotifyData, verdict: Verdict) -> None:
+        self._perm.respond(ev, verdict)
+
     def _write_response(
         self, ev: FanotifyData, response: int, audit_rule: tuple[int, int, int] | None = None
     ) -> None:
-        """Write the verdict for ``ev`` and mark it answered.
+        """Write an encoded verdict for ``ev`` and mark it answered.
 
         :raises AlreadyAnsweredError: if ``ev`` was answered before
         """
-        owns = ev._owns
-        if not owns & UNANSWERED:
-            raise AlreadyAnsweredError(f"permission event fd={ev.fd} was already answered")
-        object.__setattr__(ev, "_owns", owns & ~UNANSWERED)
-        self._pending.pop(ev.fd, None)
-        if self._fd < 0:
-            return  # the kernel allowed it when the group fd closed
-        if audit_rule is None:
-            _ffi.respond(self._fd, ev.fd, response)
-        else:
-            _ffi.respond_audit(self._fd, ev.fd, response, *audit_rule)
+        rule = None if audit_rule is None else AuditRule(*audit_rule)
+        self._perm.write(ev, response, rule)
 
-    def _answer_default(self, ev: FanotifyData) -> None:
-        """Answer ``ev`` with the default verdict (called when it is closed unanswered)."""
-        if not ev._owns & UNANSWERED:
-            return
-        self._counters.defaulted += 1
-        try:
-            self._write_response(ev, self.default_response)
-        except OSError as exc:
-            log.error("could not answer permission event fd=%d: %s", ev.fd, exc)
+    def _answer_default(self, ev: FanotifyData, reason: str = RELEASED) -> None:
+        """Answer ``ev`` with the default verdict (when it is closed or dropped unanswered)."""
+        err = self._perm.answer_default(ev, reason)
+        if err is not None:
+            log.error("could not answer permission event fd=%d: %s", ev.fd, err)
 
     # -- closing ---------------------------------------------------------
 
@@ -911,10 +1028,16 @@ class Fanotify:
         """
         if self._closed:
             return
+        # 0. the watchdog thread must be gone before the fd number is freed
+        if self._watchdog is not None:
+            self._watchdog.stop()
+            self._watchdog = None
+        # 1. answer what is pending, and what is still in the kernel's queue,
+        #    while the fd is still open
+        self._perm.close()
+        if self._perm_class:
+            self._drain_kernel_queue()
         self._closed = True
-        # 1. answer what is pending, while the fd is still open
-        for ev in list(self._pending.values()):
-            self._answer_default(ev)
         left = self._queue.close() + self._held  # 2. wake the waiters
         left += self._clients.close_all()
         self._held = []
@@ -932,6 +1055,30 @@ class Fanotify:
             fd, self._fd = self._fd, -1
             self._resolver.close()
             os.close(fd)  # 4. the kernel allows whatever is still queued
+
+    def _drain_kernel_queue(self) -> None:
+        # Read what the kernel still queues and give its permission events the
+        # default verdict.  (Closing the fd would allow them regardless of
+        # default_response.)  Bounded: the kernel's queue is.
+        for _ in range(64):
+            try:
+                n = os.readv(self._fd, (self._buf,))
+            except OSError:
+                return
+            if n <= 0:
+                return
+            events, errors = parse_lenient(memoryview(self._buf)[:n], owned=True)
+            for err in errors:
+                self._bad_event(err)
+            for ev in events:
+                if ev._owns & UNANSWERED:
+                    object.__setattr__(ev, "_group", self)
+                    self._perm.add(ev, None)
+                    if self.ignore_own and self._is_own(ev.pid):
+                        self._write_response(ev, Response.ALLOW)
+                    else:
+                        self._answer_default(ev, AT_CLOSE)
+                ev.close()
 
     async def aclose(self) -> None:
         """Close the group (see :meth:`close`)."""

@@ -1,0 +1,770 @@
+"""Answering permission events: verdicts, deadlines, default answers, handlers.
+
+A process that touches a file marked for a permission event (OPEN_PERM,
+ACCESS_PERM, OPEN_EXEC_PERM, PRE_ACCESS) sleeps in the kernel until the group
+writes a ``struct fanotify_response`` for the event's fd, or until the group fd
+is closed.  Everything here exists so that a response is always written,
+exactly once, and soon:
+
+* every event read from the kernel gets a deadline (``permission_timeout``);
+  one timer, armed for the oldest pending event, answers the overdue ones with
+  the group's default verdict;
+* a handler that raises, a consumer task that is cancelled or fails, an event
+  closed or dropped unanswered, and the group closing all answer with the
+  default verdict at once;
+* the response is written before anything that can block (logging included)
+  and before the event's fd is closed: the kernel matches a response to its
+  event by the fd number.
+
+The deadline timer runs on the event loop, so a loop that blocks cannot keep
+it; for that case a :class:`Watchdog` thread answers instead.  Everything else
+here runs on the loop's thread, and a lock serialises answering between the
+two.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import select
+import threading
+import time
+import weakref
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NamedTuple, Union
+
+from . import _ffi
+from ._parser import parse_lenient
+from .events import UNANSWERED, FanotifyData
+from .exceptions import AlreadyAnsweredError, ClosedResourceError
+from .flags import CLASS_BITS, DENY_ERRNOS, InitFlag, Response
+
+if TYPE_CHECKING:
+    from .group import Fanotify
+
+__all__ = [
+    "AuditRule",
+    "PermissionHandler",
+    "PermissionStatistics",
+    "PermissionTracker",
+    "Verdict",
+    "Watchdog",
+    "ALLOW",
+    "DENY",
+    "to_verdict",
+    "encode_verdict",
+]
+
+log = logging.getLogger(__name__)
+
+_ALLOW = int(Response.ALLOW)
+_DENY = int(Response.DENY)
+_AUDIT = int(Response.AUDIT)
+_INFO = int(Response.INFO)
+_ERRNO_SHIFT = int(_ffi.lib.FAN_ERRNO_SHIFT)
+_ERRNO_MASK = int(_ffi.lib.FAN_ERRNO_MASK)
+_KNOWN_RESPONSE_BITS = _ALLOW | _DENY | _AUDIT | (_ERRNO_MASK << _ERRNO_SHIFT)
+_U32 = 0xFFFFFFFF
+
+
+class AuditRule(NamedTuple):
+    """A FAN_INFO audit-rule record sent with a response (Linux 6.3).
+
+    The audit subsystem logs it with the decision.  Trust values are
+    0 (no), 1 (yes) or 2 (unknown).
+    """
+
+    #: The number of the policy rule that decided.
+    rule_number: int
+    #: Whether the subject (the process) is trusted: 0, 1 or 2.
+    subj_trust: int = 2
+    #: Whether the object (the file) is trusted: 0, 1 or 2.
+    obj_trust: int = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """A decision for one permission event.
+
+    ``Verdict.allow()`` and ``Verdict.deny(errno=errno.EIO)`` build the usual
+    ones; :data:`ALLOW` and :data:`DENY` are ready-made.  A handler registered
+    with :meth:`Fanotify.on_permission` may return a Verdict, a bool, or a
+    :class:`~afanotify.Response` value.
+    """
+
+    #: True to let the operation proceed.
+    allowed: bool
+    #: With a denial: the errno the process sees instead of EPERM
+    #: (FAN_DENY_ERRNO; PRE_CONTENT groups only).
+    errno: int | None = None
+    #: Ask the kernel to write an audit record (FAN_AUDIT; needs InitFlag.ENABLE_AUDIT).
+    audit: bool = False
+    #: An audit-rule record to send with the response (FAN_INFO); implies ``audit``.
+    audit_rule: AuditRule | None = None
+
+    @staticmethod
+    def allow(*, audit: bool = False, audit_rule: AuditRule | None = None) -> Verdict:
+        """A verdict that lets the operation proceed."""
+        if not audit and audit_rule is None:
+            return ALLOW
+        return Verdict(True, None, audit, audit_rule)
+
+    @staticmethod
+    def deny(
+        errno: int | None = None, *, audit: bool = False, audit_rule: AuditRule | None = None
+    ) -> Verdict:
+        """A verdict that refuses the operation (EPERM, or ``errno``)."""
+        if errno is None and not audit and audit_rule is None:
+            return DENY
+        return Verdict(False, errno, audit, audit_rule)
+
+    def __repr__(self) -> str:
+        parts = ["allow" if self.allowed else "deny"]
+        if self.errno is not None:
+            parts.append(f"errno={self.errno}")
+        if self.audit:
+            parts.append("audit")
+        if self.audit_rule is not None:
+            parts.append(f"rule={self.audit_rule.rule_number}")
+        return f"Verdict({', '.join(parts)})"
+
+
+#: Let the operation proceed.
+ALLOW = Verdict(True)
+#: Refuse the operation with EPERM.
+DENY = Verdict(False)
+
+#: What a permission handler may return.
+VerdictLike = Union[Verdict, bool, Response, int]  # noqa: UP007 (runtime alias on 3.10)
+#: A permission handler: called with the event, returns (or resolves to) a verdict.
+PermissionHandler = Callable[[FanotifyData], Union[VerdictLike, Awaitable[Any], None]]  # noqa: UP007
+
+
+def to_verdict(value: object) -> Verdict:
+    """Turn a handler's return value into a :class:`Verdict`.
+
+    ``True``/``False`` allow/deny; a Verdict is kept; an int is read as
+    ``Response`` bits (ALLOW or DENY, optionally AUDIT and FAN_DENY_ERRNO bits).
+
+    :raises TypeError: for anything else (``None`` included: return a verdict)
+    :raises ValueError: for an int that is not a valid response
+    """
+    if isinstance(value, Verdict):
+        return value
+    if isinstance(value, bool):
+        return ALLOW if value else DENY
+    if isinstance(value, int):
+        return _from_response_bits(int(value))
+    raise TypeError(
+        f"a permission verdict must be a bool, Verdict or Response, not {type(value).__name__}"
+    )
+
+
+def _from_response_bits(value: int) -> Verdict:
+    if value & ~_KNOWN_RESPONSE_BITS or value < 0:
+        raise ValueError(
+            f"response {value:#x} has bits this library does not write "
+            "(use Verdict(..., audit_rule=AuditRule(...)) for FAN_INFO)"
+        )
+    access = value & (_ALLOW | _DENY)
+    if access not in (_ALLOW, _DENY):
+        raise ValueError(f"response {value:#x} must contain exactly one of ALLOW and DENY")
+    err = (value >> _ERRNO_SHIFT) & _ERRNO_MASK
+    if err and access == _ALLOW:
+        raise ValueError(f"response {value:#x} carries an errno but allows: only DENY may")
+    return Verdict(access == _ALLOW, err or None, bool(value & _AUDIT))
+
+
+def encode_verdict(verdict: Verdict, group_flags: int) -> tuple[int, AuditRule | None]:
+    """The ``response`` word (and audit record) to write for ``verdict``.
+
+    Checks the combination against the group's flags first, so that nothing
+    invalid is written (the kernel would reject it with EINVAL and the process
+    would keep waiting).
+
+    :raises ValueError: naming the problem and the fix
+    """
+    response = _ALLOW if verdict.allowed else _DENY
+    if verdict.errno is not None:
+        if verdict.allowed:
+            raise ValueError("errno is only meaningful when denying: use Verdict.deny(errno=...)")
+        if group_flags & CLASS_BITS != InitFlag.CLASS_PRE_CONTENT:
+            raise ValueError(
+                "deny(errno=...) needs a group created with InitFlag.CLASS_PRE_CONTENT "
+                "(FAN_DENY_ERRNO, Linux 6.14); other groups can only deny with EPERM"
+            )
+        if isinstance(verdict.errno, bool) or verdict.errno not in DENY_ERRNOS:
+            raise ValueError(
+                f"errno {verdict.errno!r} cannot be returned by a permission response; "
+                "use one of EPERM, EIO, EBUSY, ETXTBSY, EAGAIN, ENOSPC, EDQUOT"
+            )
+        response |= (verdict.errno & _ERRNO_MASK) << _ERRNO_SHIFT
+    rule = verdict.audit_rule
+    if verdict.audit or rule is not None:
+        if not group_flags & InitFlag.ENABLE_AUDIT:
+            raise ValueError(
+                "audit needs a group created with InitFlag.ENABLE_AUDIT (FAN_AUDIT)"
+            )
+        response |= _AUDIT
+    if rule is not None:
+        if not isinstance(rule, AuditRule):
+            raise TypeError(f"audit_rule must be an AuditRule, not {type(rule).__name__}")
+        for name, v in zip(rule._fields, rule, strict=True):
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= _U32:
+                raise ValueError(f"audit_rule.{name} must be an int in 0..2**32-1, got {v!r}")
+    return response, rule
+
+
+class PermissionStatistics(NamedTuple):
+    """A snapshot of a group's permission counters."""
+
+    #: Permission events read and not answered yet.
+    pending: int
+    #: Events answered ALLOW (by anyone, defaults included; own events excluded).
+    allowed: int
+    #: Events answered DENY (with or without an errno; defaults included).
+    denied: int
+    #: Events answered with the default verdict, for any of the reasons below.
+    defaulted: int
+    #: ... because their deadline passed.
+    timed_out: int
+    #: ... because the handler raised or returned something that is not a verdict.
+    handler_errors: int
+    #: ... because the task that received them was cancelled or failed.
+    abandoned: int
+    #: ... because a queue was full (the group's own, or a client's).
+    dropped: int
+    #: ... because they were closed unanswered (``event.close()``, iteration moved on).
+    released: int
+    #: ... because the group closed.
+    at_close: int
+    #: Handler verdicts that arrived after the deadline and were discarded.
+    late: int
+    #: Notification events dropped because a permission group's queue was full
+    #: (such a group keeps reading; see docs/permissions.md).
+    notifications_dropped: int
+    #: Permission events the watchdog thread answered because the event loop
+    #: did not read them in time (also counted in ``defaulted``).
+    stalled: int
+
+
+class _Entry:
+    """One pending permission event."""
+
+    __slots__ = ("event", "deadline", "task", "handler_task")
+
+    def __init__(self, event: FanotifyData, deadline: float) -> None:
+        self.event = event
+        self.deadline = deadline
+        #: The consumer task that received the event (``receive()`` / ``async for``).
+        self.task: asyncio.Task[Any] | None = None
+        #: The task running an async ``on_permission`` handler for it.
+        self.handler_task: asyncio.Task[Any] | None = None
+
+
+# Reasons an event was answered with the default verdict (PermissionStatistics fields).
+TIMED_OUT = "timed_out"
+STALLED = "stalled"
+HANDLER_ERROR = "handler_errors"
+ABANDONED = "abandoned"
+DROPPED = "dropped"
+RELEASED = "released"
+AT_CLOSE = "at_close"
+
+
+class PermissionTracker:
+    """The pending permission events of one group, their deadlines and verdicts.
+
+    Pending events are kept in a dict by fd, which is also arrival order.  As
+    every event gets the same timeout, arrival order is deadline order: one
+    timer armed for the oldest pending event is enough, and registering an
+    event costs a clock read and a dict insert.  An answered event leaves the
+    dict; a timer that fires early (its event was answered) re-arms for the
+    new oldest one.
+    """
+
+    def __init__(self, group: Fanotify, timeout: float, default: Response) -> None:
+        self._group = group
+        self.timeout = timeout
+        self.default = default
+        self._pending: dict[int, _Entry] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._watched_tasks: dict[asyncio.Task[Any], set[int]] = {}
+        self.handler: PermissionHandler | None = None
+        self.allowed = self.denied = self.late = self.queue_dropped = 0
+        self._reasons: dict[str, int] = dict.fromkeys(
+            (TIMED_OUT, HANDLER_ERROR, ABANDONED, DROPPED, RELEASED, AT_CLOSE, STALLED), 0
+        )
+        #: Serialises answering with the watchdog thread: whoever clears an
+        #: event's UNANSWERED bit writes its response before anyone else can
+        #: look at the event again.  Never held while user code runs.
+        self.lock = threading.RLock()
+
+    # -- bookkeeping ---------------------------------------------------
+
+    @property
+    def defaulted(self) -> int:
+        return sum(self._reasons.values())
+
+    def statistics(self) -> PermissionStatistics:
+        r = self._reasons
+        return PermissionStatistics(
+            len(self._pending), self.allowed, self.denied, self.defaulted, r[TIMED_OUT],
+            r[HANDLER_ERROR], r[ABANDONED], r[DROPPED], r[RELEASED], r[AT_CLOSE], self.late,
+            self.queue_dropped, r[STALLED],
+        )
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def pending_events(self) -> list[FanotifyData]:
+        with self.lock:
+            return [e.event for e in self._pending.values()]
+
+    def add(self, ev: FanotifyData, loop: asyncio.AbstractEventLoop | None) -> None:
+        """Start the clock for a permission event just read from the kernel."""
+        entry = _Entry(ev, time.monotonic() + self.timeout)
+        with self.lock:
+            self._pending[ev.fd] = entry
+        if loop is not None:
+            self._loop = loop
+            if self._timer is None:
+                self._arm(entry.deadline)
+
+    def received_by(self, ev: FanotifyData) -> None:
+        """Note the task that took ``ev``: if it is cancelled or fails, ``ev`` is defaulted."""
+        entry = self._pending.get(ev.fd)
+        if entry is None or entry.event is not ev:
+            return
+        try:
+            task = asyncio.current_task()
+        except RuntimeError:
+            return
+        if task is None:
+            return
+        with self.lock:
+            if not ev._owns & UNANSWERED:
+                return
+            entry.task = task
+            fds = self._watched_tasks.get(task)
+            if fds is None:
+                fds = self._watched_tasks[task] = set()
+                task.add_done_callback(self._task_done)
+            fds.add(ev.fd)
+
+    def _forget(self, fd: int) -> _Entry | None:
+        entry = self._pending.pop(fd, None)
+        if entry is not None and entry.task is not None:
+            fds = self._watched_tasks.get(entry.task)
+            if fds is not None:
+                fds.discard(fd)
+        return entry
+
+    # -- answering -----------------------------------------------------
+
+    def respond(self, ev: FanotifyData, verdict: Verdict) -> None:
+        """Write ``verdict`` for ``ev``.
+
+        :raises ValueError: if ``ev`` is not a permission event or the verdict
+            does not suit the group (nothing is written then)
+        :raises AlreadyAnsweredError: if ``ev`` was answered before
+        :raises ClosedResourceError: if the group closed (it answered ``ev`` then)
+        :raises OSError: if the kernel rejects the response
+        """
+        if not ev.is_permission or ev.fd < 0:
+            raise ValueError(f"{ev.events!r} is not a permission event: there is nothing to answer")
+        response, rule = encode_verdict(verdict, self._group.flags)
+        self.write(ev, response, rule)
+
+    def write(self, ev: FanotifyData, response: int, rule: AuditRule | None = None) -> None:
+        """Write an encoded response and mark ``ev`` answered.
+
+        :raises AlreadyAnsweredError: if ``ev`` was answered before
+        """
+        with self.lock:
+            entry = self._write_locked(ev, response, rule)
+        if entry is not None and entry.handler_task is not None:
+            task, entry.handler_task = entry.handler_task, None
+            if task.done():
+                return
+            if asyncio._get_running_loop() is self._loop:
+                if task is not _current_task():
+                    task.cancel()
+            elif self._loop is not None and not self._loop.is_closed():
+                self._loop.call_soon_threadsafe(task.cancel)  # from the watchdog
+
+    def _write_locked(
+        self, ev: FanotifyData, response: int, rule: AuditRule | None
+    ) -> _Entry | None:
+        owns = ev._owns
+        if not owns & UNANSWERED:
+            if self._group.closed:
+                raise ClosedResourceError(
+                    f"permission event fd={ev.fd} was answered when its group closed"
+                )
+            raise AlreadyAnsweredError(
+                f"permission event fd={ev.fd} was already answered "
+                "(by you, or with the default verdict: deadline passed, handler failed, "
+                "or the event was closed or dropped)"
+            )
+        object.__setattr__(ev, "_owns", owns & ~UNANSWERED)
+        entry = self._forget(ev.fd)
+        if self._group._fd < 0:
+            return entry  # the kernel allowed it when the group fd closed
+        if response & _DENY:
+            self.denied += 1
+        else:
+            self.allowed += 1
+        if rule is None:
+            _ffi.respond(self._group._fd, ev.fd, response)
+        else:
+            _ffi.respond_audit(self._group._fd, ev.fd, response, *rule)
+        return entry
+
+    def answer_default(self, ev: FanotifyData, reason: str) -> OSError | None:
+        """Answer ``ev`` with the default verdict, if it is still unanswered.
+
+        Never raises; returns the OSError of a failed write for the caller to
+        log *after* it has answered everything it has to answer.
+        """
+        with self.lock:  # wait for a watchdog write in progress
+            if not ev._owns & UNANSWERED:
+                return None
+            self._reasons[reason] += 1
+            try:
+                self.write(ev, int(self.default))
+            except OSError as exc:
+                return exc
+        return None
+
+    def expire(self, now: float | None = None) -> int:
+        """Answer every event whose deadline has passed; returns how many."""
+        if now is None:
+            now = time.monotonic()
+        expired: list[FanotifyData] = []
+        with self.lock:
+            for entry in self._pending.values():
+                if entry.deadline > now:
+                    break
+                expired.append(entry.event)
+            if not expired:
+                return 0
+            errors = [self.answer_default(ev, TIMED_OUT) for ev in expired]
+        # Responses are written; now it is safe to spend time on logging.
+        log.warning(
+            "%d permission event(s) passed their %.3gs deadline: answered %s",
+            len(expired), self.timeout, self.default.name,
+        )
+        _log_write_errors(expired, errors)
+        return len(expired)
+
+    # -- the timer -----------------------------------------------------
+
+    def _arm(self, when: float) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        self._timer = loop.call_later(max(0.0, when - time.monotonic()), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._group.closed:
+            return
+        self.expire()
+        with self.lock:
+            head = next(iter(self._pending.values()), None)
+        if head is not None:
+            self._arm(head.deadline)
+
+    def ensure_timer(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Arm the timer for events read before the loop was known (sync reads)."""
+        self._loop = loop
+        if self._timer is None:
+            with self.lock:
+                head = next(iter(self._pending.values()), None)
+            if head is not None:
+                self._arm(head.deadline)
+
+    # -- tasks ---------------------------------------------------------
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        fds = self._watched_tasks.pop(task, None)
+        if not fds:
+            return
+        # A task that returns normally may have handed its events on; the
+        # deadline covers those.  One that was cancelled or failed cannot
+        # answer any more: answer for it now.
+        with self.lock:
+            if not task.cancelled() and task.exception() is None:
+                for fd in fds:
+                    entry = self._pending.get(fd)
+                    if entry is not None:
+                        entry.task = None
+                return
+            events = [self._pending[fd].event for fd in fds if fd in self._pending]
+            errors = [self.answer_default(ev, ABANDONED) for ev in events]
+        if events:
+            log.warning(
+                "consumer task %s ended (%s) holding %d unanswered permission event(s): "
+                "answered %s",
+                task.get_name(), "cancelled" if task.cancelled() else "failed", len(events),
+                self.default.name,
+            )
+        _log_write_errors(events, errors)
+
+    # -- the handler ---------------------------------------------------
+
+    def dispatch(self, ev: FanotifyData) -> None:
+        """Run the ``on_permission`` handler for ``ev`` (on the loop, from the reader)."""
+        handler = self.handler
+        assert handler is not None
+        try:
+            result = handler(ev)
+        except Exception as exc:
+            self._handler_failed(ev, exc)
+            return
+        if inspect.isawaitable(result):
+            entry = self._pending.get(ev.fd)
+            if entry is None or entry.event is not ev:
+                # Answered while the handler ran synchronously up to its first await.
+                _close_awaitable(result)
+                ev.close()
+                return
+            task = asyncio.ensure_future(result)
+            entry.handler_task = task
+            task.add_done_callback(lambda t, ev=ev: self._handler_done(ev, t))  # type: ignore[misc]
+            return
+        self._apply(ev, result)
+
+    def _handler_done(self, ev: FanotifyData, task: asyncio.Future[Any]) -> None:
+        if task.cancelled():
+            # Cancelled by a deadline, a close, or an answer written elsewhere.
+            if ev._owns & UNANSWERED:
+                err = self.answer_default(ev, HANDLER_ERROR)
+                if err is not None:
+                    _log_write_errors([ev], [err])
+            ev.close()
+            return
+        exc = task.exception()
+        if exc is not None:
+            self._handler_failed(ev, exc)
+            return
+        self._apply(ev, task.result())
+
+    def _apply(self, ev: FanotifyData, result: object) -> None:
+        if not ev._owns & UNANSWERED:
+            if result is not None:
+                self.late += 1
+                log.debug("discarded handler verdict %r for an event already answered", result)
+            ev.close()
+            return
+        try:
+            if result is True or result is False:
+                self.write(ev, _ALLOW if result else _DENY)
+            else:
+                self.respond(ev, to_verdict(result))
+        except (TypeError, ValueError) as exc:
+            self._handler_failed(ev, exc)
+            return
+        except OSError as exc:
+            ev.close()
+            log.error("could not answer permission event fd=%d: %s", ev.fd, exc)
+            return
+        ev.close()
+
+    def _handler_failed(self, ev: FanotifyData, exc: BaseException) -> None:
+        err = self.answer_default(ev, HANDLER_ERROR)
+        ev.close()
+        log.error(
+            "permission handler failed for %s (pid %d): answered %s",
+            ev.path, ev.pid, self.default.name, exc_info=exc,
+        )
+        if err is not None:
+            _log_write_errors([ev], [err])
+
+    # -- closing -------------------------------------------------------
+
+    def close(self) -> list[FanotifyData]:
+        """Answer everything pending (the group fd is still open); returns those events."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        events = self.pending_events()
+        handler_tasks = [
+            e.handler_task for e in self._pending.values() if e.handler_task is not None
+        ]
+        errors = [self.answer_default(ev, AT_CLOSE) for ev in events]
+        for task in handler_tasks:
+            if not task.done():
+                task.cancel()
+        if events:
+            log.info(
+                "group closed with %d pending permission event(s): answered %s",
+                len(events), self.default.name,
+            )
+        _log_write_errors(events, errors)
+        self._watched_tasks.clear()
+        return events
+
+
+class Watchdog:
+    """A thread that answers for an event loop that has stopped answering.
+
+    The deadline timer runs on the event loop, so a loop that blocks cannot
+    keep it.  The worst case is the agent's own: an ``open()`` of a marked
+    file on the loop's thread waits for a verdict only that loop could
+    write.  Every ``tick`` seconds this thread looks at two things, without
+    touching the loop:
+
+    * events the loop read whose deadline passed more than a tick ago (the
+      loop's timer did not fire): it answers them with the default verdict;
+    * the group fd: if it stayed readable for ``timeout`` seconds while the
+      loop did not read once, the loop is stalled (or nobody started
+      reading).  The thread then reads the waiting events itself, allows
+      the group's own ones and answers the rest with the default verdict.
+      Those events are not delivered: they are counted (``stalled``) and
+      logged.
+
+    The thread holds only a weak reference to the group between ticks, and
+    the group stops (and joins) it before closing its fd.
+    """
+
+    def __init__(self, group: Fanotify, tick: float) -> None:
+        self.tick = tick
+        self._ref = weakref.ref(group)
+        self._fd = group._fd
+        self._stop = threading.Event()
+        self._buf = bytearray(64 * 1024)
+        self._since: float | None = None
+        self._last_reads = -1
+        self._poll = select.poll()
+        self._poll.register(self._fd, select.POLLIN)
+        self._thread = threading.Thread(
+            target=self._run, name=f"afanotify-watchdog-fd{self._fd}", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread and wait for it (it never blocks for long)."""
+        self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.tick):
+            group = self._ref()
+            if group is None or group._fd < 0:
+                return
+            try:
+                self._check(group)
+            except Exception:
+                log.exception("the permission watchdog failed to check its group")
+            del group  # no strong reference while sleeping
+
+    def _check(self, group: Fanotify) -> None:
+        perm = group._perm
+        now = time.monotonic()
+        if perm._pending:
+            perm.expire(now - self.tick)
+        reads = group._counters.reads
+        if reads != self._last_reads or not self._readable():
+            self._last_reads = reads
+            self._since = None
+            return
+        if self._since is None:
+            self._since = now
+        elif now - self._since >= perm.timeout:
+            self._since = None
+            self._rescue(group, perm)
+
+    def _readable(self) -> bool:
+        try:
+            return bool(self._poll.poll(0))
+        except OSError:
+            return False
+
+    def _rescue(self, group: Fanotify, perm: PermissionTracker) -> None:
+        answered = own = 0
+        with perm.lock:
+            if self._stop.is_set() or group._fd < 0:
+                return
+            for _ in range(64):
+                try:
+                    n = os.readv(self._fd, (self._buf,))
+                except OSError:
+                    break
+                if n <= 0:
+                    break
+                events, errors = parse_lenient(
+                    memoryview(self._buf)[:n], owned=True, pid_is_tid=group._pid_is_tid,
+                    fd_error=group._fd_error,
+                )
+                for err in errors:
+                    group._bad_event(err)
+                for ev in events:
+                    if ev._owns & UNANSWERED:
+                        object.__setattr__(ev, "_owns", ev._owns & ~UNANSWERED)
+                        if group.ignore_own and group._is_own(ev.pid):
+                            response = _ALLOW
+                            own += 1
+                            group._counters.own_events += 1
+                        else:
+                            response = int(perm.default)
+                            perm._reasons[STALLED] += 1
+                            if response & _DENY:
+                                perm.denied += 1
+                            else:
+                                perm.allowed += 1
+                        answered += 1
+                        try:
+                            _ffi.respond(self._fd, ev.fd, response)
+                        except OSError as exc:
+                            log.error("watchdog could not answer fd=%d: %s", ev.fd, exc)
+                    ev.close()
+        if answered:
+            log.error(
+                "the event loop did not read its fanotify group for %.3gs: the watchdog "
+                "answered %d permission event(s) (%d of this process allowed, the rest %s)",
+                perm.timeout, answered, own, perm.default.name,
+            )
+
+
+def _current_task() -> asyncio.Task[Any] | None:
+    try:
+        return asyncio.current_task()
+    except RuntimeError:
+        return None
+
+
+def _close_awaitable(obj: object) -> None:
+    close = getattr(obj, "close", None)
+    if close is not None:
+        close()
+
+
+def _log_write_errors(events: list[FanotifyData], errors: list[OSError | None]) -> None:
+    for ev, err in zip(events, errors, strict=True):
+        if err is not None:
+            log.error("could not answer permission event fd=%d: %s", ev.fd, err)
+
+
+def check_timeout(value: object) -> float:
+    """Validate ``permission_timeout``.
+
+    :raises TypeError, ValueError: naming the argument
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(
+            f"permission_timeout must be a number of seconds, not {type(value).__name__}"
+        )
+    t = float(value)
+    if not 0 < t < 86400 * 365:
+        raise ValueError(
+            f"permission_timeout must be a positive, finite number of seconds, got {value!r}: "
+            "every permission event needs a deadline"
+        )
+    return t

@@ -1,0 +1,182 @@
+"""How much latency a permission check adds to open(2), against a C floor.
+
+    sudo PYTHONPATH=. python bench/bench_permission.py [--opens 20000] [--rounds 3]
+
+A child process (bench/perm_responder.c, built with gcc into a temporary
+directory at run time) opens one file on a private tmpfs N times and times
+each open(2).  The file is watched for FAN_OPEN_PERM by, in turn:
+
+* nobody (the baseline cost of open(2));
+* the same C program in responder mode: read, write FAN_ALLOW, close (the floor);
+* afanotify, in this process, in several styles (``async for`` + allow_nowait,
+  a plain ``on_permission`` handler, an async one).
+
+Reports p50/p99/mean per setup (median over rounds), then each afanotify
+setup's p50 and p99 as a ratio of the C responder's: of the whole open(2)
+latency, and of the latency added over the baseline.  Needs root (mount,
+fanotify).  Only ratios within one run mean anything on a shared machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from afanotify import Event, Fanotify, FanotifyData, InitFlag
+
+HERE = Path(__file__).resolve().parent
+
+
+def build(work: Path) -> Path:
+    exe = work / "perm_responder"
+    subprocess.run(
+        ["gcc", "-O2", "-Wall", "-o", str(exe), str(HERE / "perm_responder.c")], check=True
+    )
+    return exe
+
+
+async def run_opener(exe: Path, target: Path, n: int) -> tuple[int, int, int]:
+    proc = await asyncio.create_subprocess_exec(
+        str(exe), "open", str(target), str(n), stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 300)
+    if proc.returncode != 0:
+        raise RuntimeError(f"opener failed with status {proc.returncode}")
+    p50, p99, mean = (int(x) for x in out.split())
+    return p50, p99, mean
+
+
+Setup = Callable[[Path, Path, int], Awaitable[tuple[int, int, int]]]
+
+
+async def baseline(exe: Path, target: Path, n: int) -> tuple[int, int, int]:
+    return await run_opener(exe, target, n)
+
+
+async def c_responder(exe: Path, target: Path, n: int) -> tuple[int, int, int]:
+    proc = await asyncio.create_subprocess_exec(
+        str(exe), "respond", str(target), stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 10)
+        if line.strip() != b"ready":
+            raise RuntimeError("the C responder did not start")
+        return await run_opener(exe, target, n)
+    finally:
+        proc.terminate()
+        await proc.wait()
+
+
+def afanotify_setup(style: str, resolve_paths: bool = True) -> Setup:
+    async def run(exe: Path, target: Path, n: int) -> tuple[int, int, int]:
+        with Fanotify(InitFlag.CLASS_CONTENT, resolve_paths=resolve_paths) as fan:
+            fan.mark(target, Event.OPEN_PERM)
+            if style == "iter":
+                task = asyncio.create_task(_iterate(fan))
+            else:
+                fan.on_permission(_allow if style == "handler" else _allow_async)
+                task = asyncio.create_task(_iterate(fan))
+            try:
+                result = await run_opener(exe, target, n)
+            finally:
+                task.cancel()
+            st = fan.permission_stats
+            if st.allowed < n or st.defaulted:
+                raise RuntimeError(f"{style}: unexpected verdicts {st}")
+            return result
+
+    return run
+
+
+async def _iterate(fan: Fanotify) -> None:
+    async for ev in fan:
+        if not ev.answered:
+            ev.allow_nowait()
+
+
+def _allow(ev: FanotifyData) -> bool:
+    return True
+
+
+async def _allow_async(ev: FanotifyData) -> bool:
+    return True
+
+
+SETUPS: dict[str, Setup] = {
+    "baseline (no listener)": baseline,
+    "C responder": c_responder,
+    "afanotify async for + allow_nowait()": afanotify_setup("iter"),
+    "afanotify async for, resolve_paths=False": afanotify_setup("iter", resolve_paths=False),
+    "afanotify on_permission(sync fn)": afanotify_setup("handler"),
+    "afanotify on_permission(sync), no paths": afanotify_setup("handler", resolve_paths=False),
+    "afanotify on_permission(async fn)": afanotify_setup("async"),
+}
+
+
+async def main_async(opens: int, rounds: int) -> int:
+    if os.geteuid() != 0:
+        print("needs root: mounts a tmpfs and uses fanotify permission events", file=sys.stderr)
+        return 2
+    work = Path(tempfile.mkdtemp(prefix="afanotify-bench-perm-"))
+    mnt = work / "mnt"
+    mnt.mkdir()
+    mounted = False
+    try:
+        exe = build(work)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "bench-perm", str(mnt)],
+                       check=True)
+        mounted = True
+        target = mnt / "file"
+        target.write_bytes(b"x")
+        results: dict[str, list[tuple[int, int, int]]] = {name: [] for name in SETUPS}
+        for setup in SETUPS.values():  # warm-up, not reported
+            await setup(exe, target, min(opens, 500))
+        for _ in range(rounds):  # interleaved, so drift hits every setup alike
+            for name, setup in SETUPS.items():
+                results[name].append(await setup(exe, target, opens))
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(mnt)], check=False)
+        shutil.rmtree(work, ignore_errors=True)
+
+    med = {
+        name: tuple(statistics.median(r[i] for r in rs) for i in range(3))
+        for name, rs in results.items()
+    }
+    print(f"open(2) latency, {opens} opens x {rounds} rounds (median of rounds), ns")
+    print(f"{'setup':42} {'p50':>8} {'p99':>8} {'mean':>8}")
+    for name, (p50, p99, mean) in med.items():
+        print(f"{name:42} {p50:8.0f} {p99:8.0f} {mean:8.0f}")
+    base = med["baseline (no listener)"]
+    floor = med["C responder"]
+    print()
+    print("ratio to the C responder: whole open(2) | added over baseline")
+    print(f"{'setup':42} {'p50':>7} {'p99':>7} | {'p50':>7} {'p99':>7}")
+    for name, m in med.items():
+        if not name.startswith("afanotify"):
+            continue
+        whole = [m[i] / floor[i] for i in (0, 1)]
+        added = [(m[i] - base[i]) / max(1.0, floor[i] - base[i]) for i in (0, 1)]
+        print(f"{name:42} {whole[0]:6.2f}x {whole[1]:6.2f}x | {added[0]:6.2f}x {added[1]:6.2f}x")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--opens", type=int, default=20000, help="opens per setup and round")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args(argv)
+    return asyncio.run(main_async(args.opens, args.rounds))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

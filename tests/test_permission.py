@@ -1,0 +1,646 @@
+"""Permission events against the kernel: verdicts, deadlines, and every default path.
+
+Each test marks a file on a private tmpfs (or the ext4 fixture for PRE_ACCESS)
+and lets a child process open, read or execute it.  The child times its own
+system call and reports the errno and the elapsed time, so a test can assert
+both the verdict and that nobody waited past the deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _perm_helpers import child, drain, wait_for
+
+from afanotify import (
+    AlreadyAnsweredError,
+    AuditRule,
+    ClosedResourceError,
+    Event,
+    FanoRule,
+    Fanotify,
+    FanotifyData,
+    InitFlag,
+    Response,
+    Verdict,
+    WouldBlock,
+)
+
+pytestmark = [pytest.mark.kernel, pytest.mark.timeout(60)]
+
+CONTENT = InitFlag.CLASS_CONTENT
+PRE_CONTENT = InitFlag.CLASS_PRE_CONTENT
+
+@pytest.fixture
+async def make_group() -> AsyncIterator[Callable[..., Fanotify]]:
+    """Makes permission groups, and closes every one of them at teardown."""
+    made: list[Fanotify] = []
+
+    def make(flags: int = CONTENT, **kw: Any) -> Fanotify:
+        group = Fanotify(flags, **kw)
+        made.append(group)
+        return group
+
+    try:
+        yield make
+    finally:
+        for group in made:
+            group.close()
+
+
+def _file(root: Path, name: str, data: str = "content\n") -> Path:
+    p = root / name
+    p.write_text(data)
+    return p
+
+
+async def _consume(fan: Fanotify, decide: Callable[[FanotifyData], Verdict | bool]) -> None:
+    async for ev in fan:
+        verdict = decide(ev)
+        if isinstance(verdict, bool):
+            await (ev.allow() if verdict else ev.deny())
+        else:
+            await ev.respond(verdict)
+
+
+# -- verdicts for each permission event ------------------------------------------
+
+
+async def test_open_perm_allow_and_deny(tmpfs: Path, make_group: Callable[..., Fanotify]) -> None:
+    ok, bad = _file(tmpfs, "ok"), _file(tmpfs, "bad")
+    fan = make_group()
+    fan.mark(tmpfs, Event.OPEN_PERM | Event.EVENT_ON_CHILD)
+    seen: list[str | None] = []
+
+    def decide(ev: FanotifyData) -> bool:
+        seen.append(ev.path)
+        assert ev.events == Event.OPEN_PERM and ev.is_permission and not ev.answered
+        return ev.path != str(bad)
+
+    task = asyncio.create_task(_consume(fan, decide))
+    try:
+        r_ok = await child("open", ok)
+        r_bad = await child("open", bad)
+    finally:
+        task.cancel()
+    assert r_ok.errno == 0
+    assert r_bad.errno == errno.EPERM
+    assert seen == [str(ok), str(bad)]
+    st = fan.permission_stats
+    assert (st.allowed, st.denied, st.defaulted) == (1, 1, 0)
+
+
+async def test_access_perm_deny_read(tmpfs: Path, make_group: Callable[..., Fanotify]) -> None:
+    target = _file(tmpfs, "data")
+    fan = make_group()
+    fan.mark(target, Event.ACCESS_PERM)
+    task = asyncio.create_task(_consume(fan, lambda ev: False))
+    try:
+        result = await child("read", target)
+    finally:
+        task.cancel()
+    assert result.errno == errno.EPERM
+    assert fan.permission_stats.denied == 1
+
+
+async def test_open_exec_perm_deny(tmpfs: Path, make_group: Callable[..., Fanotify]) -> None:
+    prog = tmpfs / "true"
+    shutil.copy("/bin/true", prog)
+    prog.chmod(0o755)
+    fan = make_group()
+    fan.mark(prog, Event.OPEN_EXEC_PERM)
+    kinds: list[Event] = []
+
+    def decide(ev: FanotifyData) -> bool:
+        kinds.append(ev.events)
+        return False
+
+    task = asyncio.create_task(_consume(fan, decide))
+    try:
+        result = await child("exec", prog)
+    finally:
+        task.cancel()
+    assert result.errno == errno.EPERM
+    assert kinds == [Event.OPEN_EXEC_PERM]
+
+
+async def test_pre_access_range_and_deny_errno(
+    ext4: Path, make_group: Callable[..., Fanotify]
+) -> None:
+    target = _file(ext4, "hsm", "x" * 10000)
+    fan = make_group(PRE_CONTENT)
+    fan.mark(target, Event.PRE_ACCESS)
+    ranges: list[tuple[int | None, int | None]] = []
+
+    def decide(ev: FanotifyData) -> Verdict:
+        ranges.append((ev.range_offset, ev.range_count))
+        return Verdict.deny(errno=errno.EIO)
+
+    task = asyncio.create_task(_consume(fan, decide))
+    try:
+        result = await child("read", target)
+    finally:
+        task.cancel()
+    assert result.errno == errno.EIO
+    assert ranges and ranges[0][0] == 0 and (ranges[0][1] or 0) > 0
+
+
+@pytest.mark.parametrize("err", [errno.EAGAIN, errno.ENOSPC, errno.EPERM])
+async def test_pre_access_other_errnos(
+    ext4: Path, make_group: Callable[..., Fanotify], err: int
+) -> None:
+    target = _file(ext4, "hsm", "y" * 100)
+    fan = make_group(PRE_CONTENT)
+    fan.mark(target, Event.PRE_ACCESS)
+    task = asyncio.create_task(_consume(fan, lambda ev: Verdict.deny(errno=err)))
+    try:
+        result = await child("read", target)
+    finally:
+        task.cancel()
+    assert result.errno == err
+
+
+# -- answering rules ---------------------------------------------------------------
+
+
+async def test_second_answer_raises_and_bad_verdicts_write_nothing(
+    tmpfs: Path, make_group: Callable[..., Fanotify]
+) -> None:
+    target = _file(tmpfs, "f")
+    fan = make_group()
+    fan.mark(target, Event.OPEN_PERM)
+    run = asyncio.create_task(child("open", target))
+    ev = await asyncio.wait_for(fan.receive(), 10)
+    try:
+        with pytest.raises(ValueError, match="CLASS_PRE_CONTENT"):
+            ev.deny_nowait(errno.EIO)
+        with pytest.raises(ValueError, match="ENABLE_AUDIT"):
+            ev.allow_nowait(audit=True)
+        with pytest.raises(ValueError, match="ENABLE_AUDIT"):
+            ev.respond_nowait(Verdict.deny(audit_rule=AuditRule(7)))
+        assert not ev.answered  # nothing was written
+        with pytest.raises(ValueError, match="answer a permission event before"):
+            ev.detach_fd()
+        await ev.deny()
+        assert ev.answered
+        with pytest.raises(AlreadyAnsweredError):
+            await ev.allow()
+        with pytest.raises(AlreadyAnsweredError):
+            ev.deny_nowait()
+    finally:
+        ev.close()
+    assert (await run).errno == errno.EPERM
+
+
+async def test_audit_and_audit_rule(tmpfs: Path, make_group: Callable[..., Fanotify]) -> None:
+    a, b = _file(tmpfs, "a"), _file(tmpfs, "b")
+    fan = make_group(CONTENT | InitFlag.ENABLE_AUDIT)
+    fan.mark(tmpfs, Event.OPEN_PERM | Event.EVENT_ON_CHILD)
+
+    def decide(ev: FanotifyData) -> Verdict:
+        if ev.path == str(a):
+            return Verdict.allow(audit=True)
+        return Verdict.deny(audit_rule=AuditRule(42, subj_trust=1, obj_trust=0))
+
+    task = asyncio.create_task(_consume(fan, decide))
+    try:
+        ra = await child("open", a)
+        rb = await child("open", b)
+    finally:
+        task.cancel()
+    assert (ra.errno, rb.errno) == (0, errno.EPERM)
+
+
+async def test_event_fd_is_closed_after_response(
+    tmpfs: Path, make_group: Callable[..., Fanotify]
+) -> None:
+    target = _file(tmpfs, "f")
+    fan = make_group()
+    fan.mark(target, Event.OPEN_PERM)
+    run = asyncio.create_task(child("open", target))
+    ev = await asyncio.wait_for(fan.receive(), 10)
+    fd = ev.fd
+    os.fstat(fd)  # open while unanswered
+    ev.close()  # answers with the default first, then closes
+    assert ev.answered and ev.closed
+    with pytest.raises(OSError):
+        os.fstat(fd)
+    assert (await run).errno == 0
+    assert fan.permission_stats.released == 1
+
+
+# -- guarantees: every event is answered, before the deadline + 1 s ---------------
+
+TIMEOUT = 1.0
+
+
+@pytest.mark.parametrize("default", [Response.ALLOW, Response.DENY])
+async def test_handler_that_sleeps_forever_hits_the_deadline(
+    tmpfs: Path, make_group: Callable[..., Fanotify], default: Response
+) -> None:
+    target = _file(tmpfs, "f")
+    fan = make_group(permission_timeout=TIMEOUT, default_response=default)
+    fan.mark(target, Event.OPEN_PERM)
+    cancelled = asyncio.Event()
+
+    async def forever(ev: FanotifyData) -> bool:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return True
+
+    fan.on_permission(forever)
+    reader = asyncio.create_task(drain(fan))
+    try:
+        result = await child("open", target)
+    finally:
+        reader.cancel()
+    assert result.errno == (0 if default == Response.ALLOW else errno.EPERM)
+    assert TIMEOUT * 0.9 <= result.elapsed <= TIMEOUT + 1
+    await asyncio.wait_for(cancelled.wait(), 5)  # the late handler was cancelled
+    st = fan.permission_stats
+    assert (st.timed_out, st.defaulted, st.pending) == (1, 1, 0)
+    assert fan.stats.defaulted == 1
+
+
+async def test_consumer_that_never_answers_hits_the_deadline(
+    tmpfs: Path, make_group: Callable[..., Fanotify]
+) -> None:
+    target = _file(tmpfs, "f")
+    fan = make_group(permission_timeout=TIMEOUT, default_response=Response.DENY)
+    fan.mark(target, Event.OPEN_PERM)
+    held: list[FanotifyData] = []
+
+    async def hoard() -> None:
+        async for ev in fan:
+            held.append(ev)
+            await asyncio.sleep(3600)
+
+    task = asyncio.create_task(hoard())
+    try:
+        result = await child("open", target)
+    finally:
+        task.cancel()
+    assert result.errno == errno.EPERM
+    assert result.elapsed <= TIMEOUT + 1
+    assert held and held[0].answered
+    assert fan.permission_stats.timed_out == 1
+
+
+@pytest.mark.parametrize("style", ["sync", "async", "bad-return"])
+async def test_handler_that_raises_gets_default_at_once(
+    tmpfs: Path, make_group: Callable[..., Fanotify], caplog: pytest.LogCaptureFixture,
+    style: str,
+) -> None:
+    target = _file(tmpfs, "f")
+    fan = make_group(permission_timeout=30, default_response=Response.DENY)
+    fan.mark(target, Event.OPEN_PERM)
+
+    def sync_handler(ev: FanotifyData) -> bool:
+        raise RuntimeError("policy bug")
+
+    async def async_handler(ev: FanotifyData) -> bool:
+        await asyncio.sleep(0)
+        raise RuntimeError("policy bug")
+
+    def bad_return(ev: FanotifyData) -> Any:
+        return "yes"
+
+    handler = {"sync": sync_handler, "async": async_handler, "bad-return": bad_return}[style]
+    fan.on_permission(handler)
+    reader = asyncio.create_task(drain(fan))
+    with caplog.at_level(logging.ERROR, logger="afanotify.permission"):
+        try:
+            result = await child("open", target)
+        finally:
+            reader.cancel()
+    assert result.errno == errno.EPERM
+    assert result.elapsed < 5  # far before the 30 s deadline
+    assert fan.permission_stats.handler_errors == 1
+    assert any("permission handler failed" in r.message for r in caplog.records)
+
+
+async def test_cancelled_consumer_answers_what_it_holds(
+    tmpfs: Path, make_group: Callable[..., Fanotify]
+) -> None:
+    target = _file(tmpfs, "f")
+    fan = make_group(permission_timeout=30, default_response=Response.DENY)
+    fan.mark(target, Event.OPEN_PERM)
+    got = asyncio.Event()
+
+    async def consumer() -> None:
+        ev = await fan.receive()  # held, never answered nor closed
+        got.set()
+        await asyncio.sleep(3600)
+        ev.allow_nowait()
+
+    task = asyncio.create_task(consumer())
+    run = asyncio.create_task(child("open", target))
+    await asyncio.wait_for(got.wait(), 10)
+    task.cancel()
+    result = await run
+    assert result.errno == errno.EPERM
+    assert result.elapsed < 5
+    assert fan.permission_stats.abandoned == 1
+
+
+async def test_close_answers_three_waiting_processes(
+    tmpfs: Path, make_group: Callable[..., Fanotify]
+) -> None:
+    files = [_file(tmpfs, f"f{i}") for i in range(3)]
+    fan = make_group(permission_timeout=30, default_response=Response.DENY)
+    fan.mark(tmpfs, Event.OPEN_PERM | Event.EVENT_ON_CHILD)
+    held: list[FanotifyData] = []
+
+    async def hoard() -> None:
+        # receive(), not ``async for``: the iterator would release each event
+        # (default verdict) when it moves on to the next.
+        while True:
+            held.append(await fan.receive())
+
+    task = asyncio.create_task(hoard())
+    runs = [asyncio.create_task(child("open", f)) for f in files]
+    await wait_for(lambda: len(held) == 3)
+    await asyncio.sleep(0.2)
+    assert _blocked_children() == 3
+    await fan.aclose()
+    results = await asyncio.gather(*runs)
+    with pytest.raises(ClosedResourceError):
+        await asyncio.wait_for(task, 5)  # the waiting receive() ended
+    # DENY shows that the group answered: the kernel would have allowed.
+    assert [r.errno for r in results] == [errno.EPERM] * 3
+    assert all(r.elapsed < 10 for r in results)
+    assert all(ev.answered for ev in held)
+    assert fan.permission_stats.at_close == 3
+
+
+async def test_close_answers_events_still_in_the_kernel_queue(
+    tmpfs: Path, make_group: Callable[..., Fanotify]
+) -> None:
+    target = _file(tmpfs, "f")
+    fan = make_group(permission_timeout=30, default_response=Response.DENY)
+    fan.mark(target, Event.OPEN_PERM)
+    fan.receive_nowait  # noqa: B018 (not reading: the events stay in the kernel)
+    runs = [asyncio.create_task(child("open", target)) for _ in range(2)]
+    await asyncio.sleep(0)
+    # Wait until both children are blocked in open(): their events are queued.
+    await wait_for(lambda: _blocked_children() >= 2)
+    fan.close()
+    results = await asyncio.gather(*runs)
+    assert [r.errno for r in results] == [errno.EPERM] * 2
+    assert fan.permission_stats.at_close == 2
+
+
+def _blocked_children() -> int:
+    """Children of this process sleeping in the kernel on a fanotify permission wait."""
+    n = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read()
+            with open(f"/proc/{pid}/wchan") as f:
+                wchan = f.read()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == os.getpid() and "fanotify" in wchan:
+            n += 1
+    return n
+
+
+async def test_full_group_queue_answers_overflow_at_once(
+    tmpfs: Path, make_group: Callable[..., Fanotify]
+) -> None:
+    files = [_file(tmpfs, f"f{i}") for i in range(3)]
+    fan = make_group(maxsize=1, permission_timeout=TIMEOUT, default_response=Response.DENY)
+    fan.mark(tmpfs, Event.OPEN_PERM | Event.EVENT_ON_CHILD)
+    fan._ensure_reader()  # read, but never take an event from the queue
+    results = await asyncio.gather(*(child("open", f) for f in files))
+    assert [r.errno for r in results] == [errno.EPERM] * 3
+    assert all(r.elapsed <= TIMEOUT + 1 for r in results)
+    st = fan.permission_stats
+    assert st.dropped == 2  # answered at once
+    assert st.timed_out == 1  # the one that fitted waited for its deadline
+    assert sorted(r.elapsed for r in results)[1] < TIMEOUT * 0.9
+
+
+async def test_handler_reads_the_judged_file(
+    tmpfs: Path, make_group: Callable[..., Fanotify]
+) -> None:
+    clean, infected = _file(tmpfs, "clean", "hello\n"), _file(tmpfs, "bad", "EICAR virus\n")
+    fan = make_group(permission_timeout=10)
+    fan.mark(tmpfs, Event.OPEN_PERM | Event.EVENT_ON_CHILD)
+
+    async def scan(ev: FanotifyData) -> bool:
+        # Through the event fd: opened by the kernel without generating events.
+        head = os.pread(ev.fd, 4096, 0)
+        # By path, in a thread: that open() is the group's own event, which the
+        # group allows at once, so the loop must stay free to read it.
+        assert ev.path is not None
+        body = await asyncio.to_thread(Path(ev.path).read_bytes)
+        assert head == body
+        return b"virus" not in body
+
+    fan.on_permission(scan)
+    reader = asyncio.create_task(drain(fan))
+    try:
+        r_clean = await child("open", clean)
+        r_bad = await child("open", infected)
+    finally:
+        reader.cancel()
+    assert (r_clean.errno, r_bad.errno) == (0, errno.EPERM)
+    assert fan.stats.own_events >= 2
+    assert fan.permission_stats.defaulted == 0
+
+
+# -- clients (afanotify.client) -------------------------------------------------------
+
+
+@pytest.mark.parametrize("policy", ["drop_newest", "drop_oldest"])
+async def test_client_drop_policy_answers_dropped_events_at_once(
+    tmpfs: Path, make_group: Callable[..., Fanotify], policy: str
+) -> None:
+    files = [_file(tmpfs, f"f{i}") for i in range(3)]
+    fan = make_group(permission_timeout=TIMEOUT, default_response=Response.DENY)
+    fan.mark(tmpfs, Event.OPEN_PERM | Event.EVENT_ON_CHILD)
+    client = fan.connect(FanoRule("all", ev_types=Event.OPEN_PERM), maxsize=1,
+                         overflow=policy)  # type: ignore[arg-type]
+    try:
+        with pytest.raises(WouldBlock):
+            client.get_nowait()  # starts the reader; nothing taken afterwards
+        results = await asyncio.gather(*(child("open", f) for f in files))
+        assert [r.errno for r in results] == [errno.EPERM] * 3
+        assert all(r.elapsed <= TIMEOUT + 1 for r in results)
+        st = fan.permission_stats
+        assert st.dropped == 2  # answered at once
+        assert st.timed_out == 1  # the queued one waited for its deadline
+        assert sorted(r.elapsed for r in results)[1] < TIMEOUT * 0.9
+        assert client.stats.dropped == 2
+    finally:
+        client.close()
+
+
+async def test_cancelled_client_consumer_answers_what_it_holds(
+    tmpfs: Path, make_group: Callable[..., Fanotify]
+) -> None:
+    target = _file(tmpfs, "f")
+    fan = make_group(permission_timeout=30, default_response=Response.DENY)
+    fan.mark(target, Event.OPEN_PERM)
+    client = fan.connect(FanoRule("perm", ev_types=Event.OPEN_PERM))
+    got = asyncio.Event()
+
+    async def consumer() -> None:
+        await client.get()
+        got.set()
+        await asyncio.sleep(3600)
+
+    task = asyncio.create_task(consumer())
+    try:
+        run = asyncio.create_task(child("open", target))
+        await asyncio.wait_for(got.wait(), 10)
+        task.cancel()
+        result = await run
+    finally:
+        client.close()
+    assert result.errno == errno.EPERM and result.elapsed < 5
+    assert fan.permission_stats.abandoned == 1
+
+
+# -- the watchdog: a blocked event loop cannot keep its deadlines -----------------------
+
+_STUCK_AGENT = r"""
+import asyncio, json, sys, time
+from afanotify import Event, Fanotify, InitFlag
+path, watchdog = sys.argv[1], sys.argv[2] == "1"
+
+async def main():
+    async with Fanotify(InitFlag.CLASS_CONTENT, permission_timeout=1.0,
+                        watchdog=watchdog) as fan:
+        fan.mark(path, Event.OPEN_PERM)
+
+        async def reader():
+            async for ev in fan:
+                await ev.allow()
+
+        task = asyncio.create_task(reader())
+        await asyncio.sleep(0.1)
+        t0 = time.monotonic()
+        with open(path) as f:  # on the loop's thread: our own event, and nobody to read it
+            data = f.read()
+        elapsed = time.monotonic() - t0
+        task.cancel()
+        print(json.dumps({"elapsed": elapsed, "data": data, "own": fan.stats.own_events}))
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("watchdog", [True, False])
+async def test_watchdog_frees_a_loop_blocked_on_its_own_open(tmpfs: Path, watchdog: bool) -> None:
+    target = _file(tmpfs, "judged", "payload")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _STUCK_AGENT, str(target), "1" if watchdog else "0",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), 6)
+    except asyncio.TimeoutError:
+        proc.kill()  # the wait is killable; the kernel allows when the group fd goes
+        await proc.wait()
+        assert not watchdog, "the agent deadlocked despite its watchdog"
+        return
+    assert watchdog, "expected a deadlock without the watchdog"
+    assert proc.returncode == 0, err.decode()
+    data = json.loads(out)
+    assert data["data"] == "payload"
+    assert 1.0 <= data["elapsed"] <= 2.0
+    assert data["own"] == 1
+
+
+async def test_watchdog_answers_for_a_loop_blocked_by_a_handler(
+    tmpfs: Path, make_group: Callable[..., Fanotify]
+) -> None:
+    target = _file(tmpfs, "f")
+    fan = make_group(permission_timeout=TIMEOUT, default_response=Response.DENY)
+    fan.mark(target, Event.OPEN_PERM)
+    blocked = 0.0
+
+    def slow(ev: FanotifyData) -> bool:
+        nonlocal blocked
+        t0 = time.monotonic()
+        time.sleep(TIMEOUT + 2)  # a badly written handler: blocks the loop
+        blocked = time.monotonic() - t0
+        return True
+
+    fan.on_permission(slow)
+    reader = asyncio.create_task(drain(fan))
+    try:
+        run = asyncio.create_task(child("open", target))
+        result = await run
+    finally:
+        reader.cancel()
+    assert blocked >= TIMEOUT + 2
+    assert result.errno == errno.EPERM  # the default, not the handler's late True
+    assert result.elapsed <= TIMEOUT + 1
+    st = fan.permission_stats
+    assert (st.timed_out, st.late) == (1, 1)
+
+
+async def test_watchdog_answers_when_nobody_reads(
+    tmpfs: Path, make_group: Callable[..., Fanotify]
+) -> None:
+    target = _file(tmpfs, "f")
+    fan = make_group(permission_timeout=TIMEOUT, default_response=Response.DENY)
+    fan.mark(target, Event.OPEN_PERM)  # and never read
+    result = await child("open", target)
+    assert result.errno == errno.EPERM
+    assert TIMEOUT * 0.9 <= result.elapsed <= TIMEOUT + 1
+    assert fan.permission_stats.stalled == 1
+
+
+def test_sync_reader_answers_overdue_events(tmpfs: Path) -> None:
+    # No event loop at all: read_batch() and answer_overdue() from plain code.
+    target = _file(tmpfs, "f")
+    with Fanotify(CONTENT, permission_timeout=0.5, default_response=Response.DENY,
+                  watchdog=False) as fan:
+        fan.mark(target, Event.OPEN_PERM)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", f"import os; os.open({str(target)!r}, os.O_RDONLY)"],
+            stderr=subprocess.PIPE,
+        )
+        try:
+            events: list[FanotifyData] = []
+            deadline = time.monotonic() + 10
+            while not events and time.monotonic() < deadline:
+                try:
+                    events = fan.read_batch()
+                except WouldBlock:
+                    time.sleep(0.01)
+            assert len(events) == 1 and not events[0].answered
+            assert fan.answer_overdue() == 0  # not yet
+            time.sleep(0.6)
+            assert fan.answer_overdue() == 1
+            assert events[0].answered
+            _, err = proc.communicate(timeout=10)
+        finally:
+            proc.kill()
+            proc.wait()
+        assert b"PermissionError" in err
+        assert fan.permission_stats.timed_out == 1
+        events[0].close()
