@@ -9,6 +9,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from helpers import CHILD_CWD, child_env
+
 from afanotify import Fanotify
 
 _CHILD = r"""
@@ -50,6 +52,7 @@ async def child(op: str, path: Path, timeout: float = 20.0) -> ChildResult:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", _CHILD, op, str(path),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env=child_env(), cwd=CHILD_CWD,
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)

@@ -1,4 +1,13 @@
-"""Helpers for tests: child processes, ext4 images, waiting with deadlines."""
+"""Helpers for tests: child processes, ext4 images, waiting with deadlines.
+
+Python children must import the afanotify this test run imported, which is not
+always the checkout: with a non-editable install the checkout's afanotify/ has
+no compiled core. So children get :func:`child_env` and are started with a
+working directory other than the checkout (:data:`CHILD_CWD` or a test's own
+directory), because ``python -c`` and ``python -m`` put their working
+directory first on sys.path, ahead of PYTHONPATH. Files of the checkout itself
+(README.md, examples/, bench/) are found from :data:`REPO`.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +16,34 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
 
+import afanotify
 from afanotify import FanotifyData
+
+#: The checkout holding these tests: README.md, examples/, bench/, build_ffi.py.
+REPO = Path(__file__).resolve().parents[1]
+#: The directory holding the afanotify package under test (site-packages for an
+#: installed copy, the checkout for an editable install or PYTHONPATH=.).
+CODE_ROOT = str(Path(afanotify.__file__).resolve().parents[1])
+#: A working directory for Python children with no afanotify/ in it.
+CHILD_CWD = "/"
+
+
+def child_env(base: Mapping[str, str] | None = None, **extra: str) -> dict[str, str]:
+    """An environment in which a Python child imports the afanotify under test.
+
+    ``base`` (default: os.environ) with PYTHONPATH set to :data:`CODE_ROOT`,
+    followed by the entries of base's PYTHONPATH made absolute (the child may
+    run elsewhere); ``extra`` variables are added last. Start the child with a
+    cwd that is not the checkout (see the module docstring).
+    """
+    env = dict(os.environ if base is None else base)
+    inherited = [os.path.abspath(p) for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys([CODE_ROOT, *inherited]))
+    env.update(extra)
+    return env
 
 
 def make_ext4(size_mb: int = 32) -> tuple[str, str]:
@@ -29,6 +63,8 @@ def run_in_child(code: str, *args: str, timeout: float = 10.0) -> subprocess.Com
     """Run Python ``code`` in a separate process (so its events are not our own)."""
     return subprocess.run(
         [sys.executable, "-c", code, *args],
+        env=child_env(),
+        cwd=CHILD_CWD,
         capture_output=True,
         text=True,
         timeout=timeout,

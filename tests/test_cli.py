@@ -1,7 +1,7 @@
 """The ``afanotify`` command, run as a subprocess against private mounts.
 
-Each test starts ``python -m afanotify`` with PYTHONPATH pointing at the code
-under test, waits for its "ready" line on stderr (marks in place) before
+Each test starts ``python -m afanotify`` (importing the afanotify under test:
+helpers.child_env, run from "/"), waits for its "ready" line on stderr (marks in place) before
 producing events, and kills it in a ``finally`` whatever happened.
 """
 
@@ -20,13 +20,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from helpers import CHILD_CWD, REPO, child_env
 
 import afanotify
 
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(60)]
 
-ROOT = str(Path(afanotify.__file__).resolve().parent.parent)
-ENV = {**os.environ, "PYTHONPATH": ROOT, "PYTHONUNBUFFERED": "1"}
+ENV = child_env(PYTHONUNBUFFERED="1")
 CLI = [sys.executable, "-m", "afanotify"]
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 
@@ -69,7 +69,8 @@ def cli(
     *args: str, stdout: int | object = subprocess.PIPE, prefix: Sequence[str] = ()
 ) -> Iterator[Proc]:
     popen = subprocess.Popen(
-        [*prefix, *CLI, *args], stdout=stdout, stderr=subprocess.PIPE, env=ENV  # type: ignore[arg-type]
+        [*prefix, *CLI, *args], stdout=stdout, stderr=subprocess.PIPE, env=ENV,  # type: ignore[arg-type]
+        cwd=CHILD_CWD,
     )
     try:
         yield Proc(popen)
@@ -86,14 +87,14 @@ def run(
     *args: str, prefix: Sequence[str] = (), timeout: float = 30
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*prefix, *CLI, *args], capture_output=True, text=True, env=ENV, timeout=timeout,
-        check=False,
+        [*prefix, *CLI, *args], capture_output=True, text=True, env=ENV, cwd=CHILD_CWD,
+        timeout=timeout, check=False,
     )
 
 
-def child(code: str, *argv: str, cwd: str | None = None) -> int:
+def child(code: str, *argv: str, cwd: str = CHILD_CWD) -> int:
     """Run Python ``code`` in a child process; returns its pid after it exited cleanly."""
-    p = subprocess.Popen([sys.executable, "-c", code, *argv], cwd=cwd)
+    p = subprocess.Popen([sys.executable, "-c", code, *argv], cwd=cwd, env=child_env())
     assert p.wait(timeout=20) == 0
     return p.pid
 
@@ -122,7 +123,7 @@ def flat_keys(obj: dict[str, object], prefix: str = "") -> set[str]:
 
 def readme_json_fields() -> set[str]:
     """The field names the README's "JSON lines" table documents."""
-    text = (Path(ROOT) / "README.md").read_text()
+    text = (REPO / "README.md").read_text()
     table = text.split("### JSON lines", 1)[1].split("\n\n|", 1)[1].split("\n\n", 1)[0]
     fields: set[str] = set()
     for line in table.splitlines()[2:]:
@@ -273,7 +274,7 @@ def test_watch_pid_filter(tmpfs: Path) -> None:
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys\nsys.stdin.readline()\n"
          "open(sys.argv[1], 'w').close()\n", str(tmpfs / "mine")],
-        stdin=subprocess.PIPE,
+        stdin=subprocess.PIPE, cwd=CHILD_CWD, env=child_env(),
     )
     try:
         with cli("watch", "--json", "--events", "close_write", "--count", "1",
@@ -358,7 +359,8 @@ def test_watch_exclude_self_drops_the_pipeline(tmpfs: Path) -> None:
             f"{' '.join(CLI)} watch --json --events close_write,modify --timeout 3 {extra} "
             f"{tmpfs} 2>{errf} | tee {tmpfs}/tee{n}.json >/dev/null"
         )
-        proc = subprocess.Popen(["sh", "-c", script], env=ENV, start_new_session=True)
+        proc = subprocess.Popen(["sh", "-c", script], env=ENV, cwd=CHILD_CWD,
+                                start_new_session=True)
         try:
             deadline = time.monotonic() + 10
             while "watching" not in _read(errf):
@@ -417,8 +419,8 @@ def test_watch_shell_pipe_to_head(tmpfs: Path) -> None:
         f"& sleep 0.1; until grep -q watching {tmpfs}/err; do sleep 0.05; done; "
         f"for i in 1 2 3 4 5 6 7 8 9 10; do cat {tmpfs}/f* >/dev/null; sleep 0.05; done; wait"
     )
-    r = subprocess.run(["sh", "-c", script], env=ENV, capture_output=True, text=True,
-                       timeout=30, check=False)
+    r = subprocess.run(["sh", "-c", script], env=ENV, cwd=CHILD_CWD, capture_output=True,
+                       text=True, timeout=30, check=False)
     err = (tmpfs / "err").read_text()
     assert r.returncode == 0
     assert len(r.stdout.splitlines()) == 1
@@ -533,7 +535,7 @@ OPENER = (
 
 def try_open(path: Path, exe: Sequence[str] = (sys.executable, "-c", OPENER)) -> str:
     r = subprocess.run([*exe, str(path)], capture_output=True, text=True, timeout=20,
-                       check=False)
+                       cwd=CHILD_CWD, env=child_env(), check=False)
     return (r.stdout.strip() or r.stderr.strip())
 
 
@@ -602,7 +604,7 @@ def test_guard_timeout_stops_it(tmpfs: Path) -> None:
 
 def _blocked_opener(path: Path) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-c", OPENER, str(path)],
-                            stdout=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, text=True, cwd=CHILD_CWD, env=child_env())
 
 
 def _assert_waiting(proc: subprocess.Popen[str]) -> None:

@@ -13,7 +13,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from helpers import open_fd_count, sh
+from helpers import CHILD_CWD, child_env, open_fd_count, sh
 
 from afanotify import (
     ClientOverflow,
@@ -279,11 +279,10 @@ PID_REUSE_CHILD = textwrap.dedent(
 @pytest.mark.timeout(60)
 def test_pid_reuse_is_detected_with_pidfd(tmpfs: Path) -> None:
     (tmpfs / "f").write_text("x")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     res = subprocess.run(
         ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", PID_REUSE_CHILD,
          str(tmpfs)],
-        capture_output=True, text=True, timeout=50, env=env, check=False,
+        capture_output=True, text=True, timeout=50, env=child_env(), cwd=CHILD_CWD, check=False,
     )
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout.strip().splitlines()[-1])

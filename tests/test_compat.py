@@ -23,14 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import CHILD_CWD, child_env
 
 import afanotify
 import afanotify.compat as pyfanotify
 from afanotify import ClosedResourceError
 from afanotify.compat import FanoRule, Fanotify, FanotifyClient, FanotifyData, evt_to_str
 from afanotify.flags import InitFlag
-
-ROOT = Path(__file__).resolve().parent.parent
 
 # -- helpers -------------------------------------------------------------------
 
@@ -50,7 +49,8 @@ os.execvp("sh", ["sh", "-c", sys.argv[1]])
 
 def detached(script: str) -> None:
     """Run a shell script in a process that is not a descendant of this one."""
-    subprocess.run([sys.executable, "-c", _DETACH, script], check=True, timeout=10)
+    subprocess.run([sys.executable, "-c", _DETACH, script], check=True, timeout=10,
+                   env=child_env(), cwd=CHILD_CWD)
 
 
 Events = list[FanotifyData]
@@ -288,8 +288,7 @@ def test_oserror_without_privilege() -> None:
     r = subprocess.run(
         ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
          sys.executable, "-c", code],
-        capture_output=True, text=True, timeout=30, cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True, text=True, timeout=30, cwd=CHILD_CWD, env=child_env(),
     )
     assert r.stdout.split() == ["OSError", str(errno.EPERM)], r.stdout + r.stderr
 
@@ -346,7 +345,7 @@ def test_stop_is_called_at_interpreter_exit(tmpfs: Path) -> None:
     """)
     r = subprocess.run(
         [sys.executable, "-c", code, str(tmpfs)], capture_output=True, text=True, timeout=30,
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=CHILD_CWD, env=child_env(),
     )
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["started", "stopped"], r.stdout + r.stderr
@@ -1015,7 +1014,8 @@ def test_events_from_own_process_and_descendants_are_not_delivered(
     child = subprocess.Popen(
         ["sh", "-c", f"{sys.executable} -c \"open('{tmpfs}/child', 'w').write('x'); "
          "print('written', flush=True); import sys; sys.stdin.read()\""],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=child_env(),
+        cwd=CHILD_CWD,
     )
     try:
         assert child.stdout is not None and child.stdout.readline().strip() == "written"

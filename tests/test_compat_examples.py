@@ -8,7 +8,6 @@ is stopped with SIGINT, as a user would press Ctrl-C.
 
 from __future__ import annotations
 
-import os
 import queue
 import signal
 import subprocess
@@ -19,9 +18,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from helpers import CHILD_CWD, REPO, child_env
 
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = ROOT / "examples"
+EXAMPLES = REPO / "examples"
 
 
 class Example:
@@ -31,7 +30,7 @@ class Example:
         self.proc = subprocess.Popen(
             [sys.executable, str(EXAMPLES / name), *args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd="/",
+            env=child_env(), cwd=CHILD_CWD,
         )
         self.lines: queue.Queue[str] = queue.Queue()
         self.seen: list[str] = []

@@ -15,10 +15,11 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from helpers import CHILD_CWD, REPO, child_env
 
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(60)]
 
-_EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "deny_writes.py"
+_EXAMPLE = REPO / "examples" / "deny_writes.py"
 
 _CHILD = r"""
 import json, os, sys, threading
@@ -53,6 +54,7 @@ async def _open_in_child(path: Path, mode: str, in_thread: bool = False) -> int:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", _CHILD, str(path), mode, "1" if in_thread else "0",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env=child_env(), cwd=CHILD_CWD,
     )
     out, err = await asyncio.wait_for(proc.communicate(), 20)
     assert proc.returncode == 0, err.decode()

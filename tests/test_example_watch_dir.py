@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sys
 from pathlib import Path
 
 import pytest
-from helpers import sh
+from helpers import CHILD_CWD, REPO, child_env, sh
 
 pytestmark = pytest.mark.kernel
 
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE = ROOT / "examples" / "watch_dir.py"
+EXAMPLE = REPO / "examples" / "watch_dir.py"
 
 
 async def _line(stream: asyncio.StreamReader, seen: list[str], *want: str) -> str:
@@ -40,10 +38,10 @@ async def _line(stream: asyncio.StreamReader, seen: list[str], *want: str) -> st
 async def test_watch_dir_prints_events_and_exits_on_sigint(
     tmpfs: Path, args: tuple[str, ...], expect: str
 ) -> None:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = await asyncio.create_subprocess_exec(
         sys.executable, str(EXAMPLE), *args, str(tmpfs),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=child_env(),
+        cwd=CHILD_CWD,
     )
     assert proc.stdout is not None and proc.stderr is not None
     seen: list[str] = []
@@ -68,7 +66,7 @@ async def test_watch_dir_rejects_a_missing_directory(tmpfs: Path) -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, str(EXAMPLE), str(tmpfs / "missing"),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        env=child_env(), cwd=CHILD_CWD,
     )
     _out, err = await asyncio.wait_for(proc.communicate(), 10)
     assert proc.returncode == 2 and b"not a directory" in err

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import CHILD_CWD, REPO, child_env
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -420,7 +421,7 @@ def test_c_decoder_reads_nothing_past_the_buffer(tmp_path: Path) -> None:
     gcc = shutil.which("gcc")
     if gcc is None:
         pytest.skip("needs gcc with AddressSanitizer")
-    root = Path(__file__).resolve().parent.parent
+    root = REPO
     # build_ffi.py's C prelude, taken without importing the build script.
     tree = ast.parse((root / "build_ffi.py").read_text())
     source = next(
@@ -555,7 +556,8 @@ os.makedirs(os.path.join(d, "sub"), exist_ok=True)
 
 
 def run_child(d: Path) -> None:
-    subprocess.run([sys.executable, "-c", CHILD, str(d)], check=True, timeout=30)
+    subprocess.run([sys.executable, "-c", CHILD, str(d)], check=True, timeout=30,
+                   env=child_env(), cwd=CHILD_CWD)
 
 
 def read_all(group: int) -> bytes:

@@ -7,9 +7,9 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+from helpers import CHILD_CWD, child_env
 
 import afanotify
 from afanotify import Event, Features, InitFlag, MarkFlag, _ffi
@@ -17,7 +17,6 @@ from afanotify._features import _BASE, _mark_ok, _try_init
 
 pytestmark = pytest.mark.kernel
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _fanotify_marks(fd: int) -> list[str]:
@@ -114,8 +113,8 @@ def test_features_without_privilege() -> None:
     r = subprocess.run(
         ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
          sys.executable, "-c", code],
-        env={"PYTHONPATH": str(ROOT), "PATH": os.environ.get("PATH", "")},
-        cwd="/", capture_output=True, text=True, timeout=30, check=False,
+        env=child_env({"PATH": os.environ.get("PATH", "")}),
+        cwd=CHILD_CWD, capture_output=True, text=True, timeout=30, check=False,
     )
     assert r.returncode == 0, r.stderr
     available, reason, n_events = json.loads(r.stdout)

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import CHILD_CWD, child_env
 
 from afanotify import (
     ClosedResourceError,
@@ -24,7 +25,6 @@ from afanotify import (
 from afanotify._errors import init_error, mark_error
 from afanotify.group import _find_rejected_init_flag
 
-ROOT = Path(__file__).resolve().parent.parent
 RELEASE = os.uname().release
 
 # -- missing paths -------------------------------------------------------------
@@ -90,8 +90,8 @@ def _as_nobody(code: str, *args: str) -> subprocess.CompletedProcess[str]:
             setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
             sys.executable, "-c", code, *args,
         ],
-        env={"PYTHONPATH": str(ROOT), "PATH": os.environ.get("PATH", "")},
-        cwd="/", capture_output=True, text=True, timeout=30, check=False,
+        env=child_env({"PATH": os.environ.get("PATH", "")}),
+        cwd=CHILD_CWD, capture_output=True, text=True, timeout=30, check=False,
     )
 
 

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import collect, sh
+from helpers import CHILD_CWD, child_env, collect, sh
 
 from afanotify import Event, Fanotify, FanotifyData, InitFlag
 from afanotify._proc import pidfd_pid
@@ -231,7 +231,8 @@ async def test_pidfd_refers_to_the_child(tmpfs: Path, flags: InitFlag) -> None:
     # The child waits for "go" so that it creates the file only after the mark exists.
     code = "import sys; sys.stdin.readline(); open(sys.argv[1], 'w').close(); sys.stdin.read()"
     child = subprocess.Popen(
-        [sys.executable, "-c", code, str(tmpfs / "f")], stdin=subprocess.PIPE, text=True
+        [sys.executable, "-c", code, str(tmpfs / "f")], stdin=subprocess.PIPE, text=True,
+        env=child_env(), cwd=CHILD_CWD,
     )
     assert child.stdin is not None
     try:
@@ -253,7 +254,8 @@ async def test_pidfd_refers_to_the_child(tmpfs: Path, flags: InitFlag) -> None:
 async def test_pidfd_follows_the_process_until_it_is_reaped(tmpfs: Path) -> None:
     code = "import sys; sys.stdin.readline(); open(sys.argv[1], 'w').close(); sys.stdin.read()"
     child = subprocess.Popen(
-        [sys.executable, "-c", code, str(tmpfs / "f")], stdin=subprocess.PIPE, text=True
+        [sys.executable, "-c", code, str(tmpfs / "f")], stdin=subprocess.PIPE, text=True,
+        env=child_env(), cwd=CHILD_CWD,
     )
     assert child.stdin is not None
     try:

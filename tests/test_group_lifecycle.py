@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from helpers import collect, open_fd_count, sh
+from helpers import CHILD_CWD, child_env, collect, open_fd_count, sh
 
 from afanotify import ClosedResourceError, Event, Fanotify, FanotifyData, InitFlag, WouldBlock
 
@@ -184,7 +183,8 @@ async def test_fd_count_back_to_baseline_after_100000_events(tmpfs: Path) -> Non
     total = 100_000
     baseline = open_fd_count()
     child = subprocess.Popen(
-        [sys.executable, "-c", _BUSY_CHILD, str(tmpfs)], stdin=subprocess.PIPE
+        [sys.executable, "-c", _BUSY_CHILD, str(tmpfs)], stdin=subprocess.PIPE,
+        env=child_env(), cwd=CHILD_CWD,
     )
     n = overflows = 0
     peak = 0
@@ -284,7 +284,7 @@ def _run_low_limit(
     r = subprocess.run(
         [sys.executable, "-c", _LOW_FD_LIMIT, str(tmpfs), str(total), str(hold),
          str(int(flags))],
-        env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent)),
+        env=child_env(), cwd=CHILD_CWD,
         capture_output=True, text=True, timeout=120, check=False,
     )
     assert r.returncode == 0, r.stderr
@@ -363,7 +363,7 @@ with Fanotify() as fan:
 def test_read_batch_is_sized_to_the_fd_limit(tmpfs: Path) -> None:
     r = subprocess.run(
         [sys.executable, "-c", _SYNC_LOW_LIMIT, str(tmpfs)],
-        env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent)),
+        env=child_env(), cwd=CHILD_CWD,
         capture_output=True, text=True, timeout=60, check=False,
     )
     assert r.returncode == 0, r.stderr

@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 from _perm_helpers import child, drain, wait_for
+from helpers import CHILD_CWD, child_env
 
 from afanotify import (
     AlreadyAnsweredError,
@@ -557,6 +558,7 @@ async def test_watchdog_frees_a_loop_blocked_on_its_own_open(tmpfs: Path, watchd
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", _STUCK_AGENT, str(target), "1" if watchdog else "0",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env=child_env(), cwd=CHILD_CWD,
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), 6)
@@ -622,7 +624,7 @@ def test_sync_reader_answers_overdue_events(tmpfs: Path) -> None:
         fan.mark(target, Event.OPEN_PERM)
         proc = subprocess.Popen(
             [sys.executable, "-c", f"import os; os.open({str(target)!r}, os.O_RDONLY)"],
-            stderr=subprocess.PIPE,
+            stderr=subprocess.PIPE, env=child_env(), cwd=CHILD_CWD,
         )
         try:
             events: list[FanotifyData] = []

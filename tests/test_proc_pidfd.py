@@ -6,24 +6,27 @@ import os
 import subprocess
 import sys
 
+from helpers import CHILD_CWD, child_env
+
 from afanotify._proc import pidfd_pid, process_info
 
 
 def test_live_process_is_read_and_verified() -> None:
-    child = subprocess.Popen([sys.executable, "-c", "input()"], stdin=subprocess.PIPE)
+    child = subprocess.Popen([sys.executable, "-c", "input()"], stdin=subprocess.PIPE,
+                             env=child_env(), cwd=CHILD_CWD)
     pidfd = os.pidfd_open(child.pid)
     try:
         assert pidfd_pid(pidfd) == child.pid
         exe, cwd = process_info(child.pid, pidfd, pidfd_reported=True)
         assert exe == os.path.realpath(sys.executable)
-        assert cwd == os.getcwd()
+        assert cwd == CHILD_CWD
     finally:
         child.communicate(b"\n")
         os.close(pidfd)
 
 
 def test_reaped_process_gives_none_even_if_proc_entry_exists() -> None:
-    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child = subprocess.Popen([sys.executable, "-c", "pass"], env=child_env(), cwd=CHILD_CWD)
     pidfd = os.pidfd_open(child.pid)
     try:
         child.wait()  # reaped: its pid is free for reuse from now on

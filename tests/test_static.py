@@ -8,15 +8,14 @@ import sys
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
+from helpers import REPO
 
 
 @pytest.mark.timeout(300)
 def test_mypy_strict_is_clean() -> None:
     r = subprocess.run(
         [sys.executable, "-m", "mypy", "--strict", "afanotify"],
-        cwd=ROOT, capture_output=True, text=True, check=False,
+        cwd=REPO, capture_output=True, text=True, check=False,
     )
     assert r.returncode == 0, r.stdout + r.stderr
 
@@ -25,6 +24,6 @@ def test_ruff_is_clean() -> None:
     ruff = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
     r = subprocess.run(
         [ruff, "check", "afanotify", "tests", "build_ffi.py"],
-        cwd=ROOT, capture_output=True, text=True, check=False,
+        cwd=REPO, capture_output=True, text=True, check=False,
     )
     assert r.returncode == 0, r.stdout + r.stderr
