@@ -255,7 +255,7 @@ async def main():
         while True:
             try:
                 ev = await asyncio.wait_for(fan.receive(), 1.0)
-            except TimeoutError:
+            except asyncio.TimeoutError:
                 break
             n += 1
             fd_errors += ev.fd_error is not None
