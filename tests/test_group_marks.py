@@ -1,5 +1,6 @@
 """Mark variants against the real kernel: ignore masks (both styles), evictable
-marks, and mount-namespace marks with MNT_ATTACH / MNT_DETACH."""
+marks, mount-namespace marks with MNT_ATTACH / MNT_DETACH, unmark() and flush(),
+and marks on symbolic links (dont_follow)."""
 
 from __future__ import annotations
 
@@ -194,3 +195,82 @@ async def test_mntns_mark_reports_attach_and_detach(tmpfs: Path) -> None:
         stdout.close()
     # The child's mount never appeared in our namespace.
     assert str(target) not in Path("/proc/self/mounts").read_text()
+
+
+# -- removing marks --------------------------------------------------------------
+#
+# "No event" is proven without sleeping: after the action whose event must not
+# come, a second action on a still-marked sentinel is made by the same process.
+# The kernel queues a group's events in order, so once the sentinel's event
+# is here, an event for the first action would already have arrived.
+
+
+async def test_unmark_removes_only_the_named_events(tmpfs: Path) -> None:
+    a, sentinel = tmpfs / "a", tmpfs / "sentinel"
+    a.write_text("a")
+    sentinel.write_text("s")
+    async with Fanotify() as fan:
+        fan.mark(a, Event.OPEN | Event.CLOSE_NOWRITE)
+        fan.mark(sentinel, Event.CLOSE_NOWRITE)
+        assert sh(f"cat {a} >/dev/null").returncode == 0
+        evs = await collect(fan, _until_path(a))
+        assert _per_path(evs) == {str(a): Event.OPEN | Event.CLOSE_NOWRITE}
+
+        fan.unmark(a, Event.OPEN)
+        assert sh(f"cat {a} >/dev/null").returncode == 0
+        evs = await collect(fan, _until_path(a))
+        assert _per_path(evs) == {str(a): Event.CLOSE_NOWRITE}  # the OPEN is gone
+
+        fan.unmark(a, Event.CLOSE_NOWRITE)  # the mask is empty: the mark goes
+        assert [m["mask"] for m in _fdinfo_marks(fan)] == [f"{int(Event.CLOSE_NOWRITE):x}"]
+        assert sh(f"cat {a} >/dev/null; cat {sentinel} >/dev/null").returncode == 0
+        evs = await collect(fan, _until_path(sentinel))
+        assert _per_path(evs) == {str(sentinel): Event.CLOSE_NOWRITE}
+        with pytest.raises(FileNotFoundError):
+            fan.unmark(a, Event.CLOSE_NOWRITE)  # no mark left to remove from
+
+
+# The other kind for the sentinel: flush() must leave it in place.
+_SENTINEL_KIND = {"inode": "mount", "mount": "inode", "filesystem": "inode"}
+
+
+@pytest.mark.parametrize("kind", ["inode", "mount", "filesystem"])
+async def test_flush_removes_every_mark_of_its_kind_only(
+    tmpfs: Path, ext4: Path, kind: str
+) -> None:
+    a, b, sentinel = tmpfs / "a", tmpfs / "b", ext4 / "sentinel"
+    for f in (a, b, sentinel):
+        f.write_text("x")
+    flushed = [a, b] if kind == "inode" else [tmpfs]
+    async with Fanotify() as fan:
+        for target in flushed:
+            fan.mark(target, Event.CLOSE_NOWRITE, kind)  # type: ignore[arg-type]
+        fan.mark(sentinel, Event.CLOSE_NOWRITE, _SENTINEL_KIND[kind])  # type: ignore[arg-type]
+        assert len(_fdinfo_marks(fan)) == len(flushed) + 1
+        assert sh(f"cat {a} {b} >/dev/null").returncode == 0
+        evs = await collect(fan, lambda g: {str(a), str(b)} <= {e.path for e in g})
+        assert _per_path(evs) == {str(a): Event.CLOSE_NOWRITE, str(b): Event.CLOSE_NOWRITE}
+
+        fan.flush(kind)  # type: ignore[arg-type]
+        assert len(_fdinfo_marks(fan)) == 1  # the sentinel's
+        assert sh(f"cat {a} {b} >/dev/null; cat {sentinel} >/dev/null").returncode == 0
+        evs = await collect(fan, _until_path(sentinel))
+        assert _per_path(evs) == {str(sentinel): Event.CLOSE_NOWRITE}
+
+
+# -- symbolic links ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dont_follow", [True, False])
+async def test_dont_follow_marks_the_link_not_its_target(tmpfs: Path, dont_follow: bool) -> None:
+    target, link = tmpfs / "target", tmpfs / "link"
+    target.write_text("x")
+    link.symlink_to(target)
+    # ATTRIB is an event a symbolic link has itself: ``touch -h`` sets its times.
+    async with Fanotify(InitFlag.REPORT_FID) as fan:
+        fan.mark(link, Event.ATTRIB, dont_follow=dont_follow)
+        marked, other = (link, target) if dont_follow else (target, link)
+        # The unmarked one changes first, then the marked one (the sentinel).
+        assert sh(f"touch -h {other}; touch -h {marked}").returncode == 0
+        evs = await collect(fan, lambda g: any(e.path == str(marked) for e in g))
+    assert [(e.events, e.path) for e in evs] == [(Event.ATTRIB, str(marked))]
