@@ -23,6 +23,7 @@ import pytest
 from helpers import CHILD_CWD, REPO, child_env
 
 import afanotify
+import afanotify.cli
 
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(60)]
 
@@ -484,6 +485,7 @@ def test_bad_events_lists_valid_names() -> None:
         (["watch", "--mount", "--filesystem", "/"], "--filesystem"),
         (["watch"], "PATH"),
         (["guard", "--default", "maybe", "/"], "--default"),
+        (["guard", "--deadline", "0", "/"], "--deadline"),
         ([], "COMMAND"),
     ],
 )
@@ -703,3 +705,38 @@ def test_fs_error_needs_filesystem_scope(tmpfs: Path) -> None:
     r = run("watch", "--events", "fs_error", str(tmpfs))
     assert r.returncode == 2
     assert "--filesystem" in r.stderr.strip().splitlines()[-1]
+
+
+# -- guard --deadline ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon", "inf", "nan", ""])
+def test_guard_bad_deadline_exits_2_naming_it(
+    value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert afanotify.cli.main(["guard", "--deadline", value, str(tmp_path)]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--deadline" in last and "seconds" in last, last
+
+
+class _GroupMade(Exception):
+    """Raised by the stand-in group once the CLI has created it."""
+
+
+@pytest.mark.parametrize(("argv", "timeout"), [([], 5.0), (["--deadline", "0.25"], 0.25)])
+def test_guard_deadline_is_the_groups_permission_timeout(
+    argv: list[str], timeout: float, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    made: list[dict[str, object]] = []
+
+    def fake_group(*args: object, **kwargs: object) -> None:
+        made.append(kwargs)
+        raise _GroupMade
+
+    monkeypatch.setattr(afanotify.cli, "Fanotify", fake_group)
+    with pytest.raises(_GroupMade):
+        afanotify.cli.main(["guard", *argv, "--default", "deny", str(tmp_path)])
+    (kwargs,) = made
+    assert kwargs["permission_timeout"] == timeout
+    assert kwargs["default_response"] == afanotify.Response.DENY  # what a deadline answers
