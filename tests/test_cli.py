@@ -14,6 +14,7 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -740,3 +741,50 @@ def test_guard_deadline_is_the_groups_permission_timeout(
     (kwargs,) = made
     assert kwargs["permission_timeout"] == timeout
     assert kwargs["default_response"] == afanotify.Response.DENY  # what a deadline answers
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(("deadline", "expect"), [("0.3", "denied 1"), ("3", "ok public")])
+def test_guard_deadline_answers_a_slow_decision_with_the_default(
+    tmpfs: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    deadline: str, expect: str,
+) -> None:
+    # In process, with a decision that blocks the guard's loop for 1.5 s before
+    # allowing: a shorter --deadline answers first, with --default deny.
+    _, txt = secrets(tmpfs)
+    guarding = threading.Event()
+    err_lines: list[str] = []
+
+    def record(msg: str) -> None:
+        err_lines.append(msg)
+        if msg.startswith("guarding"):
+            guarding.set()
+
+    def slow_decide(self: object, ev: afanotify.FanotifyData) -> tuple[bool, str]:
+        time.sleep(1.5)
+        return True, "slow"
+
+    monkeypatch.setattr(afanotify.cli, "_err", record)
+    monkeypatch.setattr(afanotify.cli.GuardPolicy, "decide", slow_decide)
+    seen: list[str] = []
+
+    def open_when_guarded() -> None:
+        if guarding.wait(10):
+            seen.append(try_open(txt))
+
+    opener = threading.Thread(target=open_when_guarded)
+    opener.start()
+    try:
+        code = afanotify.cli.main(
+            ["guard", "--default", "deny", "--deadline", deadline, "--timeout", "4", str(tmpfs)]
+        )
+    finally:
+        guarding.set()
+        opener.join(20)
+    assert code == 0, err_lines
+    assert seen == [expect], err_lines
+    summary = err_lines[-1]
+    if expect.startswith("denied"):
+        assert "1 opens answered: 0 allowed, 1 denied (1 by the default" in summary, summary
+    else:
+        assert "1 opens answered: 1 allowed, 0 denied (0 by the default" in summary, summary
