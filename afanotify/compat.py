@@ -49,7 +49,6 @@ import socket
 import struct
 import threading
 import time
-import warnings
 import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
@@ -58,6 +57,7 @@ from typing import Any, NamedTuple, Union
 
 from . import _ffi
 from . import flags as _flags
+from ._resource import ClosingContext, WarnsUnclosed, warn_and_close
 from .client import DispatchStatistics
 from .client import FanotifyClient as _NativeClient
 from .events import OWN_FD
@@ -841,13 +841,8 @@ class Fanotify:
         self.stop()
 
     def __del__(self) -> None:
-        if getattr(self, "_state", "stopped") == "stopped":
-            return
-        warnings.warn(f"unstopped {self!r}", ResourceWarning, stacklevel=1, source=self)
-        try:
-            self.stop()
-        except Exception:
-            pass
+        if getattr(self, "_state", "stopped") != "stopped":
+            warn_and_close(self, self.stop, "unstopped")
 
     # -- rules -------------------------------------------------------------
 
@@ -1175,7 +1170,7 @@ class Fanotify:
 _POLICIES = ("block", "drop_oldest", "drop_newest")
 
 
-class FanotifyClient:
+class FanotifyClient(ClosingContext, WarnsUnclosed):
     """pyfanotify's ``FanotifyClient``: a rule plus a mailbox of the events it matched.
 
     ``sock`` has a ``fileno()`` that polls readable while events wait, so
@@ -1272,21 +1267,6 @@ class FanotifyClient:
             left = self._box.close()
             if left:
                 log.debug("compat client closed with %d events unread", left)
-
-    def __enter__(self) -> FanotifyClient:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        if getattr(self, "_closed", True):
-            return
-        warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=1, source=self)
-        try:
-            self.close()
-        except Exception:
-            pass
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"

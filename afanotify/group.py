@@ -14,7 +14,6 @@ import errno as _errno
 import logging
 import os
 import resource
-import warnings
 from collections.abc import AsyncIterator
 from typing import Any, Literal, NamedTuple, Union
 
@@ -24,6 +23,7 @@ from ._errors import init_error, mark_error
 from ._parser import parse_lenient
 from ._proc import HandleResolver, fd_path, process_info
 from ._queue import EventQueue
+from ._resource import AsyncClosingContext, WarnsUnclosed
 from .client import DispatchStatistics, FanotifyClient
 from .events import UNANSWERED, FanotifyData
 from .exceptions import ClosedResourceError, ParseError, WouldBlock
@@ -135,7 +135,7 @@ def _check_int(name: str, value: object) -> int:
     return int(value)
 
 
-class Fanotify:
+class Fanotify(AsyncClosingContext, WarnsUnclosed):
     """A fanotify group, used from asyncio.
 
     ``async with Fanotify(InitFlag.REPORT_DFID_NAME) as fan:`` makes the group;
@@ -998,31 +998,6 @@ class Fanotify:
                     else:
                         self._answer_default(ev, AT_CLOSE)
                 ev.close()
-
-    async def aclose(self) -> None:
-        """Close the group (see :meth:`close`)."""
-        self.close()
-
-    async def __aenter__(self) -> Fanotify:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
-    def __enter__(self) -> Fanotify:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        if getattr(self, "_closed", True):
-            return
-        warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=1, source=self)
-        try:
-            self.close()
-        except Exception:
-            pass
 
 
 def _fd_budget(flags: int) -> int | None:
