@@ -9,7 +9,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 
-from afanotify import FanotifyData
+from afanotify import FanotifyClient, FanotifyData, WouldBlock
 
 
 def make_ext4(size_mb: int = 32) -> tuple[str, str]:
@@ -41,6 +41,18 @@ def sh(script: str, timeout: float = 10.0) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["sh", "-c", script], capture_output=True, text=True, timeout=timeout, check=False
     )
+
+
+def drain_client(client: FanotifyClient) -> list[FanotifyData]:
+    """Take every event the client has queued now, without waiting; each is closed."""
+    out = []
+    while True:
+        try:
+            ev = client.get_nowait()
+        except WouldBlock:
+            return out
+        ev.close()
+        out.append(ev)
 
 
 def open_fd_count() -> int:
