@@ -174,19 +174,11 @@ _TAKE = 256
 # -- event names ---------------------------------------------------------------
 
 
-def _event_names() -> tuple[tuple[int, str], ...]:
-    singles = [m for m in Event if m.value and m.value & (m.value - 1) == 0 and m.name]
-    on_child = int(Event.EVENT_ON_CHILD)
-    names = [(int(m), str(m.name).lower()) for m in singles if int(m) != on_child]
-    # pyfanotify lists on_child last.
-    names.append((on_child, "on_child"))
-    return tuple(names)
-
-
-_EVENT_NAMES = _event_names()
-_KNOWN_BITS = 0
-for _bit, _ in _EVENT_NAMES:
-    _KNOWN_BITS |= _bit
+# pyfanotify's spelling: lower case, and "on_child" (for EVENT_ON_CHILD) last.
+_EVENT_NAMES = (
+    *((bit, name.lower()) for bit, name in _flags._EVENT_BITS if bit != Event.EVENT_ON_CHILD),
+    (int(Event.EVENT_ON_CHILD), "on_child"),
+)
 
 
 def evt_to_str(mask: int) -> str:
@@ -195,11 +187,7 @@ def evt_to_str(mask: int) -> str:
     ``evt_to_str(FAN_OPEN | FAN_CLOSE_NOWRITE) == "close_nowrite|open"``;
     bits no event names are appended in hex.
     """
-    names = [name for bit, name in _EVENT_NAMES if mask & bit]
-    rest = mask & ~_KNOWN_BITS
-    if rest:
-        names.append(hex(rest))
-    return "|".join(names)
+    return _flags._bit_names(mask, _EVENT_NAMES)
 
 
 # -- events ----------------------------------------------------------------------
