@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import subprocess
 import sys
@@ -53,6 +54,16 @@ def drain_client(client: FanotifyClient) -> list[FanotifyData]:
             return out
         ev.close()
         out.append(ev)
+
+
+def is_open(fd: int) -> bool:
+    """Whether ``fd`` is an open descriptor of this process (a closed one gives EBADF)."""
+    try:
+        os.fstat(fd)
+    except OSError as exc:
+        assert exc.errno == errno.EBADF
+        return False
+    return True
 
 
 def open_fd_count() -> int:

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from helpers import drain_client
+from helpers import drain_client, is_open
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -36,14 +36,6 @@ MODIFY = int(Event.MODIFY)
 async def fan() -> AsyncIterator[Fanotify]:
     async with Fanotify() as group:
         yield group
-
-
-def fd_open(fd: int) -> bool:
-    try:
-        os.fstat(fd)
-    except OSError:
-        return False
-    return True
 
 
 def synth(path: str = "/d/a", pid: int = 100, ev_types: int = OPEN, fd: bool = False,
@@ -86,9 +78,9 @@ async def test_fd_ownership_fan_out(fan: Fanotify) -> None:
     assert e3.fd == -1 and e3.closed
     fds = (e1.fd, e2.fd)
     e1.close()
-    assert fd_open(e2.fd)  # each client owns its own descriptor
+    assert is_open(e2.fd)  # each client owns its own descriptor
     e2.close()
-    assert not any(fd_open(f) for f in fds)
+    assert not any(is_open(f) for f in fds)
     assert fan.dispatch_stats.dup_fds == 1
     for cl in (p1, p2, plain):
         cl.close()
@@ -101,7 +93,7 @@ async def test_without_pass_fd_the_library_closes_the_fd(fan: Fanotify) -> None:
     fan._deliver([ev])
     got = c.get_nowait()
     assert got.fd == -1 and got.closed
-    assert not fd_open(fd)
+    assert not is_open(fd)
     c.close()
 
 
@@ -109,7 +101,7 @@ async def test_unmatched_events_are_released_and_counted(fan: Fanotify) -> None:
     c = fan.connect(FanoRule("c", ev_types=CW))
     ev = synth(fd=True)
     fan._deliver([ev])
-    assert ev.closed and not fd_open(ev.fd)
+    assert ev.closed and not is_open(ev.fd)
     assert fan.dispatch_stats.unmatched == 1 and fan.dispatch_stats.dispatched == 0
     c.close()
 
@@ -155,7 +147,7 @@ async def test_drop_policies_count_and_mark(fan: Fanotify, policy: str) -> None:
     # The other client is unaffected and got every event.
     assert len(drain_client(fast)) == 10
     # Nothing leaked: every descriptor was closed (the fast client had no pass_fd).
-    assert not any(fd_open(f) for f in fds)
+    assert not any(is_open(f) for f in fds)
     with pytest.raises(WouldBlock):
         slow.get_nowait()
     slow.close()
@@ -194,7 +186,7 @@ async def test_closing_a_blocked_client_resumes_reading(fan: Fanotify) -> None:
     assert fan._paused
     slow.close()
     assert not fan._paused and fan._reading
-    assert not fd_open(held_fd)
+    assert not is_open(held_fd)
     assert slow.stats.discarded == 2
     other.close()
 
@@ -205,7 +197,7 @@ async def test_close_stops_delivery_at_once(fan: Fanotify) -> None:
     ev = synth(fd=True)
     fan._deliver([ev])
     c.close()
-    assert not fd_open(ev.fd)  # queued, unread: released
+    assert not is_open(ev.fd)  # queued, unread: released
     fan._deliver([synth()])
     assert c.stats.matched == 1
     with pytest.raises(ClosedResourceError):
@@ -252,7 +244,7 @@ async def test_group_close_ends_clients(fan: Fanotify) -> None:
     await asyncio.sleep(0.01)
     await fan.aclose()
     await asyncio.wait_for(task, 2)
-    assert len(got) == 1 and not fd_open(ev.fd) and c.closed
+    assert len(got) == 1 and not is_open(ev.fd) and c.closed
 
 
 async def test_async_for_releases_previous_event(fan: Fanotify) -> None:
@@ -261,7 +253,7 @@ async def test_async_for_releases_previous_event(fan: Fanotify) -> None:
     fan._deliver(evs)
     it = c.__aiter__()
     first = await it.__anext__()
-    assert fd_open(first.fd)
+    assert is_open(first.fd)
     await it.__anext__()
     assert first.closed
     await c.aclose()
@@ -572,7 +564,7 @@ async def test_group_close_during_async_dispatch_releases_everything() -> None:
         assert task is not None and not task.done()
     finally:
         await fan.aclose()
-    assert all(e.closed and not fd_open(e.fd) for e in evs)
+    assert all(e.closed and not is_open(e.fd) for e in evs)
     assert c.closed
     await asyncio.sleep(0)
     assert task.cancelled()
