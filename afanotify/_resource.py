@@ -64,8 +64,6 @@ class WarnsUnclosed:
 
     __slots__ = ()
 
-    _closed: bool
-
     def close(self) -> None:
         raise NotImplementedError
 
