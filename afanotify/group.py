@@ -232,7 +232,10 @@ class Fanotify:
         self._fd = _open_group(flags | InitFlag.NONBLOCK | InitFlag.CLOEXEC, event_flags)
         self._closed = False
         self._pid = os.getpid()
-        self._own_tids: set[int] = {self._pid}
+        #: Ids that are always this process (thread ids are checked per event).
+        self._own_tids: frozenset[int] = frozenset((self._pid,))
+        #: Thread ids seen live in this process (REPORT_TID), see _is_own.
+        self._seen_tids: set[int] = set()
         self._buf = bytearray(buffer_size)
         self._fast = _fast_decoder(buffer_size)
         self._fd_budget = _fd_budget(flags)
@@ -699,8 +702,23 @@ class Fanotify:
     def _is_own(self, pid: int) -> bool:
         if pid in self._own_tids:
             return True
-        if self._pid_is_tid and os.path.exists(f"/proc/self/task/{pid}"):
-            self._own_tids.add(pid)
+        if not self._pid_is_tid:
+            return False
+        # With REPORT_TID, ``pid`` is a thread id.  A live thread of ours is
+        # listed under /proc/self/task.  One that has exited since the event
+        # is still ours as long as no other process holds its id; once the id
+        # is reused (it shows under /proc again), it is never trusted: that
+        # process's permission events must not be allowed unseen.
+        if os.path.exists(f"/proc/self/task/{pid}"):
+            seen = self._seen_tids
+            if len(seen) >= 4096:
+                seen.clear()
+            seen.add(pid)
+            return True
+        if pid in self._seen_tids:
+            if os.path.exists(f"/proc/{pid}"):
+                self._seen_tids.discard(pid)
+                return False
             return True
         return False
 
