@@ -371,7 +371,12 @@ class Fanotify:
         self._do_mark(mflags, mask, path, dirfd)
 
     def flush(self, kind: MarkKind | MarkFlag = "inode") -> None:
-        """Remove every mark of one kind (``inode`` marks, ``mount`` marks, ...)."""
+        """Remove every mark of one kind (``inode`` marks, ``mount`` marks, ...).
+
+        :raises ClosedResourceError: if the group is closed
+        :raises ValueError, TypeError: if ``kind`` is not a mark type
+        :raises UnsupportedFlagError: if the kernel rejects the mark type
+        """
         mflags = MarkFlag.FLUSH | self._kind(kind)
         self._do_mark(mflags, 0, None, None)
 
