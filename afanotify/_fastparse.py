@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import struct
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -59,6 +60,17 @@ _U16 = struct.Struct("=H")
 # handle_len, name_off, name_len.
 _FIDREFS = struct.Struct("=II8xIIII")
 _FIDREFS_AT = ffi.offsetof("struct afn_event", "fid")
+# path_off and path_len of struct afn_event.
+_PATHREF = struct.Struct("=Ii")
+_PATHREF_AT = ffi.offsetof("struct afn_event", "path_off")
+# What the common shapes need, in one unpack: the first seven fields,
+# path_off and path_len, then the fid and dfid parts as in _FIDREFS.
+_SHAPE = struct.Struct(
+    f"=QIIiiII{_PATHREF_AT - _HEAD.size}xIi{_FIDREFS_AT - _PATHREF_AT - _PATHREF.size}xII8xIIII"
+)
+# As os.fsdecode(), without its Python-level call per path.
+_FS_ENCODING = sys.getfilesystemencoding()
+_FS_ERRORS = sys.getfilesystemencodeerrors()
 
 _SIZE = EVENT.size
 _META_LEN = FAN_EVENT_METADATA_LEN
@@ -102,15 +114,20 @@ _PATH_RETRY = lib.AFN_PATH_RETRY
 
 
 def _constructor(cls: type[T]) -> Callable[..., T]:
-    """An equivalent of ``cls(...)`` for a frozen, slotted dataclass, about twice as fast.
+    """An equivalent of ``cls(...)`` for a frozen, slotted dataclass, several times faster.
 
     Building the event objects is most of a batch's cost once the walk is in
     C.  A frozen dataclass's ``__init__`` sets every field with
     ``object.__setattr__(self, name, value)``, which looks the slot up by name
-    each time; this calls each slot's descriptor directly and so builds the
-    same object (same signature, same defaults, all slots set).  Any shape it
-    does not cover (``__post_init__``, ``default_factory``, ``init=False`` on
-    the class or a field, no slots) gets ``cls`` itself.
+    each time.  Here the fields are stored into an instance of a plain
+    "builder" class with the very same slots (plain attribute stores, which
+    the interpreter specialises), and the finished object's ``__class__`` is
+    then set to ``cls``: CPython allows that between classes whose instance
+    layouts are identical, and the result is an ordinary ``cls`` instance
+    (same signature, same defaults, every slot set, still frozen).  Where the
+    class swap is refused, each slot's descriptor is called instead.  Any
+    shape neither covers (``__post_init__``, ``default_factory``,
+    ``init=False`` on the class or a field, no slots) gets ``cls`` itself.
     """
     fields = dataclasses.fields(cls)  # type: ignore[arg-type]
     if (
@@ -120,17 +137,36 @@ def _constructor(cls: type[T]) -> Callable[..., T]:
         or any(not f.init or f.default_factory is not dataclasses.MISSING for f in fields)
     ):
         return cls
-    ns: dict[str, Any] = {"__new": object.__new__, "__cls": cls}
-    params, body = [], ["    self = __new(__cls)"]
+    slots = cls.__dict__["__slots__"]
+    builder = type(f"_{cls.__name__}Builder", cls.__bases__, {"__slots__": slots})
+    swapped = _generate(cls, fields, builder)
+    try:
+        probe = swapped(*[None for f in fields if f.default is dataclasses.MISSING])
+    except TypeError:  # "__class__ assignment: ... object layout differs"
+        probe = None
+    if type(probe) is cls:
+        return swapped
+    return _generate(cls, fields, None)
+
+
+def _generate(cls: type[T], fields: Any, builder: type | None) -> Callable[..., T]:
+    ns: dict[str, Any] = {"__new": object.__new__, "__cls": cls, "__builder": builder}
+    params = []
+    body = ["    __obj = __new(__builder)" if builder else "    __obj = __new(__cls)"]
     for i, f in enumerate(fields):
-        ns[f"__set{i}"] = cls.__dict__[f.name].__set__
         if f.default is dataclasses.MISSING:
             params.append(f.name)
         else:
             ns[f"__default{i}"] = f.default
             params.append(f"{f.name}=__default{i}")
-        body.append(f"    __set{i}(self, {f.name})")
-    src = f"def __init({', '.join(params)}):\n" + "\n".join(body) + "\n    return self\n"
+        if builder is not None:
+            body.append(f"    __obj.{f.name} = {f.name}")
+        else:
+            ns[f"__set{i}"] = cls.__dict__[f.name].__set__
+            body.append(f"    __set{i}(__obj, {f.name})")
+    if builder is not None:
+        body.append("    __obj.__class__ = __cls")
+    src = f"def __init({', '.join(params)}):\n" + "\n".join(body) + "\n    return __obj\n"
     exec(src, ns)
     init: Callable[..., T] = ns["__init"]
     return init
@@ -343,6 +379,19 @@ class Decoder:
         src = ffi.buffer(cbuf, nbytes) if nbytes else b""
         return self._build(src, count, owned, pid_is_tid, fd_error, resolve_fd_paths, close_fds)
 
+    def _arena_text(self) -> str | None:
+        """The batch's resolved paths as one str, when byte offsets are also str offsets.
+
+        Decoding the arena once and slicing the str is cheaper than a bytes
+        slice and a decode per path; it is right only for ASCII, where each
+        byte is one character.
+        """
+        used = self._arena_used[0]
+        if not used:
+            return None
+        blob = self._arena_buf[0:used]
+        return blob.decode("ascii") if blob.isascii() else None
+
     def _build(
         self,
         src: Any,
@@ -356,13 +405,38 @@ class Decoder:
         events: list[FanotifyData] = []
         errors: list[ParseError] = []
         out = self._out_mv
-        head = _HEAD.unpack_from
         full = EVENT.unpack_from
-        fidpart = _FIDREFS.unpack_from
         append = events.append
         perm = _PERM
+        arena = self._arena_buf
+        text = self._arena_text() if resolve else None
+        dirs: dict[bytes, FileHandle] = {}
+        shape = _SHAPE.unpack_from
         for pos in range(0, count * _SIZE, _SIZE):
-            mask, off, event_len, fd, pid, status, has = head(out, pos)
+            (
+                mask, off, event_len, fd, pid, status, has, path_off, path_len,
+                fid_rec, fid_len, dfid_rec, dfid_len, name_off, name_len,
+            ) = shape(out, pos)  # fmt: skip
+            if resolve and fd >= 0 and not (status or has):
+                # fd mode with paths resolved in C: the common shape there.
+                if path_len >= 0:
+                    end = path_off + path_len
+                    if text is not None:
+                        fpath = text[path_off:end]
+                    else:
+                        fpath = str(arena[path_off:end], _FS_ENCODING, _FS_ERRORS)
+                    ok = True
+                    if fpath.endswith(_DELETED):
+                        fpath = fpath[: -len(_DELETED)]
+                        ok = False
+                    owns = ((OWN_FD | UNANSWERED) if mask & perm else OWN_FD) if owned else 0
+                    append(
+                        _event(
+                            fd, pid, mask, path=fpath, pid_is_tid=pid_is_tid,
+                            path_resolved=ok, _owns=owns,
+                        )
+                    )  # fmt: skip
+                    continue
             if not (status or has or resolve):
                 # The common shape (fd mode, no records): no dict, no second unpack.
                 if fd >= 0:
@@ -375,15 +449,22 @@ class Decoder:
                 continue
             if fd == FAN_NOFD and has and not (status or resolve or has & ~_FID_SHAPE):
                 # The common FID-group shape: a DFID_NAME record, maybe a FID.
-                fid_rec, fid_len, dfid_rec, dfid_len, name_off, name_len = fidpart(
-                    out, pos + _FIDREFS_AT
-                )
+                dfid = None
+                if has & _HAS_DFID:
+                    # Events of one batch mostly share a few directories: one
+                    # FileHandle per distinct record, so equal handles are
+                    # also the same object (HandleResolver uses that).
+                    key = src[dfid_rec : dfid_rec + _FID.size + dfid_len]
+                    dfid = dirs.get(key)
+                    if dfid is None:
+                        dfid = dirs[key] = _handle(src, dfid_rec, dfid_len)
                 append(
                     _event(
                         fd, pid, mask, pid_is_tid=pid_is_tid,
                         fid=_handle(src, fid_rec, fid_len) if has & _HAS_FID else None,
-                        dfid=_handle(src, dfid_rec, dfid_len) if has & _HAS_DFID else None,
-                        name=_name(src, name_off, name_len) if has & _HAS_NAME else None,
+                        dfid=dfid,
+                        name=str(src[name_off : name_off + name_len], "utf-8", "surrogateescape")
+                        if has & _HAS_NAME else None,
                     )
                 )  # fmt: skip
                 continue

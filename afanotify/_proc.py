@@ -112,6 +112,11 @@ class HandleResolver:
         #: Marked objects: handle key -> the path they were marked by.
         self._marked: dict[tuple[tuple[int, int], int, bytes], str] = {}
         self._cache_size = cache_size
+        # The last handle resolved through the cache, by identity: the batch
+        # decoder hands out one FileHandle object per distinct directory in a
+        # batch, so runs of events in one directory skip even the cache lookup.
+        self._last: FileHandle | None = None
+        self._last_path = ""
         self.hits = 0
         self.misses = 0
 
@@ -153,12 +158,16 @@ class HandleResolver:
 
     def resolve(self, handle: FileHandle, *, cache: bool = True) -> str | None:
         """The current path of ``handle``'s object, or None if it cannot be opened."""
+        if cache and handle is self._last:
+            self.hits += 1
+            return self._last_path
         key = (handle.fsid, handle.handle_type, handle.handle)
         if cache:
             hit = self._cache.get(key)
             if hit is not None:
                 self._cache.move_to_end(key)
                 self.hits += 1
+                self._last, self._last_path = handle, hit
                 return hit
         self.misses += 1
         path = self._open_path(handle)
@@ -168,6 +177,8 @@ class HandleResolver:
             self._cache[key] = path
             if len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
+            if self._cache_size:
+                self._last, self._last_path = handle, path
         return path
 
     def _open_path(self, handle: FileHandle) -> str | None:
@@ -198,6 +209,7 @@ class HandleResolver:
     def invalidate(self) -> None:
         """Forget every cached directory path."""
         self._cache.clear()
+        self._last = None
 
     def close(self) -> None:
         """Close the mount fds.  Idempotent."""
@@ -206,6 +218,7 @@ class HandleResolver:
             os.close(fd)
         self._marked.clear()
         self._cache.clear()
+        self._last = None
 
 
 def _fs_top(path: str | bytes, dont_follow: bool) -> str:

@@ -100,6 +100,23 @@ class EventQueue:
 
     def put_many(self, events: list[FanotifyData]) -> int:
         """Offer events in order; returns how many were taken (stops at a full block queue)."""
+        if self.policy == "block":
+            # One step for the batch, with the same outcome as put() per event.
+            items = self._items
+            n = min(self.maxsize - len(items), len(events))
+            if n > 0:
+                items.extend(events if n == len(events) else events[:n])
+                self._delivered += n
+                if len(items) > self._high:
+                    self._high = len(items)
+                for _ in range(min(n, len(self._waiters))):
+                    self._wake_one()
+            else:
+                n = 0
+            if n < len(events) and not self._full_signalled:
+                self._full_signalled = True
+                self._blocked += 1
+            return n
         n = 0
         for ev in events:
             if not self.put(ev):

@@ -8,12 +8,14 @@ the project's kernel reference (docs: kernel-fanotify.md), written out below.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import struct
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 
-import build_ffi
 from afanotify import _parser, flags
 from afanotify._ffi import ffi, lib  # the compiled core's ffi and lib, re-exported
 
@@ -254,6 +256,19 @@ NON_FANOTIFY: dict[str, int] = {
     "AT_SYMLINK_FOLLOW": 0x400,
     "AT_HANDLE_FID": 0x200,
 }
+
+
+def _load_build_script() -> ModuleType:
+    """build_ffi.py lives at the repository root, which is not on sys.path under pytest."""
+    path = Path(__file__).resolve().parent.parent / "build_ffi.py"
+    spec = importlib.util.spec_from_file_location("build_ffi", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+build_ffi = _load_build_script()
 
 BUILD_NAMES = [*build_ffi.CONSTANTS, *build_ffi.SIGNED_CONSTANTS]
 

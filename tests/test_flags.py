@@ -11,13 +11,13 @@ import errno
 import os
 from collections.abc import Callable
 
+import _buffers as B
 import pytest
 from helpers import is_open
 
 from afanotify import _parser, flags
 from afanotify.events import OWN_FD, OWN_PIDFD, UNANSWERED, FanotifyData
 from afanotify.flags import Event, InfoType, InitFlag, MarkFlag, Response, deny_errno, evt_to_str
-from tests import _buffers as B
 
 # -- members and names -------------------------------------------------------
 

@@ -10,6 +10,7 @@ import errno
 import struct
 from typing import Any
 
+import _buffers as B
 import pytest
 from helpers import is_open
 
@@ -17,7 +18,6 @@ from afanotify import _parser
 from afanotify.events import OWN_FD, OWN_PIDFD, UNANSWERED, FanotifyData, FileHandle
 from afanotify.exceptions import MetadataVersionError, ParseError, TruncatedEventError
 from afanotify.flags import Event, Response, deny_errno
-from tests import _buffers as B
 
 H1 = b"\x01\x02\x03\x04\x05\x06\x07\x08"
 H2 = b"\xaa\xbb\xcc\xdd\xee\xff\x00\x11\x22\x33\x44\x55"

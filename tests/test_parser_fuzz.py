@@ -12,6 +12,7 @@ from __future__ import annotations
 import struct
 from typing import Any
 
+import _buffers as B
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -20,7 +21,6 @@ from afanotify import _parser
 from afanotify.events import OWN_FD, OWN_PIDFD, UNANSWERED, FanotifyData, FileHandle
 from afanotify.exceptions import ParseError, TruncatedEventError
 from afanotify.flags import PERM_EVENTS
-from tests import _buffers as B
 
 pytestmark = [
     # On a failure hypothesis writes a patch file with libcst, whose old releases

@@ -227,10 +227,14 @@ static int afn_records(const unsigned char *base, size_t boff, size_t meta_len,
     return 0;
 }
 
-/* readlink("/proc/self/fd/N") into the arena.  The path is looked up afresh
- * each time rather than through a dirfd kept open, because a dirfd opened on
- * /proc/self would still name the parent's table after a fork. */
-static void afn_resolve(struct afn_event *ev, char *arena, size_t arena_cap, size_t *used)
+/* readlink of the event fd's /proc/self/fd entry, into the arena.  `fddir`
+ * is /proc/self/fd opened by afn_decode for this one batch, so each lookup
+ * is a single component (readlinkat) instead of a walk through /proc/self;
+ * it is opened per call rather than kept, because a descriptor kept open on
+ * /proc/self would still name the parent's table after a fork.  Without it
+ * (the open failed) the full path is used. */
+static void afn_resolve(struct afn_event *ev, int fddir, char *arena, size_t arena_cap,
+                        size_t *used)
 {
     char link[32] = "/proc/self/fd/";
     char digits[12];
@@ -253,7 +257,10 @@ static void afn_resolve(struct afn_event *ev, char *arena, size_t arena_cap, siz
         ev->path_len = AFN_PATH_RETRY;
         return;
     }
-    r = readlink(link, arena + *used, room);
+    if (fddir >= 0)
+        r = readlinkat(fddir, link + 14, arena + *used, room);
+    else
+        r = readlink(link, arena + *used, room);
     if (r < 0) {
         ev->path_len = AFN_PATH_FAILED;
         ev->arg1 = (uint32_t)errno;
@@ -288,9 +295,12 @@ long afn_decode(const unsigned char *buf, size_t nbytes, struct afn_event *out, 
 {
     const size_t meta = FAN_EVENT_METADATA_LEN;
     size_t off = 0, n = 0, used = 0;
+    int fddir = -1;
 
     if (nbytes > UINT32_MAX || arena_cap > UINT32_MAX)
         return -EOVERFLOW;
+    if ((flags & AFN_RESOLVE_FD_PATHS) && nbytes > 0)
+        fddir = open("/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_PATH);
     while (off < nbytes && n < cap) {
         struct afn_event *ev = &out[n++];
         size_t left = nbytes - off, event_len, meta_len;
@@ -326,7 +336,7 @@ long afn_decode(const unsigned char *buf, size_t nbytes, struct afn_event *out, 
 
         if (ev->status == AFN_OK && ev->fd >= 0) {
             if (flags & AFN_RESOLVE_FD_PATHS)
-                afn_resolve(ev, arena, arena_cap, &used);
+                afn_resolve(ev, fddir, arena, arena_cap, &used);
             if ((flags & AFN_CLOSE_FDS) && !(ev->mask & keep_fd_mask)
                 && ev->path_len != AFN_PATH_RETRY) {
                 close(ev->fd);
@@ -335,6 +345,8 @@ long afn_decode(const unsigned char *buf, size_t nbytes, struct afn_event *out, 
         }
         off += event_len;
     }
+    if (fddir >= 0)
+        close(fddir);
     *arena_used = used;
     *stop = off;
     return (long)n;

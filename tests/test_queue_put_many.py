@@ -1,0 +1,59 @@
+"""EventQueue.put_many: the batched block-policy path behaves as put() per event."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from afanotify._queue import EventQueue
+from afanotify.events import FanotifyData
+
+
+def _events(n: int) -> list[FanotifyData]:
+    return [FanotifyData(-1, i, 1) for i in range(n)]
+
+
+def _one_by_one(q: EventQueue, events: list[FanotifyData]) -> int:
+    n = 0
+    for ev in events:
+        if not q.put(ev):
+            break
+        n += 1
+    return n
+
+
+@pytest.mark.parametrize(
+    ("maxsize", "batches"), [(5, [3, 4, 2]), (4, [4, 1]), (10, [3]), (1, [2, 2])]
+)
+def test_put_many_matches_put_loop(maxsize: int, batches: list[int]) -> None:
+    a, b = EventQueue(maxsize), EventQueue(maxsize)
+    for size in batches:
+        evs = _events(size)
+        assert a.put_many(evs) == _one_by_one(b, evs)
+        assert a.statistics() == b.statistics()
+    got_a = [a.get_nowait().pid for _ in range(len(a))]
+    got_b = [b.get_nowait().pid for _ in range(len(b))]
+    assert got_a == got_b
+
+
+async def test_put_many_wakes_one_waiter_per_event() -> None:
+    q = EventQueue(10)
+    waiters = [asyncio.ensure_future(q.get()) for _ in range(3)]
+    await asyncio.sleep(0)
+    assert q.put_many(_events(2)) == 2
+    await asyncio.sleep(0)
+    assert sum(w.done() for w in waiters) == 2
+    assert q.put_many(_events(1)) == 1
+    got = await asyncio.wait_for(asyncio.gather(*waiters), 5)
+    assert sorted(e.pid for e in got) == [0, 0, 1]
+
+
+def test_put_many_on_full_queue_signals_block_once() -> None:
+    spaces: list[int] = []
+    q = EventQueue(2, on_space=lambda: spaces.append(1))
+    assert q.put_many(_events(3)) == 2
+    assert q.put_many(_events(1)) == 0
+    assert q.statistics().blocked == 1
+    q.get_nowait()
+    assert spaces == [1]
