@@ -61,6 +61,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ._proc import process_info
 from ._queue import POLICIES, EventQueue
+from ._resource import AsyncClosingContext
 from .events import OWN_FD, OWN_PIDFD, UNANSWERED, FanotifyData
 from .exceptions import ClosedResourceError
 from .flags import CLASS_BITS, Event, InitFlag
@@ -556,7 +557,7 @@ def _strip(ev: FanotifyData) -> FanotifyData:
     return replace(ev, fd=fd, pidfd=_kept_pidfd(ev), _owns=0, _group=None)
 
 
-class FanotifyClient:
+class FanotifyClient(AsyncClosingContext):
     """One consumer of a shared :class:`~afanotify.Fanotify` group.
 
     ``FanotifyClient(fan, maxsize=..., overflow="block", **rule_kwargs)``
@@ -794,21 +795,6 @@ class FanotifyClient:
         for ev in left:
             ev.close()
 
-    async def aclose(self) -> None:
-        """Disconnect (see :meth:`close`)."""
-        self.close()
-
-    async def __aenter__(self) -> FanotifyClient:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def __enter__(self) -> FanotifyClient:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
 
 def connect(

@@ -49,7 +49,6 @@ import socket
 import struct
 import threading
 import time
-import warnings
 import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
@@ -58,6 +57,7 @@ from typing import Any, NamedTuple, Union
 
 from . import _ffi
 from . import flags as _flags
+from ._resource import ClosingContext, WarnsUnclosed, warn_and_close
 from .client import DispatchStatistics
 from .client import FanotifyClient as _NativeClient
 from .events import OWN_FD
@@ -174,19 +174,11 @@ _TAKE = 256
 # -- event names ---------------------------------------------------------------
 
 
-def _event_names() -> tuple[tuple[int, str], ...]:
-    singles = [m for m in Event if m.value and m.value & (m.value - 1) == 0 and m.name]
-    on_child = int(Event.EVENT_ON_CHILD)
-    names = [(int(m), str(m.name).lower()) for m in singles if int(m) != on_child]
-    # pyfanotify lists on_child last.
-    names.append((on_child, "on_child"))
-    return tuple(names)
-
-
-_EVENT_NAMES = _event_names()
-_KNOWN_BITS = 0
-for _bit, _ in _EVENT_NAMES:
-    _KNOWN_BITS |= _bit
+# pyfanotify's spelling: lower case, and "on_child" (for EVENT_ON_CHILD) last.
+_EVENT_NAMES = (
+    *((bit, name.lower()) for bit, name in _flags._EVENT_BITS if bit != Event.EVENT_ON_CHILD),
+    (int(Event.EVENT_ON_CHILD), "on_child"),
+)
 
 
 def evt_to_str(mask: int) -> str:
@@ -195,11 +187,7 @@ def evt_to_str(mask: int) -> str:
     ``evt_to_str(FAN_OPEN | FAN_CLOSE_NOWRITE) == "close_nowrite|open"``;
     bits no event names are appended in hex.
     """
-    names = [name for bit, name in _EVENT_NAMES if mask & bit]
-    rest = mask & ~_KNOWN_BITS
-    if rest:
-        names.append(hex(rest))
-    return "|".join(names)
+    return _flags._bit_names(mask, _EVENT_NAMES)
 
 
 # -- events ----------------------------------------------------------------------
@@ -841,13 +829,8 @@ class Fanotify:
         self.stop()
 
     def __del__(self) -> None:
-        if getattr(self, "_state", "stopped") == "stopped":
-            return
-        warnings.warn(f"unstopped {self!r}", ResourceWarning, stacklevel=1, source=self)
-        try:
-            self.stop()
-        except Exception:
-            pass
+        if getattr(self, "_state", "stopped") != "stopped":
+            warn_and_close(self, self.stop, "unstopped")
 
     # -- rules -------------------------------------------------------------
 
@@ -1175,7 +1158,7 @@ class Fanotify:
 _POLICIES = ("block", "drop_oldest", "drop_newest")
 
 
-class FanotifyClient:
+class FanotifyClient(ClosingContext, WarnsUnclosed):
     """pyfanotify's ``FanotifyClient``: a rule plus a mailbox of the events it matched.
 
     ``sock`` has a ``fileno()`` that polls readable while events wait, so
@@ -1272,21 +1255,6 @@ class FanotifyClient:
             left = self._box.close()
             if left:
                 log.debug("compat client closed with %d events unread", left)
-
-    def __enter__(self) -> FanotifyClient:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        if getattr(self, "_closed", True):
-            return
-        warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=1, source=self)
-        try:
-            self.close()
-        except Exception:
-            pass
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"

@@ -246,17 +246,27 @@ def evt_to_str(mask: int) -> str:
     Composites are spelled out (``CLOSE`` gives ``"CLOSE_WRITE|CLOSE_NOWRITE"``);
     bits without a name end the string as one hex number.
     """
-    names = [m.name for m in _SINGLE_EVENTS if mask & m.value and m.name]
+    return _bit_names(mask, _EVENT_BITS)
+
+
+def _bit_names(mask: int, names: tuple[tuple[int, str], ...]) -> str:
+    """The ``names`` of the bits set in ``mask``, in their order, joined by ``|``.
+
+    ``names`` covers the single-bit events (compat spells them its own way);
+    bits of no event end the string as one hex number.
+    """
+    parts = [name for bit, name in names if mask & bit]
     rest = mask & ~_ALL_EVENT_BITS
     if rest:
-        names.append(hex(rest))
-    return "|".join(names)
+        parts.append(hex(rest))
+    return "|".join(parts)
 
 
-_SINGLE_EVENTS = tuple(m for m in Event if m.value & (m.value - 1) == 0)
+#: ``(bit, name)`` of every single-bit Event, in bit order.
+_EVENT_BITS = tuple((m.value, str(m.name)) for m in Event if m.value & (m.value - 1) == 0)
 _ALL_EVENT_BITS = 0
-for _m in _SINGLE_EVENTS:
-    _ALL_EVENT_BITS |= _m.value
+for _bit, _ in _EVENT_BITS:
+    _ALL_EVENT_BITS |= _bit
 
 # The FAN_* integers, for code written against the C API or pyfanotify.
 FAN_NOFD: int = lib.FAN_NOFD

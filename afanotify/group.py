@@ -14,7 +14,6 @@ import errno as _errno
 import logging
 import os
 import resource
-import warnings
 from collections.abc import AsyncIterator
 from typing import Any, Literal, NamedTuple, Union
 
@@ -24,6 +23,7 @@ from ._errors import init_error, mark_error
 from ._parser import parse_lenient
 from ._proc import HandleResolver, fd_path, process_info
 from ._queue import EventQueue
+from ._resource import AsyncClosingContext, WarnsUnclosed
 from .client import DispatchStatistics, FanotifyClient
 from .events import OWN_FD, UNANSWERED, FanotifyData
 from .exceptions import ClosedResourceError, ParseError, WouldBlock
@@ -140,7 +140,7 @@ def _check_int(name: str, value: object) -> int:
     return int(value)
 
 
-class Fanotify:
+class Fanotify(AsyncClosingContext, WarnsUnclosed):
     """A fanotify group, used from asyncio.
 
     ``async with Fanotify(InitFlag.REPORT_DFID_NAME) as fan:`` makes the group;
@@ -232,7 +232,10 @@ class Fanotify:
         self._fd = _open_group(flags | InitFlag.NONBLOCK | InitFlag.CLOEXEC, event_flags)
         self._closed = False
         self._pid = os.getpid()
-        self._own_tids: set[int] = {self._pid}
+        #: Ids that are always this process (thread ids are checked per event).
+        self._own_tids: frozenset[int] = frozenset((self._pid,))
+        #: Thread ids seen live in this process (REPORT_TID), see _is_own.
+        self._seen_tids: set[int] = set()
         self._buf = bytearray(buffer_size)
         self._fast = _fast_decoder(buffer_size)
         self._fd_budget = _fd_budget(flags)
@@ -368,7 +371,12 @@ class Fanotify:
         self._do_mark(mflags, mask, path, dirfd)
 
     def flush(self, kind: MarkKind | MarkFlag = "inode") -> None:
-        """Remove every mark of one kind (``inode`` marks, ``mount`` marks, ...)."""
+        """Remove every mark of one kind (``inode`` marks, ``mount`` marks, ...).
+
+        :raises ClosedResourceError: if the group is closed
+        :raises ValueError, TypeError: if ``kind`` is not a mark type
+        :raises UnsupportedFlagError: if the kernel rejects the mark type
+        """
         mflags = MarkFlag.FLUSH | self._kind(kind)
         self._do_mark(mflags, 0, None, None)
 
@@ -699,8 +707,23 @@ class Fanotify:
     def _is_own(self, pid: int) -> bool:
         if pid in self._own_tids:
             return True
-        if self._pid_is_tid and os.path.exists(f"/proc/self/task/{pid}"):
-            self._own_tids.add(pid)
+        if not self._pid_is_tid:
+            return False
+        # With REPORT_TID, ``pid`` is a thread id.  A live thread of ours is
+        # listed under /proc/self/task.  One that has exited since the event
+        # is still ours as long as no other process holds its id; once the id
+        # is reused (it shows under /proc again), it is never trusted: that
+        # process's permission events must not be allowed unseen.
+        if os.path.exists(f"/proc/self/task/{pid}"):
+            seen = self._seen_tids
+            if len(seen) >= 4096:
+                seen.clear()
+            seen.add(pid)
+            return True
+        if pid in self._seen_tids:
+            if os.path.exists(f"/proc/{pid}"):
+                self._seen_tids.discard(pid)
+                return False
             return True
         return False
 
@@ -1094,31 +1117,6 @@ class Fanotify:
                     else:
                         self._answer_default(ev, AT_CLOSE)
                 ev.close()
-
-    async def aclose(self) -> None:
-        """Close the group (see :meth:`close`)."""
-        self.close()
-
-    async def __aenter__(self) -> Fanotify:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
-    def __enter__(self) -> Fanotify:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        if getattr(self, "_closed", True):
-            return
-        warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=1, source=self)
-        try:
-            self.close()
-        except Exception:
-            pass
 
 
 def _fast_decoder(bufsize: int) -> Any:

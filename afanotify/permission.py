@@ -478,6 +478,9 @@ class PermissionTracker:
         if self._group.closed:
             return
         self.expire()
+        self._arm_for_oldest()
+
+    def _arm_for_oldest(self) -> None:
         with self.lock:
             head = next(iter(self._pending.values()), None)
         if head is not None:
@@ -487,10 +490,7 @@ class PermissionTracker:
         """Arm the timer for events read before the loop was known (sync reads)."""
         self._loop = loop
         if self._timer is None:
-            with self.lock:
-                head = next(iter(self._pending.values()), None)
-            if head is not None:
-                self._arm(head.deadline)
+            self._arm_for_oldest()
 
     # -- tasks ---------------------------------------------------------
 

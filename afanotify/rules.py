@@ -319,15 +319,9 @@ class FanoRule:
 
         A sync predicate is called directly: no task or future is created.
         """
-        if not self._match_fast(event):
-            return False
-        if not self._has_rest:
-            return True
-        if not self._match_fields(event):
-            return False
-        pred = self.predicate
-        if pred is None:
-            return True
         if not self.is_async:
-            return self._call_sync(event)
-        return bool(await pred(event))  # type: ignore[misc]
+            return self.matches(event)
+        # An async rule has a predicate, so there is always more than the fast part to check.
+        if not self._match_fast(event) or not self._match_fields(event):
+            return False
+        return bool(await self.predicate(event))  # type: ignore[misc]

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 from helpers import CHILD_CWD, child_env
 
@@ -78,3 +80,13 @@ async def drain(fan: Fanotify) -> None:
     """Keep the group reading (permission events go to the handler)."""
     async for ev in fan:
         ev.close()
+
+
+@contextlib.asynccontextmanager
+async def background(coro: Coroutine[Any, Any, object]) -> AsyncIterator[asyncio.Task[object]]:
+    """Run ``coro`` as a task while the block runs; cancel it on the way out."""
+    task = asyncio.create_task(coro)
+    try:
+        yield task
+    finally:
+        task.cancel()

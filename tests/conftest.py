@@ -51,6 +51,20 @@ def ext4() -> Iterator[Path]:
         shutil.rmtree(os.path.dirname(image), ignore_errors=True)
 
 
+@pytest.fixture
+def pipe_fds() -> Iterator[list[int]]:
+    """Four real descriptors (two pipes); those the test left open are closed afterwards."""
+    r1, w1 = os.pipe()
+    r2, w2 = os.pipe()
+    fds = [r1, w1, r2, w2]
+    yield fds
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
 @pytest.fixture(params=["tmpfs", "ext4"])
 def anyfs(request: pytest.FixtureRequest) -> Path:
     """Each test using this runs twice: on a private tmpfs and on a loop-mounted ext4."""

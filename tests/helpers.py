@@ -12,6 +12,7 @@ directory first on sys.path, ahead of PYTHONPATH. Files of the checkout itself
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import afanotify
-from afanotify import FanotifyData
+from afanotify import FanotifyClient, FanotifyData, WouldBlock
 
 #: The checkout holding these tests: README.md, examples/, bench/, build_ffi.py.
 REPO = Path(__file__).resolve().parents[1]
@@ -77,6 +78,28 @@ def sh(script: str, timeout: float = 10.0) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["sh", "-c", script], capture_output=True, text=True, timeout=timeout, check=False
     )
+
+
+def drain_client(client: FanotifyClient) -> list[FanotifyData]:
+    """Take every event the client has queued now, without waiting; each is closed."""
+    out = []
+    while True:
+        try:
+            ev = client.get_nowait()
+        except WouldBlock:
+            return out
+        ev.close()
+        out.append(ev)
+
+
+def is_open(fd: int) -> bool:
+    """Whether ``fd`` is an open descriptor of this process (a closed one gives EBADF)."""
+    try:
+        os.fstat(fd)
+    except OSError as exc:
+        assert exc.errno == errno.EBADF
+        return False
+    return True
 
 
 def open_fd_count() -> int:

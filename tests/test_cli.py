@@ -605,9 +605,17 @@ def test_guard_timeout_stops_it(tmpfs: Path) -> None:
     assert "0 opens answered" in err
 
 
-def _blocked_opener(path: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-c", OPENER, str(path)],
+@contextmanager
+def _opener(path: Path) -> Iterator[subprocess.Popen[str]]:
+    """Start OPENER on ``path``; kill it on the way out if it is still running."""
+    proc = subprocess.Popen([sys.executable, "-c", OPENER, str(path)],
                             stdout=subprocess.PIPE, text=True, cwd=CHILD_CWD, env=child_env())
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def _assert_waiting(proc: subprocess.Popen[str]) -> None:
@@ -630,15 +638,10 @@ def test_sigkilled_guard_leaves_no_waiting_process(tmpfs: Path) -> None:
     with cli("guard", "--deny", "*.key", str(tmpfs)) as p:
         p.wait_stderr("guarding")
         os.kill(p.popen.pid, signal.SIGSTOP)
-        opener = _blocked_opener(key)
-        try:
+        with _opener(key) as opener:
             _assert_waiting(opener)
             os.kill(p.popen.pid, signal.SIGKILL)
             out, _ = opener.communicate(timeout=10)
-        finally:
-            if opener.poll() is None:
-                opener.kill()
-                opener.wait()
     # the guard's fd closed with the open unanswered: the kernel allowed it
     assert out.strip() == "ok secret"
 
@@ -648,16 +651,11 @@ def test_sigterm_with_a_waiting_process_answers_the_default(tmpfs: Path) -> None
     with cli("guard", "--default", "deny", "--deny", "*.key", str(tmpfs)) as p:
         p.wait_stderr("guarding")
         os.kill(p.popen.pid, signal.SIGSTOP)
-        opener = _blocked_opener(txt)
-        try:
+        with _opener(txt) as opener:
             _assert_waiting(opener)
             os.kill(p.popen.pid, signal.SIGTERM)
             os.kill(p.popen.pid, signal.SIGCONT)
             out, _ = opener.communicate(timeout=10)
-        finally:
-            if opener.poll() is None:
-                opener.kill()
-                opener.wait()
         code, _, err = p.finish()
     assert code == 0, err
     assert "Traceback" not in err

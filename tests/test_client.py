@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from helpers import drain_client, is_open
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -37,31 +38,12 @@ async def fan() -> AsyncIterator[Fanotify]:
         yield group
 
 
-def fd_open(fd: int) -> bool:
-    try:
-        os.fstat(fd)
-    except OSError:
-        return False
-    return True
-
-
 def synth(path: str = "/d/a", pid: int = 100, ev_types: int = OPEN, fd: bool = False,
           **kw: Any) -> FanotifyData:
     if fd:
         n = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
         return FanotifyData(fd=n, pid=pid, ev_types=ev_types, path=path, _owns=OWN_FD, **kw)
     return FanotifyData(pid=pid, ev_types=ev_types, path=path, **kw)
-
-
-def drain(client: FanotifyClient) -> list[FanotifyData]:
-    out = []
-    while True:
-        try:
-            ev = client.get_nowait()
-        except WouldBlock:
-            return out
-        ev.close()
-        out.append(ev)
 
 
 async def test_three_rules_each_get_exactly_their_events(fan: Fanotify) -> None:
@@ -73,9 +55,9 @@ async def test_three_rules_each_get_exactly_their_events(fan: Fanotify) -> None:
         synth("/d/z", 2, MODIFY), synth("/d/x", 7, OPEN | CW),
     ]
     fan._deliver(evs)
-    assert [(e.path, e.pid) for e in drain(a)] == [("/d/x", 1), ("/d/x", 7)]
-    assert [(e.path, e.pid) for e in drain(b)] == [("/d/x", 1), ("/d/y", 7), ("/d/x", 7)]
-    assert [(e.path, e.pid) for e in drain(c)] == [("/d/y", 7), ("/d/z", 7), ("/d/x", 7)]
+    assert [(e.path, e.pid) for e in drain_client(a)] == [("/d/x", 1), ("/d/x", 7)]
+    assert [(e.path, e.pid) for e in drain_client(b)] == [("/d/x", 1), ("/d/y", 7), ("/d/x", 7)]
+    assert [(e.path, e.pid) for e in drain_client(c)] == [("/d/y", 7), ("/d/z", 7), ("/d/x", 7)]
     assert fan.dispatch_stats.unmatched == 1  # the MODIFY
     assert b.rname.startswith("client-")
     for cl in (a, b, c):
@@ -96,9 +78,9 @@ async def test_fd_ownership_fan_out(fan: Fanotify) -> None:
     assert e3.fd == -1 and e3.closed
     fds = (e1.fd, e2.fd)
     e1.close()
-    assert fd_open(e2.fd)  # each client owns its own descriptor
+    assert is_open(e2.fd)  # each client owns its own descriptor
     e2.close()
-    assert not any(fd_open(f) for f in fds)
+    assert not any(is_open(f) for f in fds)
     assert fan.dispatch_stats.dup_fds == 1
     for cl in (p1, p2, plain):
         cl.close()
@@ -111,7 +93,7 @@ async def test_without_pass_fd_the_library_closes_the_fd(fan: Fanotify) -> None:
     fan._deliver([ev])
     got = c.get_nowait()
     assert got.fd == -1 and got.closed
-    assert not fd_open(fd)
+    assert not is_open(fd)
     c.close()
 
 
@@ -119,7 +101,7 @@ async def test_unmatched_events_are_released_and_counted(fan: Fanotify) -> None:
     c = fan.connect(FanoRule("c", ev_types=CW))
     ev = synth(fd=True)
     fan._deliver([ev])
-    assert ev.closed and not fd_open(ev.fd)
+    assert ev.closed and not is_open(ev.fd)
     assert fan.dispatch_stats.unmatched == 1 and fan.dispatch_stats.dispatched == 0
     c.close()
 
@@ -163,9 +145,9 @@ async def test_drop_policies_count_and_mark(fan: Fanotify, policy: str) -> None:
     assert st.matched == st.received + st.dropped + st.queued + st.held + st.discarded
     assert st.received == 3
     # The other client is unaffected and got every event.
-    assert len(drain(fast)) == 10
+    assert len(drain_client(fast)) == 10
     # Nothing leaked: every descriptor was closed (the fast client had no pass_fd).
-    assert not any(fd_open(f) for f in fds)
+    assert not any(is_open(f) for f in fds)
     with pytest.raises(WouldBlock):
         slow.get_nowait()
     slow.close()
@@ -180,7 +162,7 @@ async def test_block_policy_pauses_reading_and_loses_nothing(fan: Fanotify) -> N
     fan._deliver([synth(f"/d/{i}") for i in range(5)])
     assert slow.stats.queued == 2 and slow.stats.held == 3 and slow.stats.blocked == 1
     assert fan._paused and not fan._reading
-    assert len(drain(other)) == 5  # already-read events still reach the others
+    assert len(drain_client(other)) == 5  # already-read events still reach the others
     # Each get moves one held event into the queue, in order.
     got = [slow.get_nowait().path for _ in range(2)]
     assert fan._paused and slow.stats.held == 1
@@ -204,7 +186,7 @@ async def test_closing_a_blocked_client_resumes_reading(fan: Fanotify) -> None:
     assert fan._paused
     slow.close()
     assert not fan._paused and fan._reading
-    assert not fd_open(held_fd)
+    assert not is_open(held_fd)
     assert slow.stats.discarded == 2
     other.close()
 
@@ -215,14 +197,14 @@ async def test_close_stops_delivery_at_once(fan: Fanotify) -> None:
     ev = synth(fd=True)
     fan._deliver([ev])
     c.close()
-    assert not fd_open(ev.fd)  # queued, unread: released
+    assert not is_open(ev.fd)  # queued, unread: released
     fan._deliver([synth()])
     assert c.stats.matched == 1
     with pytest.raises(ClosedResourceError):
         c.get_nowait()
     with pytest.raises(ClosedResourceError):
         await c.get()
-    assert len(drain(keep)) == 2
+    assert len(drain_client(keep)) == 2
     keep.close()
 
 
@@ -262,7 +244,7 @@ async def test_group_close_ends_clients(fan: Fanotify) -> None:
     await asyncio.sleep(0.01)
     await fan.aclose()
     await asyncio.wait_for(task, 2)
-    assert len(got) == 1 and not fd_open(ev.fd) and c.closed
+    assert len(got) == 1 and not is_open(ev.fd) and c.closed
 
 
 async def test_async_for_releases_previous_event(fan: Fanotify) -> None:
@@ -271,7 +253,7 @@ async def test_async_for_releases_previous_event(fan: Fanotify) -> None:
     fan._deliver(evs)
     it = c.__aiter__()
     first = await it.__anext__()
-    assert fd_open(first.fd)
+    assert is_open(first.fd)
     await it.__anext__()
     assert first.closed
     await c.aclose()
@@ -282,7 +264,7 @@ async def test_sync_predicate_dispatches_inline(fan: Fanotify) -> None:
     c = fan.connect(FanoRule("c", predicate=lambda e: e.pid % 2 == 0))
     fan._deliver([synth(pid=1), synth(pid=2), synth(pid=4)])
     assert fan._clients._task is None  # no task was created
-    assert [e.pid for e in drain(c)] == [2, 4]
+    assert [e.pid for e in drain_client(c)] == [2, 4]
     c.close()
 
 
@@ -305,7 +287,7 @@ async def test_async_predicate_keeps_order_and_pauses_reading(fan: Fanotify) -> 
             break
         await asyncio.sleep(0.01)
     assert fan._clients._task is None and not fan._paused
-    assert [e.pid for e in drain(s)] == list(range(14))
+    assert [e.pid for e in drain_client(s)] == list(range(14))
     a.close()
     s.close()
 
@@ -318,7 +300,7 @@ async def test_failing_predicate_is_counted_not_fatal(fan: Fanotify) -> None:
     ok = fan.connect(FanoRule("ok", ev_types=OPEN))
     fan._deliver([synth()])
     assert c.stats.predicate_errors == 1 and c.stats.matched == 0
-    assert len(drain(ok)) == 1
+    assert len(drain_client(ok)) == 1
     c.close()
     ok.close()
 
@@ -328,7 +310,7 @@ async def test_kernel_overflow_reaches_every_client(fan: Fanotify) -> None:
     b = fan.connect(FanoRule("b", pids=[3]))
     fan._deliver([FanotifyData(ev_types=int(Event.Q_OVERFLOW))])
     for c in (a, b):
-        [e] = drain(c)
+        [e] = drain_client(c)
         assert e.ev_types == int(Event.Q_OVERFLOW) and not isinstance(e, ClientOverflow)
         c.close()
 
@@ -342,7 +324,7 @@ async def test_group_queue_is_a_consumer_only_once_received_from(fan: Fanotify) 
     e = fan.receive_nowait()
     assert e.path == "/d/2" and e.fd >= 0  # the group gets the original and its fd
     assert fan.receive_nowait().path == "/d/3"  # match-all
-    assert [x.path for x in drain(c)] == ["/d/1", "/d/2"]
+    assert [x.path for x in drain_client(c)] == ["/d/1", "/d/2"]
     e.close()
     c.close()
 
@@ -362,11 +344,11 @@ async def test_proc_read_only_when_a_candidate_needs_it(fan: Fanotify) -> None:
     me = os.getpid()
     fan._deliver([synth(pid=me, ev_types=CW)])
     assert fan.dispatch_stats.proc_reads == 0
-    [e] = drain(by_type)
+    [e] = drain_client(by_type)
     assert e.exe is None
     fan._deliver([synth(pid=me, ev_types=OPEN)])
     assert fan.dispatch_stats.proc_reads == 1
-    [e] = drain(by_exe)
+    [e] = drain_client(by_exe)
     assert e.exe == os.readlink("/proc/self/exe") and e.cwd == os.getcwd()
     by_type.close()
     by_exe.close()
@@ -378,7 +360,7 @@ async def test_process_gone_fields_none_and_exe_rule_does_not_match(fan: Fanotif
     gone = 2**22 + 12345  # above pid_max: no such process
     fan._deliver([synth(pid=gone)])
     assert by_exe.stats.matched == 0
-    [e] = drain(by_type)
+    [e] = drain_client(by_type)
     assert e.exe is None and e.cwd is None
     by_exe.close()
     by_type.close()
@@ -435,7 +417,7 @@ async def test_path_index_keeps_semantics_and_order(fan: Fanotify) -> None:
         FanotifyData(ev_types=rename, old_path="/e/q", new_path="/g/q", path="/g/q"),
     ]
     fan._deliver(events)
-    got = {c.rule.name: [e.path for e in drain(c)] for c in clients}
+    got = {c.rule.name: [e.path for e in drain_client(c)] for c in clients}
     # The directory index gives exactly what each rule's own matches() says.
     assert got == {r.name: [e.path for e in events if r.matches(e)] for r in rules}
     assert got == {
@@ -558,7 +540,7 @@ def test_dispatch_equals_matching_each_rule(
             clients = [fan.connect(r, maxsize=100) for r in rules]
             fan._deliver(events[: len(events) // 2])
             fan._deliver(events[len(events) // 2:])  # the cache is warm now
-            return {c.rule.name: [e.range_offset for e in drain(c)] for c in clients}
+            return {c.rule.name: [e.range_offset for e in drain_client(c)] for c in clients}
 
     got = asyncio.run(run())
     want = {r.name: [e.range_offset for e in events if r.matches(e)] for r in rules}
@@ -582,7 +564,7 @@ async def test_group_close_during_async_dispatch_releases_everything() -> None:
         assert task is not None and not task.done()
     finally:
         await fan.aclose()
-    assert all(e.closed and not fd_open(e.fd) for e in evs)
+    assert all(e.closed and not is_open(e.fd) for e in evs)
     assert c.closed
     await asyncio.sleep(0)
     assert task.cancelled()

@@ -13,7 +13,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from helpers import CHILD_CWD, child_env, open_fd_count, sh
+from helpers import CHILD_CWD, child_env, drain_client, open_fd_count, sh
 
 from afanotify import (
     ClientOverflow,
@@ -32,17 +32,6 @@ OPEN = int(Event.OPEN)
 CW = int(Event.CLOSE_WRITE)
 CNW = int(Event.CLOSE_NOWRITE)
 MODIFY = int(Event.MODIFY)
-
-
-def drain(client: FanotifyClient) -> list[FanotifyData]:
-    out = []
-    while True:
-        try:
-            ev = client.get_nowait()
-        except WouldBlock:
-            return out
-        ev.close()
-        out.append(ev)
 
 
 async def wait_for_path(
@@ -103,9 +92,9 @@ async def test_three_clients_each_get_exactly_their_events(tmpfs: Path) -> None:
             for p in readers_procs:
                 p.communicate(b"")
         # (The kernel merges an open and close of one file into one event.)
-        got_a = [(e.path, bool(e.ev_types & CW)) for e in drain(writes_in_a)]
-        got_logs = [(e.path, e.ev_types) for e in drain(logs)]
-        got_readers = [(e.path, bool(e.ev_types & OPEN), e.exe) for e in drain(readers)]
+        got_a = [(e.path, bool(e.ev_types & CW)) for e in drain_client(writes_in_a)]
+        got_logs = [(e.path, e.ev_types) for e in drain_client(logs)]
+        got_readers = [(e.path, bool(e.ev_types & OPEN), e.exe) for e in drain_client(readers)]
     assert got_a == [(f"{tmpfs}/a/x", True), (f"{tmpfs}/a/y", True)]
     log_path = f"{tmpfs}/b.log"
     seen = 0
@@ -147,8 +136,8 @@ async def test_slow_clients_under_each_policy_counts_add_up(tmpfs: Path) -> None
 
         await asyncio.wait_for(slow(), 30)
         assert await proc.wait() == 0
-        got_control = drain(control)
-        old_evs, new_evs = drain(oldest), drain(newest)
+        got_control = drain_client(control)
+        old_evs, new_evs = drain_client(oldest), drain_client(newest)
         st_block, st_old, st_new = block.stats, oldest.stats, newest.stats
     expected = [f"{tmpfs}/f{i}" for i in range(N_FILES)]
     # block: every event, in order, nothing dropped; it made the group pause.

@@ -8,11 +8,13 @@ caused by its own process and its descendants.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
 import logging
 import os
 import select
+import socket
 import subprocess
 import sys
 import textwrap
@@ -73,6 +75,27 @@ def wait_events(
     return got
 
 
+def poll_until(cond: Callable[[], bool], timeout: float = 5.0) -> bool:
+    """Check ``cond`` every 10 ms until it holds (True) or ``timeout`` passes (False)."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+@contextlib.contextmanager
+def dgram_receiver(name: bytes) -> Iterator[socket.socket]:
+    """A unix datagram socket bound to the abstract address ``name`` (as pyfanotify binds it)."""
+    rx = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        rx.bind(b"\0" + name)
+        yield rx
+    finally:
+        rx.close()
+
+
 def paths(events: Events) -> set[str | None]:
     return {ev.path for ev in events}
 
@@ -109,6 +132,19 @@ def client() -> Iterator[Callable[..., FanotifyClient]]:
     yield factory
     for cli in made:
         cli.close()
+
+
+@pytest.fixture
+def running(tmpfs: Path, make: Callable[..., Fanotify]) -> Callable[..., Fanotify]:
+    """Make a compat Fanotify with a mount mark (``is_type="mp"``) on the tmpfs, started."""
+
+    def factory(*ev_types: int) -> Fanotify:
+        fan = make()
+        fan.mark(str(tmpfs), *ev_types, is_type="mp")
+        fan.start()
+        return fan
+
+    return factory
 
 
 @pytest.fixture
@@ -460,11 +496,9 @@ def test_get_events_yields_nothing_without_blocking(
 
 
 def test_events_reach_a_poll_loop(
-    tmpfs: Path, make: Callable[..., Fanotify], client: Callable[..., FanotifyClient]
+    tmpfs: Path, running: Callable[..., Fanotify], client: Callable[..., FanotifyClient]
 ) -> None:
-    fan = make()
-    fan.mark(str(tmpfs), is_type="mp")
-    fan.start()
+    fan = running()
     cli = client(fan, path_pattern=f"{tmpfs}/*")
     target = tmpfs / "a.txt"
     detached(f"echo hi > {target}")
@@ -479,11 +513,9 @@ def test_events_reach_a_poll_loop(
 
 
 def test_sock_readable_while_events_wait(
-    tmpfs: Path, make: Callable[..., Fanotify], client: Callable[..., FanotifyClient]
+    tmpfs: Path, running: Callable[..., Fanotify], client: Callable[..., FanotifyClient]
 ) -> None:
-    fan = make()
-    fan.mark(str(tmpfs), is_type="mp")
-    fan.start()
+    fan = running()
     cli = client(fan, path_pattern=f"{tmpfs}/*")
     detached(f"echo hi > {tmpfs}/r")
     assert select.select([cli.sock], [], [], 5)[0] == [cli.sock]
@@ -492,11 +524,9 @@ def test_sock_readable_while_events_wait(
 
 
 def test_breaking_out_of_get_events_keeps_the_rest(
-    tmpfs: Path, make: Callable[..., Fanotify], client: Callable[..., FanotifyClient]
+    tmpfs: Path, running: Callable[..., Fanotify], client: Callable[..., FanotifyClient]
 ) -> None:
-    fan = make()
-    fan.mark(str(tmpfs), pyfanotify.FAN_CLOSE_WRITE, is_type="mp")
-    fan.start()
+    fan = running(pyfanotify.FAN_CLOSE_WRITE)
     cli = client(fan, path_pattern=f"{tmpfs}/*")
     detached(f"for i in 1 2 3 4 5; do echo x > {tmpfs}/f$i; done")
     deadline = time.monotonic() + 5
@@ -511,11 +541,9 @@ def test_breaking_out_of_get_events_keeps_the_rest(
 
 
 def test_pass_fd_gives_the_receiver_an_open_fd(
-    tmpfs: Path, make: Callable[..., Fanotify], client: Callable[..., FanotifyClient]
+    tmpfs: Path, running: Callable[..., Fanotify], client: Callable[..., FanotifyClient]
 ) -> None:
-    fan = make()
-    fan.mark(str(tmpfs), pyfanotify.FAN_CLOSE_WRITE, is_type="mp")
-    fan.start()
+    fan = running(pyfanotify.FAN_CLOSE_WRITE)
     with_fd = client(fan, path_pattern=f"{tmpfs}/*", pass_fd=True)
     with_fd2 = client(fan, path_pattern=f"{tmpfs}/*", pass_fd=True)
     without = client(fan, path_pattern=f"{tmpfs}/*")
@@ -534,11 +562,9 @@ def test_pass_fd_gives_the_receiver_an_open_fd(
 
 
 def test_exe_and_cwd_patterns_fill_exe_and_cwd(
-    tmpfs: Path, make: Callable[..., Fanotify], client: Callable[..., FanotifyClient]
+    tmpfs: Path, running: Callable[..., Fanotify], client: Callable[..., FanotifyClient]
 ) -> None:
-    fan = make()
-    fan.mark(str(tmpfs), pyfanotify.FAN_CLOSE_WRITE, is_type="mp")
-    fan.start()
+    fan = running(pyfanotify.FAN_CLOSE_WRITE)
     (tmpfs / "wd").mkdir()
     exe = os.path.realpath(sys.executable)
     cli = client(fan, exe_pattern=f"*/{os.path.basename(exe)}", cwd_pattern=f"{tmpfs}/wd")
@@ -555,18 +581,14 @@ def test_exe_and_cwd_patterns_fill_exe_and_cwd(
 
 
 def test_pids_rule_selects_by_pid(
-    tmpfs: Path, make: Callable[..., Fanotify], client: Callable[..., FanotifyClient]
+    tmpfs: Path, running: Callable[..., Fanotify], client: Callable[..., FanotifyClient]
 ) -> None:
-    fan = make()
-    fan.mark(str(tmpfs), pyfanotify.FAN_CLOSE_WRITE, is_type="mp")
-    fan.start()
+    fan = running(pyfanotify.FAN_CLOSE_WRITE)
     pidfile = tmpfs / "pid"
     catch_all = client(fan, path_pattern=f"{tmpfs}/*")
     detached(f"echo $$ > {pidfile}.tmp; mv {pidfile}.tmp {pidfile}; "
              f"while [ ! -e {tmpfs}/go ]; do sleep 0.01; done; echo x > {tmpfs}/bypid")
-    deadline = time.monotonic() + 5
-    while not pidfile.exists() and time.monotonic() < deadline:
-        time.sleep(0.01)
+    poll_until(pidfile.exists)
     pid = int(pidfile.read_text())
     by_pid = client(fan, pids=[pid])
     detached(f"echo x > {tmpfs}/other; touch {tmpfs}/go")
@@ -577,11 +599,9 @@ def test_pids_rule_selects_by_pid(
 
 
 def test_close_disconnects_and_is_idempotent(
-    tmpfs: Path, make: Callable[..., Fanotify], client: Callable[..., FanotifyClient]
+    tmpfs: Path, running: Callable[..., Fanotify], client: Callable[..., FanotifyClient]
 ) -> None:
-    fan = make()
-    fan.mark(str(tmpfs), pyfanotify.FAN_CLOSE_WRITE, is_type="mp")
-    fan.start()
+    fan = running(pyfanotify.FAN_CLOSE_WRITE)
     control = client(fan, path_pattern=f"{tmpfs}/*")
     cli = client(fan, path_pattern=f"{tmpfs}/*")
     detached(f"echo x > {tmpfs}/one")
@@ -596,11 +616,9 @@ def test_close_disconnects_and_is_idempotent(
 
 
 def test_disconnect_and_connect_rule(
-    tmpfs: Path, make: Callable[..., Fanotify], client: Callable[..., FanotifyClient]
+    tmpfs: Path, running: Callable[..., Fanotify], client: Callable[..., FanotifyClient]
 ) -> None:
-    fan = make()
-    fan.mark(str(tmpfs), pyfanotify.FAN_CLOSE_WRITE, is_type="mp")
-    fan.start()
+    fan = running(pyfanotify.FAN_CLOSE_WRITE)
     control = client(fan, path_pattern=f"{tmpfs}/*")
     cli = client(fan, path_pattern=f"{tmpfs}/*")
     fan.disconnect(cli.rule)
@@ -625,14 +643,11 @@ def test_rule_without_client_gets_pyfanotify_datagrams(
     tmpfs: Path, make: Callable[..., Fanotify]
 ) -> None:
     import array
-    import socket
     import struct
 
     # Legacy code may bind the abstract socket itself, as pyfanotify's client does.
     name = b"legacy-receiver-%d" % os.getpid()
-    rx = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    rx.bind(b"\0" + name)
-    try:
+    with dgram_receiver(name) as rx:
         fan = make()
         fan.mark(str(tmpfs), pyfanotify.FAN_CLOSE_WRITE, is_type="mp")
         rule = FanoRule(name, path_pattern=f"{tmpfs}/*", pass_fd=True)
@@ -659,38 +674,30 @@ def test_rule_without_client_gets_pyfanotify_datagrams(
             for fd in fds:
                 os.close(fd)
         fan.disconnect(rule)
-    finally:
-        rx.close()
 
 
 def test_full_datagram_receiver_makes_the_engine_wait_not_drop(
     tmpfs: Path, make: Callable[..., Fanotify]
 ) -> None:
-    import socket
-
     # A unix datagram socket queues ~10 messages; pyfanotify dropped the rest.
     name = b"slow-receiver-%d" % os.getpid()
-    rx = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    rx.bind(b"\0" + name)
+    done = tmpfs / f"../done-{name.decode()}"
     try:
-        fan = make()
-        fan.mark(str(tmpfs), pyfanotify.FAN_CLOSE_WRITE, is_type="mp")
-        fan.connect(FanoRule(name, path_pattern=f"{tmpfs}/*"))
-        fan.start()
-        n = 60
-        detached(f"i=0; while [ $i -lt {n} ]; do : > {tmpfs}/f$i; i=$((i+1)); done; "
-                 f": > {tmpfs}/../done-{name.decode()}")
-        deadline = time.monotonic() + 10
-        while not (tmpfs / f"../done-{name.decode()}").exists():
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-        rx.settimeout(5)
-        got = [rx.recv(8192)[-len(f"{tmpfs}/f{i}"):] for i in range(n)]
-        assert got == [os.fsencode(f"{tmpfs}/f{i}") for i in range(n)]
-        assert fan.statistics().datagrams_dropped == 0
+        with dgram_receiver(name) as rx:
+            fan = make()
+            fan.mark(str(tmpfs), pyfanotify.FAN_CLOSE_WRITE, is_type="mp")
+            fan.connect(FanoRule(name, path_pattern=f"{tmpfs}/*"))
+            fan.start()
+            n = 60
+            detached(f"i=0; while [ $i -lt {n} ]; do : > {tmpfs}/f$i; i=$((i+1)); done; "
+                     f": > {done}")
+            assert poll_until(done.exists, timeout=10)
+            rx.settimeout(5)
+            got = [rx.recv(8192)[-len(f"{tmpfs}/f{i}"):] for i in range(n)]
+            assert got == [os.fsencode(f"{tmpfs}/f{i}") for i in range(n)]
+            assert fan.statistics().datagrams_dropped == 0
     finally:
-        rx.close()
-        (tmpfs / f"../done-{name.decode()}").unlink(missing_ok=True)
+        done.unlink(missing_ok=True)
 
 
 def test_rule_without_receiver_counts_and_logs_drops(
@@ -705,9 +712,7 @@ def test_rule_without_receiver_counts_and_logs_drops(
         control = client(fan, path_pattern=f"{tmpfs}/*")
         detached(f"echo x > {tmpfs}/lost")
         wait_events(control, has_path(tmpfs / "lost"))
-        deadline = time.monotonic() + 5
-        while fan.statistics().datagrams_dropped < 1 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        poll_until(lambda: fan.statistics().datagrams_dropped >= 1)
     assert fan.statistics().datagrams_dropped == 1
     assert "no receiver" in caplog.text
 
@@ -1003,11 +1008,9 @@ def test_clients_do_not_share_mutable_events(
 
 
 def test_events_from_own_process_and_descendants_are_not_delivered(
-    tmpfs: Path, make: Callable[..., Fanotify], client: Callable[..., FanotifyClient]
+    tmpfs: Path, running: Callable[..., Fanotify], client: Callable[..., FanotifyClient]
 ) -> None:
-    fan = make()
-    fan.mark(str(tmpfs), pyfanotify.FAN_CLOSE_WRITE, is_type="mp")
-    fan.start()
+    fan = running(pyfanotify.FAN_CLOSE_WRITE)
     cli = client(fan, path_pattern="*")
     (tmpfs / "mine").write_text("own process")
     # A grandchild (sh -> python) that stays alive until we have seen the control.
@@ -1035,21 +1038,15 @@ def test_events_from_own_process_and_descendants_are_not_delivered(
 
 
 def test_full_mailbox_applies_backpressure_and_loses_nothing(
-    tmpfs: Path, make: Callable[..., Fanotify], client: Callable[..., FanotifyClient]
+    tmpfs: Path, running: Callable[..., Fanotify], client: Callable[..., FanotifyClient]
 ) -> None:
-    fan = make()
-    fan.mark(str(tmpfs), pyfanotify.FAN_CLOSE_WRITE, is_type="mp")
-    fan.start()
+    fan = running(pyfanotify.FAN_CLOSE_WRITE)
     cli = client(fan, path_pattern="*", maxsize=8)
     n = 300
     detached(f"i=0; while [ $i -lt {n} ]; do : > {tmpfs}/f$i; i=$((i+1)); done; : > {tmpfs}/end")
     # Do not read until the whole burst is in the kernel's or our queues.
-    deadline = time.monotonic() + 10
-    while not (tmpfs / "end").exists() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    deadline = time.monotonic() + 5
-    while cli.statistics().queued < 8 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    poll_until((tmpfs / "end").exists, timeout=10)
+    poll_until(lambda: cli.statistics().queued >= 8)
     assert cli.statistics().queued == 8  # the bound holds
     got = wait_events(cli, has_path(tmpfs / "end"), timeout=20)
     names = [e.path for e in got]
@@ -1060,19 +1057,16 @@ def test_full_mailbox_applies_backpressure_and_loses_nothing(
 
 
 def test_drop_policy_counts_and_logs_drops(
-    tmpfs: Path, make: Callable[..., Fanotify], client: Callable[..., FanotifyClient],
+    tmpfs: Path, running: Callable[..., Fanotify], client: Callable[..., FanotifyClient],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    fan = make()
-    fan.mark(str(tmpfs), pyfanotify.FAN_CLOSE_WRITE, is_type="mp")
-    fan.start()
+    fan = running(pyfanotify.FAN_CLOSE_WRITE)
     cli = client(fan, path_pattern="*", maxsize=4, overflow="drop_newest")
     with caplog.at_level(logging.WARNING, logger="afanotify.compat"):
         detached(f"for i in 1 2 3 4 5 6 7 8 9 10; do : > {tmpfs}/f$i; done")
-        deadline = time.monotonic() + 5
-        while cli.statistics().delivered + cli.statistics().dropped < 10:
-            assert time.monotonic() < deadline, cli.statistics()
-            time.sleep(0.01)
+        assert poll_until(
+            lambda: cli.statistics().delivered + cli.statistics().dropped >= 10
+        ), cli.statistics()
     st = cli.statistics()
     assert (st.delivered, st.dropped, st.queued) == (4, 6, 4)
     assert "dropped" in caplog.text

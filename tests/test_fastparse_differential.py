@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import CHILD_CWD, REPO, child_env
+from helpers import CHILD_CWD, REPO, child_env, is_open
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -471,14 +471,6 @@ def files(tmp_path: Path) -> Iterator[tuple[Path, list[int]]]:
             os.close(fd)
         except OSError:
             pass
-
-
-def is_open(fd: int) -> bool:
-    try:
-        os.fstat(fd)
-    except OSError:
-        return False
-    return True
 
 
 @pytest.mark.parametrize("arena_size", [None, 1, 0])

@@ -9,10 +9,11 @@ from __future__ import annotations
 import enum
 import errno
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import _buffers as B
 import pytest
+from helpers import is_open
 
 from afanotify import _parser, flags
 from afanotify.events import OWN_FD, OWN_PIDFD, UNANSWERED, FanotifyData
@@ -248,20 +249,6 @@ def test_deny_errno_refused(code: int) -> None:
 
 
 @pytest.fixture
-def pipe_fds() -> Iterator[list[int]]:
-    """Four real descriptors; those the test left open are closed afterwards."""
-    r1, w1 = os.pipe()
-    r2, w2 = os.pipe()
-    fds = [r1, w1, r2, w2]
-    yield fds
-    for fd in fds:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-
-
-@pytest.fixture
 def closes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Every os.close() that afanotify.events makes, in order (and still done)."""
     calls: list[int] = []
@@ -280,15 +267,6 @@ def closes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     # Only afanotify.events sees the spy: the test's own os.close() calls do not count.
     monkeypatch.setattr("afanotify.events.os", _Os())
     return calls
-
-
-def is_open(fd: int) -> bool:
-    try:
-        os.fstat(fd)
-    except OSError as exc:
-        assert exc.errno == errno.EBADF
-        return False
-    return True
 
 
 def owned_event(mask: int, fd: int, pidfd: int | None = None) -> FanotifyData:

@@ -7,13 +7,12 @@ kernel's layouts out independently of ``afanotify._parser``.
 from __future__ import annotations
 
 import errno
-import os
 import struct
-from collections.abc import Iterator
 from typing import Any
 
 import _buffers as B
 import pytest
+from helpers import is_open
 
 from afanotify import _parser
 from afanotify.events import OWN_FD, OWN_PIDFD, UNANSWERED, FanotifyData, FileHandle
@@ -427,28 +426,6 @@ def test_error_hierarchy() -> None:
 # -- ownership (owned=True) --------------------------------------------------
 
 
-@pytest.fixture
-def fds() -> Iterator[list[int]]:
-    """Real descriptors to hand to owned events; whatever is left open is closed after."""
-    r1, w1 = os.pipe()
-    r2, w2 = os.pipe()
-    got = [r1, w1, r2, w2]
-    yield got
-    for fd in got:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-
-
-def _is_open(fd: int) -> bool:
-    try:
-        os.fstat(fd)
-    except OSError:
-        return False
-    return True
-
-
 OWNERSHIP_CASES = [
     # (id, mask, event carries a real fd, PIDFD record: "absent", "real" (a real
     #  descriptor) or the value written, the ownership bits expected)
@@ -469,11 +446,13 @@ OWNERSHIP_CASES = [
     ("mask", "with_fd", "pidfd", "bits"),
     [pytest.param(m, f, p, b, id=name) for name, m, f, p, b in OWNERSHIP_CASES],
 )
-def test_owned_bits(fds: list[int], mask: int, with_fd: bool, pidfd: object, bits: int) -> None:
-    fd = fds[0] if with_fd else -1
+def test_owned_bits(
+    pipe_fds: list[int], mask: int, with_fd: bool, pidfd: object, bits: int
+) -> None:
+    fd = pipe_fds[0] if with_fd else -1
     records = []
     if pidfd == "real":
-        records.append(B.pidfd(fds[2]))
+        records.append(B.pidfd(pipe_fds[2]))
     elif isinstance(pidfd, int):
         records.append(B.pidfd(pidfd))
     buf = B.event(mask, *records, fd=fd, pid=5)
@@ -488,23 +467,23 @@ def test_owned_bits(fds: list[int], mask: int, with_fd: bool, pidfd: object, bit
 
     ev.close()  # no group: nothing to answer, descriptors closed once
     assert ev.closed
-    assert _is_open(fds[0]) == (not bits & OWN_FD)
-    assert _is_open(fds[2]) == (not bits & OWN_PIDFD)
+    assert is_open(pipe_fds[0]) == (not bits & OWN_FD)
+    assert is_open(pipe_fds[2]) == (not bits & OWN_PIDFD)
     ev.close()
 
 
-def test_owned_pidfd_follows_the_last_pidfd_record(fds: list[int]) -> None:
+def test_owned_pidfd_follows_the_last_pidfd_record(pipe_fds: list[int]) -> None:
     # The kernel sends one PIDFD record; with a stray second one, the event must
     # own exactly the pidfd it reports (never "own" -1 or -2).
-    (ev,) = _parser.parse(B.event(Event.CREATE, B.pidfd(fds[2]), B.pidfd(-2)), owned=True)
+    (ev,) = _parser.parse(B.event(Event.CREATE, B.pidfd(pipe_fds[2]), B.pidfd(-2)), owned=True)
     assert (ev.pidfd, ev._owns) == (-2, 0)
     ev.close()
-    assert _is_open(fds[2])
+    assert is_open(pipe_fds[2])
 
-    (ev,) = _parser.parse(B.event(Event.CREATE, B.pidfd(-1), B.pidfd(fds[2])), owned=True)
-    assert (ev.pidfd, ev._owns) == (fds[2], OWN_PIDFD)
+    (ev,) = _parser.parse(B.event(Event.CREATE, B.pidfd(-1), B.pidfd(pipe_fds[2])), owned=True)
+    assert (ev.pidfd, ev._owns) == (pipe_fds[2], OWN_PIDFD)
     ev.close()
-    assert not _is_open(fds[2])
+    assert not is_open(pipe_fds[2])
 
 
 def test_owned_fd_error_owns_nothing() -> None:
@@ -514,29 +493,29 @@ def test_owned_fd_error_owns_nothing() -> None:
     assert ev._owns == 0
 
 
-def test_owned_malformed_event_hands_its_fd_to_the_error(fds: list[int]) -> None:
+def test_owned_malformed_event_hands_its_fd_to_the_error(pipe_fds: list[int]) -> None:
     # The event is dropped, so the error is the only place the reader learns of
     # the fd it must close (and answer, for a permission event).
-    buf = B.event(Event.OPEN, fd=fds[0]) + bad(vers=2, fd=fds[1], pid=4)
-    buf += B.event(Event.OPEN_PERM, B.record(B.PIDFD, b""), fd=fds[3], pid=4)
+    buf = B.event(Event.OPEN, fd=pipe_fds[0]) + bad(vers=2, fd=pipe_fds[1], pid=4)
+    buf += B.event(Event.OPEN_PERM, B.record(B.PIDFD, b""), fd=pipe_fds[3], pid=4)
     events, errors = _parser.parse_lenient(buf, owned=True)
-    assert [e.fd for e in events] == [fds[0]]
+    assert [e.fd for e in events] == [pipe_fds[0]]
     assert [(type(e), e.fd, e.mask) for e in errors] == [
-        (MetadataVersionError, fds[1], BAD_MASK),
-        (TruncatedEventError, fds[3], int(Event.OPEN_PERM)),
+        (MetadataVersionError, pipe_fds[1], BAD_MASK),
+        (TruncatedEventError, pipe_fds[3], int(Event.OPEN_PERM)),
     ]
     events[0].close()
-    assert [_is_open(fd) for fd in fds] == [False, True, True, True]
+    assert [is_open(fd) for fd in pipe_fds] == [False, True, True, True]
 
 
-def test_owned_several_events(fds: list[int]) -> None:
-    buf = B.event(Event.OPEN, fd=fds[0]) + B.event(Event.OPEN_PERM, fd=fds[1])
+def test_owned_several_events(pipe_fds: list[int]) -> None:
+    buf = B.event(Event.OPEN, fd=pipe_fds[0]) + B.event(Event.OPEN_PERM, fd=pipe_fds[1])
     ev1, ev2 = _parser.parse(buf, owned=True)
     assert (ev1._owns, ev2._owns) == (OWN_FD, OWN_FD | UNANSWERED)
     with ev1, ev2:
         pass
-    assert not _is_open(fds[0])
-    assert not _is_open(fds[1])
+    assert not is_open(pipe_fds[0])
+    assert not is_open(pipe_fds[1])
 
 
 # -- buffer types ------------------------------------------------------------

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _perm_helpers import child, drain, wait_for
+from _perm_helpers import background, child, drain, wait_for
 from helpers import CHILD_CWD, child_env
 
 from afanotify import (
@@ -90,12 +90,9 @@ async def test_open_perm_allow_and_deny(tmpfs: Path, make_group: Callable[..., F
         assert ev.events == Event.OPEN_PERM and ev.is_permission and not ev.answered
         return ev.path != str(bad)
 
-    task = asyncio.create_task(_consume(fan, decide))
-    try:
+    async with background(_consume(fan, decide)):
         r_ok = await child("open", ok)
         r_bad = await child("open", bad)
-    finally:
-        task.cancel()
     assert r_ok.errno == 0
     assert r_bad.errno == errno.EPERM
     assert seen == [str(ok), str(bad)]
@@ -107,11 +104,8 @@ async def test_access_perm_deny_read(tmpfs: Path, make_group: Callable[..., Fano
     target = _file(tmpfs, "data")
     fan = make_group()
     fan.mark(target, Event.ACCESS_PERM)
-    task = asyncio.create_task(_consume(fan, lambda ev: False))
-    try:
+    async with background(_consume(fan, lambda ev: False)):
         result = await child("read", target)
-    finally:
-        task.cancel()
     assert result.errno == errno.EPERM
     assert fan.permission_stats.denied == 1
 
@@ -128,11 +122,8 @@ async def test_open_exec_perm_deny(tmpfs: Path, make_group: Callable[..., Fanoti
         kinds.append(ev.events)
         return False
 
-    task = asyncio.create_task(_consume(fan, decide))
-    try:
+    async with background(_consume(fan, decide)):
         result = await child("exec", prog)
-    finally:
-        task.cancel()
     assert result.errno == errno.EPERM
     assert kinds == [Event.OPEN_EXEC_PERM]
 
@@ -149,11 +140,8 @@ async def test_pre_access_range_and_deny_errno(
         ranges.append((ev.range_offset, ev.range_count))
         return Verdict.deny(errno=errno.EIO)
 
-    task = asyncio.create_task(_consume(fan, decide))
-    try:
+    async with background(_consume(fan, decide)):
         result = await child("read", target)
-    finally:
-        task.cancel()
     assert result.errno == errno.EIO
     assert ranges and ranges[0][0] == 0 and (ranges[0][1] or 0) > 0
 
@@ -165,11 +153,8 @@ async def test_pre_access_other_errnos(
     target = _file(ext4, "hsm", "y" * 100)
     fan = make_group(PRE_CONTENT)
     fan.mark(target, Event.PRE_ACCESS)
-    task = asyncio.create_task(_consume(fan, lambda ev: Verdict.deny(errno=err)))
-    try:
+    async with background(_consume(fan, lambda ev: Verdict.deny(errno=err))):
         result = await child("read", target)
-    finally:
-        task.cancel()
     assert result.errno == err
 
 
@@ -215,12 +200,9 @@ async def test_audit_and_audit_rule(tmpfs: Path, make_group: Callable[..., Fanot
             return Verdict.allow(audit=True)
         return Verdict.deny(audit_rule=AuditRule(42, subj_trust=1, obj_trust=0))
 
-    task = asyncio.create_task(_consume(fan, decide))
-    try:
+    async with background(_consume(fan, decide)):
         ra = await child("open", a)
         rb = await child("open", b)
-    finally:
-        task.cancel()
     assert (ra.errno, rb.errno) == (0, errno.EPERM)
 
 
@@ -265,11 +247,8 @@ async def test_handler_that_sleeps_forever_hits_the_deadline(
         return True
 
     fan.on_permission(forever)
-    reader = asyncio.create_task(drain(fan))
-    try:
+    async with background(drain(fan)):
         result = await child("open", target)
-    finally:
-        reader.cancel()
     assert result.errno == (0 if default == Response.ALLOW else errno.EPERM)
     assert TIMEOUT * 0.9 <= result.elapsed <= TIMEOUT + 1
     await asyncio.wait_for(cancelled.wait(), 5)  # the late handler was cancelled
@@ -291,11 +270,8 @@ async def test_consumer_that_never_answers_hits_the_deadline(
             held.append(ev)
             await asyncio.sleep(3600)
 
-    task = asyncio.create_task(hoard())
-    try:
+    async with background(hoard()):
         result = await child("open", target)
-    finally:
-        task.cancel()
     assert result.errno == errno.EPERM
     assert result.elapsed <= TIMEOUT + 1
     assert held and held[0].answered
@@ -323,12 +299,9 @@ async def test_handler_that_raises_gets_default_at_once(
 
     handler = {"sync": sync_handler, "async": async_handler, "bad-return": bad_return}[style]
     fan.on_permission(handler)
-    reader = asyncio.create_task(drain(fan))
     with caplog.at_level(logging.ERROR, logger="afanotify.permission"):
-        try:
+        async with background(drain(fan)):
             result = await child("open", target)
-        finally:
-            reader.cancel()
     assert result.errno == errno.EPERM
     assert result.elapsed < 5  # far before the 30 s deadline
     assert fan.permission_stats.handler_errors == 1
@@ -459,12 +432,9 @@ async def test_handler_reads_the_judged_file(
         return b"virus" not in body
 
     fan.on_permission(scan)
-    reader = asyncio.create_task(drain(fan))
-    try:
+    async with background(drain(fan)):
         r_clean = await child("open", clean)
         r_bad = await child("open", infected)
-    finally:
-        reader.cancel()
     assert (r_clean.errno, r_bad.errno) == (0, errno.EPERM)
     assert fan.stats.own_events >= 2
     assert fan.permission_stats.defaulted == 0
@@ -591,12 +561,9 @@ async def test_watchdog_answers_for_a_loop_blocked_by_a_handler(
         return True
 
     fan.on_permission(slow)
-    reader = asyncio.create_task(drain(fan))
-    try:
+    async with background(drain(fan)):
         run = asyncio.create_task(child("open", target))
         result = await run
-    finally:
-        reader.cancel()
     assert blocked >= TIMEOUT + 2
     assert result.errno == errno.EPERM  # the default, not the handler's late True
     assert result.elapsed <= TIMEOUT + 1

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _perm_helpers import child, drain, wait_for
+from _perm_helpers import background, child, drain, wait_for
 
 from afanotify import Event, Fanotify, FanotifyData, InitFlag, Response
 
@@ -96,11 +96,8 @@ async def test_handler_sleeps_forever(kind: Kind, group: Fanotify) -> None:
         return True
 
     group.on_permission(forever)
-    reader = asyncio.create_task(drain(group))
-    try:
+    async with background(drain(group)):
         result = await child(kind.op, kind.files[0])
-    finally:
-        reader.cancel()
     assert result.errno == errno.EPERM
     assert T * 0.9 <= result.elapsed <= T + 1
     assert group.permission_stats.timed_out >= 1
@@ -114,11 +111,8 @@ async def test_handler_raises(kind: Kind, group: Fanotify) -> None:
         raise RuntimeError("policy bug")
 
     group.on_permission(broken)
-    reader = asyncio.create_task(drain(group))
-    try:
+    async with background(drain(group)):
         result = await child(kind.op, kind.files[0])
-    finally:
-        reader.cancel()
     assert result.errno == errno.EPERM
     assert result.elapsed < T * 0.9  # at once, not at the deadline
     assert calls and calls[0] == kind.mask
