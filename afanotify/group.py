@@ -29,6 +29,7 @@ from .events import OWN_FD, UNANSWERED, FanotifyData
 from .exceptions import ClosedResourceError, ParseError, WouldBlock
 from .flags import (
     CLASS_BITS,
+    DIR_CHANGE_EVENTS,
     FID_EVENTS,
     FID_INIT_FLAGS,
     MARK_TYPE_BITS,
@@ -76,10 +77,7 @@ _PERM = int(PERM_EVENTS)
 _ALLOW = int(Response.ALLOW)
 _DENY = int(Response.DENY)
 _OVERFLOW = int(Event.Q_OVERFLOW)
-_DIR_CHANGE = int(
-    Event.MOVED_FROM | Event.MOVED_TO | Event.RENAME | Event.DELETE_SELF | Event.MOVE_SELF
-    | Event.DELETE
-)
+_DIR_CHANGE = int(DIR_CHANGE_EVENTS)
 _ONDIR = int(Event.ONDIR)
 _DEFAULT_EVENT_FLAGS = os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_LARGEFILE", 0)
 #: Reads per readiness callback, so one busy group cannot starve the loop.
@@ -609,11 +607,22 @@ class Fanotify:
         # The C decoder resolves event fds to paths while it walks the batch
         # (FID groups have no event fds; their paths come from handles below).
         fd_paths_done = fast is not None and self.resolve_paths and not self._fid_mode
+        # Events [0, pre) of the plain FID+name shape come with their paths
+        # from the C decoder's walk (see Decoder.decode), resolved through the
+        # same cache; without a cache (handle_cache_size=0) each event asks
+        # the kernel itself, below.
+        pre = 0
         if fast is not None:
+            dir_path = None
+            if self.resolve_paths and self._fid_mode and self._resolver.caching:
+                dir_path = self._resolver.resolve
             events, errors = fast.decode(
                 view, len(view), owned=True, pid_is_tid=self._pid_is_tid,
                 fd_error=self._fd_error, resolve_fd_paths=fd_paths_done,
+                dir_path=dir_path, skip_pids=self._own_tids if self.ignore_own else (),
             )  # fmt: skip
+            if dir_path is not None:
+                pre = fast.resolved_upto
         else:
             events, errors = parse_lenient(
                 view, owned=True, pid_is_tid=self._pid_is_tid, fd_error=self._fd_error
@@ -634,6 +643,7 @@ class Fanotify:
         pidfd_reported = bool(self.flags & InitFlag.REPORT_PIDFD)
         resolve = self._resolver.resolve
         for ev in events:
+            pre -= 1
             mask = ev.ev_types
             if mask & _OVERFLOW:
                 c.overflows += 1
@@ -670,7 +680,7 @@ class Fanotify:
                     or (mask & _DIR_CHANGE and mask & _ONDIR)
                 ):
                     self._resolve_fid(ev)
-                else:
+                elif pre < 0:
                     # The common FID shape (a DFID_NAME record), as in
                     # _resolve_fid, without its calls.
                     d = resolve(dfid)
