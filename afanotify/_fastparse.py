@@ -52,8 +52,9 @@ T = TypeVar("T")
 #: ``struct afn_event``, field for field (a test checks it against the C layout):
 #: mask, offset, event_len, fd, pid, status, has, pidfd, error, error_count,
 #: arg1, arg2, path_off, path_len, reserved, range_offset, range_count, mnt_id,
-#: then (rec, handle_len, name_off, name_len) for fid, dfid, old and new.
-EVENT = struct.Struct("=QIIiiIIiiIIIIiIQQQ" + "IIII" * 4)
+#: then (rec, handle_len, name_off, name_len) for fid, dfid, old and new,
+#: then dir_idx, name_text.
+EVENT = struct.Struct("=QIIiiIIiiIIIIiIQQQ" + "IIII" * 4 + "II")
 _HEAD = struct.Struct("=QIIiiII")  # the first seven fields
 _FID = struct.Struct("=IIIi")  # fsid[0], fsid[1], handle_bytes, handle_type
 _INFO_HEADER = struct.Struct("=BBH")
@@ -66,9 +67,12 @@ _FIDREFS_AT = ffi.offsetof("struct afn_event", "fid")
 _PATHREF = struct.Struct("=Ii")
 _PATHREF_AT = ffi.offsetof("struct afn_event", "path_off")
 # What the common shapes need, in one unpack: the first seven fields,
-# path_off and path_len, then the fid and dfid parts as in _FIDREFS.
+# path_off and path_len, the fid and dfid parts as in _FIDREFS, then dir_idx
+# and name_text.
+_DIRREF_AT = ffi.offsetof("struct afn_event", "dir_idx")
 _SHAPE = struct.Struct(
     f"=QIIiiII{_PATHREF_AT - _HEAD.size}xIi{_FIDREFS_AT - _PATHREF_AT - _PATHREF.size}xII8xIIII"
+    f"{_DIRREF_AT - _FIDREFS_AT - _FIDREFS.size}xII"
 )
 # As os.fsdecode(), without its Python-level call per path.
 _FS_ENCODING = sys.getfilesystemencoding()
@@ -115,6 +119,7 @@ _FD_CLOSED = lib.AFN_FD_CLOSED
 _FID_SHAPE = _HAS_FID | _HAS_DFID | _HAS_NAME
 _PATH_NONE = lib.AFN_PATH_NONE
 _PATH_RETRY = lib.AFN_PATH_RETRY
+_NONE = lib.AFN_NONE
 
 
 def _constructor(cls: type[T]) -> Callable[..., T]:
@@ -430,6 +435,8 @@ class Decoder:
             flags |= lib.AFN_RESOLVE_FD_PATHS
         if close_fds:
             flags |= lib.AFN_CLOSE_FDS
+        if dir_path is not None and not resolve_fd_paths:
+            flags |= lib.AFN_FID_BATCH
         count = lib.afn_decode(
             cbuf, nbytes, self._out, self._cap, flags, _PERM,
             self._arena, self._arena_size, self._arena_used, self._stop,
@@ -477,14 +484,17 @@ class Decoder:
         append = events.append
         perm = _PERM
         arena = self._arena_buf
-        text = self._arena_text() if resolve else None
-        # Per distinct directory record: [its FileHandle, its path or None].
+        # The batch's paths (resolve), or its names (AFN_FID_BATCH).
+        text = self._arena_text() if resolve or dir_path is not None else None
+        # Per distinct directory record: [its FileHandle, its path or None],
+        # by the record's bytes, or by its number from the C walk.
         dirs: dict[bytes, list[Any]] = {}
+        numbered: dict[int, list[Any]] = {}
         shape = _SHAPE.unpack_from
         for pos in range(0, count * _SIZE, _SIZE):
             (
                 mask, off, event_len, fd, pid, status, has, path_off, path_len,
-                fid_rec, fid_len, dfid_rec, dfid_len, name_off, name_len,
+                fid_rec, fid_len, dfid_rec, dfid_len, name_off, name_len, dir_idx, name_text,
             ) = shape(out, pos)  # fmt: skip
             if resolve and fd >= 0 and not (status or has):
                 # fd mode with paths resolved in C: the common shape there.
@@ -522,17 +532,25 @@ class Decoder:
                 if has & _HAS_DFID:
                     # Events of one batch mostly share a few directories: one
                     # FileHandle per distinct record, so equal handles are
-                    # also the same object (HandleResolver uses that).
-                    key = src[dfid_rec : dfid_rec + _FID.size + dfid_len]
-                    entry = dirs.get(key)
+                    # also the same object (HandleResolver uses that).  The C
+                    # walk numbers the first few distinct ones.
+                    entry = numbered.get(dir_idx)
                     if entry is None:
-                        entry = dirs[key] = [_handle(src, dfid_rec, dfid_len), None]
+                        if dir_idx == _NONE:
+                            key = src[dfid_rec : dfid_rec + _FID.size + dfid_len]
+                            entry = dirs.get(key)
+                            if entry is None:
+                                entry = dirs[key] = [_handle(src, dfid_rec, dfid_len), None]
+                        else:
+                            entry = numbered[dir_idx] = [_handle(src, dfid_rec, dfid_len), None]
                     dfid = entry[0]
                 fid = _handle(src, fid_rec, fid_len) if has & _HAS_FID else None
-                name = (
-                    str(src[name_off : name_off + name_len], "utf-8", "surrogateescape")
-                    if has & _HAS_NAME else None
-                )  # fmt: skip
+                if not has & _HAS_NAME:
+                    name = None
+                elif name_text != _NONE and text is not None:
+                    name = text[name_text : name_text + name_len]
+                else:
+                    name = str(src[name_off : name_off + name_len], "utf-8", "surrogateescape")
                 if dir_path is not None:
                     if mask & _DIR_CHANGE and mask & _ONDIR:
                         # Cached directory paths may be stale from here on:
@@ -563,7 +581,7 @@ class Decoder:
                 fid_rec, fid_len, _, _,
                 dfid_rec, dfid_len, name_off, name_len,
                 old_rec, old_len, old_name_off, old_name_len,
-                new_rec, new_len, new_name_off, new_name_len,
+                new_rec, new_len, new_name_off, new_name_len, _, _,
             ) = full(out, pos)  # fmt: skip
             if status:
                 errors.append(_error(status, off, event_len, fd, pid, mask, a1, a2))

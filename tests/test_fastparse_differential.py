@@ -688,3 +688,25 @@ def test_dir_path_stops_where_the_caller_must_take_over(middle: bytes, upto: int
     assert dec.resolved_upto == upto
     assert events[0].path == "/d/a" and events[1].path is None
     assert events[2].path == ("/d/b" if upto == 3 else None)
+
+
+@pytest.mark.parametrize(
+    "names", [[b"a", b"b"], [b"caf\xe9", b"\xff", b"plain"]], ids=["ascii", "not-utf8"]
+)
+def test_dir_path_numbers_directories_past_the_c_table(names: list[bytes]) -> None:
+    # More distinct directories than the C walk numbers (64), each seen twice.
+    handles = [b"dir%05d" % i for i in range(70)]
+    buf = b"".join(
+        event(fid_rec(DFID_NAME, handle=h, name=names[i % len(names)]), fd=-1)
+        for _ in range(2)
+        for i, h in enumerate(handles)
+    )
+    dec = Decoder()
+    events, errors = dec.decode(buf, len(buf), dir_path=lambda h: "/" + h.handle.decode())
+    plain, _ = dec.decode(buf, len(buf))
+    assert not errors and len(events) == 140
+    for i, (e, p) in enumerate(zip(events, plain, strict=True)):
+        assert e.path == f"/{handles[i % 70].decode()}/{p.name}" and e.path_resolved
+        assert dataclasses.replace(e, dir_path=None, path=None, path_resolved=False) == p
+    # One FileHandle object per directory, numbered or not.
+    assert all(events[i].dfid is events[i + 70].dfid for i in range(70))
