@@ -338,6 +338,9 @@ class Decoder:
         self._stop: Any = ffi.new("size_t *")
         #: See :meth:`decode`'s ``dir_path``.
         self.resolved_upto = 0
+        #: How many events of the last batch got their paths from ``dir_path``:
+        #: equal to :attr:`resolved_upto` when every event before the cut did.
+        self.resolved_count = 0
         self._cap = 0
         self._out: Any = ffi.NULL
         self._out_mv = memoryview(b"")
@@ -478,6 +481,7 @@ class Decoder:
     ) -> tuple[list[FanotifyData], list[ParseError]]:
         events: list[FanotifyData] = []
         upto = -1
+        filled = 0
         errors: list[ParseError] = []
         out = self._out_mv
         full = EVENT.unpack_from
@@ -571,6 +575,7 @@ class Decoder:
                         else:
                             jp, ok = d + "/" + name, True
                         append(_fid_event(fd, pid, mask, pid_is_tid, fid, dfid, name, d, jp, ok))
+                        filled += 1
                         continue
                 append(_event(fd, pid, mask, pid_is_tid=pid_is_tid, fid=fid, dfid=dfid, name=name))
                 continue
@@ -647,6 +652,7 @@ class Decoder:
                 fd = FAN_NOFD
             append(_event(fd, pid, mask, pid_is_tid=pid_is_tid, _owns=owns, **kw))
         self.resolved_upto = len(events) if upto < 0 else upto
+        self.resolved_count = filled
         return events, errors
 
 

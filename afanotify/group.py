@@ -638,6 +638,8 @@ class Fanotify:
             )  # fmt: skip
             if dir_path is not None:
                 pre = fast.resolved_upto
+                if fast.resolved_count != pre:
+                    pre = -pre  # some of them need the loop: see below
         else:
             events, errors = parse_lenient(
                 view, owned=True, pid_is_tid=self._pid_is_tid, fd_error=self._fd_error
@@ -648,13 +650,24 @@ class Fanotify:
         c.events_read += len(events)
         # Per-event work below touches only locals: this loop runs for every
         # event the kernel hands us.
-        out: list[FanotifyData] = []
-        append = out.append
         own = self._own_tids if self.ignore_own else None
         pid_is_tid = self._pid_is_tid
+        proc_info = self.proc_info
+        if pre > 0 and not proc_info and not (own is not None and pid_is_tid):
+            # Every event before the cut is a plain FID event with its paths,
+            # from a pid that is not ours: nothing below would change it.
+            # (With REPORT_TID an unknown tid may still be one of our threads.)
+            if pre == len(events):
+                return events  # type: ignore[no-any-return]
+            out: list[FanotifyData] = events[:pre]
+            events = events[pre:]
+            pre = 0
+        else:
+            out = []
+            pre = abs(pre)
+        append = out.append
         fd_paths = self.resolve_paths and not fd_paths_done
         fid_paths = self.resolve_paths and self._fid_mode
-        proc_info = self.proc_info
         pidfd_reported = bool(self.flags & InitFlag.REPORT_PIDFD)
         resolve = self._resolver.resolve
         for ev in events:
