@@ -947,11 +947,12 @@ class Fanotify:
         last = self._iter_last
         if last is not None:
             self._iter_last = None
-            if last._owns == OWN_FD:
+            owns = last._owns
+            if owns == OWN_FD:
                 # FanotifyData.close() for the usual case (only an fd), inline.
                 _set_owns(last, 0)
                 os.close(last.fd)
-            else:
+            elif owns:
                 last.close()
         # The common case, once reading has started: an event is already
         # queued.  Same steps as receive(), without its await and checks.
@@ -966,7 +967,13 @@ class Fanotify:
             else:
                 if ev._owns & UNANSWERED:
                     self._perm.received_by(ev)
-                if self._held or self._paused or self._error is not None:
+                # _refill() has work only when held events fit (see there), or
+                # when nothing is held and reading is to resume (or fail).
+                held = self._held
+                if (
+                    len(self._queue) <= self._queue.maxsize // 2 if held
+                    else self._paused or self._error is not None
+                ):  # fmt: skip
                     self._refill()
                 self._iter_last = ev
                 return ev
