@@ -228,6 +228,7 @@ class Fanotify:
         self._fid_mode = bool(flags & FID_INIT_FLAGS)
         self._pid_is_tid = bool(flags & InitFlag.REPORT_TID)
         self._fd_error = bool(flags & InitFlag.REPORT_FD_ERROR)
+        self._pidfd_reported = bool(flags & InitFlag.REPORT_PIDFD)
         self._fd = _open_group(flags | InitFlag.NONBLOCK | InitFlag.CLOEXEC, event_flags)
         self._closed = False
         self._pid = os.getpid()
@@ -668,7 +669,7 @@ class Fanotify:
         append = out.append
         fd_paths = self.resolve_paths and not fd_paths_done
         fid_paths = self.resolve_paths and self._fid_mode
-        pidfd_reported = bool(self.flags & InitFlag.REPORT_PIDFD)
+        pidfd_reported = self._pidfd_reported
         resolve = self._resolver.resolve
         for ev in events:
             pre -= 1
@@ -753,7 +754,7 @@ class Fanotify:
                 self._resolve_fid(ev)
         if self.proc_info:
             exe, cwd = process_info(
-                ev.pid, ev.pidfd, pidfd_reported=bool(self.flags & InitFlag.REPORT_PIDFD)
+                ev.pid, ev.pidfd, pidfd_reported=self._pidfd_reported
             )
             _set_exe(ev, exe)
             _set_cwd(ev, cwd)
