@@ -490,8 +490,9 @@ class Decoder:
         arena = self._arena_buf
         # The batch's paths (resolve), or its names (AFN_FID_BATCH).
         text = self._arena_text() if resolve or dir_path is not None else None
-        # Per distinct directory record: [its FileHandle, its path or None],
-        # by the record's bytes, or by its number from the C walk.
+        # Per distinct directory record: [its FileHandle, its path or None,
+        # that path with a trailing slash], by the record's bytes, or by its
+        # number from the C walk.
         dirs: dict[bytes, list[Any]] = {}
         numbered: dict[int, list[Any]] = {}
         shape = _SHAPE.unpack_from
@@ -544,9 +545,11 @@ class Decoder:
                             key = src[dfid_rec : dfid_rec + _FID.size + dfid_len]
                             entry = dirs.get(key)
                             if entry is None:
-                                entry = dirs[key] = [_handle(src, dfid_rec, dfid_len), None]
+                                entry = dirs[key] = [_handle(src, dfid_rec, dfid_len), None, ""]
                         else:
-                            entry = numbered[dir_idx] = [_handle(src, dfid_rec, dfid_len), None]
+                            entry = numbered[dir_idx] = [
+                                _handle(src, dfid_rec, dfid_len), None, ""
+                            ]  # fmt: skip
                     dfid = entry[0]
                 fid = _handle(src, fid_rec, fid_len) if has & _HAS_FID else None
                 if not has & _HAS_NAME:
@@ -565,15 +568,15 @@ class Decoder:
                         d = entry[1]
                         if d is None:
                             d = entry[1] = dir_path(dfid)  # type: ignore[arg-type]
+                            if d is not None:
+                                entry[2] = d if d == "/" else d + "/"
                         jp: str | None
                         if d is None:
                             jp, ok = name, False
                         elif not name or name == ".":
                             jp, ok = d, True
-                        elif d == "/":
-                            jp, ok = "/" + name, True
                         else:
-                            jp, ok = d + "/" + name, True
+                            jp, ok = entry[2] + name, True
                         append(_fid_event(fd, pid, mask, pid_is_tid, fid, dfid, name, d, jp, ok))
                         filled += 1
                         continue

@@ -710,3 +710,9 @@ def test_dir_path_numbers_directories_past_the_c_table(names: list[bytes]) -> No
         assert dataclasses.replace(e, dir_path=None, path=None, path_resolved=False) == p
     # One FileHandle object per directory, numbered or not.
     assert all(events[i].dfid is events[i + 70].dfid for i in range(70))
+
+
+def test_dir_path_joins_names_under_the_root() -> None:
+    buf = _dir_events(b"a", b"", b".", b"b")
+    events, _ = Decoder().decode(buf, len(buf), dir_path=lambda h: "/")
+    assert [e.path for e in events] == ["/a", "/", "/", "/b"]
