@@ -20,7 +20,7 @@ import os
 import struct
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from typing import Any, TypeVar
 
 from ._ffi import ffi, lib
@@ -28,6 +28,7 @@ from ._parser import BufferLike
 from .events import OWN_FD, OWN_PIDFD, UNANSWERED, FanotifyData, FileHandle
 from .exceptions import MetadataVersionError, ParseError, TruncatedEventError
 from .flags import (
+    DIR_CHANGE_EVENTS,
     FAN_EVENT_INFO_TYPE_DFID,
     FAN_EVENT_INFO_TYPE_DFID_NAME,
     FAN_EVENT_INFO_TYPE_ERROR,
@@ -41,6 +42,7 @@ from .flags import (
     FAN_NOFD,
     FANOTIFY_METADATA_VERSION,
     PERM_EVENTS,
+    Event,
 )
 
 __all__ = ["Decoder", "decode", "EVENT"]
@@ -50,8 +52,9 @@ T = TypeVar("T")
 #: ``struct afn_event``, field for field (a test checks it against the C layout):
 #: mask, offset, event_len, fd, pid, status, has, pidfd, error, error_count,
 #: arg1, arg2, path_off, path_len, reserved, range_offset, range_count, mnt_id,
-#: then (rec, handle_len, name_off, name_len) for fid, dfid, old and new.
-EVENT = struct.Struct("=QIIiiIIiiIIIIiIQQQ" + "IIII" * 4)
+#: then (rec, handle_len, name_off, name_len) for fid, dfid, old and new,
+#: then dir_idx, name_text.
+EVENT = struct.Struct("=QIIiiIIiiIIIIiIQQQ" + "IIII" * 4 + "II")
 _HEAD = struct.Struct("=QIIiiII")  # the first seven fields
 _FID = struct.Struct("=IIIi")  # fsid[0], fsid[1], handle_bytes, handle_type
 _INFO_HEADER = struct.Struct("=BBH")
@@ -64,9 +67,12 @@ _FIDREFS_AT = ffi.offsetof("struct afn_event", "fid")
 _PATHREF = struct.Struct("=Ii")
 _PATHREF_AT = ffi.offsetof("struct afn_event", "path_off")
 # What the common shapes need, in one unpack: the first seven fields,
-# path_off and path_len, then the fid and dfid parts as in _FIDREFS.
+# path_off and path_len, the fid and dfid parts as in _FIDREFS, then dir_idx
+# and name_text.
+_DIRREF_AT = ffi.offsetof("struct afn_event", "dir_idx")
 _SHAPE = struct.Struct(
     f"=QIIiiII{_PATHREF_AT - _HEAD.size}xIi{_FIDREFS_AT - _PATHREF_AT - _PATHREF.size}xII8xIIII"
+    f"{_DIRREF_AT - _FIDREFS_AT - _FIDREFS.size}xII"
 )
 # As os.fsdecode(), without its Python-level call per path.
 _FS_ENCODING = sys.getfilesystemencoding()
@@ -75,6 +81,8 @@ _FS_ERRORS = sys.getfilesystemencodeerrors()
 _SIZE = EVENT.size
 _META_LEN = FAN_EVENT_METADATA_LEN
 _PERM = int(PERM_EVENTS)
+_DIR_CHANGE = int(DIR_CHANGE_EVENTS)
+_ONDIR = int(Event.ONDIR)
 _KNOWN_TYPES = frozenset(
     (
         FAN_EVENT_INFO_TYPE_FID,
@@ -111,6 +119,7 @@ _FD_CLOSED = lib.AFN_FD_CLOSED
 _FID_SHAPE = _HAS_FID | _HAS_DFID | _HAS_NAME
 _PATH_NONE = lib.AFN_PATH_NONE
 _PATH_RETRY = lib.AFN_PATH_RETRY
+_NONE = lib.AFN_NONE
 
 
 def _constructor(cls: type[T]) -> Callable[..., T]:
@@ -172,8 +181,51 @@ def _generate(cls: type[T], fields: Any, builder: type | None) -> Callable[..., 
     return init
 
 
+def _positional(cls: type[T], names: tuple[str, ...]) -> Callable[..., T] | None:
+    """Like :func:`_constructor`, for one fixed shape: ``names`` positional, the rest defaults.
+
+    Binding a few positional arguments is much cheaper than keyword
+    arguments to a 30-parameter function.  None when ``cls`` does not allow
+    the class swap (then the caller uses the general constructor).
+    """
+    if _constructor(cls) is cls:
+        return None
+    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+    slots = cls.__dict__["__slots__"]
+    builder = type(f"_{cls.__name__}Builder", cls.__bases__, {"__slots__": slots})
+    ns: dict[str, Any] = {"__new": object.__new__, "__cls": cls, "__builder": builder}
+    body = ["    __obj = __new(__builder)"]
+    for i, f in enumerate(fields):
+        if f.name in names:
+            body.append(f"    __obj.{f.name} = {f.name}")
+        else:
+            ns[f"__default{i}"] = f.default
+            body.append(f"    __obj.{f.name} = __default{i}")
+    body.append("    __obj.__class__ = __cls")
+    src = f"def __init({', '.join(names)}):\n" + "\n".join(body) + "\n    return __obj\n"
+    exec(src, ns)
+    init: Callable[..., T] = ns["__init"]
+    try:
+        probe = init(*[None for _ in names])
+    except TypeError:  # "__class__ assignment: ... object layout differs"
+        return None
+    return init if type(probe) is cls else None
+
+
 _event = _constructor(FanotifyData)
 _file_handle = _constructor(FileHandle)
+#: The resolved FID+name shape (see Decoder.decode's ``dir_path``).
+_FID_FIELDS = (
+    "fd", "pid", "ev_types", "pid_is_tid", "fid", "dfid", "name", "dir_path", "path",
+    "path_resolved",
+)
+
+
+def _fid_event_slow(*args: Any) -> FanotifyData:
+    return FanotifyData(**dict(zip(_FID_FIELDS, args, strict=True)))
+
+
+_fid_event = _positional(FanotifyData, _FID_FIELDS) or _fid_event_slow
 
 
 def _error(
@@ -284,6 +336,11 @@ class Decoder:
         self._arena_buf: Any = ffi.buffer(self._arena)
         self._arena_used: Any = ffi.new("size_t *")
         self._stop: Any = ffi.new("size_t *")
+        #: See :meth:`decode`'s ``dir_path``.
+        self.resolved_upto = 0
+        #: How many events of the last batch got their paths from ``dir_path``:
+        #: equal to :attr:`resolved_upto` when every event before the cut did.
+        self.resolved_count = 0
         self._cap = 0
         self._out: Any = ffi.NULL
         self._out_mv = memoryview(b"")
@@ -334,6 +391,8 @@ class Decoder:
         fd_error: bool = False,
         resolve_fd_paths: bool = False,
         close_fds: bool = False,
+        dir_path: Callable[[FileHandle], str | None] | None = None,
+        skip_pids: Container[int] = (),
     ) -> tuple[list[FanotifyData], list[ParseError]]:
         """Decode the first ``nbytes`` of ``buf``, as :func:`afanotify._parser.parse_lenient`.
 
@@ -346,6 +405,17 @@ class Decoder:
             report ``fd`` as FAN_NOFD; permission events keep theirs, since the
             answer names the fd, and so do malformed events, whose errors carry
             it.  Needs ``owned``.
+        :param dir_path: the path of a directory handle, or None (the group's
+            resolver).  Given, events of the plain FID+name shape (a DFID or
+            DFID_NAME record, maybe a FID record, no others) also get
+            ``dir_path``, ``path`` and ``path_resolved``, as the group would
+            set them, with ``dir_path`` called once per distinct directory of
+            the batch (a None answer is asked again).  This stops at the first
+            event with a directory record of another shape, or that says a
+            directory moved or went away (a DIR_CHANGE_EVENTS bit with ONDIR):
+            the caller resolves that event and every later one itself.  :attr:`resolved_upto` is
+            then that event's index in the returned list (else its length).
+            Events whose pid is in ``skip_pids`` are left unresolved.
         :raises ValueError: for an ``nbytes`` outside the buffer, or
             ``close_fds`` without ``owned``
         """
@@ -368,6 +438,8 @@ class Decoder:
             flags |= lib.AFN_RESOLVE_FD_PATHS
         if close_fds:
             flags |= lib.AFN_CLOSE_FDS
+        if dir_path is not None and not resolve_fd_paths:
+            flags |= lib.AFN_FID_BATCH
         count = lib.afn_decode(
             cbuf, nbytes, self._out, self._cap, flags, _PERM,
             self._arena, self._arena_size, self._arena_used, self._stop,
@@ -377,7 +449,10 @@ class Decoder:
         if self._stop[0] != nbytes and count == self._cap:  # pragma: no cover
             raise AssertionError("decoder ran out of entries; _reserve is wrong")
         src = ffi.buffer(cbuf, nbytes) if nbytes else b""
-        return self._build(src, count, owned, pid_is_tid, fd_error, resolve_fd_paths, close_fds)
+        return self._build(
+            src, count, owned, pid_is_tid, fd_error, resolve_fd_paths, close_fds, dir_path,
+            skip_pids,
+        )  # fmt: skip
 
     def _arena_text(self) -> str | None:
         """The batch's resolved paths as one str, when byte offsets are also str offsets.
@@ -401,21 +476,30 @@ class Decoder:
         fd_error: bool,
         resolve: bool,
         close_fds: bool,
+        dir_path: Callable[[FileHandle], str | None] | None,
+        skip_pids: Container[int],
     ) -> tuple[list[FanotifyData], list[ParseError]]:
         events: list[FanotifyData] = []
+        upto = -1
+        filled = 0
         errors: list[ParseError] = []
         out = self._out_mv
         full = EVENT.unpack_from
         append = events.append
         perm = _PERM
         arena = self._arena_buf
-        text = self._arena_text() if resolve else None
-        dirs: dict[bytes, FileHandle] = {}
+        # The batch's paths (resolve), or its names (AFN_FID_BATCH).
+        text = self._arena_text() if resolve or dir_path is not None else None
+        # Per distinct directory record: [its FileHandle, its path or None,
+        # that path with a trailing slash], by the record's bytes, or by its
+        # number from the C walk.
+        dirs: dict[bytes, list[Any]] = {}
+        numbered: dict[int, list[Any]] = {}
         shape = _SHAPE.unpack_from
         for pos in range(0, count * _SIZE, _SIZE):
             (
                 mask, off, event_len, fd, pid, status, has, path_off, path_len,
-                fid_rec, fid_len, dfid_rec, dfid_len, name_off, name_len,
+                fid_rec, fid_len, dfid_rec, dfid_len, name_off, name_len, dir_idx, name_text,
             ) = shape(out, pos)  # fmt: skip
             if resolve and fd >= 0 and not (status or has):
                 # fd mode with paths resolved in C: the common shape there.
@@ -449,24 +533,54 @@ class Decoder:
                 continue
             if fd == FAN_NOFD and has and not (status or resolve or has & ~_FID_SHAPE):
                 # The common FID-group shape: a DFID_NAME record, maybe a FID.
-                dfid = None
+                dfid = entry = None
                 if has & _HAS_DFID:
                     # Events of one batch mostly share a few directories: one
                     # FileHandle per distinct record, so equal handles are
-                    # also the same object (HandleResolver uses that).
-                    key = src[dfid_rec : dfid_rec + _FID.size + dfid_len]
-                    dfid = dirs.get(key)
-                    if dfid is None:
-                        dfid = dirs[key] = _handle(src, dfid_rec, dfid_len)
-                append(
-                    _event(
-                        fd, pid, mask, pid_is_tid=pid_is_tid,
-                        fid=_handle(src, fid_rec, fid_len) if has & _HAS_FID else None,
-                        dfid=dfid,
-                        name=str(src[name_off : name_off + name_len], "utf-8", "surrogateescape")
-                        if has & _HAS_NAME else None,
-                    )
-                )  # fmt: skip
+                    # also the same object (HandleResolver uses that).  The C
+                    # walk numbers the first few distinct ones.
+                    entry = numbered.get(dir_idx)
+                    if entry is None:
+                        if dir_idx == _NONE:
+                            key = src[dfid_rec : dfid_rec + _FID.size + dfid_len]
+                            entry = dirs.get(key)
+                            if entry is None:
+                                entry = dirs[key] = [_handle(src, dfid_rec, dfid_len), None, ""]
+                        else:
+                            entry = numbered[dir_idx] = [
+                                _handle(src, dfid_rec, dfid_len), None, ""
+                            ]  # fmt: skip
+                    dfid = entry[0]
+                fid = _handle(src, fid_rec, fid_len) if has & _HAS_FID else None
+                if not has & _HAS_NAME:
+                    name = None
+                elif name_text != _NONE and text is not None:
+                    name = text[name_text : name_text + name_len]
+                else:
+                    name = str(src[name_off : name_off + name_len], "utf-8", "surrogateescape")
+                if dir_path is not None:
+                    if mask & _DIR_CHANGE and mask & _ONDIR:
+                        # Cached directory paths may be stale from here on:
+                        # the caller invalidates and resolves the rest.
+                        dir_path = None
+                        upto = len(events)
+                    elif entry is not None and pid not in skip_pids:
+                        d = entry[1]
+                        if d is None:
+                            d = entry[1] = dir_path(dfid)  # type: ignore[arg-type]
+                            if d is not None:
+                                entry[2] = d if d == "/" else d + "/"
+                        jp: str | None
+                        if d is None:
+                            jp, ok = name, False
+                        elif not name or name == ".":
+                            jp, ok = d, True
+                        else:
+                            jp, ok = entry[2] + name, True
+                        append(_fid_event(fd, pid, mask, pid_is_tid, fid, dfid, name, d, jp, ok))
+                        filled += 1
+                        continue
+                append(_event(fd, pid, mask, pid_is_tid=pid_is_tid, fid=fid, dfid=dfid, name=name))
                 continue
             (
                 _, _, _, _, _, _, _,
@@ -475,11 +589,16 @@ class Decoder:
                 fid_rec, fid_len, _, _,
                 dfid_rec, dfid_len, name_off, name_len,
                 old_rec, old_len, old_name_off, old_name_len,
-                new_rec, new_len, new_name_off, new_name_len,
+                new_rec, new_len, new_name_off, new_name_len, _, _,
             ) = full(out, pos)  # fmt: skip
             if status:
                 errors.append(_error(status, off, event_len, fd, pid, mask, a1, a2))
                 continue
+            if dir_path is not None and (has & _HAS_DFID or (mask & _DIR_CHANGE and mask & _ONDIR)):
+                # A directory event of another shape (a PIDFD record), or a
+                # directory renamed: the caller resolves it, and the rest, in order.
+                dir_path = None
+                upto = len(events)
             kw: dict[str, Any] = {}
             owns = 0
             if has:
@@ -535,6 +654,8 @@ class Decoder:
                 kw["fd_error"] = -fd
                 fd = FAN_NOFD
             append(_event(fd, pid, mask, pid_is_tid=pid_is_tid, _owns=owns, **kw))
+        self.resolved_upto = len(events) if upto < 0 else upto
+        self.resolved_count = filled
         return events, errors
 
 

@@ -120,6 +120,11 @@ class HandleResolver:
         self.hits = 0
         self.misses = 0
 
+    @property
+    def caching(self) -> bool:
+        """True when resolved directory paths are kept (a cache size above 0)."""
+        return self._cache_size > 0
+
     def add_mount(self, path: str | bytes, *, dont_follow: bool = False) -> None:
         """Record the handle of the marked ``path``, and keep an fd on the top
         directory of its filesystem, keyed by fsid.

@@ -90,6 +90,13 @@ FID_EVENTS = (
     | Event.FS_ERROR
 )
 
+#: With ONDIR, these events mean a directory moved or went away: paths
+#: cached for directory handles may be stale from then on.
+DIR_CHANGE_EVENTS = (
+    Event.MOVED_FROM | Event.MOVED_TO | Event.RENAME | Event.DELETE_SELF | Event.MOVE_SELF
+    | Event.DELETE
+)
+
 #: The mount events, reported by FAN_REPORT_MNT groups.
 MNT_EVENTS = Event.MNT_ATTACH | Event.MNT_DETACH
 

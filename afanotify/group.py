@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import errno as _errno
+import gc
 import logging
 import os
 import resource
@@ -29,6 +30,7 @@ from .events import OWN_FD, UNANSWERED, FanotifyData
 from .exceptions import ClosedResourceError, ParseError, WouldBlock
 from .flags import (
     CLASS_BITS,
+    DIR_CHANGE_EVENTS,
     FID_EVENTS,
     FID_INIT_FLAGS,
     MARK_TYPE_BITS,
@@ -76,10 +78,7 @@ _PERM = int(PERM_EVENTS)
 _ALLOW = int(Response.ALLOW)
 _DENY = int(Response.DENY)
 _OVERFLOW = int(Event.Q_OVERFLOW)
-_DIR_CHANGE = int(
-    Event.MOVED_FROM | Event.MOVED_TO | Event.RENAME | Event.DELETE_SELF | Event.MOVE_SELF
-    | Event.DELETE
-)
+_DIR_CHANGE = int(DIR_CHANGE_EVENTS)
 _ONDIR = int(Event.ONDIR)
 _DEFAULT_EVENT_FLAGS = os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_LARGEFILE", 0)
 #: Reads per readiness callback, so one busy group cannot starve the loop.
@@ -229,6 +228,7 @@ class Fanotify(AsyncClosingContext, WarnsUnclosed):
         self._fid_mode = bool(flags & FID_INIT_FLAGS)
         self._pid_is_tid = bool(flags & InitFlag.REPORT_TID)
         self._fd_error = bool(flags & InitFlag.REPORT_FD_ERROR)
+        self._pidfd_reported = bool(flags & InitFlag.REPORT_PIDFD)
         self._fd = _open_group(flags | InitFlag.NONBLOCK | InitFlag.CLOEXEC, event_flags)
         self._closed = False
         self._pid = os.getpid()
@@ -608,7 +608,21 @@ class Fanotify(AsyncClosingContext, WarnsUnclosed):
         return self._decode(memoryview(self._buf)[:n])
 
     def _handle_batch(self, view: memoryview) -> None:
-        events = self._decode(view)
+        # A batch is thousands of new objects that all live until consumed,
+        # so the cyclic GC would run several young collections over them
+        # mid-batch (and, counting those, older ones over everything) only to
+        # find nothing to free.  It is paused for the decode alone (library
+        # code, no user callbacks; other threads only have a collection
+        # deferred) and its previous state restored; the next allocation
+        # after that collects as usual.
+        if gc.isenabled():
+            gc.disable()
+            try:
+                events = self._decode(view)
+            finally:
+                gc.enable()
+        else:
+            events = self._decode(view)
         if events:
             self._deliver(events)
 
@@ -617,11 +631,24 @@ class Fanotify(AsyncClosingContext, WarnsUnclosed):
         # The C decoder resolves event fds to paths while it walks the batch
         # (FID groups have no event fds; their paths come from handles below).
         fd_paths_done = fast is not None and self.resolve_paths and not self._fid_mode
+        # Events [0, pre) of the plain FID+name shape come with their paths
+        # from the C decoder's walk (see Decoder.decode), resolved through the
+        # same cache; without a cache (handle_cache_size=0) each event asks
+        # the kernel itself, below.
+        pre = 0
         if fast is not None:
+            dir_path = None
+            if self.resolve_paths and self._fid_mode and self._resolver.caching:
+                dir_path = self._resolver.resolve
             events, errors = fast.decode(
                 view, len(view), owned=True, pid_is_tid=self._pid_is_tid,
                 fd_error=self._fd_error, resolve_fd_paths=fd_paths_done,
+                dir_path=dir_path, skip_pids=self._own_tids if self.ignore_own else (),
             )  # fmt: skip
+            if dir_path is not None:
+                pre = fast.resolved_upto
+                if fast.resolved_count != pre:
+                    pre = -pre  # some of them need the loop: see below
         else:
             events, errors = parse_lenient(
                 view, owned=True, pid_is_tid=self._pid_is_tid, fd_error=self._fd_error
@@ -632,16 +659,28 @@ class Fanotify(AsyncClosingContext, WarnsUnclosed):
         c.events_read += len(events)
         # Per-event work below touches only locals: this loop runs for every
         # event the kernel hands us.
-        out: list[FanotifyData] = []
-        append = out.append
         own = self._own_tids if self.ignore_own else None
         pid_is_tid = self._pid_is_tid
+        proc_info = self.proc_info
+        if pre > 0 and not proc_info and not (own is not None and pid_is_tid):
+            # Every event before the cut is a plain FID event with its paths,
+            # from a pid that is not ours: nothing below would change it.
+            # (With REPORT_TID an unknown tid may still be one of our threads.)
+            if pre == len(events):
+                return events  # type: ignore[no-any-return]
+            out: list[FanotifyData] = events[:pre]
+            events = events[pre:]
+            pre = 0
+        else:
+            out = []
+            pre = abs(pre)
+        append = out.append
         fd_paths = self.resolve_paths and not fd_paths_done
         fid_paths = self.resolve_paths and self._fid_mode
-        proc_info = self.proc_info
-        pidfd_reported = bool(self.flags & InitFlag.REPORT_PIDFD)
+        pidfd_reported = self._pidfd_reported
         resolve = self._resolver.resolve
         for ev in events:
+            pre -= 1
             mask = ev.ev_types
             if mask & _OVERFLOW:
                 c.overflows += 1
@@ -678,7 +717,7 @@ class Fanotify(AsyncClosingContext, WarnsUnclosed):
                     or (mask & _DIR_CHANGE and mask & _ONDIR)
                 ):
                     self._resolve_fid(ev)
-                else:
+                elif pre < 0:
                     # The common FID shape (a DFID_NAME record), as in
                     # _resolve_fid, without its calls.
                     d = resolve(dfid)
@@ -738,7 +777,7 @@ class Fanotify(AsyncClosingContext, WarnsUnclosed):
                 self._resolve_fid(ev)
         if self.proc_info:
             exe, cwd = process_info(
-                ev.pid, ev.pidfd, pidfd_reported=bool(self.flags & InitFlag.REPORT_PIDFD)
+                ev.pid, ev.pidfd, pidfd_reported=self._pidfd_reported
             )
             _set_exe(ev, exe)
             _set_cwd(ev, cwd)
@@ -932,11 +971,12 @@ class Fanotify(AsyncClosingContext, WarnsUnclosed):
         last = self._iter_last
         if last is not None:
             self._iter_last = None
-            if last._owns == OWN_FD:
+            owns = last._owns
+            if owns == OWN_FD:
                 # FanotifyData.close() for the usual case (only an fd), inline.
                 _set_owns(last, 0)
                 os.close(last.fd)
-            else:
+            elif owns:
                 last.close()
         # The common case, once reading has started: an event is already
         # queued.  Same steps as receive(), without its await and checks.
@@ -951,7 +991,13 @@ class Fanotify(AsyncClosingContext, WarnsUnclosed):
             else:
                 if ev._owns & UNANSWERED:
                     self._perm.received_by(ev)
-                if self._held or self._paused or self._error is not None:
+                # _refill() has work only when held events fit (see there), or
+                # when nothing is held and reading is to resume (or fail).
+                held = self._held
+                if (
+                    len(self._queue) <= self._queue.maxsize // 2 if held
+                    else self._paused or self._error is not None
+                ):  # fmt: skip
                     self._refill()
                 self._iter_last = ev
                 return ev

@@ -620,3 +620,93 @@ def test_kernel_dfid_name_mode(tmpfs: Path) -> None:
         assert all(e.dfid is not None and e.fd == -1 for e in ref)
     finally:
         os.close(group)
+
+
+# -- paths filled while decoding (the group's FID fast path) -------------------
+
+
+def _dir_events(*names: bytes, mask: int = int(Event.CREATE), pid: int = 4242) -> bytes:
+    return b"".join(
+        event(fid_rec(DFID_NAME, name=n), fd=-1, mask=mask, pid=pid) for n in names
+    )
+
+
+def test_dir_path_fills_paths_once_per_directory() -> None:
+    asked: list[Any] = []
+
+    def dir_path(h: Any) -> str | None:
+        asked.append(h)
+        return "/d" if len(asked) > 1 else None  # the first answer: unresolvable
+
+    other = event(fid_rec(DFID_NAME, handle=b"other123", name=b"z"), fd=-1, mask=int(Event.CREATE))
+    buf = _dir_events(b"a", b"b", b".") + other + _dir_events(b"", b"c", pid=99)
+    dec = Decoder()
+    events, errors = dec.decode(buf, len(buf), dir_path=dir_path, skip_pids={99})
+    plain, _ = dec.decode(buf, len(buf))
+    assert not errors and dec.resolved_upto == len(events) == 6
+    got = [(e.dir_path, e.path, e.path_resolved) for e in events]
+    assert got == [
+        (None, "a", False),  # None is asked again
+        ("/d", "/d/b", True),
+        ("/d", "/d", True),
+        ("/d", "/d/z", True),
+        (None, None, False),  # a skipped pid: left to the caller
+        (None, None, False),
+    ]
+    assert len(asked) == 3  # a, b (then cached for ".") and the other directory
+    for e, p in zip(events, plain, strict=True):  # every other field as decoded plainly
+        assert dataclasses.replace(e, dir_path=None, path=None, path_resolved=False) == p
+
+
+@pytest.mark.parametrize(
+    ("middle", "upto"),
+    [
+        (event(fid_rec(DFID_NAME, name=b"sub"), fd=-1, mask=int(Event.DELETE | Event.ONDIR)), 1),
+        (event(fid_rec(FID), fd=-1, mask=int(Event.DELETE_SELF | Event.ONDIR)), 1),
+        (event(fid_rec(DFID_NAME, name=b"x"), rec(PIDFD, struct.pack("=i", -1)), fd=-1), 1),
+        (
+            event(fid_rec(OLD, name=b"x"), fid_rec(NEW, name=b"y"), fd=-1,
+                  mask=int(Event.RENAME | Event.ONDIR)),
+            1,
+        ),
+        # Left to the caller, but no reason to stop: a file renamed, a file's own event.
+        (event(fid_rec(OLD, name=b"x"), fid_rec(NEW, name=b"y"), fd=-1, mask=int(Event.RENAME)), 3),
+        (event(fid_rec(FID), fd=-1, mask=int(Event.DELETE_SELF)), 3),
+    ],
+    ids=["dir-deleted", "dir-self-deleted", "pidfd-record", "dir-renamed", "file-renamed", "fid"],
+)
+def test_dir_path_stops_where_the_caller_must_take_over(middle: bytes, upto: int) -> None:
+    buf = _dir_events(b"a") + middle + _dir_events(b"b")
+    dec = Decoder()
+    events, _ = dec.decode(buf, len(buf), dir_path=lambda h: "/d")
+    assert dec.resolved_upto == upto
+    assert events[0].path == "/d/a" and events[1].path is None
+    assert events[2].path == ("/d/b" if upto == 3 else None)
+
+
+@pytest.mark.parametrize(
+    "names", [[b"a", b"b"], [b"caf\xe9", b"\xff", b"plain"]], ids=["ascii", "not-utf8"]
+)
+def test_dir_path_numbers_directories_past_the_c_table(names: list[bytes]) -> None:
+    # More distinct directories than the C walk numbers (64), each seen twice.
+    handles = [b"dir%05d" % i for i in range(70)]
+    buf = b"".join(
+        event(fid_rec(DFID_NAME, handle=h, name=names[i % len(names)]), fd=-1)
+        for _ in range(2)
+        for i, h in enumerate(handles)
+    )
+    dec = Decoder()
+    events, errors = dec.decode(buf, len(buf), dir_path=lambda h: "/" + h.handle.decode())
+    plain, _ = dec.decode(buf, len(buf))
+    assert not errors and len(events) == 140
+    for i, (e, p) in enumerate(zip(events, plain, strict=True)):
+        assert e.path == f"/{handles[i % 70].decode()}/{p.name}" and e.path_resolved
+        assert dataclasses.replace(e, dir_path=None, path=None, path_resolved=False) == p
+    # One FileHandle object per directory, numbered or not.
+    assert all(events[i].dfid is events[i + 70].dfid for i in range(70))
+
+
+def test_dir_path_joins_names_under_the_root() -> None:
+    buf = _dir_events(b"a", b"", b".", b"b")
+    events, _ = Decoder().decode(buf, len(buf), dir_path=lambda h: "/")
+    assert [e.path for e in events] == ["/a", "/", "/", "/b"]

@@ -91,6 +91,38 @@ async def test_own_events(tmpfs: Path, ignore_own: bool) -> None:
         assert own == 0
 
 
+@pytest.mark.parametrize("ignore_own", [True, False])
+async def test_own_events_fid_mode(tmpfs: Path, ignore_own: bool) -> None:
+    # The decoder fills FID paths in its walk; own events between others
+    # must still be dropped (and counted), the rest keep their paths.
+    async with Fanotify(InitFlag.REPORT_DFID_NAME, ignore_own=ignore_own) as fan:
+        fan.mark(tmpfs, Event.CREATE, kind="filesystem")
+        assert sh(f"touch {tmpfs}/t1").returncode == 0
+        (tmpfs / "mine").write_text("ours")
+        assert sh(f"touch {tmpfs}/t2").returncode == 0
+        evs = await collect(fan, lambda g: any(e.name == "t2" for e in g))
+        own = fan.stats.own_events
+    expected = ["t1", "t2"] if ignore_own else ["t1", "mine", "t2"]
+    assert [e.name for e in evs] == expected
+    assert [e.path for e in evs] == [f"{tmpfs}/{n}" for n in expected]
+    assert all(e.path_resolved and e.dir_path == str(tmpfs) for e in evs)
+    assert own == (1 if ignore_own else 0)
+
+
+async def test_directory_renamed_mid_batch_paths_follow(tmpfs: Path) -> None:
+    # d's path is cached from a first batch; then one batch: d renamed to e,
+    # a file created in e.  That file must not get d's cached path.
+    (tmpfs / "d").mkdir()
+    async with Fanotify(InitFlag.REPORT_DFID_NAME) as fan:
+        fan.mark(tmpfs, Event.CREATE | Event.MOVED_TO | Event.ONDIR, kind="filesystem")
+        assert sh(f"touch {tmpfs}/d/a").returncode == 0
+        first = await collect(fan, lambda g: any(e.name == "a" for e in g))
+        assert [e.path for e in first] == [f"{tmpfs}/d/a"]
+        assert sh(f"mv {tmpfs}/d {tmpfs}/e && touch {tmpfs}/e/b").returncode == 0
+        evs = await collect(fan, lambda g: any(e.name == "b" for e in g))
+    assert [(e.name, e.path) for e in evs] == [("e", f"{tmpfs}/e"), ("b", f"{tmpfs}/e/b")]
+
+
 # -- overflow ------------------------------------------------------------------
 
 _MANY_FILES = """

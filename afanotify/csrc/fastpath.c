@@ -42,6 +42,13 @@
 
 #define AFN_RESOLVE_FD_PATHS 0x1
 #define AFN_CLOSE_FDS 0x2
+#define AFN_FID_BATCH 0x4
+
+/* With AFN_FID_BATCH: dir_idx of an event whose directory record is not
+ * numbered (the table is full), and name_text of a name not copied. */
+#define AFN_NONE UINT32_MAX
+/* Distinct directory records numbered per batch (see afn_dir_index). */
+#define AFN_MAX_DIRS 64
 
 #define AFN_PATH_NONE (-1)    /* not asked for, or the event has no fd */
 #define AFN_PATH_RETRY (-2)   /* did not fit in the arena: the caller resolves it */
@@ -80,6 +87,8 @@ struct afn_event {
     struct afn_fidref dfid;
     struct afn_fidref old;
     struct afn_fidref new;
+    uint32_t dir_idx;    /* AFN_FID_BATCH: the dfid record's number in this batch */
+    uint32_t name_text;  /* AFN_FID_BATCH: arena offset of a copy of the dfid name */
 };
 
 static inline uint16_t afn_u16(const unsigned char *p) { uint16_t v; memcpy(&v, p, 2); return v; }
@@ -276,6 +285,36 @@ static void afn_resolve(struct afn_event *ev, int fddir, char *arena, size_t are
     *used += (size_t)r;
 }
 
+/* Number the distinct directory records of a batch (fsid, handle size, type
+ * and bytes compared), so that the caller makes one FileHandle per directory
+ * without slicing and hashing each record.  `dirs` holds the first record of
+ * each number; `ndirs` how many there are. */
+struct afn_dirs {
+    const unsigned char *rec[AFN_MAX_DIRS];
+    size_t len[AFN_MAX_DIRS];
+    unsigned n, last;
+};
+
+static uint32_t afn_dir_index(struct afn_dirs *d, const unsigned char *rec, size_t len)
+{
+    unsigned i;
+
+    if (d->n && d->len[d->last] == len && !memcmp(d->rec[d->last], rec, len))
+        return d->last;
+    for (i = 0; i < d->n; i++) {
+        if (d->len[i] == len && !memcmp(d->rec[i], rec, len)) {
+            d->last = i;
+            return i;
+        }
+    }
+    if (d->n == AFN_MAX_DIRS)
+        return AFN_NONE;
+    d->rec[d->n] = rec;
+    d->len[d->n] = len;
+    d->last = d->n;
+    return d->n++;
+}
+
 /*
  * Decode the events in buf[0, nbytes) into out[0, cap); returns how many
  * entries were written (good events and malformed ones alike, in buffer
@@ -288,6 +327,11 @@ static void afn_resolve(struct afn_event *ev, int fddir, char *arena, size_t are
  * response by fd number, so the fd must live until it is answered) or its
  * path must still be resolved by the caller.  A malformed event's fd is
  * never touched: the error reports it, and the caller closes it.
+ *
+ * With AFN_FID_BATCH (not with AFN_RESOLVE_FD_PATHS: both use the arena), a
+ * good event with a dfid record gets dir_idx, and one with a DFID_NAME name
+ * gets a copy of it in the arena at name_text, so the caller decodes all
+ * the names of a batch at once.
  */
 long afn_decode(const unsigned char *buf, size_t nbytes, struct afn_event *out, size_t cap,
                 unsigned int flags, uint64_t keep_fd_mask, char *arena, size_t arena_cap,
@@ -296,6 +340,9 @@ long afn_decode(const unsigned char *buf, size_t nbytes, struct afn_event *out, 
     const size_t meta = FAN_EVENT_METADATA_LEN;
     size_t off = 0, n = 0, used = 0;
     int fddir = -1;
+    struct afn_dirs dirs;
+
+    dirs.n = dirs.last = 0;
 
     if (nbytes > UINT32_MAX || arena_cap > UINT32_MAX)
         return -EOVERFLOW;
@@ -311,6 +358,8 @@ long afn_decode(const unsigned char *buf, size_t nbytes, struct afn_event *out, 
         ev->fd = -1;
         ev->pidfd = -1;
         ev->path_len = AFN_PATH_NONE;
+        ev->dir_idx = AFN_NONE;
+        ev->name_text = AFN_NONE;
         if (left < meta) {
             afn_fail(ev, AFN_E_SHORT_BUFFER, (uint32_t)left, 0);
             off = nbytes;
@@ -334,6 +383,15 @@ long afn_decode(const unsigned char *buf, size_t nbytes, struct afn_event *out, 
         else if (event_len > meta_len)
             afn_records(p, off, meta_len, event_len, ev);
 
+        if ((flags & AFN_FID_BATCH) && ev->status == AFN_OK && (ev->has & AFN_HAS_DFID)) {
+            /* The fsid, handle_bytes, handle_type and handle of the record. */
+            ev->dir_idx = afn_dir_index(&dirs, buf + ev->dfid.rec, 16 + (size_t)ev->dfid.handle_len);
+            if ((ev->has & AFN_HAS_NAME) && arena_cap - used >= ev->dfid.name_len) {
+                memcpy(arena + used, buf + ev->dfid.name_off, ev->dfid.name_len);
+                ev->name_text = (uint32_t)used;
+                used += ev->dfid.name_len;
+            }
+        }
         if (ev->status == AFN_OK && ev->fd >= 0) {
             if (flags & AFN_RESOLVE_FD_PATHS)
                 afn_resolve(ev, fddir, arena, arena_cap, &used);
