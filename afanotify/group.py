@@ -15,7 +15,7 @@ import gc
 import logging
 import os
 import resource
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, Literal, NamedTuple, Union
 
 from . import _ffi
@@ -1144,25 +1144,37 @@ class Fanotify(AsyncClosingContext, WarnsUnclosed):
         # Read what the kernel still queues and give its permission events the
         # default verdict.  (Closing the fd would allow them regardless of
         # default_response.)  Bounded: the kernel's queue is.
+        for ev in self._read_leftovers(self._fd, self._buf):
+            if ev._owns & UNANSWERED:
+                object.__setattr__(ev, "_group", self)
+                self._perm.add(ev, None)
+                if self.ignore_own and self._is_own(ev.pid):
+                    self._write_response(ev, Response.ALLOW)
+                else:
+                    self._answer_default(ev, AT_CLOSE)
+            ev.close()
+
+    def _read_leftovers(self, fd: int, buf: bytearray) -> Iterator[FanotifyData]:
+        """Events still queued in the kernel, read from ``fd`` into ``buf``.
+
+        For the paths that must answer them outside the normal reader (close,
+        the watchdog).  At most 64 reads: the kernel's queue is bounded.
+        Malformed events are handled as in a normal read.
+        """
         for _ in range(64):
             try:
-                n = os.readv(self._fd, (self._buf,))
+                n = os.readv(fd, (buf,))
             except OSError:
                 return
             if n <= 0:
                 return
-            events, errors = parse_lenient(memoryview(self._buf)[:n], owned=True)
+            events, errors = parse_lenient(
+                memoryview(buf)[:n], owned=True, pid_is_tid=self._pid_is_tid,
+                fd_error=self._fd_error,
+            )
             for err in errors:
                 self._bad_event(err)
-            for ev in events:
-                if ev._owns & UNANSWERED:
-                    object.__setattr__(ev, "_group", self)
-                    self._perm.add(ev, None)
-                    if self.ignore_own and self._is_own(ev.pid):
-                        self._write_response(ev, Response.ALLOW)
-                    else:
-                        self._answer_default(ev, AT_CLOSE)
-                ev.close()
+            yield from events
 
 
 def _fast_decoder(bufsize: int) -> Any:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import os
 import select
 import sys
 import threading
@@ -38,7 +37,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, Union
 
 from . import _ffi
-from ._parser import parse_lenient
 from .events import UNANSWERED, FanotifyData
 from .exceptions import AlreadyAnsweredError, ClosedResourceError
 from .flags import CLASS_BITS, DENY_ERRNOS, InitFlag, Response
@@ -703,39 +701,26 @@ class Watchdog:
         with perm.lock:
             if self._stop.is_set() or group._fd < 0:
                 return
-            for _ in range(64):
-                try:
-                    n = os.readv(self._fd, (self._buf,))
-                except OSError:
-                    break
-                if n <= 0:
-                    break
-                events, errors = parse_lenient(
-                    memoryview(self._buf)[:n], owned=True, pid_is_tid=group._pid_is_tid,
-                    fd_error=group._fd_error,
-                )
-                for err in errors:
-                    group._bad_event(err)
-                for ev in events:
-                    if ev._owns & UNANSWERED:
-                        object.__setattr__(ev, "_owns", ev._owns & ~UNANSWERED)
-                        if group.ignore_own and group._is_own(ev.pid):
-                            response = _ALLOW
-                            own += 1
-                            group._counters.own_events += 1
+            for ev in group._read_leftovers(self._fd, self._buf):
+                if ev._owns & UNANSWERED:
+                    object.__setattr__(ev, "_owns", ev._owns & ~UNANSWERED)
+                    if group.ignore_own and group._is_own(ev.pid):
+                        response = _ALLOW
+                        own += 1
+                        group._counters.own_events += 1
+                    else:
+                        response = int(perm.default)
+                        perm._reasons[STALLED] += 1
+                        if response & _DENY:
+                            perm.denied += 1
                         else:
-                            response = int(perm.default)
-                            perm._reasons[STALLED] += 1
-                            if response & _DENY:
-                                perm.denied += 1
-                            else:
-                                perm.allowed += 1
-                        answered += 1
-                        try:
-                            _ffi.respond(self._fd, ev.fd, response)
-                        except OSError as exc:
-                            log.error("watchdog could not answer fd=%d: %s", ev.fd, exc)
-                    ev.close()
+                            perm.allowed += 1
+                    answered += 1
+                    try:
+                        _ffi.respond(self._fd, ev.fd, response)
+                    except OSError as exc:
+                        log.error("watchdog could not answer fd=%d: %s", ev.fd, exc)
+                ev.close()
         if answered:
             log.error(
                 "the event loop did not read its fanotify group for %.3gs: the watchdog "
