@@ -291,6 +291,10 @@ ffibuilder.set_source(
     "afanotify._fanotify",
     _PRELUDE + _extra_sources(),
     extra_compile_args=["-O2", "-Wall", "-Wno-unused-function"],
+    # The event builder (afanotify/csrc/fastpath_build.c) uses CPython's own
+    # API beyond the limited one: slot offsets and str internals.
+    py_limited_api=False,
+    define_macros=[("_CFFI_NO_LIMITED_API", None)],
 )
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ C when asked: resolving an event fd to its path (``readlink`` of
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import struct
 import sys
@@ -48,6 +49,7 @@ from .flags import (
 __all__ = ["Decoder", "decode", "EVENT"]
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 #: ``struct afn_event``, field for field (a test checks it against the C layout):
 #: mask, offset, event_len, fd, pid, status, has, pidfd, error, error_count,
@@ -120,6 +122,7 @@ _FID_SHAPE = _HAS_FID | _HAS_DFID | _HAS_NAME
 _PATH_NONE = lib.AFN_PATH_NONE
 _PATH_RETRY = lib.AFN_PATH_RETRY
 _NONE = lib.AFN_NONE
+_MAX_DIRS = lib.AFN_MAX_DIRS
 
 
 def _constructor(cls: type[T]) -> Callable[..., T]:
@@ -226,6 +229,35 @@ def _fid_event_slow(*args: Any) -> FanotifyData:
 
 
 _fid_event = _positional(FanotifyData, _FID_FIELDS) or _fid_event_slow
+
+
+def _c_builder() -> Callable[..., tuple[int, int, int]] | None:
+    """The C event builder (``afanotify/csrc/fastpath_build.c``), or None.
+
+    None when the core predates it, when ``AFANOTIFY_PY_BUILDER`` is set (the
+    Python builder below then does everything; the differential tests use
+    it), or when the event classes are not plain slotted classes it can fill.
+    """
+    if os.environ.get("AFANOTIFY_PY_BUILDER") or not hasattr(lib, "afn_install_builder"):
+        return None
+    if lib.afn_install_builder() != 0:
+        return None
+    from . import _fanotify
+
+    defaults = {f.name: f.default for f in dataclasses.fields(FanotifyData)}
+    slots = tuple(FanotifyData.__slots__)
+    try:
+        _fanotify._builder_setup(
+            FanotifyData, FileHandle, slots, tuple(defaults[name] for name in slots),
+            tuple(FileHandle.__slots__),
+        )  # fmt: skip
+    except (TypeError, ValueError, KeyError) as exc:
+        log.debug("C event builder unavailable, building events in Python: %s", exc)
+        return None
+    return _fanotify._build
+
+
+_BUILD = _c_builder()
 
 
 def _error(
@@ -336,6 +368,15 @@ class Decoder:
         self._arena_buf: Any = ffi.buffer(self._arena)
         self._arena_used: Any = ffi.new("size_t *")
         self._stop: Any = ffi.new("size_t *")
+        #: Build the common shapes with the C builder (when the core has it);
+        #: False builds every event in Python.
+        self.c_builder = _BUILD is not None
+        #: Leave the events the C builder makes (all but permission events)
+        #: untracked by the cyclic garbage collector.  They hold only ints,
+        #: strs and file handles, so no cycle runs through them, as long as
+        #: nobody stores other objects in them: a group that hands its events
+        #: out as mutable objects (afanotify.compat) keeps this False.
+        self.untrack = False
         #: See :meth:`decode`'s ``dir_path``.
         self.resolved_upto = 0
         #: How many events of the last batch got their paths from ``dir_path``:
@@ -494,9 +535,35 @@ class Decoder:
         # that path with a trailing slash], by the record's bytes, or by its
         # number from the C walk.
         dirs: dict[bytes, list[Any]] = {}
-        numbered: dict[int, list[Any]] = {}
+        numbered: list[Any] = [None] * _MAX_DIRS
         shape = _SHAPE.unpack_from
-        for pos in range(0, count * _SIZE, _SIZE):
+        build = _BUILD if self.c_builder else None
+        cflags = 0
+        if build is not None:
+            cflags = (
+                (lib.AFN_B_PID_IS_TID if pid_is_tid else 0)
+                | (lib.AFN_B_OWNED if owned else 0)
+                | (lib.AFN_B_FD_ERROR if fd_error else 0)
+                | (lib.AFN_B_RESOLVE if resolve else 0)
+                | (lib.AFN_B_UNTRACK if self.untrack else 0)
+            )
+        i = 0
+        while i < count:
+            if build is not None:
+                # The C builder takes every event of the common shapes, the
+                # loop below the one it hands back, then the C builder again.
+                i, nfilled, cut = build(
+                    out, i, count, src, arena, events, numbered, dirs, dir_path, skip_pids,
+                    cflags, perm, _DIR_CHANGE,
+                )  # fmt: skip
+                filled += nfilled
+                if cut >= 0:
+                    dir_path = None
+                    upto = cut
+                if i >= count:
+                    break
+            pos = i * _SIZE
+            i += 1
             (
                 mask, off, event_len, fd, pid, status, has, path_off, path_len,
                 fid_rec, fid_len, dfid_rec, dfid_len, name_off, name_len, dir_idx, name_text,
@@ -539,7 +606,7 @@ class Decoder:
                     # FileHandle per distinct record, so equal handles are
                     # also the same object (HandleResolver uses that).  The C
                     # walk numbers the first few distinct ones.
-                    entry = numbered.get(dir_idx)
+                    entry = None if dir_idx == _NONE else numbered[dir_idx]
                     if entry is None:
                         if dir_idx == _NONE:
                             key = src[dfid_rec : dfid_rec + _FID.size + dfid_len]

@@ -238,6 +238,9 @@ class Fanotify(AsyncClosingContext, WarnsUnclosed):
         self._seen_tids: set[int] = set()
         self._buf = bytearray(buffer_size)
         self._fast = _fast_decoder(buffer_size)
+        if self._fast is not None:
+            # Our events are frozen and hold no cycles (see Decoder.untrack).
+            self._fast.untrack = True
         self._fd_budget = _fd_budget(flags)
         self._max_event_len = _max_event_len(flags)
         self._resolver = HandleResolver(handle_cache_size)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import itertools
 import logging
 import os
@@ -1232,3 +1233,15 @@ def test_ancestry_walks_the_ppid_chain_and_caches() -> None:
         child.wait(10)
         assert child.stdout is not None
         child.stdout.close()
+
+
+def test_legacy_events_stay_visible_to_the_garbage_collector(
+    tmpfs: Path, running: Callable[..., Fanotify], client: Callable[..., FanotifyClient]
+) -> None:
+    # Native events are left untracked (they are frozen and hold no cycles);
+    # legacy ones are mutable, so a cycle through one must stay collectable.
+    fan = running(pyfanotify.FAN_CLOSE_WRITE)
+    cli = client(fan, path_pattern="*")
+    detached(f": > {tmpfs}/f1; : > {tmpfs}/f2")
+    evs = wait_events(cli, lambda got: len(got) >= 2)
+    assert all(gc.is_tracked(ev) for ev in evs)

@@ -1,8 +1,10 @@
 """The C decoder against the pure parser: same events, same errors, for any bytes.
 
-Every buffer here goes through both ``_parser.parse_lenient`` and
-``_fastparse.decode``; the events must be equal (ownership bits included)
-and the errors of the same class, message, offset and metadata.
+Every buffer here goes through ``_parser.parse_lenient`` and through
+``_fastparse.Decoder`` twice: once with the C event builder
+(``csrc/fastpath_build.c``), once building every event in Python.  The
+events must be equal (ownership bits included) and the errors of the same
+class, message, offset and metadata.
 """
 
 from __future__ import annotations
@@ -25,10 +27,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from afanotify import _ffi
-from afanotify._fastparse import EVENT, Decoder, _constructor, decode
+from afanotify._fastparse import _BUILD, EVENT, Decoder, _constructor, decode
 from afanotify._ffi import ffi, lib
 from afanotify._parser import METADATA, parse_lenient
-from afanotify.events import OWN_FD, UNANSWERED, FanotifyData
+from afanotify.events import OWN_FD, UNANSWERED, FanotifyData, FileHandle
 from afanotify.exceptions import ParseError
 from afanotify.flags import (
     FAN_EVENT_INFO_TYPE_DFID,
@@ -112,12 +114,38 @@ def event_key(e: FanotifyData) -> tuple[Any, ...]:
     return (e, e._owns)
 
 
+def py_decoder(**kw: Any) -> Decoder:
+    """A Decoder that builds every event in Python."""
+    dec = Decoder(**kw)
+    dec.c_builder = False
+    return dec
+
+
+BUILDERS = [True, False]
+BUILDER_IDS = ["c-builder", "py-builder"]
+
+
+@pytest.fixture(params=BUILDERS, ids=BUILDER_IDS)
+def make_decoder(request: pytest.FixtureRequest) -> Any:
+    """Decoder, with the C event builder or with the Python one."""
+
+    def make(**kw: Any) -> Decoder:
+        dec = Decoder(**kw)
+        dec.c_builder = request.param
+        return dec
+
+    return make
+
+
 def both(buf: bytes, **opts: bool) -> tuple[list[FanotifyData], list[ParseError]]:
-    """Decode with both; assert they agree; return the pure parser's result."""
+    """Decode with all three; assert they agree; return the pure parser's result."""
     ref_events, ref_errors = parse_lenient(buf, **opts)
-    events, errors = decode(buf, len(buf), **opts)
-    assert [event_key(e) for e in events] == [event_key(e) for e in ref_events]
-    assert [error_key(e) for e in errors] == [error_key(e) for e in ref_errors]
+    for events, errors in (
+        decode(buf, len(buf), **opts),
+        py_decoder().decode(buf, len(buf), **opts),
+    ):
+        assert [event_key(e) for e in events] == [event_key(e) for e in ref_events]
+        assert [error_key(e) for e in errors] == [error_key(e) for e in ref_errors]
     return ref_events, ref_errors
 
 
@@ -300,8 +328,8 @@ def test_buffer_types_and_nbytes() -> None:
         decode(buf, len(buf), close_fds=True, **opts)
 
 
-def test_decoder_grows_for_a_bigger_buffer() -> None:
-    dec = Decoder(bufsize=64)
+def test_decoder_grows_for_a_bigger_buffer(make_decoder: Any) -> None:
+    dec = make_decoder(bufsize=64)
     buf = event() * 1000
     events, errors = dec.decode(buf, len(buf))
     assert len(events) == 1000 and not errors
@@ -474,10 +502,12 @@ def files(tmp_path: Path) -> Iterator[tuple[Path, list[int]]]:
 
 
 @pytest.mark.parametrize("arena_size", [None, 1, 0])
-def test_resolve_fd_paths(files: tuple[Path, list[int]], arena_size: int | None) -> None:
+def test_resolve_fd_paths(
+    files: tuple[Path, list[int]], arena_size: int | None, make_decoder: Any
+) -> None:
     tmp, (a, b, gone) = files
     buf = event(fd=a) + event(fd=b, mask=int(Event.OPEN_PERM)) + event(fd=gone) + event(fd=-1)
-    dec = Decoder(arena_size=arena_size)
+    dec = make_decoder(arena_size=arena_size)
     evs, errors = dec.decode(buf, len(buf), owned=True, resolve_fd_paths=True)
     assert not errors
     assert [(e.fd, e.path, e.path_resolved) for e in evs] == [
@@ -495,12 +525,12 @@ def test_resolve_fd_paths(files: tuple[Path, list[int]], arena_size: int | None)
 
 @pytest.mark.parametrize("arena_size", [None, 1])
 def test_close_fds_keeps_permission_fds(
-    files: tuple[Path, list[int]], arena_size: int | None
+    files: tuple[Path, list[int]], arena_size: int | None, make_decoder: Any
 ) -> None:
     tmp, (a, b, gone) = files
     bad = event(rec(MNT, b""), fd=gone)
     buf = event(fd=a) + event(fd=b, mask=int(Event.OPEN_PERM)) + bad
-    dec = Decoder(arena_size=arena_size)
+    dec = make_decoder(arena_size=arena_size)
     evs, errors = dec.decode(buf, len(buf), owned=True, resolve_fd_paths=True, close_fds=True)
     assert [(e.fd, e.path, e._owns) for e in evs] == [
         (-1, str(tmp / "a.txt"), 0),
@@ -512,9 +542,9 @@ def test_close_fds_keeps_permission_fds(
     assert is_open(b) and is_open(gone)
 
 
-def test_close_fds_without_paths(files: tuple[Path, list[int]]) -> None:
+def test_close_fds_without_paths(files: tuple[Path, list[int]], make_decoder: Any) -> None:
     _, (a, _, _) = files
-    evs, _ = Decoder().decode(event(fd=a), 24, owned=True, close_fds=True)
+    evs, _ = make_decoder().decode(event(fd=a), 24, owned=True, close_fds=True)
     assert evs[0].fd == -1 and evs[0].path is None and evs[0].closed
     assert not is_open(a)
 
@@ -562,7 +592,7 @@ def read_all(group: int) -> bytes:
 
 
 @pytest.mark.kernel
-def test_kernel_fd_mode(tmpfs: Path) -> None:
+def test_kernel_fd_mode(tmpfs: Path, make_decoder: Any) -> None:
     group = _ffi.fanotify_init(InitFlag.CLOEXEC | InitFlag.NONBLOCK, os.O_RDONLY)
     try:
         mask = Event.OPEN | Event.CLOSE_WRITE | Event.MODIFY | Event.EVENT_ON_CHILD
@@ -586,7 +616,7 @@ def test_kernel_fd_mode(tmpfs: Path) -> None:
         # Once more through Decoder.read, which closes the fds itself.
         before = len(os.listdir("/proc/self/fd"))
         run_child(tmpfs)
-        dec = Decoder()
+        dec = make_decoder()
         got = []
         while True:
             try:
@@ -631,7 +661,7 @@ def _dir_events(*names: bytes, mask: int = int(Event.CREATE), pid: int = 4242) -
     )
 
 
-def test_dir_path_fills_paths_once_per_directory() -> None:
+def test_dir_path_fills_paths_once_per_directory(make_decoder: Any) -> None:
     asked: list[Any] = []
 
     def dir_path(h: Any) -> str | None:
@@ -640,7 +670,7 @@ def test_dir_path_fills_paths_once_per_directory() -> None:
 
     other = event(fid_rec(DFID_NAME, handle=b"other123", name=b"z"), fd=-1, mask=int(Event.CREATE))
     buf = _dir_events(b"a", b"b", b".") + other + _dir_events(b"", b"c", pid=99)
-    dec = Decoder()
+    dec = make_decoder()
     events, errors = dec.decode(buf, len(buf), dir_path=dir_path, skip_pids={99})
     plain, _ = dec.decode(buf, len(buf))
     assert not errors and dec.resolved_upto == len(events) == 6
@@ -675,9 +705,11 @@ def test_dir_path_fills_paths_once_per_directory() -> None:
     ],
     ids=["dir-deleted", "dir-self-deleted", "pidfd-record", "dir-renamed", "file-renamed", "fid"],
 )
-def test_dir_path_stops_where_the_caller_must_take_over(middle: bytes, upto: int) -> None:
+def test_dir_path_stops_where_the_caller_must_take_over(
+    middle: bytes, upto: int, make_decoder: Any
+) -> None:
     buf = _dir_events(b"a") + middle + _dir_events(b"b")
-    dec = Decoder()
+    dec = make_decoder()
     events, _ = dec.decode(buf, len(buf), dir_path=lambda h: "/d")
     assert dec.resolved_upto == upto
     assert events[0].path == "/d/a" and events[1].path is None
@@ -687,7 +719,9 @@ def test_dir_path_stops_where_the_caller_must_take_over(middle: bytes, upto: int
 @pytest.mark.parametrize(
     "names", [[b"a", b"b"], [b"caf\xe9", b"\xff", b"plain"]], ids=["ascii", "not-utf8"]
 )
-def test_dir_path_numbers_directories_past_the_c_table(names: list[bytes]) -> None:
+def test_dir_path_numbers_directories_past_the_c_table(
+    names: list[bytes], make_decoder: Any
+) -> None:
     # More distinct directories than the C walk numbers (64), each seen twice.
     handles = [b"dir%05d" % i for i in range(70)]
     buf = b"".join(
@@ -695,7 +729,7 @@ def test_dir_path_numbers_directories_past_the_c_table(names: list[bytes]) -> No
         for _ in range(2)
         for i, h in enumerate(handles)
     )
-    dec = Decoder()
+    dec = make_decoder()
     events, errors = dec.decode(buf, len(buf), dir_path=lambda h: "/" + h.handle.decode())
     plain, _ = dec.decode(buf, len(buf))
     assert not errors and len(events) == 140
@@ -706,7 +740,160 @@ def test_dir_path_numbers_directories_past_the_c_table(names: list[bytes]) -> No
     assert all(events[i].dfid is events[i + 70].dfid for i in range(70))
 
 
-def test_dir_path_joins_names_under_the_root() -> None:
+def test_dir_path_joins_names_under_the_root(make_decoder: Any) -> None:
     buf = _dir_events(b"a", b"", b".", b"b")
-    events, _ = Decoder().decode(buf, len(buf), dir_path=lambda h: "/")
+    events, _ = make_decoder().decode(buf, len(buf), dir_path=lambda h: "/")
     assert [e.path for e in events] == ["/a", "/", "/", "/b"]
+
+
+# -- the C event builder against the Python one ---------------------------------
+
+
+def test_c_builder_is_built_and_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The core built here has the C builder, and a uniform batch takes one call."""
+    assert _BUILD is not None
+    assert Decoder().c_builder
+    calls: list[tuple[int, int]] = []
+
+    def spy(*args: Any) -> tuple[int, int, int]:
+        calls.append((args[1], args[2]))
+        return _BUILD(*args)  # type: ignore[misc]
+
+    monkeypatch.setattr("afanotify._fastparse._BUILD", spy)
+    buf = _dir_events(*[b"f%d" % i for i in range(500)])
+    events, _ = Decoder().decode(buf, len(buf), dir_path=lambda h: "/d")
+    assert calls == [(0, 500)]
+    assert [e.path for e in events] == [f"/d/f{i}" for i in range(500)]
+
+
+def test_builder_setup_refuses_other_classes_and_keeps_working() -> None:
+    from afanotify import _fanotify
+
+    @dataclasses.dataclass(frozen=True)
+    class WithDict:
+        fd: int = -1
+
+    names = tuple(FanotifyData.__slots__)  # type: ignore[attr-defined]
+    defaults = tuple(getattr(FanotifyData(), n) for n in names)
+    handle_slots = ("fsid", "handle_type", "handle")
+    with pytest.raises(TypeError, match="not a plain slotted class"):
+        _fanotify._builder_setup(WithDict, FileHandle, names, defaults, handle_slots)
+    with pytest.raises(TypeError, match="slots not listed"):
+        _fanotify._builder_setup(FanotifyData, FileHandle, names[:-1], defaults[:-1], handle_slots)
+    with pytest.raises(TypeError, match="no slot"):
+        _fanotify._builder_setup(FanotifyData, FileHandle, names, defaults, ("a", "b", "c"))
+    # A refused setup leaves the working one in place.
+    buf = _dir_events(b"x")
+    (ev,), _ = Decoder().decode(buf, len(buf), dir_path=lambda h: "/d")
+    assert ev.path == "/d/x" and type(ev) is FanotifyData
+
+
+def test_c_builder_passes_dir_path_errors_on() -> None:
+    def broken(h: Any) -> str:
+        raise LookupError("resolver failed")
+
+    buf = _dir_events(b"a", b"b")
+    with pytest.raises(LookupError, match="resolver failed"):
+        Decoder().decode(buf, len(buf), dir_path=broken)
+
+
+@pytest.mark.parametrize("c_builder", BUILDERS, ids=BUILDER_IDS)
+def test_untrack_leaves_only_permission_events_to_the_collector(
+    files: tuple[Path, list[int]], c_builder: bool
+) -> None:
+    import gc
+
+    _, (a, b, _) = files
+    buf = (
+        event(fd=a) + event(fd=b, mask=int(Event.OPEN_PERM))
+        + _dir_events(b"x") + event(fid_rec(FID), fd=-1)
+    )  # fmt: skip
+    dec = Decoder()
+    dec.c_builder = c_builder
+    kept, _ = dec.decode(buf, len(buf))
+    dec.untrack = True
+    events, _ = dec.decode(buf, len(buf))
+    assert events == kept
+    assert all(gc.is_tracked(e) for e in kept)  # untrack is off by default
+    if c_builder:
+        assert [gc.is_tracked(e) for e in events] == [False, True, False, False]
+        assert not gc.is_tracked(events[2].dfid) and not gc.is_tracked(events[3].fid)
+    else:  # the Python builder makes ordinary objects
+        assert all(gc.is_tracked(e) for e in events)
+
+
+# Directory handles from a small pool (shared within a batch) and a large one
+# (past the 64 the C walk numbers).
+_HANDLES = [b"h%d" % i for i in range(4)] + [b"wide%04d" % i for i in range(90)]
+
+
+@st.composite
+def fid_batches(draw: st.DrawFn) -> bytes:
+    """Mostly FID-shape events, with the shapes that end the C builder's run between."""
+    out = []
+    for _ in range(draw(st.integers(0, 40))):
+        kind = draw(st.sampled_from(["name"] * 6 + ["dfid", "fid-name", "other"]))
+        handle = draw(st.sampled_from(_HANDLES))
+        name = draw(st.sampled_from([b"a", b"", b".", b"caf\xe9", b"x" * 30, b"\xff"]))
+        mask = draw(
+            st.sampled_from([int(Event.CREATE), int(Event.DELETE), int(Event.DELETE | Event.ONDIR)])
+        )
+        pid = draw(st.sampled_from([1, 2, 99]))
+        if kind == "name":
+            out.append(event(fid_rec(DFID_NAME, handle, name), fd=-1, mask=mask, pid=pid))
+        elif kind == "dfid":
+            out.append(event(fid_rec(DFID, handle), fd=-1, mask=mask, pid=pid))
+        elif kind == "fid-name":
+            out.append(
+                event(fid_rec(DFID_NAME, handle, name), fid_rec(FID, b"self"), fd=-1, mask=mask,
+                      pid=pid)
+            )  # fmt: skip
+        else:
+            out.append(draw(events()))
+    return b"".join(out)
+
+
+def _resolver(asked: list[Any]) -> Any:
+    def dir_path(h: Any) -> str | None:
+        asked.append(h)
+        n = h.handle[-1] % 3
+        return None if n == 0 else "/" if n == 1 else "/d/" + h.handle.hex()
+
+    return dir_path
+
+
+@SETTINGS
+@given(buf=fid_batches(), opts=st.sampled_from(OPTIONS), skip=st.sampled_from([(), {99}]))
+def test_builders_agree_with_dir_paths(buf: bytes, opts: dict[str, bool], skip: Any) -> None:
+    results = []
+    for c_builder in BUILDERS:
+        dec = Decoder()
+        dec.c_builder = c_builder
+        asked: list[Any] = []
+        events, errors = dec.decode(
+            buf, len(buf), dir_path=_resolver(asked), skip_pids=skip, **opts
+        )
+        # Which events share one FileHandle object (the resolver's cache relies on it).
+        shared = [
+            [j for j, other in enumerate(events) if e.dfid is not None and other.dfid is e.dfid]
+            for e in events
+        ]
+        results.append((
+            [(event_key(e), e.dir_path, e.path, e.path_resolved) for e in events],
+            [error_key(e) for e in errors], asked, shared, dec.resolved_upto, dec.resolved_count,
+        ))  # fmt: skip
+    assert results[0] == results[1]
+
+
+def test_resolve_fd_paths_not_utf8(tmp_path: Path, make_decoder: Any) -> None:
+    raw = os.fsencode(tmp_path) + b"/caf\xe9-\xff.txt"
+    fd = os.open(raw, os.O_RDONLY | os.O_CREAT, 0o600)
+    try:
+        buf = event(fd=fd) + event(fd=fd, mask=int(Event.OPEN))
+        evs, _ = make_decoder().decode(buf, len(buf), resolve_fd_paths=True)
+        assert [(e.path, e.path_resolved) for e in evs] == [(os.fsdecode(raw), True)] * 2
+        os.unlink(raw)
+        evs, _ = make_decoder().decode(buf, len(buf), resolve_fd_paths=True)
+        assert [(e.path, e.path_resolved) for e in evs] == [(os.fsdecode(raw), False)] * 2
+    finally:
+        os.close(fd)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 from pathlib import Path
 
@@ -125,3 +126,16 @@ async def test_iterating_releases_each_event_fd_when_moving_on(tmpfs: Path, deco
         assert not seen[-1].closed
         seen[-1].close()
         assert open_fd_count() <= before
+
+
+@pytest.mark.parametrize("fid", [False, True], ids=["fd-mode", "fid-mode"])
+async def test_events_are_left_out_of_the_cyclic_collector(tmpfs: Path, fid: bool) -> None:
+    # Frozen events holding only ints, strs and handles: reference counting
+    # frees them, and a collection need not scan thousands of them per batch.
+    async with Fanotify(InitFlag.REPORT_DFID_NAME if fid else InitFlag.CLASS_NOTIF) as fan:
+        assert fan._fast is not None and fan._fast.untrack
+        fan.mark(tmpfs, Event.CREATE if fid else Event.CLOSE_WRITE, "filesystem")
+        assert sh(f"touch {tmpfs}/a {tmpfs}/b").returncode == 0
+        evs = await collect(fan, lambda g: len(g) == 2)
+    assert [e.path for e in evs] == [f"{tmpfs}/a", f"{tmpfs}/b"]
+    assert not any(gc.is_tracked(e) for e in evs)
