@@ -4,9 +4,12 @@
 :class:`ParseError` s as :func:`afanotify._parser.parse_lenient`, field for
 field and message for message; ``tests/test_fastparse_differential.py`` holds
 the two to that.  The C side walks the buffer once and fills a fixed-size
-``struct afn_event`` per event; this module turns each of them into an event
-with one ``struct.unpack_from``, and reads the buffer itself only for what
-becomes Python objects (file handles, names, unknown records).
+``struct afn_event`` per event.  The C builder (``csrc/fastpath_build.c``)
+turns runs of entries of the common shapes into events; :meth:`Decoder._build`
+does the same in Python for every shape, and takes the entries the C builder
+hands back (with one ``struct.unpack_from`` per entry, reading the buffer
+itself only for what becomes Python objects: file handles, names, unknown
+records).
 
 Two things the pure parser cannot do, because they are I/O, are done here in
 C when asked: resolving an event fd to its path (``readlink`` of

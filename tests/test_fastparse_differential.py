@@ -897,3 +897,13 @@ def test_resolve_fd_paths_not_utf8(tmp_path: Path, make_decoder: Any) -> None:
         assert [(e.path, e.path_resolved) for e in evs] == [(os.fsdecode(raw), False)] * 2
     finally:
         os.close(fd)
+
+
+def test_py_builder_environment_variable_turns_the_c_builder_off() -> None:
+    code = "from afanotify import _fastparse as f; print(f._BUILD is None, f.Decoder().c_builder)"
+    for env, want in (({}, "False True"), ({"AFANOTIFY_PY_BUILDER": "1"}, "True False")):
+        out = subprocess.run(
+            [sys.executable, "-c", code], env={**child_env(), **env}, cwd=CHILD_CWD,
+            capture_output=True, text=True, check=True, timeout=30,
+        )  # fmt: skip
+        assert out.stdout.split() == want.split()
