@@ -1,4 +1,4 @@
-"""Events per second on large synthetic buffers: the pure parser, the C decoder with the Python event builder, and with the C one.
+"""Decode rates on synthetic buffers: pure parser, C walk + Python builder, C walk + C builder.
 
     python build_ffi.py >/dev/null && PYTHONPATH=. python bench/bench_decode.py
 
