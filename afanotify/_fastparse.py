@@ -662,7 +662,10 @@ class Decoder:
                 new_rec, new_len, new_name_off, new_name_len, _, _,
             ) = full(out, pos)  # fmt: skip
             if status:
-                errors.append(_error(status, off, event_len, fd, pid, mask, a1, a2))
+                err = _error(status, off, event_len, fd, pid, mask, a1, a2)
+                if has & _HAS_PIDFD and pidfd >= 0:
+                    err.pidfd = pidfd  # read before the malformed part: open all the same
+                errors.append(err)
                 continue
             if dir_path is not None and (has & _HAS_DFID or (mask & _DIR_CHANGE and mask & _ONDIR)):
                 # A directory event of another shape (a PIDFD record), or a

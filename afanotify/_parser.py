@@ -124,8 +124,29 @@ def _parse_one(
     kw: dict[str, object] = {}
     unknown: list[tuple[int, bytes]] = []
     owns = 0
-    pos = off + meta_len
-    end = off + event_len
+    try:
+        _records(mv, off, off + meta_len, off + event_len, meta, kw, unknown)
+    except ParseError as exc:
+        # A pidfd read before the malformed record is open all the same.
+        pidfd = kw.get("pidfd", -1)
+        if isinstance(pidfd, int) and pidfd >= 0:
+            exc.pidfd = pidfd
+        raise
+    if unknown:
+        kw["unknown_records"] = tuple(unknown)
+    # Ownership follows the pidfd the event ends up holding: the kernel sends one
+    # PIDFD record, and a stray second one must not leave OWN_PIDFD set on -1.
+    pidfd = kw.get("pidfd", -1)
+    if owned and isinstance(pidfd, int) and pidfd >= 0:
+        owns |= OWN_PIDFD
+    return _make(fd, pid, mask, owned, pid_is_tid, fd_error, owns, kw)
+
+
+def _records(
+    mv: memoryview, off: int, pos: int, end: int, meta: tuple[int, int, int],
+    kw: dict[str, object], unknown: list[tuple[int, bytes]],
+) -> None:
+    """Decode the info records in ``mv[pos:end]`` into ``kw`` and ``unknown``."""
     while pos < end:
         if end - pos < INFO_HEADER.size:
             raise TruncatedEventError(
@@ -177,14 +198,6 @@ def _parse_one(
             # A record type newer than this library: keep it, skip by length.
             unknown.append((info_type, bytes(mv[body:rend])))
         pos = rend
-    if unknown:
-        kw["unknown_records"] = tuple(unknown)
-    # Ownership follows the pidfd the event ends up holding: the kernel sends one
-    # PIDFD record, and a stray second one must not leave OWN_PIDFD set on -1.
-    pidfd = kw.get("pidfd", -1)
-    if owned and isinstance(pidfd, int) and pidfd >= 0:
-        owns |= OWN_PIDFD
-    return _make(fd, pid, mask, owned, pid_is_tid, fd_error, owns, kw)
 
 
 def _need(rlen: int, size: int, what: str, off: int, meta: tuple[int, int, int]) -> None:

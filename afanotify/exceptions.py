@@ -23,7 +23,9 @@ class ParseError(AfanotifyError, ValueError):
 
     ``offset`` is where the event starts in the buffer; ``fd``, ``pid`` and
     ``mask`` are the event's metadata when it could be read (else -1, 0, 0), so
-    a reader can still close the fd or answer a permission event.
+    a reader can still close the fd or answer a permission event.  ``pidfd``
+    is the pidfd of a PIDFD record read before the malformed part (else -1):
+    for a buffer read from the kernel, the reader owns it and closes it too.
     """
 
     def __init__(
@@ -34,6 +36,7 @@ class ParseError(AfanotifyError, ValueError):
         self.fd = fd
         self.pid = pid
         self.mask = mask
+        self.pidfd = -1
 
 
 class MetadataVersionError(ParseError):

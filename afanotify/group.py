@@ -848,6 +848,11 @@ class Fanotify(AsyncClosingContext, WarnsUnclosed):
                 os.close(err.fd)
             except OSError:
                 pass
+        if err.pidfd >= 0:
+            try:
+                os.close(err.pidfd)
+            except OSError:
+                pass
         log.error("dropped a malformed fanotify event: %s", err)
 
     def _deliver(self, events: list[FanotifyData]) -> None:

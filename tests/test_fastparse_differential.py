@@ -107,7 +107,7 @@ def event(
 
 
 def error_key(e: ParseError) -> tuple[Any, ...]:
-    return (type(e), str(e), e.offset, e.fd, e.pid, e.mask)
+    return (type(e), str(e), e.offset, e.fd, e.pid, e.mask, e.pidfd)
 
 
 def event_key(e: FanotifyData) -> tuple[Any, ...]:
@@ -302,6 +302,21 @@ def test_good_buffers_agree(name: str, opts: dict[str, bool]) -> None:
 def test_bad_buffers_agree(name: str, opts: dict[str, bool]) -> None:
     _, errors = both(BAD[name], **opts)
     assert errors
+
+
+@pytest.mark.parametrize(
+    ("buf", "pidfd"),
+    [
+        (BAD["pidfd-then-error"], 3),
+        (event(rec(PIDFD, struct.pack("=i", 8)), rec(MNT, b"\0" * 8)), 8),
+        (event(rec(PIDFD, struct.pack("=i", -1)), rec(MNT, b"\0" * 8)), -1),
+        (event(rec(MNT, b"\0" * 8), rec(PIDFD, struct.pack("=i", 8))), -1),  # never read
+    ],
+    ids=["stray-bytes", "short-record", "no-process", "after-the-error"],
+)
+def test_malformed_event_reports_the_pidfd_it_holds(buf: bytes, pidfd: int) -> None:
+    _, (err,) = both(buf, owned=True, pid_is_tid=False, fd_error=False)
+    assert err.pidfd == pidfd
 
 
 def test_repeated_pidfd_owns_only_the_last() -> None:

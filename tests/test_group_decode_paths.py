@@ -7,8 +7,9 @@ import gc
 import os
 from pathlib import Path
 
+import _buffers
 import pytest
-from helpers import collect, open_fd_count, run_in_child, sh
+from helpers import collect, is_open, open_fd_count, run_in_child, sh
 
 from afanotify import Event, Fanotify, InitFlag
 
@@ -139,3 +140,20 @@ async def test_events_are_left_out_of_the_cyclic_collector(tmpfs: Path, fid: boo
         evs = await collect(fan, lambda g: len(g) == 2)
     assert [e.path for e in evs] == [f"{tmpfs}/a", f"{tmpfs}/b"]
     assert not any(gc.is_tracked(e) for e in evs)
+
+
+def test_malformed_event_is_counted_logged_and_releases_what_it_holds(
+    decoder: str, pipe_fds: list[int], caplog: pytest.LogCaptureFixture
+) -> None:
+    # A kernel never sends one; a synthetic batch through the group's own path.
+    r1, _, r2, _ = pipe_fds
+    mask = int(Event.CLOSE_WRITE)
+    bad = _buffers.event(mask, _buffers.pidfd(r2), _buffers.mnt(0, length=8), fd=r1)
+    good = _buffers.event(mask)
+    with Fanotify() as fan:
+        _check_decoder(fan, decoder)
+        fan._handle_batch(memoryview(bad + good))
+        assert fan.stats.parse_errors == 1
+        assert len(fan._queue) == 1
+    assert not is_open(r1) and not is_open(r2)
+    assert "malformed fanotify event" in caplog.text
