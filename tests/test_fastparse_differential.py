@@ -922,3 +922,67 @@ def test_py_builder_environment_variable_turns_the_c_builder_off() -> None:
             capture_output=True, text=True, check=True, timeout=30,
         )  # fmt: skip
         assert out.stdout.split() == want.split()
+
+
+def _setup_args() -> tuple[Any, ...]:
+    names = tuple(FanotifyData.__slots__)  # type: ignore[attr-defined]
+    defaults = tuple(getattr(FanotifyData(), n) for n in names)
+    return names, defaults, ("fsid", "handle_type", "handle")
+
+
+def test_builder_setup_refuses_a_class_without_a_base() -> None:
+    from afanotify import _fanotify
+
+    with pytest.raises(TypeError, match="not a plain slotted class"):
+        _fanotify._builder_setup(object, object, (), (), ("a", "b", "c"))
+
+
+def test_c_builder_survives_a_dir_path_that_meddles() -> None:
+    """A callback that empties the batch's directory table, or sets the builder up
+    again, gets an exception, not a crash (the entry in use is held)."""
+    import sys as _sys
+
+    from afanotify import _fanotify
+
+    def clears_the_table(h: Any) -> str:
+        frame = _sys._getframe(1)
+        while "numbered" not in frame.f_locals:
+            assert frame.f_back is not None
+            frame = frame.f_back
+        frame.f_locals["numbered"][:] = []
+        return "/d"
+
+    def sets_up_again(h: Any) -> str:
+        _fanotify._builder_setup(FanotifyData, FileHandle, *_setup_args())
+        return "/d"
+
+    buf = _dir_events(b"a", b"b")
+    with pytest.raises(IndexError):
+        Decoder().decode(buf, len(buf), dir_path=clears_the_table)
+    with pytest.raises(RuntimeError, match="while _build runs"):
+        Decoder().decode(buf, len(buf), dir_path=sets_up_again)
+    (ev, _), _ = Decoder().decode(buf, len(buf), dir_path=lambda h: "/d")
+    assert ev.path == "/d/a"
+
+
+def test_c_builder_checks_every_offset_it_is_given() -> None:
+    """An entry pointing outside the batch is refused, whatever flags it claims."""
+    from afanotify import _fanotify
+
+    buf = _dir_events(b"a")
+    dec = Decoder()
+    dec.decode(buf, len(buf))  # fills dec._out with one good entry
+    for field, value, has in (
+        ("name_off", 10_000, lib.AFN_HAS_NAME),  # a name with no directory record
+        ("rec", 2**32 - 8, lib.AFN_HAS_DFID),
+        ("name_len", 2**32 - 1, lib.AFN_HAS_DFID | lib.AFN_HAS_NAME),
+    ):
+        entry = ffi.new("struct afn_event *")
+        ffi.memmove(entry, dec._out, ffi.sizeof("struct afn_event"))
+        entry.has = has
+        setattr(entry.dfid, field, value)
+        with pytest.raises(ValueError, match="outside the batch"):
+            _fanotify._build(
+                ffi.buffer(entry), 0, 1, buf, b"", [], [None] * lib.AFN_MAX_DIRS, {}, None, (),
+                0, 0, 0,
+            )  # fmt: skip

@@ -16,6 +16,13 @@
  */
 #include <structmember.h>
 
+/* The member-descriptor names of Python 3.12 (structmember.h's older ones are
+ * deprecated there). */
+#if PY_VERSION_HEX < 0x030C0000
+#define Py_T_OBJECT_EX T_OBJECT_EX
+#define Py_READONLY READONLY
+#endif
+
 /* The fields this file sets by name; the others keep their defaults. */
 enum {
     AFN_F_FD, AFN_F_PID, AFN_F_EV_TYPES, AFN_F_PATH, AFN_F_PID_IS_TID, AFN_F_FID,
@@ -52,6 +59,8 @@ struct afn_builder {
 
 /* Set by _builder_setup; event_type is NULL until then. */
 static struct afn_builder afn_b;
+/* Nonzero while _build runs: a callback of its must not change afn_b. */
+static int afn_building;
 
 /* What readlink gives for a file unlinked since it was opened. */
 static const char afn_deleted[] = " (deleted)";
@@ -77,7 +86,7 @@ static Py_ssize_t afn_slot_offset(PyTypeObject *type, PyObject *name)
         return -1;
     }
     m = ((PyMemberDescrObject *)descr)->d_member;
-    if (m->type != T_OBJECT_EX || (m->flags & READONLY) || m->offset <= 0
+    if (m->type != Py_T_OBJECT_EX || (m->flags & Py_READONLY) || m->offset <= 0
         || (size_t)m->offset + sizeof(PyObject *) > (size_t)type->tp_basicsize) {
         PyErr_Format(PyExc_TypeError, "%s.%U is not a writable object slot", type->tp_name,
                      name);
@@ -90,7 +99,7 @@ static int afn_plain_type(PyTypeObject *type)
 {
     /* Instances made here skip __init__/__new__: only a class whose
      * instances are plain slots (no dict, no custom allocation) qualifies. */
-    if (!PyType_Check((PyObject *)type) || type->tp_dictoffset != 0
+    if (!PyType_Check((PyObject *)type) || type->tp_base == NULL || type->tp_dictoffset != 0
         || type->tp_alloc != PyType_GenericAlloc || type->tp_itemsize != 0) {
         PyErr_Format(PyExc_TypeError, "%s is not a plain slotted class", type->tp_name);
         return -1;
@@ -135,6 +144,10 @@ static PyObject *afn_builder_setup(PyObject *self, PyObject *const *args, Py_ssi
     n = PyTuple_GET_SIZE(slots);
     if (n != PyTuple_GET_SIZE(defaults) || n > AFN_MAX_SLOTS || PyTuple_GET_SIZE(hslots) != 3) {
         PyErr_SetString(PyExc_ValueError, "_builder_setup: slot and default counts differ");
+        return NULL;
+    }
+    if (afn_building) {
+        PyErr_SetString(PyExc_RuntimeError, "_builder_setup while _build runs");
         return NULL;
     }
     if (afn_plain_type(etype) < 0 || afn_plain_type(htype) < 0)
@@ -245,7 +258,8 @@ static PyObject *afn_event_base(const struct afn_event *ev, int32_t fd, unsigned
 }
 
 /* FileHandle((fsid0, fsid1), handle_type, handle) from a record body. */
-static PyObject *afn_new_handle(const unsigned char *src, uint32_t rec, uint32_t hlen)
+static PyObject *afn_new_handle(const unsigned char *src, uint32_t rec, uint32_t hlen,
+                                unsigned flags)
 {
     PyTypeObject *t = afn_b.handle_type;
     PyObject *o, *fsid;
@@ -268,16 +282,17 @@ static PyObject *afn_new_handle(const unsigned char *src, uint32_t rec, uint32_t
         return NULL;
     }
     /* Only a tuple, an int and bytes: never part of a cycle. */
-    if (PyObject_GC_IsTracked(o))
+    if ((flags & AFN_B_UNTRACK) && PyObject_GC_IsTracked(o))
         PyObject_GC_UnTrack(o);
     return o;
 }
 
 /* The per-directory entry the Python builder keeps: [FileHandle, path or
  * None, path with a trailing slash]. */
-static PyObject *afn_dir_entry(const unsigned char *src, const struct afn_event *ev)
+static PyObject *afn_dir_entry(const unsigned char *src, const struct afn_event *ev,
+                               unsigned flags)
 {
-    PyObject *h = afn_new_handle(src, ev->dfid.rec, ev->dfid.handle_len);
+    PyObject *h = afn_new_handle(src, ev->dfid.rec, ev->dfid.handle_len, flags);
     PyObject *e;
     if (h == NULL)
         return NULL;
@@ -299,12 +314,12 @@ static PyObject *afn_dir_entry(const unsigned char *src, const struct afn_event 
 /* The records an FID-shape entry points at lie inside the batch. */
 static int afn_fits(const struct afn_event *ev, const Py_buffer *src)
 {
-    size_t len = (size_t)src->len;
-    if ((ev->has & AFN_HAS_DFID)
-        && ((size_t)ev->dfid.rec + 16 + ev->dfid.handle_len > len
-            || (size_t)ev->dfid.name_off + ev->dfid.name_len > len))
+    uint64_t len = (uint64_t)src->len;
+    if ((ev->has & AFN_HAS_DFID) && (uint64_t)ev->dfid.rec + 16 + ev->dfid.handle_len > len)
         return 0;
-    if ((ev->has & AFN_HAS_FID) && (size_t)ev->fid.rec + 16 + ev->fid.handle_len > len)
+    if ((ev->has & AFN_HAS_NAME) && (uint64_t)ev->dfid.name_off + ev->dfid.name_len > len)
+        return 0;
+    if ((ev->has & AFN_HAS_FID) && (uint64_t)ev->fid.rec + 16 + ev->fid.handle_len > len)
         return 0;
     return 1;
 }
@@ -342,7 +357,7 @@ static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nar
 {
     Py_buffer outb, srcb, arenab;
     Py_ssize_t start, count, i, filled = 0, upto = -1;
-    PyObject *events, *dirs, *by_record, *dir_path, *skip_pids, *result = NULL;
+    PyObject *events, *dirs, *by_record, *dir_path, *skip_pids, *result = NULL, *held = NULL;
     unsigned long flags;
     uint64_t perm, dir_change;
     const struct afn_event *out;
@@ -385,6 +400,7 @@ static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nar
         PyBuffer_Release(&outb);
         return NULL;
     }
+    afn_building++;
     if (start < 0 || count < start
         || (size_t)count > (size_t)outb.len / sizeof(struct afn_event)) {
         PyErr_SetString(PyExc_ValueError, "_build: entries outside the buffer");
@@ -411,7 +427,7 @@ static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nar
             if (ev->path_len < 0)
                 break;
             plen = (size_t)ev->path_len;
-            if ((size_t)ev->path_off + plen > (size_t)arenab.len) {
+            if ((uint64_t)ev->path_off + plen > (uint64_t)arenab.len) {
                 PyErr_SetString(PyExc_ValueError, "_build: a path outside the arena");
                 goto done;
             }
@@ -437,7 +453,7 @@ static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nar
             /* No records: fd mode without paths. */
             if (ev->fd < 0 && (flags & AFN_B_FD_ERROR) && ev->fd != FAN_NOFD) {
                 o = afn_event_base(ev, FAN_NOFD, (unsigned)flags, 0);
-                if (o != NULL && !afn_put(o, AFN_F_FD_ERROR, PyLong_FromLong(-(long)ev->fd)))
+                if (o != NULL && !afn_put(o, AFN_F_FD_ERROR, PyLong_FromLongLong(-(long long)ev->fd)))
                     Py_CLEAR(o);
             } else {
                 o = afn_event_base(ev, ev->fd, (unsigned)flags, owns);
@@ -455,9 +471,12 @@ static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nar
                 goto done;
             }
             if ((has & AFN_HAS_DFID) && ev->dir_idx < AFN_MAX_DIRS) {
-                entry = PyList_GET_ITEM(dirs, ev->dir_idx);
+                /* dir_path may have changed the list: index it checked. */
+                entry = PyList_GetItem(dirs, ev->dir_idx);
+                if (entry == NULL)
+                    goto done;
                 if (entry == Py_None) {
-                    entry = afn_dir_entry(src, ev);
+                    entry = afn_dir_entry(src, ev, (unsigned)flags);
                     if (entry == NULL)
                         goto done;
                     if (PyList_SetItem(dirs, ev->dir_idx, entry) < 0)
@@ -471,7 +490,7 @@ static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nar
                     goto done;
                 entry = PyDict_GetItemWithError(by_record, key);
                 if (entry == NULL && !PyErr_Occurred()) {
-                    entry = afn_dir_entry(src, ev);
+                    entry = afn_dir_entry(src, ev, (unsigned)flags);
                     if (entry != NULL) {
                         int r = PyDict_SetItem(by_record, key, entry);
                         Py_DECREF(entry); /* the dict holds it */
@@ -488,6 +507,8 @@ static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nar
                     PyErr_SetString(PyExc_TypeError, "_build: a malformed directory entry");
                     goto done;
                 }
+                /* Held for this event: dir_path and skip_pids run Python code. */
+                held = Py_NewRef(entry);
             }
             o = afn_event_base(ev, ev->fd, (unsigned)flags, 0);
             if (o == NULL)
@@ -495,7 +516,8 @@ static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nar
             if (entry != NULL)
                 afn_put(o, AFN_F_DFID, Py_NewRef(PyList_GET_ITEM(entry, 0)));
             if ((has & AFN_HAS_FID)
-                && !afn_put(o, AFN_F_FID, afn_new_handle(src, ev->fid.rec, ev->fid.handle_len))) {
+                && !afn_put(o, AFN_F_FID, afn_new_handle(src, ev->fid.rec, ev->fid.handle_len,
+                                                        (unsigned)flags))) {
                 Py_DECREF(o);
                 goto done;
             }
@@ -528,7 +550,15 @@ static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nar
                                 Py_DECREF(o);
                                 goto done;
                             }
-                            PyList_SetItem(entry, 1, d); /* steals d; entry holds it */
+                            if (PyList_GET_SIZE(entry) != 3) {
+                                PyErr_SetString(PyExc_RuntimeError,
+                                                "_build: dir_path changed a directory entry");
+                                Py_DECREF(d);
+                                Py_DECREF(o);
+                                goto done;
+                            }
+                            /* Steals d; the entry (held) keeps it alive. */
+                            PyList_SetItem(entry, 1, d);
                             if (d != Py_None) {
                                 PyObject *slash;
                                 if (!PyUnicode_Check(d)) {
@@ -571,6 +601,7 @@ static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nar
                     }
                 }
             }
+            Py_CLEAR(held);
             if (afn_append(events, o, (unsigned)flags, (ev->mask & perm) != 0) < 0)
                 goto done;
             continue;
@@ -579,6 +610,8 @@ static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nar
     }
     result = Py_BuildValue("(nnn)", i, filled, upto);
 done:
+    Py_XDECREF(held);
+    afn_building--;
     PyBuffer_Release(&arenab);
     PyBuffer_Release(&srcb);
     PyBuffer_Release(&outb);
