@@ -971,16 +971,19 @@ class Fanotify(AsyncClosingContext, WarnsUnclosed):
 
     def __anext__(self) -> Coroutine[Any, Any, FanotifyData]:
         # Moving past an event releases what the consumer did not detach.
+        # (An event that owns nothing needs no release; _iter_last is
+        # replaced below, on either path.)
         last = self._iter_last
         if last is not None:
-            self._iter_last = None
             owns = last._owns
-            if owns == OWN_FD:
-                # FanotifyData.close() for the usual case (only an fd), inline.
-                _set_owns(last, 0)
-                os.close(last.fd)
-            elif owns:
-                last.close()
+            if owns:
+                self._iter_last = None
+                if owns == OWN_FD:
+                    # FanotifyData.close() for the usual case (only an fd), inline.
+                    _set_owns(last, 0)
+                    os.close(last.fd)
+                else:
+                    last.close()
         # The common case, once reading has started: an event is already
         # queued.  Same steps as receive(), without its await and checks, and
         # without a coroutine: the event comes in a ready awaitable
@@ -1009,6 +1012,7 @@ class Fanotify(AsyncClosingContext, WarnsUnclosed):
                     self._refill()
                 self._iter_last = ev
                 return ready(ev, self)
+        self._iter_last = None
         return self._anext_slow()
 
     async def _anext_slow(self) -> FanotifyData:
