@@ -225,6 +225,15 @@ def _is_ready(aw: object, anext_path: str) -> bool:
     return (type(aw).__name__ == "ReadyAwaitable") == (anext_path == "ready")
 
 
+async def _names_until(fan: Fanotify, got: list[str | None], n: int) -> list[str | None]:
+    """Add the names of events from ``async for`` to ``got`` until it holds ``n``."""
+    async for ev in fan:
+        got.append(ev.name)
+        if len(got) == n:
+            break
+    return got
+
+
 @pytest.mark.kernel
 async def test_async_for_and_anext(queued: tuple[Fanotify, list[str]], anext_path: str) -> None:
     fan, names = queued
@@ -232,11 +241,7 @@ async def test_async_for_and_anext(queued: tuple[Fanotify, list[str]], anext_pat
     aw = fan.__anext__()
     assert _is_ready(aw, anext_path)
     got.append((await aw).name)
-    async for ev in fan:
-        got.append(ev.name)
-        if len(got) == len(names):
-            break
-    assert got == names
+    assert await _names_until(fan, got, len(names)) == names
 
 
 @pytest.mark.kernel
@@ -270,12 +275,7 @@ async def test_a_task_cancelled_before_it_ran_takes_no_event(
         ev = await asyncio.wait_for(fan.__anext__(), 0)
         names.remove(ev.name)  # pragma: no cover - 3.12+
         raise asyncio.TimeoutError
-    got = []
-    async for ev in fan:
-        got.append(ev.name)
-        if len(got) == len(names):
-            break
-    assert got == names
+    assert await _names_until(fan, [], len(names)) == names
 
 
 @pytest.mark.kernel

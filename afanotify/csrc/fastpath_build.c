@@ -627,33 +627,39 @@ static PyMethodDef afn_builder_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-/* Add _builder_setup and _build to afanotify._fanotify.  Called through
- * cffi, which releases the GIL around the call: take it back here.
- * Returns 0, or -1 (the error is printed, and the caller keeps to Python). */
-int afn_install_builder(void)
+/* Add the functions in `defs`, and `type` under `type_name` if given, to
+ * afanotify._fanotify: cffi has no way to export code written against the
+ * C API, so each C-API part of the core installs itself this way.  Called
+ * (through the afn_install_* functions) via cffi, which releases the GIL
+ * around the call: take it back here.  Returns 0, or -1 (the error is
+ * printed, and the caller keeps to Python). */
+static int afn_extend_module(PyMethodDef *defs, const char *type_name, PyTypeObject *type)
 {
     PyGILState_STATE g = PyGILState_Ensure();
     PyObject *mod = PyImport_AddModule("afanotify._fanotify"); /* borrowed */
     PyObject *modname = mod != NULL ? PyModule_GetNameObject(mod) : NULL;
     PyMethodDef *def;
-    int rc = 0;
+    int rc = modname != NULL ? 0 : -1;
 
-    if (modname == NULL) {
+    if (rc == 0 && type != NULL
+        && (PyType_Ready(type) < 0
+            || PyObject_SetAttrString(mod, type_name, (PyObject *)type) < 0))
         rc = -1;
-    } else {
-        for (def = afn_builder_methods; def->ml_name != NULL; def++) {
-            PyObject *fn = PyCFunction_NewEx(def, NULL, modname);
-            if (fn == NULL || PyObject_SetAttrString(mod, def->ml_name, fn) < 0) {
-                Py_XDECREF(fn);
-                rc = -1;
-                break;
-            }
-            Py_DECREF(fn);
-        }
+    for (def = defs; rc == 0 && def->ml_name != NULL; def++) {
+        PyObject *fn = PyCFunction_NewEx(def, NULL, modname);
+        if (fn == NULL || PyObject_SetAttrString(mod, def->ml_name, fn) < 0)
+            rc = -1;
+        Py_XDECREF(fn);
     }
     Py_XDECREF(modname);
     if (rc < 0)
         PyErr_WriteUnraisable(NULL);
     PyGILState_Release(g);
     return rc;
+}
+
+/* Add _builder_setup and _build to afanotify._fanotify (0, or -1). */
+int afn_install_builder(void)
+{
+    return afn_extend_module(afn_builder_methods, NULL, NULL);
 }

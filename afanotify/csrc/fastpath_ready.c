@@ -269,27 +269,9 @@ static PyMethodDef afn_ready_functions[] = {
     {NULL, NULL, 0, NULL},
 };
 
-/* Add _ready (and the ReadyAwaitable type) to afanotify._fanotify.  Called
- * through cffi, which releases the GIL around the call: take it back here.
- * Returns 0, or -1 (the error is printed, and the caller keeps to Python). */
+/* Add _ready and the ReadyAwaitable type to afanotify._fanotify (0, or -1;
+ * see afn_extend_module in fastpath_build.c, which comes first). */
 int afn_install_ready(void)
 {
-    PyGILState_STATE g = PyGILState_Ensure();
-    PyObject *mod = PyImport_AddModule("afanotify._fanotify"); /* borrowed */
-    PyObject *modname = mod != NULL ? PyModule_GetNameObject(mod) : NULL;
-    PyObject *fn = NULL;
-    int rc = -1;
-
-    if (modname != NULL && PyType_Ready(&afn_ready_type) == 0
-        && PyObject_SetAttrString(mod, "ReadyAwaitable", (PyObject *)&afn_ready_type) == 0) {
-        fn = PyCFunction_NewEx(&afn_ready_functions[0], NULL, modname);
-        if (fn != NULL && PyObject_SetAttrString(mod, "_ready", fn) == 0)
-            rc = 0;
-    }
-    Py_XDECREF(fn);
-    Py_XDECREF(modname);
-    if (rc < 0)
-        PyErr_WriteUnraisable(NULL);
-    PyGILState_Release(g);
-    return rc;
+    return afn_extend_module(afn_ready_functions, "ReadyAwaitable", &afn_ready_type);
 }
