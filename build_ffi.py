@@ -273,8 +273,7 @@ int afn_fsid(int fd, uint32_t out[2])
 
 
 def _extra_sources() -> str:
-    """C files under afanotify/csrc are appended to the module's source, in name order
-    (fastpath_ready.c uses a helper of fastpath_build.c)."""
+    """C files under afanotify/csrc are appended to the module's source, in name order."""
     csrc = _HERE / "afanotify" / "csrc"
     parts = [p.read_text() for p in sorted(csrc.glob("*.c"))] if csrc.is_dir() else []
     return "\n".join(parts)

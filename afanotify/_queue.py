@@ -181,17 +181,6 @@ class EventQueue:
                     self._wake_one()
                 raise
 
-    def put_back(self, event: FanotifyData) -> None:
-        """Return an event just taken (and not delivered) to the head of the queue.
-
-        Not counted as a new delivery; the bound may be passed by this one
-        event.  Wakes a waiter, as put() does.
-        """
-        self._items.appendleft(event)
-        if len(self._items) > self._high:
-            self._high = len(self._items)
-        self._wake_one()
-
     def __len__(self) -> int:
         return len(self._items)
 

@@ -15,7 +15,7 @@ import gc
 import logging
 import os
 import resource
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, Literal, NamedTuple, Union
 
 from . import _ffi
@@ -974,54 +974,23 @@ class Fanotify(AsyncClosingContext, WarnsUnclosed):
     def __aiter__(self) -> AsyncIterator[FanotifyData]:
         return self
 
-    def __anext__(self) -> Coroutine[Any, Any, FanotifyData]:
+    async def __anext__(self) -> FanotifyData:
         # Moving past an event releases what the consumer did not detach.
-        # (An event that owns nothing needs no release; _iter_last is
-        # replaced below, on either path.)
         last = self._iter_last
         if last is not None:
+            self._iter_last = None
             owns = last._owns
-            if owns:
-                self._iter_last = None
-                if owns == OWN_FD:
-                    # FanotifyData.close() for the usual case (only an fd), inline.
-                    _set_owns(last, 0)
-                    os.close(last.fd)
-                else:
-                    last.close()
+            if owns == OWN_FD:
+                # FanotifyData.close() for the usual case (only an fd), inline.
+                _set_owns(last, 0)
+                os.close(last.fd)
+            elif owns:
+                last.close()
         # The common case, once reading has started: an event is already
-        # queued.  Same steps as receive(), without its await and checks, and
-        # without a coroutine: the event comes in a ready awaitable
-        # (csrc/fastpath_ready.c), which gives it back through
-        # _anext_unget() if it is never awaited.  (The loop check is left to
-        # receive(), reached whenever the queue is empty: on Python 3.11
-        # asyncio.get_running_loop() costs a getpid() system call, too much
-        # to pay per event.)  A permission event takes the coroutine, so
-        # that received_by() notes the task that runs it, as before; so does
-        # a queue that has to report free space (EventQueue.get_nowait()).
-        ready = _READY
-        if (
-            ready is not None and self._consuming and (self._reading or self._paused)
-            and not self._closed
-        ):  # fmt: skip
-            queue = self._queue
-            items = queue._items
-            if items and not items[0]._owns & UNANSWERED and not queue._full_signalled:
-                ev = items.popleft()
-                # _refill() has work only when held events fit (see there), or
-                # when nothing is held and reading is to resume (or fail).
-                if (
-                    len(items) <= queue.maxsize // 2 if self._held
-                    else self._paused or self._error is not None
-                ):  # fmt: skip
-                    self._refill()
-                self._iter_last = ev
-                return ready(ev, self)
-        self._iter_last = None
-        return self._anext_slow()
-
-    async def _anext_slow(self) -> FanotifyData:
-        """__anext__() as a coroutine: when no event is queued, or for a permission event."""
+        # queued.  Same steps as receive(), without its await and checks.
+        # (The loop check is left to receive(), reached whenever the queue is
+        # empty: on Python 3.11 asyncio.get_running_loop() costs a getpid()
+        # system call, too much to pay per event.)
         if self._consuming and (self._reading or self._paused) and not self._closed:
             try:
                 ev = self._queue.get_nowait()
@@ -1030,6 +999,8 @@ class Fanotify(AsyncClosingContext, WarnsUnclosed):
             else:
                 if ev._owns & UNANSWERED:
                     self._perm.received_by(ev)
+                # _refill() has work only when held events fit (see there), or
+                # when nothing is held and reading is to resume (or fail).
                 held = self._held
                 if (
                     len(self._queue) <= self._queue.maxsize // 2 if held
@@ -1046,22 +1017,6 @@ class Fanotify(AsyncClosingContext, WarnsUnclosed):
             raise StopAsyncIteration from None
         self._iter_last = ev
         return ev
-
-    def _anext_unget(self, ev: FanotifyData) -> None:
-        """Take back ``ev``, taken by __anext__() but never delivered.
-
-        Its ready awaitable calls this when it is closed, thrown into (a task
-        cancelled before its first step) or dropped without being awaited.
-        The event goes back to the head of the queue, unless the consumer
-        has moved past it since (it was released then) or the group closed.
-        """
-        if self._iter_last is not ev:
-            return
-        self._iter_last = None
-        if self._closed:
-            ev.close()
-            return
-        self._queue.put_back(ev)
 
     # -- clients ---------------------------------------------------------
 
@@ -1261,27 +1216,6 @@ _set_exe = _setter("exe")
 _set_cwd = _setter("cwd")
 _set_group = _setter("_group")
 _set_owns = _setter("_owns")
-
-
-_ReadyFactory = Callable[[FanotifyData, "Fanotify"], Coroutine[Any, Any, FanotifyData]]
-
-
-def _ready_factory() -> _ReadyFactory | None:
-    """``_fanotify._ready`` (csrc/fastpath_ready.c), or None (__anext__ then makes coroutines).
-
-    None when the core predates it, or when AFANOTIFY_PY_ANEXT is set (the
-    tests use it to run the coroutine-only path).
-    """
-    if os.environ.get("AFANOTIFY_PY_ANEXT"):
-        return None
-    if not hasattr(_ffi.lib, "afn_install_ready") or _ffi.lib.afn_install_ready() != 0:
-        return None
-    from . import _fanotify
-
-    return _fanotify._ready
-
-
-_READY = _ready_factory()
 def _fd_budget(flags: int) -> int | None:
     """How many events carrying fds the group may hold at once (None: no fds)."""
     fd_mode = not flags & FID_INIT_FLAGS

@@ -627,13 +627,11 @@ static PyMethodDef afn_builder_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-/* Add the functions in `defs`, and `type` under `type_name` if given, to
- * afanotify._fanotify: cffi has no way to export code written against the
- * C API, so each C-API part of the core installs itself this way.  Called
- * (through the afn_install_* functions) via cffi, which releases the GIL
- * around the call: take it back here.  Returns 0, or -1 (the error is
- * printed, and the caller keeps to Python). */
-static int afn_extend_module(PyMethodDef *defs, const char *type_name, PyTypeObject *type)
+/* Add the functions in `defs` to afanotify._fanotify: cffi has no way to
+ * export code written against the C API.  Called (through afn_install_builder)
+ * via cffi, which releases the GIL around the call: take it back here.
+ * Returns 0, or -1 (the error is printed, and the caller keeps to Python). */
+static int afn_extend_module(PyMethodDef *defs)
 {
     PyGILState_STATE g = PyGILState_Ensure();
     PyObject *mod = PyImport_AddModule("afanotify._fanotify"); /* borrowed */
@@ -641,10 +639,6 @@ static int afn_extend_module(PyMethodDef *defs, const char *type_name, PyTypeObj
     PyMethodDef *def;
     int rc = modname != NULL ? 0 : -1;
 
-    if (rc == 0 && type != NULL
-        && (PyType_Ready(type) < 0
-            || PyObject_SetAttrString(mod, type_name, (PyObject *)type) < 0))
-        rc = -1;
     for (def = defs; rc == 0 && def->ml_name != NULL; def++) {
         PyObject *fn = PyCFunction_NewEx(def, NULL, modname);
         if (fn == NULL || PyObject_SetAttrString(mod, def->ml_name, fn) < 0)
@@ -661,5 +655,5 @@ static int afn_extend_module(PyMethodDef *defs, const char *type_name, PyTypeObj
 /* Add _builder_setup and _build to afanotify._fanotify (0, or -1). */
 int afn_install_builder(void)
 {
-    return afn_extend_module(afn_builder_methods, NULL, NULL);
+    return afn_extend_module(afn_builder_methods);
 }
