@@ -532,8 +532,10 @@ class Decoder:
         append = events.append
         perm = _PERM
         arena = self._arena_buf
-        # The batch's paths (resolve), or its names (AFN_FID_BATCH).
-        text = self._arena_text() if resolve or dir_path is not None else None
+        # The batch's paths (resolve), or its names (AFN_FID_BATCH), decoded
+        # at the first event this loop takes (the C builder decodes its own).
+        text: str | None = None
+        want_text = resolve or dir_path is not None
         # Per distinct directory record: [its FileHandle, its path or None,
         # that path with a trailing slash], by the record's bytes, or by its
         # number from the C walk.
@@ -565,6 +567,9 @@ class Decoder:
                     upto = cut
                 if i >= count:
                     break
+            if want_text:
+                text = self._arena_text()
+                want_text = False
             pos = i * _SIZE
             i += 1
             (

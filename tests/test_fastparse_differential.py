@@ -781,6 +781,12 @@ def test_c_builder_is_built_and_used(monkeypatch: pytest.MonkeyPatch) -> None:
     assert [e.path for e in events] == [f"/d/f{i}" for i in range(500)]
 
 
+def _setup_args() -> tuple[Any, ...]:
+    names = tuple(FanotifyData.__slots__)  # type: ignore[attr-defined]
+    defaults = tuple(getattr(FanotifyData(), n) for n in names)
+    return names, defaults, ("fsid", "handle_type", "handle")
+
+
 def test_builder_setup_refuses_other_classes_and_keeps_working() -> None:
     from afanotify import _fanotify
 
@@ -788,9 +794,7 @@ def test_builder_setup_refuses_other_classes_and_keeps_working() -> None:
     class WithDict:
         fd: int = -1
 
-    names = tuple(FanotifyData.__slots__)  # type: ignore[attr-defined]
-    defaults = tuple(getattr(FanotifyData(), n) for n in names)
-    handle_slots = ("fsid", "handle_type", "handle")
+    names, defaults, handle_slots = _setup_args()
     with pytest.raises(TypeError, match="not a plain slotted class"):
         _fanotify._builder_setup(WithDict, FileHandle, names, defaults, handle_slots)
     with pytest.raises(TypeError, match="slots not listed"):
@@ -922,12 +926,6 @@ def test_py_builder_environment_variable_turns_the_c_builder_off() -> None:
             capture_output=True, text=True, check=True, timeout=30,
         )  # fmt: skip
         assert out.stdout.split() == want.split()
-
-
-def _setup_args() -> tuple[Any, ...]:
-    names = tuple(FanotifyData.__slots__)  # type: ignore[attr-defined]
-    defaults = tuple(getattr(FanotifyData(), n) for n in names)
-    return names, defaults, ("fsid", "handle_type", "handle")
 
 
 def test_builder_setup_refuses_a_class_without_a_base() -> None:

@@ -627,11 +627,11 @@ static PyMethodDef afn_builder_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-/* Add the functions in `defs` to afanotify._fanotify: cffi has no way to
- * export code written against the C API.  Called (through afn_install_builder)
- * via cffi, which releases the GIL around the call: take it back here.
- * Returns 0, or -1 (the error is printed, and the caller keeps to Python). */
-static int afn_extend_module(PyMethodDef *defs)
+/* Add _builder_setup and _build to afanotify._fanotify: cffi has no way to
+ * export code written against the C API.  Called through cffi, which
+ * releases the GIL around the call: take it back here.  Returns 0, or -1
+ * (the error is printed, and the caller keeps to Python). */
+int afn_install_builder(void)
 {
     PyGILState_STATE g = PyGILState_Ensure();
     PyObject *mod = PyImport_AddModule("afanotify._fanotify"); /* borrowed */
@@ -639,7 +639,7 @@ static int afn_extend_module(PyMethodDef *defs)
     PyMethodDef *def;
     int rc = modname != NULL ? 0 : -1;
 
-    for (def = defs; rc == 0 && def->ml_name != NULL; def++) {
+    for (def = afn_builder_methods; rc == 0 && def->ml_name != NULL; def++) {
         PyObject *fn = PyCFunction_NewEx(def, NULL, modname);
         if (fn == NULL || PyObject_SetAttrString(mod, def->ml_name, fn) < 0)
             rc = -1;
@@ -650,10 +650,4 @@ static int afn_extend_module(PyMethodDef *defs)
         PyErr_WriteUnraisable(NULL);
     PyGILState_Release(g);
     return rc;
-}
-
-/* Add _builder_setup and _build to afanotify._fanotify (0, or -1). */
-int afn_install_builder(void)
-{
-    return afn_extend_module(afn_builder_methods);
 }
