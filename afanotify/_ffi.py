@@ -7,6 +7,7 @@ what to do about the error, not only what went wrong.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from ._fanotify import ffi as ffi
@@ -114,3 +115,15 @@ def fsid_of_fd(fd: int) -> tuple[int, int]:
 def fnmatch(pattern: bytes, name: bytes, flags: int) -> bool:
     """glibc ``fnmatch(3)``; True on a match."""
     return bool(lib.fnmatch(pattern, name, flags) == 0)
+
+
+def event_builder() -> tuple[Callable[..., None], Callable[..., tuple[int, int, int]]] | None:
+    """TEMPORARY (replaced by the core branch)."""
+    if not hasattr(lib, "afn_install_builder") or lib.afn_install_builder() != 0:
+        return None
+    from . import _fanotify
+
+    def setup(*args: Any) -> None:
+        _fanotify._builder_setup(*args[:5])
+
+    return setup, _fanotify._build

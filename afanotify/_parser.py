@@ -41,6 +41,7 @@ __all__ = [
     "RESPONSE",
     "AUDIT_RULE",
     "parse",
+    "parse_event",
     "parse_lenient",
     "encode_response",
 ]
@@ -117,11 +118,11 @@ def _fid_record(
 
 def _parse_one(
     mv: memoryview, off: int, event_len: int, meta_len: int, mask: int, fd: int, pid: int,
-    owned: bool, pid_is_tid: bool, fd_error: bool,
+    owned: bool, pid_is_tid: bool, fd_error: bool, extra: dict[str, object] | None,
 ) -> FanotifyData:
     """Decode the info records of one event whose bounds are already checked."""
     meta = (fd, pid, mask)
-    kw: dict[str, object] = {}
+    kw: dict[str, object] = {} if extra is None else dict(extra)
     unknown: list[tuple[int, bytes]] = []
     owns = 0
     try:
@@ -222,6 +223,66 @@ def _make(
     return FanotifyData(fd, pid, mask, pid_is_tid=pid_is_tid, _owns=owns, **kw)  # type: ignore[arg-type]
 
 
+def parse_event(
+    mv: memoryview,
+    off: int,
+    *,
+    owned: bool = False,
+    pid_is_tid: bool = False,
+    fd_error: bool = False,
+    extra: dict[str, object] | None = None,
+) -> tuple[FanotifyData | ParseError, int]:
+    """Decode the one event that starts at ``mv[off]``.
+
+    The per-event step of :func:`parse_lenient`, and the fallback of the C
+    decoder (``afanotify/_fastparse.py``) for every event its builder leaves.
+
+    :param extra: fields to build the event with besides those the buffer
+        gives (the C decoder's resolved ``path`` and ``path_resolved``)
+    :returns: the event, or the :class:`ParseError` that replaces it, and the
+        offset of the next event: -1 when the rest of the buffer is abandoned
+        (the event's length cannot be trusted)
+    """
+    total = len(mv)
+    if total - off < _META_LEN:
+        return TruncatedEventError(
+            f"{total - off} bytes left, fewer than the {_META_LEN}-byte metadata; "
+            "rest of buffer abandoned",
+            off,
+        ), -1
+    event_len, vers, _res, meta_len, mask, fd, pid = METADATA.unpack_from(mv, off)
+    if event_len < _META_LEN or event_len > total - off:
+        return TruncatedEventError(
+            f"event_len {event_len} is outside [{_META_LEN}, {total - off}]; "
+            "rest of buffer abandoned",
+            off, fd, pid, mask,
+        ), -1  # fmt: skip
+    nxt = off + event_len
+    if vers != FANOTIFY_METADATA_VERSION:
+        return MetadataVersionError(
+            f"metadata version {vers}, expected {FANOTIFY_METADATA_VERSION}; "
+            "this library is older or newer than the kernel's format",
+            off, fd, pid, mask,
+        ), nxt  # fmt: skip
+    if meta_len < _META_LEN or meta_len > event_len:
+        return ParseError(
+            f"metadata_len {meta_len} is outside [{_META_LEN}, {event_len}]", off, fd, pid, mask
+        ), nxt
+    if event_len == meta_len:
+        kw = {} if extra is None else dict(extra)
+        return _make(fd, pid, mask, owned, pid_is_tid, fd_error, 0, kw), nxt
+    try:
+        ev = _parse_one(
+            mv, off, event_len, meta_len, mask, fd, pid, owned, pid_is_tid, fd_error, extra
+        )
+    except ParseError as exc:
+        # Drop the traceback: its frames hold ``mv``, an export that would
+        # keep the caller's bytearray from being resized while the error
+        # is kept (and would tie the buffer into a reference cycle).
+        return exc.with_traceback(None), nxt
+    return ev, nxt
+
+
 def parse_lenient(
     buf: BufferLike,
     *,
@@ -246,66 +307,12 @@ def parse_lenient(
     events: list[FanotifyData] = []
     errors: list[ParseError] = []
     off = 0
-    unpack = METADATA.unpack_from
-    while off < total:
-        if total - off < _META_LEN:
-            errors.append(
-                TruncatedEventError(
-                    f"{total - off} bytes left, fewer than the {_META_LEN}-byte metadata; "
-                    "rest of buffer abandoned",
-                    off,
-                )
-            )
-            break
-        event_len, vers, _res, meta_len, mask, fd, pid = unpack(mv, off)
-        if event_len < _META_LEN or event_len > total - off:
-            errors.append(
-                TruncatedEventError(
-                    f"event_len {event_len} is outside [{_META_LEN}, {total - off}]; "
-                    "rest of buffer abandoned",
-                    off,
-                    fd,
-                    pid,
-                    mask,
-                )
-            )
-            break
-        if vers != FANOTIFY_METADATA_VERSION:
-            errors.append(
-                MetadataVersionError(
-                    f"metadata version {vers}, expected {FANOTIFY_METADATA_VERSION}; "
-                    "this library is older or newer than the kernel's format",
-                    off,
-                    fd,
-                    pid,
-                    mask,
-                )
-            )
-        elif meta_len < _META_LEN or meta_len > event_len:
-            errors.append(
-                ParseError(
-                    f"metadata_len {meta_len} is outside [{_META_LEN}, {event_len}]",
-                    off,
-                    fd,
-                    pid,
-                    mask,
-                )
-            )
-        elif event_len == meta_len:
-            events.append(_make(fd, pid, mask, owned, pid_is_tid, fd_error, 0, {}))
+    while 0 <= off < total:
+        item, off = parse_event(mv, off, owned=owned, pid_is_tid=pid_is_tid, fd_error=fd_error)
+        if isinstance(item, ParseError):
+            errors.append(item)
         else:
-            try:
-                events.append(
-                    _parse_one(
-                        mv, off, event_len, meta_len, mask, fd, pid, owned, pid_is_tid, fd_error
-                    )
-                )
-            except ParseError as exc:
-                # Drop the traceback: its frames hold ``mv``, an export that would
-                # keep the caller's bytearray from being resized while the error
-                # is kept (and would tie the buffer into a reference cycle).
-                errors.append(exc.with_traceback(None))
-        off += event_len
+            events.append(item)
     return events, errors
 
 

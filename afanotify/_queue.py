@@ -132,10 +132,8 @@ class EventQueue:
         if self._on_drop is not None:
             self._on_drop(event)
             return
-        if not event.answered and event._group is not None:
-            # Answer at once, and count it as a drop (close() would count a release).
-            event._group._answer_default(event, "dropped")
-        event.close()
+        # Answer at once, and count it as a drop (close() would count a release).
+        event._release("dropped")
 
     def _wake_one(self) -> None:
         while self._waiters:

@@ -5,8 +5,8 @@ Many consumers can share one fanotify group.  Each connects a
 with the events its rule matches, read with ``async for event in client``
 or ``await client.get()``.
 
-How an event is dispatched (``_Dispatcher``, called from the group's
-``_deliver``):
+How an event is dispatched (``_dispatch.Dispatcher``, called from the
+group's ``_deliver``):
 
 1. Cheap criteria first.  The clients whose ``ev_types`` and ``pids``
    accept an event depend only on ``(mask, pid)``, so that tuple is looked up
@@ -51,20 +51,20 @@ event.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from ._proc import process_info
+from ._dispatch import Dispatcher
+from ._dispatch import DispatchStatistics as DispatchStatistics
 from ._queue import POLICIES, EventQueue
 from ._resource import AsyncClosingContext
-from .events import OWN_FD, OWN_PIDFD, UNANSWERED, FanotifyData
+from .events import UNANSWERED, FanotifyData
 from .exceptions import ClosedResourceError
-from .flags import CLASS_BITS, Event, InitFlag
+from .flags import Event
 from .rules import FanoRule
 
 if TYPE_CHECKING:
@@ -75,9 +75,6 @@ __all__ = ["ClientOverflow", "ClientStatistics", "DispatchStatistics", "Fanotify
 log = logging.getLogger(__name__)
 
 _OVERFLOW = int(Event.Q_OVERFLOW)
-_RENAME = int(Event.RENAME)
-_FDS = OWN_FD | OWN_PIDFD
-_CACHE_MAX = 4096
 #: Default bound of a client's queue.
 DEFAULT_MAXSIZE = 1024
 
@@ -124,437 +121,6 @@ class ClientStatistics(NamedTuple):
     predicate_errors: int
     #: Copies delivered without an fd because ``os.dup`` failed (logged).
     fd_errors: int
-
-
-class DispatchStatistics(NamedTuple):
-    """A snapshot of a group's dispatch counters."""
-
-    #: Clients connected now.
-    clients: int
-    #: Events handed to at least one consumer.
-    dispatched: int
-    #: Events no consumer wanted (released at once; permission ones answered
-    #: with the default verdict).
-    unmatched: int
-    #: Extra copies made for fan-out.
-    copies: int
-    #: Descriptors duplicated for ``pass_fd`` clients.
-    dup_fds: int
-    #: Events whose exe/cwd were read from /proc because a rule needed them.
-    proc_reads: int
-    #: Events the group's own queue could not take in a permission-class
-    #: group, which never stops reading (answered with the default verdict).
-    group_dropped: int
-
-
-class _GroupSink:
-    """The group's own queue as a fan-out target (always gets the original)."""
-
-    __slots__ = ()
-
-
-_GROUP = _GroupSink()
-
-
-class _Dispatcher:
-    """Per-group fan-out to clients.  Created by the group; not public."""
-
-    def __init__(self, group: Fanotify) -> None:
-        self._group = group
-        self._clients: list[FanotifyClient] = []
-        #: (mask, pid) -> (candidates without a path index key, in order;
-        #: candidates with one).  Only ev_types and pids decide membership.
-        self._cache: dict[
-            tuple[int, int], tuple[tuple[FanotifyClient, ...], frozenset[FanotifyClient]]
-        ] = {}
-        #: Directory prefix -> clients whose path_pattern lies under it.
-        self._pindex: dict[str, list[FanotifyClient]] = {}
-        self._next_order = 0
-        #: Union of every rule's ev_types, or -1 if some rule accepts any type.
-        self._mask = 0
-        self.needs_proc = False
-        self._async_rules = 0
-        self._blocked: set[FanotifyClient] = set()
-        self._task: asyncio.Task[None] | None = None
-        self._inflight: deque[FanotifyData] = deque()
-        self._pidfd_mode = bool(group.flags & InitFlag.REPORT_PIDFD)
-        #: CONTENT/PRE_CONTENT groups never stop reading: a permission event
-        #: left in the kernel's queue would get no deadline.
-        self.never_pause = bool(group.flags & CLASS_BITS)
-        self.dispatched = self.unmatched = self.copies = self.dup_fds = self.proc_reads = 0
-        self.group_dropped = 0
-
-    # -- membership ------------------------------------------------------
-
-    @property
-    def active(self) -> bool:
-        return bool(self._clients)
-
-    @property
-    def holds_reader(self) -> bool:
-        """True while a client (block policy) or an async dispatch needs the group paused."""
-        return bool(self._blocked) or self._task is not None
-
-    def stats(self) -> DispatchStatistics:
-        return DispatchStatistics(
-            len(self._clients), self.dispatched, self.unmatched, self.copies, self.dup_fds,
-            self.proc_reads, self.group_dropped,
-        )
-
-    def add(self, client: FanotifyClient) -> None:
-        self._next_order += 1
-        client._order = self._next_order
-        self._clients.append(client)
-        self._recompute()
-
-    def remove(self, client: FanotifyClient) -> None:
-        try:
-            self._clients.remove(client)
-        except ValueError:
-            return
-        self._recompute()
-        if client in self._blocked:
-            self._unblock(client)
-        g = self._group
-        if (
-            not self._clients and not g._consuming and not self.never_pause
-            and g._reading and g._loop is not None
-        ):
-            # Nobody will take events: leave them in the kernel's queue.  (Not
-            # in a permission group: there, events must be read to get their
-            # deadline and default verdict.)
-            g._loop.remove_reader(g._fd)
-            g._reading = False
-
-    def _recompute(self) -> None:
-        self._cache.clear()
-        mask = 0
-        for c in self._clients:
-            if not c.rule.ev_types:
-                mask = -1
-                break
-            mask |= c.rule.ev_types
-        self._mask = mask
-        self.needs_proc = any(c.rule.needs_proc for c in self._clients)
-        self._async_rules = sum(1 for c in self._clients if c.rule.is_async)
-        index: dict[str, list[FanotifyClient]] = {}
-        for c in self._clients:
-            key = c.rule._path_key
-            if key is not None:
-                index.setdefault(key, []).append(c)
-        self._pindex = index
-
-    def find(self, rule: FanoRule) -> list[FanotifyClient]:
-        return [c for c in self._clients if c.rule == rule]
-
-    # -- flow control ----------------------------------------------------
-
-    def _block(self, client: FanotifyClient) -> None:
-        self._blocked.add(client)
-        self._group._pause()
-
-    def _unblock(self, client: FanotifyClient) -> None:
-        self._blocked.discard(client)
-        if not self.holds_reader:
-            self._group._resume()
-
-    # -- matching --------------------------------------------------------
-
-    def _candidates(self, ev: FanotifyData) -> Sequence[FanotifyClient]:
-        """Clients whose ev_types, pids and path directory accept ``ev``, in order.
-
-        ev_types and pids depend only on ``(mask, pid)``, which is cached.
-        Rules whose path pattern starts with a literal directory are then
-        looked up by the event path's ancestor directories, so a set of
-        per-directory rules costs a few dict lookups, not one fnmatch each.
-        """
-        key = (ev.ev_types, ev.pid)
-        entry = self._cache.get(key)
-        if entry is None:
-            fast = [c for c in self._clients if c.rule._match_fast(ev)]
-            entry = (
-                tuple(c for c in fast if c.rule._path_key is None),
-                frozenset(c for c in fast if c.rule._path_key is not None),
-            )
-            if len(self._cache) >= _CACHE_MAX:
-                self._cache.clear()
-            self._cache[key] = entry
-        plain, indexed = entry
-        if not indexed:
-            return plain
-        hits = self._path_hits(ev, indexed)
-        if not hits:
-            return plain
-        if not plain and len(hits) == 1:
-            return hits
-        return sorted((*plain, *hits), key=_order_of)
-
-    def _path_hits(
-        self, ev: FanotifyData, allowed: frozenset[FanotifyClient]
-    ) -> list[FanotifyClient]:
-        index = self._pindex
-        paths = (ev.old_path, ev.new_path, ev.path) if ev.ev_types & _RENAME else (ev.path,)
-        hits: list[FanotifyClient] = []
-        for p in paths:
-            if p is None:
-                continue
-            if isinstance(p, bytes):
-                p = os.fsdecode(p)
-            i = p.find("/")
-            while i >= 0:
-                found = index.get(p[: i + 1])
-                if found:
-                    hits.extend(c for c in found if c in allowed and c not in hits)
-                i = p.find("/", i + 1)
-        return hits
-
-    def _fill_proc(self, ev: FanotifyData, cands: Iterable[FanotifyClient]) -> None:
-        if self._group.proc_info or ev.exe is not None or ev.cwd is not None:
-            return  # the group already read them
-        if not any(c.rule.needs_proc for c in cands):
-            return
-        self.proc_reads += 1
-        exe, cwd = process_info(ev.pid, ev.pidfd, pidfd_reported=self._pidfd_mode)
-        # The event has not been handed to anyone yet, so filling its fields
-        # in place is invisible to consumers and keeps the group's record of
-        # pending permission events pointing at the same object.
-        object.__setattr__(ev, "exe", exe)
-        object.__setattr__(ev, "cwd", cwd)
-
-    def _match_sync(self, ev: FanotifyData) -> list[FanotifyClient]:
-        if ev.ev_types & _OVERFLOW:
-            return list(self._clients)  # every consumer must learn of the loss
-        if self._mask != -1 and not ev.ev_types & self._mask:
-            return []
-        cands = self._candidates(ev)
-        if not cands:
-            return []
-        if self.needs_proc:
-            self._fill_proc(ev, cands)
-        out: list[FanotifyClient] = []
-        for c in cands:
-            rule = c.rule
-            if not rule._has_rest:
-                out.append(c)
-                continue
-            try:
-                if rule._match_fields(ev) and (rule.predicate is None or rule._call_sync(ev)):
-                    out.append(c)
-            except Exception:
-                c._predicate_errors += 1
-                log.exception("predicate of rule %r failed; event not delivered to it", rule.name)
-        return out
-
-    async def _match_async(self, ev: FanotifyData) -> list[FanotifyClient]:
-        if ev.ev_types & _OVERFLOW:
-            return list(self._clients)
-        if self._mask != -1 and not ev.ev_types & self._mask:
-            return []
-        cands = self._candidates(ev)
-        if not cands:
-            return []
-        if self.needs_proc:
-            self._fill_proc(ev, cands)
-        out: list[FanotifyClient] = []
-        for c in cands:
-            rule = c.rule
-            if not rule._has_rest:
-                out.append(c)
-                continue
-            try:
-                if not rule._match_fields(ev):
-                    continue
-                if rule.predicate is None:
-                    ok = True
-                elif rule.is_async:
-                    ok = bool(await rule.predicate(ev))  # type: ignore[misc]
-                else:
-                    ok = rule._call_sync(ev)
-            except Exception:
-                c._predicate_errors += 1
-                log.exception("predicate of rule %r failed; event not delivered to it", rule.name)
-                continue
-            if ok:
-                out.append(c)
-        return out
-
-    # -- dispatch --------------------------------------------------------
-
-    def dispatch(self, events: list[FanotifyData]) -> None:
-        """Hand ``events`` (in order) to the clients whose rules match."""
-        if self._async_rules or self._task is not None:
-            self._inflight.extend(events)
-            if self._task is None:
-                self._group._pause()
-                loop = asyncio.get_running_loop()
-                self._task = loop.create_task(self._run_async())
-            return
-        for ev in events:
-            self._fan_out(ev, self._match_sync(ev))
-
-    async def _run_async(self) -> None:
-        inflight = self._inflight
-        try:
-            while inflight:
-                # The event stays in inflight while its predicates run, so a
-                # cancellation (group closing) releases it in finally.
-                ev = inflight[0]
-                targets = await self._match_async(ev)
-                inflight.popleft()
-                self._fan_out(ev, targets)
-        finally:
-            self._task = None
-            while inflight:
-                inflight.popleft().close()
-            if not self._group._closed and not self.holds_reader:
-                self._group._resume()
-
-    def _fan_out(self, ev: FanotifyData, targets: list[FanotifyClient]) -> None:
-        g = self._group
-        if targets:
-            targets = [c for c in targets if not c._closed]
-        to_group = g._consuming and not g._closed
-        if not targets and not to_group:
-            self.unmatched += 1
-            ev.close()  # answers an unanswered permission event with the default
-            return
-        self.dispatched += 1
-        g._counters.events_delivered += 1
-        owns = ev._owns
-        if not owns & _FDS:
-            # Nothing to hand out: every target shares the immutable event;
-            # the first one keeps any pending answer.
-            if to_group:
-                self._to_group(ev)
-                if targets:
-                    shared = ev
-                    if owns:
-                        shared = _strip(ev)
-                        self.copies += 1
-                    for c in targets:
-                        c._offer(shared)
-                return
-            targets[0]._offer(ev)
-            if len(targets) > 1:
-                shared = ev
-                if owns:
-                    shared = _strip(ev)
-                    self.copies += 1
-                for c in targets[1:]:
-                    c._offer(shared)
-            return
-        primary: FanotifyClient | _GroupSink | None
-        if to_group:
-            primary = _GROUP
-        elif owns & UNANSWERED:
-            primary = targets[0]
-        else:
-            primary = next((c for c in targets if c.rule.pass_fd), None)
-        stripped: FanotifyData | None = None
-        for c in targets:
-            if c is primary:
-                continue
-            if c.rule.pass_fd:
-                copy = self._dup_copy(ev, c)
-                if copy is not None:
-                    c._offer(copy)
-                    continue
-            if stripped is None:
-                stripped = _strip(ev)
-                self.copies += 1
-            c._offer(stripped)
-        if primary is None:
-            ev.close()
-        elif primary is _GROUP:
-            self._to_group(ev)
-        else:
-            primary._offer(ev)  # type: ignore[union-attr]
-
-    def _dup_copy(self, ev: FanotifyData, client: FanotifyClient) -> FanotifyData | None:
-        owns = ev._owns
-        fd = pidfd = -1
-        try:
-            if owns & OWN_FD:
-                fd = os.dup(ev.fd)
-            if owns & OWN_PIDFD:
-                pidfd = os.dup(ev.pidfd)
-        except OSError as exc:
-            if fd >= 0:
-                os.close(fd)
-            client._fd_errors += 1
-            log.warning(
-                "could not duplicate the fd of an event for rule %r (%s); it gets the event "
-                "without descriptors", client.rule.name, exc,
-            )
-            return None
-        self.copies += 1
-        self.dup_fds += (fd >= 0) + (pidfd >= 0)
-        new_owns = (OWN_FD if fd >= 0 else 0) | (OWN_PIDFD if pidfd >= 0 else 0)
-        return replace(
-            ev, fd=fd if fd >= 0 else (ev.fd if ev.fd < 0 else -1),
-            pidfd=pidfd if pidfd >= 0 else _kept_pidfd(ev), _owns=new_owns, _group=None,
-        )
-
-    def _to_group(self, ev: FanotifyData) -> None:
-        g = self._group
-        if g._held or not g._queue.put(ev):
-            if self.never_pause:
-                # As the group does for its own queue in a permission group:
-                # drop, answering a permission event with the default verdict.
-                self.group_dropped += 1
-                if ev._owns & UNANSWERED:
-                    g._answer_default(ev, "dropped")
-                ev.close()
-                log.warning(
-                    "the group's own queue is full (maxsize=%d): dropped an event (%d so far)",
-                    g._queue.maxsize, self.group_dropped,
-                )
-                return
-            g._held.append(ev)
-            g._pause()
-
-    # -- shutdown --------------------------------------------------------
-
-    def fail(self, exc: BaseException) -> None:
-        """The group failed and reads no more.
-
-        Events already queued (or held) for a client are still delivered;
-        then its ``get()`` and ``async for`` raise ClosedResourceError naming
-        the failure.
-        """
-        for c in list(self._clients):
-            c._error = exc
-            c._close_if_drained()
-
-    def close_all(self) -> list[FanotifyData]:
-        """The group is closing: end every client; returns events for the group to release."""
-        left: list[FanotifyData] = []
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-        left.extend(self._inflight)
-        self._inflight.clear()
-        clients, self._clients = self._clients, []
-        self._blocked.clear()
-        self._recompute()
-        for c in clients:
-            left.extend(c._shutdown())
-        return left
-
-
-def _order_of(client: FanotifyClient) -> int:
-    return client._order
-
-
-def _kept_pidfd(ev: FanotifyData) -> int:
-    # FAN_NOPIDFD / FAN_EPIDFD are information, not descriptors: keep them.
-    return ev.pidfd if ev.pidfd < 0 else -1
-
-
-def _strip(ev: FanotifyData) -> FanotifyData:
-    """A copy that owns nothing: no fd, no pidfd, no pending answer."""
-    fd = ev.fd if ev.fd < 0 else -1
-    return replace(ev, fd=fd, pidfd=_kept_pidfd(ev), _owns=0, _group=None)
 
 
 class FanotifyClient(AsyncClosingContext):
@@ -626,7 +192,7 @@ class FanotifyClient(AsyncClosingContext):
             )
         self.rule = rule
         self._fan = fan
-        self._dispatcher: _Dispatcher = fan._clients
+        self._dispatcher: Dispatcher = fan._clients
         self._queue = EventQueue(maxsize, overflow, on_drop=self._on_drop, on_space=self._on_space)
         self._held: deque[FanotifyData] = deque()
         self._unreported = 0
@@ -677,10 +243,8 @@ class FanotifyClient(AsyncClosingContext):
 
     def _on_drop(self, ev: FanotifyData) -> None:
         self._unreported += 1
-        if ev._owns & UNANSWERED:
-            # The default verdict goes out now (counted as a drop), then the fd.
-            self._fan._answer_default(ev, "dropped")
-        ev.close()
+        # The default verdict goes out now (counted as a drop), then the fd.
+        ev._release("dropped")
 
     def _on_space(self) -> None:
         held = self._held

@@ -722,10 +722,10 @@ class Fanotify:
         flags = _GROUP_FLAGS | (_FID_FLAGS if init_fid else 0)
         try:
             self._group = _Group(flags, _EVENT_FLAGS, maxsize=maxsize)
-            if self._group._fast is not None:
+            if self._group._pipeline.fast is not None:
                 # Legacy events are mutable: a user may store anything in them,
                 # so the collector must keep seeing them.
-                self._group._fast.untrack = False
+                self._group._pipeline.fast.untrack = False
         except OSError as exc:
             self._log.error("Fanotify: fanotify_init failed: %s", exc)
             raise

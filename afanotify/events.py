@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Protocol
 
 from .flags import PERM_EVENTS, Event
 
 if TYPE_CHECKING:
     from .permission import AuditRule, Verdict
 
-__all__ = ["FileHandle", "FanotifyData", "OWN_FD", "OWN_PIDFD", "UNANSWERED"]
+__all__ = ["FileHandle", "FanotifyData", "OWN_FD", "OWN_PIDFD", "UNANSWERED", "Responder"]
 
 # Bits of FanotifyData._owns: what the event still holds.
 OWN_FD = 1
@@ -19,6 +19,32 @@ OWN_PIDFD = 2
 UNANSWERED = 4
 
 _PERM_BITS = int(PERM_EVENTS)
+
+
+class Responder(Protocol):
+    """What answers a permission event: its group's verdict writer.
+
+    The decode pipeline (``afanotify/_pipeline.py``) gives every unanswered
+    permission event its responder before anyone sees the event; the event
+    then answers through it, never through the group itself.  The group's
+    :class:`~afanotify.permission.PermissionTracker` is the one implementation.
+    """
+
+    def answer(
+        self, ev: FanotifyData, allowed: bool, errno: int | None, audit: bool,
+        audit_rule: AuditRule | None,
+    ) -> None:
+        """Write allow or deny for ``ev``; raises as :meth:`FanotifyData.allow_nowait`."""
+
+    def respond(self, ev: FanotifyData, verdict: Verdict) -> None:
+        """Write ``verdict`` for ``ev``; raises as :meth:`FanotifyData.allow_nowait`."""
+
+    def release(self, ev: FanotifyData, reason: str) -> None:
+        """Answer ``ev`` with the default verdict if it is still unanswered; never raises.
+
+        ``reason`` names the counter of ``permission_stats`` it is counted in
+        (``"released"``, ``"dropped"``, ...).
+        """
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +133,7 @@ class FanotifyData:
     unknown_records: tuple[tuple[int, bytes], ...] = ()
 
     _owns: int = field(default=0, compare=False, repr=False, hash=False)
-    _group: Any = field(default=None, compare=False, repr=False, hash=False)
+    _responder: Responder | None = field(default=None, compare=False, repr=False, hash=False)
 
     # -- views -----------------------------------------------------------
 
@@ -147,7 +173,7 @@ class FanotifyData:
         :raises AlreadyAnsweredError: if the event was answered before
         :raises ClosedResourceError: if the group closed (it answered the event then)
         """
-        self._group_for_answer()._respond(self, True, None, audit, audit_rule)
+        self._responder_for_answer().answer(self, True, None, audit, audit_rule)
 
     def deny_nowait(
         self, errno: int | None = None, *, audit: bool = False,
@@ -159,14 +185,14 @@ class FanotifyData:
             EPERM, EIO, EBUSY, ETXTBSY, EAGAIN, ENOSPC, EDQUOT.
         :raises: as :meth:`allow_nowait`
         """
-        self._group_for_answer()._respond(self, False, errno, audit, audit_rule)
+        self._responder_for_answer().answer(self, False, errno, audit, audit_rule)
 
     def respond_nowait(self, verdict: Verdict) -> None:
         """Write a :class:`~afanotify.Verdict`.
 
         :raises: as :meth:`allow_nowait`
         """
-        self._group_for_answer()._respond_verdict(self, verdict)
+        self._responder_for_answer().respond(self, verdict)
 
     async def allow(self, *, audit: bool = False, audit_rule: AuditRule | None = None) -> None:
         """``await event.allow()``: see :meth:`allow_nowait`."""
@@ -183,17 +209,18 @@ class FanotifyData:
         """``await event.respond(verdict)``: see :meth:`respond_nowait`."""
         self.respond_nowait(verdict)
 
-    def _group_for_answer(self) -> Any:
+    def _responder_for_answer(self) -> Responder:
         if not self.ev_types & _PERM_BITS:
             raise ValueError(
                 f"{self.events!r} is not a permission event: there is nothing to answer"
             )
-        if self._group is None:
+        responder = self._responder
+        if responder is None:
             raise ValueError(
                 "this event was not read by a Fanotify group (or was answered at once as the "
                 "group's own): there is nothing to answer"
             )
-        return self._group
+        return responder
 
     # -- ownership -------------------------------------------------------
 
@@ -232,11 +259,15 @@ class FanotifyData:
         An unanswered permission event is first answered with its group's
         default verdict: the response must reach the kernel before the fd goes.
         """
+        self._release("released")
+
+    def _release(self, reason: str) -> None:
+        """:meth:`close`, counting a pending answer under ``reason`` (see :class:`Responder`)."""
         owns = self._owns
         if not owns:
             return
-        if owns & UNANSWERED and self._group is not None:
-            self._group._answer_default(self)
+        if owns & UNANSWERED and self._responder is not None:
+            self._responder.release(self, reason)
             owns = self._owns
         object.__setattr__(self, "_owns", 0)
         # Ownership is already given up, so a failing first close must not leak

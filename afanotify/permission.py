@@ -27,22 +27,17 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import select
 import sys
 import threading
 import time
-import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple, Union
+from typing import Any, NamedTuple, Union
 
 from . import _ffi
 from .events import UNANSWERED, FanotifyData
 from .exceptions import AlreadyAnsweredError, ClosedResourceError
-from .flags import CLASS_BITS, DENY_ERRNOS, InitFlag, Response
-
-if TYPE_CHECKING:
-    from .group import Fanotify
+from .flags import CLASS_BITS, DENY_ERRNOS, PERM_EVENTS, InitFlag, Response
 
 __all__ = [
     "AuditRule",
@@ -50,7 +45,6 @@ __all__ = [
     "PermissionStatistics",
     "PermissionTracker",
     "Verdict",
-    "Watchdog",
     "ALLOW",
     "DENY",
     "to_verdict",
@@ -69,6 +63,7 @@ _ERRNO_SHIFT = int(_ffi.lib.FAN_ERRNO_SHIFT)
 _ERRNO_MASK = int(_ffi.lib.FAN_ERRNO_MASK)
 _KNOWN_RESPONSE_BITS = _ALLOW | _DENY | _AUDIT | (_ERRNO_MASK << _ERRNO_SHIFT)
 _U32 = 0xFFFFFFFF
+_PERM = int(PERM_EVENTS)
 
 
 class AuditRule(NamedTuple):
@@ -287,8 +282,13 @@ class PermissionTracker:
     new oldest one.
     """
 
-    def __init__(self, group: Fanotify, timeout: float, default: Response) -> None:
-        self._group = group
+    def __init__(self, flags: int, timeout: float, default: Response) -> None:
+        self._flags = flags
+        #: The group fd the answers go to: set by the group when it opens,
+        #: -1 once it is closed (the kernel then allowed what was pending).
+        self.fd = -1
+        #: True from the moment the group starts closing.
+        self.closed = False
         self.timeout = timeout
         self.default = default
         self._pending: dict[int, _Entry] = {}
@@ -378,8 +378,28 @@ class PermissionTracker:
         """
         if not ev.is_permission or ev.fd < 0:
             raise ValueError(f"{ev.events!r} is not a permission event: there is nothing to answer")
-        response, rule = encode_verdict(verdict, self._group.flags)
+        response, rule = encode_verdict(verdict, self._flags)
         self.write(ev, response, rule)
+
+    def answer(
+        self, ev: FanotifyData, allowed: bool, errno: int | None, audit: bool,
+        audit_rule: AuditRule | None,
+    ) -> None:
+        """Write allow or deny for ``ev`` (:class:`~afanotify.events.Responder`).
+
+        :raises: as :meth:`respond`
+        """
+        if errno is None and not audit and audit_rule is None and ev.ev_types & _PERM:
+            # Plain allow or deny: valid for every permission group.
+            self.write(ev, _ALLOW if allowed else _DENY)
+            return
+        self.respond(ev, Verdict(allowed, errno, audit, audit_rule))
+
+    def release(self, ev: FanotifyData, reason: str) -> None:
+        """Answer ``ev`` with the default verdict, counted under ``reason``; logs a failure."""
+        err = self.answer_default(ev, reason)
+        if err is not None:
+            log.error("could not answer permission event fd=%d: %s", ev.fd, err)
 
     def write(self, ev: FanotifyData, response: int, rule: AuditRule | None = None) -> None:
         """Write an encoded response and mark ``ev`` answered.
@@ -403,7 +423,7 @@ class PermissionTracker:
     ) -> _Entry | None:
         owns = ev._owns
         if not owns & UNANSWERED:
-            if self._group.closed:
+            if self.closed:
                 raise ClosedResourceError(
                     f"permission event fd={ev.fd} was answered when its group closed"
                 )
@@ -414,16 +434,16 @@ class PermissionTracker:
             )
         object.__setattr__(ev, "_owns", owns & ~UNANSWERED)
         entry = self._forget(ev.fd)
-        if self._group._fd < 0:
+        if self.fd < 0:
             return entry  # the kernel allowed it when the group fd closed
         if response & _DENY:
             self.denied += 1
         else:
             self.allowed += 1
         if rule is None:
-            _ffi.respond(self._group._fd, ev.fd, response)
+            _ffi.respond(self.fd, ev.fd, response)
         else:
-            _ffi.respond_audit(self._group._fd, ev.fd, response, *rule)
+            _ffi.respond_audit(self.fd, ev.fd, response, *rule)
         return entry
 
     def answer_default(self, ev: FanotifyData, reason: str) -> OSError | None:
@@ -441,6 +461,14 @@ class PermissionTracker:
             except OSError as exc:
                 return exc
         return None
+
+    def count_stalled(self, response: int) -> None:
+        """Count a response the watchdog wrote itself for an event the loop never read."""
+        self._reasons[STALLED] += 1
+        if response & _DENY:
+            self.denied += 1
+        else:
+            self.allowed += 1
 
     def expire(self, now: float | None = None) -> int:
         """Answer every event whose deadline has passed; returns how many."""
@@ -473,7 +501,7 @@ class PermissionTracker:
 
     def _on_timer(self) -> None:
         self._timer = None
-        if self._group.closed:
+        if self.closed:
             return
         self.expire()
         self._arm_for_oldest()
@@ -618,115 +646,6 @@ class PermissionTracker:
         _log_write_errors(events, errors)
         self._watched_tasks.clear()
         return events
-
-
-class Watchdog:
-    """A thread that answers for an event loop that has stopped answering.
-
-    The deadline timer runs on the event loop, so a loop that blocks cannot
-    keep it.  The worst case is the agent's own: an ``open()`` of a marked
-    file on the loop's thread waits for a verdict only that loop could
-    write.  Every ``tick`` seconds this thread looks at two things, without
-    touching the loop:
-
-    * events the loop read whose deadline passed more than a tick ago (the
-      loop's timer did not fire): it answers them with the default verdict;
-    * the group fd: if it stayed readable for ``timeout`` seconds while the
-      loop did not read once, the loop is stalled (or nobody started
-      reading).  The thread then reads the waiting events itself, allows
-      the group's own ones and answers the rest with the default verdict.
-      Those events are not delivered: they are counted (``stalled``) and
-      logged.
-
-    The thread holds only a weak reference to the group between ticks, and
-    the group stops (and joins) it before closing its fd.
-    """
-
-    def __init__(self, group: Fanotify, tick: float) -> None:
-        self.tick = tick
-        self._ref = weakref.ref(group)
-        self._fd = group._fd
-        self._stop = threading.Event()
-        self._buf = bytearray(64 * 1024)
-        self._since: float | None = None
-        self._last_reads = -1
-        self._poll = select.poll()
-        self._poll.register(self._fd, select.POLLIN)
-        self._thread = threading.Thread(
-            target=self._run, name=f"afanotify-watchdog-fd{self._fd}", daemon=True
-        )
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop the thread and wait for it (it never blocks for long)."""
-        self._stop.set()
-        if self._thread is not threading.current_thread():
-            self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.tick):
-            group = self._ref()
-            if group is None or group._fd < 0:
-                return
-            try:
-                self._check(group)
-            except Exception:
-                log.exception("the permission watchdog failed to check its group")
-            del group  # no strong reference while sleeping
-
-    def _check(self, group: Fanotify) -> None:
-        perm = group._perm
-        now = time.monotonic()
-        if perm._pending:
-            perm.expire(now - self.tick)
-        reads = group._counters.reads
-        if reads != self._last_reads or not self._readable():
-            self._last_reads = reads
-            self._since = None
-            return
-        if self._since is None:
-            self._since = now
-        elif now - self._since >= perm.timeout:
-            self._since = None
-            self._rescue(group, perm)
-
-    def _readable(self) -> bool:
-        try:
-            return bool(self._poll.poll(0))
-        except OSError:
-            return False
-
-    def _rescue(self, group: Fanotify, perm: PermissionTracker) -> None:
-        answered = own = 0
-        with perm.lock:
-            if self._stop.is_set() or group._fd < 0:
-                return
-            for ev in group._read_leftovers(self._fd, self._buf):
-                if ev._owns & UNANSWERED:
-                    object.__setattr__(ev, "_owns", ev._owns & ~UNANSWERED)
-                    if group.ignore_own and group._is_own(ev.pid):
-                        response = _ALLOW
-                        own += 1
-                        group._counters.own_events += 1
-                    else:
-                        response = int(perm.default)
-                        perm._reasons[STALLED] += 1
-                        if response & _DENY:
-                            perm.denied += 1
-                        else:
-                            perm.allowed += 1
-                    answered += 1
-                    try:
-                        _ffi.respond(self._fd, ev.fd, response)
-                    except OSError as exc:
-                        log.error("watchdog could not answer fd=%d: %s", ev.fd, exc)
-                ev.close()
-        if answered:
-            log.error(
-                "the event loop did not read its fanotify group for %.3gs: the watchdog "
-                "answered %d permission event(s) (%d of this process allowed, the rest %s)",
-                perm.timeout, answered, own, perm.default.name,
-            )
 
 
 def _current_task() -> asyncio.Task[Any] | None:

@@ -156,19 +156,19 @@ async def test_drop_policies_count_and_mark(fan: Fanotify, policy: str) -> None:
 
 async def test_block_policy_pauses_reading_and_loses_nothing(fan: Fanotify) -> None:
     fan._ensure_reader()
-    assert fan._reading
+    assert fan._reader.reading
     slow = fan.connect(FanoRule("slow", ev_types=OPEN), maxsize=2)
     other = fan.connect(FanoRule("other", ev_types=OPEN), maxsize=100)
     fan._deliver([synth(f"/d/{i}") for i in range(5)])
     assert slow.stats.queued == 2 and slow.stats.held == 3 and slow.stats.blocked == 1
-    assert fan._paused and not fan._reading
+    assert fan._reader.paused and not fan._reader.reading
     assert len(drain_client(other)) == 5  # already-read events still reach the others
     # Each get moves one held event into the queue, in order.
     got = [slow.get_nowait().path for _ in range(2)]
-    assert fan._paused and slow.stats.held == 1
+    assert fan._reader.paused and slow.stats.held == 1
     got.append(slow.get_nowait().path)
     assert slow.stats.held == 0
-    assert not fan._paused and fan._reading
+    assert not fan._reader.paused and fan._reader.reading
     got += [slow.get_nowait().path for _ in range(2)]
     assert got == [f"/d/{i}" for i in range(5)]
     st = slow.stats
@@ -183,9 +183,9 @@ async def test_closing_a_blocked_client_resumes_reading(fan: Fanotify) -> None:
     other = fan.connect(FanoRule("other", ev_types=CW))
     fan._deliver([synth(fd=True), synth(fd=True)])
     held_fd = slow._held[0].fd
-    assert fan._paused
+    assert fan._reader.paused
     slow.close()
-    assert not fan._paused and fan._reading
+    assert not fan._reader.paused and fan._reader.reading
     assert not is_open(held_fd)
     assert slow.stats.discarded == 2
     other.close()
@@ -278,7 +278,7 @@ async def test_async_predicate_keeps_order_and_pauses_reading(fan: Fanotify) -> 
     a = fan.connect(FanoRule("a", predicate=slow_even))
     s = fan.connect(FanoRule("s", ev_types=OPEN))
     fan._deliver([synth(pid=i) for i in range(10)])
-    assert fan._paused  # the group waits for the async dispatch
+    assert fan._reader.paused  # the group waits for the async dispatch
     fan._deliver([synth(pid=i) for i in range(10, 14)])  # queued behind, in order
     got = [(await asyncio.wait_for(a.get(), 2)).pid for _ in range(7)]
     assert got == [0, 2, 4, 6, 8, 10, 12]
@@ -286,7 +286,7 @@ async def test_async_predicate_keeps_order_and_pauses_reading(fan: Fanotify) -> 
         if fan._clients._task is None:
             break
         await asyncio.sleep(0.01)
-    assert fan._clients._task is None and not fan._paused
+    assert fan._clients._task is None and not fan._reader.paused
     assert [e.pid for e in drain_client(s)] == list(range(14))
     a.close()
     s.close()
@@ -333,9 +333,9 @@ async def test_last_client_leaving_stops_reading_when_group_unread(fan: Fanotify
     c = fan.connect(FanoRule("c", ev_types=OPEN))
     with pytest.raises(WouldBlock):
         c.get_nowait()
-    assert fan._reading
+    assert fan._reader.reading
     c.close()
-    assert not fan._reading  # the kernel keeps events for the next reader
+    assert not fan._reader.reading  # the kernel keeps events for the next reader
 
 
 async def test_proc_read_only_when_a_candidate_needs_it(fan: Fanotify) -> None:
@@ -463,7 +463,7 @@ async def test_permission_class_group_never_blocks() -> None:
         with pytest.raises(WouldBlock):
             fan.receive_nowait()  # the group's own queue is a consumer now
         fan._deliver([synth(f"/d/{i}", fd=True) for i in range(3)])
-        assert not fan._paused
+        assert not fan._reader.paused
         assert fan.dispatch_stats.group_dropped == 2
         st = c.stats
         assert st.queued == 1 and st.dropped == 2 and st.held == 0

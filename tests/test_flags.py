@@ -403,13 +403,14 @@ def test_unowned_events_never_close(pipe_fds: list[int], closes: list[int]) -> N
 
 
 class _Group:
-    """Stands in for the group: answers with a default verdict, records the order."""
+    """Stands in for the group's responder: answers with a default verdict, records the order."""
 
     def __init__(self, is_open: Callable[[int], bool]) -> None:
         self.answered: list[tuple[int, bool]] = []
         self._is_open = is_open
 
-    def _answer_default(self, ev: FanotifyData) -> None:
+    def release(self, ev: FanotifyData, reason: str) -> None:
+        assert reason == "released"
         self.answered.append((ev.fd, self._is_open(ev.fd)))
         object.__setattr__(ev, "_owns", ev._owns & ~UNANSWERED)
 
@@ -423,7 +424,8 @@ def test_permission_event_answered_before_its_fd_closes(
     assert not plain.answered
     group = _Group(is_open)
     ev = FanotifyData(
-        fd=plain.fd, pid=plain.pid, ev_types=plain.ev_types, _owns=plain._owns, _group=group
+        fd=plain.fd, pid=plain.pid, ev_types=plain.ev_types, _owns=plain._owns,
+        _responder=group,  # type: ignore[arg-type]
     )
     object.__setattr__(plain, "_owns", 0)  # ``ev`` holds the fd now
     ev.close()

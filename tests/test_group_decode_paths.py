@@ -26,7 +26,7 @@ def decoder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def _check_decoder(fan: Fanotify, decoder: str) -> None:
-    assert (fan._fast is not None) == (decoder == "fast")
+    assert (fan._pipeline.fast is not None) == (decoder == "fast")
 
 
 async def test_fd_mode_paths_and_deleted_files(tmpfs: Path, decoder: str) -> None:
@@ -134,7 +134,7 @@ async def test_events_are_left_out_of_the_cyclic_collector(tmpfs: Path, fid: boo
     # Frozen events holding only ints, strs and handles: reference counting
     # frees them, and a collection need not scan thousands of them per batch.
     async with Fanotify(InitFlag.REPORT_DFID_NAME if fid else InitFlag.CLASS_NOTIF) as fan:
-        assert fan._fast is not None and fan._fast.untrack
+        assert fan._pipeline.fast is not None and fan._pipeline.fast.untrack
         fan.mark(tmpfs, Event.CREATE if fid else Event.CLOSE_WRITE, "filesystem")
         assert sh(f"touch {tmpfs}/a {tmpfs}/b").returncode == 0
         evs = await collect(fan, lambda g: len(g) == 2)

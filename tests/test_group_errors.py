@@ -23,7 +23,7 @@ from afanotify import (
     UnsupportedFlagError,
 )
 from afanotify._errors import init_error, mark_error
-from afanotify.group import _find_rejected_init_flag
+from afanotify._open import find_rejected_init_flag as _find_rejected_init_flag
 
 RELEASE = os.uname().release
 

@@ -34,7 +34,7 @@ async def test_own_threads_events_are_skipped_even_after_the_thread_exits(tmpfs:
         worker.start()
         assert started.wait(10)
         (tid,) = tids
-        assert fan._is_own(tid)  # live thread of ours
+        assert fan._pipeline.is_own(tid)  # live thread of ours
         release.set()
         worker.join()
         # The sentinel comes from another process, after the thread's event.
@@ -49,11 +49,11 @@ async def test_a_thread_id_reused_by_another_process_is_not_own(tmpfs: Path) -> 
         other = subprocess.Popen(["sleep", "30"])
         try:
             # As if one of our threads once had this id and then exited.
-            fan._seen_tids.add(other.pid)
-            assert not fan._is_own(other.pid)
-            assert other.pid not in fan._seen_tids
+            fan._pipeline.seen_tids.add(other.pid)
+            assert not fan._pipeline.is_own(other.pid)
+            assert other.pid not in fan._pipeline.seen_tids
         finally:
             other.kill()
             other.wait()
         # Gone again and no longer remembered: not ours either.
-        assert not fan._is_own(other.pid)
+        assert not fan._pipeline.is_own(other.pid)

@@ -1,0 +1,156 @@
+"""Mark arguments: kinds, flags and event masks checked before ``fanotify_mark(2)``."""
+
+from __future__ import annotations
+
+import os
+from typing import Literal, Union
+
+from . import _ffi
+from ._errors import mark_error
+from .flags import (
+    CLASS_BITS,
+    FID_EVENTS,
+    MARK_TYPE_BITS,
+    MNT_EVENTS,
+    PERM_EVENTS,
+    Event,
+    InitFlag,
+    MarkFlag,
+)
+
+__all__ = ["MarkKind", "PathArg", "check_events", "check_int", "do_mark", "kind_flag", "mark_flags"]
+
+PathArg = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
+MarkKind = Literal["inode", "mount", "filesystem", "mntns"]
+
+_KINDS: dict[str, MarkFlag] = {
+    "inode": MarkFlag.INODE,
+    "mount": MarkFlag.MOUNT,
+    "filesystem": MarkFlag.FILESYSTEM,
+    "mntns": MarkFlag.MNTNS,
+}
+_ALL_EVENTS = 0
+for _e in Event:
+    _ALL_EVENTS |= _e.value
+_PERM = int(PERM_EVENTS)
+
+
+def check_int(name: str, value: object) -> int:
+    """``value`` as an int; bools and other types are refused.
+
+    :raises TypeError: naming the argument
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int or flag, not {type(value).__name__}")
+    return int(value)
+
+
+def kind_flag(kind: MarkKind | MarkFlag) -> MarkFlag:
+    """The mark-type flag for ``kind``.
+
+    :raises TypeError, ValueError: if ``kind`` is not a mark type
+    """
+    if isinstance(kind, str):
+        try:
+            return _KINDS[kind]
+        except KeyError:
+            raise ValueError(
+                f"kind {kind!r} is not one of {', '.join(map(repr, _KINDS))}"
+            ) from None
+    if isinstance(kind, int) and not isinstance(kind, bool):
+        if kind & ~MARK_TYPE_BITS or kind not in (m.value for m in _KINDS.values()):
+            raise ValueError(
+                f"kind {kind!r} is not a mark type: use INODE, MOUNT, FILESYSTEM or MNTNS"
+            )
+        return MarkFlag(kind)
+    raise TypeError(f"kind must be a str or MarkFlag, not {type(kind).__name__}")
+
+
+def mark_flags(
+    kind: MarkKind | MarkFlag,
+    ignore: bool,
+    ignore_style: str,
+    survive_modify: bool,
+    evictable: bool,
+    onlydir: bool,
+    dont_follow: bool,
+) -> MarkFlag:
+    """The ``fanotify_mark`` flags for one call, besides ADD/REMOVE/FLUSH.
+
+    :raises TypeError, ValueError: for impossible combinations, naming the argument
+    """
+    flags = kind_flag(kind)
+    if ignore:
+        if ignore_style == "new":
+            flags |= MarkFlag.IGNORE
+        elif ignore_style == "old":
+            flags |= MarkFlag.IGNORED_MASK
+        else:
+            raise ValueError(f"ignore_style must be 'new' or 'old', not {ignore_style!r}")
+    if survive_modify:
+        if not ignore:
+            raise ValueError("survive_modify applies to ignore marks: pass ignore=True too")
+        flags |= MarkFlag.IGNORED_SURV_MODIFY
+    if evictable:
+        if flags & MARK_TYPE_BITS:
+            raise ValueError("evictable applies only to inode marks (kind='inode')")
+        flags |= MarkFlag.EVICTABLE
+    if onlydir:
+        flags |= MarkFlag.ONLYDIR
+    if dont_follow:
+        flags |= MarkFlag.DONT_FOLLOW
+    return flags
+
+
+def check_events(
+    events: int, *, group_flags: int, fid_mode: bool, kind_flags: int, ignore: bool
+) -> int:
+    """The event mask for a mark of ``kind_flags`` in a group made with ``group_flags``.
+
+    :raises TypeError, ValueError: naming what the mask or the group lacks
+    """
+    mask = check_int("events", events)
+    if not mask:
+        raise ValueError("events must name at least one Event")
+    if mask & ~_ALL_EVENTS:
+        raise ValueError(f"events has bits no Event names: {mask & ~_ALL_EVENTS:#x}")
+    kind = kind_flags & MARK_TYPE_BITS
+    fid_only = mask & FID_EVENTS & ~Event.FS_ERROR if not ignore else 0
+    if fid_only and not fid_mode:
+        raise ValueError(
+            f"events {Event(fid_only)!r} need a FID group: create it with "
+            "InitFlag.REPORT_FID or InitFlag.REPORT_DFID_NAME"
+        )
+    perm = mask & _PERM
+    if perm and not ignore and not group_flags & CLASS_BITS:
+        raise ValueError(
+            f"permission events {Event(perm)!r} need InitFlag.CLASS_CONTENT or "
+            "CLASS_PRE_CONTENT"
+        )
+    if mask & Event.PRE_ACCESS and not group_flags & InitFlag.CLASS_PRE_CONTENT:
+        raise ValueError("Event.PRE_ACCESS needs InitFlag.CLASS_PRE_CONTENT")
+    if mask & MNT_EVENTS and kind != MarkFlag.MNTNS:
+        raise ValueError("mount events need kind='mntns' and InitFlag.REPORT_MNT")
+    if mask & Event.RENAME and not group_flags & InitFlag.REPORT_NAME:
+        raise ValueError("Event.RENAME needs InitFlag.REPORT_DFID_NAME")
+    return mask
+
+
+def do_mark(fd: int, mflags: int, mask: int, path: PathArg | None, dirfd: int | None) -> None:
+    """``fanotify_mark(2)`` on the group ``fd``.
+
+    :raises TypeError: for a path or dirfd of the wrong type
+    :raises OSError: with a message that says what to do (see ``_errors.mark_error``)
+    """
+    if dirfd is None:
+        dirfd = _ffi.lib.AT_FDCWD
+    else:
+        dirfd = check_int("dirfd", dirfd)
+    if path is not None and not isinstance(path, (str, bytes, os.PathLike)):
+        raise TypeError(f"path must be str, bytes or os.PathLike, not {type(path).__name__}")
+    fspath = None if path is None else os.fspath(path)
+    try:
+        _ffi.fanotify_mark(fd, mflags, mask, dirfd, fspath)
+    except OSError as exc:
+        shown = None if fspath is None else os.fsdecode(fspath)
+        raise mark_error(exc, shown, mflags, mask) from None
