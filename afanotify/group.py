@@ -14,11 +14,11 @@ from __future__ import annotations
 import gc
 import logging
 import os
-from collections.abc import AsyncIterator
 from typing import Literal, NamedTuple
 
 from . import _dispatch
 from . import client as _client
+from ._consume import OwnQueue
 from ._dispatch import DispatchStatistics
 from ._marks import MarkKind, PathArg, check_events, check_int, do_mark, kind_flag, mark_flags
 from ._open import open_group
@@ -28,7 +28,7 @@ from ._reader import Reader
 from ._resource import AsyncClosingContext, WarnsUnclosed
 from ._watchdog import Watchdog
 from .client import FanotifyClient
-from .events import OWN_FD, UNANSWERED, FanotifyData
+from .events import UNANSWERED, FanotifyData
 from .exceptions import ClosedResourceError, WouldBlock
 from .flags import (
     CLASS_BITS,
@@ -41,7 +41,6 @@ from .flags import (
 )
 from .permission import (
     AT_CLOSE,
-    DROPPED,
     PermissionHandler,
     PermissionStatistics,
     PermissionTracker,
@@ -115,7 +114,7 @@ def _check_init(flags: int, maxsize: int, buffer_size: int, handle_cache_size: i
         raise ValueError("default_response must be Response.ALLOW or Response.DENY")
 
 
-class Fanotify(AsyncClosingContext, WarnsUnclosed):
+class Fanotify(OwnQueue, AsyncClosingContext, WarnsUnclosed):
     """A fanotify group, used from asyncio.
 
     Its parts, each in its own module: the reader (``_reader.py``) registers
@@ -421,51 +420,6 @@ class Fanotify(AsyncClosingContext, WarnsUnclosed):
         if events:
             self._deliver(events)
 
-    def _deliver(self, events: list[FanotifyData]) -> None:
-        if self._perm.handler is not None:
-            events = self._dispatch_permission(events)
-            if not events:
-                return
-        if self._clients.active:
-            self._clients.dispatch(events)
-            return
-        taken = self._queue.put_many(events)
-        self._counters.events_delivered += taken
-        if taken < len(events):
-            if self._perm_class:
-                self._overflow_drop(events[taken:])
-            else:
-                # The queue is full: keep the rest for when it drains.
-                self._held.extend(events[taken:])
-                self._pause()
-
-    def _dispatch_permission(self, events: list[FanotifyData]) -> list[FanotifyData]:
-        """Hand permission events to the ``on_permission`` handler; return the rest."""
-        rest: list[FanotifyData] = []
-        dispatch = self._perm.dispatch
-        for ev in events:
-            if ev._owns & UNANSWERED:
-                self._counters.events_delivered += 1
-                dispatch(ev)
-            else:
-                rest.append(ev)
-        return rest
-
-    def _overflow_drop(self, rest: list[FanotifyData]) -> None:
-        # A permission group keeps reading when its queue is full: what is
-        # read and does not fit is answered with the default verdict now
-        # (response first, then the fd is closed, then the log line).
-        perm = 0
-        for ev in rest:
-            if ev._owns & UNANSWERED:
-                perm += 1
-            ev._release(DROPPED)
-        self._perm.queue_dropped += len(rest) - perm
-        log.warning(
-            "event queue full (maxsize=%d): dropped %d event(s), %d permission event(s) "
-            "answered %s", self._queue.maxsize, len(rest), perm, self.default_response.name,
-        )
-
     def _fail(self, exc: OSError) -> None:
         log.error("reading the fanotify group failed: %s", exc)
         self._error = exc
@@ -475,110 +429,6 @@ class Fanotify(AsyncClosingContext, WarnsUnclosed):
         if not len(self._queue) and not self._held:
             self._queue.close()
         self._clients.fail(exc)
-
-    # -- consuming -------------------------------------------------------
-
-    def _release_last(self) -> None:
-        last = self._iter_last
-        if last is not None:
-            self._iter_last = None
-            last.close()
-
-    def receive_nowait(self) -> FanotifyData:
-        """The next event if one is waiting; the caller owns it.
-
-        :raises WouldBlock: if none is waiting
-        :raises ClosedResourceError: if the group is closed
-        """
-        self._ensure_reader()
-        self._consuming = True
-        ev = self._queue.get_nowait()
-        if ev._owns & UNANSWERED:
-            self._perm.received_by(ev)
-        self._refill()
-        return ev
-
-    async def receive(self) -> FanotifyData:
-        """The next event; the caller owns it (close it, or use ``with event:``).
-
-        :raises ClosedResourceError: if the group is closed (or closes while waiting)
-        """
-        self._ensure_reader()
-        self._consuming = True
-        try:
-            ev = await self._queue.get()
-        except ClosedResourceError:
-            if self._error is not None:
-                raise ClosedResourceError(f"the group failed: {self._error}") from self._error
-            raise
-        if ev._owns & UNANSWERED:
-            self._perm.received_by(ev)
-        self._refill()
-        return ev
-
-    def _refill(self) -> None:
-        held = self._held
-        # Move held events in once the queue is down to half, not one per
-        # event taken: each move costs a shift of the whole held list.
-        if held and len(self._queue) <= self._queue.maxsize // 2:
-            taken = self._queue.put_many(held)
-            self._counters.events_delivered += taken
-            del held[:taken]
-        if held:
-            return
-        if self._error is not None:
-            if not len(self._queue):
-                self._queue.close()  # drained: the next receive reports the error
-        elif self._reader.paused:
-            self._resume()
-
-    def __aiter__(self) -> AsyncIterator[FanotifyData]:
-        return self
-
-    async def __anext__(self) -> FanotifyData:
-        # Moving past an event releases what the consumer did not detach.
-        last = self._iter_last
-        if last is not None:
-            self._iter_last = None
-            owns = last._owns
-            if owns == OWN_FD:
-                # FanotifyData.close() for the usual case (only an fd), inline.
-                _set_owns(last, 0)
-                os.close(last.fd)
-            elif owns:
-                last.close()
-        # The common case, once reading has started: an event is already
-        # queued.  Same steps as receive(), without its await and checks.
-        # (The loop check is left to receive(), reached whenever the queue is
-        # empty: on Python 3.11 asyncio.get_running_loop() costs a getpid()
-        # system call, too much to pay per event.)
-        reader = self._reader
-        if self._consuming and (reader.reading or reader.paused) and not self._closed:
-            try:
-                ev = self._queue.get_nowait()
-            except (WouldBlock, ClosedResourceError):
-                pass
-            else:
-                if ev._owns & UNANSWERED:
-                    self._perm.received_by(ev)
-                # _refill() has work only when held events fit (see there), or
-                # when nothing is held and reading is to resume (or fail).
-                held = self._held
-                if (
-                    len(self._queue) <= self._queue.maxsize // 2 if held
-                    else reader.paused or self._error is not None
-                ):  # fmt: skip
-                    self._refill()
-                self._iter_last = ev
-                return ev
-        try:
-            ev = await self.receive()
-        except ClosedResourceError:
-            if self._error is not None:
-                raise  # a failed read ends the iteration loudly, not as if closed
-            raise StopAsyncIteration from None
-        self._iter_last = ev
-        return ev
 
     # -- clients ---------------------------------------------------------
 

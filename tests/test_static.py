@@ -42,3 +42,30 @@ def test_timeouts_are_caught_as_asyncio_timeout_error() -> None:
                 if bare.search(line):
                     found.append(f"{path.relative_to(REPO)}:{n}: {line.strip()}")
     assert not found, "use asyncio.TimeoutError (Python 3.10):\n" + "\n".join(found)
+
+
+#: The structure's limits (docs/developers.md, "Architecture"): a module a
+#: reader can hold in mind, and a class with one job.
+MAX_MODULE_LINES = 700
+MAX_CLASS_LINES = 450
+
+
+def test_modules_and_classes_stay_within_their_size_limits() -> None:
+    import ast
+
+    found = []
+    for path in sorted((REPO / "afanotify").rglob("*.py")):
+        text = path.read_text()
+        name = path.relative_to(REPO)
+        lines = len(text.splitlines())
+        if lines > MAX_MODULE_LINES:
+            found.append(f"{name}: {lines} lines (at most {MAX_MODULE_LINES})")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.ClassDef):
+                size = (node.end_lineno or node.lineno) - node.lineno + 1
+                if size > MAX_CLASS_LINES:
+                    found.append(
+                        f"{name}:{node.lineno}: class {node.name} is {size} lines "
+                        f"(at most {MAX_CLASS_LINES})"
+                    )
+    assert not found, "split these by job:\n" + "\n".join(found)
