@@ -1,4 +1,4 @@
-"""Decode rates on synthetic buffers: pure parser, C walk + Python builder, C walk + C builder.
+"""Decode rates on synthetic buffers: the pure parser against the C walk + C builder.
 
     python build_ffi.py >/dev/null && PYTHONPATH=. python bench/bench_decode.py
 
@@ -68,11 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     n = args.events
     dec = Decoder(bufsize=65536)
-    dec_py = Decoder(bufsize=65536)
-    dec_py.c_builder = False  # the C walk, events built in Python
     used, stop = ffi.new("size_t *"), ffi.new("size_t *")
     for label, buf in (("fd-mode", fd_events(n)), ("DFID_NAME", dfid_name_events(n))):
-        assert parse_lenient(buf) == dec.decode(buf, len(buf)) == dec_py.decode(buf, len(buf))
+        assert parse_lenient(buf) == dec.decode(buf, len(buf))
         cbuf = ffi.from_buffer("unsigned char[]", buf)
         dec._reserve(len(buf))
 
@@ -82,10 +80,9 @@ def main(argv: list[str] | None = None) -> int:
                 dec._arena, dec._arena_size, used, stop,
             )  # fmt: skip
 
-        t_py, t_pyb, t_c, t_walk = best(
+        t_py, t_c, t_walk = best(
             [
                 lambda buf=buf: parse_lenient(buf),  # type: ignore[misc]
-                lambda buf=buf: dec_py.decode(buf, len(buf)),  # type: ignore[misc]
                 lambda buf=buf: dec.decode(buf, len(buf)),  # type: ignore[misc]
                 walk,
             ],
@@ -93,7 +90,6 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"{label}: {n} events, {len(buf)} bytes")
         print(f"  pure parser            {n / t_py:12,.0f} events/s")
-        print(f"  C walk, Python builder {n / t_pyb:12,.0f} events/s   ratio {t_py / t_pyb:.2f}x")
         print(f"  C walk, C builder      {n / t_c:12,.0f} events/s   ratio {t_py / t_c:.2f}x")
         print(f"  C walk only            {n / t_walk:12,.0f} events/s")
     return 0
