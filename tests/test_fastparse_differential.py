@@ -1,10 +1,10 @@
 """The C decoder against the pure parser: same events, same errors, for any bytes.
 
 Every buffer here goes through ``_parser.parse_lenient`` and through
-``_fastparse.Decoder`` twice: once with the C event builder
-(``csrc/fastpath_build.c``), once building every event in Python.  The
-events must be equal (ownership bits included) and the errors of the same
-class, message, offset and metadata.
+``_fastparse.Decoder`` (the C walk and the C event builder,
+``csrc/fastpath_build.c``, with the reference parser's ``parse_event`` for
+the entries the builder leaves).  The events must be equal (ownership bits
+included) and the errors of the same class, message, offset and metadata.
 """
 
 from __future__ import annotations
@@ -27,12 +27,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from afanotify import _ffi
-from afanotify._fastparse import _BUILD, EVENT, Decoder, _constructor, decode
+from afanotify._fastparse import _BUILD, Decoder
 from afanotify._ffi import ffi, lib
 from afanotify._parser import METADATA, parse_lenient
 from afanotify.events import OWN_FD, UNANSWERED, FanotifyData, FileHandle
 from afanotify.exceptions import ParseError
 from afanotify.flags import (
+    DIR_CHANGE_EVENTS,
     FAN_EVENT_INFO_TYPE_DFID,
     FAN_EVENT_INFO_TYPE_DFID_NAME,
     FAN_EVENT_INFO_TYPE_ERROR,
@@ -114,98 +115,26 @@ def event_key(e: FanotifyData) -> tuple[Any, ...]:
     return (e, e._owns)
 
 
-def py_decoder(**kw: Any) -> Decoder:
-    """A Decoder that builds every event in Python."""
-    dec = Decoder(**kw)
-    dec.c_builder = False
-    return dec
+def decode(buf: Any, nbytes: int, **opts: Any) -> tuple[list[FanotifyData], list[ParseError]]:
+    return Decoder().decode(buf, nbytes, **opts)
 
 
-BUILDERS = [True, False]
-BUILDER_IDS = ["c-builder", "py-builder"]
-
-
-@pytest.fixture(params=BUILDERS, ids=BUILDER_IDS)
-def make_decoder(request: pytest.FixtureRequest) -> Any:
-    """Decoder, with the C event builder or with the Python one."""
-
-    def make(**kw: Any) -> Decoder:
-        dec = Decoder(**kw)
-        dec.c_builder = request.param
-        return dec
-
-    return make
+@pytest.fixture
+def make_decoder() -> Any:
+    """Makes a Decoder (a fixture, so tests can take it as an argument)."""
+    return Decoder
 
 
 def both(buf: bytes, **opts: bool) -> tuple[list[FanotifyData], list[ParseError]]:
-    """Decode with all three; assert they agree; return the pure parser's result."""
+    """Decode with both; assert they agree; return the pure parser's result."""
     ref_events, ref_errors = parse_lenient(buf, **opts)
-    for events, errors in (
-        decode(buf, len(buf), **opts),
-        py_decoder().decode(buf, len(buf), **opts),
-    ):
-        assert [event_key(e) for e in events] == [event_key(e) for e in ref_events]
-        assert [error_key(e) for e in errors] == [error_key(e) for e in ref_errors]
+    events, errors = decode(buf, len(buf), **opts)
+    assert [event_key(e) for e in events] == [event_key(e) for e in ref_events]
+    assert [error_key(e) for e in errors] == [error_key(e) for e in ref_errors]
     return ref_events, ref_errors
 
 
 # -- the C layout -------------------------------------------------------------
-
-
-def test_event_struct_matches_c_layout() -> None:
-    assert ffi.sizeof("struct afn_event") == EVENT.size
-    ev = ffi.new("struct afn_event *")
-    values: list[int] = []
-    for i, (name, field) in enumerate(ffi.typeof("struct afn_event").fields):
-        if field.type.kind == "struct":
-            for j, sub in enumerate(("rec", "handle_len", "name_off", "name_len")):
-                setattr(getattr(ev, name), sub, 100 * i + j)
-                values.append(100 * i + j)
-        else:
-            setattr(ev, name, -i if name in ("fd", "pid", "pidfd", "error", "path_len") else i)
-            values.append(getattr(ev, name))
-    assert list(EVENT.unpack(ffi.buffer(ev))) == values
-
-
-def test_fast_constructor_builds_the_same_object() -> None:
-    make = _constructor(FanotifyData)
-    assert make is not FanotifyData
-    values: dict[str, Any] = {
-        f.name: (i + 1 if isinstance(f.default, int) else f"v{i}")
-        for i, f in enumerate(dataclasses.fields(FanotifyData))
-    }
-    fast, slow = make(**values), FanotifyData(**values)
-    assert type(fast) is FanotifyData
-    for f in dataclasses.fields(FanotifyData):
-        assert getattr(fast, f.name) == getattr(slow, f.name), f.name
-    assert make(3, 4) == FanotifyData(3, 4)
-    assert make(3, 4)._owns == 0 and make(3, 4)._group is None
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        fast.fd = 1  # type: ignore[misc]
-
-
-def test_fast_constructor_falls_back_for_other_shapes() -> None:
-    @dataclasses.dataclass(frozen=True, slots=True)
-    class Factory:
-        x: list[int] = dataclasses.field(default_factory=list)
-
-    @dataclasses.dataclass(frozen=True, slots=True)
-    class PostInit:
-        x: int = 0
-
-        def __post_init__(self) -> None:
-            pass
-
-    @dataclasses.dataclass(frozen=True)
-    class NoSlots:
-        x: int = 0
-
-    @dataclasses.dataclass(frozen=True, slots=True, init=False)
-    class OwnInit:
-        x: int = 0
-
-    for cls in (Factory, PostInit, NoSlots, OwnInit):
-        assert _constructor(cls) is cls
 
 
 # -- hand-built buffers, one per record type and per rule ---------------------
@@ -339,8 +268,6 @@ def test_buffer_types_and_nbytes() -> None:
     assert decode(buf, 48, **opts) == (want[:2], [])
     with pytest.raises(ValueError, match="nbytes"):
         decode(buf, len(buf) + 1, **opts)
-    with pytest.raises(ValueError, match="owned"):
-        decode(buf, len(buf), close_fds=True, **opts)
 
 
 def test_decoder_grows_for_a_bigger_buffer(make_decoder: Any) -> None:
@@ -538,46 +465,6 @@ def test_resolve_fd_paths(
     assert all(is_open(fd) for fd in (a, b, gone))
 
 
-@pytest.mark.parametrize("arena_size", [None, 1])
-def test_close_fds_keeps_permission_fds(
-    files: tuple[Path, list[int]], arena_size: int | None, make_decoder: Any
-) -> None:
-    tmp, (a, b, gone) = files
-    bad = event(rec(MNT, b""), fd=gone)
-    buf = event(fd=a) + event(fd=b, mask=int(Event.OPEN_PERM)) + bad
-    dec = make_decoder(arena_size=arena_size)
-    evs, errors = dec.decode(buf, len(buf), owned=True, resolve_fd_paths=True, close_fds=True)
-    assert [(e.fd, e.path, e._owns) for e in evs] == [
-        (-1, str(tmp / "a.txt"), 0),
-        (b, str(tmp / "b.txt"), OWN_FD | UNANSWERED),
-    ]
-    # The malformed event's fd is left to whoever reads the error.
-    assert [err.fd for err in errors] == [gone]
-    assert not is_open(a)
-    assert is_open(b) and is_open(gone)
-
-
-def test_close_fds_without_paths(files: tuple[Path, list[int]], make_decoder: Any) -> None:
-    _, (a, _, _) = files
-    evs, _ = make_decoder().decode(event(fd=a), 24, owned=True, close_fds=True)
-    assert evs[0].fd == -1 and evs[0].path is None and evs[0].closed
-    assert not is_open(a)
-
-
-def test_read_reports_errno() -> None:
-    r, w = os.pipe()
-    os.set_blocking(r, False)
-    try:
-        with pytest.raises(BlockingIOError):
-            Decoder().read(r)
-    finally:
-        os.close(r)
-        os.close(w)
-    with pytest.raises(OSError) as info:
-        Decoder().read(r)
-    assert info.value.errno == 9
-
-
 # -- the kernel -----------------------------------------------------------------
 
 CHILD = """
@@ -628,22 +515,6 @@ def test_kernel_fd_mode(tmpfs: Path, make_decoder: Any) -> None:
         want |= {(str(tmpfs / f"f{i}.txt"), True) for i in range(2, 5)}
         assert {(e.path, e.path_resolved) for e in resolved} == want
 
-        # Once more through Decoder.read, which closes the fds itself.
-        before = len(os.listdir("/proc/self/fd"))
-        run_child(tmpfs)
-        dec = make_decoder()
-        got = []
-        while True:
-            try:
-                evs, errors = dec.read(group, resolve_fd_paths=True, close_fds=True)
-            except BlockingIOError:
-                break
-            assert not errors
-            got.extend(evs)
-        assert len(got) >= 5
-        assert all(e.fd == -1 and e.closed for e in got)
-        assert {(e.path, e.path_resolved) for e in got} == want
-        assert len(os.listdir("/proc/self/fd")) == before
     finally:
         os.close(group)
 
@@ -761,13 +632,12 @@ def test_dir_path_joins_names_under_the_root(make_decoder: Any) -> None:
     assert [e.path for e in events] == ["/a", "/", "/", "/b"]
 
 
-# -- the C event builder against the Python one ---------------------------------
+# -- the C event builder ---------------------------------
 
 
 def test_c_builder_is_built_and_used(monkeypatch: pytest.MonkeyPatch) -> None:
     """The core built here has the C builder, and a uniform batch takes one call."""
     assert _BUILD is not None
-    assert Decoder().c_builder
     calls: list[tuple[int, int]] = []
 
     def spy(*args: Any) -> tuple[int, int, int]:
@@ -816,9 +686,8 @@ def test_c_builder_passes_dir_path_errors_on() -> None:
         Decoder().decode(buf, len(buf), dir_path=broken)
 
 
-@pytest.mark.parametrize("c_builder", BUILDERS, ids=BUILDER_IDS)
 def test_untrack_leaves_only_permission_events_to_the_collector(
-    files: tuple[Path, list[int]], c_builder: bool
+    files: tuple[Path, list[int]]
 ) -> None:
     import gc
 
@@ -828,17 +697,13 @@ def test_untrack_leaves_only_permission_events_to_the_collector(
         + _dir_events(b"x") + event(fid_rec(FID), fd=-1)
     )  # fmt: skip
     dec = Decoder()
-    dec.c_builder = c_builder
     kept, _ = dec.decode(buf, len(buf))
     dec.untrack = True
     events, _ = dec.decode(buf, len(buf))
     assert events == kept
     assert all(gc.is_tracked(e) for e in kept)  # untrack is off by default
-    if c_builder:
-        assert [gc.is_tracked(e) for e in events] == [False, True, False, False]
-        assert not gc.is_tracked(events[2].dfid) and not gc.is_tracked(events[3].fid)
-    else:  # the Python builder makes ordinary objects
-        assert all(gc.is_tracked(e) for e in events)
+    assert [gc.is_tracked(e) for e in events] == [False, True, False, False]
+    assert not gc.is_tracked(events[2].dfid) and not gc.is_tracked(events[3].fid)
 
 
 # Directory handles from a small pool (shared within a batch) and a large one
@@ -881,27 +746,76 @@ def _resolver(asked: list[Any]) -> Any:
     return dir_path
 
 
+def _plain_fid_shape(e: FanotifyData) -> bool:
+    """A DFID or DFID_NAME record, maybe a FID record, and nothing else."""
+    return (
+        e.dfid is not None and e.fd == -1 and e.fd_error is None and e.old_dfid is None
+        and e.new_dfid is None and e.pidfd == -1 and e.error is None
+        and e.range_offset is None and e.mnt_id is None and not e.unknown_records
+    )  # fmt: skip
+
+
+def _reference_dir_paths(
+    events: list[FanotifyData], dir_path: Any, skip: Any
+) -> tuple[list[tuple[Any, ...]], list[Any], int, int]:
+    """What ``Decoder.decode(dir_path=...)`` must give, from the pure parser's events.
+
+    The plain FID+name shape before the cut gets ``dir_path``, ``path`` and
+    ``path_resolved``; ``dir_path`` is asked once per distinct directory (a
+    None answer is asked again); the cut is the first event with a directory
+    record of another shape, or a directory that moved or went away.
+    """
+    asked: list[Any] = []
+    known: dict[Any, str] = {}
+    out = []
+    upto = len(events)
+    filled = 0
+    for i, e in enumerate(events):
+        plain = _plain_fid_shape(e)
+        dir_change = e.ev_types & int(DIR_CHANGE_EVENTS) and e.ev_types & int(Event.ONDIR)
+        if upto == len(events) and (dir_change or (e.dfid is not None and not plain)):
+            upto = i
+        if i >= upto or not plain or e.pid in skip:
+            out.append((event_key(e), e.dir_path, e.path, e.path_resolved))
+            continue
+        d = known.get(e.dfid)
+        if d is None:
+            asked.append(e.dfid)
+            d = dir_path(e.dfid)
+            if d is not None:
+                known[e.dfid] = d
+        filled += 1
+        if d is None:
+            path, ok = e.name, False
+        elif not e.name or e.name == ".":
+            path, ok = d, True
+        else:
+            path, ok = (d if d == "/" else d + "/") + e.name, True
+        full = dataclasses.replace(e, dir_path=d, path=path, path_resolved=ok)
+        out.append((event_key(full), d, path, ok))
+    return out, asked, upto, filled
+
+
 @SETTINGS
 @given(buf=fid_batches(), opts=st.sampled_from(OPTIONS), skip=st.sampled_from([(), {99}]))
-def test_builders_agree_with_dir_paths(buf: bytes, opts: dict[str, bool], skip: Any) -> None:
-    results = []
-    for c_builder in BUILDERS:
-        dec = Decoder()
-        dec.c_builder = c_builder
-        asked: list[Any] = []
-        events, errors = dec.decode(
-            buf, len(buf), dir_path=_resolver(asked), skip_pids=skip, **opts
-        )
-        # Which events share one FileHandle object (the resolver's cache relies on it).
-        shared = [
-            [j for j, other in enumerate(events) if e.dfid is not None and other.dfid is e.dfid]
-            for e in events
-        ]
-        results.append((
-            [(event_key(e), e.dir_path, e.path, e.path_resolved) for e in events],
-            [error_key(e) for e in errors], asked, shared, dec.resolved_upto, dec.resolved_count,
-        ))  # fmt: skip
-    assert results[0] == results[1]
+def test_c_builder_fills_dir_paths_as_the_reference(
+    buf: bytes, opts: dict[str, bool], skip: Any
+) -> None:
+    dec = Decoder()
+    asked: list[Any] = []
+    events, errors = dec.decode(buf, len(buf), dir_path=_resolver(asked), skip_pids=skip, **opts)
+    ref_events, ref_errors = parse_lenient(buf, **opts)
+    want, want_asked, upto, filled = _reference_dir_paths(ref_events, _resolver([]), skip)
+    assert [(event_key(e), e.dir_path, e.path, e.path_resolved) for e in events] == want
+    assert [error_key(e) for e in errors] == [error_key(e) for e in ref_errors]
+    assert asked == want_asked
+    assert (dec.resolved_upto, dec.resolved_count) == (upto, filled)
+    # Events of the plain shape with equal directory records share one
+    # FileHandle object (the resolver's cache relies on it).
+    plain = [e for e in events if _plain_fid_shape(e)]
+    for e in plain:
+        assert all(other.dfid is e.dfid for other in plain if other.dfid == e.dfid)
+
 
 
 def test_resolve_fd_paths_not_utf8(tmp_path: Path, make_decoder: Any) -> None:
@@ -916,16 +830,6 @@ def test_resolve_fd_paths_not_utf8(tmp_path: Path, make_decoder: Any) -> None:
         assert [(e.path, e.path_resolved) for e in evs] == [(os.fsdecode(raw), False)] * 2
     finally:
         os.close(fd)
-
-
-def test_py_builder_environment_variable_turns_the_c_builder_off() -> None:
-    code = "from afanotify import _fastparse as f; print(f._BUILD is None, f.Decoder().c_builder)"
-    for env, want in (({}, "False True"), ({"AFANOTIFY_PY_BUILDER": "1"}, "True False")):
-        out = subprocess.run(
-            [sys.executable, "-c", code], env={**child_env(), **env}, cwd=CHILD_CWD,
-            capture_output=True, text=True, check=True, timeout=30,
-        )  # fmt: skip
-        assert out.stdout.split() == want.split()
 
 
 def test_builder_setup_refuses_a_class_without_a_base() -> None:
