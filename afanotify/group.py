@@ -57,7 +57,6 @@ for _f in InitFlag:
     _ALL_INIT |= _f.value
 _PERM = int(PERM_EVENTS)
 _DEFAULT_EVENT_FLAGS = os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_LARGEFILE", 0)
-_set_owns = FanotifyData.__dict__["_owns"].__set__
 
 
 class GroupStatistics(NamedTuple):
