@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._compat_ancestry import _Ancestry
-from ._compat_data import _as_compat, _own_copy
+from ._compat_data import FanotifyData, from_native
 from ._compat_mailbox import _DgramSink, _Mailbox
 from .client import FanotifyClient as _NativeClient
 from .events import FanotifyData as _NativeData
@@ -255,9 +255,7 @@ class _Engine:
                 except (WouldBlock, ClosedResourceError):
                     break
             now = time.monotonic()
-            # With several rules connected the fan-out may share one object.
-            shared = len(self._links) > 1
-            out: list[_NativeData] = []
+            kept: list[_NativeData] = []
             for ev in batch:
                 pid = ev.pid
                 # The group already skipped this process's own events.
@@ -265,14 +263,15 @@ class _Engine:
                     self.descendant_events += 1
                     ev.close()
                     continue
-                if shared:
-                    out.append(_own_copy(ev))
-                else:
-                    out.append(_as_compat(ev) if type(ev) is _NativeData else ev)
+                kept.append(ev)
             if sink is not None:
-                await sink.send_all(out, lambda: self._stopping or native.closed)
+                # Encoded and released at once: the native events will do.
+                await sink.send_all(kept, lambda: self._stopping or native.closed)
                 continue
             assert box is not None
+            # The client gets objects of its own (it may mutate them), which
+            # take over the native events' descriptors.
+            out: list[FanotifyData] = [from_native(ev) for ev in kept]
             while out:
                 space.clear()
                 n = box.put_many(out, notify)

@@ -13,7 +13,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import NamedTuple
 
-from .events import OWN_FD
+from ._compat_data import FanotifyData
 from .events import FanotifyData as _NativeData
 
 # Compat's records keep the public module's logger name.
@@ -50,7 +50,7 @@ class _Mailbox:
         self.maxsize = maxsize
         self.policy = policy
         self._lock = threading.Lock()
-        self._items: deque[_NativeData] = deque()
+        self._items: deque[FanotifyData] = deque()
         self.reader, self._writer = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.reader.setblocking(False)
         self._writer.setblocking(False)
@@ -65,9 +65,9 @@ class _Mailbox:
 
     # engine side
 
-    def put_many(self, events: list[_NativeData], notify: Callable[[], None]) -> int:
+    def put_many(self, events: list[FanotifyData], notify: Callable[[], None]) -> int:
         """Take what fits; returns how many were taken (all of them unless "block" and full)."""
-        dropped: list[_NativeData] = []
+        dropped: list[FanotifyData] = []
         with self._lock:
             if self._closed:
                 dropped = events
@@ -120,7 +120,7 @@ class _Mailbox:
 
     # client side
 
-    def take(self, limit: int) -> list[_NativeData]:
+    def take(self, limit: int) -> list[FanotifyData]:
         notify = None
         with self._lock:
             items = self._items
@@ -139,7 +139,7 @@ class _Mailbox:
             notify()
         return out
 
-    def unget(self, events: list[_NativeData]) -> None:
+    def unget(self, events: list[FanotifyData]) -> None:
         """Put events the consumer did not reach back at the front, in order."""
         if not events:
             return
@@ -245,16 +245,20 @@ class _DgramSink:
         """Send every event in order, waiting while the receiver's socket is full."""
         loop = asyncio.get_running_loop()
         for i, ev in enumerate(events):
+            fd = _take_fd(ev)
             try:
                 msg = self.encode(ev)
-                fds = [ev.fd] if ev.fd >= 0 and ev._owns & OWN_FD else []
+                fds = [fd] if fd >= 0 else []
                 while not await self._send_one(loop, msg, fds):
                     if stopping():
                         for rest in events[i + 1:]:
                             rest.close()
                         return
             finally:
-                ev.close()  # the receiver got its own copy of the fd
+                # The receiver got its own copy of the fd.
+                if fd >= 0:
+                    os.close(fd)
+                ev.close()
 
     async def _send_one(
         self, loop: asyncio.AbstractEventLoop, msg: bytes, fds: list[int]
@@ -302,3 +306,13 @@ class _DgramSink:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def _take_fd(ev: _NativeData) -> int:
+    """The event's fd, now the caller's to close; -1 if the event owns none."""
+    if ev.fd < 0:
+        return -1
+    try:
+        return ev.detach_fd()
+    except ValueError:  # it was released already
+        return -1

@@ -270,10 +270,6 @@ class Fanotify:
         flags = _GROUP_FLAGS | (_FID_FLAGS if init_fid else 0)
         try:
             self._group = _Group(flags, _EVENT_FLAGS, maxsize=maxsize)
-            if self._group._fast is not None:
-                # Legacy events are mutable: a user may store anything in them,
-                # so the collector must keep seeing them.
-                self._group._fast.untrack = False
         except OSError as exc:
             self._log.error("Fanotify: fanotify_init failed: %s", exc)
             raise
@@ -588,7 +584,7 @@ class FanotifyClient(ClosingContext, WarnsUnclosed):
                 while pos < len(batch):
                     ev = batch[pos]
                     pos += 1
-                    yield ev  # type: ignore[misc]
+                    yield ev
             finally:
                 if pos < len(batch):
                     box.unget(batch[pos:])
