@@ -186,7 +186,7 @@ def evt_to_str(mask: int) -> str:
     return _flags._bit_names(mask, _EVENT_NAMES)
 
 
-# -- the engine ------------------------------------------------------------------
+# -- Fanotify ----------------------------------------------------------------------
 
 
 class CompatStatistics(NamedTuple):
