@@ -24,6 +24,7 @@ import pytest
 from helpers import CHILD_CWD, REPO, child_env
 
 import afanotify
+import afanotify._cli_guard
 import afanotify.cli
 
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(60)]
@@ -733,7 +734,7 @@ def test_guard_deadline_is_the_groups_permission_timeout(
         made.append(kwargs)
         raise _GroupMade
 
-    monkeypatch.setattr(afanotify.cli, "Fanotify", fake_group)
+    monkeypatch.setattr(afanotify._cli_guard, "Fanotify", fake_group)
     with pytest.raises(_GroupMade):
         afanotify.cli.main(["guard", *argv, "--default", "deny", str(tmp_path)])
     (kwargs,) = made
@@ -762,7 +763,7 @@ def test_guard_deadline_answers_a_slow_decision_with_the_default(
         time.sleep(1.5)
         return True, "slow"
 
-    monkeypatch.setattr(afanotify.cli, "_err", record)
+    monkeypatch.setattr(afanotify._cli_guard, "_err", record)
     monkeypatch.setattr(afanotify.cli.GuardPolicy, "decide", slow_decide)
     seen: list[str] = []
 

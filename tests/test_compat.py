@@ -1210,7 +1210,7 @@ def test_mark_relative_path_with_dirfd(
 def test_ancestry_walks_the_ppid_chain_and_caches() -> None:
     import signal
 
-    from afanotify.compat import _Ancestry
+    from afanotify._compat_ancestry import _Ancestry
 
     anc = _Ancestry(os.getpid())
     child = subprocess.Popen(["sh", "-c", "sleep 30 & echo $!; wait"], stdout=subprocess.PIPE,
