@@ -241,23 +241,25 @@ def _c_builder() -> Callable[..., tuple[int, int, int]] | None:
     Python builder below then does everything; the differential tests use
     it), or when the event classes are not plain slotted classes it can fill.
     """
-    if os.environ.get("AFANOTIFY_PY_BUILDER") or not hasattr(lib, "afn_install_builder"):
+    if os.environ.get("AFANOTIFY_PY_BUILDER"):
         return None
-    if lib.afn_install_builder() != 0:
-        return None
-    from . import _fanotify
+    from ._ffi import event_builder
 
+    builder = event_builder()
+    if builder is None:
+        return None
+    setup, build = builder
     defaults = {f.name: f.default for f in dataclasses.fields(FanotifyData)}
     slots = tuple(FanotifyData.__slots__)
     try:
-        _fanotify._builder_setup(
+        setup(
             FanotifyData, FileHandle, slots, tuple(defaults[name] for name in slots),
-            tuple(FileHandle.__slots__),
+            tuple(FileHandle.__slots__), OWN_FD, OWN_PIDFD, UNANSWERED,
         )  # fmt: skip
     except (TypeError, ValueError, KeyError) as exc:
         log.debug("C event builder unavailable, building events in Python: %s", exc)
         return None
-    return _fanotify._build
+    return build
 
 
 _BUILD = _c_builder()
