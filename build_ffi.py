@@ -291,8 +291,9 @@ ffibuilder.set_source(
     "afanotify._fanotify",
     _PRELUDE + _extra_sources(),
     extra_compile_args=["-O2", "-Wall", "-Wno-unused-function"],
-    # The event builder (afanotify/csrc/fastpath_build.c) uses CPython's own
-    # API beyond the limited one: slot offsets and str internals.
+    # The event builder (afanotify/csrc/fastpath_build.c) uses documented
+    # CPython API beyond the limited one: type-object fields (tp_members,
+    # tp_alloc, ...) and str accessors.
     py_limited_api=False,
     define_macros=[("_CFFI_NO_LIMITED_API", None)],
 )

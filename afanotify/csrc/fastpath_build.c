@@ -58,10 +58,6 @@ _Static_assert(AFN_F_COUNT <= 32, "a bit per field");
 #define AFN_B_RESOLVE 0x8
 #define AFN_B_UNTRACK 0x10
 
-/* The part of a FID-like record before the handle bytes: the fsid, then
- * struct file_handle's handle_bytes and handle_type. */
-#define AFN_FID_FIXED (sizeof(__kernel_fsid_t) + offsetof(struct file_handle, f_handle))
-
 struct afn_builder {
     PyTypeObject *event_type;
     PyTypeObject *handle_type;
@@ -327,9 +323,10 @@ static PyObject *afn_new_handle(const unsigned char *src, uint32_t rec, uint32_t
     PyObject *v[AFN_HANDLE_SLOTS], *o = NULL;
     int k;
 
+    /* __kernel_fsid_t is two 32-bit words. */
     v[0] = Py_BuildValue("(kk)", (unsigned long)afn_u32(src + rec),
-                         (unsigned long)afn_u32(src + rec + 4));
-    v[1] = PyLong_FromLong(afn_s32(src + rec + 12));
+                         (unsigned long)afn_u32(src + rec + sizeof(uint32_t)));
+    v[1] = PyLong_FromLong(afn_s32(src + rec + AFN_FH(handle_type)));
     v[2] = PyBytes_FromStringAndSize((const char *)src + rec + AFN_FID_FIXED, (Py_ssize_t)hlen);
     if (v[0] != NULL && v[1] != NULL && v[2] != NULL)
         o = t->tp_alloc(t, 0);
