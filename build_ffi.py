@@ -285,17 +285,32 @@ def _extra_cdef() -> str:
     return "\n".join(parts)
 
 
-ffibuilder = FFI()
-ffibuilder.cdef(CDEF + _extra_cdef())
-ffibuilder.set_source(
-    "afanotify._fanotify",
-    _PRELUDE + _extra_sources(),
-    extra_compile_args=["-O2", "-Wall", "-Wno-unused-function"],
-    # The event builder (afanotify/csrc/fastpath_build.c) uses CPython's own
-    # API beyond the limited one: slot offsets and str internals.
-    py_limited_api=False,
-    define_macros=[("_CFFI_NO_LIMITED_API", None)],
-)
+#: The compiler flags of the shipped build.
+COMPILE_ARGS = ("-O2", "-Wall", "-Wno-unused-function")
+
+
+def make_builder(
+    compile_args: tuple[str, ...] = COMPILE_ARGS, link_args: tuple[str, ...] = ()
+) -> FFI:
+    """The cffi builder of ``afanotify._fanotify``; tests/test_sanitizers.py builds it
+    again with sanitizer flags."""
+    builder = FFI()
+    builder.cdef(CDEF + _extra_cdef())
+    builder.set_source(
+        "afanotify._fanotify",
+        _PRELUDE + _extra_sources(),
+        extra_compile_args=list(compile_args),
+        extra_link_args=list(link_args),
+        # The event builder (afanotify/csrc/fastpath_build.c) uses documented
+        # CPython API beyond the limited one: type-object fields (tp_members,
+        # tp_alloc, ...) and str accessors.
+        py_limited_api=False,
+        define_macros=[("_CFFI_NO_LIMITED_API", None)],
+    )
+    return builder
+
+
+ffibuilder = make_builder()
 
 if __name__ == "__main__":
     ffibuilder.compile(verbose=True)

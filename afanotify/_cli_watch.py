@@ -53,7 +53,7 @@ ALL_WATCH_EVENTS = (
 FID_ONLY = FID_EVENTS
 #: Linux 6.5's AT_HANDLE_FID: a handle to identify an object by, as fanotify
 #: reports for filesystems that cannot decode handles (overlayfs).
-_AT_HANDLE_FID = 0x200
+_AT_HANDLE_FID = _ffi.lib.AT_HANDLE_FID
 
 _FID_FLAGS = InitFlag.REPORT_DFID_NAME | InitFlag.REPORT_FID
 

@@ -187,7 +187,7 @@ class Decoder:
         if dir_path is not None and not resolve_fd_paths:
             flags |= lib.AFN_FID_BATCH
         count = lib.afn_decode(
-            cbuf, nbytes, self._out, self._cap, flags, _PERM,
+            cbuf, nbytes, self._out, self._cap, flags,
             self._arena, self._arena_size, self._arena_used, self._stop,
         )  # fmt: skip
         if count < 0:

@@ -6,10 +6,12 @@ what to do about the error, not only what went wrong.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from typing import Any
 
+from . import _fanotify
 from ._fanotify import ffi as ffi
 from ._fanotify import lib as lib
 
@@ -24,6 +26,7 @@ __all__ = [
     "name_to_handle",
     "fsid_of_fd",
     "fnmatch",
+    "event_builder",
 ]
 
 
@@ -117,13 +120,15 @@ def fnmatch(pattern: bytes, name: bytes, flags: int) -> bool:
     return bool(lib.fnmatch(pattern, name, flags) == 0)
 
 
+
+@functools.cache
 def event_builder() -> tuple[Callable[..., None], Callable[..., tuple[int, int, int]]] | None:
-    """TEMPORARY (replaced by the core branch)."""
+    """The C event builder's ``(_builder_setup, _build)``, or None without it.
+
+    ``lib.afn_install_builder()`` adds both to the compiled module (cffi
+    cannot export code written against the C API).  It runs once; None means
+    the core predates the builder, or installing it failed.
+    """
     if not hasattr(lib, "afn_install_builder") or lib.afn_install_builder() != 0:
         return None
-    from . import _fanotify
-
-    def setup(*args: Any) -> None:
-        _fanotify._builder_setup(*args[:5])
-
-    return setup, _fanotify._build
+    return _fanotify._builder_setup, _fanotify._build

@@ -17,6 +17,7 @@ import resource
 from collections.abc import Callable
 from typing import Protocol
 
+from . import _ffi
 from ._pipeline import Counters
 from .flags import CLASS_BITS, FID_INIT_FLAGS, InitFlag
 
@@ -32,7 +33,7 @@ _READS_PER_WAKEUP = 8
 #: (about a fifth faster at 512 than at 8192 in bench/run.py's fd_drain).
 _FD_EVENTS_PER_WAKEUP = 512
 #: The smallest event: metadata only.
-_MIN_EVENT_LEN = 24
+_MIN_EVENT_LEN: int = _ffi.lib.FAN_EVENT_METADATA_LEN
 #: Seconds to wait before reading again after the kernel ran out of fds for us.
 _FD_RETRY_DELAY = 0.05
 
@@ -68,9 +69,9 @@ def max_event_len(flags: int) -> int:
     if flags & FID_INIT_FLAGS:
         return 4096  # handles and names: two FID+name records fit easily
     # metadata, then a PIDFD record (8 bytes), a RANGE record (24, PRE_ACCESS)
-    size = _MIN_EVENT_LEN + 24
+    size: int = _MIN_EVENT_LEN + _ffi.ffi.sizeof("struct fanotify_event_info_range")
     if flags & InitFlag.REPORT_PIDFD:
-        size += 8
+        size += _ffi.ffi.sizeof("struct fanotify_event_info_pidfd")
     return size
 
 

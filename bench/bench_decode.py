@@ -19,7 +19,7 @@ from collections.abc import Callable
 from afanotify._fastparse import Decoder
 from afanotify._ffi import ffi, lib
 from afanotify._parser import METADATA, parse_lenient
-from afanotify.flags import FAN_EVENT_INFO_TYPE_DFID_NAME, PERM_EVENTS, Event
+from afanotify.flags import FAN_EVENT_INFO_TYPE_DFID_NAME, Event
 
 
 def fd_events(n: int) -> bytes:
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def walk(cbuf: object = cbuf, size: int = len(buf)) -> None:
             lib.afn_decode(
-                cbuf, size, dec._out, dec._cap, 0, int(PERM_EVENTS),
+                cbuf, size, dec._out, dec._cap, 0,
                 dec._arena, dec._arena_size, used, stop,
             )  # fmt: skip
 

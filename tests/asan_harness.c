@@ -23,13 +23,13 @@ int main(void)
 
         if (b == NULL || out == NULL || (n && fread(b, 1, n, stdin) != n))
             return 2;
-        r = afn_decode(b, n, out, cap, 0, 0, NULL, 0, &used, &stop);
+        r = afn_decode(b, n, out, cap, 0, NULL, 0, &used, &stop);
         if (r < 0 || stop != n) {
             fprintf(stderr, "buffer %ld: returned %ld, stopped at %zu of %u\n", count, r, stop, n);
             return 1;
         }
         /* An entry array too small for the buffer must stop the walk, not overrun. */
-        r = afn_decode(b, n, out, cap / 2, 0, 0, NULL, 0, &used, &stop);
+        r = afn_decode(b, n, out, cap / 2, 0, NULL, 0, &used, &stop);
         if (r > (long)(cap / 2))
             return 1;
         free(out);

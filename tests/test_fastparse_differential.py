@@ -30,7 +30,7 @@ from afanotify import _ffi
 from afanotify._fastparse import _BUILD, Decoder
 from afanotify._ffi import ffi, lib
 from afanotify._parser import METADATA, parse_lenient
-from afanotify.events import OWN_FD, UNANSWERED, FanotifyData, FileHandle
+from afanotify.events import OWN_FD, OWN_PIDFD, UNANSWERED, FanotifyData, FileHandle
 from afanotify.exceptions import ParseError
 from afanotify.flags import (
     DIR_CHANGE_EVENTS,
@@ -651,10 +651,140 @@ def test_c_builder_is_built_and_used(monkeypatch: pytest.MonkeyPatch) -> None:
     assert [e.path for e in events] == [f"/d/f{i}" for i in range(500)]
 
 
+def _spy_build(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int, int]]:
+    """Record each call of the C builder as (start, count, stop)."""
+    calls: list[tuple[int, int, int]] = []
+
+    def spy(*args: Any) -> tuple[int, int, int]:
+        result: tuple[int, int, int] = _BUILD(*args)  # type: ignore[misc]
+        calls.append((args[1], args[2], result[0]))
+        return result
+
+    monkeypatch.setattr("afanotify._fastparse._BUILD", spy)
+    return calls
+
+
+_PIDFD_11 = rec(PIDFD, struct.pack("=i", 11))
+_RANGE_REC = rec(RANGE, struct.pack("=IQQ", 0, 2**40 + 1, 4096))
+#: Shapes the C builder takes itself, records of every known type among them.
+C_BUILT = {
+    "fd-mode": event(),
+    "perm": event(mask=int(Event.OPEN_PERM), fd=9),
+    "pidfd-fd-mode": event(_PIDFD_11, fd=7),
+    "pidfd-fd-mode-perm": event(_PIDFD_11, fd=7, mask=int(Event.OPEN_PERM)),
+    "pidfd-gone": event(rec(PIDFD, struct.pack("=i", -1)), fd=7),
+    "pidfd-error": event(rec(PIDFD, struct.pack("=i", -2)), fd=-1),
+    "pidfd-repeated": event(_PIDFD_11, rec(PIDFD, struct.pack("=i", -1)), fd=-1),
+    "pidfd-fid": event(fid_rec(DFID_NAME, name=b"n"), _PIDFD_11, fd=-1),
+    "range": event(_RANGE_REC, mask=int(Event.PRE_ACCESS), fd=8),
+    "range-pidfd": event(_RANGE_REC, _PIDFD_11, mask=int(Event.PRE_ACCESS), fd=8),
+    "error": GOOD["error"],
+    "error-negative": event(rec(ERROR, struct.pack("=iI", -(2**31), 2**32 - 1)), fd=-1),
+    "mnt": GOOD["mnt"],
+    "rename": GOOD["rename"],
+    "rename-not-utf8": event(
+        fid_rec(OLD, name=b"caf\xe9"), fid_rec(NEW, name=b"\xff"), fd=-1, mask=int(Event.RENAME)
+    ),
+    "fd-error": event(fd=-13),
+    "fd-error-min": event(fd=-(2**31)),
+    "fd-error-pidfd": event(_PIDFD_11, fd=-24),
+    "dfid-name-then-dfid": GOOD["dfid-name-then-dfid"],
+    "every-known-record": event(
+        fid_rec(FID),
+        fid_rec(DFID_NAME, name=b"n"),
+        fid_rec(OLD, name=b"o"),
+        fid_rec(NEW, name=b"w"),
+        rec(PIDFD, struct.pack("=i", 3)),
+        rec(ERROR, struct.pack("=iI", -5, 1)),
+        rec(RANGE, struct.pack("=IQQ", 0, 1, 2)),
+        rec(MNT, struct.pack("=IQ", 0, 9)),
+        fd=-1,
+    ),
+    "big-metadata-records": GOOD["big-metadata-records"],
+}
+
+
+@pytest.mark.parametrize("opts", OPTIONS, ids=["plain", "owned-tid", "owned-fderror"])
+@pytest.mark.parametrize("name", sorted(C_BUILT))
+def test_c_builder_builds_every_known_shape(
+    name: str, opts: dict[str, bool], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three events of each shape: one call of the C builder, none handed back,
+    and the reference parser's events, ownership bits included."""
+    buf = C_BUILT[name] * 3
+    calls = _spy_build(monkeypatch)
+    events, errors = Decoder().decode(buf, len(buf), **opts)
+    ref, ref_errors = parse_lenient(buf, **opts)
+    assert calls == [(0, 3, 3)]
+    assert not errors and not ref_errors
+    assert [event_key(e) for e in events] == [event_key(e) for e in ref]
+
+
+def test_c_builder_builds_fd_paths_with_records(
+    files: tuple[Path, list[int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tmp, (a, b, gone) = files
+    buf = (
+        event(_PIDFD_11, fd=a)
+        + event(rec(PIDFD, struct.pack("=i", -1)), fd=gone, mask=int(Event.OPEN_PERM))
+        + event(_RANGE_REC, fd=b, mask=int(Event.PRE_ACCESS))
+    )
+    calls = _spy_build(monkeypatch)
+    events, errors = Decoder().decode(buf, len(buf), owned=True, resolve_fd_paths=True)
+    assert calls == [(0, 3, 3)] and not errors
+    assert [(e.fd, e.path, e.path_resolved) for e in events] == [
+        (a, str(tmp / "a.txt"), True),
+        (gone, str(tmp / "gone.txt"), False),  # " (deleted)" taken off
+        (b, str(tmp / "b.txt"), True),
+    ]
+    # PRE_ACCESS is a permission event too.
+    assert [e._owns for e in events] == [OWN_FD | OWN_PIDFD] + [OWN_FD | UNANSWERED] * 2
+    ref, _ = parse_lenient(buf, owned=True)
+    unresolved = [dataclasses.replace(e, path=None, path_resolved=False) for e in events]
+    assert unresolved == ref
+
+
+@pytest.mark.parametrize(
+    ("buf", "calls"),
+    [
+        (event() + event(rec(99, b"abcd"), fd=-1) + event(), [(0, 3, 1), (2, 3, 3)]),
+        (event() + event(fid_rec(FID), rec(8, b""), fd=-1), [(0, 2, 1)]),
+        (event() + BAD["mnt-short"] + event(), [(0, 3, 1), (2, 3, 3)]),
+        (BAD["version"], [(0, 2, 0), (1, 2, 2)]),
+        (BAD["short-tail"], [(0, 2, 1)]),
+    ],
+    ids=["unknown-record", "unknown-after-known", "malformed", "bad-version", "short-tail"],
+)
+def test_c_builder_hands_back_only_what_it_cannot_build(
+    buf: bytes, calls: list[tuple[int, int, int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    got = _spy_build(monkeypatch)
+    events, errors = Decoder().decode(buf, len(buf))
+    assert got == calls
+    ref_events, ref_errors = parse_lenient(buf)
+    assert events == ref_events
+    assert [error_key(e) for e in errors] == [error_key(e) for e in ref_errors]
+
+
+def test_c_builder_hands_back_paths_past_the_arena(
+    files: tuple[Path, list[int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tmp, (a, b, _) = files
+    buf = event(fd=a) + event(fd=b, mask=int(Event.OPEN_PERM))
+    calls = _spy_build(monkeypatch)
+    events, _ = Decoder(arena_size=0).decode(buf, len(buf), owned=True, resolve_fd_paths=True)
+    assert calls == [(0, 2, 0), (1, 2, 1)]  # AFN_PATH_RETRY: Python reads the links
+    assert [e.path for e in events] == [str(tmp / "a.txt"), str(tmp / "b.txt")]
+
+
 def _setup_args() -> tuple[Any, ...]:
     names = tuple(FanotifyData.__slots__)  # type: ignore[attr-defined]
     defaults = tuple(getattr(FanotifyData(), n) for n in names)
     return names, defaults, ("fsid", "handle_type", "handle")
+
+
+#: _builder_setup's last three arguments: the bits of FanotifyData._owns.
+OWNS = (OWN_FD, OWN_PIDFD, UNANSWERED)
 
 
 def test_builder_setup_refuses_other_classes_and_keeps_working() -> None:
@@ -666,11 +796,13 @@ def test_builder_setup_refuses_other_classes_and_keeps_working() -> None:
 
     names, defaults, handle_slots = _setup_args()
     with pytest.raises(TypeError, match="not a plain slotted class"):
-        _fanotify._builder_setup(WithDict, FileHandle, names, defaults, handle_slots)
+        _fanotify._builder_setup(WithDict, FileHandle, names, defaults, handle_slots, *OWNS)
     with pytest.raises(TypeError, match="slots not listed"):
-        _fanotify._builder_setup(FanotifyData, FileHandle, names[:-1], defaults[:-1], handle_slots)
+        _fanotify._builder_setup(
+            FanotifyData, FileHandle, names[:-1], defaults[:-1], handle_slots, *OWNS
+        )
     with pytest.raises(TypeError, match="no slot"):
-        _fanotify._builder_setup(FanotifyData, FileHandle, names, defaults, ("a", "b", "c"))
+        _fanotify._builder_setup(FanotifyData, FileHandle, names, defaults, ("a", "b", "c"), *OWNS)
     # A refused setup leaves the working one in place.
     buf = _dir_events(b"x")
     (ev,), _ = Decoder().decode(buf, len(buf), dir_path=lambda h: "/d")
@@ -740,7 +872,7 @@ def fid_batches(draw: st.DrawFn) -> bytes:
 def _resolver(asked: list[Any]) -> Any:
     def dir_path(h: Any) -> str | None:
         asked.append(h)
-        n = h.handle[-1] % 3
+        n = (h.handle[-1] if h.handle else 0) % 3
         return None if n == 0 else "/" if n == 1 else "/d/" + h.handle.hex()
 
     return dir_path
@@ -753,6 +885,13 @@ def _plain_fid_shape(e: FanotifyData) -> bool:
         and e.new_dfid is None and e.pidfd == -1 and e.error is None
         and e.range_offset is None and e.mnt_id is None and not e.unknown_records
     )  # fmt: skip
+
+
+def _has_records(e: FanotifyData) -> bool:
+    return any(
+        v is not None for v in (e.fid, e.dfid, e.old_dfid, e.new_dfid, e.error, e.range_offset,
+                                e.mnt_id)
+    ) or e.pidfd != -1 or bool(e.unknown_records)  # fmt: skip
 
 
 def _reference_dir_paths(
@@ -773,7 +912,10 @@ def _reference_dir_paths(
     for i, e in enumerate(events):
         plain = _plain_fid_shape(e)
         dir_change = e.ev_types & int(DIR_CHANGE_EVENTS) and e.ev_types & int(Event.ONDIR)
-        if upto == len(events) and (dir_change or (e.dfid is not None and not plain)):
+        # (An event with no records at all is never a cut: FID groups send none.)
+        if upto == len(events) and (
+            (dir_change and _has_records(e)) or (e.dfid is not None and not plain)
+        ):
             upto = i
         if i >= upto or not plain or e.pid in skip:
             out.append((event_key(e), e.dir_path, e.path, e.path_resolved))
@@ -836,7 +978,7 @@ def test_builder_setup_refuses_a_class_without_a_base() -> None:
     from afanotify import _fanotify
 
     with pytest.raises(TypeError, match="not a plain slotted class"):
-        _fanotify._builder_setup(object, object, (), (), ("a", "b", "c"))
+        _fanotify._builder_setup(object, object, (), (), ("a", "b", "c"), *OWNS)
 
 
 def test_c_builder_survives_a_dir_path_that_meddles() -> None:
@@ -855,7 +997,7 @@ def test_c_builder_survives_a_dir_path_that_meddles() -> None:
         return "/d"
 
     def sets_up_again(h: Any) -> str:
-        _fanotify._builder_setup(FanotifyData, FileHandle, *_setup_args())
+        _fanotify._builder_setup(FanotifyData, FileHandle, *_setup_args(), *OWNS)
         return "/d"
 
     buf = _dir_events(b"a", b"b")

@@ -8,6 +8,7 @@ the project's kernel reference (docs: kernel-fanotify.md), written out below.
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import os
 import struct
@@ -290,3 +291,39 @@ def test_fanotify_constant(name: str) -> None:
 @pytest.mark.parametrize("name", sorted(NON_FANOTIFY))
 def test_non_fanotify_constant(name: str) -> None:
     assert getattr(lib, name) == NON_FANOTIFY[name]
+
+
+# -- the typed boundary ----------------------------------------------------------
+
+
+def _stub_lib_names() -> tuple[set[str], set[str]]:
+    """The constants and the functions that afanotify/_fanotify.pyi declares on ``lib``."""
+    stub = Path(__file__).resolve().parent.parent / "afanotify" / "_fanotify.pyi"
+    tree = ast.parse(stub.read_text())
+    (cls,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "_Lib"]
+    consts = {
+        n.target.id
+        for n in cls.body
+        if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)
+    }
+    funcs = {n.name for n in cls.body if isinstance(n, ast.FunctionDef)}
+    declared = {
+        ast.unparse(n.target): ast.unparse(n.annotation)
+        for n in tree.body
+        if isinstance(n, ast.AnnAssign)
+    }
+    assert declared["lib"] == "_Lib"
+    return consts, funcs
+
+
+def test_stub_declares_exactly_what_lib_has() -> None:
+    consts, funcs = _stub_lib_names()
+    assert not consts & funcs
+    compiled = set(dir(lib))
+    assert consts | funcs == compiled, (
+        f"only in the stub: {sorted((consts | funcs) - compiled)}, "
+        f"only in the compiled lib: {sorted(compiled - consts - funcs)}"
+    )
+    # What the stub calls a constant is an int, what it calls a function is callable.
+    assert all(type(getattr(lib, name)) is int for name in consts)
+    assert all(callable(getattr(lib, name)) for name in funcs)

@@ -38,10 +38,8 @@
 #define AFN_HAS_RANGE 0x80
 #define AFN_HAS_MNT 0x100
 #define AFN_HAS_UNKNOWN 0x200
-#define AFN_FD_CLOSED 0x400
 
 #define AFN_RESOLVE_FD_PATHS 0x1
-#define AFN_CLOSE_FDS 0x2
 #define AFN_FID_BATCH 0x4
 
 /* With AFN_FID_BATCH: dir_idx of an event whose directory record is not
@@ -53,6 +51,11 @@
 #define AFN_PATH_NONE (-1)    /* not asked for, or the event has no fd */
 #define AFN_PATH_RETRY (-2)   /* did not fit in the arena: the caller resolves it */
 #define AFN_PATH_FAILED (-3)  /* readlink failed; arg1 is its errno */
+
+/* The fixed part of a FID-like record's body, before the handle bytes: the
+ * fsid, then struct file_handle's handle_bytes and handle_type. */
+#define AFN_FH(field) (sizeof(__kernel_fsid_t) + offsetof(struct file_handle, field))
+#define AFN_FID_FIXED AFN_FH(f_handle)
 
 /* One FID-like record: `rec` is the buffer offset of its body (the fsid),
  * followed by handle_bytes, handle_type and `handle_len` handle bytes. */
@@ -96,16 +99,6 @@ static inline uint32_t afn_u32(const unsigned char *p) { uint32_t v; memcpy(&v, 
 static inline int32_t afn_s32(const unsigned char *p) { int32_t v; memcpy(&v, p, 4); return v; }
 static inline uint64_t afn_u64(const unsigned char *p) { uint64_t v; memcpy(&v, p, 8); return v; }
 
-/* read(2) once, retrying EINTR; returns the byte count or -errno. */
-long afn_read(int fd, void *buf, size_t n)
-{
-    ssize_t r;
-    do {
-        r = read(fd, buf, n);
-    } while (r < 0 && errno == EINTR);
-    return r < 0 ? -(long)errno : (long)r;
-}
-
 static int afn_fail(struct afn_event *ev, uint32_t status, uint32_t a1, uint32_t a2)
 {
     ev->status = status;
@@ -137,7 +130,7 @@ static int afn_records(const unsigned char *base, size_t boff, size_t meta_len,
         if (end - pos < sizeof(struct fanotify_event_info_header))
             return afn_fail(ev, AFN_E_STRAY_BYTES, (uint32_t)(end - pos), 0);
         type = base[pos];
-        rlen = afn_u16(base + pos + 2);
+        rlen = afn_u16(base + pos + offsetof(struct fanotify_event_info_header, len));
         if (rlen < sizeof(struct fanotify_event_info_header))
             return afn_fail(ev, AFN_E_RECORD_LEN, type, (uint32_t)rlen);
         if (rlen > end - pos)
@@ -154,10 +147,10 @@ static int afn_records(const unsigned char *base, size_t boff, size_t meta_len,
             /* fsid (2 x u32), handle_bytes (u32), handle_type (s32) */
             size_t hstart, hend, hbytes, name_len = 0;
             struct afn_fidref *ref;
-            if (rend - body < 16)
+            if (rend - body < AFN_FID_FIXED)
                 return afn_fail(ev, AFN_E_FID_SHORT, type, (uint32_t)rlen);
-            hbytes = afn_u32(base + body + 8);
-            hstart = body + 16;
+            hbytes = afn_u32(base + body + AFN_FH(handle_bytes));
+            hstart = body + AFN_FID_FIXED;
             if (hbytes > rend - hstart)
                 return afn_fail(ev, AFN_E_HANDLE_PAST_END, type, (uint32_t)hbytes);
             hend = hstart + hbytes;
@@ -198,31 +191,32 @@ static int afn_records(const unsigned char *base, size_t boff, size_t meta_len,
             break;
         }
         case FAN_EVENT_INFO_TYPE_PIDFD:
-            if (afn_need(ev, type, rlen, 8))
+            if (afn_need(ev, type, rlen, sizeof(struct fanotify_event_info_pidfd)))
                 return -1;
             ev->pidfd = afn_s32(base + body);
             ev->has |= AFN_HAS_PIDFD;
             break;
         case FAN_EVENT_INFO_TYPE_ERROR:
-            if (afn_need(ev, type, rlen, 12))
+            if (afn_need(ev, type, rlen, sizeof(struct fanotify_event_info_error)))
                 return -1;
-            ev->error = afn_s32(base + body);
-            ev->error_count = afn_u32(base + body + 4);
+            ev->error = afn_s32(base + pos + offsetof(struct fanotify_event_info_error, error));
+            ev->error_count =
+                afn_u32(base + pos + offsetof(struct fanotify_event_info_error, error_count));
             ev->has |= AFN_HAS_ERROR;
             break;
         case FAN_EVENT_INFO_TYPE_RANGE:
-            /* u32 pad, u64 offset, u64 count */
-            if (afn_need(ev, type, rlen, 24))
+            if (afn_need(ev, type, rlen, sizeof(struct fanotify_event_info_range)))
                 return -1;
-            ev->range_offset = afn_u64(base + body + 4);
-            ev->range_count = afn_u64(base + body + 12);
+            ev->range_offset =
+                afn_u64(base + pos + offsetof(struct fanotify_event_info_range, offset));
+            ev->range_count =
+                afn_u64(base + pos + offsetof(struct fanotify_event_info_range, count));
             ev->has |= AFN_HAS_RANGE;
             break;
         case FAN_EVENT_INFO_TYPE_MNT:
-            /* u32 pad, u64 mnt_id */
-            if (afn_need(ev, type, rlen, 16))
+            if (afn_need(ev, type, rlen, sizeof(struct fanotify_event_info_mnt)))
                 return -1;
-            ev->mnt_id = afn_u64(base + body + 4);
+            ev->mnt_id = afn_u64(base + pos + offsetof(struct fanotify_event_info_mnt, mnt_id));
             ev->has |= AFN_HAS_MNT;
             break;
         default:
@@ -322,11 +316,7 @@ static uint32_t afn_dir_index(struct afn_dirs *d, const unsigned char *rec, size
  * where the walk ended: nbytes, unless `cap` ran out first.
  *
  * With AFN_RESOLVE_FD_PATHS, a good event's fd is resolved to a path in the
- * arena.  With AFN_CLOSE_FDS, a good event's fd is closed here, unless its
- * mask has a bit of keep_fd_mask (permission events: the kernel matches the
- * response by fd number, so the fd must live until it is answered) or its
- * path must still be resolved by the caller.  A malformed event's fd is
- * never touched: the error reports it, and the caller closes it.
+ * arena.  No fd is ever closed here: the events own them.
  *
  * With AFN_FID_BATCH (not with AFN_RESOLVE_FD_PATHS: both use the arena), a
  * good event with a dfid record gets dir_idx, and one with a DFID_NAME name
@@ -334,7 +324,7 @@ static uint32_t afn_dir_index(struct afn_dirs *d, const unsigned char *rec, size
  * the names of a batch at once.
  */
 long afn_decode(const unsigned char *buf, size_t nbytes, struct afn_event *out, size_t cap,
-                unsigned int flags, uint64_t keep_fd_mask, char *arena, size_t arena_cap,
+                unsigned int flags, char *arena, size_t arena_cap,
                 size_t *arena_used, size_t *stop)
 {
     const size_t meta = FAN_EVENT_METADATA_LEN;
@@ -351,6 +341,7 @@ long afn_decode(const unsigned char *buf, size_t nbytes, struct afn_event *out, 
     while (off < nbytes && n < cap) {
         struct afn_event *ev = &out[n++];
         size_t left = nbytes - off, event_len, meta_len;
+        unsigned vers;
         const unsigned char *p = buf + off;
 
         memset(ev, 0, sizeof *ev);
@@ -365,19 +356,20 @@ long afn_decode(const unsigned char *buf, size_t nbytes, struct afn_event *out, 
             off = nbytes;
             break;
         }
-        event_len = afn_u32(p);
-        meta_len = afn_u16(p + 6);
+        event_len = afn_u32(p + offsetof(struct fanotify_event_metadata, event_len));
+        meta_len = afn_u16(p + offsetof(struct fanotify_event_metadata, metadata_len));
         ev->event_len = (uint32_t)event_len;
-        ev->mask = afn_u64(p + 8);
-        ev->fd = afn_s32(p + 16);
-        ev->pid = afn_s32(p + 20);
+        ev->mask = afn_u64(p + offsetof(struct fanotify_event_metadata, mask));
+        ev->fd = afn_s32(p + offsetof(struct fanotify_event_metadata, fd));
+        ev->pid = afn_s32(p + offsetof(struct fanotify_event_metadata, pid));
         if (event_len < meta || event_len > left) {
             afn_fail(ev, AFN_E_EVENT_LEN, (uint32_t)event_len, (uint32_t)left);
             off = nbytes;
             break;
         }
-        if (p[4] != FANOTIFY_METADATA_VERSION)
-            afn_fail(ev, AFN_E_VERSION, p[4], 0);
+        vers = p[offsetof(struct fanotify_event_metadata, vers)];
+        if (vers != FANOTIFY_METADATA_VERSION)
+            afn_fail(ev, AFN_E_VERSION, vers, 0);
         else if (meta_len < meta || meta_len > event_len)
             afn_fail(ev, AFN_E_META_LEN, (uint32_t)meta_len, 0);
         else if (event_len > meta_len)
@@ -385,7 +377,8 @@ long afn_decode(const unsigned char *buf, size_t nbytes, struct afn_event *out, 
 
         if ((flags & AFN_FID_BATCH) && ev->status == AFN_OK && (ev->has & AFN_HAS_DFID)) {
             /* The fsid, handle_bytes, handle_type and handle of the record. */
-            ev->dir_idx = afn_dir_index(&dirs, buf + ev->dfid.rec, 16 + (size_t)ev->dfid.handle_len);
+            ev->dir_idx = afn_dir_index(&dirs, buf + ev->dfid.rec,
+                                        AFN_FID_FIXED + (size_t)ev->dfid.handle_len);
             if ((ev->has & AFN_HAS_NAME) && arena_cap - used >= ev->dfid.name_len) {
                 memcpy(arena + used, buf + ev->dfid.name_off, ev->dfid.name_len);
                 ev->name_text = (uint32_t)used;
@@ -395,11 +388,6 @@ long afn_decode(const unsigned char *buf, size_t nbytes, struct afn_event *out, 
         if (ev->status == AFN_OK && ev->fd >= 0) {
             if (flags & AFN_RESOLVE_FD_PATHS)
                 afn_resolve(ev, fddir, arena, arena_cap, &used);
-            if ((flags & AFN_CLOSE_FDS) && !(ev->mask & keep_fd_mask)
-                && ev->path_len != AFN_PATH_RETRY) {
-                close(ev->fd);
-                ev->has |= AFN_FD_CLOSED;
-            }
         }
         off += event_len;
     }

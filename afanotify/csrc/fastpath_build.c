@@ -1,22 +1,30 @@
 /*
  * The event builder: FanotifyData objects made in C from the entries that
- * afn_decode (fastpath.c) fills, for the shapes that make up nearly every
- * batch.  afanotify/_fastparse.py (Decoder._build) does the same in Python
- * for every shape; this file only takes over the three common ones, field
- * for field as the Python code sets them, and hands any other event back.
- * tests/test_fastparse_differential.py compares the two builders.
+ * afn_decode (fastpath.c) fills.  It builds every well-formed event whose
+ * records are all of known types, field for field as the reference parser
+ * (afanotify/_parser.py) does, and hands back, by index, the entries it
+ * leaves to Python: malformed ones (a nonzero status), events with records
+ * of unknown types, and paths that did not fit in the arena (AFN_PATH_RETRY).
+ * tests/test_fastparse_differential.py compares it with the pure parser.
  *
  * It uses the CPython C API, which cffi does not expose: afn_install_builder
  * (called through cffi) adds two built-in functions to this very module,
  * `_builder_setup` and `_build`.  The events are instances of the real
- * FanotifyData class: each field is a slot of that class, written at the
- * offset its member descriptor gives, as `object.__setattr__` would.
- * `_builder_setup` checks that every field is such a slot and refuses
- * otherwise, and the Python builder is used instead.
+ * FanotifyData class, allocated with the class's tp_alloc, and each field is
+ * a slot of that class.  Only documented API is used: the slots are found
+ * in the class's tp_members (PyMemberDef: name, type, offset, flags), each
+ * checked against the member descriptor in the class's __dict__ by setting
+ * it once through the descriptor's tp_descr_set, and filled as
+ * PyMember_SetOne fills a Py_T_OBJECT_EX member of a new object.  (Setting
+ * every field through tp_descr_set instead measured 40% slower on fd-mode
+ * batches: about 30 calls per event.)  `_builder_setup` refuses any class
+ * that is not such a plain slotted class, and the caller builds the events
+ * in Python instead.
  */
+
 #include <structmember.h>
 
-/* The member-descriptor names of Python 3.12 (structmember.h's older ones are
+/* The member type names of Python 3.12 (structmember.h's older ones are
  * deprecated there). */
 #if PY_VERSION_HEX < 0x030C0000
 #define Py_T_OBJECT_EX T_OBJECT_EX
@@ -25,16 +33,22 @@
 
 /* The fields this file sets by name; the others keep their defaults. */
 enum {
-    AFN_F_FD, AFN_F_PID, AFN_F_EV_TYPES, AFN_F_PATH, AFN_F_PID_IS_TID, AFN_F_FID,
-    AFN_F_DFID, AFN_F_NAME, AFN_F_DIR_PATH, AFN_F_PATH_RESOLVED, AFN_F_FD_ERROR,
-    AFN_F_OWNS, AFN_F_COUNT
+    AFN_F_FD, AFN_F_PID, AFN_F_EV_TYPES, AFN_F_PATH, AFN_F_PID_IS_TID, AFN_F_PIDFD,
+    AFN_F_FID, AFN_F_DFID, AFN_F_NAME, AFN_F_OLD_DFID, AFN_F_OLD_NAME, AFN_F_NEW_DFID,
+    AFN_F_NEW_NAME, AFN_F_DIR_PATH, AFN_F_PATH_RESOLVED, AFN_F_ERROR, AFN_F_ERROR_COUNT,
+    AFN_F_RANGE_OFFSET, AFN_F_RANGE_COUNT, AFN_F_MNT_ID, AFN_F_FD_ERROR, AFN_F_OWNS,
+    AFN_F_COUNT
 };
 static const char *const afn_field_names[AFN_F_COUNT] = {
-    "fd", "pid", "ev_types", "path", "pid_is_tid", "fid", "dfid", "name", "dir_path",
-    "path_resolved", "fd_error", "_owns",
+    "fd", "pid", "ev_types", "path", "pid_is_tid", "pidfd", "fid", "dfid", "name",
+    "old_dfid", "old_name", "new_dfid", "new_name", "dir_path", "path_resolved", "error",
+    "error_count", "range_offset", "range_count", "mnt_id", "fd_error", "_owns",
 };
+/* _build keeps the fields it set as bits of an unsigned. */
+_Static_assert(AFN_F_COUNT <= 32, "a bit per field");
 
 #define AFN_MAX_SLOTS 64
+#define AFN_HANDLE_SLOTS 3 /* FileHandle: fsid, handle_type, handle */
 
 /* _build flags */
 #define AFN_B_PID_IS_TID 0x1
@@ -43,18 +57,19 @@ static const char *const afn_field_names[AFN_F_COUNT] = {
 #define AFN_B_RESOLVE 0x8
 #define AFN_B_UNTRACK 0x10
 
-/* Bits of FanotifyData._owns (afanotify/events.py). */
-#define AFN_OWN_FD 1
-#define AFN_UNANSWERED 4
-
 struct afn_builder {
     PyTypeObject *event_type;
     PyTypeObject *handle_type;
     Py_ssize_t nslots;
+    /* Per slot of event_type, in the order given: its member's offset and
+     * its default (strong). */
     Py_ssize_t slot_off[AFN_MAX_SLOTS];
     PyObject *slot_default[AFN_MAX_SLOTS];
-    Py_ssize_t off[AFN_F_COUNT];
-    Py_ssize_t handle_off[3]; /* fsid, handle_type, handle */
+    /* Per AFN_F_* field, its slot's offset. */
+    Py_ssize_t field_off[AFN_F_COUNT];
+    Py_ssize_t handle_off[AFN_HANDLE_SLOTS];
+    /* Bits of FanotifyData._owns, from afanotify/events.py. */
+    long own_fd, own_pidfd, unanswered;
 };
 
 /* Set by _builder_setup; event_type is NULL until then. */
@@ -65,62 +80,144 @@ static int afn_building;
 /* What readlink gives for a file unlinked since it was opened. */
 static const char afn_deleted[] = " (deleted)";
 
+/* The type's own attribute dictionary (a new reference). */
+static PyObject *afn_type_dict(PyTypeObject *type)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    return PyType_GetDict(type);
+#else
+    return Py_NewRef(type->tp_dict);
+#endif
+}
+
 #define AFN_SLOT(obj, off) (*(PyObject **)((char *)(obj) + (off)))
 
-/* The offset of `type`'s slot `name`: a writable object slot of exactly
- * that class (a member descriptor of type T_OBJECT_EX), or -1 with an
- * exception set. */
-static Py_ssize_t afn_slot_offset(PyTypeObject *type, PyObject *name)
+/* The offset of `type`'s slot `name`: a writable Py_T_OBJECT_EX member in
+ * the class's tp_members whose member descriptor, in the class's own
+ * __dict__ and made for that class, stores a value right there (tried on
+ * `probe`, a bare instance).  -1 with TypeError otherwise. */
+static Py_ssize_t afn_slot_offset(PyTypeObject *type, PyObject *dict, PyObject *name,
+                                  PyObject *probe)
 {
-    PyObject *descr = PyDict_GetItemWithError(type->tp_dict, name);
-    PyMemberDef *m;
+    PyObject *descr = PyDict_GetItemWithError(dict, name), *owner;
+    descrsetfunc set = PyMemberDescr_Type.tp_descr_set;
+    const char *cname = PyUnicode_AsUTF8(name);
+    PyMemberDef *m = NULL;
+    Py_ssize_t off;
+    int ok;
 
+    if (cname == NULL)
+        return -1;
     if (descr == NULL) {
         if (!PyErr_Occurred())
             PyErr_Format(PyExc_TypeError, "%s has no slot %R", type->tp_name, name);
         return -1;
     }
-    if (!Py_IS_TYPE(descr, &PyMemberDescr_Type)
-        || ((PyDescrObject *)descr)->d_type != type) {
+    owner = Py_IS_TYPE(descr, &PyMemberDescr_Type)
+                ? PyObject_GetAttrString(descr, "__objclass__") : NULL;
+    ok = owner == (PyObject *)type;
+    Py_XDECREF(owner);
+    if (ok) {
+        for (m = type->tp_members; m != NULL && m->name != NULL; m++)
+            if (strcmp(m->name, cname) == 0)
+                break;
+        ok = m != NULL && m->name != NULL;
+    }
+    if (!ok) {
+        PyErr_Clear();
         PyErr_Format(PyExc_TypeError, "%s.%U is not a slot of that class", type->tp_name, name);
         return -1;
     }
-    m = ((PyMemberDescrObject *)descr)->d_member;
-    if (m->type != Py_T_OBJECT_EX || (m->flags & Py_READONLY) || m->offset <= 0
-        || (size_t)m->offset + sizeof(PyObject *) > (size_t)type->tp_basicsize) {
+    off = m->offset;
+    /* A slot from __slots__ holds any object, stored at its offset; a
+     * read-only member, or one of a C type (an int field), does not. */
+    ok = m->type == Py_T_OBJECT_EX && !(m->flags & Py_READONLY)
+         && off >= (Py_ssize_t)sizeof(PyObject)
+         && (size_t)off + sizeof(PyObject *) <= (size_t)type->tp_basicsize && set != NULL
+         && set(descr, probe, name) == 0;
+    ok = ok && AFN_SLOT(probe, off) == name && set(descr, probe, NULL) == 0;
+    if (!ok) {
+        PyErr_Clear();
         PyErr_Format(PyExc_TypeError, "%s.%U is not a writable object slot", type->tp_name,
                      name);
         return -1;
     }
-    return m->offset;
+    return off;
 }
 
+/* Instances made here skip __init__/__new__: only a class whose instances
+ * are nothing but slots (directly on object, no dict, no custom allocation)
+ * qualifies. */
 static int afn_plain_type(PyTypeObject *type)
 {
-    /* Instances made here skip __init__/__new__: only a class whose
-     * instances are plain slots (no dict, no custom allocation) qualifies. */
-    if (!PyType_Check((PyObject *)type) || type->tp_base == NULL || type->tp_dictoffset != 0
-        || type->tp_alloc != PyType_GenericAlloc || type->tp_itemsize != 0) {
+    if (!PyType_Check((PyObject *)type) || type->tp_base != &PyBaseObject_Type
+        || type->tp_dictoffset != 0 || type->tp_alloc != PyType_GenericAlloc
+        || type->tp_itemsize != 0) {
         PyErr_Format(PyExc_TypeError, "%s is not a plain slotted class", type->tp_name);
         return -1;
     }
     return 0;
 }
 
+/* The offsets of `type`'s slots `names` into off[], and a check that they
+ * are all of its slots, each once.  0, or -1 with an exception set. */
+static int afn_slots(PyTypeObject *type, PyObject *names, Py_ssize_t *off)
+{
+    Py_ssize_t i, n = PyTuple_GET_SIZE(names), members = 0;
+    PyObject *dict = afn_type_dict(type), *probe = NULL, *unique = NULL;
+    PyMemberDef *m;
+    int rc = -1;
+
+    if (dict == NULL)
+        return -1;
+    probe = type->tp_alloc(type, 0);
+    unique = PySet_New(names);
+    if (probe == NULL || unique == NULL)
+        goto out;
+    for (i = 0; i < n; i++) {
+        PyObject *name = PyTuple_GET_ITEM(names, i);
+        if (!PyUnicode_Check(name)) {
+            PyErr_SetString(PyExc_TypeError, "_builder_setup: slot names must be str");
+            goto out;
+        }
+        off[i] = afn_slot_offset(type, dict, name, probe);
+        if (off[i] < 0)
+            goto out;
+    }
+    /* Every slot must be listed once, so that none is left unset (the base
+     * is object: the class's own members are all its slots). */
+    for (m = type->tp_members; m != NULL && m->name != NULL; m++)
+        if (m->type == Py_T_OBJECT_EX)
+            members++;
+    if (PySet_GET_SIZE(unique) != n || members != n) {
+        PyErr_Format(PyExc_TypeError, "_builder_setup: %s has slots not listed",
+                     type->tp_name);
+        goto out;
+    }
+    rc = 0;
+out:
+    Py_XDECREF(unique);
+    Py_XDECREF(probe);
+    Py_DECREF(dict);
+    return rc;
+}
+
 static void afn_builder_clear(struct afn_builder *b)
 {
     Py_ssize_t i;
-    for (i = 0; i < b->nslots; i++)
+    for (i = 0; i < AFN_MAX_SLOTS; i++)
         Py_CLEAR(b->slot_default[i]);
     b->nslots = 0;
     Py_CLEAR(b->event_type);
     Py_CLEAR(b->handle_type);
 }
 
-/* _builder_setup(FanotifyData, FileHandle, slots, defaults, handle_slots):
+/* _builder_setup(FanotifyData, FileHandle, slots, defaults, handle_slots,
+ *                own_fd, own_pidfd, unanswered):
  * `slots` names every slot of FanotifyData, `defaults` the value each gets
  * unless set here; `handle_slots` names FileHandle's (fsid, handle_type,
- * handle).  Raises TypeError when a class is not as this file expects. */
+ * handle); the last three are the bits of FanotifyData._owns.  Raises
+ * TypeError when a class is not as this file expects. */
 static PyObject *afn_builder_setup(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     PyTypeObject *etype, *htype;
@@ -130,10 +227,12 @@ static PyObject *afn_builder_setup(PyObject *self, PyObject *const *args, Py_ssi
     struct afn_builder nb;
 
     (void)self;
-    if (nargs != 5 || !PyType_Check(args[0]) || !PyType_Check(args[1])
-        || !PyTuple_Check(args[2]) || !PyTuple_Check(args[3]) || !PyTuple_Check(args[4])) {
+    if (nargs != 8 || !PyType_Check(args[0]) || !PyType_Check(args[1])
+        || !PyTuple_Check(args[2]) || !PyTuple_Check(args[3]) || !PyTuple_Check(args[4])
+        || !PyLong_Check(args[5]) || !PyLong_Check(args[6]) || !PyLong_Check(args[7])) {
         PyErr_SetString(PyExc_TypeError,
-                        "_builder_setup(event_type, handle_type, slots, defaults, handle_slots)");
+                        "_builder_setup(event_type, handle_type, slots, defaults, handle_slots, "
+                        "own_fd, own_pidfd, unanswered)");
         return NULL;
     }
     etype = (PyTypeObject *)args[0];
@@ -142,7 +241,8 @@ static PyObject *afn_builder_setup(PyObject *self, PyObject *const *args, Py_ssi
     defaults = args[3];
     hslots = args[4];
     n = PyTuple_GET_SIZE(slots);
-    if (n != PyTuple_GET_SIZE(defaults) || n > AFN_MAX_SLOTS || PyTuple_GET_SIZE(hslots) != 3) {
+    if (n != PyTuple_GET_SIZE(defaults) || n > AFN_MAX_SLOTS
+        || PyTuple_GET_SIZE(hslots) != AFN_HANDLE_SLOTS) {
         PyErr_SetString(PyExc_ValueError, "_builder_setup: slot and default counts differ");
         return NULL;
     }
@@ -153,56 +253,29 @@ static PyObject *afn_builder_setup(PyObject *self, PyObject *const *args, Py_ssi
     if (afn_plain_type(etype) < 0 || afn_plain_type(htype) < 0)
         return NULL;
     memset(&nb, 0, sizeof nb);
+    nb.own_fd = PyLong_AsLong(args[5]);
+    nb.own_pidfd = PyLong_AsLong(args[6]);
+    nb.unanswered = PyLong_AsLong(args[7]);
+    if (PyErr_Occurred())
+        return NULL;
+    nb.nslots = n;
+    if (afn_slots(etype, slots, nb.slot_off) < 0 || afn_slots(htype, hslots, nb.handle_off) < 0)
+        goto fail;
     for (f = 0; f < AFN_F_COUNT; f++)
-        nb.off[f] = -1;
+        nb.field_off[f] = -1;
     for (i = 0; i < n; i++) {
         PyObject *name = PyTuple_GET_ITEM(slots, i);
-        Py_ssize_t off;
-        if (!PyUnicode_Check(name)) {
-            PyErr_SetString(PyExc_TypeError, "_builder_setup: slot names must be str");
-            goto fail;
-        }
-        off = afn_slot_offset(etype, name);
-        if (off < 0)
-            goto fail;
-        nb.slot_off[i] = off;
         nb.slot_default[i] = Py_NewRef(PyTuple_GET_ITEM(defaults, i));
-        nb.nslots = i + 1;
         for (f = 0; f < AFN_F_COUNT; f++)
             if (PyUnicode_CompareWithASCIIString(name, afn_field_names[f]) == 0)
-                nb.off[f] = off;
-    }
-    /* Every slot must be listed once, so that none is left unset. */
-    if ((size_t)etype->tp_basicsize
-        != (size_t)etype->tp_base->tp_basicsize + (size_t)n * sizeof(PyObject *)
-                + (etype->tp_weaklistoffset ? sizeof(PyObject *) : 0)) {
-        PyErr_Format(PyExc_TypeError, "_builder_setup: %s has slots not listed",
-                     etype->tp_name);
-        goto fail;
+                nb.field_off[f] = nb.slot_off[i];
     }
     for (f = 0; f < AFN_F_COUNT; f++) {
-        if (nb.off[f] < 0) {
+        if (nb.field_off[f] < 0) {
             PyErr_Format(PyExc_TypeError, "_builder_setup: %s has no field %s",
                          etype->tp_name, afn_field_names[f]);
             goto fail;
         }
-    }
-    for (i = 0; i < 3; i++) {
-        PyObject *name = PyTuple_GET_ITEM(hslots, i);
-        if (!PyUnicode_Check(name)) {
-            PyErr_SetString(PyExc_TypeError, "_builder_setup: slot names must be str");
-            goto fail;
-        }
-        nb.handle_off[i] = afn_slot_offset(htype, name);
-        if (nb.handle_off[i] < 0)
-            goto fail;
-    }
-    if ((size_t)htype->tp_basicsize
-        != (size_t)htype->tp_base->tp_basicsize + 3 * sizeof(PyObject *)
-                + (htype->tp_weaklistoffset ? sizeof(PyObject *) : 0)) {
-        PyErr_Format(PyExc_TypeError, "_builder_setup: %s has slots not listed",
-                     htype->tp_name);
-        goto fail;
     }
     nb.event_type = (PyTypeObject *)Py_NewRef(etype);
     nb.handle_type = (PyTypeObject *)Py_NewRef(htype);
@@ -215,44 +288,28 @@ fail:
     return NULL;
 }
 
-/* A new event with every slot at its default. */
-static PyObject *afn_new_event(void)
+/* A new event: each slot set to its default, then the fields in `present`
+ * (a bit per AFN_F_* field) to v[field].  Takes those references from v
+ * (leaving it all NULL), whatever happens. */
+static PyObject *afn_make_event(PyObject **v, unsigned present)
 {
     PyTypeObject *t = afn_b.event_type;
     PyObject *o = t->tp_alloc(t, 0);
     Py_ssize_t i;
 
-    if (o == NULL)
-        return NULL;
-    for (i = 0; i < afn_b.nslots; i++)
-        AFN_SLOT(o, afn_b.slot_off[i]) = Py_NewRef(afn_b.slot_default[i]);
-    return o;
-}
-
-/* Set field `f` of a new event to `v`, a new reference (stolen); false if v is NULL. */
-static inline int afn_put(PyObject *o, int f, PyObject *v)
-{
-    PyObject **p = &AFN_SLOT(o, afn_b.off[f]);
-    if (v == NULL)
-        return 0;
-    Py_SETREF(*p, v);
-    return 1;
-}
-
-/* An event with the fields every shape has. */
-static PyObject *afn_event_base(const struct afn_event *ev, int32_t fd, unsigned flags,
-                                long owns)
-{
-    PyObject *o = afn_new_event();
-    if (o == NULL)
-        return NULL;
-    if (!afn_put(o, AFN_F_FD, PyLong_FromLong(fd))
-        || !afn_put(o, AFN_F_PID, PyLong_FromLong(ev->pid))
-        || !afn_put(o, AFN_F_EV_TYPES, PyLong_FromUnsignedLongLong(ev->mask))
-        || !afn_put(o, AFN_F_PID_IS_TID, PyBool_FromLong(flags & AFN_B_PID_IS_TID))
-        || (owns && !afn_put(o, AFN_F_OWNS, PyLong_FromLong(owns)))) {
-        Py_DECREF(o);
-        return NULL;
+    if (o != NULL) {
+        /* A new object's slots are NULL: nothing to release. */
+        for (i = 0; i < afn_b.nslots; i++)
+            AFN_SLOT(o, afn_b.slot_off[i]) = Py_NewRef(afn_b.slot_default[i]);
+    }
+    while (present) {
+        int f = __builtin_ctz(present);
+        present &= present - 1;
+        if (o != NULL)
+            Py_SETREF(AFN_SLOT(o, afn_b.field_off[f]), v[f]);
+        else
+            Py_DECREF(v[f]);
+        v[f] = NULL;
     }
     return o;
 }
@@ -262,29 +319,34 @@ static PyObject *afn_new_handle(const unsigned char *src, uint32_t rec, uint32_t
                                 unsigned flags)
 {
     PyTypeObject *t = afn_b.handle_type;
-    PyObject *o, *fsid;
+    PyObject *v[AFN_HANDLE_SLOTS], *o = NULL;
+    int k;
 
-    fsid = Py_BuildValue("(kk)", (unsigned long)afn_u32(src + rec),
-                         (unsigned long)afn_u32(src + rec + 4));
-    if (fsid == NULL)
-        return NULL;
-    o = t->tp_alloc(t, 0);
+    /* __kernel_fsid_t is two 32-bit words. */
+    v[0] = Py_BuildValue("(kk)", (unsigned long)afn_u32(src + rec),
+                         (unsigned long)afn_u32(src + rec + sizeof(uint32_t)));
+    v[1] = PyLong_FromLong(afn_s32(src + rec + AFN_FH(handle_type)));
+    v[2] = PyBytes_FromStringAndSize((const char *)src + rec + AFN_FID_FIXED, (Py_ssize_t)hlen);
+    if (v[0] != NULL && v[1] != NULL && v[2] != NULL)
+        o = t->tp_alloc(t, 0);
     if (o == NULL) {
-        Py_DECREF(fsid);
+        for (k = 0; k < AFN_HANDLE_SLOTS; k++)
+            Py_XDECREF(v[k]);
         return NULL;
     }
-    AFN_SLOT(o, afn_b.handle_off[0]) = fsid;
-    AFN_SLOT(o, afn_b.handle_off[1]) = PyLong_FromLong(afn_s32(src + rec + 12));
-    AFN_SLOT(o, afn_b.handle_off[2]) =
-        PyBytes_FromStringAndSize((const char *)src + rec + 16, (Py_ssize_t)hlen);
-    if (AFN_SLOT(o, afn_b.handle_off[1]) == NULL || AFN_SLOT(o, afn_b.handle_off[2]) == NULL) {
-        Py_DECREF(o);
-        return NULL;
-    }
+    for (k = 0; k < AFN_HANDLE_SLOTS; k++)
+        AFN_SLOT(o, afn_b.handle_off[k]) = v[k];
     /* Only a tuple, an int and bytes: never part of a cycle. */
     if ((flags & AFN_B_UNTRACK) && PyObject_GC_IsTracked(o))
         PyObject_GC_UnTrack(o);
     return o;
+}
+
+/* A name from a record: os.fsdecode() on a UTF-8 system, as the parser. */
+static PyObject *afn_name(const unsigned char *src, const struct afn_fidref *ref)
+{
+    return PyUnicode_DecodeUTF8((const char *)src + ref->name_off, (Py_ssize_t)ref->name_len,
+                                "surrogateescape");
 }
 
 /* The per-directory entry the Python builder keeps: [FileHandle, path or
@@ -311,17 +373,23 @@ static PyObject *afn_dir_entry(const unsigned char *src, const struct afn_event 
     return e;
 }
 
-/* The records an FID-shape entry points at lie inside the batch. */
+/* A FID-like record, and its name when `named`, lies inside `len` bytes. */
+static int afn_ref_fits(const struct afn_fidref *ref, uint64_t len, int handle, int named)
+{
+    if (handle && (uint64_t)ref->rec + AFN_FID_FIXED + ref->handle_len > len)
+        return 0;
+    return !named || (uint64_t)ref->name_off + ref->name_len <= len;
+}
+
+/* The records an entry points at lie inside the batch. */
 static int afn_fits(const struct afn_event *ev, const Py_buffer *src)
 {
     uint64_t len = (uint64_t)src->len;
-    if ((ev->has & AFN_HAS_DFID) && (uint64_t)ev->dfid.rec + 16 + ev->dfid.handle_len > len)
-        return 0;
-    if ((ev->has & AFN_HAS_NAME) && (uint64_t)ev->dfid.name_off + ev->dfid.name_len > len)
-        return 0;
-    if ((ev->has & AFN_HAS_FID) && (uint64_t)ev->fid.rec + 16 + ev->fid.handle_len > len)
-        return 0;
-    return 1;
+    unsigned has = ev->has;
+    return afn_ref_fits(&ev->dfid, len, has & AFN_HAS_DFID, has & AFN_HAS_NAME)
+        && afn_ref_fits(&ev->fid, len, has & AFN_HAS_FID, 0)
+        && afn_ref_fits(&ev->old, len, has & AFN_HAS_OLD, has & AFN_HAS_OLD)
+        && afn_ref_fits(&ev->new, len, has & AFN_HAS_NEW, has & AFN_HAS_NEW);
 }
 
 static int afn_append(PyObject *events, PyObject *o, unsigned flags, int perm)
@@ -337,35 +405,131 @@ static int afn_append(PyObject *events, PyObject *o, unsigned flags, int perm)
     return r;
 }
 
+/* The directory entry of an FID-shape event's dfid record (borrowed: dirs
+ * or by_record holds it), made the first time a directory is seen. */
+static PyObject *afn_dir_of(const unsigned char *src, const struct afn_event *ev,
+                            PyObject *dirs, PyObject *by_record, unsigned flags)
+{
+    PyObject *entry, *key;
+
+    if (ev->dir_idx < AFN_MAX_DIRS) {
+        /* dir_path may have changed the list: index it checked. */
+        entry = PyList_GetItem(dirs, ev->dir_idx);
+        if (entry != Py_None)
+            return entry;
+        entry = afn_dir_entry(src, ev, flags);
+        if (entry == NULL || PyList_SetItem(dirs, ev->dir_idx, entry) < 0)
+            return NULL;
+        return entry;
+    }
+    /* Past the numbered ones: keyed by the record's bytes. */
+    key = PyBytes_FromStringAndSize((const char *)src + ev->dfid.rec,
+                                    (Py_ssize_t)(AFN_FID_FIXED + ev->dfid.handle_len));
+    if (key == NULL)
+        return NULL;
+    entry = PyDict_GetItemWithError(by_record, key);
+    if (entry == NULL && !PyErr_Occurred()) {
+        entry = afn_dir_entry(src, ev, flags);
+        if (entry != NULL) {
+            int r = PyDict_SetItem(by_record, key, entry);
+            Py_DECREF(entry); /* the dict holds it */
+            if (r < 0)
+                entry = NULL;
+        }
+    }
+    Py_DECREF(key);
+    return entry;
+}
+
+/* Fill v[DIR_PATH], v[PATH] and v[PATH_RESOLVED] of an FID-shape event from
+ * its directory entry (held by the caller), asking dir_path the first time. */
+static int afn_join_path(PyObject **v, unsigned *present, PyObject *entry, PyObject *dir_path)
+{
+    PyObject *d = PyList_GET_ITEM(entry, 1), *name = v[AFN_F_NAME];
+
+    if (d == Py_None) {
+        d = PyObject_CallOneArg(dir_path, PyList_GET_ITEM(entry, 0));
+        if (d == NULL)
+            return -1;
+        if (PyList_GET_SIZE(entry) != 3) {
+            PyErr_SetString(PyExc_RuntimeError, "_build: dir_path changed a directory entry");
+            Py_DECREF(d);
+            return -1;
+        }
+        /* Steals d; the entry (held) keeps it alive. */
+        PyList_SetItem(entry, 1, d);
+        if (d != Py_None) {
+            PyObject *slash;
+            if (!PyUnicode_Check(d)) {
+                PyErr_Format(PyExc_TypeError, "dir_path returned %.100s, not str or None",
+                             Py_TYPE(d)->tp_name);
+                return -1;
+            }
+            if (PyUnicode_GET_LENGTH(d) == 1 && PyUnicode_READ_CHAR(d, 0) == '/')
+                slash = Py_NewRef(d);
+            else
+                slash = PyUnicode_FromFormat("%U/", d);
+            if (slash == NULL)
+                return -1;
+            PyList_SetItem(entry, 2, slash);
+        }
+    }
+    v[AFN_F_DIR_PATH] = Py_NewRef(d);
+    *present |= 1u << AFN_F_DIR_PATH | 1u << AFN_F_PATH;
+    if (d == Py_None) {
+        /* The name alone, not resolved (path_resolved keeps its False). */
+        v[AFN_F_PATH] = Py_NewRef(name != NULL ? name : Py_None);
+        return 0;
+    }
+    if (name == NULL || PyUnicode_GET_LENGTH(name) == 0
+        || (PyUnicode_GET_LENGTH(name) == 1 && PyUnicode_READ_CHAR(name, 0) == '.'))
+        v[AFN_F_PATH] = Py_NewRef(d);
+    else
+        v[AFN_F_PATH] = PyUnicode_Concat(PyList_GET_ITEM(entry, 2), name);
+    if (v[AFN_F_PATH] == NULL)
+        return -1;
+    v[AFN_F_PATH_RESOLVED] = Py_NewRef(Py_True);
+    *present |= 1u << AFN_F_PATH_RESOLVED;
+    return 0;
+}
+
 /*
  * _build(out, start, count, src, arena, events, dirs, by_record, dir_path,
  *        skip_pids, flags, perm_mask, dir_change_mask) -> (stop, filled, upto)
  *
  * Builds events for out[start:count] (struct afn_event entries, in the
- * buffer `out`) and appends them to the list `events`, until an entry of
- * another shape: `stop` is its index (count when there was none).  `src` is
- * the batch, `arena` the decoder's arena, `dirs` the batch's list of
- * AFN_MAX_DIRS directory entries by dir_idx (None until first seen), and
- * `by_record` a dict of the entries of directories past those, by the
- * bytes of their records.
- * `filled` counts the events that got paths from `dir_path`; `upto` is the
- * length of `events` when an event said a directory moved (the caller
- * resolves that event and the rest itself, and passes dir_path=None from
- * then on), else -1.
+ * buffer `out`) and appends them to the list `events`, until an entry it
+ * leaves to Python (see the top of this file): `stop` is its index (count
+ * when there was none).  `src` is the batch, `arena` the decoder's arena.
+ *
+ * With `dir_path` (a callable, or None), events of the plain FID+name shape
+ * (fd FAN_NOFD, a DFID or DFID_NAME record, maybe a FID record, no others)
+ * also get dir_path, path and path_resolved, from `dirs` (the batch's list
+ * of AFN_MAX_DIRS directory entries by dir_idx, None until first seen) and
+ * `by_record` (a dict of the entries of directories past those, by the bytes
+ * of their records), except those whose pid is in `skip_pids`.  `filled`
+ * counts the events that got paths so.  The first event with a directory
+ * record of another shape, or that says a directory moved or went away (a
+ * dir_change_mask bit with FAN_ONDIR), is the cut: it and every later event
+ * are built without paths, and `upto` is its index in `events`; else -1.
+ * (The caller resolves from there on, and passes dir_path=None after a cut.)
  */
 static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     Py_buffer outb, srcb, arenab;
     Py_ssize_t start, count, i, filled = 0, upto = -1;
     PyObject *events, *dirs, *by_record, *dir_path, *skip_pids, *result = NULL, *held = NULL;
+    PyObject *v[AFN_F_COUNT];
     unsigned long flags;
     uint64_t perm, dir_change;
     const struct afn_event *out;
     const unsigned char *src;
     const char *arena;
     const size_t dlen = sizeof afn_deleted - 1;
+    const unsigned fid_shape = AFN_HAS_FID | AFN_HAS_DFID | AFN_HAS_NAME;
 
     (void)self;
+    memset(v, 0, sizeof v);
     if (afn_b.event_type == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "_build before _builder_setup");
         return NULL;
@@ -410,206 +574,156 @@ static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nar
     src = (const unsigned char *)srcb.buf;
     arena = (const char *)arenab.buf;
 
+/* Set field f of the event being built to a new reference, or fail. */
+#define AFN_SET(f, expr)                                                                   \
+    do {                                                                                   \
+        if ((v[f] = (expr)) == NULL)                                                       \
+            goto done;                                                                     \
+        present |= 1u << (f);                                                              \
+    } while (0)
+
     for (i = start; i < count; i++) {
         const struct afn_event *ev = &out[i];
-        unsigned has = ev->has;
+        const unsigned has = ev->has;
+        const int32_t fd = ev->fd;
+        const int resolve = (flags & AFN_B_RESOLVE) != 0, is_perm = (ev->mask & perm) != 0;
+        int fid_group;
+        unsigned present = 0; /* the fields set in v */
         long owns = 0;
-        PyObject *o;
+        PyObject *o, *entry = NULL;
 
-        if (ev->fd >= 0 && (flags & AFN_B_OWNED))
-            owns = (ev->mask & perm) ? (AFN_OWN_FD | AFN_UNANSWERED) : AFN_OWN_FD;
+        if (ev->status || (has & AFN_HAS_UNKNOWN)
+            || (resolve && fd >= 0 && ev->path_len == AFN_PATH_RETRY))
+            break; /* left to Python */
+        if (has && !afn_fits(ev, &srcb)) {
+            PyErr_SetString(PyExc_ValueError, "_build: a record outside the batch");
+            goto done;
+        }
+        fid_group = fd == FAN_NOFD && has && !resolve && !(has & ~fid_shape);
+        if (dir_path != NULL && !fid_group
+            && !(!has && (!resolve || (fd >= 0 && ev->path_len >= 0)))
+            && ((has & AFN_HAS_DFID) || ((ev->mask & dir_change) && (ev->mask & FAN_ONDIR)))) {
+            /* A directory event of another shape (a PIDFD record, say), or a
+             * directory moved: the cut (see above). */
+            dir_path = NULL;
+            upto = PyList_GET_SIZE(events);
+        }
 
-        if ((flags & AFN_B_RESOLVE) && ev->fd >= 0 && !(ev->status || has)) {
-            /* fd mode with the path read by the C walk. */
-            size_t plen;
+        AFN_SET(AFN_F_PID, PyLong_FromLong(ev->pid));
+        AFN_SET(AFN_F_EV_TYPES, PyLong_FromUnsignedLongLong(ev->mask));
+        if (flags & AFN_B_PID_IS_TID)
+            AFN_SET(AFN_F_PID_IS_TID, Py_NewRef(Py_True));
+        if (fd >= 0) {
+            if (flags & AFN_B_OWNED)
+                owns |= is_perm ? afn_b.own_fd | afn_b.unanswered : afn_b.own_fd;
+            AFN_SET(AFN_F_FD, PyLong_FromLong(fd));
+        } else if ((flags & AFN_B_FD_ERROR) && fd != FAN_NOFD) {
+            /* FAN_REPORT_FD_ERROR: the fd is -errno. */
+            AFN_SET(AFN_F_FD_ERROR, PyLong_FromLongLong(-(long long)fd));
+            AFN_SET(AFN_F_FD, PyLong_FromLong(FAN_NOFD));
+        } else {
+            AFN_SET(AFN_F_FD, PyLong_FromLong(fd));
+        }
+        if (has) {
+            if (has & AFN_HAS_FID)
+                AFN_SET(AFN_F_FID, afn_new_handle(src, ev->fid.rec, ev->fid.handle_len,
+                                                  (unsigned)flags));
+            if (has & AFN_HAS_DFID) {
+                if (fid_group) {
+                    /* One FileHandle per distinct directory of the batch, so
+                     * that equal handles are the same object (the group's
+                     * resolver relies on that). */
+                    entry = afn_dir_of(src, ev, dirs, by_record, (unsigned)flags);
+                    if (entry == NULL)
+                        goto done;
+                    if (!PyList_CheckExact(entry) || PyList_GET_SIZE(entry) != 3) {
+                        PyErr_SetString(PyExc_TypeError, "_build: a malformed directory entry");
+                        goto done;
+                    }
+                    /* Held for this event: dir_path and skip_pids run Python code. */
+                    held = Py_NewRef(entry);
+                    AFN_SET(AFN_F_DFID, Py_NewRef(PyList_GET_ITEM(entry, 0)));
+                } else {
+                    AFN_SET(AFN_F_DFID, afn_new_handle(src, ev->dfid.rec, ev->dfid.handle_len,
+                                                       (unsigned)flags));
+                }
+            }
+            if (has & AFN_HAS_NAME)
+                AFN_SET(AFN_F_NAME, afn_name(src, &ev->dfid));
+            if (has & AFN_HAS_OLD) {
+                AFN_SET(AFN_F_OLD_DFID, afn_new_handle(src, ev->old.rec, ev->old.handle_len,
+                                                       (unsigned)flags));
+                AFN_SET(AFN_F_OLD_NAME, afn_name(src, &ev->old));
+            }
+            if (has & AFN_HAS_NEW) {
+                AFN_SET(AFN_F_NEW_DFID, afn_new_handle(src, ev->new.rec, ev->new.handle_len,
+                                                       (unsigned)flags));
+                AFN_SET(AFN_F_NEW_NAME, afn_name(src, &ev->new));
+            }
+            if (has & AFN_HAS_PIDFD) {
+                /* Ownership follows the pidfd the event ends up holding (the
+                 * walk keeps the last record's). */
+                AFN_SET(AFN_F_PIDFD, PyLong_FromLong(ev->pidfd));
+                if (ev->pidfd >= 0 && (flags & AFN_B_OWNED))
+                    owns |= afn_b.own_pidfd;
+            }
+            if (has & AFN_HAS_ERROR) {
+                AFN_SET(AFN_F_ERROR, PyLong_FromLong(ev->error));
+                AFN_SET(AFN_F_ERROR_COUNT, PyLong_FromUnsignedLong(ev->error_count));
+            }
+            if (has & AFN_HAS_RANGE) {
+                AFN_SET(AFN_F_RANGE_OFFSET, PyLong_FromUnsignedLongLong(ev->range_offset));
+                AFN_SET(AFN_F_RANGE_COUNT, PyLong_FromUnsignedLongLong(ev->range_count));
+            }
+            if (has & AFN_HAS_MNT)
+                AFN_SET(AFN_F_MNT_ID, PyLong_FromUnsignedLongLong(ev->mnt_id));
+        }
+        if (resolve && fd >= 0 && ev->path_len >= 0) {
+            /* The path read by the C walk; a failed readlink leaves path
+             * None and path_resolved False, the defaults. */
+            size_t plen = (size_t)ev->path_len;
             int ok = 1;
-            PyObject *path;
-            if (ev->path_len < 0)
-                break;
-            plen = (size_t)ev->path_len;
             if ((uint64_t)ev->path_off + plen > (uint64_t)arenab.len) {
                 PyErr_SetString(PyExc_ValueError, "_build: a path outside the arena");
                 goto done;
             }
-            if (plen >= dlen
-                && !memcmp(arena + ev->path_off + plen - dlen, afn_deleted, dlen)) {
+            if (plen >= dlen && !memcmp(arena + ev->path_off + plen - dlen, afn_deleted, dlen)) {
                 plen -= dlen;
                 ok = 0;
             }
-            o = afn_event_base(ev, ev->fd, (unsigned)flags, owns);
-            if (o == NULL)
-                goto done;
-            path = PyUnicode_DecodeFSDefaultAndSize(arena + ev->path_off, (Py_ssize_t)plen);
-            if (!afn_put(o, AFN_F_PATH, path)
-                || !afn_put(o, AFN_F_PATH_RESOLVED, PyBool_FromLong(ok))) {
-                Py_DECREF(o);
-                goto done;
-            }
-            if (afn_append(events, o, (unsigned)flags, (ev->mask & perm) != 0) < 0)
-                goto done;
-            continue;
+            AFN_SET(AFN_F_PATH,
+                    PyUnicode_DecodeFSDefaultAndSize(arena + ev->path_off, (Py_ssize_t)plen));
+            if (ok)
+                AFN_SET(AFN_F_PATH_RESOLVED, Py_NewRef(Py_True));
         }
-        if (!(ev->status || has || (flags & AFN_B_RESOLVE))) {
-            /* No records: fd mode without paths. */
-            if (ev->fd < 0 && (flags & AFN_B_FD_ERROR) && ev->fd != FAN_NOFD) {
-                o = afn_event_base(ev, FAN_NOFD, (unsigned)flags, 0);
-                if (o != NULL && !afn_put(o, AFN_F_FD_ERROR, PyLong_FromLongLong(-(long long)ev->fd)))
-                    Py_CLEAR(o);
-            } else {
-                o = afn_event_base(ev, ev->fd, (unsigned)flags, owns);
+        if (owns)
+            AFN_SET(AFN_F_OWNS, PyLong_FromLong(owns));
+        if (fid_group && dir_path != NULL) {
+            if ((ev->mask & dir_change) && (ev->mask & FAN_ONDIR)) {
+                /* Cached directory paths may be stale from here on. */
+                dir_path = NULL;
+                upto = PyList_GET_SIZE(events);
+            } else if (entry != NULL) {
+                int skip = PySequence_Contains(skip_pids, v[AFN_F_PID]);
+                if (skip < 0)
+                    goto done;
+                if (!skip) {
+                    if (afn_join_path(v, &present, entry, dir_path) < 0)
+                        goto done;
+                    filled++;
+                }
             }
-            if (o == NULL || afn_append(events, o, (unsigned)flags, (ev->mask & perm) != 0) < 0)
-                goto done;
-            continue;
         }
-        if (ev->fd == FAN_NOFD && has && !ev->status && !(flags & AFN_B_RESOLVE)
-            && !(has & ~(unsigned)(AFN_HAS_FID | AFN_HAS_DFID | AFN_HAS_NAME))) {
-            /* The FID-group shape: a DFID or DFID_NAME record, maybe a FID. */
-            PyObject *entry = NULL, *name = NULL;
-            if (!afn_fits(ev, &srcb)) {
-                PyErr_SetString(PyExc_ValueError, "_build: a record outside the batch");
-                goto done;
-            }
-            if ((has & AFN_HAS_DFID) && ev->dir_idx < AFN_MAX_DIRS) {
-                /* dir_path may have changed the list: index it checked. */
-                entry = PyList_GetItem(dirs, ev->dir_idx);
-                if (entry == NULL)
-                    goto done;
-                if (entry == Py_None) {
-                    entry = afn_dir_entry(src, ev, (unsigned)flags);
-                    if (entry == NULL)
-                        goto done;
-                    if (PyList_SetItem(dirs, ev->dir_idx, entry) < 0)
-                        goto done;
-                }
-            } else if (has & AFN_HAS_DFID) {
-                /* Past the numbered ones: keyed by the record's bytes. */
-                PyObject *key = PyBytes_FromStringAndSize(
-                    (const char *)src + ev->dfid.rec, 16 + (Py_ssize_t)ev->dfid.handle_len);
-                if (key == NULL)
-                    goto done;
-                entry = PyDict_GetItemWithError(by_record, key);
-                if (entry == NULL && !PyErr_Occurred()) {
-                    entry = afn_dir_entry(src, ev, (unsigned)flags);
-                    if (entry != NULL) {
-                        int r = PyDict_SetItem(by_record, key, entry);
-                        Py_DECREF(entry); /* the dict holds it */
-                        if (r < 0)
-                            entry = NULL;
-                    }
-                }
-                Py_DECREF(key);
-                if (entry == NULL)
-                    goto done;
-            }
-            if (entry != NULL) {
-                if (!PyList_CheckExact(entry) || PyList_GET_SIZE(entry) != 3) {
-                    PyErr_SetString(PyExc_TypeError, "_build: a malformed directory entry");
-                    goto done;
-                }
-                /* Held for this event: dir_path and skip_pids run Python code. */
-                held = Py_NewRef(entry);
-            }
-            o = afn_event_base(ev, ev->fd, (unsigned)flags, 0);
-            if (o == NULL)
-                goto done;
-            if (entry != NULL)
-                afn_put(o, AFN_F_DFID, Py_NewRef(PyList_GET_ITEM(entry, 0)));
-            if ((has & AFN_HAS_FID)
-                && !afn_put(o, AFN_F_FID, afn_new_handle(src, ev->fid.rec, ev->fid.handle_len,
-                                                        (unsigned)flags))) {
-                Py_DECREF(o);
-                goto done;
-            }
-            if (has & AFN_HAS_NAME) {
-                name = PyUnicode_DecodeUTF8((const char *)src + ev->dfid.name_off,
-                                            (Py_ssize_t)ev->dfid.name_len, "surrogateescape");
-                if (!afn_put(o, AFN_F_NAME, name)) {
-                    Py_DECREF(o);
-                    goto done;
-                }
-            }
-            if (dir_path != NULL) {
-                if ((ev->mask & dir_change) && (ev->mask & FAN_ONDIR)) {
-                    /* Cached directory paths may be stale from here on. */
-                    dir_path = NULL;
-                    upto = PyList_GET_SIZE(events);
-                } else if (entry != NULL) {
-                    PyObject *pid = AFN_SLOT(o, afn_b.off[AFN_F_PID]);
-                    int skip = PySequence_Contains(skip_pids, pid);
-                    if (skip < 0) {
-                        Py_DECREF(o);
-                        goto done;
-                    }
-                    if (!skip) {
-                        PyObject *d = PyList_GET_ITEM(entry, 1), *jp;
-                        int ok = 1;
-                        if (d == Py_None) {
-                            d = PyObject_CallOneArg(dir_path, PyList_GET_ITEM(entry, 0));
-                            if (d == NULL) {
-                                Py_DECREF(o);
-                                goto done;
-                            }
-                            if (PyList_GET_SIZE(entry) != 3) {
-                                PyErr_SetString(PyExc_RuntimeError,
-                                                "_build: dir_path changed a directory entry");
-                                Py_DECREF(d);
-                                Py_DECREF(o);
-                                goto done;
-                            }
-                            /* Steals d; the entry (held) keeps it alive. */
-                            PyList_SetItem(entry, 1, d);
-                            if (d != Py_None) {
-                                PyObject *slash;
-                                if (!PyUnicode_Check(d)) {
-                                    PyErr_Format(PyExc_TypeError,
-                                                 "dir_path returned %.100s, not str or None",
-                                                 Py_TYPE(d)->tp_name);
-                                    Py_DECREF(o);
-                                    goto done;
-                                }
-                                if (PyUnicode_GET_LENGTH(d) == 1
-                                    && PyUnicode_READ_CHAR(d, 0) == '/')
-                                    slash = Py_NewRef(d);
-                                else
-                                    slash = PyUnicode_FromFormat("%U/", d);
-                                if (slash == NULL) {
-                                    Py_DECREF(o);
-                                    goto done;
-                                }
-                                PyList_SetItem(entry, 2, slash);
-                            }
-                        }
-                        if (d == Py_None) {
-                            jp = Py_NewRef(name != NULL ? name : Py_None);
-                            ok = 0;
-                        } else if (name == NULL || PyUnicode_GET_LENGTH(name) == 0
-                                   || (PyUnicode_GET_LENGTH(name) == 1
-                                       && PyUnicode_READ_CHAR(name, 0) == '.')) {
-                            jp = Py_NewRef(d);
-                        } else {
-                            jp = PyUnicode_Concat(PyList_GET_ITEM(entry, 2), name);
-                        }
-                        afn_put(o, AFN_F_DIR_PATH, Py_NewRef(d));
-                        if (!afn_put(o, AFN_F_PATH, jp)) {
-                            Py_DECREF(o);
-                            goto done;
-                        }
-                        if (ok)
-                            afn_put(o, AFN_F_PATH_RESOLVED, Py_NewRef(Py_True));
-                        filled++;
-                    }
-                }
-            }
-            Py_CLEAR(held);
-            if (afn_append(events, o, (unsigned)flags, (ev->mask & perm) != 0) < 0)
-                goto done;
-            continue;
-        }
-        break; /* another shape: the Python builder takes it */
+        Py_CLEAR(held);
+        o = afn_make_event(v, present);
+        if (o == NULL || afn_append(events, o, (unsigned)flags, is_perm) < 0)
+            goto done;
     }
+#undef AFN_SET
     result = Py_BuildValue("(nnn)", i, filled, upto);
 done:
+    for (i = 0; i < AFN_F_COUNT; i++)
+        Py_XDECREF(v[i]);
     Py_XDECREF(held);
     afn_building--;
     PyBuffer_Release(&arenab);
@@ -620,7 +734,8 @@ done:
 
 static PyMethodDef afn_builder_methods[] = {
     {"_builder_setup", (PyCFunction)(void (*)(void))afn_builder_setup, METH_FASTCALL,
-     "_builder_setup(event_type, handle_type, slots, defaults, handle_slots)"},
+     "_builder_setup(event_type, handle_type, slots, defaults, handle_slots, own_fd, "
+     "own_pidfd, unanswered)"},
     {"_build", (PyCFunction)(void (*)(void))afn_build, METH_FASTCALL,
      "_build(out, start, count, src, arena, events, dirs, by_record, dir_path, skip_pids, flags, "
      "perm_mask, dir_change_mask) -> (stop, filled, upto)"},

@@ -1,0 +1,213 @@
+"""Every C file of the core under AddressSanitizer and UndefinedBehaviorSanitizer.
+
+The whole cffi extension (build_ffi.py's inline C and every afanotify/csrc/*.c)
+is compiled again with ``-fsanitize=address,undefined`` into a temporary copy
+of the package, and a Python child with gcc's libasan and libubsan preloaded
+drives the C walk and the C builder over the differential corpus: every
+hand-built shape, prefixes of them, and seeded random and mutated buffers.
+Each buffer is copied into an allocation of exactly its size (the child runs
+with ``PYTHONMALLOC=malloc``, so the sanitizer sees every allocation), which
+makes one byte read past its end a failure.  Any sanitizer report ends the
+child with a nonzero status.  (CPython's own flags, which the build inherits,
+include -fwrapv: signed overflow is defined there, so UBSan does not flag it.)
+The decoded events must also be the pure parser's, so the -O1 sanitized
+build is held to the same results as the shipped one.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import REPO
+from test_fastparse_differential import (
+    BAD,
+    C_BUILT,
+    DFID,
+    DFID_NAME,
+    FID,
+    GOOD,
+    NEW,
+    OLD,
+    PIDFD,
+    asan_corpus,
+    event,
+    fid_rec,
+    rec,
+)
+
+from afanotify.flags import Event
+
+SANITIZE = ("-fsanitize=address,undefined", "-fno-sanitize-recover=undefined")
+CFLAGS = ("-O1", "-g", *SANITIZE, "-fno-omit-frame-pointer", "-Wall", "-Wno-unused-function")
+
+# Run in the child: the sanitized copy of afanotify, one decode per buffer,
+# options and directory resolver (the C builder's FID+name protocol).
+DRIVER = r'''
+import struct, sys
+from pathlib import Path
+
+pkg = Path(sys.argv[2]).resolve()
+import afanotify
+from afanotify import _fanotify, _fastparse
+from afanotify._ffi import ffi
+from afanotify._parser import parse_lenient
+
+assert Path(afanotify.__file__).resolve().parent == pkg, afanotify.__file__
+assert Path(_fanotify.__file__).resolve().parent == pkg, _fanotify.__file__
+assert _fastparse._BUILD is not None, "the sanitized core has no C builder"
+maps = Path("/proc/self/maps").read_text()
+assert "libasan" in maps and "libubsan" in maps, "the sanitizer runtimes are not loaded"
+
+data = Path(sys.argv[1]).read_bytes()
+bufs, pos = [], 0
+while pos < len(data):
+    (n,) = struct.unpack_from("=I", data, pos)
+    bufs.append(data[pos + 4 : pos + 4 + n])
+    pos += 4 + n
+
+def dir_path(h):
+    n = h.handle[-1] % 3 if h.handle else 0
+    return None if n == 0 else "/" if n == 1 else "/d/" + h.handle.hex()
+
+def key(e):
+    return (e, e._owns)
+
+def err_key(e):
+    return (type(e), str(e), e.offset, e.fd, e.pid, e.mask, e.pidfd)
+
+dec = _fastparse.Decoder()
+decoded = 0
+for buf in bufs:
+    n = len(buf)
+    exact = ffi.new("unsigned char[]", n)
+    ffi.memmove(exact, buf, n)
+    for pid_is_tid, fd_error in ((False, False), (True, False), (False, True)):
+        for resolver in (None, dir_path):
+            events, errors = dec.decode(
+                exact, n, owned=False, pid_is_tid=pid_is_tid, fd_error=fd_error,
+                dir_path=resolver, resolve_fd_paths=False,
+            )
+            decoded += 1
+            if resolver is None:
+                ref, ref_errors = parse_lenient(buf, pid_is_tid=pid_is_tid, fd_error=fd_error)
+                assert [key(e) for e in events] == [key(e) for e in ref], buf
+                assert [err_key(e) for e in errors] == [err_key(e) for e in ref_errors], buf
+print(len(bufs), decoded)
+'''
+
+
+def _runtime(gcc: str, name: str) -> str | None:
+    """gcc's path to a sanitizer runtime; gcc answers with the bare name when it has none."""
+    out = subprocess.run(
+        [gcc, f"-print-file-name={name}"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    return out if os.path.isabs(out) and os.path.exists(out) else None
+
+
+def _dir_batches(rnd: random.Random, count: int) -> list[bytes]:
+    """Runs of FID+name events over a small and a large pool of directories (past the
+    64 the C walk numbers), with the shapes that cut or end the C builder's run."""
+    handles = [b"h%d" % i for i in range(4)] + [b"wide%04d" % i for i in range(90)]
+    names = [b"a", b"", b".", b"caf\xe9", b"x" * 30, b"\xff"]
+    masks = [int(Event.CREATE), int(Event.DELETE), int(Event.DELETE | Event.ONDIR)]
+    out = []
+    for _ in range(count):
+        evs = []
+        for _ in range(rnd.randrange(1, 40)):
+            h, name = rnd.choice(handles), rnd.choice(names)
+            kw = {"fd": -1, "mask": rnd.choice(masks), "pid": rnd.choice([1, 2, 99])}
+            kind = rnd.randrange(6)
+            if kind == 0:
+                evs.append(event(fid_rec(DFID, h), **kw))
+            elif kind == 1:
+                evs.append(event(fid_rec(DFID_NAME, h, name), fid_rec(FID, b"self"), **kw))
+            elif kind == 2:
+                evs.append(event(fid_rec(DFID_NAME, h, name), rec(PIDFD, b"\0" * 4), **kw))
+            elif kind == 3:
+                evs.append(event(fid_rec(OLD, h, name), fid_rec(NEW, h, name), **kw))
+            else:
+                evs.append(event(fid_rec(DFID_NAME, h, name), **kw))
+        out.append(b"".join(evs))
+    return out
+
+
+def _mutate(rnd: random.Random, buf: bytes) -> bytes:
+    b = bytearray(buf)
+    for _ in range(rnd.randrange(1, 5)):
+        if b:
+            b[rnd.randrange(len(b))] = rnd.choice([0, 1, 2, 3, 4, 23, 24, 0x7F, 0xFF])
+    if b and rnd.random() < 0.3:
+        del b[rnd.randrange(len(b)) :]
+    return bytes(b)
+
+
+def corpus() -> list[bytes]:
+    rnd = random.Random(1)
+    bufs = asan_corpus()  # the hand-built shapes, their prefixes, mutations, noise
+    bufs += [b * 3 for b in C_BUILT.values()]
+    bufs += [b"".join(GOOD.values()), b"".join(BAD.values())]
+    batches = _dir_batches(rnd, 150)
+    bufs += batches
+    bufs += [_mutate(rnd, rnd.choice(batches)) for _ in range(600)]
+    return bufs
+
+
+@pytest.mark.timeout(180)
+def test_the_core_is_clean_under_asan_and_ubsan(tmp_path: Path) -> None:
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        pytest.skip("needs gcc to build the core with sanitizers")
+    asan, ubsan = _runtime(gcc, "libasan.so"), _runtime(gcc, "libubsan.so")
+    if asan is None or ubsan is None:
+        pytest.skip(f"gcc has no sanitizer runtimes (libasan: {asan}, libubsan: {ubsan})")
+
+    # The package's Python files, then the sanitized extension beside them.
+    pkg = tmp_path / "afanotify"
+    pkg.mkdir()
+    for src in (REPO / "afanotify").glob("*.py"):
+        shutil.copy2(src, pkg / src.name)
+    build = (
+        "import sys\n"
+        f"sys.path.insert(0, {str(REPO)!r})\n"
+        "import build_ffi\n"
+        f"build_ffi.make_builder({CFLAGS!r}, {SANITIZE[:1]!r}).compile(tmpdir={str(tmp_path)!r})\n"
+    )
+    built = subprocess.run(
+        [sys.executable, "-c", build], cwd=tmp_path, capture_output=True, text=True,
+        check=False, timeout=120,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-3000:]
+    assert list(pkg.glob("_fanotify*.so")), "the sanitized build wrote no extension"
+
+    bufs = corpus()
+    data = tmp_path / "corpus.bin"
+    data.write_bytes(b"".join(struct.pack("=I", len(b)) + b for b in bufs))
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER)
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "ASAN_", "UBSAN_"))
+    }
+    env.update(
+        PYTHONPATH=str(tmp_path),
+        PYTHONMALLOC="malloc",
+        LD_PRELOAD=f"{asan}:{ubsan}",
+        # CPython itself leaks at exit; the allocations the C code makes are checked
+        # for leaks by the asan_harness test.
+        ASAN_OPTIONS="detect_leaks=0:abort_on_error=0",
+        UBSAN_OPTIONS="print_stacktrace=1",
+    )
+    run = subprocess.run(
+        [sys.executable, str(driver), str(data), str(pkg)], cwd=tmp_path, env=env,
+        capture_output=True, text=True, check=False, timeout=150,
+    )  # fmt: skip
+    report = run.stderr[-4000:]
+    assert run.returncode == 0, report
+    assert "Sanitizer" not in run.stderr and "runtime error" not in run.stderr, report
+    assert run.stdout.split() == [str(len(bufs)), str(len(bufs) * 6)]
