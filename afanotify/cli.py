@@ -247,6 +247,19 @@ def _build() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser
     w.add_argument("--output", "-o", metavar="FILE",
                    help="append events to FILE instead of standard output")
     w.add_argument("--count", type=_count_arg, metavar="N", help="stop after N events shown")
+    w.add_argument(
+        "--unlimited-queue", action="store_true",
+        help="FAN_UNLIMITED_QUEUE: the kernel queues every event instead of dropping "
+        "what exceeds 16384 (fanotify has no per-group queue size); memory grows "
+        "while the command falls behind",
+    )
+    w.add_argument("--stats-interval", type=_seconds_arg, metavar="S",
+                   help="every S seconds, a progress line on stderr: events seen, lines "
+                   "written, filtered out, lost, bytes queued in the kernel")
+    w.add_argument("--time-format", metavar="FORMAT",
+                   help="strftime(3) format of the text lines' local timestamps, %%f for "
+                   "milliseconds (default: %%H:%%M:%%S.%%f; with the date: "
+                   "'%%Y-%%m-%%d %%H:%%M:%%S.%%f')")
     w.add_argument("--timeout", type=_seconds_arg, metavar="S", help="stop after S seconds")
 
     f = sub.add_parser(
