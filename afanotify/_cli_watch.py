@@ -57,11 +57,12 @@ WATCH_EVENTS: dict[str, Event] = {
 }
 
 #: What ``--events all`` (the default) means: every notification event except
-#: RENAME (a move already shows as MOVED_FROM + MOVED_TO) and FS_ERROR (which
-#: needs a filesystem mark on a filesystem that reports errors).
+#: MOVED_FROM and MOVED_TO (RENAME already shows a move as one line with both
+#: paths) and FS_ERROR (which needs a filesystem mark on a filesystem that
+#: reports errors).
 ALL_WATCH_EVENTS = (
     Event.ACCESS | Event.MODIFY | Event.ATTRIB | Event.CLOSE | Event.OPEN | Event.OPEN_EXEC
-    | Event.MOVE | Event.CREATE | Event.DELETE | Event.DELETE_SELF | Event.MOVE_SELF
+    | Event.RENAME | Event.CREATE | Event.DELETE | Event.DELETE_SELF | Event.MOVE_SELF
 )
 
 #: Events only a FID group reports; asking for any of them selects FID mode.

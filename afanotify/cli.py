@@ -123,7 +123,10 @@ def _events_arg(text: str) -> int:
     for raw in text.split(","):
         name = raw.strip().lower()
         if not name:
-            continue
+            raise argparse.ArgumentTypeError(
+                f"empty event name in {text!r} (a stray comma?); valid: all, "
+                + ", ".join(WATCH_EVENTS)
+            )
         if name == "all":
             mask |= ALL_WATCH_EVENTS
             continue
