@@ -324,7 +324,12 @@ def _cmd_features(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
             sink.write(f"{key + ':':<12} {' '.join(values)}")
     sink.close()
     if not feats.available:
-        _err(f"features: error: {feats.reason}; fanotify {_NEEDS_CAP}{_HINTS['features']}")
+        reason = feats.reason or ""
+        if "CAP_SYS_ADMIN" in reason or "EPERM" in reason or "[Errno 1]" in reason:
+            # Said once: what needs root, and what works without it.
+            _err(f"features: error: probing fanotify {_NEEDS_CAP}{_HINTS['features']}")
+        else:
+            _err(f"features: error: {reason}")
         return 1
     return 0
 
@@ -336,10 +341,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (0 done, 1 error, 2 usage)."""
     parser, subparsers = _build()
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        subparser = subparsers[args.command]
+        if extra:
+            # An option the subcommand does not know: its own usage, not the top one.
+            subparser.error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as exc:  # --help, or a usage error (already printed)
         return exc.code if isinstance(exc.code, int) else 2
-    subparser = subparsers[args.command]
     commands: dict[str, Callable[[argparse.Namespace, argparse.ArgumentParser], int]] = {
         "watch": _cmd_watch,
         "features": _cmd_features,
