@@ -5,17 +5,32 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
+import fcntl
 import os
+import signal
+import sys
+import termios
 import time
 from collections.abc import Sequence
 from dataclasses import replace
 
 from . import _ffi
-from ._cli_output import _OVERFLOW, _action_names, _err, _Sink, format_human, format_json
+from ._cli_output import (
+    _OVERFLOW,
+    DEFAULT_TIME_FORMAT,
+    _action_names,
+    _err,
+    _Sink,
+    json_head,
+    json_line,
+    json_process,
+    text_line,
+    text_stamp,
+)
 from ._cli_run import _check_paths, _run_until_stopped
-from ._proc import pidfd_pid
+from ._proc import NO_PROCESS, batch_processes
 from .events import FanotifyData
-from .exceptions import UnsupportedFlagError
+from .exceptions import UnsupportedFlagError, WouldBlock
 from .flags import FID_EVENTS, Event, InitFlag
 from .group import Fanotify
 from .rules import FanoRule
@@ -42,11 +57,12 @@ WATCH_EVENTS: dict[str, Event] = {
 }
 
 #: What ``--events all`` (the default) means: every notification event except
-#: RENAME (a move already shows as MOVED_FROM + MOVED_TO) and FS_ERROR (which
-#: needs a filesystem mark on a filesystem that reports errors).
+#: MOVED_FROM and MOVED_TO (RENAME already shows a move as one line with both
+#: paths) and FS_ERROR (which needs a filesystem mark on a filesystem that
+#: reports errors).
 ALL_WATCH_EVENTS = (
     Event.ACCESS | Event.MODIFY | Event.ATTRIB | Event.CLOSE | Event.OPEN | Event.OPEN_EXEC
-    | Event.MOVE | Event.CREATE | Event.DELETE | Event.DELETE_SELF | Event.MOVE_SELF
+    | Event.RENAME | Event.CREATE | Event.DELETE | Event.DELETE_SELF | Event.MOVE_SELF
 )
 
 #: Events only a FID group reports; asking for any of them selects FID mode.
@@ -56,20 +72,6 @@ FID_ONLY = FID_EVENTS
 _AT_HANDLE_FID = _ffi.lib.AT_HANDLE_FID
 
 _FID_FLAGS = InitFlag.REPORT_DFID_NAME | InitFlag.REPORT_FID
-
-
-def _comm(pid: int, pidfd: int) -> str | None:
-    """The process name from /proc (trusted only while ``pidfd`` still names ``pid``)."""
-    if pid <= 0:
-        return None
-    try:
-        with open(f"/proc/{pid}/comm", "rb") as f:
-            name = f.read().rstrip(b"\n").decode("utf-8", "replace")
-    except OSError:
-        return None
-    if pidfd >= 0 and pidfd_pid(pidfd) != pid:
-        return None
-    return name
 
 
 def _rule(args: argparse.Namespace) -> FanoRule | None:
@@ -84,20 +86,26 @@ def _rule(args: argparse.Namespace) -> FanoRule | None:
 
 
 class _Counts:
-    __slots__ = ("seen", "shown", "filtered")
+    __slots__ = ("seen", "shown", "filtered", "overflows")
 
     def __init__(self) -> None:
-        self.seen = self.shown = self.filtered = 0
+        self.seen = self.shown = self.filtered = self.overflows = 0
 
 
-def _open_group(fid: bool) -> Fanotify:
-    """A notification group; with a pidfd per event when the kernel and caps allow."""
+def _open_group(fid: bool, *, unlimited: bool = False, proc_info: bool = False) -> Fanotify:
+    """A notification group; with a pidfd per event when the kernel and caps allow.
+
+    The group reads ``exe``/``cwd`` per event only for the ``--exe``/``--cwd``
+    filters (``proc_info``); the lines take them from the per-batch read.
+    """
     base = _FID_FLAGS if fid else InitFlag.CLASS_NOTIF
+    if unlimited:
+        base |= InitFlag.UNLIMITED_QUEUE
     try:
-        return Fanotify(base | InitFlag.REPORT_PIDFD, proc_info=True)
+        return Fanotify(base | InitFlag.REPORT_PIDFD, proc_info=proc_info)
     except (UnsupportedFlagError, PermissionError):
         # REPORT_PIDFD is Linux 5.15+ and needs CAP_SYS_ADMIN; do without.
-        return Fanotify(base, proc_info=True)
+        return Fanotify(base, proc_info=proc_info)
 
 
 class MarkedPaths:
@@ -175,7 +183,8 @@ def _setup_watch(
         parser.error("argument --events: fs_error is reported for filesystem marks: "
                      "add --filesystem")
     fid = bool(args.fid or mask & FID_ONLY)
-    fan = _open_group(fid)
+    per_event = bool(args.exe or args.cwd)
+    fan = _open_group(fid, unlimited=args.unlimited_queue, proc_info=per_event)
     try:
         _mark_all(fan, args.paths, mask, scope, known)
     except OSError as exc:
@@ -191,7 +200,7 @@ def _setup_watch(
         _err(f"note: {exc.strerror}; watching without FID events (no create/delete/move)")
         mask &= ~FID_ONLY
         fid = False
-        fan = _open_group(False)
+        fan = _open_group(False, unlimited=args.unlimited_queue, proc_info=per_event)
         try:
             _mark_all(fan, args.paths, mask, scope, known)
         except BaseException:
@@ -201,41 +210,146 @@ def _setup_watch(
     return fan, f"{scope} marks, {mode} mode, events {','.join(_action_names(mask))}"
 
 
-async def _watch_loop(
-    fan: Fanotify,
-    args: argparse.Namespace,
-    sink: _Sink,
-    counts: _Counts,
-    rule: FanoRule | None,
-    known: MarkedPaths,
-) -> None:
-    fmt = format_json if args.json else format_human
-    my_pgrp = os.getpgrp() if args.exclude_self else -1
-    limit: int | None = args.count
-    while True:
-        received = await fan.receive()
-        with received:
-            now = time.time()
-            ev = received
-            if not ev.ev_types & _OVERFLOW:
-                ev = known.complete(received)
-                counts.seen += 1
-                if my_pgrp >= 0 and _in_pgrp(ev.pid, my_pgrp):
-                    counts.filtered += 1
-                    continue
-                if rule is not None and not rule.matches(ev):
-                    counts.filtered += 1
-                    continue
-                counts.shown += 1
-            sink.write(fmt(ev, now, _comm(ev.pid, ev.pidfd)))
-        if sink.broken:
-            return
-        if not fan.stats.queued:
-            sink.flush()
-            if sink.broken:
-                return
-        if limit is not None and counts.shown >= limit:
-            return
+#: Reads per readiness callback at most, so signals and timers still run in a burst.
+_READS_PER_CALL = 64
+
+
+class _Watch:
+    """The watch loop: read a batch, name its processes, filter, format, write.
+
+    Everything is done per batch, straight from the readiness callback: the
+    events never wait in the group's queue (a full queue would stop reading,
+    and the kernel would drop what follows), and process details are read
+    once per process per batch, right after the read.
+    """
+
+    def __init__(
+        self, fan: Fanotify, args: argparse.Namespace, sink: _Sink, counts: _Counts,
+        rule: FanoRule | None, known: MarkedPaths,
+    ) -> None:
+        self.fan = fan
+        self.sink = sink
+        self.counts = counts
+        self.rule = rule
+        self.known = known
+        self.json = bool(args.json)
+        self.time_format: str = getattr(args, "time_format", None) or DEFAULT_TIME_FORMAT
+        self.my_pgrp = os.getpgrp() if args.exclude_self else -1
+        self.limit: int | None = args.count
+        self.pidfd_reported = bool(fan.flags & InitFlag.REPORT_PIDFD)
+        self.interval: float | None = getattr(args, "stats_interval", None)
+        self._timer: asyncio.TimerHandle | None = None
+        self.done: asyncio.Future[None] | None = None
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.done = loop.create_future()
+        fd = self.fan.fileno()
+        loop.add_reader(fd, self._on_readable)
+        loop.add_signal_handler(signal.SIGHUP, self._reopen)
+        timer = None
+        if self.interval:
+            timer = loop.call_later(self.interval, self._tick, loop)
+        self._timer = timer
+        try:
+            self._on_readable()  # what queued before the loop started
+            await self.done
+        finally:
+            loop.remove_reader(fd)
+            loop.remove_signal_handler(signal.SIGHUP)
+            if self._timer is not None:
+                self._timer.cancel()
+            self.sink.flush()
+
+    def _reopen(self) -> None:
+        try:
+            self.sink.reopen()
+        except OSError as exc:
+            _err(f"watch: cannot reopen {self.sink.path!r}: {exc.strerror}; "
+                 "still writing to the file it had open")
+
+    def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
+        _err(_progress(self.counts, self.sink, self.fan))
+        if self.interval:
+            self._timer = loop.call_later(self.interval, self._tick, loop)
+
+    def _stop(self, exc: BaseException | None = None) -> None:
+        done = self.done
+        if done is not None and not done.done():
+            if exc is None:
+                done.set_result(None)
+            else:
+                done.set_exception(exc)
+
+    def _on_readable(self) -> None:
+        try:
+            for _ in range(_READS_PER_CALL):
+                try:
+                    events = self.fan.read_batch()
+                except WouldBlock:
+                    break
+                except OSError as exc:
+                    if exc.errno in (errno.EMFILE, errno.ENFILE):
+                        break  # counted in stats.lost; the rest stays queued
+                    raise
+                if not self._batch(events):
+                    self._stop()
+                    break
+            self.sink.flush()
+            if self.sink.broken:
+                self._stop()
+        except Exception as exc:
+            self._stop(exc)
+
+    def _batch(self, events: list[FanotifyData]) -> bool:
+        """Write one batch; False once the command should stop."""
+        counts = self.counts
+        now = time.time()
+        procs = batch_processes(events, pidfd_reported=self.pidfd_reported)
+        lines: list[str] = []
+        append = lines.append
+        if self.json:
+            head = json_head(now)
+            parts: dict[int, str] = {}
+        else:
+            stamp = text_stamp(now, self.time_format)
+        known = self.known
+        rule = self.rule
+        my_pgrp = self.my_pgrp
+        limit = self.limit
+        going = True
+        try:
+            for ev in events:
+                if not going:
+                    break
+                if not ev.ev_types & _OVERFLOW:
+                    if not ev.path_resolved:
+                        ev = known.complete(ev)
+                    counts.seen += 1
+                    if my_pgrp >= 0 and _in_pgrp(ev.pid, my_pgrp):
+                        counts.filtered += 1
+                        continue
+                    if rule is not None and not rule.matches(ev):
+                        counts.filtered += 1
+                        continue
+                    counts.shown += 1
+                    if limit is not None and counts.shown >= limit:
+                        going = False
+                else:
+                    counts.overflows += 1
+                pid = ev.pid
+                if self.json:
+                    part = parts.get(pid)
+                    if part is None:
+                        part = parts[pid] = json_process(pid, procs.get(pid, NO_PROCESS))
+                    append(json_line(ev, head, part))
+                else:
+                    append(text_line(ev, stamp, procs.get(pid, NO_PROCESS)))
+        finally:
+            for ev in events:
+                ev.close()
+        self.sink.extend(lines, 200 * len(lines))
+        return going
 
 
 def _in_pgrp(pid: int, pgrp: int) -> bool:
@@ -245,6 +359,61 @@ def _in_pgrp(pid: int, pgrp: int) -> bool:
         return os.getpgid(pid) == pgrp
     except OSError:
         return False  # the process is gone: nothing tells where it belonged
+
+
+def _kernel_queued(fd: int) -> int | None:
+    """Bytes of events waiting in the kernel's queue (FIONREAD), or None."""
+    try:
+        buf = fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0")
+    except OSError:
+        return None
+    return int.from_bytes(buf, sys.byteorder, signed=True)
+
+
+def _loss_words(overflows: int, lost: int) -> str:
+    """What was lost, in words: a Q_OVERFLOW record carries no count."""
+    if not overflows and not lost:
+        return "nothing lost"
+    said = []
+    if overflows:
+        times = "once" if overflows == 1 else f"{overflows} times"
+        said.append(
+            f"EVENTS LOST: the kernel's queue overflowed {times} and dropped an unknown "
+            "number of events (--unlimited-queue keeps them)"
+        )
+    if lost:
+        said.append(f"{lost} event(s) lost: no file descriptor left for them (ulimit -n)")
+    return "; ".join(said)
+
+
+def _summary(counts: _Counts, sink: _Sink, fan: Fanotify) -> str:
+    st = fan.stats
+    shown = counts.shown
+    tail = ""
+    if sink.broken:
+        # Lines are written in batches: count the ones that got out.
+        unwritten = max(0, shown + counts.overflows - sink.written)
+        shown -= unwritten
+        tail = f", {unwritten} not written (the output was closed)"
+    text = (
+        f"{counts.seen} events seen, {shown} shown, {counts.filtered} filtered out"
+    )
+    if counts.overflows or st.lost:
+        return (
+            f"{text}, {st.parse_errors} malformed, {counts.overflows} overflows{tail}; "
+            f"{_loss_words(counts.overflows, st.lost)}"
+        )
+    return f"{text}, {st.parse_errors} dropped, 0 overflows{tail}; nothing lost"
+
+
+def _progress(counts: _Counts, sink: _Sink, fan: Fanotify) -> str:
+    queued = _kernel_queued(fan.fileno())
+    q = "?" if queued is None else str(queued)
+    return (
+        f"progress: {counts.seen} events seen, {sink.written} lines written, "
+        f"{counts.filtered} filtered out, {_loss_words(counts.overflows, fan.stats.lost)}, "
+        f"{q} bytes queued in the kernel"
+    )
 
 
 def _cmd_watch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -259,22 +428,21 @@ def _cmd_watch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     fan: Fanotify | None = None
     try:
         fan, desc = _setup_watch(args, parser, known)
-        group = fan
+        watch = _Watch(fan, args, sink, counts, rule, known)
 
         async def run() -> str:
             return await _run_until_stopped(
-                lambda: _watch_loop(group, args, sink, counts, rule, known), args.timeout,
+                watch.run, args.timeout,
                 lambda: _err(f"watching {len(args.paths)} path(s): {desc}"),
             )
 
         asyncio.run(run())
     finally:
-        if fan is not None:
-            stats = fan.stats
-            fan.close()
-            _err(
-                f"{counts.seen} events seen, {counts.shown} shown, {counts.filtered} "
-                f"filtered out, {stats.parse_errors} dropped, {stats.overflows} overflows"
-            )
-        sink.close()
+        try:
+            sink.flush()
+        finally:
+            if fan is not None:
+                fan.close()
+                _err(_summary(counts, sink, fan))
+            sink.close()
     return 0

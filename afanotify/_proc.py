@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
+from collections.abc import Iterable
 
 from . import _ffi
-from .events import FileHandle
+from .events import FanotifyData, FileHandle
 
-__all__ = ["fd_path", "process_info", "pidfd_pid", "HandleResolver"]
+__all__ = ["fd_path", "process_info", "pidfd_pid", "batch_processes", "HandleResolver"]
 
 _DELETED = " (deleted)"
 
@@ -87,6 +88,61 @@ def process_info(
     if pidfd >= 0 and pidfd_pid(pidfd) != pid:
         return None, None
     return exe, cwd
+
+
+#: What :func:`batch_processes` gives for a process it cannot name: (name, exe, cwd).
+NO_PROCESS: tuple[None, None, None] = (None, None, None)
+
+
+def _comm(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/comm", "rb") as f:
+            return f.read().rstrip(b"\n").decode("utf-8", "surrogateescape")
+    except OSError:
+        return None
+
+
+def _link(path: str) -> str | None:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return None
+
+
+def batch_processes(
+    events: Iterable[FanotifyData], *, pidfd_reported: bool, paths: bool = True
+) -> dict[int, tuple[str | None, str | None, str | None]]:
+    """``(name, exe, cwd)`` of each process in one batch of events, read once per pid.
+
+    Meant to run as soon as the batch is read, so that a short-lived process
+    is still there (a zombie keeps its name, not its exe or cwd).  The
+    details of a pid are read for its first event in the batch and trusted
+    as :func:`process_info` trusts them: only if that event's pidfd still
+    names the pid after the reads.  Then the pid was never free between that
+    event and the reads, so every later event of the batch with the same pid
+    came from the same process.  With REPORT_PIDFD and no pidfd on the first
+    event (the process was gone), the pid gives nothing.  ``paths=False``
+    reads the name alone.
+    """
+    out: dict[int, tuple[str | None, str | None, str | None]] = {}
+    for ev in events:
+        pid = ev.pid
+        if pid in out or pid <= 0:
+            continue
+        pidfd = ev.pidfd
+        if pidfd_reported and pidfd < 0:
+            out[pid] = NO_PROCESS
+            continue
+        name = _comm(pid)
+        exe = cwd = None
+        if paths and name is not None:
+            exe = _link(f"/proc/{pid}/exe")
+            cwd = _link(f"/proc/{pid}/cwd")
+        if pidfd >= 0 and pidfd_pid(pidfd) != pid:
+            out[pid] = NO_PROCESS
+        else:
+            out[pid] = (name, exe, cwd)
+    return out
 
 
 class HandleResolver:

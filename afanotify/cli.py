@@ -123,7 +123,10 @@ def _events_arg(text: str) -> int:
     for raw in text.split(","):
         name = raw.strip().lower()
         if not name:
-            continue
+            raise argparse.ArgumentTypeError(
+                f"empty event name in {text!r} (a stray comma?); valid: all, "
+                + ", ".join(WATCH_EVENTS)
+            )
         if name == "all":
             mask |= ALL_WATCH_EVENTS
             continue
@@ -247,6 +250,19 @@ def _build() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser
     w.add_argument("--output", "-o", metavar="FILE",
                    help="append events to FILE instead of standard output")
     w.add_argument("--count", type=_count_arg, metavar="N", help="stop after N events shown")
+    w.add_argument(
+        "--unlimited-queue", action="store_true",
+        help="FAN_UNLIMITED_QUEUE: the kernel queues every event instead of dropping "
+        "what exceeds 16384 (fanotify has no per-group queue size); memory grows "
+        "while the command falls behind",
+    )
+    w.add_argument("--stats-interval", type=_seconds_arg, metavar="S",
+                   help="every S seconds, a progress line on stderr: events seen, lines "
+                   "written, filtered out, lost, bytes queued in the kernel")
+    w.add_argument("--time-format", metavar="FORMAT",
+                   help="strftime(3) format of the text lines' local timestamps, %%f for "
+                   "milliseconds (default: %%H:%%M:%%S.%%f; with the date: "
+                   "'%%Y-%%m-%%d %%H:%%M:%%S.%%f')")
     w.add_argument("--timeout", type=_seconds_arg, metavar="S", help="stop after S seconds")
 
     f = sub.add_parser(
@@ -308,7 +324,12 @@ def _cmd_features(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
             sink.write(f"{key + ':':<12} {' '.join(values)}")
     sink.close()
     if not feats.available:
-        _err(f"features: error: {feats.reason}; fanotify {_NEEDS_CAP}{_HINTS['features']}")
+        reason = feats.reason or ""
+        if "CAP_SYS_ADMIN" in reason or "EPERM" in reason or "[Errno 1]" in reason:
+            # Said once: what needs root, and what works without it.
+            _err(f"features: error: probing fanotify {_NEEDS_CAP}{_HINTS['features']}")
+        else:
+            _err(f"features: error: {reason}")
         return 1
     return 0
 
@@ -320,10 +341,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (0 done, 1 error, 2 usage)."""
     parser, subparsers = _build()
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        subparser = subparsers[args.command]
+        if extra:
+            # An option the subcommand does not know: its own usage, not the top one.
+            subparser.error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as exc:  # --help, or a usage error (already printed)
         return exc.code if isinstance(exc.code, int) else 2
-    subparser = subparsers[args.command]
     commands: dict[str, Callable[[argparse.Namespace, argparse.ArgumentParser], int]] = {
         "watch": _cmd_watch,
         "features": _cmd_features,

@@ -23,6 +23,9 @@ Scenarios:
 5. ``dispatch`` and 6. ``permission``: run from ``bench/bench_dispatch.py``
    and ``bench/bench_permission.py`` when those files exist (see
    bench/README.md for the ``run(ctx)`` contract).
+7. ``cli``: ``bench/bench_cli.py``, ``afanotify watch`` against fatrace and
+   inotifywait on the same burst (lines per CPU-second, peak RSS, events
+   caught by kind, as ratios to fatrace).
 """
 
 from __future__ import annotations
@@ -569,6 +572,7 @@ SCENARIOS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "rss": scenario_rss,
     "dispatch": _external("dispatch"),
     "permission": _external("permission"),
+    "cli": _external("cli"),
 }
 
 

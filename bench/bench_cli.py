@@ -1,0 +1,379 @@
+"""``afanotify watch`` against fatrace and inotifywait on the same burst.
+
+Run as root from the repository root (after ``python build_ffi.py``)::
+
+    python bench/bench_cli.py                 # tmpfs, 5 reps
+    python bench/bench_cli.py --fs ext4 --reps 3
+    python bench/bench_cli.py --quick         # 50 x 100 files, 2 reps
+
+Also run by ``python bench/run.py`` (scenario ``cli``).
+
+The burst, from one Python child: 200 directories x 100 files; each file is
+created and written, then renamed, then deleted; then the directories are
+removed (about 100,000 events).  Each watcher runs alone against its own
+burst on a fresh private mount (tmpfs, or a loop-mounted ext4 image), and
+the watchers take turns within each repetition, so every ratio compares
+runs made seconds apart.  A watcher has caught up when the line for a
+sentinel file written after the burst is in its output; then it is stopped
+with SIGINT and its CPU time and peak RSS come from wait4(2).
+
+Watchers: ``afanotify watch --filesystem --json --output FILE DIR`` (and the
+same without ``--json``), ``fatrace -c -o FILE`` (run in DIR: its mount), and
+``inotifywait -m -r -o FILE DIR``.  fatrace is installed from Debian's
+``fatrace`` package when missing (inotifywait from ``inotify-tools``).
+
+Figures: events captured by kind (creates, renames and deletes with their
+full path, for afanotify; fatrace names only the directory for those), lines
+per CPU-second of the watcher, peak RSS, and the ratios of afanotify's lines
+per CPU-second to fatrace's, per repetition, as median and min-max.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+SENTINEL = "zz-bench-sentinel"
+
+BURST = r"""
+import os, sys
+root, ndirs, nfiles = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+dirs = [os.path.join(root, f"d{i:03d}") for i in range(ndirs)]
+for d in dirs:
+    os.mkdir(d)
+for d in dirs:
+    for j in range(nfiles):
+        with open(os.path.join(d, f"f{j:03d}"), "w") as f:
+            f.write("x")
+for d in dirs:
+    for j in range(nfiles):
+        os.rename(os.path.join(d, f"f{j:03d}"), os.path.join(d, f"g{j:03d}"))
+for d in dirs:
+    for j in range(nfiles):
+        os.unlink(os.path.join(d, f"g{j:03d}"))
+for d in dirs:
+    os.rmdir(d)
+with open(os.path.join(root, sys.argv[4]), "w") as f:
+    f.write("end")
+"""
+
+
+def ensure_tools() -> None:
+    """Install fatrace and inotifywait from Debian when they are missing."""
+    missing = [pkg for tool, pkg in (("fatrace", "fatrace"), ("inotifywait", "inotify-tools"))
+               if shutil.which(tool) is None]
+    if not missing:
+        return
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    r = subprocess.run(["apt-get", "install", "-y", "-qq", *missing], env=env,
+                       capture_output=True, check=False)
+    if r.returncode != 0:
+        subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, check=False)
+        subprocess.run(["apt-get", "install", "-y", "-qq", *missing], env=env,
+                       capture_output=True, check=True)
+
+
+@contextlib.contextmanager
+def mount(fs: str) -> Iterator[Path]:
+    """A private tmpfs or loop-mounted ext4, unmounted afterwards."""
+    work = Path(tempfile.mkdtemp(prefix="afanotify-bench-cli-"))
+    mnt = work / "mnt"
+    mnt.mkdir()
+    try:
+        if fs == "tmpfs":
+            subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512m", "afanotify-bench", str(mnt)],
+                           check=True)
+        else:
+            img = work / "fs.img"
+            with open(img, "wb") as f:
+                f.truncate(512 << 20)
+            subprocess.run(["mkfs.ext4", "-q", "-F", str(img)], check=True, capture_output=True)
+            subprocess.run(["mount", "-o", "loop", str(img), str(mnt)], check=True)
+        try:
+            (mnt / "w").mkdir()
+            yield mnt / "w"
+        finally:
+            subprocess.run(["umount", "-l", str(mnt)], check=False, capture_output=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _watcher(tool: str, d: Path, out: Path) -> tuple[list[str], str | None]:
+    """The command line and working directory of one watcher."""
+    if tool == "afanotify-json":
+        return [sys.executable, "-m", "afanotify", "watch", "--filesystem", "--json",
+                "--output", str(out), str(d)], None
+    if tool == "afanotify-text":
+        return [sys.executable, "-m", "afanotify", "watch", "--filesystem",
+                "--output", str(out), str(d)], None
+    if tool == "fatrace":
+        return ["fatrace", "-c", "-o", str(out)], str(d)
+    if tool == "inotifywait":
+        return ["inotifywait", "-m", "-r", "-q", "-o", str(out), str(d)], None
+    raise ValueError(tool)
+
+
+def _ready(tool: str, proc: subprocess.Popen[bytes], d: Path, deadline: float) -> None:
+    """Wait until the watcher's marks are in place."""
+    if tool.startswith("afanotify"):
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        if b"watching" not in line:
+            raise RuntimeError(f"{tool} did not start: {line!r}")
+        return
+    # fatrace and inotifywait say nothing when ready: write a probe file until it shows.
+    probe = d / "zz-probe"
+    out = _out_path(d)
+    while time.monotonic() < deadline:
+        probe.write_text("p")
+        if out.exists() and "zz-probe" in out.read_text(errors="replace"):
+            probe.unlink()
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"{tool} did not start")
+
+
+def _vm_hwm(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0
+
+
+def _out_path(d: Path) -> Path:
+    return d.parent.parent / "out.log"
+
+
+def run_one(tool: str, fs: str, ndirs: int, nfiles: int) -> dict[str, Any]:
+    """One watcher against one burst: lines, CPU seconds, peak RSS, what it caught."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    with mount(fs) as d:
+        out = _out_path(d)
+        cmd, cwd = _watcher(tool, d, out)
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE)
+        try:
+            _ready(tool, proc, d, time.monotonic() + 20)
+            start = out.stat().st_size if out.exists() else 0
+            t0 = time.monotonic()
+            subprocess.run([sys.executable, "-c", BURST, str(d), str(ndirs), str(nfiles),
+                            SENTINEL], check=True, cwd="/")
+            burst_s = time.monotonic() - t0
+            deadline = time.monotonic() + 60
+            pos = start
+            extra = 0
+            next_probe = time.monotonic() + 1.0
+            while time.monotonic() < deadline:
+                if time.monotonic() > next_probe:
+                    # The kernel may have dropped the sentinel's events in an
+                    # overflow: write another until one gets through.
+                    extra += 1
+                    (d / f"{SENTINEL}-{extra}").write_text("end")
+                    next_probe = time.monotonic() + 1.0
+                with open(out, "rb") as f:
+                    f.seek(max(start, pos - 200))
+                    chunk = f.read()
+                    pos = f.tell()
+                if SENTINEL.encode() in chunk:
+                    break
+                time.sleep(0.05)
+            else:
+                proc.send_signal(signal.SIGINT)
+                proc.wait()
+                assert proc.stderr is not None
+                raise RuntimeError(f"{tool}: the sentinel never showed: "
+                                   f"{proc.stderr.read().decode(errors='replace')[-400:]}")
+            # ru_maxrss of wait4 counts the image before exec (this script):
+            # the peak is read from the watcher's own VmHWM instead.
+            peak_kb = _vm_hwm(proc.pid)
+            proc.send_signal(signal.SIGINT)
+            _, status, ru = os.wait4(proc.pid, 0)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                proc.wait()
+        assert proc.stderr is not None
+        summary = proc.stderr.read().decode(errors="replace").strip().splitlines()[-1:]
+        data = out.read_bytes()[start:]
+    cpu = ru.ru_utime + ru.ru_stime
+    lines = data.count(b"\n")
+    caught = _caught(tool, data, str(d))
+    return {"tool": tool, "lines": lines, "cpu_s": round(cpu, 3),
+            "lines_per_cpu_s": round(lines / cpu) if cpu else None,
+            "peak_rss_kb": peak_kb, "burst_s": round(burst_s, 2),
+            "summary": summary[0] if summary else "", **caught}
+
+
+def _caught(tool: str, data: bytes, d: str) -> dict[str, int]:
+    """Creates, renames and deletes of the burst's files, by what the output shows."""
+    c = {"creates": 0, "renames": 0, "deletes": 0, "overflows": 0}
+    text = data.decode("utf-8", "replace")
+    if tool == "afanotify-json":
+        for line in text.splitlines():
+            r = json.loads(line)
+            if r["event"]["kind"] == "pipeline_error":
+                c["overflows"] += 1
+                continue
+            acts = r["event"]["action"]
+            path = r["file"]["path"] or ""
+            full = r["fanotify"]["path_resolved"] and path.startswith(d + "/d")
+            if "rename" in acts:
+                old = r["fanotify"]["old_path"] or ""
+                if full and "/f" in old and "/g" in path:
+                    c["renames"] += 1
+            elif "create" in acts and full and "/f" in path:
+                c["creates"] += 1
+            elif "delete" in acts and full and "/g" in path:
+                c["deletes"] += 1
+    elif tool == "afanotify-text":
+        for line in text.splitlines():
+            fields = line.split()
+            if "Q_OVERFLOW" in line:
+                c["overflows"] += 1
+            elif len(fields) >= 5:
+                ev, where = fields[3], fields[4:]
+                if ev == "RENAME" and len(where) == 3 and "/g" in where[2]:
+                    c["renames"] += 1
+                elif ev == "CREATE" and where[0].startswith(d + "/d") and "/f" in where[0]:
+                    c["creates"] += 1
+                elif ev == "DELETE" and where[0].startswith(d + "/d") and "/g" in where[0]:
+                    c["deletes"] += 1
+    elif tool == "fatrace":
+        # fatrace names the directory for these: "+" create, "D" delete, "<"/">" moves.
+        for line in text.splitlines():
+            kinds = line.split(": ", 1)[1].split(" ", 1)[0] if ": " in line else ""
+            c["creates"] += "+" in kinds
+            c["deletes"] += "D" in kinds
+            c["renames"] += ">" in kinds
+    elif tool == "inotifywait":
+        for line in text.splitlines():
+            parts = line.split(" ")
+            if len(parts) < 3:
+                continue
+            ev, name = parts[1], parts[2]
+            if ev == "CREATE" and name.startswith("f"):
+                c["creates"] += 1
+            elif ev == "MOVED_TO" and name.startswith("g"):
+                c["renames"] += 1
+            elif ev == "DELETE" and name.startswith("g"):
+                c["deletes"] += 1
+            elif ev == "Q_OVERFLOW" or "overflow" in line.lower():
+                c["overflows"] += 1
+    return c
+
+
+TOOLS = ("afanotify-json", "afanotify-text", "fatrace", "inotifywait")
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    return {"median": round(statistics.median(values), 2), "min": round(min(values), 2),
+            "max": round(max(values), 2)}
+
+
+def measure(fs: str, reps: int, ndirs: int, nfiles: int,
+            tools: tuple[str, ...] = TOOLS) -> dict[str, Any]:
+    ensure_tools()
+    runs: dict[str, list[dict[str, Any]]] = {t: [] for t in tools}
+    for rep in range(reps):
+        order = tools if rep % 2 == 0 else tuple(reversed(tools))
+        for tool in order:
+            runs[tool].append(run_one(tool, fs, ndirs, nfiles))
+    files = ndirs * nfiles
+    ratios: dict[str, dict[str, float]] = {}
+    for tool in [t for t in tools if t != "fatrace"]:
+        per = [a["lines_per_cpu_s"] / f["lines_per_cpu_s"]
+               for a, f in zip(runs[tool], runs["fatrace"], strict=True)]
+        ratios[f"{tool}_lines_per_cpu_s_over_fatrace"] = _spread(per)
+        rss = [a["peak_rss_kb"] / f["peak_rss_kb"]
+               for a, f in zip(runs[tool], runs["fatrace"], strict=True)]
+        ratios[f"{tool}_peak_rss_over_fatrace"] = _spread(rss)
+    table = []
+    for tool in tools:
+        rs = runs[tool]
+        row = {"tool": tool}
+        for key in ("creates", "renames", "deletes", "overflows", "lines", "cpu_s",
+                    "lines_per_cpu_s", "peak_rss_kb"):
+            row[key] = _spread([float(r[key]) for r in rs])
+        table.append(row)
+    return {"fs": fs, "reps": reps, "files": files, "table": table, "ratios": ratios,
+            "runs": runs}
+
+
+def render(res: dict[str, Any]) -> str:
+    files = res["files"]
+    out = [f"burst on {res['fs']}: {files:,} files (create+write, rename, delete), "
+           f"{res['reps']} reps; median (min-max)"]
+    out.append(f"{'tool':15s} {'creates':>22s} {'renames':>22s} {'deletes':>22s} "
+               f"{'overflows':>10s} {'lines/CPU-s':>24s} {'peak RSS kB':>22s}")
+
+    def f(s: dict[str, float], pct: bool = False) -> str:
+        if pct:
+            return (f"{s['median'] / files:.1%} ({s['min'] / files:.1%}-"
+                    f"{s['max'] / files:.1%})")
+        return f"{s['median']:,.0f} ({s['min']:,.0f}-{s['max']:,.0f})"
+
+    for row in res["table"]:
+        out.append(f"{row['tool']:15s} {f(row['creates'], True):>22s} "
+                   f"{f(row['renames'], True):>22s} {f(row['deletes'], True):>22s} "
+                   f"{row['overflows']['median']:>10.0f} {f(row['lines_per_cpu_s']):>24s} "
+                   f"{f(row['peak_rss_kb']):>22s}")
+    out.append("ratios to fatrace, per rep: median (min-max)")
+    for key, s in res["ratios"].items():
+        out.append(f"  {key:45s} {s['median']:.2f} ({s['min']:.2f}-{s['max']:.2f})")
+    out.append("(fatrace names only the directory of a create, rename or delete: its "
+               "counts are of lines of that kind, not of full paths)")
+    return "\n".join(out)
+
+
+def run(ctx: Any) -> dict[str, Any]:
+    """The ``cli`` scenario of bench/run.py."""
+    quick = bool(getattr(ctx, "quick", False))
+    reps = int(getattr(ctx, "reps", 0) or (2 if quick else 3))
+    res = measure("tmpfs", reps, 50 if quick else 200, 100)
+    res["figure"] = "\n" + render(res)
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--fs", choices=("tmpfs", "ext4"), default="tmpfs")
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--dirs", type=int, default=200)
+    p.add_argument("--files", type=int, default=100)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--json", type=Path, help="also write every figure here")
+    p.add_argument("--tool", action="append", choices=TOOLS,
+                   help="only these watchers (fatrace is always run: the ratios need it)")
+    args = p.parse_args(argv)
+    if os.geteuid() != 0:
+        print("bench_cli.py needs root (fanotify, mounts)", file=sys.stderr)
+        return 2
+    if args.quick:
+        args.reps, args.dirs = 2, 50
+    tools = TOOLS if not args.tool else tuple(t for t in TOOLS if t in args.tool or
+                                              t == "fatrace")
+    res = measure(args.fs, args.reps, args.dirs, args.files, tools)
+    print(render(res))
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""Operator habits and bad input for ``afanotify watch``, against the real command.
+
+Each test runs ``python -m afanotify`` on a private tmpfs (the ``tmpfs``
+fixture), waits for its "watching" line before producing events from child
+processes, and proves what did not happen with a later sentinel event.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from test_cli import CHILD_CWD, CLI, ENV, NOBODY, child, cli, json_lines, run
+
+pytestmark = [pytest.mark.kernel, pytest.mark.timeout(60)]
+
+CREATE = "import sys\nfor p in sys.argv[1:]: open(p, 'w').close()\n"
+
+
+def _wait_for(path: Path, needle: str, timeout: float = 10.0) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        text = path.read_text() if path.exists() else ""
+        if needle in text:
+            return text
+        assert time.monotonic() < deadline, f"no {needle!r} in {path}: {text[-500:]!r}"
+        time.sleep(0.02)
+
+
+def test_sighup_reopens_the_output_and_keeps_running(tmpfs: Path, tmp_path: Path) -> None:
+    log = tmp_path / "events.json"
+    rotated = tmp_path / "events.json.1"
+    with cli("watch", "--json", "--events", "create", "--output", str(log), str(tmpfs)) as p:
+        p.wait_stderr("watching")
+        child(CREATE, str(tmpfs / "before"))
+        _wait_for(log, "before")
+        log.rename(rotated)  # what logrotate does, then it signals the command
+        os.kill(p.popen.pid, signal.SIGHUP)
+        # The reopen is not announced: keep creating until a file shows in the new log.
+        deadline = time.monotonic() + 10
+        n = 0
+        while not (log.exists() and "after" in log.read_text()):
+            assert time.monotonic() < deadline, "nothing written after SIGHUP"
+            assert p.popen.poll() is None, "SIGHUP stopped the command"
+            child(CREATE, str(tmpfs / f"after{n}"))
+            # Each file lands in one of the two logs before the next is made.
+            while not any(f"after{n}" in f.read_text() for f in (log, rotated) if f.exists()):
+                assert time.monotonic() < deadline, f"after{n} was not written"
+                time.sleep(0.02)
+            n += 1
+        p.popen.send_signal(signal.SIGTERM)
+        code, _, err = p.finish()
+    assert code == 0, err
+    old = [r["file"]["name"] for r in json_lines(rotated.read_text())]  # type: ignore[index]
+    new = [r["file"]["name"] for r in json_lines(log.read_text())]  # type: ignore[index]
+    assert old[0] == "before"
+    assert new and all(str(name).startswith("after") for name in new)
+    assert len(set(old) | set(new)) == len(old) + len(new)  # no line written twice
+
+
+def test_stats_interval_writes_progress_lines(tmpfs: Path) -> None:
+    with cli("watch", "--events", "create", "--stats-interval", "0.2", str(tmpfs)) as p:
+        p.wait_stderr("watching")
+        child(CREATE, str(tmpfs / "a"), str(tmpfs / "b"))
+        err = p.wait_stderr("2 events seen, 2 lines written")
+        p.popen.send_signal(signal.SIGTERM)
+        code, _, err = p.finish()
+    assert code == 0, err
+    line = next(x for x in err.splitlines() if "progress:" in x and "2 events seen" in x)
+    assert "0 filtered out" in line
+    assert "nothing lost" in line
+    assert "bytes queued in the kernel" in line
+
+
+def test_empty_event_name_is_an_error(tmpfs: Path) -> None:
+    r = run("watch", "--events", "create,,delete", str(tmpfs))
+    assert r.returncode == 2
+    assert "empty event name" in r.stderr
+    assert "usage: afanotify watch" in r.stderr
+
+
+@pytest.mark.parametrize("command", ["watch", "guard"])
+def test_unknown_option_prints_the_subcommands_usage(tmpfs: Path, command: str) -> None:
+    r = run(command, "--no-such-option", str(tmpfs))
+    assert r.returncode == 2
+    assert f"usage: afanotify {command}" in r.stderr
+    assert "unrecognized arguments: --no-such-option" in r.stderr
+
+
+def test_features_without_root_says_what_needs_root_once() -> None:
+    r = run("features", prefix=NOBODY)
+    assert r.returncode == 1
+    assert r.stderr.count("CAP_SYS_ADMIN") == 1
+    assert "root" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_rename_is_one_line_with_both_paths_by_default(tmpfs: Path, tmp_path: Path) -> None:
+    log = tmp_path / "events.json"
+    (tmpfs / "old").write_text("x")
+    with cli("watch", "--filesystem", "--json", "--output", str(log), str(tmpfs)) as p:
+        p.wait_stderr("watching")
+        child("import os, sys\nos.rename(sys.argv[1], sys.argv[2])\n"
+              "open(sys.argv[3], 'w').close()\n",
+              str(tmpfs / "old"), str(tmpfs / "new"), str(tmpfs / "sentinel"))
+        _wait_for(log, "sentinel")
+        p.popen.send_signal(signal.SIGTERM)
+        code, _, err = p.finish()
+    assert code == 0, err
+    recs = json_lines(log.read_text())
+    actions = [a for r in recs for a in r["event"]["action"]]  # type: ignore[index]
+    assert "moved_from" not in actions and "moved_to" not in actions
+    (ren,) = [r for r in recs if "rename" in r["event"]["action"]]  # type: ignore[index]
+    assert ren["fanotify"]["old_path"] == str(tmpfs / "old")  # type: ignore[index]
+    assert ren["fanotify"]["new_path"] == str(tmpfs / "new")  # type: ignore[index]
+    for r in recs:  # ECS 8.11: every type is one the file category expects
+        assert set(r["event"]["type"]) <= {"access", "change", "creation", "deletion", "info"}  # type: ignore[index]
+
+
+def test_non_utf8_name_is_valid_strict_json(tmpfs: Path, tmp_path: Path) -> None:
+    log = tmp_path / "events.json"
+    with cli("watch", "--json", "--events", "create", "--output", str(log), str(tmpfs)) as p:
+        p.wait_stderr("watching")
+        child("import os, sys\nos.close(os.open(os.fsencode(sys.argv[1]) + b'/bad\\xffname',"
+              " os.O_CREAT | os.O_WRONLY))\nopen(sys.argv[1] + '/sentinel', 'w').close()\n",
+              str(tmpfs))
+        _wait_for(log, "sentinel")
+        p.popen.send_signal(signal.SIGTERM)
+        code, _, err = p.finish()
+    assert code == 0, err
+    raw = log.read_bytes()
+    raw.decode("ascii")  # every line is ASCII
+    assert b"\\ud" not in raw.lower()  # no lone surrogate escapes: strict parsers refuse them
+    recs = [json.loads(line) for line in raw.decode().splitlines()]
+    bad = recs[0]["file"]
+    assert bad["name"] == "bad\\xffname"
+    assert bad["path"] == f"{tmpfs}/bad\\xffname"
+
+
+def test_closed_pipe_summary_counts_are_exact(tmpfs: Path) -> None:
+    # head takes one line and exits; the summary counts what reached it.
+    script = " ".join([*CLI, "watch", "--events", "create", str(tmpfs)]) + " | head -n 1"
+    proc = subprocess.Popen(["sh", "-c", script], env=ENV, cwd=CHILD_CWD,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 20
+        err = b""
+        assert proc.stderr is not None
+        os.set_blocking(proc.stderr.fileno(), False)
+        n = 0
+        while proc.poll() is None:
+            assert time.monotonic() < deadline, err
+            if b"watching" in err:
+                child(CREATE, *(str(tmpfs / f"f{n}-{i}") for i in range(50)))
+                n += 1
+            try:
+                err += proc.stderr.read() or b""
+            except BlockingIOError:
+                pass
+            time.sleep(0.05)
+        out, rest = proc.communicate(timeout=10)
+        err += rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = err.decode()
+    summary = next(x for x in text.splitlines() if "events seen" in x)
+    shown = int(summary.split(" shown")[0].rsplit(" ", 1)[1])
+    assert len(out.decode().splitlines()) == 1
+    assert "not written (the output was closed)" in summary
+    # head read one line, but the pipe may have taken more before it closed:
+    # what the summary calls shown is what write(2) accepted, never more.
+    assert shown >= 1
