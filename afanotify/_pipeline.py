@@ -132,6 +132,9 @@ class Pipeline:
         self._pid_is_tid = bool(flags & InitFlag.REPORT_TID)
         self._fd_error = bool(flags & InitFlag.REPORT_FD_ERROR)
         self._pidfd_reported = bool(flags & InitFlag.REPORT_PIDFD)
+        self._resolve_paths = resolve_paths
+        #: The C walk resolves event fds to paths in fd mode (in FID mode it
+        #: uses its arena for names; an fd there is resolved below).
         self._fd_paths = resolve_paths and not self.fid_mode
         self._fid_paths = resolve_paths and self.fid_mode
         self.resolver = HandleResolver(handle_cache_size)
@@ -166,7 +169,7 @@ class Pipeline:
                 fd_error=self._fd_error, resolve_fd_paths=self._fd_paths,
                 dir_path=dir_path, skip_pids=self.own_tids if self.ignore_own else (),
             )  # fmt: skip
-            fd_paths = False
+            fd_paths = self._resolve_paths and not self._fd_paths
             if dir_path is not None:
                 upto = fast.resolved_upto
                 # Every event before the cut was filled: nothing below would
@@ -182,7 +185,7 @@ class Pipeline:
             events, errors = parse_lenient(
                 view, owned=True, pid_is_tid=self._pid_is_tid, fd_error=self._fd_error
             )
-            fd_paths = self._fd_paths
+            fd_paths = self._resolve_paths
             resolved_upto = 0
         for err in errors:
             self.bad_event(err)

@@ -112,10 +112,9 @@ class Watchdog:
                 return
             for ev in self._pipeline.leftovers(self._fd, self._buf):
                 unanswered = ev._owns & UNANSWERED
-                if self._pipeline.take_own(ev):  # allowed and closed there
-                    if unanswered:
-                        own += 1
-                        answered += 1
+                if unanswered and self._pipeline.take_own(ev):  # allowed and closed there
+                    own += 1
+                    answered += 1
                     continue
                 if unanswered:
                     object.__setattr__(ev, "_owns", ev._owns & ~UNANSWERED)

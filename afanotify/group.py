@@ -56,6 +56,7 @@ _ALL_INIT = 0
 for _f in InitFlag:
     _ALL_INIT |= _f.value
 _PERM = int(PERM_EVENTS)
+_ALLOW = int(Response.ALLOW)
 _DEFAULT_EVENT_FLAGS = os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_LARGEFILE", 0)
 
 
@@ -375,8 +376,8 @@ class Fanotify(OwnQueue, AsyncClosingContext, WarnsUnclosed):
         self._reader.pause()
 
     def _resume(self) -> None:
-        if self._error is not None:
-            return  # a failed group never reads again
+        if self._closed or self._error is not None:
+            return  # a closed or failed group never reads again
         if self._held or self._clients.holds_reader:
             return  # a consumer still has no room (or async dispatch runs)
         self._reader.resume()
@@ -532,11 +533,12 @@ class Fanotify(OwnQueue, AsyncClosingContext, WarnsUnclosed):
         # default_response.)  Bounded: the kernel's queue is.
         pipeline = self._pipeline
         for ev in pipeline.leftovers(self._fd, self._reader.buffer):
-            if pipeline.take_own(ev):
-                continue
             if ev._owns & UNANSWERED:
                 self._perm.add(ev, None)
-                self._perm.release(ev, AT_CLOSE)
+                if pipeline.ignore_own and pipeline.is_own(ev.pid):
+                    self._perm.write(ev, _ALLOW)  # our own: let it through
+                else:
+                    self._perm.release(ev, AT_CLOSE)
             ev.close()
 
 

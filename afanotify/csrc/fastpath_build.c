@@ -397,7 +397,8 @@ static int afn_append(PyObject *events, PyObject *o, unsigned flags, int perm)
     int r;
     /* An event holds ints, strs, bools and file handles: no cycle, so the
      * collector need not scan it.  A permission event is left tracked: the
-     * group links it to itself (_group) once it is read. */
+     * pipeline gives it its responder (the group's permission tracker, which
+     * holds the event while it is pending: a cycle) once it is read. */
     if ((flags & AFN_B_UNTRACK) && !perm)
         PyObject_GC_UnTrack(o);
     r = PyList_Append(events, o);
