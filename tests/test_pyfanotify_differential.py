@@ -106,3 +106,19 @@ def test_fd_group_events_match_pyfanotify(
     assert theirs, "pyfanotify reported nothing"
     missing = set(_keys(theirs)) - set(_keys(mine))
     assert not missing, f"pyfanotify reported, we did not: {missing}"
+
+
+def test_fid_group_events_match_pyfanotify(
+    tmpfs: Path, pair: Callable[..., tuple[Any, Any]]
+) -> None:
+    theirs_cli, ours_cli = pair(
+        {"path": str(tmpfs), "is_type": "fs", "ev_types": ours.FAN_ALL_FID_EVENTS},
+        init_fid=True, path_pattern="*",
+    )
+    detached(f"cd {tmpfs} && mkdir d && echo x > d/a && mv d/a d/b && chmod 600 d/b && "
+             "rm d/b && echo s > sentinel")
+    theirs = _collect(theirs_cli, b"sentinel")
+    mine = _collect(ours_cli, b"sentinel")
+    assert theirs, "pyfanotify reported nothing"
+    missing = set(_keys(theirs)) - set(_keys(mine))
+    assert not missing, f"pyfanotify reported, we did not: {missing}\nours: {mine}"
