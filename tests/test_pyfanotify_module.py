@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import pytest
@@ -97,3 +98,16 @@ def test_evt_to_str_is_0_3_0s(mask: int, text: str) -> None:
 def test_evt_to_str_rejects_non_int() -> None:
     with pytest.raises(TypeError):
         legacy.evt_to_str("open")  # type: ignore[arg-type]
+
+
+def test_private_debug_logs_to_the_given_logger(caplog: pytest.LogCaptureFixture) -> None:
+    logger = logging.getLogger("test.pyfanotify.debug")
+    fan = legacy.Fanotify(log=logger)
+    try:
+        with caplog.at_level(logging.DEBUG, logger="test.pyfanotify.debug"):
+            fan._debug("NS errors: %s", {1: "x"})
+    finally:
+        fan.stop()
+    assert [(r.name, r.levelno, r.getMessage()) for r in caplog.records] == [
+        ("test.pyfanotify.debug", logging.DEBUG, "NS errors: {1: 'x'}")
+    ]
