@@ -413,6 +413,12 @@ class Fanotify:
             return
         fut.result()
 
+    def _debug(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        """Log ``msg % args`` at DEBUG to ``log``: pyfanotify's private helper, which its
+        ``all_mountpoints`` example calls.  (pyfanotify printed to stdout without a
+        logger; here the default is this module's logger.)"""
+        self._log.debug(msg, *args, **kwargs)
+
     def _attach(self, name: str | bytes, box: _Mailbox) -> None:
         self._engine.attach(name, box)
 
