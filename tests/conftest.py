@@ -17,6 +17,39 @@ import pytest
 from helpers import make_ext4
 
 HAVE_ROOT = os.geteuid() == 0
+#: Fixtures that mount filesystems: only kernel tests may use them.
+_KERNEL_FIXTURES = frozenset(("tmpfs", "ext4", "anyfs"))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that mounts a filesystem must carry the ``kernel`` marker."""
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures & _KERNEL_FIXTURES and item.get_closest_marker("kernel") is None:
+            raise pytest.UsageError(
+                f"{item.nodeid} uses {sorted(fixtures & _KERNEL_FIXTURES)} without "
+                "@pytest.mark.kernel"
+            )
+
+
+@pytest.fixture(autouse=True)
+def _no_group_without_kernel_marker(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A test without the ``kernel`` marker must not make a fanotify group in this process.
+
+    (``pytest -m "not kernel"`` runs without root: a real group there fails.)
+    """
+    if request.node.get_closest_marker("kernel") is not None:
+        return
+    from afanotify import _ffi
+
+    def refuse(flags: int, event_f_flags: int) -> int:
+        raise AssertionError(
+            f"{request.node.nodeid} calls fanotify_init: mark it @pytest.mark.kernel"
+        )
+
+    monkeypatch.setattr(_ffi, "fanotify_init", refuse)
 
 
 def _umount(path: str) -> None:

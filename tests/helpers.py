@@ -131,3 +131,12 @@ async def collect(
         ev.close()
         got.append(ev)
     return got
+
+
+async def wait_until(cond: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
+    """Poll ``cond`` every 10 ms; fail the test (AssertionError naming ``what``) at the deadline."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not cond():
+        assert loop.time() < deadline, f"{what}: not within {timeout}s"
+        await asyncio.sleep(0.01)

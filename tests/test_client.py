@@ -46,6 +46,7 @@ def synth(path: str = "/d/a", pid: int = 100, ev_types: int = OPEN, fd: bool = F
     return FanotifyData(pid=pid, ev_types=ev_types, path=path, **kw)
 
 
+@pytest.mark.kernel
 async def test_three_rules_each_get_exactly_their_events(fan: Fanotify) -> None:
     a = fan.connect(FanoRule("a", ev_types=OPEN))
     b = FanotifyClient(fan, path_pattern="/d/+(x|y)")
@@ -64,6 +65,7 @@ async def test_three_rules_each_get_exactly_their_events(fan: Fanotify) -> None:
         cl.close()
 
 
+@pytest.mark.kernel
 async def test_fd_ownership_fan_out(fan: Fanotify) -> None:
     p1 = fan.connect(FanoRule("p1", ev_types=OPEN, pass_fd=True))
     p2 = fan.connect(FanoRule("p2", ev_types=OPEN, pass_fd=True))
@@ -86,6 +88,7 @@ async def test_fd_ownership_fan_out(fan: Fanotify) -> None:
         cl.close()
 
 
+@pytest.mark.kernel
 async def test_without_pass_fd_the_library_closes_the_fd(fan: Fanotify) -> None:
     c = fan.connect(FanoRule("c", ev_types=OPEN))
     ev = synth(fd=True)
@@ -97,6 +100,7 @@ async def test_without_pass_fd_the_library_closes_the_fd(fan: Fanotify) -> None:
     c.close()
 
 
+@pytest.mark.kernel
 async def test_unmatched_events_are_released_and_counted(fan: Fanotify) -> None:
     c = fan.connect(FanoRule("c", ev_types=CW))
     ev = synth(fd=True)
@@ -106,6 +110,7 @@ async def test_unmatched_events_are_released_and_counted(fan: Fanotify) -> None:
     c.close()
 
 
+@pytest.mark.kernel
 async def test_pidfd_is_duplicated_or_stripped_like_fd(fan: Fanotify) -> None:
     p1 = fan.connect(FanoRule("p1", ev_types=OPEN, pass_fd=True))
     p2 = fan.connect(FanoRule("p2", ev_types=OPEN, pass_fd=True))
@@ -124,6 +129,7 @@ async def test_pidfd_is_duplicated_or_stripped_like_fd(fan: Fanotify) -> None:
         cl.close()
 
 
+@pytest.mark.kernel
 @pytest.mark.parametrize("policy", ["drop_oldest", "drop_newest"])
 async def test_drop_policies_count_and_mark(fan: Fanotify, policy: str) -> None:
     slow = fan.connect(FanoRule("slow", ev_types=OPEN), maxsize=3, overflow=policy)  # type: ignore[arg-type]
@@ -154,6 +160,7 @@ async def test_drop_policies_count_and_mark(fan: Fanotify, policy: str) -> None:
     fast.close()
 
 
+@pytest.mark.kernel
 async def test_block_policy_pauses_reading_and_loses_nothing(fan: Fanotify) -> None:
     fan._ensure_reader()
     assert fan._reader.reading
@@ -177,6 +184,7 @@ async def test_block_policy_pauses_reading_and_loses_nothing(fan: Fanotify) -> N
     other.close()
 
 
+@pytest.mark.kernel
 async def test_closing_a_blocked_client_resumes_reading(fan: Fanotify) -> None:
     fan._ensure_reader()
     slow = fan.connect(FanoRule("slow", ev_types=OPEN, pass_fd=True), maxsize=1)
@@ -191,6 +199,7 @@ async def test_closing_a_blocked_client_resumes_reading(fan: Fanotify) -> None:
     other.close()
 
 
+@pytest.mark.kernel
 async def test_close_stops_delivery_at_once(fan: Fanotify) -> None:
     c = fan.connect(FanoRule("c", ev_types=OPEN, pass_fd=True))
     keep = fan.connect(FanoRule("keep", ev_types=OPEN))
@@ -208,6 +217,7 @@ async def test_close_stops_delivery_at_once(fan: Fanotify) -> None:
     keep.close()
 
 
+@pytest.mark.kernel
 async def test_waiting_get_wakes_on_close(fan: Fanotify) -> None:
     c = fan.connect(FanoRule("c", ev_types=OPEN))
     waiter = asyncio.ensure_future(c.get())
@@ -217,6 +227,7 @@ async def test_waiting_get_wakes_on_close(fan: Fanotify) -> None:
         await waiter
 
 
+@pytest.mark.kernel
 async def test_disconnect_by_rule_and_by_client(fan: Fanotify) -> None:
     rule = FanoRule("r", ev_types=OPEN)
     c1 = fan.connect(rule)
@@ -230,6 +241,7 @@ async def test_disconnect_by_rule_and_by_client(fan: Fanotify) -> None:
         fan.disconnect("r")  # type: ignore[arg-type]
 
 
+@pytest.mark.kernel
 async def test_group_close_ends_clients(fan: Fanotify) -> None:
     c = fan.connect(FanoRule("c", ev_types=OPEN, pass_fd=True))
     ev = synth(fd=True)
@@ -241,12 +253,13 @@ async def test_group_close_ends_clients(fan: Fanotify) -> None:
             got.append(e)
 
     task = asyncio.ensure_future(consume())
-    await asyncio.sleep(0.01)
+    await asyncio.sleep(0)  # one turn of the loop: the consumer waits now
     await fan.aclose()
     await asyncio.wait_for(task, 2)
     assert len(got) == 1 and not is_open(ev.fd) and c.closed
 
 
+@pytest.mark.kernel
 async def test_async_for_releases_previous_event(fan: Fanotify) -> None:
     c = fan.connect(FanoRule("c", ev_types=OPEN, pass_fd=True))
     evs = [synth(fd=True) for _ in range(2)]
@@ -260,6 +273,7 @@ async def test_async_for_releases_previous_event(fan: Fanotify) -> None:
     assert all(e.closed for e in evs)
 
 
+@pytest.mark.kernel
 async def test_sync_predicate_dispatches_inline(fan: Fanotify) -> None:
     c = fan.connect(FanoRule("c", predicate=lambda e: e.pid % 2 == 0))
     fan._deliver([synth(pid=1), synth(pid=2), synth(pid=4)])
@@ -268,6 +282,7 @@ async def test_sync_predicate_dispatches_inline(fan: Fanotify) -> None:
     c.close()
 
 
+@pytest.mark.kernel
 async def test_async_predicate_keeps_order_and_pauses_reading(fan: Fanotify) -> None:
     fan._ensure_reader()
 
@@ -292,6 +307,7 @@ async def test_async_predicate_keeps_order_and_pauses_reading(fan: Fanotify) -> 
     s.close()
 
 
+@pytest.mark.kernel
 async def test_failing_predicate_is_counted_not_fatal(fan: Fanotify) -> None:
     def boom(e: FanotifyData) -> bool:
         raise RuntimeError("boom")
@@ -305,6 +321,7 @@ async def test_failing_predicate_is_counted_not_fatal(fan: Fanotify) -> None:
     ok.close()
 
 
+@pytest.mark.kernel
 async def test_kernel_overflow_reaches_every_client(fan: Fanotify) -> None:
     a = fan.connect(FanoRule("a", ev_types=OPEN))
     b = fan.connect(FanoRule("b", pids=[3]))
@@ -315,6 +332,7 @@ async def test_kernel_overflow_reaches_every_client(fan: Fanotify) -> None:
         c.close()
 
 
+@pytest.mark.kernel
 async def test_group_queue_is_a_consumer_only_once_received_from(fan: Fanotify) -> None:
     c = fan.connect(FanoRule("c", ev_types=OPEN))
     fan._deliver([synth("/d/1", fd=True)])
@@ -329,6 +347,7 @@ async def test_group_queue_is_a_consumer_only_once_received_from(fan: Fanotify) 
     c.close()
 
 
+@pytest.mark.kernel
 async def test_last_client_leaving_stops_reading_when_group_unread(fan: Fanotify) -> None:
     c = fan.connect(FanoRule("c", ev_types=OPEN))
     with pytest.raises(WouldBlock):
@@ -338,6 +357,7 @@ async def test_last_client_leaving_stops_reading_when_group_unread(fan: Fanotify
     assert not fan._reader.reading  # the kernel keeps events for the next reader
 
 
+@pytest.mark.kernel
 async def test_proc_read_only_when_a_candidate_needs_it(fan: Fanotify) -> None:
     by_type = fan.connect(FanoRule("t", ev_types=CW))
     by_exe = fan.connect(FanoRule("e", ev_types=OPEN, exe_pattern="*python*"))
@@ -354,6 +374,7 @@ async def test_proc_read_only_when_a_candidate_needs_it(fan: Fanotify) -> None:
     by_exe.close()
 
 
+@pytest.mark.kernel
 async def test_process_gone_fields_none_and_exe_rule_does_not_match(fan: Fanotify) -> None:
     by_exe = fan.connect(FanoRule("e", exe_pattern="*"))
     by_type = fan.connect(FanoRule("t", ev_types=OPEN))
@@ -366,6 +387,7 @@ async def test_process_gone_fields_none_and_exe_rule_does_not_match(fan: Fanotif
     by_type.close()
 
 
+@pytest.mark.kernel
 async def test_client_arguments_are_checked(fan: Fanotify) -> None:
     with pytest.raises(ValueError, match="overflow"):
         FanotifyClient(fan, ev_types=OPEN, overflow="spill")
@@ -384,6 +406,7 @@ async def test_client_arguments_are_checked(fan: Fanotify) -> None:
         fan.connect(FanoRule("r", ev_types=OPEN))
 
 
+@pytest.mark.kernel
 async def test_client_context_managers(fan: Fanotify) -> None:
     async with FanotifyClient(fan, ev_types=OPEN) as c:
         assert not c.closed
@@ -400,6 +423,7 @@ def test_client_overflow_marker_pickles_and_is_fanotify_data() -> None:
     assert pickle.loads(pickle.dumps(m)) == m
 
 
+@pytest.mark.kernel
 async def test_path_index_keeps_semantics_and_order(fan: Fanotify) -> None:
     rules = [
         FanoRule("deep", path_pattern="/d/x/+(a|b)"),
@@ -432,6 +456,7 @@ async def test_path_index_keeps_semantics_and_order(fan: Fanotify) -> None:
         c.close()
 
 
+@pytest.mark.kernel
 async def test_permission_primary_is_first_matching_client_in_connect_order(
     fan: Fanotify,
 ) -> None:
@@ -452,6 +477,7 @@ async def test_permission_primary_is_first_matching_client_in_connect_order(
     early_star.close()
 
 
+@pytest.mark.kernel
 async def test_permission_class_group_never_blocks() -> None:
     from afanotify import InitFlag
 
@@ -471,6 +497,7 @@ async def test_permission_class_group_never_blocks() -> None:
         c.close()
 
 
+@pytest.mark.kernel
 async def test_group_failure_delivers_queued_events_then_errors(fan: Fanotify) -> None:
     fan._ensure_reader()
     c = fan.connect(FanoRule("c", ev_types=OPEN), maxsize=1)
@@ -484,6 +511,7 @@ async def test_group_failure_delivers_queued_events_then_errors(fan: Fanotify) -
     c.close()
 
 
+@pytest.mark.kernel
 async def test_group_failure_ends_clients_with_an_error(fan: Fanotify) -> None:
     c = fan.connect(FanoRule("c", ev_types=OPEN))
 
@@ -492,7 +520,7 @@ async def test_group_failure_ends_clients_with_an_error(fan: Fanotify) -> None:
             pass
 
     task = asyncio.ensure_future(consume())
-    await asyncio.sleep(0.01)
+    await asyncio.sleep(0)  # one turn of the loop: the consumer waits now
     fan._fail(OSError(5, "Input/output error"))
     with pytest.raises(ClosedResourceError, match="failed"):
         await asyncio.wait_for(task, 2)
@@ -521,6 +549,7 @@ _event_st = st.builds(
 )
 
 
+@pytest.mark.kernel
 @settings(max_examples=150, deadline=None)
 @given(st.lists(_rule_st, min_size=1, max_size=6), st.lists(_event_st, max_size=12))
 def test_dispatch_equals_matching_each_rule(
@@ -547,6 +576,7 @@ def test_dispatch_equals_matching_each_rule(
     assert got == want
 
 
+@pytest.mark.kernel
 async def test_group_close_during_async_dispatch_releases_everything() -> None:
     never = asyncio.Event()
 
@@ -559,7 +589,7 @@ async def test_group_close_during_async_dispatch_releases_everything() -> None:
         c = fan.connect(FanoRule("stuck", predicate=stuck, pass_fd=True))
         evs = [synth(fd=True) for _ in range(3)]
         fan._deliver(evs)
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0)  # one turn of the loop: the predicate waits now
         task = fan._clients._task
         assert task is not None and not task.done()
     finally:

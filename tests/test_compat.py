@@ -263,6 +263,7 @@ def test_fanotify_data_fields_assignable_and_indexable_like_pyfanotify_dicts() -
 # -- Fanotify(): construction and its exceptions ---------------------------------------
 
 
+@pytest.mark.kernel
 def test_fanotify_defaults_make_a_fd_group(make: Callable[..., Fanotify]) -> None:
     fan = make()
     assert fan.with_fid is False
@@ -271,6 +272,7 @@ def test_fanotify_defaults_make_a_fd_group(make: Callable[..., Fanotify]) -> Non
     assert not fan.running
 
 
+@pytest.mark.kernel
 def test_init_fid_makes_a_fid_group(make: Callable[..., Fanotify]) -> None:
     fan = make(init_fid=True)
     assert fan.with_fid is True
@@ -313,6 +315,7 @@ def test_oserror_when_fanotify_is_missing(
     assert "fanotify_init failed" in caplog.text
 
 
+@pytest.mark.kernel
 def test_oserror_without_privilege() -> None:
     # As a user without CAP_SYS_ADMIN, fanotify_init fails: OSError, as documented.
     code = textwrap.dedent("""
@@ -333,6 +336,7 @@ def test_oserror_without_privilege() -> None:
 # -- start / stop --------------------------------------------------------------------
 
 
+@pytest.mark.kernel
 def test_start_runs_the_engine_on_a_thread_not_a_process(make: Callable[..., Fanotify]) -> None:
     fan = make()
     before = {t.name for t in threading.enumerate()}
@@ -343,6 +347,7 @@ def test_start_runs_the_engine_on_a_thread_not_a_process(make: Callable[..., Fan
     assert fan.running
 
 
+@pytest.mark.kernel
 def test_stop_joins_closes_and_is_idempotent(make: Callable[..., Fanotify]) -> None:
     fan = make()
     fan.start()
@@ -357,12 +362,14 @@ def test_stop_joins_closes_and_is_idempotent(make: Callable[..., Fanotify]) -> N
         fan.start()
 
 
+@pytest.mark.kernel
 def test_stop_without_start_closes_the_group(make: Callable[..., Fanotify]) -> None:
     fan = make()
     fan.stop()
     assert fan.group.closed
 
 
+@pytest.mark.kernel
 def test_stop_is_called_at_interpreter_exit(tmpfs: Path) -> None:
     # The atexit hook registered first runs last: it sees the engine stopped.
     code = textwrap.dedent("""
@@ -392,6 +399,7 @@ def test_stop_is_called_at_interpreter_exit(tmpfs: Path) -> None:
 # -- fn timer --------------------------------------------------------------------------
 
 
+@pytest.mark.kernel
 def test_fn_called_with_fn_args_every_fn_timeout(make: Callable[..., Fanotify]) -> None:
     calls: list[tuple[float, tuple[Any, ...], str]] = []
     done = threading.Event()
@@ -410,16 +418,19 @@ def test_fn_called_with_fn_args_every_fn_timeout(make: Callable[..., Fanotify]) 
     assert all(name == "afanotify-compat" for _, _, name in calls)
     gaps = [b[0] - a[0] for a, b in itertools.pairwise(calls)]
     assert all(g >= 0.15 for g in gaps), gaps
-    time.sleep(0.3)  # checking that nothing happens after stop needs a wait
+    # stop() joined the engine thread, the only caller of fn: no call can follow.
+    assert not any(t.name == "afanotify-compat" for t in threading.enumerate())
     assert len(calls) == n
 
 
+@pytest.mark.kernel
 def test_fn_not_called_before_start(make: Callable[..., Fanotify]) -> None:
     called = threading.Event()
     make(fn=called.set, fn_timeout=0.05)
     assert not called.wait(0.2)
 
 
+@pytest.mark.kernel
 def test_fn_exception_is_logged_and_fn_keeps_running(
     make: Callable[..., Fanotify], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -458,6 +469,7 @@ def test_fanorule_documented_exceptions() -> None:
 # -- FanotifyClient ------------------------------------------------------------------------
 
 
+@pytest.mark.kernel
 def test_client_generates_rname_and_rule(
     make: Callable[..., Fanotify], client: Callable[..., FanotifyClient]
 ) -> None:
@@ -474,6 +486,7 @@ def test_client_generates_rname_and_rule(
     assert named.rname == hashlib.sha256(b"mine").hexdigest().encode()
 
 
+@pytest.mark.kernel
 def test_client_rule_exceptions(make: Callable[..., Fanotify]) -> None:
     fan = make()
     with pytest.raises(TypeError):
@@ -484,6 +497,7 @@ def test_client_rule_exceptions(make: Callable[..., Fanotify]) -> None:
         FanotifyClient(object())  # type: ignore[arg-type]
 
 
+@pytest.mark.kernel
 def test_get_events_yields_nothing_without_blocking(
     make: Callable[..., Fanotify], client: Callable[..., FanotifyClient]
 ) -> None:
@@ -496,6 +510,7 @@ def test_get_events_yields_nothing_without_blocking(
     assert select.select([cli.sock], [], [], 0)[0] == []
 
 
+@pytest.mark.kernel
 def test_events_reach_a_poll_loop(
     tmpfs: Path, running: Callable[..., Fanotify], client: Callable[..., FanotifyClient]
 ) -> None:
@@ -513,6 +528,7 @@ def test_events_reach_a_poll_loop(
     assert select.select([cli.sock], [], [], 0)[0] == []
 
 
+@pytest.mark.kernel
 def test_sock_readable_while_events_wait(
     tmpfs: Path, running: Callable[..., Fanotify], client: Callable[..., FanotifyClient]
 ) -> None:
@@ -524,6 +540,7 @@ def test_sock_readable_while_events_wait(
     assert str(tmpfs / "r") in paths(got)
 
 
+@pytest.mark.kernel
 def test_breaking_out_of_get_events_keeps_the_rest(
     tmpfs: Path, running: Callable[..., Fanotify], client: Callable[..., FanotifyClient]
 ) -> None:
@@ -541,6 +558,7 @@ def test_breaking_out_of_get_events_keeps_the_rest(
     assert [first.path, *[e.path for e in rest]] == [f"{tmpfs}/f{i}" for i in range(1, 6)]
 
 
+@pytest.mark.kernel
 def test_pass_fd_gives_the_receiver_an_open_fd(
     tmpfs: Path, running: Callable[..., Fanotify], client: Callable[..., FanotifyClient]
 ) -> None:
@@ -562,6 +580,7 @@ def test_pass_fd_gives_the_receiver_an_open_fd(
         os.close(b.fd)
 
 
+@pytest.mark.kernel
 def test_exe_and_cwd_patterns_fill_exe_and_cwd(
     tmpfs: Path, running: Callable[..., Fanotify], client: Callable[..., FanotifyClient]
 ) -> None:
@@ -581,6 +600,7 @@ def test_exe_and_cwd_patterns_fill_exe_and_cwd(
     assert ev.cwd == str(tmpfs / "wd")
 
 
+@pytest.mark.kernel
 def test_pids_rule_selects_by_pid(
     tmpfs: Path, running: Callable[..., Fanotify], client: Callable[..., FanotifyClient]
 ) -> None:
@@ -599,6 +619,7 @@ def test_pids_rule_selects_by_pid(
     assert str(tmpfs / "other") not in paths(got)
 
 
+@pytest.mark.kernel
 def test_close_disconnects_and_is_idempotent(
     tmpfs: Path, running: Callable[..., Fanotify], client: Callable[..., FanotifyClient]
 ) -> None:
@@ -616,6 +637,7 @@ def test_close_disconnects_and_is_idempotent(
     assert fan.statistics().dispatch.clients == 1
 
 
+@pytest.mark.kernel
 def test_disconnect_and_connect_rule(
     tmpfs: Path, running: Callable[..., Fanotify], client: Callable[..., FanotifyClient]
 ) -> None:
@@ -632,6 +654,7 @@ def test_disconnect_and_connect_rule(
     assert str(tmpfs / "while-off") not in paths(got)
 
 
+@pytest.mark.kernel
 def test_connect_and_disconnect_take_only_rules(make: Callable[..., Fanotify]) -> None:
     fan = make()
     with pytest.raises(TypeError):
@@ -640,6 +663,7 @@ def test_connect_and_disconnect_take_only_rules(make: Callable[..., Fanotify]) -
         fan.disconnect(None)  # type: ignore[arg-type]
 
 
+@pytest.mark.kernel
 def test_rule_without_client_gets_pyfanotify_datagrams(
     tmpfs: Path, make: Callable[..., Fanotify]
 ) -> None:
@@ -677,6 +701,7 @@ def test_rule_without_client_gets_pyfanotify_datagrams(
         fan.disconnect(rule)
 
 
+@pytest.mark.kernel
 def test_full_datagram_receiver_makes_the_engine_wait_not_drop(
     tmpfs: Path, make: Callable[..., Fanotify]
 ) -> None:
@@ -701,6 +726,7 @@ def test_full_datagram_receiver_makes_the_engine_wait_not_drop(
         done.unlink(missing_ok=True)
 
 
+@pytest.mark.kernel
 def test_rule_without_receiver_counts_and_logs_drops(
     tmpfs: Path, make: Callable[..., Fanotify], client: Callable[..., FanotifyClient],
     caplog: pytest.LogCaptureFixture,
@@ -721,6 +747,7 @@ def test_rule_without_receiver_counts_and_logs_drops(
 # -- mark() ---------------------------------------------------------------------------------
 
 
+@pytest.mark.kernel
 def test_mark_inode_watches_only_that_file(
     tmpfs: Path, make: Callable[..., Fanotify], client: Callable[..., FanotifyClient]
 ) -> None:
@@ -735,6 +762,7 @@ def test_mark_inode_watches_only_that_file(
     assert paths(got) == {str(tmpfs / "watched")}
 
 
+@pytest.mark.kernel
 def test_mark_default_ev_types_cover_a_directorys_children(
     tmpfs: Path, make: Callable[..., Fanotify], client: Callable[..., FanotifyClient]
 ) -> None:
@@ -751,6 +779,7 @@ def test_mark_default_ev_types_cover_a_directorys_children(
     assert all(x.path.startswith(str(d)) for x in got if x.path)
 
 
+@pytest.mark.kernel
 def test_mark_mp_watches_the_mount(
     tmpfs: Path, make: Callable[..., Fanotify], client: Callable[..., FanotifyClient]
 ) -> None:
@@ -763,6 +792,7 @@ def test_mark_mp_watches_the_mount(
     wait_events(cli, has_path(tmpfs / "sub" / "deep"))
 
 
+@pytest.mark.kernel
 def test_mark_fs_watches_the_filesystem(
     tmpfs: Path, make: Callable[..., Fanotify], client: Callable[..., FanotifyClient]
 ) -> None:
@@ -775,6 +805,7 @@ def test_mark_fs_watches_the_filesystem(
     wait_events(cli, has_path(tmpfs / "top"))
 
 
+@pytest.mark.kernel
 def test_mark_dir_on_a_file_logs_and_does_not_raise(
     tmpfs: Path, make: Callable[..., Fanotify], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -785,6 +816,7 @@ def test_mark_dir_on_a_file_logs_and_does_not_raise(
     assert "mark(" in caplog.text and "file" in caplog.text
 
 
+@pytest.mark.kernel
 def test_mark_iterable_of_paths(
     tmpfs: Path, make: Callable[..., Fanotify], client: Callable[..., FanotifyClient]
 ) -> None:
@@ -799,6 +831,7 @@ def test_mark_iterable_of_paths(
     assert str(tmpfs / "c") not in paths(got)
 
 
+@pytest.mark.kernel
 def test_mark_dont_follow_marks_the_link_itself(
     tmpfs: Path, make: Callable[..., Fanotify], client: Callable[..., FanotifyClient]
 ) -> None:
@@ -819,6 +852,7 @@ def test_mark_dont_follow_marks_the_link_itself(
     assert str(tmpfs / "target") not in paths(got)
 
 
+@pytest.mark.kernel
 def test_mark_as_ignore_silences_a_file(
     tmpfs: Path, make: Callable[..., Fanotify], client: Callable[..., FanotifyClient]
 ) -> None:
@@ -833,6 +867,7 @@ def test_mark_as_ignore_silences_a_file(
     assert str(tmpfs / "quiet") not in paths(got)
 
 
+@pytest.mark.kernel
 def test_mark_remove_as_ignore_lets_events_through_again(
     tmpfs: Path, make: Callable[..., Fanotify], client: Callable[..., FanotifyClient]
 ) -> None:
@@ -847,6 +882,7 @@ def test_mark_remove_as_ignore_lets_events_through_again(
     wait_events(cli, has_path(tmpfs / "quiet"))
 
 
+@pytest.mark.kernel
 def test_mark_remove_takes_events_off_the_mark(
     tmpfs: Path, make: Callable[..., Fanotify], client: Callable[..., FanotifyClient]
 ) -> None:
@@ -862,6 +898,7 @@ def test_mark_remove_takes_events_off_the_mark(
     assert str(tmpfs / "gone") not in paths(got)
 
 
+@pytest.mark.kernel
 def test_mark_after_start_works(
     tmpfs: Path, make: Callable[..., Fanotify], client: Callable[..., FanotifyClient]
 ) -> None:
@@ -873,6 +910,7 @@ def test_mark_after_start_works(
     wait_events(cli, has_path(tmpfs / "late"))
 
 
+@pytest.mark.kernel
 def test_mark_failure_logs_to_given_logger_and_not_stdout(
     tmpfs: Path, make: Callable[..., Fanotify], capfd: pytest.CaptureFixture[str],
     caplog: pytest.LogCaptureFixture,
@@ -888,6 +926,7 @@ def test_mark_failure_logs_to_given_logger_and_not_stdout(
     assert capfd.readouterr().out == ""
 
 
+@pytest.mark.kernel
 def test_mark_failure_default_logger_is_the_modules(
     tmpfs: Path, make: Callable[..., Fanotify], capfd: pytest.CaptureFixture[str],
     caplog: pytest.LogCaptureFixture,
@@ -899,6 +938,7 @@ def test_mark_failure_default_logger_is_the_modules(
     assert capfd.readouterr().out == ""
 
 
+@pytest.mark.kernel
 def test_mark_bad_arguments_raise(make: Callable[..., Fanotify], tmpfs: Path) -> None:
     fan = make()
     with pytest.raises(ValueError, match="is_type"):
@@ -920,6 +960,7 @@ def test_mark_bad_arguments_raise(make: Callable[..., Fanotify], tmpfs: Path) ->
         ({"do_non_mounts": False, "do_mounts": False, "do_fs": True}, "fs", "inode"),
     ],
 )
+@pytest.mark.kernel
 def test_flush_removes_one_kind_of_mark(
     tmpfs: Path, tmpfs2: Path, ext4: Path, make: Callable[..., Fanotify],
     client: Callable[..., FanotifyClient], kwargs: dict[str, bool], silent: str, loud: str,
@@ -939,6 +980,7 @@ def test_flush_removes_one_kind_of_mark(
     assert str(files[silent]) not in paths(got)
 
 
+@pytest.mark.kernel
 def test_flush_defaults_remove_every_mark(
     tmpfs: Path, tmpfs2: Path, make: Callable[..., Fanotify],
     client: Callable[..., FanotifyClient],
@@ -958,6 +1000,7 @@ def test_flush_defaults_remove_every_mark(
     assert paths(got) == {str(tmpfs / "ctl")}
 
 
+@pytest.mark.kernel
 def test_flush_failure_is_logged(
     make: Callable[..., Fanotify], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -971,6 +1014,7 @@ def test_flush_failure_is_logged(
 # -- FID mode -----------------------------------------------------------------------------------
 
 
+@pytest.mark.kernel
 def test_fid_events_carry_paths_and_rename_carries_both(
     tmpfs: Path, make: Callable[..., Fanotify], client: Callable[..., FanotifyClient]
 ) -> None:
@@ -988,6 +1032,7 @@ def test_fid_events_carry_paths_and_rename_carries_both(
     assert (rename.old_path, rename.new_path) == (str(tmpfs / "new"), str(tmpfs / "renamed"))
 
 
+@pytest.mark.kernel
 def test_clients_do_not_share_mutable_events(
     tmpfs: Path, make: Callable[..., Fanotify], client: Callable[..., FanotifyClient]
 ) -> None:
@@ -1008,6 +1053,7 @@ def test_clients_do_not_share_mutable_events(
 # -- filtering our own process tree -----------------------------------------------------------
 
 
+@pytest.mark.kernel
 def test_events_from_own_process_and_descendants_are_not_delivered(
     tmpfs: Path, running: Callable[..., Fanotify], client: Callable[..., FanotifyClient]
 ) -> None:
@@ -1038,6 +1084,7 @@ def test_events_from_own_process_and_descendants_are_not_delivered(
 # -- backlog: nothing lost ------------------------------------------------------------------------
 
 
+@pytest.mark.kernel
 def test_full_mailbox_applies_backpressure_and_loses_nothing(
     tmpfs: Path, running: Callable[..., Fanotify], client: Callable[..., FanotifyClient]
 ) -> None:
@@ -1057,6 +1104,7 @@ def test_full_mailbox_applies_backpressure_and_loses_nothing(
     assert fan.statistics().waits > 0
 
 
+@pytest.mark.kernel
 def test_drop_policy_counts_and_logs_drops(
     tmpfs: Path, running: Callable[..., Fanotify], client: Callable[..., FanotifyClient],
     caplog: pytest.LogCaptureFixture,
@@ -1075,6 +1123,7 @@ def test_drop_policy_counts_and_logs_drops(
     assert [e.path for e in cli.get_events()] == [f"{tmpfs}/f{i}" for i in range(1, 5)]
 
 
+@pytest.mark.kernel
 def test_burst_beyond_the_kernels_default_queue_arrives_whole(
     tmpfs: Path, make: Callable[..., Fanotify], client: Callable[..., FanotifyClient]
 ) -> None:
@@ -1106,6 +1155,7 @@ def test_burst_beyond_the_kernels_default_queue_arrives_whole(
     assert st.group.overflows == 0 and cli.statistics().dropped == 0
 
 
+@pytest.mark.kernel
 def test_get_events_is_a_generator(
     make: Callable[..., Fanotify], client: Callable[..., FanotifyClient]
 ) -> None:
@@ -1115,6 +1165,7 @@ def test_get_events_is_a_generator(
     assert inspect.isgenerator(cli.get_events())
 
 
+@pytest.mark.kernel
 def test_unstopped_fanotify_and_unclosed_client_warn() -> None:
     import gc
 
@@ -1130,6 +1181,7 @@ def test_unstopped_fanotify_and_unclosed_client_warn() -> None:
     assert group.closed
 
 
+@pytest.mark.kernel
 def test_default_mask_on_a_file_is_accepted(
     tmpfs: Path, make: Callable[..., Fanotify], client: Callable[..., FanotifyClient],
     caplog: pytest.LogCaptureFixture,
@@ -1146,6 +1198,7 @@ def test_default_mask_on_a_file_is_accepted(
     assert paths(got) == {str(tmpfs / "plain")}
 
 
+@pytest.mark.kernel
 def test_client_on_a_stopped_fanotify_raises(make: Callable[..., Fanotify]) -> None:
     fan = make()
     fan.stop()
@@ -1153,6 +1206,7 @@ def test_client_on_a_stopped_fanotify_raises(make: Callable[..., Fanotify]) -> N
         FanotifyClient(fan, path_pattern="*")
 
 
+@pytest.mark.kernel
 def test_client_made_before_start_receives_after_start(
     tmpfs: Path, make: Callable[..., Fanotify], client: Callable[..., FanotifyClient]
 ) -> None:
@@ -1164,6 +1218,7 @@ def test_client_made_before_start_receives_after_start(
     wait_events(cli, has_path(tmpfs / "early"))
 
 
+@pytest.mark.kernel
 def test_stop_from_fn_ends_the_engine(make: Callable[..., Fanotify]) -> None:
     holder: list[Fanotify] = []
     fan = make(fn=lambda: holder[0].stop(), fn_timeout=0.05)
@@ -1176,6 +1231,7 @@ def test_stop_from_fn_ends_the_engine(make: Callable[..., Fanotify]) -> None:
     assert fan.group.closed
 
 
+@pytest.mark.kernel
 def test_fn_timeout_zero_calls_fn_every_second(make: Callable[..., Fanotify]) -> None:
     calls: list[float] = []
     done = threading.Event()
@@ -1191,6 +1247,7 @@ def test_fn_timeout_zero_calls_fn_every_second(make: Callable[..., Fanotify]) ->
     assert 0.8 <= calls[1] - calls[0] <= 3.0
 
 
+@pytest.mark.kernel
 def test_mark_relative_path_with_dirfd(
     tmpfs: Path, make: Callable[..., Fanotify], client: Callable[..., FanotifyClient]
 ) -> None:
@@ -1235,6 +1292,7 @@ def test_ancestry_walks_the_ppid_chain_and_caches() -> None:
         child.stdout.close()
 
 
+@pytest.mark.kernel
 def test_legacy_events_stay_visible_to_the_garbage_collector(
     tmpfs: Path, running: Callable[..., Fanotify], client: Callable[..., FanotifyClient]
 ) -> None:

@@ -130,6 +130,7 @@ def test_example_uses_only_the_changed_import(name: str) -> None:
     assert text.count("afanotify.") == text.count("afanotify.compat")
 
 
+@pytest.mark.kernel
 @pytest.mark.timeout(60)
 def test_legacy_simple(tmpfs: Path, run_example: Callable[..., Example]) -> None:
     ex = run_example("legacy_simple.py", str(tmpfs))
@@ -141,6 +142,7 @@ def test_legacy_simple(tmpfs: Path, run_example: Callable[..., Example]) -> None
     finish(ex)
 
 
+@pytest.mark.kernel
 @pytest.mark.timeout(60)
 def test_legacy_fid(tmpfs: Path, run_example: Callable[..., Example]) -> None:
     ex = run_example("legacy_fid.py", str(tmpfs))
@@ -152,6 +154,7 @@ def test_legacy_fid(tmpfs: Path, run_example: Callable[..., Example]) -> None:
     finish(ex)
 
 
+@pytest.mark.kernel
 @pytest.mark.timeout(60)
 def test_legacy_all_mountpoints(tmpfs: Path, run_example: Callable[..., Example]) -> None:
     mounts = [tmpfs / "a", tmpfs / "b"]

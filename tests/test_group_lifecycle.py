@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import CHILD_CWD, child_env, collect, open_fd_count, sh
+from helpers import CHILD_CWD, child_env, collect, open_fd_count, sh, wait_until
 
 from afanotify import ClosedResourceError, Event, Fanotify, FanotifyData, InitFlag, WouldBlock
 
@@ -94,8 +94,7 @@ async def test_cancelling_a_consumer_leaks_nothing(tmpfs: Path, flags: InitFlag)
         assert sh(f"for i in 1 2 3 4 5; do echo $i > {tmpfs}/f$i; done").returncode == 0
         await asyncio.wait_for(holding.wait(), 5)
         # Let the group read the rest into its queue while the consumer holds one.
-        while fan.stats.events_read < 5:
-            await asyncio.sleep(0.01)
+        await wait_until(lambda: fan.stats.events_read >= 5, "the group read 5 events")
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -103,17 +102,28 @@ async def test_cancelling_a_consumer_leaks_nothing(tmpfs: Path, flags: InitFlag)
         ev = await asyncio.wait_for(fan.receive(), 5)
         assert ev.path == f"{tmpfs}/f2"
         ev.close()
-        # A receiver cancelled while waiting takes nothing with it.
+        # A receiver cancelled while waiting takes nothing with it: empty the
+        # queue, cancel a waiting receive(), and the next event goes to the
+        # next receiver.
+        rest = []
+        while True:
+            try:
+                rest.append(fan.receive_nowait())
+            except WouldBlock:
+                break
+        assert [e.path for e in rest] == [f"{tmpfs}/f{i}" for i in (3, 4, 5)]
+        for e in rest:
+            e.close()
         waiter = asyncio.create_task(fan.receive())
-        await asyncio.sleep(0)
-        queued = fan.stats.queued
-        if not waiter.done():
-            waiter.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await waiter
-            assert fan.stats.queued == queued
-        else:
-            waiter.result().close()
+        await asyncio.sleep(0)  # one turn of the loop: it is waiting now
+        assert not waiter.done()
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        assert sh(f"echo 6 > {tmpfs}/f6").returncode == 0
+        ev = await asyncio.wait_for(fan.receive(), 5)
+        assert ev.path == f"{tmpfs}/f6"
+        ev.close()
     finally:
         await fan.aclose()
     assert open_fd_count() == baseline
@@ -125,8 +135,7 @@ async def test_close_releases_queued_event_fds(tmpfs: Path) -> None:
         fan.mark(tmpfs, WRITES)
         assert sh(f"for i in 1 2 3; do echo $i > {tmpfs}/f$i; done").returncode == 0
         first = await asyncio.wait_for(fan.receive(), 5)
-        while fan.stats.events_read < 3:
-            await asyncio.sleep(0.01)
+        await wait_until(lambda: fan.stats.events_read >= 3, "the group read 3 events")
         assert open_fd_count() >= baseline + 4  # group fd + 3 event fds
     # The queued events' fds went with the group; the one handed out by
     # receive() belongs to the caller until it closes it.
@@ -319,8 +328,7 @@ async def test_events_read_before_a_failure_are_still_delivered(tmpfs: Path) -> 
         assert sh(f"for i in 1 2 3; do echo $i > {tmpfs}/f$i; done").returncode == 0
         first = await asyncio.wait_for(fan.receive(), 5)
         first.close()
-        while fan.stats.events_read < 3:
-            await asyncio.sleep(0.01)
+        await wait_until(lambda: fan.stats.events_read >= 3, "the group read 3 events")
         fan._fail(OSError(5, "Input/output error"))
         got = []
         with pytest.raises(ClosedResourceError, match="failed"):

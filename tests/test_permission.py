@@ -349,8 +349,9 @@ async def test_close_answers_three_waiting_processes(
     task = asyncio.create_task(hoard())
     runs = [asyncio.create_task(child("open", f)) for f in files]
     await wait_for(lambda: len(held) == 3)
-    await asyncio.sleep(0.2)
-    assert _blocked_children() == 3
+    # Held and unanswered, so all three wait on us until close.
+    assert not any(ev.answered for ev in held)
+    await wait_for(lambda: _blocked_children() == 3)
     await fan.aclose()
     results = await asyncio.gather(*runs)
     with pytest.raises(ClosedResourceError):
@@ -510,7 +511,7 @@ async def main():
                 await ev.allow()
 
         task = asyncio.create_task(reader())
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0)  # one turn of the loop: the reader waits for events now
         t0 = time.monotonic()
         with open(path) as f:  # on the loop's thread: our own event, and nobody to read it
             data = f.read()
@@ -601,10 +602,16 @@ def test_sync_reader_answers_overdue_events(tmpfs: Path) -> None:
                     events = fan.read_batch()
                 except WouldBlock:
                     time.sleep(0.01)
+            read_at = time.monotonic()
             assert len(events) == 1 and not events[0].answered
             assert fan.answer_overdue() == 0  # not yet
-            time.sleep(0.6)
-            assert fan.answer_overdue() == 1
+            answered = 0
+            while not answered and time.monotonic() < deadline:
+                answered = fan.answer_overdue()
+                if not answered:
+                    time.sleep(0.01)
+            assert answered == 1
+            assert time.monotonic() - read_at >= fan.permission_timeout
             assert events[0].answered
             _, err = proc.communicate(timeout=10)
         finally:

@@ -100,6 +100,7 @@ def test_evt_to_str_rejects_non_int() -> None:
         legacy.evt_to_str("open")  # type: ignore[arg-type]
 
 
+@pytest.mark.kernel
 def test_private_debug_logs_to_the_given_logger(caplog: pytest.LogCaptureFixture) -> None:
     logger = logging.getLogger("test.pyfanotify.debug")
     fan = legacy.Fanotify(log=logger)
