@@ -25,7 +25,9 @@ def test_module_has_every_name_compat_has() -> None:
         assert getattr(legacy, n) == getattr(compat, n), n
     for n in ("Fanotify", "FanoRule", "FanotifyClient", "FanotifyData", "evt_to_str"):
         assert hasattr(legacy, n), n
-    assert legacy.Fanotify is compat.Fanotify
+    # The same class but for where fn runs (FN_IN: a forked child, as in 0.3.0).
+    assert legacy.Fanotify.__bases__ == (compat.Fanotify,)
+    assert set(vars(legacy.Fanotify)) - {'__module__', '__doc__', '__annotations__'} == {'FN_IN'}
     assert issubclass(legacy.FanotifyClient, compat.FanotifyClient)
 
 
