@@ -30,6 +30,7 @@ import os
 import select
 import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -57,6 +58,9 @@ class FnChild:
         self._log = log
         self._wfd = -1
         self._active = False
+        # connect() and stop() may come from different threads: one writer
+        # at a time, and none after the pipe is closed (its number reused).
+        self._lock = threading.Lock()
         #: Seconds :meth:`stop` waits for the current ``fn`` call before it kills.
         self.grace = STOP_GRACE
         #: The child's pid once :meth:`start` forked it, else 0.
@@ -103,19 +107,21 @@ class FnChild:
 
     def set_active(self, active: bool) -> None:
         """Tell the child whether a rule is connected (fn runs only then)."""
-        if active == self._active:
-            return
-        self._active = active
-        self._send(_ACTIVE if active else _IDLE)
+        with self._lock:
+            if active == self._active:
+                return
+            self._active = active
+            self._send(_ACTIVE if active else _IDLE)
 
     def stop(self) -> None:
         """Stop the child and reap it; it has :attr:`grace` seconds to finish ``fn``."""
-        if self._wfd < 0:
-            return
-        self._send(_QUIT)
-        os.close(self._wfd)
-        self._wfd = -1
-        pid, self.pid = self.pid, 0
+        with self._lock:
+            if self._wfd < 0:
+                return
+            self._send(_QUIT)
+            os.close(self._wfd)
+            self._wfd = -1
+            pid, self.pid = self.pid, 0
         if pid and not _wait(pid, self.grace):
             self._log.warning(
                 "Fanotify: fn did not return within %s s of stop(); its process is killed",
