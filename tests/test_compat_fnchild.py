@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -293,3 +294,49 @@ def test_stop_kills_an_fn_that_does_not_return(reports: Reports) -> None:
     assert time.monotonic() - t0 < 10
     with pytest.raises(ProcessLookupError):
         os.kill(int(line), 0)
+
+
+@pytest.mark.timeout(60)
+def test_fn_in_chooses_either_way_in_both_modules(reports: Reports) -> None:
+    cases = [(compat.Fanotify, "process"), (legacy.Fanotify, "thread")]
+    for cls, where in cases:
+        fan = cls(fn=lambda: reports.send(f"{os.getpid()} {threading.current_thread().name}"),
+                  fn_timeout=30, fn_in=where)
+        try:
+            fan.start()
+            fan.connect(legacy.FanoRule(b"fnchild-either", ev_types=legacy.FAN_CLOSE_WRITE))
+            line = reports.next(10)
+        finally:
+            fan.stop()
+        assert line is not None, where
+        pid, name = line.split()
+        if where == "process":
+            assert int(pid) != os.getpid()
+        else:
+            assert (int(pid), name) == (os.getpid(), "afanotify-compat")
+
+
+@pytest.mark.timeout(60)
+def test_an_exception_in_fn_is_logged_by_the_child_and_fn_runs_again() -> None:
+    code = textwrap.dedent("""
+        import logging, os, sys
+        import afanotify.pyfanotify as fan
+        logging.basicConfig(stream=sys.stderr, level=logging.ERROR)
+        r, w = os.pipe()
+        def fn():
+            os.write(w, b"x")
+            raise RuntimeError("boom in fn")
+        f = fan.Fanotify(fn=fn, fn_timeout=0.1)
+        f.start()
+        f.connect(fan.FanoRule(b"raises", ev_types=fan.FAN_CLOSE_WRITE))
+        got = b""
+        while len(got) < 2:
+            got += os.read(r, 1)
+        f.stop()
+        print("calls", len(got))
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=30, env=child_env(), cwd=CHILD_CWD)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["calls", "2"]
+    assert "fn raised" in r.stderr and "RuntimeError: boom in fn" in r.stderr, r.stderr
