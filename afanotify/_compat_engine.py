@@ -105,6 +105,11 @@ class _Engine:
         with self._links_lock:
             self._boxes.pop(name, None)
 
+    def rule_count(self) -> int:
+        """How many rules are connected (clients' and client-less ones)."""
+        with self._links_lock:
+            return len(self._links)
+
     def box_for(self, rule: FanoRule) -> _Mailbox | _DgramSink:
         """The client's mailbox for ``rule``, or a datagram sink when no client made it."""
         with self._links_lock:

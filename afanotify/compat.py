@@ -47,12 +47,13 @@ import socket
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, NamedTuple, Union
+from typing import Any, Literal, NamedTuple, Union
 
 from . import _ffi
 from . import flags as _flags
 from ._compat_data import FanotifyData as FanotifyData
 from ._compat_engine import _Engine
+from ._compat_fnchild import FnChild
 from ._compat_mailbox import ClientStatistics as ClientStatistics
 from ._compat_mailbox import _Mailbox
 from ._resource import ClosingContext, WarnsUnclosed, warn_and_close
@@ -230,17 +231,28 @@ class Fanotify:
         FAN_REPORT_DFID_NAME group.  Events then carry paths but no fd.
     :param log: the logger for errors (``mark()`` failures, ``fn`` failures);
         by default this module's logger.  Nothing is written to stdout.
-    :param fn: called as ``fn(*fn_args)`` on the engine thread when the engine
-        starts and then every ``fn_timeout`` seconds while it runs (every
-        second when ``fn_timeout`` is 0).  Exceptions are logged.
+    :param fn: called as ``fn(*fn_args)`` every ``fn_timeout`` seconds (every
+        second when ``fn_timeout`` is 0) while the engine runs.  Exceptions
+        are logged.  Where it runs is ``fn_in``'s choice.
     :param fn_args: a tuple of arguments for ``fn``.
     :param fn_timeout: seconds between calls of ``fn``.
     :param maxsize: (afanotify) bound of the group's own event queue.
+    :param fn_in: (afanotify) ``"thread"`` (this module's default): ``fn``
+        runs on the engine thread from :meth:`start` on.  ``"process"``
+        (:mod:`afanotify.pyfanotify`'s default, pyfanotify 0.3.0's way): ``fn``
+        runs in a single-threaded child process forked by :meth:`start`, which
+        shares the group (its marks count) and can ``setns(2)`` into another
+        mount namespace; it runs only while a rule is connected, at once when
+        the first one connects.  Its changes to memory stay in the child.
     :raises OSError: if fanotify is not available (no kernel support, no
         CAP_SYS_ADMIN) or fanotify_init fails otherwise
     :raises TypeError: if ``fn`` is not callable or ``fn_args`` is not a tuple
-    :raises ValueError: if ``fn_timeout`` is negative
+    :raises ValueError: if ``fn_timeout`` is negative, or ``fn_in`` is neither
+        ``"thread"`` nor ``"process"``
     """
+
+    #: Where ``fn`` runs unless ``fn_in`` says otherwise.
+    FN_IN: Literal["thread", "process"] = "thread"
 
     def __init__(
         self,
@@ -251,8 +263,12 @@ class Fanotify:
         fn_timeout: float = 0,
         *,
         maxsize: int = 8192,
+        fn_in: Literal["thread", "process"] | None = None,
     ) -> None:
         self._state = "stopped"  # until the group exists, nothing to stop
+        fn_in = self.FN_IN if fn_in is None else fn_in
+        if fn_in not in ("thread", "process"):
+            raise ValueError(f"fn_in must be 'thread' or 'process', got {fn_in!r}")
         if fn is not None and not callable(fn):
             raise TypeError(f"fn must be callable or None, not {type(fn).__name__}")
         if not isinstance(fn_args, tuple):
@@ -276,6 +292,10 @@ class Fanotify:
         self._state = "ready"
         self._state_lock = threading.Lock()
         self._mark_lock = threading.Lock()
+        self._fn_child: FnChild | None = None
+        if fn is not None and fn_in == "process":
+            self._fn_child = FnChild(fn, fn_args, float(fn_timeout), self._log)
+            fn = None  # not on the engine thread
         self._engine = _Engine(
             self._group, self._log, self._mark_lock, fn, fn_args, float(fn_timeout)
         )
@@ -323,6 +343,11 @@ class Fanotify:
                 return
             if self._state == "stopped":
                 raise ClosedResourceError("this Fanotify was stopped: make a new one")
+            if self._state == "fn-child":
+                return
+            if self._fn_child is not None:
+                # Before the engine thread exists: the child has only one.
+                self._fn_child.start(self._in_fn_child)
             self._state = "running"
             ready = threading.Event()
             self._thread = threading.Thread(
@@ -330,6 +355,20 @@ class Fanotify:
             )
             self._thread.start()
         ready.wait()
+        self._sync_fn_child()
+
+    def _in_fn_child(self) -> None:
+        # In fn's child, right after the fork: locks another thread of the
+        # parent may have held are made new, and the object only marks.
+        self._state = "fn-child"
+        self._state_lock = threading.Lock()
+        self._mark_lock = threading.Lock()
+        _live.discard(self)
+
+    def _sync_fn_child(self) -> None:
+        child = self._fn_child
+        if child is not None and self._state == "running":
+            child.set_active(self._engine.rule_count() > 0)
 
     def stop(self) -> None:
         """Stop the engine, join its thread and close the group.  Idempotent.
@@ -339,10 +378,12 @@ class Fanotify:
         """
         with self._state_lock:
             state = self._state
-            if state == "stopped":
+            if state in ("stopped", "fn-child"):
                 return
             self._state = "stopped"
         _live.discard(self)
+        if self._fn_child is not None:
+            self._fn_child.stop()
         thread, loop = self._thread, self._engine.loop
         if state == "running" and thread is not None and loop is not None:
             try:
@@ -382,6 +423,7 @@ class Fanotify:
         if self._state == "stopped":
             raise ClosedResourceError("this Fanotify was stopped")
         self._in_loop(self._engine.connect_now, rule, self._engine.box_for(rule))
+        self._sync_fn_child()
 
     def disconnect(self, rule: FanoRule) -> None:
         """Stop delivering events for ``rule`` (matched by name).
@@ -391,6 +433,7 @@ class Fanotify:
         if not isinstance(rule, FanoRule):
             raise TypeError(f"disconnect() takes a FanoRule, not {type(rule).__name__}")
         self._in_loop(self._engine.disconnect_now, rule.name)
+        self._sync_fn_child()
 
     def _in_loop(self, fn: Callable[..., None], *args: Any) -> None:
         # Clients are created and closed on the engine's thread, the only one

@@ -16,19 +16,22 @@ client builds from its datagram:
   ``cwd_pattern``, and ``b''`` when the rule has no such pattern;
 * ``fd`` is the passed descriptor with ``pass_fd=True`` (the receiver closes
   it), else -1.
+
+And, as in 0.3.0, :class:`Fanotify` runs ``fn`` in a forked single-threaded
+child process that shares the group (``fn_in="process"``), where
+``setns(2)`` into another mount namespace works.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 from . import compat as _compat
 from ._compat_data import FanotifyData as _CompatData
 from .compat import CompatStatistics as CompatStatistics
 from .compat import FanoRule as FanoRule
-from .compat import Fanotify as Fanotify
 
 __all__ = ["Fanotify", "FanoRule", "FanotifyClient", "FanotifyData", "evt_to_str"]
 
@@ -57,6 +60,11 @@ def evt_to_str(evt: int) -> str:
         raise TypeError(f"evt_to_str() takes an int mask, not {type(evt).__name__}")
     return "|".join(name for bit, name in _EVT_NAMES if bit & evt)
 
+
+class Fanotify(_compat.Fanotify):
+    """:class:`afanotify.compat.Fanotify`, with ``fn`` in a forked child process as in 0.3.0."""
+
+    FN_IN: Literal["thread", "process"] = "process"
 
 
 class FanotifyData(dict[str, Any]):

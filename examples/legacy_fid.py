@@ -1,23 +1,22 @@
-"""pyfanotify's "fid" example, ported: directory-entry events on afanotify.compat.
+"""pyfanotify's "fid" example, ported to afanotify: directory-entry events of one filesystem.
 
-The original makes a FID group, marks the filesystem holding /home for
-every FID event (create, delete, move, rename, attrib) and prints the events
-grouped by path.  This port keeps that structure and every API call; the
-only change to the calls is the import line.  The path comes from argv[1]
-(or AFANOTIFY_EXAMPLE_PATH) so it can point at a private filesystem.
+Written for pyfanotify 0.3.0 and run unchanged but for the import line.
+It makes a FID group, marks the whole filesystem holding argv[1] (else
+/home, as in the original) for every directory-entry event (create,
+delete, move, rename, attrib), and prints the events, one dict per
+wake-up, keyed by the event's path tuple (old and new path for a rename).
+Ctrl-C prints STOP and stops.
 
-    python examples/legacy_fid.py /mnt/somewhere      # Ctrl-C to stop
+    python examples/legacy_fid.py /mnt/somewhere
 """
 
-import os
 import select
 import sys
 
-import afanotify.compat as fan  # was: import pyfanotify as fan
+import afanotify.pyfanotify as fan  # was: import pyfanotify as fan
 
-if __name__ == "__main__":
-    watched = sys.argv[1] if len(sys.argv) > 1 else os.environ.get(
-        "AFANOTIFY_EXAMPLE_PATH", "/home")
+
+def main(watched):
     fanot = fan.Fanotify(init_fid=True)
     fanot.mark(watched, is_type="fs", ev_types=fan.FAN_ALL_FID_EVENTS)
     fanot.start()
@@ -38,3 +37,7 @@ if __name__ == "__main__":
 
     cli.close()
     fanot.stop()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "/home")

@@ -1,30 +1,28 @@
-"""pyfanotify's "simple" example, ported: legacy code on afanotify.compat.
+"""pyfanotify's "simple" example, ported to afanotify: events under one mount, grouped by path.
 
-The original watches /home as a mount point, calls a function every second,
-and prints the events whose path matches, grouped by path.  This port keeps
-that structure and every API call; the only change to the calls is the
-import line.  The watched mount point comes from argv[1] (or the
-AFANOTIFY_EXAMPLE_PATH variable) so it can point at a private tmpfs.
+Written for pyfanotify 0.3.0 and run unchanged but for the import line.
+It marks a mount point (argv[1], else /home as in the original), runs a
+function every second in the forked child that pyfanotify (and
+afanotify.pyfanotify) give ``fn``, and prints the events whose path is
+under the mount point, one dict per wake-up, keyed by the event's path
+tuple, each event's mask turned into names.  Ctrl-C prints STOP and stops.
 
-    python examples/legacy_simple.py /mnt/somewhere      # Ctrl-C to stop
+    python examples/legacy_simple.py /mnt/somewhere
 """
 
-import os
 import select
 import sys
 
-import afanotify.compat as fan  # was: import pyfanotify as fan
+import afanotify.pyfanotify as fan  # was: import pyfanotify as fan
 
 
-def tick(period):
-    print(f"tick: called every {period} s", flush=True)
+def every(period):
+    print(f"fn: called every {period} s")
 
 
-if __name__ == "__main__":
-    watched = sys.argv[1] if len(sys.argv) > 1 else os.environ.get(
-        "AFANOTIFY_EXAMPLE_PATH", "/home")
+def main(watched):
     period = 1
-    fanot = fan.Fanotify(fn=tick, fn_args=(period,), fn_timeout=period)
+    fanot = fan.Fanotify(fn=every, fn_args=(period,), fn_timeout=period)
     fanot.mark(watched, is_type="mp")
     fanot.start()
 
@@ -44,3 +42,7 @@ if __name__ == "__main__":
 
     cli.close()
     fanot.stop()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "/home")

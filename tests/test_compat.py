@@ -15,9 +15,11 @@ import itertools
 import logging
 import os
 import select
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -54,6 +56,55 @@ def detached(script: str) -> None:
     """Run a shell script in a process that is not a descendant of this one."""
     subprocess.run([sys.executable, "-c", _DETACH, script], check=True, timeout=10,
                    env=child_env(), cwd=CHILD_CWD)
+
+
+class Held:
+    """Shell scripts run by processes outside both listeners' trees, kept alive until released.
+
+    A process that exits before a listener reads its event has no exe or cwd
+    left to read, so 0.3.0 and we would drop its events at random; held
+    processes make an exe/cwd comparison exact.  Each script first writes its
+    shell's pid (``$$``), then blocks on a FIFO outside the marked mount.
+    """
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="afanotify-held-"))
+        self.fifo = self.dir / "go"
+        os.mkfifo(self.fifo)
+        self._n = 0
+
+    def run(self, script: str, timeout: float = 10.0) -> int:
+        """Run ``script`` (by one shell, builtins only); return its pid once it is done."""
+        self._n += 1
+        pidfile = self.dir / f"pid{self._n}"
+        detached(f"{script}; echo $$ > {pidfile}.tmp && mv {pidfile}.tmp {pidfile}; "
+                 f"read _ < {self.fifo}")
+        deadline = time.monotonic() + timeout
+        while not pidfile.exists():
+            assert time.monotonic() < deadline, f"the script did not finish: {script}"
+            time.sleep(0.01)
+        return int(pidfile.read_text())
+
+    def release(self) -> None:
+        """Let every held shell go.  Idempotent."""
+        # Each held shell is blocked opening the FIFO to read; opening it to
+        # write lets them all go (ENXIO: nobody is waiting any more).
+        if not self.dir.exists():
+            return
+        try:
+            fd = os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            assert exc.errno == errno.ENXIO
+        else:
+            os.close(fd)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def held() -> Iterator[Held]:
+    h = Held()
+    yield h
+    h.release()
 
 
 Events = list[FanotifyData]

@@ -9,6 +9,7 @@ them); every event pyfanotify reports must be ours too, with the same types.
 
 from __future__ import annotations
 
+import os
 import select
 import time
 from collections import Counter
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_compat import detached
+from test_compat import Held, detached
 
 import afanotify.pyfanotify as ours
 
@@ -79,16 +80,36 @@ def pair() -> Iterator[Callable[..., tuple[Any, Any]]]:
         fan.stop()
 
 
+@pytest.fixture
+def held() -> Iterator[Held]:
+    h = Held()
+    yield h
+    h.release()
+
+
+def _collect_pid(cli: Any, pid: int, timeout: float = 10.0) -> list[Any]:
+    """Events until one of ``pid``; the kernel queues them after every earlier one."""
+    poll = select.poll()
+    poll.register(cli.sock.fileno(), select.POLLIN)
+    got: list[Any] = []
+    deadline = time.monotonic() + timeout
+    while not any(ev.pid == pid for ev in got):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"no event of the sentinel process {pid}: {got!r}")
+        if poll.poll(min(left, 0.5) * 1000):
+            got.extend(cli.get_events())
+    return got
+
+
 @pytest.mark.parametrize(
     "rule",
-    # An exe/cwd rule is not compared: afanotify reads /proc later than
-    # 0.3.0's worker, so a short-lived process is sometimes gone by then
-    # (a real gap, see docs/compat.md), which made that comparison flaky.
-    [{"path_pattern": "*"}],
-    ids=["path"],
+    [{"path_pattern": "*"}, {"exe_pattern": "*"}, {"cwd_pattern": "*"},
+     {"exe_pattern": "*/*sh", "cwd_pattern": "/*", "path_pattern": "*"}],
+    ids=["path", "exe", "cwd", "all"],
 )
 def test_fd_group_events_match_pyfanotify(
-    tmpfs: Path, pair: Callable[..., tuple[Any, Any]], rule: dict[str, Any]
+    tmpfs: Path, pair: Callable[..., tuple[Any, Any]], held: Held, rule: dict[str, Any]
 ) -> None:
     theirs_cli, ours_cli = pair(
         {"path": str(tmpfs), "is_type": "mp",
@@ -96,14 +117,17 @@ def test_fd_group_events_match_pyfanotify(
          | ours.FAN_MODIFY},
         **rule,
     )
-    # The shell stays alive a moment after the sentinel: pyfanotify reads a
-    # process's exe and cwd when it handles the event, and drops the event
-    # if the process is gone by then ("; true" keeps sleep from replacing it).
-    detached(f"cd {tmpfs} && echo x > f && cat f > /dev/null && echo s > sentinel && "
-             "(sleep 2; true) &")
-    theirs = _collect(theirs_cli, b"sentinel")
-    mine = _collect(ours_cli, b"sentinel")
+    # One shell does every action with builtins and stays alive until both
+    # sides have read its events; a second one writes the sentinel.
+    actor = held.run(f"cd {tmpfs} && echo x > f && : < f && read line < f")
+    sentinel = held.run(f"cd {tmpfs} && echo s > sentinel")
+    theirs = [ev for ev in _collect_pid(theirs_cli, sentinel) if ev.pid == actor]
+    mine = [ev for ev in _collect_pid(ours_cli, sentinel) if ev.pid == actor]
     assert theirs, "pyfanotify reported nothing"
+    if "exe_pattern" in rule:
+        assert all(ev.exe.endswith(b"sh") for ev in theirs), theirs
+    if "cwd_pattern" in rule:
+        assert all(ev.cwd == os.fsencode(tmpfs) for ev in theirs), theirs
     missing = set(_keys(theirs)) - set(_keys(mine))
     assert not missing, f"pyfanotify reported, we did not: {missing}"
 

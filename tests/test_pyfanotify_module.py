@@ -4,14 +4,26 @@ from __future__ import annotations
 
 import logging
 import os
+import select
+import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from test_compat import Held
 
 import afanotify.compat as compat
 import afanotify.pyfanotify as legacy
 from afanotify._compat_data import from_native
 from afanotify.events import OWN_FD
 from afanotify.events import FanotifyData as NativeData
+
+
+@pytest.fixture
+def held() -> Iterator[Held]:
+    h = Held()
+    yield h
+    h.release()
 
 
 def _event(**kw: object) -> compat.FanotifyData:
@@ -25,7 +37,9 @@ def test_module_has_every_name_compat_has() -> None:
         assert getattr(legacy, n) == getattr(compat, n), n
     for n in ("Fanotify", "FanoRule", "FanotifyClient", "FanotifyData", "evt_to_str"):
         assert hasattr(legacy, n), n
-    assert legacy.Fanotify is compat.Fanotify
+    # The same class but for where fn runs (FN_IN: a forked child, as in 0.3.0).
+    assert legacy.Fanotify.__bases__ == (compat.Fanotify,)
+    assert set(vars(legacy.Fanotify)) - {'__module__', '__doc__', '__annotations__'} == {'FN_IN'}
     assert issubclass(legacy.FanotifyClient, compat.FanotifyClient)
 
 
@@ -112,3 +126,36 @@ def test_private_debug_logs_to_the_given_logger(caplog: pytest.LogCaptureFixture
     assert [(r.name, r.levelno, r.getMessage()) for r in caplog.records] == [
         ("test.pyfanotify.debug", logging.DEBUG, "NS errors: {1: 'x'}")
     ]
+
+
+@pytest.mark.kernel
+@pytest.mark.timeout(60)
+def test_exe_and_cwd_are_read_when_the_engine_reads_the_event(tmpfs: Path, held: Held) -> None:
+    # As 0.3.0's worker does: before the event waits in the client's mailbox,
+    # not when get_events() takes it (by then the process may be gone).
+    fan = legacy.Fanotify()
+    fan.mark(str(tmpfs), ev_types=compat.FAN_CLOSE_WRITE, is_type="mp")
+    fan.start()
+    try:
+        cli = legacy.FanotifyClient(fan, exe_pattern="*", cwd_pattern="*")
+        try:
+            pid = held.run(f"cd {tmpfs} && echo x > f")
+            deadline = time.monotonic() + 10
+            while cli.statistics().queued == 0:  # in the mailbox, not taken yet
+                assert time.monotonic() < deadline, "the event never reached the mailbox"
+                time.sleep(0.01)
+            pidfd = os.pidfd_open(pid)
+            try:
+                held.release()
+                assert select.select([pidfd], [], [], 10)[0], "the held shell did not exit"
+            finally:
+                os.close(pidfd)
+            with pytest.raises(FileNotFoundError):
+                os.readlink(f"/proc/{pid}/exe")  # gone: nobody can read it now
+            evs = [ev for ev in cli.get_events() if ev.pid == pid]
+        finally:
+            cli.close()
+    finally:
+        fan.stop()
+    assert evs, "the event was dropped"
+    assert all(ev.exe.endswith(b"sh") and ev.cwd == os.fsencode(tmpfs) for ev in evs), evs
