@@ -317,8 +317,15 @@ def test_fid(sandbox: Any, programs: Any, libs: tuple[str, ...]) -> None:
     space.run(f"mount -t tmpfs afanotify-ex {base}")
     progs = programs("legacy_fid.py", libs, space, str(base))
     until_all(progs, lambda i: space.run(f"mkdir {base}/probe{i}"), f"{base}/probe")
-    space.run(f"cd {base} && mkdir d && echo x > d/a && mv d/a d/b && chmod 600 d/b && "
-              "mv d/b e")
+    # One step at a time, each seen by both before the next: 0.3.0 resolves
+    # a file handle when it reads the event, so a later move would rename
+    # what it reports for an earlier one.
+    steps = ("mkdir d && echo x > d/a", "mv d/a d/b", "chmod 600 d/b", "mv d/b e")
+    for k, step in enumerate(steps):
+        space.run(f"cd {base} && {step}")
+        if k < len(steps) - 1:
+            until_all(progs, lambda i, k=k: space.run(f"mkdir {base}/probe_s{k}_{i}"),
+                      f"{base}/probe_s{k}_")
     until_all(progs, lambda i: space.run(f"mkdir {base}/sentinel{i}"), f"{base}/sentinel")
     finish(progs)
     b = str(base).encode()
