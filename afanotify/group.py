@@ -26,6 +26,7 @@ from ._pipeline import Counters, Pipeline
 from ._queue import EventQueue
 from ._reader import Reader
 from ._resource import AsyncClosingContext, WarnsUnclosed
+from ._static import StaticRules
 from ._watchdog import Watchdog
 from .client import FanotifyClient
 from .events import UNANSWERED, FanotifyData
@@ -484,6 +485,23 @@ class Fanotify(OwnQueue, AsyncClosingContext, WarnsUnclosed):
             raise TypeError(f"handler must be callable, not {type(handler).__name__}")
         self._perm.handler = handler
         return handler
+
+    def decide_statically(self, rules: StaticRules | None) -> bool:
+        """Answer the permission events ``rules`` decide in C, as they are read.
+
+        Those events are answered, closed and never delivered (see
+        ``afanotify/_static.py``); the rest arrive as usual.  Returns False
+        (nothing is decided in C; decide in Python with ``rules.decide``) when
+        the pure parser is in use or the group reports thread ids.  Replacing
+        the rules between two reads is atomic; ``None`` removes them.
+        """
+        pipe = self._pipeline
+        if rules is None or pipe.fast is None or self.flags & InitFlag.REPORT_TID:
+            pipe.static = None
+            return False
+        rules.bind(os.getpid() if self.ignore_own else -1)
+        pipe.static = rules
+        return True
 
     def answer_overdue(self) -> int:
         """Answer permission events past their deadline; returns how many.
