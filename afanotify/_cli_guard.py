@@ -25,7 +25,7 @@ from ._cli_guard_log import json_decision, stamp, text_decision
 from ._cli_output import _err, _Sink
 from ._cli_run import _check_paths, _run_until_stopped
 from ._rulesfile import RulesError, read_rules, rules_from_args
-from ._static import Decision, StaticRule, StaticRules
+from ._static import Decision, StaticRule, StaticRules, StaticServer
 from .events import FanotifyData
 from .flags import Event, InitFlag, Response
 from .group import Fanotify
@@ -93,6 +93,8 @@ class _Guard:
         self.policy = self.load()
         self.fan: Fanotify | None = None
         self.in_c = False
+        self.server: StaticServer | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     # -- rules -----------------------------------------------------------
 
@@ -109,7 +111,8 @@ class _Guard:
                 raise RulesError(f"{r.label}: range= matches PRE_ACCESS events: use --pre-access")
         return GuardPolicy(
             rules, self.args.default == "allow", audit_denials=self.args.audit,
-            on_decided=self.record if self.recording else None, source=self.args.rules or "",
+            on_decided=self.record_soon if self.recording else None,
+            source=self.args.rules or "",
         )
 
     @property
@@ -136,7 +139,9 @@ class _Guard:
             return
         self.fold(old)
         self.policy = new
-        if self.in_c:
+        if self.server is not None:
+            self.server.swap(new.static)
+        elif self.in_c:
             self.fan.decide_statically(new.static)
         self.reloads += 1
         _err(f"reloaded {self.args.rules}: {len(new.rules)} rule(s)")
@@ -158,6 +163,12 @@ class _Guard:
         return list(counts.items())
 
     # -- the audit trail ---------------------------------------------------
+
+    def record_soon(self, decisions: list[Decision]) -> None:
+        """Log decisions on the loop's thread (they may come from the serving thread)."""
+        loop = self.loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self.record, decisions)
 
     def record(self, decisions: list[Decision]) -> None:
         now = stamp()
@@ -251,14 +262,33 @@ def _cmd_guard(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
                     loop.call_soon(guard.record, [d])
                 return _verdict(d)
 
+            guard.loop = loop
             fan.on_permission(handler)
-            guard.in_c = fan.decide_statically(guard.policy.static)
+            failed: asyncio.Future[BaseException] = loop.create_future()
+
+            def on_failure(exc: BaseException) -> None:
+                def fail() -> None:
+                    if not failed.done():
+                        failed.set_result(exc)
+                if not loop.is_closed():
+                    loop.call_soon_threadsafe(fail)
+
+            guard.server = fan.serve_statically(guard.policy.static, on_failure=on_failure)
+            guard.in_c = guard.server is not None
             loop.add_signal_handler(signal.SIGHUP, guard.reload)
             ticker = None
             if args.stats_interval:
                 ticker = asyncio.ensure_future(_stats(guard, args.stats_interval))
 
             async def serve() -> None:
+                if guard.server is not None:
+                    # Every event is decided on the serving thread, in C.  If it
+                    # fails, the loop reads instead (the rules decided in C there too).
+                    exc = await failed
+                    _err(f"the serving thread failed ({exc!r}): reading from the event loop")
+                    guard.server.stop()
+                    guard.server = None
+                guard.in_c = fan.decide_statically(guard.policy.static)
                 # Permission events go to the handler; receiving starts the reader.
                 while True:
                     (await fan.receive()).close()
@@ -276,6 +306,9 @@ def _cmd_guard(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
                 loop.remove_signal_handler(signal.SIGHUP)
                 if ticker is not None:
                     ticker.cancel()
+                if guard.server is not None:
+                    guard.server.stop()  # before the group closes
+                    guard.server = None
 
         asyncio.run(run())
     finally:

@@ -17,7 +17,12 @@ reach Python anyway and for a core without the C path
 
 from __future__ import annotations
 
+import errno as _errno
+import logging
 import os
+import threading
+import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -25,10 +30,17 @@ from typing import Any, NamedTuple
 from . import _ffi
 from ._ffi import ffi, lib
 from .events import FanotifyData
-from .flags import Event, Response
+from .flags import Event, InitFlag, Response
 from .rules import fnmatch
 
-__all__ = ["EVENT_NAMES", "Decision", "StaticRule", "StaticRules", "process_uid"]
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ._pipeline import Counters, Pipeline
+    from ._reader import Reader
+
+__all__ = ["EVENT_NAMES", "Decision", "StaticRule", "StaticRules", "StaticServer", "process_uid"]
+
+log = logging.getLogger(__name__)
 
 #: The event names of a rule's ``event=``, and their bits.
 EVENT_NAMES: dict[str, int] = {
@@ -173,6 +185,9 @@ class StaticRules:
         rs.default_response = 0 if default is None else self.default_response()
         rs.own_pid = os.getpid() if own_pid is None else own_pid
         rs.record = int(on_decided is not None)
+        rs.fddir = -1
+        # The /proc/self/fd directory the C path keeps open for readlinkat.
+        weakref.finalize(self, lib.afr_release, rs)
         self._crules = crules
         self._rs = rs
         self._out: Any = ffi.NULL
@@ -216,6 +231,10 @@ class StaticRules:
         if count and self.on_decided is not None:
             self.on_decided([self._decision(self._out[i]) for i in range(count)])
         return view[:kept]
+
+    def decisions(self, out: Any, count: int) -> list[Decision]:
+        """The first ``count`` records of a ``struct afr_decision`` array."""
+        return [self._decision(out[i]) for i in range(count)]
 
     def _decision(self, d: Any) -> Decision:
         arena = self._arena_buf
@@ -295,6 +314,164 @@ class StaticRules:
     def fallbacks(self) -> int:
         """Responses with FAN_AUDIT or an errno the kernel refused, sent plain instead."""
         return int(self._rs.fallbacks)
+
+
+#: Bytes per read of the serving thread: at most 170 event fds open at once.
+_SERVE_READ = 4096
+
+
+class StaticServer:
+    """A thread that reads a permission group and decides every event in C.
+
+    For a group whose every permission event the rules decide (they have a
+    default) and whose events nobody else needs: the guard.  The thread
+    spends its time in ``afr_serve`` (``csrc/fastpath_rules.c``) without
+    the GIL: poll, read, decide, write, close, as a C responder would, and
+    answers the group's own events and malformed ones ALLOW, as the Python
+    pipeline does.  It comes back to Python only to hand a batch's
+    decisions to ``rules.on_decided`` (after they are written), about every
+    100 ms to update ``reads`` (the watchdog's sign that someone reads),
+    and when woken: :meth:`swap` (new rules, taken between two reads) or
+    :meth:`stop`.
+
+    ``rules.on_decided`` is called with each batch's decisions, on the thread.
+
+    :param on_reads: called with the number of reads since the last call
+    :param on_failure: called with the exception that ended the thread
+    """
+
+    def __init__(
+        self,
+        group_fd: int,
+        rules: StaticRules,
+        *,
+        on_reads: Callable[[int], None] | None = None,
+        on_failure: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        if rules.default is None:
+            raise ValueError("a StaticServer needs rules with a default verdict")
+        self._fd = group_fd
+        self.rules = rules
+        self._on_reads = on_reads
+        self._on_failure = on_failure
+        self._stopping = False
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._buf: Any = ffi.new("unsigned char[]", _SERVE_READ)
+        self._cap = _SERVE_READ // 24 + 1
+        self._out: Any = ffi.new("struct afr_decision[]", self._cap)
+        self.lost = 0
+        self._thread = threading.Thread(target=self._run, name="afanotify-guard", daemon=True)
+
+    def start(self) -> None:
+        self._prepare(self.rules)
+        self._thread.start()
+
+    @staticmethod
+    def _prepare(rules: StaticRules) -> None:
+        rules._rs.answer_kept = 1
+
+    def swap(self, rules: StaticRules) -> None:
+        """Decide with ``rules`` from the next read on (atomic: whole batches)."""
+        if rules.default is None:
+            raise ValueError("a StaticServer needs rules with a default verdict")
+        self._prepare(rules)
+        self.rules = rules
+        self._wake()
+
+    def stop(self) -> None:
+        """Stop the thread and wait for it; the group fd stays open."""
+        self._stopping = True
+        self._wake()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join()
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._wake_r = self._wake_w = -1
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except (BlockingIOError, OSError):
+            pass  # already awake (the pipe is full) or stopped
+
+    def _run(self) -> None:
+        try:
+            self._serve()
+        except BaseException as exc:
+            log.error("the guard's serving thread failed", exc_info=exc)
+            if self._on_failure is not None:
+                self._on_failure(exc)
+
+    def _serve(self) -> None:
+        reads_seen = 0
+        while not self._stopping:
+            rules = self.rules
+            rs = rules._rs
+            arena = rules._arena
+            count = lib.afr_serve(
+                rs, self._fd, self._wake_r, self._buf, _SERVE_READ, self._out, self._cap,
+                arena, _ARENA if arena != ffi.NULL else 0,
+            )  # fmt: skip
+            reads = int(rs.reads)
+            if self._on_reads is not None and reads != reads_seen:
+                self._on_reads(reads - reads_seen)
+            reads_seen = reads
+            if count == lib.AFR_WOKEN:
+                try:
+                    os.read(self._wake_r, 64)
+                except BlockingIOError:
+                    pass
+                reads_seen = int(self.rules._rs.reads)
+                continue
+            if count > 0:
+                if rules.on_decided is not None:
+                    rules.on_decided(rules.decisions(self._out, count))
+                continue
+            if count < 0:
+                err = -count
+                if err in (_errno.EMFILE, _errno.ENFILE):
+                    self.lost += 1
+                    log.warning("the kernel dropped a permission event: no fd left (%s)",
+                                os.strerror(err))
+                    time.sleep(0.05)
+                    continue
+                raise OSError(err, f"reading the fanotify group failed: {os.strerror(err)}")
+
+
+def attach_rules(pipeline: Pipeline, flags: int, ignore_own: bool,
+                 rules: StaticRules | None) -> bool:
+    """:meth:`Fanotify.decide_statically`: put ``rules`` in the group's read path."""
+    if rules is None or pipeline.fast is None or flags & InitFlag.REPORT_TID:
+        pipeline.static = None
+        return False
+    rules.bind(os.getpid() if ignore_own else -1)
+    pipeline.static = rules
+    return True
+
+
+def serve_rules(
+    fd: int, pipeline: Pipeline, reader: Reader, counters: Counters, flags: int,
+    ignore_own: bool, rules: StaticRules, on_failure: Callable[[BaseException], None] | None,
+) -> StaticServer | None:
+    """:meth:`Fanotify.serve_statically`.
+
+    :raises RuntimeError: if the group's reader already runs on the loop
+    """
+    if pipeline.fast is None or flags & InitFlag.REPORT_TID:
+        return None
+    if reader.reading:
+        raise RuntimeError("serve_statically() needs a group nobody reads from the loop")
+    rules.bind(os.getpid() if ignore_own else -1)
+
+    def on_reads(n: int) -> None:
+        counters.reads += n  # the watchdog's sign that someone reads
+
+    server = StaticServer(fd, rules, on_reads=on_reads, on_failure=on_failure)
+    server.start()
+    return server
 
 
 def available() -> bool:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+from collections.abc import Callable
 from typing import Literal, NamedTuple
 
 from . import _dispatch
@@ -26,7 +27,7 @@ from ._pipeline import Counters, Pipeline
 from ._queue import EventQueue
 from ._reader import Reader
 from ._resource import AsyncClosingContext, WarnsUnclosed
-from ._static import StaticRules
+from ._static import StaticRules, StaticServer, attach_rules, serve_rules
 from ._watchdog import Watchdog
 from .client import FanotifyClient
 from .events import UNANSWERED, FanotifyData
@@ -487,21 +488,20 @@ class Fanotify(OwnQueue, AsyncClosingContext, WarnsUnclosed):
         return handler
 
     def decide_statically(self, rules: StaticRules | None) -> bool:
-        """Answer the permission events ``rules`` decide in C, as they are read.
-
-        Those events are answered, closed and never delivered (see
-        ``afanotify/_static.py``); the rest arrive as usual.  Returns False
-        (nothing is decided in C; decide in Python with ``rules.decide``) when
-        the pure parser is in use or the group reports thread ids.  Replacing
-        the rules between two reads is atomic; ``None`` removes them.
+        """Answer the permission events ``rules`` decide in C, as they are read
+        (never delivered).  False where the C path is off: decide in Python with
+        ``rules.decide``.  Swapping rules is atomic between reads (``_static.py``).
         """
-        pipe = self._pipeline
-        if rules is None or pipe.fast is None or self.flags & InitFlag.REPORT_TID:
-            pipe.static = None
-            return False
-        rules.bind(os.getpid() if self.ignore_own else -1)
-        pipe.static = rules
-        return True
+        return attach_rules(self._pipeline, self.flags, self.ignore_own, rules)
+
+    def serve_statically(
+        self, rules: StaticRules, on_failure: Callable[[BaseException], None] | None = None
+    ) -> StaticServer | None:
+        """Decide every permission event with ``rules`` (which need a default) on a
+        thread of C reads; nothing is delivered.  Stop it before closing the group.
+        None where the C path is off (:class:`~afanotify._static.StaticServer`)."""
+        return serve_rules(self._fd, self._pipeline, self._reader, self._counters, self.flags,
+                           self.ignore_own, rules, on_failure)
 
     def answer_overdue(self) -> int:
         """Answer permission events past their deadline; returns how many.
