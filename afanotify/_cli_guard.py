@@ -225,6 +225,9 @@ class _Guard:
         _err("by rule: " + self.rule_counts())
         if static.write_errors:
             _err(f"{static.write_errors} response(s) the kernel refused")
+        if static.fallbacks:
+            _err(f"{static.fallbacks} response(s) with FAN_AUDIT or an errno the kernel "
+                 "refused (EINVAL): sent as plain allow/deny instead")
         _err(
             f"{allowed + denied} opens answered: {allowed} allowed, {denied} "
             f"denied ({st.defaulted} by the default after a deadline, error or stop)"
