@@ -168,3 +168,29 @@ def test_range_rules_match_overlapping_pre_access_ranges() -> None:
     assert not r.matches(pre(0, 4096), no_uid)
     assert not r.matches(pre(8192, 100), no_uid)
     assert not r.matches(_ev(), no_uid)  # an open has no range
+
+
+# -- the examples -------------------------------------------------------------------
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def test_the_example_rules_file_parses() -> None:
+    rules = read_rules(str(EXAMPLES / "guard.rules"), pre_content=False, audit=True)
+    assert [r.label.split(" ", 1)[-1] for r in rules if "(" in r.label] == [
+        "(nginx-keys)", "(keys)", "(no-exec-uploads)"
+    ]
+
+
+def test_the_systemd_unit_runs_a_guard_the_parser_accepts() -> None:
+    unit = (EXAMPLES / "afanotify-guard.service").read_text()
+    command_line = ""
+    for line in unit.split("ExecStart=", 1)[1].splitlines():
+        command_line += line.rstrip("\\") + " "
+        if not line.endswith("\\"):
+            break
+    exe, command, *argv = command_line.split()
+    assert exe.endswith("/afanotify") and command == "guard"
+    args = afanotify.cli.build_parser().parse_args([command, *argv])
+    assert args.rules == "/etc/afanotify/guard.rules" and args.json and args.audit
+    assert "Restart=always" in unit and "fails open" in unit.lower()
