@@ -21,8 +21,8 @@ import os
 import signal
 from collections.abc import Callable, Sequence
 
-from ._cli_guard_log import json_decision, stamp, text_decision
-from ._cli_output import _err, _Sink
+from ._cli_guard_log import LogFile, json_decision, stamp, text_decision
+from ._cli_output import _err
 from ._cli_run import _check_paths, _run_until_stopped
 from ._rulesfile import RulesError, read_rules, rules_from_args
 from ._static import Decision, StaticRule, StaticRules, StaticServer
@@ -85,7 +85,7 @@ class _Guard:
         self.args = args
         self.pre_content = bool(args.pre_content or args.pre_access)
         self.cli_rules = rules_from_args(args.deny, args.deny_exe, args.allow_exe)
-        self.log = _Sink(args.log) if args.log else None
+        self.log = LogFile(args.log) if args.log else None
         #: Decisions of rule sets replaced by a reload, by label.
         self.carried: dict[str, int] = {}
         self.carried_allowed = self.carried_denied = 0

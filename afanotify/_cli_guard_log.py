@@ -20,7 +20,7 @@ from ._cli_output import ECS_VERSION, _js, _mask_names, json_stamp, text_stamp
 from ._static import Decision
 from .flags import Response
 
-__all__ = ["json_decision", "text_decision"]
+__all__ = ["LogFile", "json_decision", "text_decision"]
 
 _ERRNO_SHIFT = 24
 _AUDIT = int(Response.AUDIT)
@@ -86,6 +86,47 @@ def text_decision(d: Decision, now: float) -> str:
         f"{text_stamp(now)}  {verdict:<10}  {d.pid:>7}  {d.exe or '?'}  "
         f"{_mask_names(d.mask).text}  {where}  by {_rule_name(d)}{tail}"
     )
+
+
+class LogFile:
+    """The ``--log`` file: lines appended a batch at a time, reopened on SIGHUP."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._lines: list[str] = []
+        self._fd = self._open()
+
+    def _open(self) -> int:
+        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+
+    def write(self, line: str) -> None:
+        self._lines.append(line)
+
+    def flush(self) -> None:
+        if not self._lines or self._fd < 0:
+            return
+        self._lines.append("")
+        # Names the kernel gave as bytes go out as the same bytes (text lines).
+        data = memoryview("\n".join(self._lines).encode("utf-8", "surrogateescape"))
+        self._lines = []
+        while data:
+            try:
+                data = data[os.write(self._fd, data) :]
+            except InterruptedError:
+                continue
+
+    def reopen(self) -> None:
+        """Flush, then open the file by its name again (after a log rotation moved it)."""
+        self.flush()
+        fd = self._open()
+        old, self._fd = self._fd, fd
+        os.close(old)
+
+    def close(self) -> None:
+        self.flush()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 def stamp() -> float:
