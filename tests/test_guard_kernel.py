@@ -372,3 +372,59 @@ def _assert_waiting(proc: subprocess.Popen[str]) -> None:
         assert proc.poll() is None, "the opener finished while the guard was stopped"
         time.sleep(0.02)
     raise AssertionError("the opener never waited for the guard")
+
+
+@pytest.mark.parametrize(("deadline", "expect"), [("0.3", "denied 1"), ("3", "ok public")])
+def test_deadline_answers_a_slow_decision_with_a_rules_file(
+    tmpfs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, deadline: str, expect: str
+) -> None:
+    # In process, with the rules decided in Python (the pure parser) and a
+    # decision that blocks the guard's loop for 1.5 s: a shorter --deadline
+    # answers first, with --default deny.  (Decisions in C never wait.)
+    import threading
+
+    import afanotify._cli_guard
+    import afanotify.cli
+    from afanotify._static import Decision
+
+    _, txt = files(tmpfs)
+    rules = write_rules(tmp_path, "allow path=*.txt\n")
+    guarding = threading.Event()
+    lines: list[str] = []
+
+    def record(msg: str) -> None:
+        lines.append(msg)
+        if msg.startswith("guarding"):
+            guarding.set()
+
+    original = afanotify._cli_guard.GuardPolicy.decide
+
+    def slow(self: afanotify._cli_guard.GuardPolicy, ev: object) -> Decision:
+        time.sleep(1.5)
+        return original(self, ev)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(afanotify._cli_guard, "_err", record)
+    monkeypatch.setattr(afanotify._cli_guard.GuardPolicy, "decide", slow)
+    monkeypatch.setenv("AFANOTIFY_PURE_PARSER", "1")
+    seen: list[str] = []
+
+    def open_when_guarded() -> None:
+        if guarding.wait(10):
+            seen.append(try_open(txt))
+
+    opener = threading.Thread(target=open_when_guarded)
+    opener.start()
+    try:
+        code = afanotify.cli.main([
+            "guard", "--rules", str(rules), "--default", "deny", "--deadline", deadline,
+            "--timeout", "4", str(tmpfs),
+        ])
+    finally:
+        guarding.set()
+        opener.join(20)
+    assert code == 0, lines
+    assert seen == [expect], lines
+    if expect.startswith("denied"):
+        assert "1 opens answered: 0 allowed, 1 denied (1 by the default" in lines[-1], lines
+    else:
+        assert "1 opens answered: 1 allowed, 0 denied (0 by the default" in lines[-1], lines
