@@ -90,6 +90,8 @@ class _Guard:
         self.carried: dict[str, int] = {}
         self.carried_allowed = self.carried_denied = 0
         self.reloads = self.failed_reloads = 0
+        #: Decisions whose log line could not be written.
+        self.lost_lines = 0
         self.policy = self.load()
         self.fan: Fanotify | None = None
         self.in_c = False
@@ -187,7 +189,14 @@ class _Guard:
         else:
             for d in decisions:
                 log.write(text_decision(d, now))
-        log.flush()
+        try:
+            log.flush()
+        except OSError as exc:
+            # The verdicts were written; the lines are lost, and said to be.
+            if not self.lost_lines:
+                _err(f"cannot write the log {log.path}: {exc.strerror or exc}; counting "
+                     "the lines lost (SIGHUP reopens it)")
+            self.lost_lines += len(decisions)
 
     # -- the group -----------------------------------------------------------
 
@@ -225,6 +234,8 @@ class _Guard:
         _err("by rule: " + self.rule_counts())
         if static.write_errors:
             _err(f"{static.write_errors} response(s) the kernel refused")
+        if self.lost_lines:
+            _err(f"{self.lost_lines} decision(s) not logged: writing {self.args.log} failed")
         if static.fallbacks:
             _err(f"{static.fallbacks} response(s) with FAN_AUDIT or an errno the kernel "
                  "refused (EINVAL): sent as plain allow/deny instead")

@@ -105,10 +105,10 @@ class LogFile:
     def flush(self) -> None:
         if not self._lines or self._fd < 0:
             return
-        self._lines.append("")
+        lines, self._lines = self._lines, []
+        lines.append("")
         # Names the kernel gave as bytes go out as the same bytes (text lines).
-        data = memoryview("\n".join(self._lines).encode("utf-8", "surrogateescape"))
-        self._lines = []
+        data = memoryview("\n".join(lines).encode("utf-8", "surrogateescape"))
         while data:
             try:
                 data = data[os.write(self._fd, data) :]

@@ -204,6 +204,21 @@ def test_audit_log_has_one_ecs_line_per_decision(
     assert allowed["file"]["path"] == str(txt)
 
 
+def test_a_log_that_cannot_be_written_loses_no_verdict_and_says_so(
+    tmpfs: Path, tmp_path: Path, start_guard: StartGuard
+) -> None:
+    key, txt = files(tmpfs)
+    rules = write_rules(tmp_path, "deny path=*.key\n")
+    g = start_guard("--rules", str(rules), "--log", "/dev/full", "--json", str(tmpfs))
+    assert try_open(key) == "denied 1"
+    assert try_open(txt) == "ok public"
+    code, err = g.stop()
+    assert code == 0, err
+    assert "cannot write the log /dev/full: No space left on device" in err
+    assert "2 decision(s) not logged" in err
+    assert "2 opens answered: 1 allowed, 1 denied" in err
+
+
 def test_audit_denials_are_accepted_by_the_kernel(
     tmpfs: Path, tmp_path: Path, start_guard: StartGuard
 ) -> None:
