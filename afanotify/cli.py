@@ -97,9 +97,7 @@ examples:
       only cat and less may open files there
   afanotify guard --filesystem --deny-exe '*/curl' --log-denials /srv
       curl may open nothing on /srv's filesystem; each refusal is logged
-
-  afanotify guard --rules /etc/afanotify/guard.rules --log /var/log/guard.json \
-      --json --filesystem /srv
+  afanotify guard --rules /etc/afanotify/guard.rules --log /var/log/g.json --json /srv
       rules from a file, one ECS JSON line per decision; SIGHUP reloads both
 
 Rules are checked in order: --allow-exe, then --deny-exe, then --deny, then
