@@ -141,6 +141,10 @@ class _Lib:
     AFN_B_RESOLVE: int
     AFN_B_UNTRACK: int
 
+    # csrc/fastpath_rules.cdef: static permission decisions.
+    AFR_DEFAULT_RULE: int
+    AFR_WOKEN: int
+
     # build_ffi.py: the syscalls and their wrappers.
     def afn_sizeof_fsid(self) -> int: ...
     def afn_offsetof_fid_handle(self) -> int: ...
@@ -171,6 +175,17 @@ class _Lib:
 
     # csrc/fastpath_build.cdef
     def afn_install_builder(self) -> int: ...
+
+    # csrc/fastpath_rules.cdef
+    def afr_apply(
+        self, rs: _CData, group_fd: int, buf: _CData, nbytes: int, out: _CData, cap: int,
+        arena: _CData, arena_cap: int, kept: _CData, /,
+    ) -> int: ...
+    def afr_release(self, rs: _CData, /) -> None: ...
+    def afr_serve(
+        self, rs: _CData, group_fd: int, wake_fd: int, buf: _CData, bufsize: int, out: _CData,
+        cap: int, arena: _CData, arena_cap: int, /,
+    ) -> int: ...
 
 lib: _Lib
 

@@ -31,6 +31,7 @@ from typing import Any
 from . import _fastparse, _ffi
 from ._parser import parse_lenient
 from ._proc import HandleResolver, fd_path, process_info
+from ._static import StaticRules
 from .events import UNANSWERED, FanotifyData
 from .exceptions import ParseError
 from .flags import DIR_CHANGE_EVENTS, FID_INIT_FLAGS, PERM_EVENTS, Event, InitFlag, Response
@@ -145,6 +146,8 @@ class Pipeline:
         #: Thread ids seen live in this process (REPORT_TID), see is_own.
         self.seen_tids: set[int] = set()
         self.fast = _fast_decoder(bufsize)
+        #: Static permission rules decided in C before decoding (``_static.py``).
+        self.static: StaticRules | None = None
         if self.fast is not None:
             # Our events are frozen and hold no cycles (see Decoder.untrack).
             self.fast.untrack = True
@@ -155,6 +158,11 @@ class Pipeline:
         self, view: memoryview, loop: asyncio.AbstractEventLoop | None
     ) -> list[FanotifyData]:
         """The events of one read, filled in, own ones and malformed ones removed."""
+        if self.static is not None:
+            # Answered in C, gone from the buffer: no objects for those.
+            view = self.static.apply(self._fd, view)
+            if not view:
+                return []
         fast = self.fast
         c = self._counters
         # Events [0, done) of the batch come with every field filled in C:

@@ -32,6 +32,7 @@ from ._cli_watch import WATCH_EVENTS as WATCH_EVENTS
 from ._cli_watch import MarkedPaths as MarkedPaths
 from ._cli_watch import _cmd_watch
 from ._features import features
+from ._patterns import PatternError, check_pattern
 from .exceptions import AfanotifyError
 
 __all__ = ["main"]
@@ -96,17 +97,23 @@ examples:
       only cat and less may open files there
   afanotify guard --filesystem --deny-exe '*/curl' --log-denials /srv
       curl may open nothing on /srv's filesystem; each refusal is logged
+  afanotify guard --rules /etc/afanotify/guard.rules --log /var/log/g.json --json /srv
+      rules from a file, one ECS JSON line per decision; SIGHUP reloads both
 
-Rules are checked in order: --allow-exe, then --deny-exe, then --deny; the
-first that matches decides, else --default.  Patterns are fnmatch(3)
-patterns with extended syntax; '*' also matches '/'.  Only opens of files
-are guarded (not of directories).
+Rules are checked in order: --allow-exe, then --deny-exe, then --deny, then
+the --rules file's lines; the first that matches decides, else --default.
+Patterns are fnmatch(3) patterns with extended syntax; '*' also matches '/'.
+A malformed pattern (an unclosed '[' or '@(') is refused (exit 2): glibc
+would match it as literal text.  Rules are decided in C as events are read.
+Only opens of files are guarded (not of directories), unless a rule names
+other events (event=access, exec) or --pre-access is given.
 
 A process opening a guarded file waits until the guard answers.  The guard
 answers every open: by the rules, or with the --default verdict when it is not
 decided within --deadline, and for what is pending or still queued when it
 stops (--timeout, SIGTERM, Ctrl-C).  If the guard is killed (SIGKILL), its fd
-closes and the kernel allows what was waiting.
+closes and the kernel allows what was waiting: a dead guard fails open, so
+run it under a supervisor that restarts it (examples/afanotify-guard.service).
 A line "afanotify: guarding ..." on stderr says the marks are in place.
 """
 
@@ -176,6 +183,11 @@ def _seconds_arg(text: str) -> float:
 def _pattern_arg(text: str) -> str:
     if not text:
         raise argparse.ArgumentTypeError("the pattern is empty")
+    try:
+        check_pattern(text)
+    except PatternError as exc:
+        # Checked before anything is marked: glibc would take it literally.
+        raise argparse.ArgumentTypeError(f"{exc}\n{exc.pointer()}") from None
     return text
 
 
@@ -297,6 +309,24 @@ def _build() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser
                    "within S seconds (default: 5)")
     g.add_argument("--log-denials", action="store_true",
                    help="write a line to stderr for every denied open")
+    g.add_argument("--rules", metavar="FILE",
+                   help="allow/deny rules, one a line, checked after the command line's "
+                   "(format: docs/permissions.md); SIGHUP reloads it")
+    g.add_argument("--log", metavar="FILE",
+                   help="append one line per decision to FILE (SIGHUP reopens it)")
+    g.add_argument("--json", action="store_true",
+                   help="--log lines as JSON (Elastic Common Schema names)")
+    g.add_argument("--audit", action="store_true",
+                   help="FAN_ENABLE_AUDIT: every denial (and rules marked 'audit') also goes "
+                   "to the kernel's audit log, where kernel auditing is enabled")
+    g.add_argument("--pre-content", action="store_true",
+                   help="use a pre-content group (FAN_CLASS_PRE_CONTENT), so deny rules may "
+                   "carry errno= (FAN_DENY_ERRNO, Linux 6.14)")
+    g.add_argument("--pre-access", action="store_true",
+                   help="also guard reads and writes by byte range (FAN_PRE_ACCESS, Linux "
+                   "6.14; the filesystem must support it, e.g. ext4); implies --pre-content")
+    g.add_argument("--stats-interval", type=_seconds_arg, metavar="S",
+                   help="every S seconds, a line on stderr: verdicts so far, by rule")
     return parser, {"watch": w, "features": f, "guard": g}
 
 

@@ -62,7 +62,7 @@ from .exceptions import ClosedResourceError
 from .flags import Event, InitFlag
 from .group import Fanotify as _Group
 from .group import GroupStatistics, MarkKind
-from .rules import FanoRule as FanoRule
+from .rules import FanoRule as _NativeRule
 
 __all__ = [
     "Fanotify",
@@ -73,6 +73,15 @@ __all__ = [
     "ClientStatistics",
     "evt_to_str",
 ]
+
+
+class FanoRule(_NativeRule):
+    """:class:`afanotify.FanoRule` as pyfanotify takes it: a malformed pattern
+    (an unclosed ``[`` or ``@(``) is accepted with a logged warning instead of
+    raising ``ValueError``; glibc matches the malformed part as literal text."""
+
+    __slots__ = ()
+    _lenient_patterns = True
 
 log = logging.getLogger(__name__)
 
@@ -408,7 +417,7 @@ class Fanotify:
 
     # -- rules -------------------------------------------------------------
 
-    def connect(self, rule: FanoRule) -> None:
+    def connect(self, rule: _NativeRule) -> None:
         """Deliver events matching ``rule`` to the :class:`FanotifyClient` that made it.
 
         A rule with the name of a connected rule replaces it.  A rule no
@@ -418,19 +427,19 @@ class Fanotify:
         :raises TypeError: if ``rule`` is not a :class:`FanoRule`
         :raises ClosedResourceError: if the Fanotify was stopped
         """
-        if not isinstance(rule, FanoRule):
+        if not isinstance(rule, _NativeRule):
             raise TypeError(f"connect() takes a FanoRule, not {type(rule).__name__}")
         if self._state == "stopped":
             raise ClosedResourceError("this Fanotify was stopped")
         self._in_loop(self._engine.connect_now, rule, self._engine.box_for(rule))
         self._sync_fn_child()
 
-    def disconnect(self, rule: FanoRule) -> None:
+    def disconnect(self, rule: _NativeRule) -> None:
         """Stop delivering events for ``rule`` (matched by name).
 
         :raises TypeError: if ``rule`` is not a :class:`FanoRule`
         """
-        if not isinstance(rule, FanoRule):
+        if not isinstance(rule, _NativeRule):
             raise TypeError(f"disconnect() takes a FanoRule, not {type(rule).__name__}")
         self._in_loop(self._engine.disconnect_now, rule.name)
         self._sync_fn_child()

@@ -19,11 +19,13 @@ so it can be as expensive as it needs to be without slowing the common case.
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from . import _ffi
+from ._patterns import PatternError, check_pattern
 from .events import FanotifyData
 from .flags import Event
 
@@ -34,6 +36,8 @@ Predicate = Callable[[FanotifyData], bool | Awaitable[bool]]
 Pattern = str | bytes
 
 _FNM_FLAGS = int(_ffi.lib.FNM_EXTMATCH)
+#: Where :mod:`afanotify.compat`'s rules say that they accepted a malformed pattern.
+_lenient_log = logging.getLogger("afanotify.compat")
 _RENAME = int(Event.RENAME)
 
 
@@ -107,13 +111,25 @@ def _pid(value: object) -> int:
     return pid
 
 
-def _pattern(argname: str, value: object) -> Pattern | None:
+def _pattern(argname: str, value: object, lenient: bool) -> Pattern | None:
     if value is None:
         return None
     if not isinstance(value, (str, bytes)):
         raise TypeError(f"{argname} must be str, bytes or None, not {type(value).__name__}")
     if not value:
         raise ValueError(f"{argname} is empty: pass None to accept any value")
+    try:
+        check_pattern(value)
+    except PatternError as exc:
+        if not lenient:
+            raise ValueError(
+                f"{argname}: {exc}; glibc would match it as literal text, so it would "
+                "match almost nothing"
+            ) from exc
+        _lenient_log.warning(
+            "%s: %s; accepted for pyfanotify compatibility (glibc matches the malformed "
+            "part as literal text)", argname, exc,
+        )
     return value
 
 
@@ -135,8 +151,14 @@ class FanoRule:
         for the rule to hash (plain functions are both).
     :raises TypeError: if ``pids`` is not a set, list or tuple, or an argument
         has the wrong type
-    :raises ValueError: if no criterion besides ``name`` and ``pass_fd`` is given
+    :raises ValueError: if no criterion besides ``name`` and ``pass_fd`` is given, or
+        a pattern is malformed (an unclosed ``[`` or ``@(``...: the message names
+        the argument and the position; see :func:`afanotify._patterns.check_pattern`)
     """
+
+    #: Accept malformed patterns with a logged warning instead of raising
+    #: (``afanotify.compat.FanoRule``: pyfanotify accepts them).
+    _lenient_patterns = False
 
     __slots__ = (
         "name", "pids", "ev_types", "exe_pattern", "cwd_pattern", "path_pattern", "pass_fd",
@@ -190,9 +212,9 @@ class FanoRule:
         s(self, "name", name)
         s(self, "pids", frozenset(_pid(p) for p in pids))
         s(self, "ev_types", int(ev_types))
-        s(self, "exe_pattern", _pattern("exe_pattern", exe_pattern))
-        s(self, "cwd_pattern", _pattern("cwd_pattern", cwd_pattern))
-        s(self, "path_pattern", _pattern("path_pattern", path_pattern))
+        s(self, "exe_pattern", _pattern("exe_pattern", exe_pattern, self._lenient_patterns))
+        s(self, "cwd_pattern", _pattern("cwd_pattern", cwd_pattern, self._lenient_patterns))
+        s(self, "path_pattern", _pattern("path_pattern", path_pattern, self._lenient_patterns))
         s(self, "pass_fd", bool(pass_fd))
         s(self, "predicate", predicate)
         if not (
@@ -256,7 +278,7 @@ class FanoRule:
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (
-            FanoRule,
+            type(self),
             (
                 self.name, tuple(sorted(self.pids)), self.ev_types, self.exe_pattern,
                 self.cwd_pattern, self.path_pattern, self.pass_fd, self.predicate,

@@ -1,6 +1,7 @@
 """How much latency a permission check adds to open(2), against a C floor.
 
     sudo PYTHONPATH=. python bench/bench_permission.py [--opens 20000] [--rounds 3]
+        [--only SUBSTRING ...]
 
 A child process (bench/perm_responder.c, built with gcc into a temporary
 directory at run time) opens one file on a private tmpfs N times and times
@@ -9,7 +10,11 @@ each open(2).  The file is watched for FAN_OPEN_PERM by, in turn:
 * nobody (the baseline cost of open(2));
 * the same C program in responder mode: read, write FAN_ALLOW, close (the floor);
 * afanotify, in this process, in several styles (``async for`` + allow_nowait,
-  a plain ``on_permission`` handler, an async one).
+  a plain ``on_permission`` handler, an async one);
+* ``afanotify guard --rules FILE`` as a separate process, its static rules
+  decided in C: two path rules; and a path, an executable and a uid rule,
+  so each open reads the path, the executable and the uid.  No rule
+  matches the file, so the default allows it after every rule was tried.
 
 Reports p50/p99/mean per setup (median over rounds), then each afanotify
 setup's p50 and p99 as a ratio of the C responder's: of the whole open(2)
@@ -97,6 +102,41 @@ def afanotify_setup(style: str, resolve_paths: bool = True) -> Setup:
     return run
 
 
+#: Rules that read the file's path only, and rules that also read the
+#: process's executable and uid; none matches the file.
+GUARD_PATH_RULES = "deny path=*.@(key|pem)\ndeny path=/srv/secrets/*\n"
+GUARD_ALL_RULES = "deny path=*.@(key|pem)\ndeny exe=*/curl\ndeny uid=65534 path=*/file\n"
+
+
+def guard_cli(rules_text: str) -> Setup:
+    async def run(exe: Path, target: Path, n: int) -> tuple[int, int, int]:
+        return await _guard_cli(rules_text, exe, target, n)
+
+    return run
+
+
+async def _guard_cli(rules_text: str, exe: Path, target: Path, n: int) -> tuple[int, int, int]:
+    rules = target.parent.parent / "guard.rules"  # outside the marked mount
+    rules.write_text(rules_text)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "afanotify", "guard", "--rules", str(rules), str(target),
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    try:
+        line = await asyncio.wait_for(proc.stderr.readline(), 30)
+        if b"guarding" not in line or b"decided in C" not in line:
+            raise RuntimeError(f"the guard did not start with C decisions: {line!r}")
+        result = await run_opener(exe, target, n)
+    finally:
+        proc.terminate()
+        err = (await asyncio.wait_for(proc.stderr.read(), 30)).decode()
+        await proc.wait()
+    if f"{n} allowed, 0 denied" not in err:
+        raise RuntimeError(f"guard: unexpected verdicts: {err}")
+    return result
+
+
 async def _iterate(fan: Fanotify) -> None:
     async for ev in fan:
         if not ev.answered:
@@ -119,10 +159,12 @@ SETUPS: dict[str, Setup] = {
     "afanotify on_permission(sync fn)": afanotify_setup("handler"),
     "afanotify on_permission(sync), no paths": afanotify_setup("handler", resolve_paths=False),
     "afanotify on_permission(async fn)": afanotify_setup("async"),
+    "afanotify guard, path rules (C)": guard_cli(GUARD_PATH_RULES),
+    "afanotify guard, path+exe+uid rules (C)": guard_cli(GUARD_ALL_RULES),
 }
 
 
-async def main_async(opens: int, rounds: int) -> int:
+async def main_async(opens: int, rounds: int, only: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("needs root: mounts a tmpfs and uses fanotify permission events", file=sys.stderr)
         return 2
@@ -137,11 +179,15 @@ async def main_async(opens: int, rounds: int) -> int:
         mounted = True
         target = mnt / "file"
         target.write_bytes(b"x")
-        results: dict[str, list[tuple[int, int, int]]] = {name: [] for name in SETUPS}
-        for setup in SETUPS.values():  # warm-up, not reported
+        setups = {
+            name: setup for name, setup in SETUPS.items()
+            if not name.startswith("afanotify") or not only or any(o in name for o in only)
+        }
+        results: dict[str, list[tuple[int, int, int]]] = {name: [] for name in setups}
+        for setup in setups.values():  # warm-up, not reported
             await setup(exe, target, min(opens, 500))
         for _ in range(rounds):  # interleaved, so drift hits every setup alike
-            for name, setup in SETUPS.items():
+            for name, setup in setups.items():
                 results[name].append(await setup(exe, target, opens))
     finally:
         if mounted:
@@ -153,9 +199,11 @@ async def main_async(opens: int, rounds: int) -> int:
         for name, rs in results.items()
     }
     print(f"open(2) latency, {opens} opens x {rounds} rounds (median of rounds), ns")
-    print(f"{'setup':42} {'p50':>8} {'p99':>8} {'mean':>8}")
+    print(f"{'setup':42} {'p50':>8} {'p99':>8} {'mean':>8}  p50 min-max over rounds")
     for name, (p50, p99, mean) in med.items():
-        print(f"{name:42} {p50:8.0f} {p99:8.0f} {mean:8.0f}")
+        lo = min(r[0] for r in results[name])
+        hi = max(r[0] for r in results[name])
+        print(f"{name:42} {p50:8.0f} {p99:8.0f} {mean:8.0f}  {lo}-{hi}")
     base = med["baseline (no listener)"]
     floor = med["C responder"]
     print()
@@ -167,6 +215,13 @@ async def main_async(opens: int, rounds: int) -> int:
         whole = [m[i] / floor[i] for i in (0, 1)]
         added = [(m[i] - base[i]) / max(1.0, floor[i] - base[i]) for i in (0, 1)]
         print(f"{name:42} {whole[0]:6.2f}x {whole[1]:6.2f}x | {added[0]:6.2f}x {added[1]:6.2f}x")
+    print()
+    print("p50 ratio to the C responder of the same round (median, min-max over rounds)")
+    for name, rs in results.items():
+        if not name.startswith("afanotify"):
+            continue
+        per = sorted(r[0] / c[0] for r, c in zip(rs, results["C responder"]))
+        print(f"{name:42} {statistics.median(per):6.2f}x  ({per[0]:.2f}-{per[-1]:.2f})")
     return 0
 
 
@@ -174,8 +229,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--opens", type=int, default=20000, help="opens per setup and round")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--only", action="append", metavar="SUBSTRING",
+                        help="only the afanotify setups whose name contains it (repeatable); "
+                        "the baseline and the C responder always run")
     args = parser.parse_args(argv)
-    return asyncio.run(main_async(args.opens, args.rounds))
+    return asyncio.run(main_async(args.opens, args.rounds, args.only))
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from helpers import CHILD_CWD, REPO, child_env
 import afanotify
 import afanotify._cli_guard
 import afanotify.cli
+from afanotify._static import Decision
 
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(60)]
 
@@ -759,12 +760,15 @@ def test_guard_deadline_answers_a_slow_decision_with_the_default(
         if msg.startswith("guarding"):
             guarding.set()
 
-    def slow_decide(self: object, ev: afanotify.FanotifyData) -> tuple[bool, str]:
+    def slow_decide(self: object, ev: afanotify.FanotifyData) -> Decision:
         time.sleep(1.5)
-        return True, "slow"
+        return Decision(None, True, 1, ev.pid, ev.ev_types, ev.path, None, None, None, 0)
 
     monkeypatch.setattr(afanotify._cli_guard, "_err", record)
     monkeypatch.setattr(afanotify.cli.GuardPolicy, "decide", slow_decide)
+    # Decisions are made in C unless the pure parser is in use: there, in
+    # Python, the decision can be made slow.
+    monkeypatch.setenv("AFANOTIFY_PURE_PARSER", "1")
     seen: list[str] = []
 
     def open_when_guarded() -> None:
