@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import functools
 import os
 import sys
@@ -65,100 +64,6 @@ def _err(msg: str) -> None:
 
 def _action_names(mask: int) -> list[str]:
     return list(_mask_names(mask).actions)
-
-
-#: How many bytes of lines the sink gathers before it writes them.
-_WRITE_AT = 1 << 20
-
-
-class _Sink:
-    """Where event lines go: large buffered writes, counted line by line.
-
-    Lines are gathered and written with one ``write(2)`` per batch (or per
-    MiB), not one per line.  ``written`` counts the lines that reached the
-    file or pipe completely, so the summary stays exact when a reader closes
-    the pipe in the middle of a write.  A closed pipe is remembered instead
-    of raised.  :meth:`reopen` opens ``--output`` again (after logrotate
-    moved it).
-    """
-
-    def __init__(self, path: str | None) -> None:
-        self.broken = False
-        self.written = 0
-        self._path = path
-        #: The ``--output`` file, or None for standard output.
-        self.path = path
-        self._parts: list[str] = []
-        self._size = 0
-        self._fd = self._open() if path is not None else sys.stdout.fileno()
-
-    def _open(self) -> int:
-        assert self._path is not None
-        return os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
-
-    def write(self, line: str) -> None:
-        """Queue one line (without its newline)."""
-        self._parts.append(line)
-        self._size += len(line)
-        if self._size >= _WRITE_AT:
-            self.flush()
-
-    def extend(self, lines: list[str], size: int) -> None:
-        """Queue lines whose lengths add up to about ``size``."""
-        self._parts.extend(lines)
-        self._size += size
-        if self._size >= _WRITE_AT:
-            self.flush()
-
-    def flush(self) -> None:
-        """Write what is queued; a closed pipe sets :attr:`broken`."""
-        parts = self._parts
-        if not parts:
-            return
-        self._parts = []
-        self._size = 0
-        if self.broken:
-            return
-        parts.append("")
-        # Text lines carry file names as the kernel gave them: undecodable
-        # bytes go out as the same bytes (JSON lines are ASCII already).
-        data = "\n".join(parts).encode("utf-8", "surrogateescape")
-        view = memoryview(data)
-        done = 0
-        try:
-            while done < len(data):
-                try:
-                    done += os.write(self._fd, view[done:])
-                except InterruptedError:
-                    continue
-        except OSError as exc:
-            if exc.errno not in (errno.EPIPE, errno.ECONNRESET):
-                raise
-            self.broken = True
-            self.written += data.count(b"\n", 0, done)
-            return
-        self.written += len(parts) - 1
-
-    def reopen(self) -> None:
-        """Flush, then open ``--output`` by its name again (SIGHUP after a log rotation)."""
-        self.flush()
-        if self._path is None:
-            return
-        fd = self._open()
-        old, self._fd = self._fd, fd
-        os.close(old)
-
-    def close(self) -> None:
-        self.flush()
-        if self._path is not None:
-            os.close(self._fd)
-            self._path = None
-        else:
-            # What print() wrote to stdout before (features) goes out first.
-            try:
-                sys.stdout.flush()
-            except (BrokenPipeError, ValueError):
-                pass
 
 
 def clean(text: str) -> str:

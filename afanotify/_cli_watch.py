@@ -20,7 +20,6 @@ from ._cli_output import (
     DEFAULT_TIME_FORMAT,
     _action_names,
     _err,
-    _Sink,
     json_head,
     json_line,
     json_process,
@@ -28,6 +27,8 @@ from ._cli_output import (
     text_stamp,
 )
 from ._cli_run import _check_paths, _run_until_stopped
+from ._cli_sink import PENDING_MAX
+from ._cli_sink import Sink as _Sink
 from ._proc import NO_PROCESS, batch_processes
 from .events import FanotifyData
 from .exceptions import UnsupportedFlagError, WouldBlock
@@ -245,6 +246,7 @@ class _Watch:
         loop = asyncio.get_running_loop()
         self.done = loop.create_future()
         fd = self.fan.fileno()
+        self.sink.attach(loop)
         loop.add_reader(fd, self._on_readable)
         loop.add_signal_handler(signal.SIGHUP, self._reopen)
         timer = None
@@ -259,6 +261,7 @@ class _Watch:
             loop.remove_signal_handler(signal.SIGHUP)
             if self._timer is not None:
                 self._timer.cancel()
+            self.sink.detach()
             self.sink.flush()
 
     def _reopen(self) -> None:
@@ -370,9 +373,9 @@ def _kernel_queued(fd: int) -> int | None:
     return int.from_bytes(buf, sys.byteorder, signed=True)
 
 
-def _loss_words(overflows: int, lost: int) -> str:
+def _loss_words(overflows: int, lost: int, dropped: int = 0) -> str:
     """What was lost, in words: a Q_OVERFLOW record carries no count."""
-    if not overflows and not lost:
+    if not overflows and not lost and not dropped:
         return "nothing lost"
     said = []
     if overflows:
@@ -383,6 +386,11 @@ def _loss_words(overflows: int, lost: int) -> str:
         )
     if lost:
         said.append(f"{lost} event(s) lost: no file descriptor left for them (ulimit -n)")
+    if dropped:
+        said.append(
+            f"LINES LOST: {dropped} line(s) dropped because the reader of the output was "
+            "too slow (raise --max-pending, or write to a file with --output)"
+        )
     return "; ".join(said)
 
 
@@ -390,20 +398,18 @@ def _summary(counts: _Counts, sink: _Sink, fan: Fanotify) -> str:
     st = fan.stats
     shown = counts.shown
     tail = ""
-    if sink.broken:
+    if sink.dropped:
+        tail += f", {sink.dropped} dropped for a slow reader"
+    if sink.unwritten:
         # Lines are written in batches: count the ones that got out.
-        unwritten = max(0, shown + counts.overflows - sink.written)
-        shown -= unwritten
-        tail = f", {unwritten} not written (the output was closed)"
-    text = (
-        f"{counts.seen} events seen, {shown} shown, {counts.filtered} filtered out"
-    )
+        shown = max(0, shown - sink.unwritten)
+        why = "the output was closed" if sink.broken else "the reader took nothing more"
+        tail += f", {sink.unwritten} not written ({why})"
+    text = f"{counts.seen} events seen, {shown} shown, {counts.filtered} filtered out"
+    lost = _loss_words(counts.overflows, st.lost, sink.dropped)
     if counts.overflows or st.lost:
-        return (
-            f"{text}, {st.parse_errors} malformed, {counts.overflows} overflows{tail}; "
-            f"{_loss_words(counts.overflows, st.lost)}"
-        )
-    return f"{text}, {st.parse_errors} dropped, 0 overflows{tail}; nothing lost"
+        return f"{text}, {st.parse_errors} malformed, {counts.overflows} overflows{tail}; {lost}"
+    return f"{text}, {st.parse_errors} dropped, 0 overflows{tail}; {lost}"
 
 
 def _progress(counts: _Counts, sink: _Sink, fan: Fanotify) -> str:
@@ -411,8 +417,9 @@ def _progress(counts: _Counts, sink: _Sink, fan: Fanotify) -> str:
     q = "?" if queued is None else str(queued)
     return (
         f"progress: {counts.seen} events seen, {sink.written} lines written, "
-        f"{counts.filtered} filtered out, {_loss_words(counts.overflows, fan.stats.lost)}, "
-        f"{q} bytes queued in the kernel"
+        f"{counts.filtered} filtered out, "
+        f"{_loss_words(counts.overflows, fan.stats.lost, sink.dropped)}, "
+        f"{q} bytes queued in the kernel, {sink.pending} bytes waiting for the output"
     )
 
 
@@ -420,7 +427,8 @@ def _cmd_watch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     _check_paths(parser, args.paths)
     rule = _rule(args)
     try:
-        sink = _Sink(args.output)
+        mib = getattr(args, "max_pending", None)
+        sink = _Sink(args.output, pending_max=int(mib * (1 << 20)) if mib else PENDING_MAX)
     except OSError as exc:
         parser.error(f"argument --output: cannot open {args.output!r}: {exc.strerror}")
     counts = _Counts()
@@ -439,7 +447,7 @@ def _cmd_watch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         asyncio.run(run())
     finally:
         try:
-            sink.flush()
+            sink.finish()
         finally:
             if fan is not None:
                 fan.close()

@@ -23,9 +23,10 @@ from ._cli_guard import GuardPolicy as GuardPolicy
 from ._cli_guard import _cmd_guard
 from ._cli_output import ECS_VERSION as ECS_VERSION
 from ._cli_output import PROG as PROG
-from ._cli_output import _err, _Sink
+from ._cli_output import _err
 from ._cli_output import format_human as format_human
 from ._cli_output import format_json as format_json
+from ._cli_sink import Sink as _Sink
 from ._cli_watch import ALL_WATCH_EVENTS as ALL_WATCH_EVENTS
 from ._cli_watch import FID_ONLY as FID_ONLY
 from ._cli_watch import WATCH_EVENTS as WATCH_EVENTS
@@ -173,6 +174,16 @@ def _seconds_arg(text: str) -> float:
     return s
 
 
+def _mib_arg(text: str) -> float:
+    try:
+        n = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of MiB") from None
+    if not n > 0 or n == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of MiB, got {text}")
+    return n
+
+
 def _pattern_arg(text: str) -> str:
     if not text:
         raise argparse.ArgumentTypeError("the pattern is empty")
@@ -256,6 +267,10 @@ def _build() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser
         "what exceeds 16384 (fanotify has no per-group queue size); memory grows "
         "while the command falls behind",
     )
+    w.add_argument("--max-pending", type=_mib_arg, default=None, metavar="MIB",
+                   help="how many MiB of lines may wait for a slow reader of a pipe "
+                   "(e.g. '| jq') before new lines are dropped and counted (default: 64); "
+                   "the command never blocks on its output")
     w.add_argument("--stats-interval", type=_seconds_arg, metavar="S",
                    help="every S seconds, a progress line on stderr: events seen, lines "
                    "written, filtered out, lost, bytes queued in the kernel")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import time
@@ -177,3 +178,41 @@ def test_closed_pipe_summary_counts_are_exact(tmpfs: Path) -> None:
     # head read one line, but the pipe may have taken more before it closed:
     # what the summary calls shown is what write(2) accepted, never more.
     assert shown >= 1
+
+
+def test_slow_reader_of_stdout_is_counted_not_silent(tmpfs: Path) -> None:
+    # The test is the slow reader: it reads nothing from the pipe until every
+    # event was seen.  The command must keep reading the kernel (no overflow),
+    # drop what does not fit in --max-pending, and count it exactly.
+    names = [str(tmpfs / f"slow{i:04d}") for i in range(3000)]
+    with cli("watch", "--json", "--events", "create", "--max-pending", "0.05",
+             "--stats-interval", "0.2", str(tmpfs)) as p:
+        p.wait_stderr("watching")
+        for i in range(0, len(names), 500):
+            child(CREATE, *names[i:i + 500])
+        deadline = time.monotonic() + 30
+        fd = p.popen.stderr.fileno()  # type: ignore[union-attr]
+        while True:
+            progress = [x for x in p.err.decode().splitlines() if "progress:" in x]
+            if progress and "3000 events seen" in progress[-1]:
+                break
+            left = deadline - time.monotonic()
+            assert left > 0, p.err.decode()[-800:]
+            if select.select([fd], [], [], left)[0]:
+                p.err += os.read(fd, 65536)
+        assert "LINES LOST" in progress[-1] and "line(s) dropped" in progress[-1]
+        p.popen.send_signal(signal.SIGINT)
+        code, out, err = p.finish()
+    assert code == 0, err
+    summary = next(x for x in err.splitlines() if "events seen" in x and "progress" not in x)
+    dropped = int(summary.split(" dropped for a slow reader")[0].rsplit(" ", 1)[1])
+    shown = int(summary.split(" shown")[0].rsplit(" ", 1)[1])
+    lines = json_lines(out)
+    assert "0 overflows" in summary and "nothing lost" not in summary, summary
+    assert f"LINES LOST: {dropped} line(s) dropped" in summary
+    assert dropped > 0
+    assert shown == 3000
+    assert len(lines) + dropped == shown
+    # What got out are whole lines, in order.
+    got = [r["file"]["name"] for r in lines]  # type: ignore[index]
+    assert got == sorted(got)
