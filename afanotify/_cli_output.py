@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import string
 import sys
 import time
 from json.encoder import encode_basestring_ascii as _json_str
@@ -196,3 +197,89 @@ def format_human(ev: FanotifyData, now: float, comm: str | None) -> str:
 def format_json(ev: FanotifyData, now: float, comm: str | None) -> str:
     """One JSON object with Elastic Common Schema field names (see the README)."""
     return json_line(ev, json_head(now), json_process(ev.pid, (comm, ev.exe, ev.cwd)))
+
+
+#: The named fields of ``--format``, with what each holds ("-" when the event has none).
+FORMAT_FIELDS: dict[str, str] = {
+    "time": "the read time, by --time-format",
+    "pid": "the process id",
+    "comm": "the process name (/proc/PID/comm, read when the event was read)",
+    "exe": "the process's executable",
+    "cwd": "the process's working directory",
+    "events": "the event names, as CREATE|ONDIR",
+    "actions": "the lower-case event names without ondir, comma-separated: create",
+    "type": "file or dir",
+    "path": "the full path (for a rename, the new one)",
+    "dir": "the directory of the path",
+    "name": "the file name in that directory",
+    "old_path": "a rename's old path",
+    "new_path": "a rename's new path",
+    "resolved": "yes when the path is the full path, no when it could not be resolved",
+}
+
+
+class Template:
+    """A ``--format`` template: one line per event, ``{field}`` for each value.
+
+    Fields are Python format fields (``{pid:>7}`` pads), the values are
+    always strings, and a value the event does not have is ``-``.
+
+    :raises ValueError: for an unknown field, an attribute or index in a
+        field, a bad format spec, or a newline in the template
+    """
+
+    def __init__(self, text: str) -> None:
+        if "\n" in text or "\r" in text:
+            raise ValueError("--format writes one line per event: leave out newlines")
+        try:
+            parsed = list(string.Formatter().parse(text))
+        except ValueError as exc:
+            raise ValueError(
+                f"--format {text!r}: {exc} (write a literal brace as {{{{ or }}}})"
+            ) from None
+        used = []
+        for _lit, field, _spec, _conv in parsed:
+            if field is None:
+                continue
+            if field not in FORMAT_FIELDS:
+                what = "an empty field {}" if not field else f"unknown field {{{field}}}"
+                raise ValueError(
+                    f"--format {text!r}: {what}; the fields are "
+                    + ", ".join("{" + f + "}" for f in FORMAT_FIELDS)
+                )
+            used.append(field)
+        self.text = text
+        self.used = frozenset(used)
+        try:
+            text.format_map(dict.fromkeys(FORMAT_FIELDS, "-"))
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"--format {text!r}: {exc}") from None
+
+    def line(self, ev: FanotifyData, stamp: str, proc: Proc) -> str:
+        """The template filled from ``ev`` (read at ``stamp``), by ``proc``: (name, exe, cwd)."""
+        used = self.used
+        mask = ev.ev_types
+        path = ev.path
+        names = _mask_names(mask)
+        v = {
+            "time": stamp,
+            "pid": str(ev.pid) if ev.pid > 0 else "-",
+            "comm": proc[0] or "-",
+            "exe": proc[1] or ev.exe or "-",
+            "cwd": proc[2] or ev.cwd or "-",
+            "events": names.text,
+            "actions": ",".join(names.actions) or "-",
+            "type": "dir" if mask & _ONDIR else "file",
+            "path": path or "-",
+            "old_path": ev.old_path or "-",
+            "new_path": ev.new_path or "-",
+            "resolved": "yes" if ev.path_resolved else "no",
+        }
+        if "dir" in used or "name" in used:
+            d, n = ev.dir_path, ev.name
+            if path is not None and ev.path_resolved:
+                d = d or os.path.dirname(path)
+                n = n or os.path.basename(path)
+            v["dir"] = d or "-"
+            v["name"] = n or "-"
+        return self.text.format_map(v)

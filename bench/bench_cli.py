@@ -112,8 +112,22 @@ def mount(fs: str) -> Iterator[Path]:
         shutil.rmtree(work, ignore_errors=True)
 
 
+#: A checkout to compare with (``--baseline``): its afanotify runs as ``base-json``
+#: and ``base-text``, taking turns with this checkout's.
+BASELINE: Path | None = None
+
+
+def _root(tool: str) -> Path:
+    if tool.startswith("base-"):
+        assert BASELINE is not None
+        return BASELINE
+    return ROOT
+
+
 def _watcher(tool: str, d: Path, out: Path) -> tuple[list[str], str | None]:
     """The command line and working directory of one watcher."""
+    if tool.startswith("base-"):
+        tool = "afanotify-" + tool[len("base-"):]
     if tool == "afanotify-json":
         return [sys.executable, "-m", "afanotify", "watch", "--filesystem", "--json",
                 "--output", str(out), str(d)], None
@@ -129,7 +143,7 @@ def _watcher(tool: str, d: Path, out: Path) -> tuple[list[str], str | None]:
 
 def _ready(tool: str, proc: subprocess.Popen[bytes], d: Path, deadline: float) -> None:
     """Wait until the watcher's marks are in place."""
-    if tool.startswith("afanotify"):
+    if tool.startswith(("afanotify", "base-")):
         assert proc.stderr is not None
         line = proc.stderr.readline()
         if b"watching" not in line:
@@ -161,7 +175,7 @@ def _out_path(d: Path) -> Path:
 
 def run_one(tool: str, fs: str, ndirs: int, nfiles: int) -> dict[str, Any]:
     """One watcher against one burst: lines, CPU seconds, peak RSS, what it caught."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=str(_root(tool)))
     with mount(fs) as d:
         out = _out_path(d)
         cmd, cwd = _watcher(tool, d, out)
@@ -224,7 +238,7 @@ def _caught(tool: str, data: bytes, d: str) -> dict[str, int]:
     """Creates, renames and deletes of the burst's files, by what the output shows."""
     c = {"creates": 0, "renames": 0, "deletes": 0, "overflows": 0}
     text = data.decode("utf-8", "replace")
-    if tool == "afanotify-json":
+    if tool in ("afanotify-json", "base-json"):
         for line in text.splitlines():
             r = json.loads(line)
             if r["event"]["kind"] == "pipeline_error":
@@ -241,7 +255,7 @@ def _caught(tool: str, data: bytes, d: str) -> dict[str, int]:
                 c["creates"] += 1
             elif "delete" in acts and full and "/g" in path:
                 c["deletes"] += 1
-    elif tool == "afanotify-text":
+    elif tool in ("afanotify-text", "base-text"):
         for line in text.splitlines():
             fields = line.split()
             if "Q_OVERFLOW" in line:
@@ -279,6 +293,7 @@ def _caught(tool: str, data: bytes, d: str) -> dict[str, int]:
 
 
 TOOLS = ("afanotify-json", "afanotify-text", "fatrace", "inotifywait")
+BASE_TOOLS = ("base-json", "base-text")
 
 
 def _spread(values: list[float]) -> dict[str, float]:
@@ -303,6 +318,11 @@ def measure(fs: str, reps: int, ndirs: int, nfiles: int,
         rss = [a["peak_rss_kb"] / f["peak_rss_kb"]
                for a, f in zip(runs[tool], runs["fatrace"], strict=True)]
         ratios[f"{tool}_peak_rss_over_fatrace"] = _spread(rss)
+    for mine, base in (("afanotify-json", "base-json"), ("afanotify-text", "base-text")):
+        if mine in runs and base in runs:
+            per = [a["lines_per_cpu_s"] / b["lines_per_cpu_s"]
+                   for a, b in zip(runs[mine], runs[base], strict=True)]
+            ratios[f"{mine}_lines_per_cpu_s_over_{base}"] = _spread(per)
     table = []
     for tool in tools:
         rs = runs[tool]
@@ -358,7 +378,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--files", type=int, default=100)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--json", type=Path, help="also write every figure here")
-    p.add_argument("--tool", action="append", choices=TOOLS,
+    p.add_argument("--baseline", type=Path, metavar="CHECKOUT",
+                   help="also run the afanotify of this checkout (with its core built), "
+                   "as base-json and base-text, for before/after ratios from one session")
+    p.add_argument("--tool", action="append", choices=TOOLS + BASE_TOOLS,
                    help="only these watchers (fatrace is always run: the ratios need it)")
     args = p.parse_args(argv)
     if os.geteuid() != 0:
@@ -366,8 +389,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.quick:
         args.reps, args.dirs = 2, 50
-    tools = TOOLS if not args.tool else tuple(t for t in TOOLS if t in args.tool or
+    every = TOOLS + (BASE_TOOLS if args.baseline else ())
+    tools = every if not args.tool else tuple(t for t in every if t in args.tool or
                                               t == "fatrace")
+    if args.baseline:
+        global BASELINE
+        BASELINE = args.baseline.resolve()
     res = measure(args.fs, args.reps, args.dirs, args.files, tools)
     print(render(res))
     if args.json:

@@ -216,3 +216,57 @@ def test_slow_reader_of_stdout_is_counted_not_silent(tmpfs: Path) -> None:
     # What got out are whole lines, in order.
     got = [r["file"]["name"] for r in lines]  # type: ignore[index]
     assert got == sorted(got)
+
+
+def test_format_template_names_fields(tmpfs: Path) -> None:
+    template = "{time} {pid:>7} {comm} {events} {type} {path} | {dir} | {name} | {old_path}"
+    with cli("watch", "--format", template, "--events", "create,rename",
+             "--time-format", "%Y-%m-%d %H:%M:%S.%f", str(tmpfs)) as p:
+        p.wait_stderr("watching")
+        move = "import os, sys\nopen(sys.argv[1], 'w').close()\nos.rename(*sys.argv[1:])\n"
+        child(move, str(tmpfs / "a"), str(tmpfs / "b"))
+        child(CREATE, str(tmpfs / "zz_end"))
+        deadline = time.monotonic() + 10
+        out = b""
+        assert p.popen.stdout is not None
+        fd = p.popen.stdout.fileno()
+        while b"zz_end" not in out:
+            left = deadline - time.monotonic()
+            assert left > 0, out
+            if select.select([fd], [], [], left)[0]:
+                out += os.read(fd, 65536)
+        p.popen.send_signal(signal.SIGINT)
+        code, rest, err = p.finish()
+    assert code == 0, err
+    lines = (out.decode() + rest).splitlines()
+    create, rename = lines[0], lines[1]
+    day, clock, pid, comm, events, kind, path = create.split(" | ")[0].split()
+    assert time.strptime(day, "%Y-%m-%d")
+    assert clock.count(":") == 2 and len(clock.rsplit(".", 1)[1]) == 3
+    assert int(pid) > 0 and comm.startswith("python")
+    assert (events, kind, path) == ("CREATE", "file", f"{tmpfs}/a")
+    assert create.split(" | ")[1:] == [str(tmpfs), "a", "-"]
+    assert rename.split()[4:7] == ["RENAME", "file", f"{tmpfs}/b"]
+    assert rename.endswith(f"| {tmpfs} | b | {tmpfs}/a")
+
+
+@pytest.mark.parametrize(("template", "says"), [
+    ("{nosuch}", "unknown field {nosuch}"),
+    ("{path.__class__}", "unknown field {path.__class__}"),
+    ("{}", "an empty field {}"),
+    ("{pid:d}", "Unknown format code 'd'"),
+    ("{path", "expected '}'"),
+])
+def test_bad_format_template_is_a_usage_error(tmpfs: Path, template: str, says: str) -> None:
+    r = run("watch", "--format", template, str(tmpfs))
+    assert r.returncode == 2
+    assert "usage: afanotify watch" in r.stderr
+    assert says in r.stderr
+    if "field" in says:
+        assert "the fields are {time}, {pid}" in r.stderr
+
+
+def test_format_with_json_is_a_usage_error(tmpfs: Path) -> None:
+    r = run("watch", "--json", "--format", "{path}", str(tmpfs))
+    assert r.returncode == 2
+    assert "--format: not allowed with --json" in r.stderr
