@@ -31,9 +31,9 @@ from ._cli_output import (
 from ._cli_run import _check_paths, _run_until_stopped
 from ._cli_sink import PENDING_MAX
 from ._cli_sink import Sink as _Sink
-from ._proc import NO_PROCESS, batch_processes
+from ._proc import NO_PROCESS, Proc, batch_processes, raw_pids, read_processes
 from .events import FanotifyData
-from .exceptions import UnsupportedFlagError, WouldBlock
+from .exceptions import ClosedResourceError, UnsupportedFlagError, WouldBlock
 from .flags import FID_EVENTS, Event, InitFlag
 from .group import Fanotify
 from .rules import FanoRule
@@ -241,6 +241,7 @@ class _Watch:
         self.my_pgrp = os.getpgrp() if args.exclude_self else -1
         self.limit: int | None = args.count
         self.pidfd_reported = bool(fan.flags & InitFlag.REPORT_PIDFD)
+        self.own_pid = os.getpid()
         self.interval: float | None = getattr(args, "stats_interval", None)
         self._timer: asyncio.TimerHandle | None = None
         self.done: asyncio.Future[None] | None = None
@@ -305,14 +306,14 @@ class _Watch:
         try:
             for _ in range(_READS_PER_CALL):
                 try:
-                    events = self.fan.read_batch()
+                    events, early = self._read_batch()
                 except WouldBlock:
                     break
                 except OSError as exc:
                     if exc.errno in (errno.EMFILE, errno.ENFILE):
                         break  # counted in stats.lost; the rest stays queued
                     raise
-                if not self._batch(events):
+                if not self._batch(events, early):
                     self._stop()
                     break
             self.sink.flush()
@@ -321,11 +322,34 @@ class _Watch:
         except Exception as exc:
             self._stop(exc)
 
-    def _batch(self, events: list[FanotifyData]) -> bool:
+    def _read_batch(self) -> tuple[list[FanotifyData], dict[int, Proc]]:
+        """:meth:`Fanotify.read_batch`, with the processes named between read and decode.
+
+        A short-lived process is gone soon after its event: its name is read
+        from /proc first thing after the read, from the pids in the events'
+        fixed headers, before the batch is decoded and its paths resolved
+        (which takes longer than many such processes live).  The names are
+        trusted only once the decoded events' pidfds are checked
+        (:func:`batch_processes`).
+
+        :raises WouldBlock: if the kernel has no events
+        """
+        fan = self.fan
+        if fan.closed:
+            raise ClosedResourceError("the fanotify group is closed")
+        # The group's read and decode, split (Fanotify.read_batch does both).
+        try:
+            view = fan._reader.read_once()
+        except BlockingIOError:
+            raise WouldBlock from None
+        early = read_processes(raw_pids(view, self.own_pid))
+        return fan._pipeline.decode(view, fan._reader.loop), early
+
+    def _batch(self, events: list[FanotifyData], early: dict[int, Proc] | None = None) -> bool:
         """Write one batch; False once the command should stop."""
         counts = self.counts
         now = time.time()
-        procs = batch_processes(events, pidfd_reported=self.pidfd_reported)
+        procs = batch_processes(events, pidfd_reported=self.pidfd_reported, early=early)
         lines: list[str] = []
         append = lines.append
         if self.json:

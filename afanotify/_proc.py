@@ -7,12 +7,16 @@ none of it touches the event loop.
 from __future__ import annotations
 
 import os
+import struct
 from collections.abc import Iterable
 
 from ._dirmap import DirMap
 from .events import FanotifyData
 
-__all__ = ["fd_path", "process_info", "pidfd_pid", "batch_processes", "HandleResolver"]
+__all__ = [
+    "fd_path", "process_info", "pidfd_pid", "batch_processes", "read_processes", "raw_pids",
+    "HandleResolver",
+]
 
 _DELETED = " (deleted)"
 
@@ -40,13 +44,22 @@ def pidfd_pid(pidfd: int) -> int | None:
     process can be told apart from the one that caused the event.
     """
     try:
-        with open(f"/proc/self/fdinfo/{pidfd}", "rb") as f:
-            for line in f:
-                if line.startswith(b"Pid:"):
-                    pid = int(line.split()[1])
-                    return pid if pid > 0 else None
-    except (OSError, ValueError, IndexError):
+        fd = os.open(f"/proc/self/fdinfo/{pidfd}", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
         return None
+    try:
+        data = os.read(fd, 4096)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    for line in data.split(b"\n"):
+        if line.startswith(b"Pid:"):
+            try:
+                pid = int(line.split()[1])
+            except (ValueError, IndexError):
+                return None
+            return pid if pid > 0 else None
     return None
 
 
@@ -94,11 +107,19 @@ NO_PROCESS: tuple[None, None, None] = (None, None, None)
 
 
 def _comm(pid: int) -> str | None:
+    # os.open/os.read, not open(): a short-lived process may be reaped within
+    # the microseconds a buffered file object takes to set up.
     try:
-        with open(f"/proc/{pid}/comm", "rb") as f:
-            return f.read().rstrip(b"\n").decode("utf-8", "surrogateescape")
+        fd = os.open(f"/proc/{pid}/comm", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
+    try:
+        data = os.read(fd, 64)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return data.rstrip(b"\n").decode("utf-8", "surrogateescape")
 
 
 def _link(path: str) -> str | None:
@@ -108,22 +129,67 @@ def _link(path: str) -> str | None:
         return None
 
 
+Proc = tuple["str | None", "str | None", "str | None"]
+
+#: The kernel's ``struct fanotify_event_metadata``: event_len at 0, pid at 20.
+_META = struct.Struct("=I16xi")
+
+
+def raw_pids(buf: memoryview | bytes, skip: int = -1) -> list[int]:
+    """The distinct pids of a buffer read from a fanotify group, in order, before decoding.
+
+    Only the fixed metadata of each event is looked at (``event_len`` and
+    ``pid``); the walk stops at the first event too short to be one.  For
+    :func:`read_processes` right after the read, ahead of everything else.
+    """
+    seen: dict[int, None] = {}
+    off = 0
+    end = len(buf) - _META.size
+    unpack = _META.unpack_from
+    while off <= end:
+        length, pid = unpack(buf, off)
+        if length < _META.size:
+            break
+        if pid > 0 and pid != skip:
+            seen[pid] = None
+        off += length
+    return list(seen)
+
+
+def read_processes(pids: Iterable[int], *, paths: bool = True) -> dict[int, Proc]:
+    """``(name, exe, cwd)`` of each pid from /proc, unchecked (see :func:`batch_processes`)."""
+    # Every name first (what a process that is about to go loses first),
+    # then the links.
+    names = [(pid, _comm(pid)) for pid in pids]
+    out: dict[int, Proc] = {}
+    for pid, name in names:
+        exe = cwd = None
+        if paths and name is not None:
+            exe = _link(f"/proc/{pid}/exe")
+            cwd = _link(f"/proc/{pid}/cwd")
+        out[pid] = (name, exe, cwd)
+    return out
+
+
 def batch_processes(
-    events: Iterable[FanotifyData], *, pidfd_reported: bool, paths: bool = True
-) -> dict[int, tuple[str | None, str | None, str | None]]:
+    events: Iterable[FanotifyData], *, pidfd_reported: bool, paths: bool = True,
+    early: dict[int, Proc] | None = None,
+) -> dict[int, Proc]:
     """``(name, exe, cwd)`` of each process in one batch of events, read once per pid.
 
     Meant to run as soon as the batch is read, so that a short-lived process
-    is still there (a zombie keeps its name, not its exe or cwd).  The
-    details of a pid are read for its first event in the batch and trusted
-    as :func:`process_info` trusts them: only if that event's pidfd still
-    names the pid after the reads.  Then the pid was never free between that
-    event and the reads, so every later event of the batch with the same pid
-    came from the same process.  With REPORT_PIDFD and no pidfd on the first
-    event (the process was gone), the pid gives nothing.  ``paths=False``
-    reads the name alone.
+    is still there (a zombie keeps its name, not its exe or cwd).  ``early``
+    holds what :func:`read_processes` read for the batch's pids right after
+    the read, before the events were decoded (sooner still); a pid it lacks
+    is read here.  The details of a pid are trusted as :func:`process_info`
+    trusts them: only if the pid's first event in the batch has a pidfd that
+    still names the pid after the reads.  Then the pid was never free
+    between that event and the reads, so every later event of the batch
+    with the same pid came from the same process.  With REPORT_PIDFD and no
+    pidfd on the first event (the process was gone), the pid gives nothing.
+    ``paths=False`` reads the name alone.
     """
-    out: dict[int, tuple[str | None, str | None, str | None]] = {}
+    out: dict[int, Proc] = {}
     for ev in events:
         pid = ev.pid
         if pid in out or pid <= 0:
@@ -132,15 +198,13 @@ def batch_processes(
         if pidfd_reported and pidfd < 0:
             out[pid] = NO_PROCESS
             continue
-        name = _comm(pid)
-        exe = cwd = None
-        if paths and name is not None:
-            exe = _link(f"/proc/{pid}/exe")
-            cwd = _link(f"/proc/{pid}/cwd")
+        got = early.get(pid) if early is not None else None
+        if got is None:
+            got = read_processes((pid,), paths=paths)[pid]
         if pidfd >= 0 and pidfd_pid(pidfd) != pid:
             out[pid] = NO_PROCESS
         else:
-            out[pid] = (name, exe, cwd)
+            out[pid] = got
     return out
 
 

@@ -173,8 +173,23 @@ def _out_path(d: Path) -> Path:
     return d.parent.parent / "out.log"
 
 
-def run_one(tool: str, fs: str, ndirs: int, nfiles: int) -> dict[str, Any]:
-    """One watcher against one burst: lines, CPU seconds, peak RSS, what it caught."""
+#: The naming scenario: short-lived processes, one file operation each, every 0.2 s.
+SHORT_LIVED = r"""
+i=0
+while [ $i -lt "$1" ]; do
+  touch "f$i"; mv "f$i" "g$i"; rm "g$i"; sleep 0.2; i=$((i + 1))
+done
+touch "$2"
+"""
+
+
+def run_one(tool: str, fs: str, ndirs: int, nfiles: int,
+            rounds: int | None = None) -> dict[str, Any]:
+    """One watcher against one burst: lines, CPU seconds, peak RSS, what it caught.
+
+    With ``rounds``, the load is :data:`SHORT_LIVED` instead (``rounds`` x
+    touch, mv, rm), and what counts is how many of those processes are named.
+    """
     env = dict(os.environ, PYTHONPATH=str(_root(tool)))
     with mount(fs) as d:
         out = _out_path(d)
@@ -185,8 +200,12 @@ def run_one(tool: str, fs: str, ndirs: int, nfiles: int) -> dict[str, Any]:
             _ready(tool, proc, d, time.monotonic() + 20)
             start = out.stat().st_size if out.exists() else 0
             t0 = time.monotonic()
-            subprocess.run([sys.executable, "-c", BURST, str(d), str(ndirs), str(nfiles),
-                            SENTINEL], check=True, cwd="/")
+            if rounds is None:
+                subprocess.run([sys.executable, "-c", BURST, str(d), str(ndirs), str(nfiles),
+                                SENTINEL], check=True, cwd="/")
+            else:
+                subprocess.run(["sh", "-c", SHORT_LIVED, "sh", str(rounds), SENTINEL],
+                               check=True, cwd=str(d))
             burst_s = time.monotonic() - t0
             deadline = time.monotonic() + 60
             pos = start
@@ -227,7 +246,7 @@ def run_one(tool: str, fs: str, ndirs: int, nfiles: int) -> dict[str, Any]:
         data = out.read_bytes()[start:]
     cpu = ru.ru_utime + ru.ru_stime
     lines = data.count(b"\n")
-    caught = _caught(tool, data, str(d))
+    caught = _caught(tool, data, str(d)) if rounds is None else _named(tool, data, rounds)
     return {"tool": tool, "lines": lines, "cpu_s": round(cpu, 3),
             "lines_per_cpu_s": round(lines / cpu) if cpu else None,
             "peak_rss_kb": peak_kb, "burst_s": round(burst_s, 2),
@@ -292,6 +311,39 @@ def _caught(tool: str, data: bytes, d: str) -> dict[str, int]:
     return c
 
 
+def _named(tool: str, data: bytes, rounds: int) -> dict[str, int]:
+    """Of the ``3 * rounds`` short-lived processes, how many a watcher named.
+
+    Each process (touch, mv or rm) is counted once, by its pid, if any line
+    of its events carries its name; only those processes touch the mount.
+    """
+    names: dict[int, str | None] = {}
+    text = data.decode("utf-8", "replace")
+    for line in text.splitlines():
+        pid: int | None = None
+        name: str | None = None
+        if SENTINEL in line or "zz-probe" in line:
+            continue
+        if tool.endswith("-json"):
+            r = json.loads(line)
+            pid, name = r["process"]["pid"], r["process"]["name"]
+        elif tool.endswith("-text"):
+            fields = line.split()
+            if len(fields) > 3 and fields[1].isdigit():
+                pid, name = int(fields[1]), fields[2]
+        elif tool == "fatrace" and "(" in line and "): " in line:
+            comm, rest = line.split("(", 1)
+            pid, name = int(rest.split(")", 1)[0]), comm
+        if pid is None or pid <= 0:
+            continue
+        if name in ("touch", "mv", "rm"):
+            names[pid] = name
+        else:
+            names.setdefault(pid, None)
+    return {"processes": 3 * rounds, "seen": len(names),
+            "named": sum(1 for n in names.values() if n is not None)}
+
+
 TOOLS = ("afanotify-json", "afanotify-text", "fatrace", "inotifywait")
 BASE_TOOLS = ("base-json", "base-text")
 
@@ -335,6 +387,33 @@ def measure(fs: str, reps: int, ndirs: int, nfiles: int,
             "runs": runs}
 
 
+NAMING_TOOLS = ("afanotify-json", "afanotify-text", "fatrace")
+
+
+def measure_naming(fs: str, reps: int, rounds: int,
+                   tools: tuple[str, ...] = NAMING_TOOLS) -> dict[str, Any]:
+    """How many short-lived processes each watcher names, watchers taking turns."""
+    ensure_tools()
+    runs: dict[str, list[dict[str, Any]]] = {t: [] for t in tools}
+    for rep in range(reps):
+        for tool in tools if rep % 2 == 0 else tuple(reversed(tools)):
+            runs[tool].append(run_one(tool, fs, 0, 0, rounds=rounds))
+    table = [{"tool": t, "named": _spread([float(r["named"]) for r in runs[t]]),
+              "seen": _spread([float(r["seen"]) for r in runs[t]])} for t in tools]
+    return {"fs": fs, "reps": reps, "processes": 3 * rounds, "table": table, "runs": runs}
+
+
+def render_naming(res: dict[str, Any]) -> str:
+    n = res["processes"]
+    out = [f"short-lived processes on {res['fs']}: touch, mv, rm every 0.2 s, {n} processes, "
+           f"{res['reps']} reps; processes named (seen), median (min-max)"]
+    for row in res["table"]:
+        nm, sn = row["named"], row["seen"]
+        out.append(f"  {row['tool']:15s} {nm['median']:.0f}/{n} ({nm['min']:.0f}-{nm['max']:.0f})"
+                   f"   seen {sn['median']:.0f} ({sn['min']:.0f}-{sn['max']:.0f})")
+    return "\n".join(out)
+
+
 def render(res: dict[str, Any]) -> str:
     files = res["files"]
     out = [f"burst on {res['fs']}: {files:,} files (create+write, rename, delete), "
@@ -366,7 +445,9 @@ def run(ctx: Any) -> dict[str, Any]:
     quick = bool(getattr(ctx, "quick", False))
     reps = int(getattr(ctx, "reps", 0) or (2 if quick else 3))
     res = measure("tmpfs", reps, 50 if quick else 200, 100)
-    res["figure"] = "\n" + render(res)
+    naming = measure_naming("tmpfs", reps, 5 if quick else 20)
+    res["naming"] = naming
+    res["figure"] = "\n" + render(res) + "\n" + render_naming(naming)
     return res
 
 
@@ -377,6 +458,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dirs", type=int, default=200)
     p.add_argument("--files", type=int, default=100)
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--naming", type=int, metavar="ROUNDS",
+                   help="instead of the burst: ROUNDS x (touch, mv, rm) every 0.2 s, and how "
+                   "many of those processes each watcher names")
     p.add_argument("--json", type=Path, help="also write every figure here")
     p.add_argument("--baseline", type=Path, metavar="CHECKOUT",
                    help="also run the afanotify of this checkout (with its core built), "
@@ -395,8 +479,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.baseline:
         global BASELINE
         BASELINE = args.baseline.resolve()
-    res = measure(args.fs, args.reps, args.dirs, args.files, tools)
-    print(render(res))
+    if args.naming:
+        res = measure_naming(args.fs, args.reps, args.naming,
+                             tuple(t for t in tools if t in NAMING_TOOLS + BASE_TOOLS))
+        print(render_naming(res))
+    else:
+        res = measure(args.fs, args.reps, args.dirs, args.files, tools)
+        print(render(res))
     if args.json:
         args.json.write_text(json.dumps(res, indent=1))
     return 0
