@@ -311,3 +311,14 @@ def test_short_lived_processes_are_named(tmpfs: Path) -> None:
     assert len(ours) == 30, ours
     # Most processes are named.
     assert sum(1 for n in ours.values() if n) >= 15, ours
+
+
+@pytest.mark.parametrize(("value", "says"), [
+    ("0", "must be a positive number of MiB, got 0"),
+    ("-1", "must be a positive number of MiB, got -1"),
+    ("lots", "'lots' is not a number of MiB"),
+])
+def test_bad_max_pending_is_a_usage_error(tmpfs: Path, value: str, says: str) -> None:
+    r = run("watch", f"--max-pending={value}", str(tmpfs))
+    assert r.returncode == 2
+    assert "usage: afanotify watch" in r.stderr and says in r.stderr, r.stderr
