@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import errno
 import functools
 import os
+import string
 import sys
 import time
 from json.encoder import encode_basestring_ascii as _json_str
@@ -65,100 +65,6 @@ def _err(msg: str) -> None:
 
 def _action_names(mask: int) -> list[str]:
     return list(_mask_names(mask).actions)
-
-
-#: How many bytes of lines the sink gathers before it writes them.
-_WRITE_AT = 1 << 20
-
-
-class _Sink:
-    """Where event lines go: large buffered writes, counted line by line.
-
-    Lines are gathered and written with one ``write(2)`` per batch (or per
-    MiB), not one per line.  ``written`` counts the lines that reached the
-    file or pipe completely, so the summary stays exact when a reader closes
-    the pipe in the middle of a write.  A closed pipe is remembered instead
-    of raised.  :meth:`reopen` opens ``--output`` again (after logrotate
-    moved it).
-    """
-
-    def __init__(self, path: str | None) -> None:
-        self.broken = False
-        self.written = 0
-        self._path = path
-        #: The ``--output`` file, or None for standard output.
-        self.path = path
-        self._parts: list[str] = []
-        self._size = 0
-        self._fd = self._open() if path is not None else sys.stdout.fileno()
-
-    def _open(self) -> int:
-        assert self._path is not None
-        return os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
-
-    def write(self, line: str) -> None:
-        """Queue one line (without its newline)."""
-        self._parts.append(line)
-        self._size += len(line)
-        if self._size >= _WRITE_AT:
-            self.flush()
-
-    def extend(self, lines: list[str], size: int) -> None:
-        """Queue lines whose lengths add up to about ``size``."""
-        self._parts.extend(lines)
-        self._size += size
-        if self._size >= _WRITE_AT:
-            self.flush()
-
-    def flush(self) -> None:
-        """Write what is queued; a closed pipe sets :attr:`broken`."""
-        parts = self._parts
-        if not parts:
-            return
-        self._parts = []
-        self._size = 0
-        if self.broken:
-            return
-        parts.append("")
-        # Text lines carry file names as the kernel gave them: undecodable
-        # bytes go out as the same bytes (JSON lines are ASCII already).
-        data = "\n".join(parts).encode("utf-8", "surrogateescape")
-        view = memoryview(data)
-        done = 0
-        try:
-            while done < len(data):
-                try:
-                    done += os.write(self._fd, view[done:])
-                except InterruptedError:
-                    continue
-        except OSError as exc:
-            if exc.errno not in (errno.EPIPE, errno.ECONNRESET):
-                raise
-            self.broken = True
-            self.written += data.count(b"\n", 0, done)
-            return
-        self.written += len(parts) - 1
-
-    def reopen(self) -> None:
-        """Flush, then open ``--output`` by its name again (SIGHUP after a log rotation)."""
-        self.flush()
-        if self._path is None:
-            return
-        fd = self._open()
-        old, self._fd = self._fd, fd
-        os.close(old)
-
-    def close(self) -> None:
-        self.flush()
-        if self._path is not None:
-            os.close(self._fd)
-            self._path = None
-        else:
-            # What print() wrote to stdout before (features) goes out first.
-            try:
-                sys.stdout.flush()
-            except (BrokenPipeError, ValueError):
-                pass
 
 
 def clean(text: str) -> str:
@@ -291,3 +197,89 @@ def format_human(ev: FanotifyData, now: float, comm: str | None) -> str:
 def format_json(ev: FanotifyData, now: float, comm: str | None) -> str:
     """One JSON object with Elastic Common Schema field names (see the README)."""
     return json_line(ev, json_head(now), json_process(ev.pid, (comm, ev.exe, ev.cwd)))
+
+
+#: The named fields of ``--format``, with what each holds ("-" when the event has none).
+FORMAT_FIELDS: dict[str, str] = {
+    "time": "the read time, by --time-format",
+    "pid": "the process id",
+    "comm": "the process name (/proc/PID/comm, read when the event was read)",
+    "exe": "the process's executable",
+    "cwd": "the process's working directory",
+    "events": "the event names, as CREATE|ONDIR",
+    "actions": "the lower-case event names without ondir, comma-separated: create",
+    "type": "file or dir",
+    "path": "the full path (for a rename, the new one)",
+    "dir": "the directory of the path",
+    "name": "the file name in that directory",
+    "old_path": "a rename's old path",
+    "new_path": "a rename's new path",
+    "resolved": "yes when the path is the full path, no when it could not be resolved",
+}
+
+
+class Template:
+    """A ``--format`` template: one line per event, ``{field}`` for each value.
+
+    Fields are Python format fields (``{pid:>7}`` pads), the values are
+    always strings, and a value the event does not have is ``-``.
+
+    :raises ValueError: for an unknown field, an attribute or index in a
+        field, a bad format spec, or a newline in the template
+    """
+
+    def __init__(self, text: str) -> None:
+        if "\n" in text or "\r" in text:
+            raise ValueError("--format writes one line per event: leave out newlines")
+        try:
+            parsed = list(string.Formatter().parse(text))
+        except ValueError as exc:
+            raise ValueError(
+                f"--format {text!r}: {exc} (write a literal brace as {{{{ or }}}})"
+            ) from None
+        used = []
+        for _lit, field, _spec, _conv in parsed:
+            if field is None:
+                continue
+            if field not in FORMAT_FIELDS:
+                what = "an empty field {}" if not field else f"unknown field {{{field}}}"
+                raise ValueError(
+                    f"--format {text!r}: {what}; the fields are "
+                    + ", ".join("{" + f + "}" for f in FORMAT_FIELDS)
+                )
+            used.append(field)
+        self.text = text
+        self.used = frozenset(used)
+        try:
+            text.format_map(dict.fromkeys(FORMAT_FIELDS, "-"))
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"--format {text!r}: {exc}") from None
+
+    def line(self, ev: FanotifyData, stamp: str, proc: Proc) -> str:
+        """The template filled from ``ev`` (read at ``stamp``), by ``proc``: (name, exe, cwd)."""
+        used = self.used
+        mask = ev.ev_types
+        path = ev.path
+        names = _mask_names(mask)
+        v = {
+            "time": stamp,
+            "pid": str(ev.pid) if ev.pid > 0 else "-",
+            "comm": proc[0] or "-",
+            "exe": proc[1] or ev.exe or "-",
+            "cwd": proc[2] or ev.cwd or "-",
+            "events": names.text,
+            "actions": ",".join(names.actions) or "-",
+            "type": "dir" if mask & _ONDIR else "file",
+            "path": path or "-",
+            "old_path": ev.old_path or "-",
+            "new_path": ev.new_path or "-",
+            "resolved": "yes" if ev.path_resolved else "no",
+        }
+        if "dir" in used or "name" in used:
+            d, n = ev.dir_path, ev.name
+            if path is not None and ev.path_resolved:
+                d = d or os.path.dirname(path)
+                n = n or os.path.basename(path)
+            v["dir"] = d or "-"
+            v["name"] = n or "-"
+        return self.text.format_map(v)

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import errno
 import fcntl
+import gc
 import os
 import signal
 import sys
@@ -18,9 +19,9 @@ from . import _ffi
 from ._cli_output import (
     _OVERFLOW,
     DEFAULT_TIME_FORMAT,
+    Template,
     _action_names,
     _err,
-    _Sink,
     json_head,
     json_line,
     json_process,
@@ -28,9 +29,11 @@ from ._cli_output import (
     text_stamp,
 )
 from ._cli_run import _check_paths, _run_until_stopped
-from ._proc import NO_PROCESS, batch_processes
+from ._cli_sink import PENDING_MAX
+from ._cli_sink import Sink as _Sink
+from ._proc import NO_PROCESS, Proc, batch_processes, raw_pids, read_processes
 from .events import FanotifyData
-from .exceptions import UnsupportedFlagError, WouldBlock
+from .exceptions import ClosedResourceError, UnsupportedFlagError, WouldBlock
 from .flags import FID_EVENTS, Event, InitFlag
 from .group import Fanotify
 from .rules import FanoRule
@@ -233,10 +236,12 @@ class _Watch:
         self.rule = rule
         self.known = known
         self.json = bool(args.json)
+        self.template: Template | None = getattr(args, "format", None)
         self.time_format: str = getattr(args, "time_format", None) or DEFAULT_TIME_FORMAT
         self.my_pgrp = os.getpgrp() if args.exclude_self else -1
         self.limit: int | None = args.count
         self.pidfd_reported = bool(fan.flags & InitFlag.REPORT_PIDFD)
+        self.own_pid = os.getpid()
         self.interval: float | None = getattr(args, "stats_interval", None)
         self._timer: asyncio.TimerHandle | None = None
         self.done: asyncio.Future[None] | None = None
@@ -245,6 +250,7 @@ class _Watch:
         loop = asyncio.get_running_loop()
         self.done = loop.create_future()
         fd = self.fan.fileno()
+        self.sink.attach(loop)
         loop.add_reader(fd, self._on_readable)
         loop.add_signal_handler(signal.SIGHUP, self._reopen)
         timer = None
@@ -259,6 +265,7 @@ class _Watch:
             loop.remove_signal_handler(signal.SIGHUP)
             if self._timer is not None:
                 self._timer.cancel()
+            self.sink.detach()
             self.sink.flush()
 
     def _reopen(self) -> None:
@@ -282,17 +289,31 @@ class _Watch:
                 done.set_exception(exc)
 
     def _on_readable(self) -> None:
+        # Each batch is thousands of new objects without cycles, freed when
+        # it is written: the cyclic GC would only walk them (see
+        # Fanotify._handle_batch).  It is paused for the callback and left
+        # as it was; the next allocation after that collects as usual.
+        paused = gc.isenabled()
+        if paused:
+            gc.disable()
+        try:
+            self._read_all()
+        finally:
+            if paused:
+                gc.enable()
+
+    def _read_all(self) -> None:
         try:
             for _ in range(_READS_PER_CALL):
                 try:
-                    events = self.fan.read_batch()
+                    events, early = self._read_batch()
                 except WouldBlock:
                     break
                 except OSError as exc:
                     if exc.errno in (errno.EMFILE, errno.ENFILE):
                         break  # counted in stats.lost; the rest stays queued
                     raise
-                if not self._batch(events):
+                if not self._batch(events, early):
                     self._stop()
                     break
             self.sink.flush()
@@ -301,11 +322,34 @@ class _Watch:
         except Exception as exc:
             self._stop(exc)
 
-    def _batch(self, events: list[FanotifyData]) -> bool:
+    def _read_batch(self) -> tuple[list[FanotifyData], dict[int, Proc]]:
+        """:meth:`Fanotify.read_batch`, with the processes named between read and decode.
+
+        A short-lived process is gone soon after its event: its name is read
+        from /proc first thing after the read, from the pids in the events'
+        fixed headers, before the batch is decoded and its paths resolved
+        (which takes longer than many such processes live).  The names are
+        trusted only once the decoded events' pidfds are checked
+        (:func:`batch_processes`).
+
+        :raises WouldBlock: if the kernel has no events
+        """
+        fan = self.fan
+        if fan.closed:
+            raise ClosedResourceError("the fanotify group is closed")
+        # The group's read and decode, split (Fanotify.read_batch does both).
+        try:
+            view = fan._reader.read_once()
+        except BlockingIOError:
+            raise WouldBlock from None
+        early = read_processes(raw_pids(view, self.own_pid))
+        return fan._pipeline.decode(view, fan._reader.loop), early
+
+    def _batch(self, events: list[FanotifyData], early: dict[int, Proc] | None = None) -> bool:
         """Write one batch; False once the command should stop."""
         counts = self.counts
         now = time.time()
-        procs = batch_processes(events, pidfd_reported=self.pidfd_reported)
+        procs = batch_processes(events, pidfd_reported=self.pidfd_reported, early=early)
         lines: list[str] = []
         append = lines.append
         if self.json:
@@ -314,6 +358,7 @@ class _Watch:
         else:
             stamp = text_stamp(now, self.time_format)
         known = self.known
+        template = self.template
         rule = self.rule
         my_pgrp = self.my_pgrp
         limit = self.limit
@@ -343,6 +388,8 @@ class _Watch:
                     if part is None:
                         part = parts[pid] = json_process(pid, procs.get(pid, NO_PROCESS))
                     append(json_line(ev, head, part))
+                elif template is not None:
+                    append(template.line(ev, stamp, procs.get(pid, NO_PROCESS)))
                 else:
                     append(text_line(ev, stamp, procs.get(pid, NO_PROCESS)))
         finally:
@@ -370,9 +417,9 @@ def _kernel_queued(fd: int) -> int | None:
     return int.from_bytes(buf, sys.byteorder, signed=True)
 
 
-def _loss_words(overflows: int, lost: int) -> str:
+def _loss_words(overflows: int, lost: int, dropped: int = 0) -> str:
     """What was lost, in words: a Q_OVERFLOW record carries no count."""
-    if not overflows and not lost:
+    if not overflows and not lost and not dropped:
         return "nothing lost"
     said = []
     if overflows:
@@ -383,6 +430,11 @@ def _loss_words(overflows: int, lost: int) -> str:
         )
     if lost:
         said.append(f"{lost} event(s) lost: no file descriptor left for them (ulimit -n)")
+    if dropped:
+        said.append(
+            f"LINES LOST: {dropped} line(s) dropped because the reader of the output was "
+            "too slow (raise --max-pending, or write to a file with --output)"
+        )
     return "; ".join(said)
 
 
@@ -390,20 +442,18 @@ def _summary(counts: _Counts, sink: _Sink, fan: Fanotify) -> str:
     st = fan.stats
     shown = counts.shown
     tail = ""
-    if sink.broken:
+    if sink.dropped:
+        tail += f", {sink.dropped} dropped for a slow reader"
+    if sink.unwritten:
         # Lines are written in batches: count the ones that got out.
-        unwritten = max(0, shown + counts.overflows - sink.written)
-        shown -= unwritten
-        tail = f", {unwritten} not written (the output was closed)"
-    text = (
-        f"{counts.seen} events seen, {shown} shown, {counts.filtered} filtered out"
-    )
+        shown = max(0, shown - sink.unwritten)
+        why = "the output was closed" if sink.broken else "the reader took nothing more"
+        tail += f", {sink.unwritten} not written ({why})"
+    text = f"{counts.seen} events seen, {shown} shown, {counts.filtered} filtered out"
+    lost = _loss_words(counts.overflows, st.lost, sink.dropped)
     if counts.overflows or st.lost:
-        return (
-            f"{text}, {st.parse_errors} malformed, {counts.overflows} overflows{tail}; "
-            f"{_loss_words(counts.overflows, st.lost)}"
-        )
-    return f"{text}, {st.parse_errors} dropped, 0 overflows{tail}; nothing lost"
+        return f"{text}, {st.parse_errors} malformed, {counts.overflows} overflows{tail}; {lost}"
+    return f"{text}, {st.parse_errors} dropped, 0 overflows{tail}; {lost}"
 
 
 def _progress(counts: _Counts, sink: _Sink, fan: Fanotify) -> str:
@@ -411,16 +461,20 @@ def _progress(counts: _Counts, sink: _Sink, fan: Fanotify) -> str:
     q = "?" if queued is None else str(queued)
     return (
         f"progress: {counts.seen} events seen, {sink.written} lines written, "
-        f"{counts.filtered} filtered out, {_loss_words(counts.overflows, fan.stats.lost)}, "
-        f"{q} bytes queued in the kernel"
+        f"{counts.filtered} filtered out, "
+        f"{_loss_words(counts.overflows, fan.stats.lost, sink.dropped)}, "
+        f"{q} bytes queued in the kernel, {sink.pending} bytes waiting for the output"
     )
 
 
 def _cmd_watch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     _check_paths(parser, args.paths)
+    if args.json and getattr(args, "format", None) is not None:
+        parser.error("argument --format: not allowed with --json (JSON lines have every field)")
     rule = _rule(args)
     try:
-        sink = _Sink(args.output)
+        mib = getattr(args, "max_pending", None)
+        sink = _Sink(args.output, pending_max=int(mib * (1 << 20)) if mib else PENDING_MAX)
     except OSError as exc:
         parser.error(f"argument --output: cannot open {args.output!r}: {exc.strerror}")
     counts = _Counts()
@@ -439,7 +493,7 @@ def _cmd_watch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         asyncio.run(run())
     finally:
         try:
-            sink.flush()
+            sink.finish()
         finally:
             if fan is not None:
                 fan.close()

@@ -149,6 +149,9 @@ class Decoder:
         resolve_fd_paths: bool = False,
         dir_path: Callable[[FileHandle], str | None] | None = None,
         skip_pids: Container[int] = (),
+        moves: int = 0,
+        on_walk: Callable[[int], None] | None = None,
+        dir_change: int = _DIR_CHANGE,
     ) -> tuple[list[FanotifyData], list[ParseError]]:
         """Decode the first ``nbytes`` of ``buf``, as :func:`afanotify._parser.parse_lenient`.
 
@@ -169,6 +172,12 @@ class Decoder:
             :attr:`resolved_upto` is then that event's index in the returned
             list (else its length).  Events whose pid is in ``skip_pids`` are
             left unresolved.
+        :param on_walk: called before any event is built (and ``dir_path``
+            asked) with bits: 1 if the batch holds an event with a bit of
+            ``moves`` and ONDIR (a directory moved), 2 if it holds a
+            Q_OVERFLOW
+        :param dir_change: the bits that, with ONDIR, make the cut (default
+            DIR_CHANGE_EVENTS)
         :raises ValueError: for an ``nbytes`` outside the buffer
         """
         if isinstance(buf, ffi.CData):
@@ -194,9 +203,12 @@ class Decoder:
             raise OverflowError(f"a {nbytes}-byte buffer is beyond the decoder's 32-bit offsets")
         if self._stop[0] != nbytes and count == self._cap:  # pragma: no cover
             raise AssertionError("decoder ran out of entries; _reserve is wrong")
+        if on_walk is not None:
+            on_walk(lib.afn_has_move(self._out, count, moves))
         src = ffi.buffer(cbuf, nbytes) if nbytes else b""
         return self._build(
-            src, count, owned, pid_is_tid, fd_error, resolve_fd_paths, dir_path, skip_pids
+            src, count, owned, pid_is_tid, fd_error, resolve_fd_paths, dir_path, skip_pids,
+            dir_change,
         )
 
     def _build(
@@ -209,6 +221,7 @@ class Decoder:
         resolve: bool,
         dir_path: Callable[[FileHandle], str | None] | None,
         skip_pids: Container[int],
+        dir_change: int,
     ) -> tuple[list[FanotifyData], list[ParseError]]:
         events: list[FanotifyData] = []
         errors: list[ParseError] = []
@@ -235,7 +248,7 @@ class Decoder:
             # back; the reference parser decodes that one; then C again.
             i, nfilled, cut = build(
                 self._out_mv, i, count, src, self._arena_buf, events, numbered, dirs, dir_path,
-                skip_pids, cflags, _PERM, _DIR_CHANGE,
+                skip_pids, cflags, _PERM, dir_change,
             )  # fmt: skip
             filled += nfilled
             if cut >= 0:
@@ -257,7 +270,7 @@ class Decoder:
                 continue
             mask = item.ev_types
             if dir_path is not None and (
-                entry.has & _HAS_DFID or (mask & _DIR_CHANGE and mask & _ONDIR)
+                entry.has & _HAS_DFID or (mask & dir_change and mask & _ONDIR)
             ):
                 # A directory event the builder left: the caller resolves it,
                 # and the rest, in order.

@@ -8,8 +8,10 @@ sees an event, this module
 
 1. skips the group's own events (answering own permission events ALLOW),
 2. resolves paths: from event fds (``/proc/self/fd``), and in FID modes from
-   file handles through the group's :class:`~afanotify._proc.HandleResolver`
-   (the C builder already filled the common DFID_NAME shape),
+   file handles through the group's :class:`~afanotify._dirmap.DirMap`
+   (the C builder already filled the common DFID_NAME shape up to the
+   batch's first directory change; the rest is resolved here in order, and
+   the map kept right by each directory created, moved or deleted),
 3. reads the process details (``exe``, ``cwd``) when asked,
 4. registers each unanswered permission event with the group's
    :class:`~afanotify.permission.PermissionTracker`, which becomes its
@@ -28,9 +30,10 @@ import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from . import _fastparse, _ffi
+from . import _dirmap, _fastparse, _ffi
+from ._dirmap import DirMap
 from ._parser import parse_lenient
-from ._proc import HandleResolver, fd_path, process_info
+from ._proc import fd_path, process_info
 from ._static import StaticRules
 from .events import UNANSWERED, FanotifyData
 from .exceptions import ParseError
@@ -42,8 +45,11 @@ __all__ = ["Counters", "Pipeline"]
 log = logging.getLogger(__name__)
 
 _OVERFLOW = int(Event.Q_OVERFLOW)
-_DIR_CHANGE = int(DIR_CHANGE_EVENTS)
+#: With ONDIR: the events the C builder leaves to the directory map (the cut).
+_CUT = int(DIR_CHANGE_EVENTS) | _dirmap.CHANGES
 _ONDIR = int(Event.ONDIR)
+#: The events that may change the directory map (with ONDIR), or empty it.
+_APPLY = _ONDIR | _OVERFLOW
 _PERM = int(PERM_EVENTS)
 _ALLOW = int(Response.ALLOW)
 #: Thread ids of this process remembered after they were seen alive.
@@ -83,13 +89,7 @@ class Counters:
         self.lost = 0
 
 
-def join(directory: str, name: str | None) -> str:
-    """``directory/name`` as fanotify's DFID_NAME means it (``.`` is the directory itself)."""
-    if not name or name == ".":
-        return directory
-    if directory == "/":
-        return "/" + name
-    return directory + "/" + name
+join = _dirmap.join
 
 
 def _fast_decoder(bufsize: int) -> _fastparse.Decoder | None:
@@ -138,7 +138,8 @@ class Pipeline:
         #: uses its arena for names; an fd there is resolved below).
         self._fd_paths = resolve_paths and not self.fid_mode
         self._fid_paths = resolve_paths and self.fid_mode
-        self.resolver = HandleResolver(handle_cache_size)
+        #: Directory handle -> path (FID modes); ``resolver`` is its older name.
+        self.dirmap = self.resolver = DirMap(handle_cache_size, flags)
         self.ignore_own = ignore_own
         self._pid = os.getpid()
         #: Ids that are always this process (thread ids are checked per event).
@@ -165,17 +166,22 @@ class Pipeline:
                 return []
         fast = self.fast
         c = self._counters
+        fid_paths = self._fid_paths
+        if fid_paths:
+            self.dirmap.begin()
         # Events [0, done) of the batch come with every field filled in C:
         # the FID+name shape with its paths (fd paths are filled for all).
         done = 0
         if fast is not None:
             dir_path = None
-            if self._fid_paths and self.resolver.caching:
-                dir_path = self.resolver.resolve
+            if fid_paths and self.dirmap.caching:
+                dir_path = self.dirmap.c_lookup
             events, errors = fast.decode(
                 view, len(view), owned=True, pid_is_tid=self._pid_is_tid,
                 fd_error=self._fd_error, resolve_fd_paths=self._fd_paths,
                 dir_path=dir_path, skip_pids=self.own_tids if self.ignore_own else (),
+                moves=_dirmap.MOVES, on_walk=self.dirmap.walked if dir_path else None,
+                dir_change=_CUT,
             )  # fmt: skip
             fd_paths = self._resolve_paths and not self._fd_paths
             if dir_path is not None:
@@ -198,6 +204,9 @@ class Pipeline:
         for err in errors:
             self.bad_event(err)
         c.events_read += len(events)
+        if fid_paths:
+            complete = fast is not None and fast.resolved_count == resolved_upto > 0
+            self._fid_pass(events, resolved_upto, complete)
         if done == len(events):
             return events
         out = events[:done]
@@ -206,7 +215,6 @@ class Pipeline:
         own = self.own_tids if self.ignore_own else None
         pid_is_tid = self._pid_is_tid
         proc_info = self.proc_info
-        fid_paths = self._fid_paths
         perm = self._perm
         for idx in range(done, len(events)):
             ev = events[idx]
@@ -222,17 +230,10 @@ class Pipeline:
                     self._drop_own(ev)
                     continue
             fd = ev.fd
-            if fd >= 0:
-                if fd_paths:
-                    path, resolved = fd_path(fd)
-                    _set_path(ev, path)
-                    _set_path_resolved(ev, resolved)
-            elif fid_paths and (
-                idx >= resolved_upto or ev.dfid is None or ev.old_dfid is not None
-                or ev.new_dfid is not None
-            ):  # fmt: skip
-                # Not filled by the C builder (the cut, or another shape).
-                self._resolve_fid(ev)
+            if fd >= 0 and fd_paths:
+                path, resolved = fd_path(fd)
+                _set_path(ev, path)
+                _set_path_resolved(ev, resolved)
             if proc_info:
                 exe, cwd = process_info(ev.pid, ev.pidfd, pidfd_reported=self._pidfd_reported)
                 _set_exe(ev, exe)
@@ -243,20 +244,44 @@ class Pipeline:
             append(ev)
         return out
 
-    def _resolve_fid(self, ev: FanotifyData) -> None:
-        """Set the paths of a fresh FID event from its handles."""
-        res = self.resolver
-        mask = ev.ev_types
-        if mask & _DIR_CHANGE and mask & _ONDIR:
-            # A directory moved or went away: cached paths under it may be stale.
-            res.invalidate()
+    def _fid_pass(self, events: list[FanotifyData], start: int, complete: bool) -> None:
+        """Set the FID paths the C builder left, in event order, keeping the map right.
+
+        Events before ``start`` were built by C with the map as it was when
+        the batch began (nothing before the cut changes it); those it could
+        not name are tried again here, now that the whole batch is known
+        (``complete``: C named them all).
+        """
+        dm = self.dirmap
+        n = len(events)
+        redo = dm.missed or not complete
+        if start >= n and not redo:
+            return
+        dm.set_batch(_dirmap.scan(events))
+        resolve = self._resolve_fid
+        for i in range(start if redo else 0):
+            ev = events[i]
+            if ev.ev_types & _OVERFLOW:
+                dm.apply(ev, i)
+            elif not ev.path_resolved and ev.fd < 0:
+                resolve(ev, i)
+        for i in range(start, n):
+            ev = events[i]
+            if ev.fd < 0:
+                resolve(ev, i)
+            if ev.ev_types & _APPLY:
+                dm.apply(ev, i)
+
+    def _resolve_fid(self, ev: FanotifyData, i: int) -> None:
+        """Set the paths of a fresh FID event (event ``i`` of its batch) from its handles."""
+        dm = self.dirmap
         old_dfid = ev.old_dfid
         new_dfid = ev.new_dfid
         if old_dfid is not None or new_dfid is not None:
             resolved = True
             old_path = new_path = None
             if old_dfid is not None:
-                d = res.resolve(old_dfid)
+                d = dm.dir_at(old_dfid, i)
                 if d is None:
                     resolved = False
                     old_path = ev.old_name
@@ -264,7 +289,7 @@ class Pipeline:
                     old_path = join(d, ev.old_name)
                 _set_old_path(ev, old_path)
             if new_dfid is not None:
-                d = res.resolve(new_dfid)
+                d = dm.dir_at(new_dfid, i)
                 if d is None:
                     resolved = False
                     new_path = ev.new_name
@@ -276,7 +301,7 @@ class Pipeline:
             return
         dfid = ev.dfid
         if dfid is not None:
-            d = res.resolve(dfid)
+            d = dm.dir_at(dfid, i)
             _set_dir_path(ev, d)
             if d is None:
                 _set_path(ev, ev.name)
@@ -287,7 +312,7 @@ class Pipeline:
             return
         fid = ev.fid
         if fid is not None:
-            p = res.resolve(fid, cache=False)
+            p = dm.object_at(fid, i)
             _set_path(ev, p)
             _set_path_resolved(ev, p is not None)
 

@@ -7,13 +7,16 @@ none of it touches the event loop.
 from __future__ import annotations
 
 import os
-from collections import OrderedDict
+import struct
 from collections.abc import Iterable
 
-from . import _ffi
-from .events import FanotifyData, FileHandle
+from ._dirmap import DirMap
+from .events import FanotifyData
 
-__all__ = ["fd_path", "process_info", "pidfd_pid", "batch_processes", "HandleResolver"]
+__all__ = [
+    "fd_path", "process_info", "pidfd_pid", "batch_processes", "read_processes", "raw_pids",
+    "HandleResolver",
+]
 
 _DELETED = " (deleted)"
 
@@ -41,13 +44,22 @@ def pidfd_pid(pidfd: int) -> int | None:
     process can be told apart from the one that caused the event.
     """
     try:
-        with open(f"/proc/self/fdinfo/{pidfd}", "rb") as f:
-            for line in f:
-                if line.startswith(b"Pid:"):
-                    pid = int(line.split()[1])
-                    return pid if pid > 0 else None
-    except (OSError, ValueError, IndexError):
+        fd = os.open(f"/proc/self/fdinfo/{pidfd}", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
         return None
+    try:
+        data = os.read(fd, 4096)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    for line in data.split(b"\n"):
+        if line.startswith(b"Pid:"):
+            try:
+                pid = int(line.split()[1])
+            except (ValueError, IndexError):
+                return None
+            return pid if pid > 0 else None
     return None
 
 
@@ -95,11 +107,19 @@ NO_PROCESS: tuple[None, None, None] = (None, None, None)
 
 
 def _comm(pid: int) -> str | None:
+    # os.open/os.read, not open(): a short-lived process may be reaped within
+    # the microseconds a buffered file object takes to set up.
     try:
-        with open(f"/proc/{pid}/comm", "rb") as f:
-            return f.read().rstrip(b"\n").decode("utf-8", "surrogateescape")
+        fd = os.open(f"/proc/{pid}/comm", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
+    try:
+        data = os.read(fd, 64)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return data.rstrip(b"\n").decode("utf-8", "surrogateescape")
 
 
 def _link(path: str) -> str | None:
@@ -109,22 +129,67 @@ def _link(path: str) -> str | None:
         return None
 
 
+Proc = tuple["str | None", "str | None", "str | None"]
+
+#: The kernel's ``struct fanotify_event_metadata``: event_len at 0, pid at 20.
+_META = struct.Struct("=I16xi")
+
+
+def raw_pids(buf: memoryview | bytes, skip: int = -1) -> list[int]:
+    """The distinct pids of a buffer read from a fanotify group, in order, before decoding.
+
+    Only the fixed metadata of each event is looked at (``event_len`` and
+    ``pid``); the walk stops at the first event too short to be one.  For
+    :func:`read_processes` right after the read, ahead of everything else.
+    """
+    seen: dict[int, None] = {}
+    off = 0
+    end = len(buf) - _META.size
+    unpack = _META.unpack_from
+    while off <= end:
+        length, pid = unpack(buf, off)
+        if length < _META.size:
+            break
+        if pid > 0 and pid != skip:
+            seen[pid] = None
+        off += length
+    return list(seen)
+
+
+def read_processes(pids: Iterable[int], *, paths: bool = True) -> dict[int, Proc]:
+    """``(name, exe, cwd)`` of each pid from /proc, unchecked (see :func:`batch_processes`)."""
+    # Every name first (what a process that is about to go loses first),
+    # then the links.
+    names = [(pid, _comm(pid)) for pid in pids]
+    out: dict[int, Proc] = {}
+    for pid, name in names:
+        exe = cwd = None
+        if paths and name is not None:
+            exe = _link(f"/proc/{pid}/exe")
+            cwd = _link(f"/proc/{pid}/cwd")
+        out[pid] = (name, exe, cwd)
+    return out
+
+
 def batch_processes(
-    events: Iterable[FanotifyData], *, pidfd_reported: bool, paths: bool = True
-) -> dict[int, tuple[str | None, str | None, str | None]]:
+    events: Iterable[FanotifyData], *, pidfd_reported: bool, paths: bool = True,
+    early: dict[int, Proc] | None = None,
+) -> dict[int, Proc]:
     """``(name, exe, cwd)`` of each process in one batch of events, read once per pid.
 
     Meant to run as soon as the batch is read, so that a short-lived process
-    is still there (a zombie keeps its name, not its exe or cwd).  The
-    details of a pid are read for its first event in the batch and trusted
-    as :func:`process_info` trusts them: only if that event's pidfd still
-    names the pid after the reads.  Then the pid was never free between that
-    event and the reads, so every later event of the batch with the same pid
-    came from the same process.  With REPORT_PIDFD and no pidfd on the first
-    event (the process was gone), the pid gives nothing.  ``paths=False``
-    reads the name alone.
+    is still there (a zombie keeps its name, not its exe or cwd).  ``early``
+    holds what :func:`read_processes` read for the batch's pids right after
+    the read, before the events were decoded (sooner still); a pid it lacks
+    is read here.  The details of a pid are trusted as :func:`process_info`
+    trusts them: only if the pid's first event in the batch has a pidfd that
+    still names the pid after the reads.  Then the pid was never free
+    between that event and the reads, so every later event of the batch
+    with the same pid came from the same process.  With REPORT_PIDFD and no
+    pidfd on the first event (the process was gone), the pid gives nothing.
+    ``paths=False`` reads the name alone.
     """
-    out: dict[int, tuple[str | None, str | None, str | None]] = {}
+    out: dict[int, Proc] = {}
     for ev in events:
         pid = ev.pid
         if pid in out or pid <= 0:
@@ -133,168 +198,15 @@ def batch_processes(
         if pidfd_reported and pidfd < 0:
             out[pid] = NO_PROCESS
             continue
-        name = _comm(pid)
-        exe = cwd = None
-        if paths and name is not None:
-            exe = _link(f"/proc/{pid}/exe")
-            cwd = _link(f"/proc/{pid}/cwd")
+        got = early.get(pid) if early is not None else None
+        if got is None:
+            got = read_processes((pid,), paths=paths)[pid]
         if pidfd >= 0 and pidfd_pid(pidfd) != pid:
             out[pid] = NO_PROCESS
         else:
-            out[pid] = (name, exe, cwd)
+            out[pid] = got
     return out
 
 
-class HandleResolver:
-    """Turns file handles into paths with ``open_by_handle_at``.
-
-    One mount fd is kept per fsid, registered when a mark is added (the
-    kernel needs a descriptor on the same filesystem to decode a handle).
-    Directory handles are cached in a bounded LRU, because FID+name events
-    repeat the same few directories; joining a name costs no syscall.
-
-    A cached directory path goes stale if the directory is renamed; the
-    group calls :meth:`invalidate` when it sees a directory move or delete.
-
-    ``open_by_handle_at`` needs CAP_DAC_READ_SEARCH, which an unprivileged
-    FID group lacks.  So the handle of every marked object is also recorded
-    with its path (``name_to_handle_at`` needs no privilege); such a handle
-    resolves to that path as long as the path still has that handle.
-    """
-
-    def __init__(self, cache_size: int = 4096) -> None:
-        self._mounts: dict[tuple[int, int], int] = {}
-        self._cache: OrderedDict[tuple[tuple[int, int], int, bytes], str] = OrderedDict()
-        #: Marked objects: handle key -> the path they were marked by.
-        self._marked: dict[tuple[tuple[int, int], int, bytes], str] = {}
-        self._cache_size = cache_size
-        # The last handle resolved through the cache, by identity: the batch
-        # decoder hands out one FileHandle object per distinct directory in a
-        # batch, so runs of events in one directory skip even the cache lookup.
-        self._last: FileHandle | None = None
-        self._last_path = ""
-        self.hits = 0
-        self.misses = 0
-
-    @property
-    def caching(self) -> bool:
-        """True when resolved directory paths are kept (a cache size above 0)."""
-        return self._cache_size > 0
-
-    def add_mount(self, path: str | bytes, *, dont_follow: bool = False) -> None:
-        """Record the handle of the marked ``path``, and keep an fd on the top
-        directory of its filesystem, keyed by fsid.
-
-        The fd is opened on the highest directory above ``path`` that is still
-        on the same device (the mount's root), never on the marked object:
-        an open fd on a marked file would keep its inode alive, so its
-        DELETE_SELF would never come, and it would make the group open (and
-        see) every file it marks.
-        """
-        p = os.path.abspath(os.fsdecode(path))
-        if not dont_follow:
-            p = os.path.realpath(p)
-        fd = os.open(p, os.O_PATH | os.O_CLOEXEC | (os.O_NOFOLLOW if dont_follow else 0))
-        try:
-            fsid = _ffi.fsid_of_fd(fd)  # fstatfs works on O_PATH descriptors
-        finally:
-            os.close(fd)
-        try:
-            htype, handle, _mnt = _ffi.name_to_handle(_ffi.lib.AT_FDCWD, p)
-        except OSError:
-            pass  # paths then come from open_by_handle_at alone
-        else:
-            self._marked[(fsid, htype, handle)] = p
-        if fsid in self._mounts:
-            return
-        # open_by_handle_at() refuses O_PATH descriptors (EBADF), so this is a
-        # real read-only open of a directory.
-        try:
-            mount_fd = os.open(_fs_top(p, dont_follow), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError:
-            if fsid in {k[0] for k in self._marked}:
-                return  # marked objects still resolve
-            raise
-        self._mounts[fsid] = mount_fd
-
-    def resolve(self, handle: FileHandle, *, cache: bool = True) -> str | None:
-        """The current path of ``handle``'s object, or None if it cannot be opened."""
-        if cache and handle is self._last:
-            self.hits += 1
-            return self._last_path
-        key = (handle.fsid, handle.handle_type, handle.handle)
-        if cache:
-            hit = self._cache.get(key)
-            if hit is not None:
-                self._cache.move_to_end(key)
-                self.hits += 1
-                self._last, self._last_path = handle, hit
-                return hit
-        self.misses += 1
-        path = self._open_path(handle)
-        if path is None:
-            return self._marked_path(key)
-        if cache:
-            self._cache[key] = path
-            if len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
-            if self._cache_size:
-                self._last, self._last_path = handle, path
-        return path
-
-    def _open_path(self, handle: FileHandle) -> str | None:
-        mount_fd = self._mounts.get(handle.fsid)
-        if mount_fd is None:
-            return None
-        try:
-            fd = _ffi.open_by_handle(mount_fd, handle.handle, handle.handle_type, os.O_PATH)
-        except OSError:
-            return None
-        try:
-            path, resolved = fd_path(fd)
-        finally:
-            os.close(fd)
-        return path if resolved else None
-
-    def _marked_path(self, key: tuple[tuple[int, int], int, bytes]) -> str | None:
-        """The path a marked object was marked by, if it still names that object."""
-        path = self._marked.get(key)
-        if path is None:
-            return None
-        try:
-            htype, handle, _mnt = _ffi.name_to_handle(_ffi.lib.AT_FDCWD, path)
-        except OSError:
-            return None
-        return path if (htype, handle) == key[1:] else None
-
-    def invalidate(self) -> None:
-        """Forget every cached directory path."""
-        self._cache.clear()
-        self._last = None
-
-    def close(self) -> None:
-        """Close the mount fds.  Idempotent."""
-        mounts, self._mounts = self._mounts, {}
-        for fd in mounts.values():
-            os.close(fd)
-        self._marked.clear()
-        self._cache.clear()
-        self._last = None
-
-
-def _fs_top(path: str | bytes, dont_follow: bool) -> str:
-    """The highest directory above ``path`` on the same device (its mount's root)."""
-    p = os.path.abspath(os.fsdecode(path))
-    if (dont_follow and os.path.islink(p)) or not os.path.isdir(p):
-        p = os.path.dirname(p)
-    p = os.path.realpath(p)
-    dev = os.stat(p).st_dev
-    while p != "/":
-        parent = os.path.dirname(p)
-        try:
-            if os.stat(parent).st_dev != dev:
-                break
-        except OSError:
-            break
-        p = parent
-    return p
+# The resolver of handles to paths is the group's directory map now.
+HandleResolver = DirMap

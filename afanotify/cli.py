@@ -22,10 +22,11 @@ from . import __version__
 from ._cli_guard import GuardPolicy as GuardPolicy
 from ._cli_guard import _cmd_guard
 from ._cli_output import ECS_VERSION as ECS_VERSION
+from ._cli_output import FORMAT_FIELDS, Template, _err
 from ._cli_output import PROG as PROG
-from ._cli_output import _err, _Sink
 from ._cli_output import format_human as format_human
 from ._cli_output import format_json as format_json
+from ._cli_sink import Sink as _Sink
 from ._cli_watch import ALL_WATCH_EVENTS as ALL_WATCH_EVENTS
 from ._cli_watch import FID_ONLY as FID_ONLY
 from ._cli_watch import WATCH_EVENTS as WATCH_EVENTS
@@ -75,6 +76,12 @@ FID mode (events carry file handles, resolved to paths); otherwise events
 carry file descriptors.  --fid forces FID mode.  Mount marks cannot report
 the FID-only events: with --mount, the default leaves them out.
 
+Text lines (the default): time (--time-format), pid, process name, events,
+path ("old -> new" for a rename; "(unresolved)" after a path that is only a
+name).  --format writes a line of your own instead, with named fields, for
+example --format '{time} {pid} {comm} {events} {path}' (a value the event
+does not have is "-"; {pid:>7} pads, as in Python's str.format):
+""" + "".join(f"  {{{k}}}{' ' * (11 - len(k))}{v}\n" for k, v in FORMAT_FIELDS.items()) + """
 A line "afanotify: watching ..." on stderr says the marks are in place.  On
 exit (--count, --timeout, Ctrl-C, SIGTERM, or a closed output pipe) a summary
 goes to stderr: events seen, shown, filtered out, dropped, queue overflows.
@@ -180,6 +187,23 @@ def _seconds_arg(text: str) -> float:
     return s
 
 
+def _mib_arg(text: str) -> float:
+    try:
+        n = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of MiB") from None
+    if not n > 0 or n == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of MiB, got {text}")
+    return n
+
+
+def _format_arg(text: str) -> Template:
+    try:
+        return Template(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _pattern_arg(text: str) -> str:
     if not text:
         raise argparse.ArgumentTypeError("the pattern is empty")
@@ -259,6 +283,10 @@ def _build() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser
     )
     w.add_argument("--json", action="store_true",
                      help="one JSON object per line (Elastic Common Schema names)")
+    w.add_argument("--format", type=_format_arg, default=None, metavar="TEMPLATE",
+                   help="write each event as TEMPLATE, with named fields (like inotifywait's "
+                   "--format): " + ", ".join("{" + f + "}" for f in FORMAT_FIELDS)
+                   + "; e.g. '{time} {comm} {events} {path}' (see 'watch --help')")
     w.add_argument("--output", "-o", metavar="FILE",
                    help="append events to FILE instead of standard output")
     w.add_argument("--count", type=_count_arg, metavar="N", help="stop after N events shown")
@@ -268,6 +296,10 @@ def _build() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser
         "what exceeds 16384 (fanotify has no per-group queue size); memory grows "
         "while the command falls behind",
     )
+    w.add_argument("--max-pending", type=_mib_arg, default=None, metavar="MIB",
+                   help="how many MiB of lines may wait for a slow reader of a pipe "
+                   "(e.g. '| jq') before new lines are dropped and counted (default: 64); "
+                   "the command never blocks on its output")
     w.add_argument("--stats-interval", type=_seconds_arg, metavar="S",
                    help="every S seconds, a progress line on stderr: events seen, lines "
                    "written, filtered out, lost, bytes queued in the kernel")

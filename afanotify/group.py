@@ -20,6 +20,7 @@ from typing import Literal, NamedTuple
 from . import _dispatch
 from . import client as _client
 from ._consume import OwnQueue
+from ._dirmap import DEFAULT_SIZE as DEFAULT_DIRS
 from ._dispatch import DispatchStatistics
 from ._marks import MarkKind, PathArg, check_events, check_int, do_mark, kind_flag, mark_flags
 from ._open import open_group
@@ -141,7 +142,8 @@ class Fanotify(OwnQueue, AsyncClosingContext, WarnsUnclosed):
     :param maxsize: bound of the group's own event queue; when it is full the
         group stops reading, and the backlog waits in the kernel's queue.
     :param buffer_size: bytes per read(2).
-    :param handle_cache_size: directory handles kept resolved (FID modes).
+    :param handle_cache_size: directories the FID path map keeps at most
+        (default 65,536; see docs/group.md, "Paths in FID mode").
     :param default_response: the verdict for permission events nobody answers
         in time, or whose handler fails, or that are pending at close.
     :param permission_timeout: seconds a permission event may wait for its
@@ -165,7 +167,7 @@ class Fanotify(OwnQueue, AsyncClosingContext, WarnsUnclosed):
         resolve_paths: bool = True,
         maxsize: int = 8192,
         buffer_size: int = 256 * 1024,
-        handle_cache_size: int = 4096,
+        handle_cache_size: int = DEFAULT_DIRS,
         default_response: Response | int = Response.ALLOW,
         permission_timeout: float = 5.0,
         watchdog: bool = True,
@@ -352,6 +354,8 @@ class Fanotify(OwnQueue, AsyncClosingContext, WarnsUnclosed):
         if self._closed:
             raise ClosedResourceError("the fanotify group is closed")
         do_mark(self._fd, mflags, mask, path, dirfd)
+        ign = bool(mflags & (MarkFlag.IGNORE | MarkFlag.IGNORED_MASK))
+        self._pipeline.dirmap.note_mark(mflags, mask, ign)
 
     def _register_mount(self, path: PathArg, dirfd: int | None, dont_follow: bool) -> None:
         full = os.fspath(path)

@@ -112,8 +112,22 @@ def mount(fs: str) -> Iterator[Path]:
         shutil.rmtree(work, ignore_errors=True)
 
 
+#: A checkout to compare with (``--baseline``): its afanotify runs as ``base-json``
+#: and ``base-text``, taking turns with this checkout's.
+BASELINE: Path | None = None
+
+
+def _root(tool: str) -> Path:
+    if tool.startswith("base-"):
+        assert BASELINE is not None
+        return BASELINE
+    return ROOT
+
+
 def _watcher(tool: str, d: Path, out: Path) -> tuple[list[str], str | None]:
     """The command line and working directory of one watcher."""
+    if tool.startswith("base-"):
+        tool = "afanotify-" + tool[len("base-"):]
     if tool == "afanotify-json":
         return [sys.executable, "-m", "afanotify", "watch", "--filesystem", "--json",
                 "--output", str(out), str(d)], None
@@ -129,7 +143,7 @@ def _watcher(tool: str, d: Path, out: Path) -> tuple[list[str], str | None]:
 
 def _ready(tool: str, proc: subprocess.Popen[bytes], d: Path, deadline: float) -> None:
     """Wait until the watcher's marks are in place."""
-    if tool.startswith("afanotify"):
+    if tool.startswith(("afanotify", "base-")):
         assert proc.stderr is not None
         line = proc.stderr.readline()
         if b"watching" not in line:
@@ -159,9 +173,24 @@ def _out_path(d: Path) -> Path:
     return d.parent.parent / "out.log"
 
 
-def run_one(tool: str, fs: str, ndirs: int, nfiles: int) -> dict[str, Any]:
-    """One watcher against one burst: lines, CPU seconds, peak RSS, what it caught."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+#: The naming scenario: short-lived processes, one file operation each, every 0.2 s.
+SHORT_LIVED = r"""
+i=0
+while [ $i -lt "$1" ]; do
+  touch "f$i"; mv "f$i" "g$i"; rm "g$i"; sleep 0.2; i=$((i + 1))
+done
+touch "$2"
+"""
+
+
+def run_one(tool: str, fs: str, ndirs: int, nfiles: int,
+            rounds: int | None = None) -> dict[str, Any]:
+    """One watcher against one burst: lines, CPU seconds, peak RSS, what it caught.
+
+    With ``rounds``, the load is :data:`SHORT_LIVED` instead (``rounds`` x
+    touch, mv, rm), and what counts is how many of those processes are named.
+    """
+    env = dict(os.environ, PYTHONPATH=str(_root(tool)))
     with mount(fs) as d:
         out = _out_path(d)
         cmd, cwd = _watcher(tool, d, out)
@@ -171,8 +200,12 @@ def run_one(tool: str, fs: str, ndirs: int, nfiles: int) -> dict[str, Any]:
             _ready(tool, proc, d, time.monotonic() + 20)
             start = out.stat().st_size if out.exists() else 0
             t0 = time.monotonic()
-            subprocess.run([sys.executable, "-c", BURST, str(d), str(ndirs), str(nfiles),
-                            SENTINEL], check=True, cwd="/")
+            if rounds is None:
+                subprocess.run([sys.executable, "-c", BURST, str(d), str(ndirs), str(nfiles),
+                                SENTINEL], check=True, cwd="/")
+            else:
+                subprocess.run(["sh", "-c", SHORT_LIVED, "sh", str(rounds), SENTINEL],
+                               check=True, cwd=str(d))
             burst_s = time.monotonic() - t0
             deadline = time.monotonic() + 60
             pos = start
@@ -213,7 +246,7 @@ def run_one(tool: str, fs: str, ndirs: int, nfiles: int) -> dict[str, Any]:
         data = out.read_bytes()[start:]
     cpu = ru.ru_utime + ru.ru_stime
     lines = data.count(b"\n")
-    caught = _caught(tool, data, str(d))
+    caught = _caught(tool, data, str(d)) if rounds is None else _named(tool, data, rounds)
     return {"tool": tool, "lines": lines, "cpu_s": round(cpu, 3),
             "lines_per_cpu_s": round(lines / cpu) if cpu else None,
             "peak_rss_kb": peak_kb, "burst_s": round(burst_s, 2),
@@ -224,7 +257,7 @@ def _caught(tool: str, data: bytes, d: str) -> dict[str, int]:
     """Creates, renames and deletes of the burst's files, by what the output shows."""
     c = {"creates": 0, "renames": 0, "deletes": 0, "overflows": 0}
     text = data.decode("utf-8", "replace")
-    if tool == "afanotify-json":
+    if tool in ("afanotify-json", "base-json"):
         for line in text.splitlines():
             r = json.loads(line)
             if r["event"]["kind"] == "pipeline_error":
@@ -241,7 +274,7 @@ def _caught(tool: str, data: bytes, d: str) -> dict[str, int]:
                 c["creates"] += 1
             elif "delete" in acts and full and "/g" in path:
                 c["deletes"] += 1
-    elif tool == "afanotify-text":
+    elif tool in ("afanotify-text", "base-text"):
         for line in text.splitlines():
             fields = line.split()
             if "Q_OVERFLOW" in line:
@@ -278,7 +311,41 @@ def _caught(tool: str, data: bytes, d: str) -> dict[str, int]:
     return c
 
 
+def _named(tool: str, data: bytes, rounds: int) -> dict[str, int]:
+    """Of the ``3 * rounds`` short-lived processes, how many a watcher named.
+
+    Each process (touch, mv or rm) is counted once, by its pid, if any line
+    of its events carries its name; only those processes touch the mount.
+    """
+    names: dict[int, str | None] = {}
+    text = data.decode("utf-8", "replace")
+    for line in text.splitlines():
+        pid: int | None = None
+        name: str | None = None
+        if SENTINEL in line or "zz-probe" in line:
+            continue
+        if tool.endswith("-json"):
+            r = json.loads(line)
+            pid, name = r["process"]["pid"], r["process"]["name"]
+        elif tool.endswith("-text"):
+            fields = line.split()
+            if len(fields) > 3 and fields[1].isdigit():
+                pid, name = int(fields[1]), fields[2]
+        elif tool == "fatrace" and "(" in line and "): " in line:
+            comm, rest = line.split("(", 1)
+            pid, name = int(rest.split(")", 1)[0]), comm
+        if pid is None or pid <= 0:
+            continue
+        if name in ("touch", "mv", "rm"):
+            names[pid] = name
+        else:
+            names.setdefault(pid, None)
+    return {"processes": 3 * rounds, "seen": len(names),
+            "named": sum(1 for n in names.values() if n is not None)}
+
+
 TOOLS = ("afanotify-json", "afanotify-text", "fatrace", "inotifywait")
+BASE_TOOLS = ("base-json", "base-text")
 
 
 def _spread(values: list[float]) -> dict[str, float]:
@@ -303,6 +370,11 @@ def measure(fs: str, reps: int, ndirs: int, nfiles: int,
         rss = [a["peak_rss_kb"] / f["peak_rss_kb"]
                for a, f in zip(runs[tool], runs["fatrace"], strict=True)]
         ratios[f"{tool}_peak_rss_over_fatrace"] = _spread(rss)
+    for mine, base in (("afanotify-json", "base-json"), ("afanotify-text", "base-text")):
+        if mine in runs and base in runs:
+            per = [a["lines_per_cpu_s"] / b["lines_per_cpu_s"]
+                   for a, b in zip(runs[mine], runs[base], strict=True)]
+            ratios[f"{mine}_lines_per_cpu_s_over_{base}"] = _spread(per)
     table = []
     for tool in tools:
         rs = runs[tool]
@@ -313,6 +385,33 @@ def measure(fs: str, reps: int, ndirs: int, nfiles: int,
         table.append(row)
     return {"fs": fs, "reps": reps, "files": files, "table": table, "ratios": ratios,
             "runs": runs}
+
+
+NAMING_TOOLS = ("afanotify-json", "afanotify-text", "fatrace")
+
+
+def measure_naming(fs: str, reps: int, rounds: int,
+                   tools: tuple[str, ...] = NAMING_TOOLS) -> dict[str, Any]:
+    """How many short-lived processes each watcher names, watchers taking turns."""
+    ensure_tools()
+    runs: dict[str, list[dict[str, Any]]] = {t: [] for t in tools}
+    for rep in range(reps):
+        for tool in tools if rep % 2 == 0 else tuple(reversed(tools)):
+            runs[tool].append(run_one(tool, fs, 0, 0, rounds=rounds))
+    table = [{"tool": t, "named": _spread([float(r["named"]) for r in runs[t]]),
+              "seen": _spread([float(r["seen"]) for r in runs[t]])} for t in tools]
+    return {"fs": fs, "reps": reps, "processes": 3 * rounds, "table": table, "runs": runs}
+
+
+def render_naming(res: dict[str, Any]) -> str:
+    n = res["processes"]
+    out = [f"short-lived processes on {res['fs']}: touch, mv, rm every 0.2 s, {n} processes, "
+           f"{res['reps']} reps; processes named (seen), median (min-max)"]
+    for row in res["table"]:
+        nm, sn = row["named"], row["seen"]
+        out.append(f"  {row['tool']:15s} {nm['median']:.0f}/{n} ({nm['min']:.0f}-{nm['max']:.0f})"
+                   f"   seen {sn['median']:.0f} ({sn['min']:.0f}-{sn['max']:.0f})")
+    return "\n".join(out)
 
 
 def render(res: dict[str, Any]) -> str:
@@ -346,7 +445,9 @@ def run(ctx: Any) -> dict[str, Any]:
     quick = bool(getattr(ctx, "quick", False))
     reps = int(getattr(ctx, "reps", 0) or (2 if quick else 3))
     res = measure("tmpfs", reps, 50 if quick else 200, 100)
-    res["figure"] = "\n" + render(res)
+    naming = measure_naming("tmpfs", reps, 5 if quick else 20)
+    res["naming"] = naming
+    res["figure"] = "\n" + render(res) + "\n" + render_naming(naming)
     return res
 
 
@@ -357,8 +458,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dirs", type=int, default=200)
     p.add_argument("--files", type=int, default=100)
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--naming", type=int, metavar="ROUNDS",
+                   help="instead of the burst: ROUNDS x (touch, mv, rm) every 0.2 s, and how "
+                   "many of those processes each watcher names")
     p.add_argument("--json", type=Path, help="also write every figure here")
-    p.add_argument("--tool", action="append", choices=TOOLS,
+    p.add_argument("--baseline", type=Path, metavar="CHECKOUT",
+                   help="also run the afanotify of this checkout (with its core built), "
+                   "as base-json and base-text, for before/after ratios from one session")
+    p.add_argument("--tool", action="append", choices=TOOLS + BASE_TOOLS,
                    help="only these watchers (fatrace is always run: the ratios need it)")
     args = p.parse_args(argv)
     if os.geteuid() != 0:
@@ -366,10 +473,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.quick:
         args.reps, args.dirs = 2, 50
-    tools = TOOLS if not args.tool else tuple(t for t in TOOLS if t in args.tool or
+    every = TOOLS + (BASE_TOOLS if args.baseline else ())
+    tools = every if not args.tool else tuple(t for t in every if t in args.tool or
                                               t == "fatrace")
-    res = measure(args.fs, args.reps, args.dirs, args.files, tools)
-    print(render(res))
+    if args.baseline:
+        global BASELINE
+        BASELINE = args.baseline.resolve()
+    if args.naming:
+        res = measure_naming(args.fs, args.reps, args.naming,
+                             tuple(t for t in tools if t in NAMING_TOOLS + BASE_TOOLS))
+        print(render_naming(res))
+    else:
+        res = measure(args.fs, args.reps, args.dirs, args.files, tools)
+        print(render(res))
     if args.json:
         args.json.write_text(json.dumps(res, indent=1))
     return 0

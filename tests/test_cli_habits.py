@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import time
@@ -177,3 +178,147 @@ def test_closed_pipe_summary_counts_are_exact(tmpfs: Path) -> None:
     # head read one line, but the pipe may have taken more before it closed:
     # what the summary calls shown is what write(2) accepted, never more.
     assert shown >= 1
+
+
+def test_slow_reader_of_stdout_is_counted_not_silent(tmpfs: Path) -> None:
+    # The test is the slow reader: it reads nothing from the pipe until every
+    # event was seen.  The command must keep reading the kernel (no overflow),
+    # drop what does not fit in --max-pending, and count it exactly.
+    names = [str(tmpfs / f"slow{i:04d}") for i in range(3000)]
+    with cli("watch", "--json", "--events", "create", "--max-pending", "0.05",
+             "--stats-interval", "0.2", str(tmpfs)) as p:
+        p.wait_stderr("watching")
+        for i in range(0, len(names), 500):
+            child(CREATE, *names[i:i + 500])
+        deadline = time.monotonic() + 30
+        fd = p.popen.stderr.fileno()  # type: ignore[union-attr]
+        while True:
+            progress = [x for x in p.err.decode().splitlines() if "progress:" in x]
+            if progress and "3000 events seen" in progress[-1]:
+                break
+            left = deadline - time.monotonic()
+            assert left > 0, p.err.decode()[-800:]
+            if select.select([fd], [], [], left)[0]:
+                p.err += os.read(fd, 65536)
+        assert "LINES LOST" in progress[-1] and "line(s) dropped" in progress[-1]
+        p.popen.send_signal(signal.SIGINT)
+        code, out, err = p.finish()
+    assert code == 0, err
+    summary = next(x for x in err.splitlines() if "events seen" in x and "progress" not in x)
+    dropped = int(summary.split(" dropped for a slow reader")[0].rsplit(" ", 1)[1])
+    shown = int(summary.split(" shown")[0].rsplit(" ", 1)[1])
+    lines = json_lines(out)
+    assert "0 overflows" in summary and "nothing lost" not in summary, summary
+    assert f"LINES LOST: {dropped} line(s) dropped" in summary
+    assert dropped > 0
+    assert shown == 3000
+    assert len(lines) + dropped == shown
+    # What got out are whole lines, in order.
+    got = [r["file"]["name"] for r in lines]  # type: ignore[index]
+    assert got == sorted(got)
+
+
+def test_format_template_names_fields(tmpfs: Path) -> None:
+    template = "{time} {pid:>7} {comm} {events} {type} {path} | {dir} | {name} | {old_path}"
+    with cli("watch", "--format", template, "--events", "create,rename",
+             "--time-format", "%Y-%m-%d %H:%M:%S.%f", str(tmpfs)) as p:
+        p.wait_stderr("watching")
+        move = "import os, sys\nopen(sys.argv[1], 'w').close()\nos.rename(*sys.argv[1:])\n"
+        child(move, str(tmpfs / "a"), str(tmpfs / "b"))
+        child(CREATE, str(tmpfs / "zz_end"))
+        deadline = time.monotonic() + 10
+        out = b""
+        assert p.popen.stdout is not None
+        fd = p.popen.stdout.fileno()
+        while b"zz_end" not in out:
+            left = deadline - time.monotonic()
+            assert left > 0, out
+            if select.select([fd], [], [], left)[0]:
+                out += os.read(fd, 65536)
+        p.popen.send_signal(signal.SIGINT)
+        code, rest, err = p.finish()
+    assert code == 0, err
+    lines = (out.decode() + rest).splitlines()
+    create, rename = lines[0], lines[1]
+    day, clock, pid, comm, events, kind, path = create.split(" | ")[0].split()
+    assert time.strptime(day, "%Y-%m-%d")
+    assert clock.count(":") == 2 and len(clock.rsplit(".", 1)[1]) == 3
+    assert int(pid) > 0 and comm.startswith("python")
+    assert (events, kind, path) == ("CREATE", "file", f"{tmpfs}/a")
+    assert create.split(" | ")[1:] == [str(tmpfs), "a", "-"]
+    assert rename.split()[4:7] == ["RENAME", "file", f"{tmpfs}/b"]
+    assert rename.endswith(f"| {tmpfs} | b | {tmpfs}/a")
+
+
+@pytest.mark.parametrize(("template", "says"), [
+    ("{nosuch}", "unknown field {nosuch}"),
+    ("{path.__class__}", "unknown field {path.__class__}"),
+    ("{}", "an empty field {}"),
+    ("{pid:d}", "Unknown format code 'd'"),
+    ("{path", "expected '}'"),
+])
+def test_bad_format_template_is_a_usage_error(tmpfs: Path, template: str, says: str) -> None:
+    r = run("watch", "--format", template, str(tmpfs))
+    assert r.returncode == 2
+    assert "usage: afanotify watch" in r.stderr
+    assert says in r.stderr
+    if "field" in says:
+        assert "the fields are {time}, {pid}" in r.stderr
+
+
+def test_format_with_json_is_a_usage_error(tmpfs: Path) -> None:
+    r = run("watch", "--json", "--format", "{path}", str(tmpfs))
+    assert r.returncode == 2
+    assert "--format: not allowed with --json" in r.stderr
+
+
+SHORT_LIVED = (
+    'i=0; while [ $i -lt 10 ]; do touch "f$i"; mv "f$i" "g$i"; rm "g$i"; sleep 0.2; '
+    "i=$((i + 1)); done; touch zz_end"
+)
+
+
+def test_short_lived_processes_are_named(tmpfs: Path) -> None:
+    # touch, mv and rm live for about a millisecond: their names must be read
+    # as soon as their events are (the comparison with fatrace, which races
+    # the same exits, is bench/bench_cli.py --naming: a shared machine makes
+    # it too noisy for a test).
+    with cli("watch", "--json", "--events", "create,rename,delete", str(tmpfs)) as p:
+        p.wait_stderr("watching")
+        subprocess.run(["sh", "-c", SHORT_LIVED], cwd=tmpfs, check=True, timeout=30)
+        out = b""
+        assert p.popen.stdout is not None
+        fd = p.popen.stdout.fileno()
+        deadline = time.monotonic() + 10
+        while b"zz_end" not in out:
+            left = deadline - time.monotonic()
+            assert left > 0, out[-500:]
+            if select.select([fd], [], [], left)[0]:
+                out += os.read(fd, 65536)
+        p.popen.send_signal(signal.SIGINT)
+        p.finish()
+    who = {"create": "touch", "rename": "mv", "delete": "rm"}
+    ours: dict[int, str | None] = {}
+    for r in json_lines(out.decode()):
+        proc, name = r["process"], r["file"]["name"]  # type: ignore[index]
+        if name and name[0] in "fg" and name[1:].isdigit():
+            pid, comm = proc["pid"], proc["name"]  # type: ignore[index]
+            action = r["event"]["action"][0]  # type: ignore[index]
+            # A name is never a wrong one: the process that made the event.
+            assert comm in (None, who[action]), r
+            if ours.get(pid) is None:
+                ours[pid] = comm
+    assert len(ours) == 30, ours
+    # Most processes are named.
+    assert sum(1 for n in ours.values() if n) >= 15, ours
+
+
+@pytest.mark.parametrize(("value", "says"), [
+    ("0", "must be a positive number of MiB, got 0"),
+    ("-1", "must be a positive number of MiB, got -1"),
+    ("lots", "'lots' is not a number of MiB"),
+])
+def test_bad_max_pending_is_a_usage_error(tmpfs: Path, value: str, says: str) -> None:
+    r = run("watch", f"--max-pending={value}", str(tmpfs))
+    assert r.returncode == 2
+    assert "usage: afanotify watch" in r.stderr and says in r.stderr, r.stderr

@@ -397,3 +397,23 @@ long afn_decode(const unsigned char *buf, size_t nbytes, struct afn_event *out, 
     *stop = off;
     return (long)n;
 }
+
+/* What the first n entries hold that makes paths looked up now unsafe for
+ * the batch: bit 1, a good event with a bit of `moves` and FAN_ONDIR (a
+ * directory moved, so a path looked up now may not be the one an earlier
+ * event had); bit 2, a queue overflow (events were lost before it). */
+int afn_has_move(const struct afn_event *ev, size_t n, uint64_t moves)
+{
+    size_t i;
+    int r = 0;
+
+    for (i = 0; i < n; i++) {
+        if (ev[i].status != AFN_OK)
+            continue;
+        if ((ev[i].mask & moves) && (ev[i].mask & FAN_ONDIR))
+            r |= 1;
+        if (ev[i].mask & FAN_Q_OVERFLOW)
+            r |= 2;
+    }
+    return r;
+}

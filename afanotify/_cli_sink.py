@@ -1,0 +1,214 @@
+"""Where ``afanotify watch`` writes its lines: large writes, exact counts, bounded waiting.
+
+A reader of standard output can be slower than the events (``| jq`` on a
+busy filesystem).  If the command blocked in ``write(2)`` until such a
+reader caught up, it would stop reading its fanotify group, the kernel's
+queue would overflow, and the events would be lost without a count (a
+Q_OVERFLOW record carries none) and named late (a short-lived process is
+gone by then).  So a pipe or socket is written without blocking: what it
+does not take waits here, written as the reader makes room, up to
+:data:`PENDING_MAX` bytes; the lines of a batch that would go beyond that
+are dropped and counted, and the summary says how many.  A regular file or
+a terminal is written with plain blocking writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import select
+import stat
+import sys
+import time
+from collections import deque
+
+#: How many bytes of lines the sink gathers before it writes them.
+WRITE_AT = 1 << 20
+#: How many bytes may wait for a slow reader of a pipe before lines are dropped.
+PENDING_MAX = 64 << 20
+#: How long the last lines may wait for a slow reader at exit.
+CLOSE_WAIT_S = 5.0
+
+
+class Sink:
+    """Event lines out: one ``write(2)`` per batch (or per MiB), counted line by line.
+
+    ``written`` counts the lines that reached the file or pipe completely,
+    so the summary stays exact when a reader closes the pipe in the middle
+    of a write.  ``dropped`` counts the lines a slow reader of a pipe left
+    no room for (see the module docstring), and ``unwritten`` the lines
+    still waiting when the command stopped (a closed pipe, or a reader that
+    took nothing for :data:`CLOSE_WAIT_S`).  A closed pipe is remembered
+    (``broken``) instead of raised.  :meth:`reopen` opens ``--output`` again
+    (after logrotate moved it).
+    """
+
+    def __init__(self, path: str | None, *, pending_max: int = PENDING_MAX) -> None:
+        self.broken = False
+        self.written = 0
+        self.dropped = 0
+        self.unwritten = 0
+        #: The ``--output`` file, or None for standard output.
+        self.path = path
+        self._path = path
+        self._parts: list[str] = []
+        self._size = 0
+        self._pending: deque[tuple[memoryview, int]] = deque()
+        self._pending_bytes = 0
+        self._pending_max = pending_max
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._writer = False
+        self._fd = self._open() if path is not None else sys.stdout.fileno()
+        self._restore_blocking = False
+        self._set_mode()
+
+    def _open(self) -> int:
+        assert self._path is not None
+        return os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
+
+    def _set_mode(self) -> None:
+        try:
+            mode = os.fstat(self._fd).st_mode
+        except OSError:
+            return
+        if (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)) and os.get_blocking(self._fd):
+            os.set_blocking(self._fd, False)
+            self._restore_blocking = True
+
+    @property
+    def pending(self) -> int:
+        """Bytes waiting for a slow reader."""
+        return self._pending_bytes
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Write what waits whenever the output can take more, from ``loop``."""
+        self._loop = loop
+
+    def detach(self) -> None:
+        if self._writer and self._loop is not None:
+            self._loop.remove_writer(self._fd)
+        self._writer = False
+        self._loop = None
+
+    def write(self, line: str) -> None:
+        """Queue one line (without its newline)."""
+        self._parts.append(line)
+        self._size += len(line)
+        if self._size >= WRITE_AT:
+            self.flush()
+
+    def extend(self, lines: list[str], size: int) -> None:
+        """Queue lines whose lengths add up to about ``size``."""
+        self._parts.extend(lines)
+        self._size += size
+        if self._size >= WRITE_AT:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what is queued (what a pipe does not take waits); may set :attr:`broken`."""
+        parts = self._parts
+        if not parts:
+            return
+        self._parts = []
+        self._size = 0
+        lines = len(parts)
+        if self.broken:
+            self.unwritten += lines
+            return
+        parts.append("")
+        # Text lines carry file names as the kernel gave them: undecodable
+        # bytes go out as the same bytes (JSON lines are ASCII already).
+        data = "\n".join(parts).encode("utf-8", "surrogateescape")
+        if self._pending and self._pending_bytes + len(data) > self._pending_max:
+            self.dropped += lines
+            return
+        self._pending.append((memoryview(data), lines))
+        self._pending_bytes += len(data)
+        self._drain()
+
+    def _drain(self) -> None:
+        """Write waiting data until it is all out or the pipe is full."""
+        pending = self._pending
+        try:
+            while pending:
+                view, lines = pending[0]
+                try:
+                    n = os.write(self._fd, view)
+                except InterruptedError:
+                    continue
+                except BlockingIOError:
+                    break
+                self._pending_bytes -= n
+                if n == len(view):
+                    pending.popleft()
+                    self.written += lines
+                    continue
+                done = view[:n].tobytes().count(b"\n")
+                self.written += done
+                pending[0] = (view[n:], lines - done)
+        except OSError as exc:
+            if exc.errno not in (errno.EPIPE, errno.ECONNRESET):
+                raise
+            self.broken = True
+            self.unwritten += sum(lines for _, lines in pending)
+            pending.clear()
+            self._pending_bytes = 0
+        self._want_writable(bool(pending))
+
+    def _want_writable(self, want: bool) -> None:
+        loop = self._loop
+        if loop is None or want == self._writer:
+            return
+        if want:
+            loop.add_writer(self._fd, self._drain)
+        else:
+            loop.remove_writer(self._fd)
+        self._writer = want
+
+    def finish(self, wait: float = CLOSE_WAIT_S) -> None:
+        """Flush, and give a slow reader up to ``wait`` seconds for what still waits."""
+        self.flush()
+        self.detach()
+        deadline = time.monotonic() + wait
+        while self._pending and not self.broken:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                select.select([], [self._fd], [], left)
+            except InterruptedError:
+                continue
+            self._drain()
+        if self._pending:
+            self.unwritten += sum(lines for _, lines in self._pending)
+            self._pending.clear()
+            self._pending_bytes = 0
+
+    def reopen(self) -> None:
+        """Flush, then open ``--output`` by its name again (SIGHUP after a log rotation)."""
+        self.flush()
+        if self._path is None:
+            return
+        fd = self._open()
+        old, self._fd = self._fd, fd
+        os.close(old)
+
+    def close(self) -> None:
+        """:meth:`finish`, then close ``--output`` (standard output stays open)."""
+        self.finish()
+        if self._restore_blocking:
+            try:
+                os.set_blocking(self._fd, True)
+            except OSError:
+                pass
+            self._restore_blocking = False
+        if self._path is not None:
+            os.close(self._fd)
+            self._path = None
+        else:
+            # What print() wrote to stdout before (features) goes out first.
+            try:
+                sys.stdout.flush()
+            except (BrokenPipeError, ValueError):
+                pass

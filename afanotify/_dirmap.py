@@ -1,0 +1,596 @@
+"""The directory map of a FID group: directory handle -> path, kept right by events.
+
+fanotify names a file by its directory's handle and its name.  Turning the
+handle into a path with ``open_by_handle_at`` works only while the directory
+exists, and gives its path *now*, not when the event happened.  So a group
+that reads an ``rm -r`` after the fact loses every path, and one that reads a
+rename late may name the old place by the new one.  Inotify tools avoid both
+by keeping a map of the directories they watch; this is that map.
+
+It is a tree: each directory known is a node ``[parent handle, name]`` (a
+root holds its absolute path instead), so that moving a directory is one
+node changed, and its whole subtree follows.  The tree is learned
+
+- from the marks (the marked object and the top of its filesystem),
+- from every directory resolved with ``open_by_handle_at`` (linked to its
+  parent with ``name_to_handle_at`` up to a known node),
+- from directory creations and moves (CREATE, MOVED_TO, RENAME with ONDIR:
+  the parent's handle and the name, plus the new directory's own handle with
+  REPORT_FID, else looked up by name),
+- within a batch, backwards: the DELETE or MOVED_FROM (with ONDIR and a FID
+  record) of a directory names it in its parent, so the events before it in
+  that batch get its path even if it is gone when the batch is read,
+
+and kept right by applying, in event order, every directory move (MOVED_FROM
+then MOVED_TO, or RENAME) and delete.  The map is bounded (``size``
+directories, least recently used evicted); a directory it no longer knows
+resolves afresh or not at all, never to a wrong path.
+
+Two rules keep ``open_by_handle_at`` from naming a past event by a later
+place: it is used for an event only if no directory moves after that event
+in the same batch, and only a group that sees every directory move
+(:attr:`tracking`: filesystem marks with MOVED_FROM/MOVED_TO or RENAME and
+ONDIR, names reported) keeps what it learned from one batch to the next.
+Others start each batch from the marks.  What remains: a directory moved
+after the batch was read and before it was resolved (a few microseconds) is
+named by its new place.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from typing import Any
+
+from . import _ffi
+from .events import FanotifyData, FileHandle
+from .flags import Event, InitFlag, MarkFlag
+
+__all__ = ["DirMap", "DEFAULT_SIZE", "fs_top"]
+
+#: Directories kept by default (``Fanotify(handle_cache_size=...)``).
+DEFAULT_SIZE = 65536
+
+_ONDIR = int(Event.ONDIR)
+_CREATE = int(Event.CREATE)
+_DELETE = int(Event.DELETE)
+_MOVED_FROM = int(Event.MOVED_FROM)
+_MOVED_TO = int(Event.MOVED_TO)
+_RENAME = int(Event.RENAME)
+_OVERFLOW = int(Event.Q_OVERFLOW)
+#: With ONDIR: a directory moved (paths below it change).
+MOVES = _MOVED_FROM | _MOVED_TO | _RENAME
+#: With ONDIR: the events that change the map.
+CHANGES = MOVES | _CREATE | _DELETE
+_FILESYSTEM = int(MarkFlag.FILESYSTEM)
+_MARK_TYPE = int(MarkFlag.FILESYSTEM | MarkFlag.MOUNT | MarkFlag.MNTNS)
+_DELETED = " (deleted)"
+#: A node's parent while its MOVED_FROM waits for the MOVED_TO.
+_IN_FLIGHT: Any = object()
+
+
+def join(directory: str, name: str | None) -> str:
+    """``directory/name`` as fanotify's DFID_NAME means it (``.`` is the directory itself)."""
+    if not name or name == ".":
+        return directory
+    if directory == "/":
+        return "/" + name
+    return directory + "/" + name
+
+
+Batch = tuple[int, dict[tuple[FileHandle, str], int], dict[FileHandle, list[Any]]]
+
+
+def scan(events: list[FanotifyData]) -> Batch:
+    """What a batch holds that the map needs before it resolves the batch in order.
+
+    The index of the last directory move (-1: none); per place a directory
+    was moved to (parent handle, name), the index of the last such move; and per directory
+    handle, ``[index, parent handle, name]`` of its first DELETE, MOVED_FROM
+    or RENAME with ONDIR and a FID record: where it was until then.
+    """
+    last = -1
+    targets: dict[tuple[FileHandle, str], int] = {}
+    facts: dict[FileHandle, list[Any]] = {}
+    for i, ev in enumerate(events):
+        mask = ev.ev_types
+        if not mask & _ONDIR or not mask & CHANGES:
+            continue
+        if mask & MOVES:
+            last = i
+            if mask & _RENAME:
+                into, name = ev.new_dfid, ev.new_name
+            elif mask & _MOVED_TO:
+                into, name = ev.dfid, ev.name
+            else:
+                into = None
+            if into is not None and name:
+                targets[(into, name)] = i
+        fid = ev.fid
+        if fid is None or fid in facts or not mask & (_DELETE | _MOVED_FROM | _RENAME):
+            continue
+        if mask & _RENAME:
+            if ev.old_dfid is not None:
+                facts[fid] = [i, ev.old_dfid, ev.old_name]
+        elif ev.dfid is not None:
+            facts[fid] = [i, ev.dfid, ev.name]
+    return last, targets, facts
+
+
+class DirMap:
+    """A FID group's directory handles and their paths (see the module docstring).
+
+    :param size: directories kept at most; 0 keeps none (every lookup is fresh)
+    :param flags: the group's InitFlag bits (names are needed to track moves)
+    """
+
+    def __init__(self, size: int = DEFAULT_SIZE, flags: int = 0) -> None:
+        self.size = size
+        #: fsid -> an fd on the top directory of that filesystem, and its path.
+        self._mounts: dict[tuple[int, int], int] = {}
+        self._tops: dict[tuple[int, int], str] = {}
+        #: The handles of those top directories (mount roots never move).
+        self._fixed: dict[FileHandle, str] = {}
+        #: Marked objects, by the path they were marked by.
+        self._marked: dict[FileHandle, str] = {}
+        #: handle -> [parent handle or None, name (absolute path for a root)]
+        self._nodes: OrderedDict[FileHandle, list[Any]] = OrderedDict()
+        #: (parent handle, name) -> the handle of that directory entry.
+        self._child: dict[tuple[FileHandle, str], FileHandle] = {}
+        #: Full paths computed from the tree; dropped whenever a directory moves.
+        self._paths: dict[FileHandle, str] = {}
+        #: The nodes that hold an absolute path.
+        self._roots: set[FileHandle] = set()
+        self._names = bool(flags & InitFlag.REPORT_NAME)
+        self._marks_ok = True
+        self._marks = 0
+        # Per batch: the last directory move, the handles that failed, the
+        # names from later events, and the MOVED_FROM waiting for its MOVED_TO.
+        self.last_move = -1
+        self.live = True
+        self.c_off = False
+        self.missed = 0
+        self._dead: set[FileHandle] = set()
+        self._facts: dict[FileHandle, list[Any]] = {}
+        self._targets: dict[tuple[FileHandle, str], int] = {}
+        self._moving: FileHandle | None = None
+        self.hits = 0
+        self.misses = 0
+
+    # -- setup -------------------------------------------------------------
+
+    @property
+    def caching(self) -> bool:
+        """True when directory paths are kept (a size above 0)."""
+        return self.size > 0
+
+    @property
+    def tracking(self) -> bool:
+        """True when the group sees every directory move, so the map outlives a batch."""
+        return self._names and self._marks_ok and self._marks > 0 and self.size > 0
+
+    def note_mark(self, mflags: int, mask: int, ignore: bool) -> None:
+        """Called for each mark change: does the group still see every directory move?"""
+        add = bool(mflags & MarkFlag.ADD)
+        if add and not ignore:
+            moves = mask & (_MOVED_FROM | _MOVED_TO) == _MOVED_FROM | _MOVED_TO or mask & _RENAME
+            if mflags & _MARK_TYPE == _FILESYSTEM and moves and mask & _ONDIR:
+                self._marks += 1
+                return
+            # An inode or mount mark: a move elsewhere (another mount, an
+            # unmarked directory) goes unseen.
+            self._marks_ok = False
+        elif add and not mask & (MOVES | _ONDIR):
+            return  # an ignore mask that hides no directory move
+        else:
+            self._marks_ok = False  # removed marks, or ignored moves: trust nothing
+        self.forget()
+
+    def add_mount(self, path: str | bytes, *, dont_follow: bool = False) -> None:
+        """Learn the marked ``path``; keep an fd on the top directory of its filesystem.
+
+        The fd is on the mount's root, never on the marked object: an open fd
+        on a marked file would keep its inode alive (no DELETE_SELF), and make
+        the group see its own opens.  Without CAP_DAC_READ_SEARCH (an
+        unprivileged group) ``open_by_handle_at`` fails, and a marked object
+        still resolves to the path it was marked by, while that path has its
+        handle.
+        """
+        p = os.path.abspath(os.fsdecode(path))
+        if not dont_follow:
+            p = os.path.realpath(p)
+        fd = os.open(p, os.O_PATH | os.O_CLOEXEC | (os.O_NOFOLLOW if dont_follow else 0))
+        try:
+            fsid = _ffi.fsid_of_fd(fd)  # fstatfs works on O_PATH descriptors
+        finally:
+            os.close(fd)
+        h = _handle_at(fsid, p)
+        if h is not None:
+            self._marked[h] = p
+        if fsid in self._mounts:
+            if h is not None and self.size:
+                self._link(h, p)
+            return
+        top = fs_top(p, dont_follow)
+        # open_by_handle_at() refuses O_PATH descriptors (EBADF), so this is a
+        # real read-only open of a directory.
+        try:
+            mount_fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            if any(k.fsid == fsid for k in self._marked):
+                return  # marked objects still resolve
+            raise
+        self._mounts[fsid] = mount_fd
+        self._tops[fsid] = top
+        th = _handle_at(fsid, top)
+        if th is not None:
+            self._fixed[th] = top
+            self._put(th, None, top)
+        if h is not None and self.size:
+            self._link(h, p)
+
+    # -- the tree ------------------------------------------------------------
+
+    def path(self, h: FileHandle) -> str | None:
+        """The path the map knows for ``h`` (at the event being decoded), or None."""
+        p = self._paths.get(h)
+        if p is not None:
+            return p
+        nodes = self._nodes
+        chain: list[tuple[FileHandle, str]] = []
+        k = h
+        while True:
+            node = nodes.get(k)
+            if node is None:
+                return None
+            nodes.move_to_end(k)
+            parent = node[0]
+            if parent is None:
+                p = node[1]
+                break
+            if parent is _IN_FLIGHT:
+                return None
+            chain.append((k, node[1]))
+            k = parent
+            p = self._paths.get(k)
+            if p is not None:
+                break
+            if len(chain) > 4096:
+                return None  # a cycle (a corrupt map): never a path
+        for k, name in reversed(chain):
+            p = join(p, name)
+            self._paths[k] = p
+        if not chain:
+            self._paths[h] = p
+        return p
+
+    def _put(self, h: FileHandle, parent: FileHandle | None, name: str) -> None:
+        nodes = self._nodes
+        old = nodes.get(h)
+        if old is not None and old[0] is not None and old[0] is not _IN_FLIGHT:
+            if self._child.get((old[0], old[1])) == h:
+                del self._child[(old[0], old[1])]
+        if parent is not None:
+            other = self._child.get((parent, name))
+            if other is not None and other != h:
+                self._drop(other)
+            self._child[(parent, name)] = h
+            self._roots.discard(h)
+        else:
+            self._roots.add(h)
+        nodes[h] = [parent, name]
+        nodes.move_to_end(h)
+        self._paths.pop(h, None)
+        while len(nodes) > self.size:
+            k, node = nodes.popitem(last=False)
+            self._unlink(k, node)
+
+    def _drop(self, h: FileHandle) -> None:
+        node = self._nodes.pop(h, None)
+        if node is not None:
+            self._unlink(h, node)
+
+    def _unlink(self, h: FileHandle, node: list[Any]) -> None:
+        self._roots.discard(h)
+        parent = node[0]
+        if parent is not None and parent is not _IN_FLIGHT:
+            if self._child.get((parent, node[1])) == h:
+                del self._child[(parent, node[1])]
+        # Paths computed through h are still right until a move; the next
+        # move clears them all, and then h's subtree no longer resolves.
+        self._paths.pop(h, None)
+
+    def forget(self) -> None:
+        """Forget every directory learned (an overflow lost events; marks changed)."""
+        self._nodes.clear()
+        self._child.clear()
+        self._paths.clear()
+        self._roots.clear()
+        self._moving = None
+        if self.size:
+            for h, top in self._fixed.items():
+                self._put(h, None, top)
+
+    invalidate = forget
+
+    # -- a batch -------------------------------------------------------------
+
+    def begin(self) -> None:
+        """Start a batch: only a tracking map keeps what earlier batches taught it."""
+        if not self.tracking:
+            self.forget()
+        self.last_move = -1
+        self.live = True
+        self.c_off = False
+        self.missed = 0
+        self._dead.clear()
+        self._facts = {}
+        self._targets = {}
+
+    def set_batch(self, batch: Batch) -> None:
+        """What :func:`scan` found in the batch being decoded."""
+        self.last_move, self._targets, self._facts = batch
+
+    def _safe(self, fsid: tuple[int, int], p: str, i: int) -> bool:
+        """Whether ``p``, a path looked up now, was already the path at event ``i``.
+
+        It was, unless a later event of the batch moved a directory above it
+        (or it): the last such move put that directory where it is now, so
+        no ancestor of ``p`` as they are now, with the name below it on the
+        way to ``p``, may be the place a later move went to.
+        """
+        targets = self._targets
+        if i >= self.last_move or not targets:
+            return True
+        top = self._tops.get(fsid)
+        while top is not None and p != top and p.startswith(top):
+            p, name = os.path.split(p)
+            a = _handle_at(fsid, p)
+            if a is None or targets.get((a, name), -1) > i:
+                return False
+        return True
+
+    def walked(self, flags: int) -> None:
+        """The C walk's verdict on the batch (``Decoder.decode``'s ``on_walk``)."""
+        # A directory moved somewhere in the batch: no path looked up now is
+        # sure for the events before the cut.  An overflow: nothing the map
+        # knows is sure past it, so C names nothing and the events go in order.
+        self.live = not flags & 1
+        self.c_off = bool(flags & 2)
+
+    def object_at(self, h: FileHandle, i: int) -> str | None:
+        """The path of the object ``h`` (a FID record alone) at event ``i``, or None."""
+        p = self.path(h)
+        if p is None:
+            p = self._fresh(h, learn=False, i=i)
+        return p
+
+    def c_lookup(self, h: FileHandle) -> str | None:
+        """``dir_path`` for the C builder: the events before the batch's first change."""
+        if self.c_off:
+            self.missed += 1
+            return None
+        p = self._paths.get(h)
+        if p is None:
+            p = self.path(h)
+            if p is None:
+                p = self._fresh(h) if self.live else None
+                if p is None:
+                    self.missed += 1
+                    return None
+        self.hits += 1
+        return p
+
+    def dir_at(self, h: FileHandle, i: int) -> str | None:
+        """The path of directory ``h`` at event ``i`` of the batch, or None."""
+        p = self._paths.get(h)
+        if p is None:
+            p = self.path(h)
+        if p is not None:
+            self.hits += 1
+            return p
+        fact = self._facts.get(h)
+        if fact is not None and fact[0] > i and fact[1] != h:
+            # Its later DELETE or MOVED_FROM names it: it was there until then.
+            parent_path = self.dir_at(fact[1], i)
+            if parent_path is not None and fact[2]:
+                self._put(h, fact[1], fact[2])
+                return join(parent_path, fact[2])
+        return self._fresh(h, i=i)
+
+    def resolve(self, h: FileHandle, *, cache: bool = True) -> str | None:
+        """The current path of ``h``'s object, outside any batch (None if unknown)."""
+        if cache and self.size:
+            p = self.path(h)
+            if p is not None:
+                self.hits += 1
+                return p
+        return self._fresh(h, learn=cache)
+
+    def _fresh(self, h: FileHandle, *, learn: bool = True, i: int = -1) -> str | None:
+        """``h``'s path from ``open_by_handle_at`` (or its mark), learned into the map.
+
+        ``i``: for event ``i`` of the batch, None unless :meth:`_safe` says
+        the path now was its path then.
+        """
+        if h in self._dead:
+            return None
+        self.misses += 1
+        p = self._open_path(h)
+        if p is None:
+            p = self._marked_path(h)
+        if p is None or (i >= 0 and not self._safe(h.fsid, p, i)):
+            self._dead.add(h)
+            return None
+        if learn and self.size:
+            self._link(h, p)
+        return p
+
+    def _link(self, h: FileHandle, p: str, depth: int = 0) -> None:
+        """Attach ``h`` (now at ``p``) to the tree under its parent's node."""
+        top = self._tops.get(h.fsid)
+        parent_path, name = os.path.split(p)
+        if top is None or p == top or not p.startswith(top) or depth > 64 or not name:
+            self._put(h, None, p)
+            return
+        ph = _handle_at(h.fsid, parent_path)
+        if ph is None:
+            self._put(h, None, p)
+            return
+        if self.path(ph) != parent_path:
+            self._link(ph, parent_path, depth + 1)
+        self._put(h, ph, name)
+
+    def _open_path(self, h: FileHandle) -> str | None:
+        mount_fd = self._mounts.get(h.fsid)
+        if mount_fd is None:
+            return None
+        try:
+            fd = _ffi.open_by_handle(mount_fd, h.handle, h.handle_type, os.O_PATH)
+        except OSError:
+            return None
+        try:
+            path = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        return None if path.endswith(_DELETED) else path
+
+    def _marked_path(self, h: FileHandle) -> str | None:
+        """The path a marked object was marked by, if it still names that object."""
+        path = self._marked.get(h)
+        if path is None or _handle_at(h.fsid, path) != h:
+            return None
+        return path
+
+    # -- events, in order ------------------------------------------------------
+
+    def apply(self, ev: FanotifyData, i: int) -> None:
+        """Keep the map right after event ``i`` (a directory created, moved or deleted)."""
+        mask = ev.ev_types
+        if mask & _OVERFLOW:
+            self.forget()  # events were lost: what the map knows may be stale
+            return
+        if not mask & _ONDIR:
+            return
+        fid = ev.fid
+        if mask & _RENAME:
+            if self._moving is not None:
+                self._drop(self._moving)
+                self._moving = None
+            k = self._entry(fid, ev.old_dfid, ev.old_name)
+            self._moved(k, ev.old_dfid, ev.old_name)
+            if k is not None and fid is not None and k != fid:
+                self._drop(k)
+            self._arrived(fid if fid is not None else k, ev.new_dfid, ev.new_name, i)
+        elif mask & _MOVED_FROM:
+            if self._moving is not None:
+                self._drop(self._moving)  # its MOVED_TO never came: ambiguous
+            self._moving = None
+            k = self._entry(fid, ev.dfid, ev.name)
+            self._moved(k, ev.dfid, ev.name)
+            if k is not None:
+                self._nodes[k][0] = _IN_FLIGHT
+                self._moving = k
+        elif mask & _MOVED_TO:
+            self._paths.clear()
+            k, self._moving = self._moving, None
+            if k is not None and (fid is None or fid == k) and k in self._nodes:
+                fid = k
+            elif k is not None:
+                self._drop(k)  # a MOVED_FROM whose MOVED_TO is not this one
+            self._arrived(fid, ev.dfid, ev.name, i)
+        elif mask & _CREATE:
+            self._arrived(fid, ev.dfid, ev.name, i)
+        elif mask & _DELETE:
+            k = self._entry(fid, ev.dfid, ev.name)
+            if k is not None:
+                self._drop(k)
+
+    def _entry(self, fid: FileHandle | None, dfid: FileHandle | None, name: str | None
+               ) -> FileHandle | None:
+        """The handle of the directory entry ``dfid/name`` if the map has it."""
+        if fid is not None and fid in self._nodes:
+            return fid
+        if dfid is None or not name:
+            return None
+        return self._child.get((dfid, name))
+
+    def _moved(self, k: FileHandle | None, dfid: FileHandle | None, name: str | None) -> None:
+        """A directory left ``dfid/name``: every computed path may change."""
+        old = None
+        if dfid is not None and name:
+            d = self.path(dfid)
+            old = None if d is None else join(d, name)
+        self._paths.clear()
+        if k is not None:
+            node = self._nodes[k]
+            if node[0] is not None and self._child.get((node[0], node[1])) == k:
+                del self._child[(node[0], node[1])]
+        # Roots hold absolute paths: those below the old place go, unless it
+        # is known (then they are few, and dropped all the same: they are
+        # learned again, by handle, when needed).
+        for r in list(self._roots):
+            if r not in self._marked and r.fsid in self._tops:
+                p = self._nodes[r][1]
+                if p != self._tops[r.fsid] and (
+                    old is None or p == old or p.startswith(old + "/")
+                ):  # fmt: skip
+                    self._drop(r)
+
+    def _arrived(self, fid: FileHandle | None, dfid: FileHandle | None, name: str | None,
+                 i: int) -> None:
+        """A directory appeared at ``dfid/name`` (created, or moved there)."""
+        if dfid is None or not name:
+            if fid is not None:
+                self._drop(fid)
+            return
+        d = self.dir_at(dfid, i)
+        if d is None:
+            if fid is not None:
+                self._drop(fid)
+            return
+        if fid is None:
+            # Looked up by name now: the directory there may have come later.
+            p = join(d, name)
+            fid = _handle_at(dfid.fsid, p)
+            if fid is None or not self._safe(dfid.fsid, p, i):
+                return
+        self._put(fid, dfid, name)
+
+    def close(self) -> None:
+        """Close the mount fds.  Idempotent."""
+        mounts, self._mounts = self._mounts, {}
+        for fd in mounts.values():
+            os.close(fd)
+        self._marked.clear()
+        self._fixed.clear()
+        self.forget()
+
+
+def _handle_at(fsid: tuple[int, int], path: str) -> FileHandle | None:
+    """The handle of ``path`` (``name_to_handle_at``, no privilege needed), or None."""
+    try:
+        htype, raw, _mnt = _ffi.name_to_handle(_ffi.lib.AT_FDCWD, path)
+    except OSError:
+        return None
+    return FileHandle(fsid, htype, raw)
+
+
+def fs_top(path: str | bytes, dont_follow: bool) -> str:
+    """The highest directory above ``path`` on the same device (its mount's root)."""
+    p = os.path.abspath(os.fsdecode(path))
+    if (dont_follow and os.path.islink(p)) or not os.path.isdir(p):
+        p = os.path.dirname(p)
+    p = os.path.realpath(p)
+    dev = os.stat(p).st_dev
+    while p != "/":
+        parent = os.path.dirname(p)
+        try:
+            if os.stat(parent).st_dev != dev:
+                break
+        except OSError:
+            break
+        p = parent
+    return p
