@@ -22,13 +22,13 @@ are frozen, and nobody else holds them yet.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from . import _fastparse, _ffi
+from ._loop import LoopLike
 from ._parser import parse_lenient
 from ._proc import HandleResolver, fd_path, process_info
 from .events import UNANSWERED, FanotifyData
@@ -152,7 +152,7 @@ class Pipeline:
     # -- the reader's batches ----------------------------------------------
 
     def decode(
-        self, view: memoryview, loop: asyncio.AbstractEventLoop | None
+        self, view: memoryview, loop: LoopLike | None
     ) -> list[FanotifyData]:
         """The events of one read, filled in, own ones and malformed ones removed."""
         fast = self.fast
