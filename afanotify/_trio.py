@@ -229,11 +229,17 @@ class TrioLoop:
 
     async def _read(self, fd: int, callback: Callable[[], object], scope: trio.CancelScope) -> None:
         with scope:
-            while True:
+            # Checked before each wait, with no checkpoint in between: a task
+            # spawned just before its reader was removed (and the fd closed,
+            # its number perhaps reused) must never register that fd.
+            while not scope.cancel_called:
                 try:
                     await anyio.wait_readable(fd)
                 except anyio.ClosedResourceError:
                     return  # notify_closing: the group is closing the fd
+                except OSError as exc:  # closed from another thread meanwhile
+                    log.error("cannot wait for fanotify fd %d: %s", fd, exc)
+                    return
                 _run_callback(callback, "reader callback")
 
     def remove_reader(self, fd: int) -> bool:
