@@ -246,7 +246,7 @@ class TrioLoop:
         scope = self._readers.pop(fd, None)
         if scope is None:
             return False
-        scope.cancel()
+        self.run_here_or_soon(scope.cancel)  # close() may run on another thread
         return True
 
     def notify_closing(self, fd: int) -> None:

@@ -114,7 +114,7 @@ def compare(rev: str, names: list[str], reps: int, quick: bool) -> int:
                         slot = seen.setdefault(name, {}).setdefault(label, {"new": [], "old": []})
                         slot[which].append(value)
                         better_up.setdefault(name, {})[label] = up
-                print(f"rep {rep + 1}/{reps} done ({' then '.join(order)})", flush=True)
+            print(f"rep {rep + 1}/{reps} done ({' then '.join(order)})", flush=True)
     print(f"\nthis checkout (new) against {rev} (old), {reps} interleaved reps"
           f"{' (--quick sizes)' if quick else ''}; new/old per rep: median [min-max]")
     for name, labels in seen.items():
