@@ -18,9 +18,8 @@ exactly once, and soon:
 
 The deadline timer runs on the event loop (asyncio's, or trio's through
 :mod:`afanotify._trio`), so a loop that blocks cannot keep it; for that case
-a :class:`Watchdog` thread answers instead.  Everything else
-here runs on the loop's thread, and a lock serialises answering between the
-two.
+a :class:`Watchdog` thread answers instead.  Everything else here runs on
+the loop's thread, and a lock serialises answering between the two.
 """
 
 from __future__ import annotations
@@ -434,7 +433,9 @@ class PermissionTracker:
         how = "cancelled" if task.cancelled() else "failed"
         self._task_ended(task, task.get_name(), badly, how)
 
-    def _task_ended(self, task: object, name: str, badly: bool, how: str = "ended") -> None:
+    def _task_ended(
+        self, task: object, name: str, badly: bool, how: str = "raised or was cancelled"
+    ) -> None:
         fds = self._watched_tasks.pop(task, None)
         if not fds:
             return
