@@ -202,3 +202,24 @@ def test_clients_get_their_events_and_overflow_markers(tmpfs: Path, backend: str
                     break
 
     run(backend, body)
+
+
+def test_async_predicates_run_in_a_task_of_this_backend(tmpfs: Path, backend: str) -> None:
+    seen: list[str | None] = []
+
+    async def is_log(ev: FanotifyData) -> bool:
+        await anyio.sleep(0)  # a real checkpoint: the dispatch runs as a task
+        seen.append(sniffio.current_async_library())
+        return str(ev.name).endswith(".log")
+
+    async def body() -> None:
+        async with Fanotify(InitFlag.REPORT_DFID_NAME) as fan:
+            fan.mark(tmpfs, CREATES)
+            logs = fan.connect(FanoRule(name="logs", ev_types=Event.CREATE, predicate=is_log))
+            await sh(f"cd {tmpfs} && touch a.log b.txt c.log")
+            got = await collect(logs, lambda g: len(g) >= 2)
+            assert [e.name for e in got] == ["a.log", "c.log"]
+            await wait_until(lambda: len(seen) == 3)
+
+    run(backend, body)
+    assert seen == [backend] * 3
