@@ -13,8 +13,6 @@ from collections import deque
 from collections.abc import Callable
 from typing import Literal, NamedTuple, Union
 
-import anyio
-
 from .events import FanotifyData
 from .exceptions import ClosedResourceError, WouldBlock
 
@@ -47,6 +45,8 @@ class _EventWaiter:
     __slots__ = ("event", "gone")
 
     def __init__(self) -> None:
+        import anyio  # only outside asyncio: an asyncio program never imports it
+
         self.event = anyio.Event()
         self.gone = False  # the waiting task left (cancelled) before it was woken
 
