@@ -96,6 +96,73 @@ def _one(name: str, lib: Path, quick: bool, out: Path) -> dict[str, Any]:
     return result
 
 
+_DRAIN = r"""
+import asyncio, os, resource, subprocess, sys, tempfile
+lib, n, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+sys.path.insert(0, lib)
+from afanotify import Event, Fanotify, InitFlag
+resource.setrlimit(resource.RLIMIT_NOFILE, (resource.getrlimit(resource.RLIMIT_NOFILE)[1],) * 2)
+mnt = tempfile.mkdtemp()
+subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1g", "afanotify-bench", mnt], check=True)
+try:
+    os.mkdir(f"{mnt}/d")
+    fid = mode == "fid"
+    async def main():
+        flags = InitFlag.UNLIMITED_QUEUE | (InitFlag.REPORT_DFID_NAME if fid else 0)
+        with Fanotify(flags) as fan:
+            kind = "filesystem" if fid else "mount"
+            fan.mark(mnt, Event.CREATE if fid else Event.CLOSE_WRITE, kind)
+            make = ("import os\n"
+                    f"for i in range({n}):\n"
+                    f"    os.close(os.open('{mnt}/d/f%d' % i, os.O_CREAT | os.O_WRONLY))")
+            subprocess.run([sys.executable, "-c", make], check=True)
+            got = 0
+            async for ev in fan:
+                ev.path
+                got += 1
+                if got >= n:
+                    ev.close()
+                    break
+    asyncio.run(main())
+finally:
+    subprocess.run(["umount", "-l", mnt], check=False)
+    os.rmdir(mnt)
+"""
+
+
+def _instructions(lib: Path, n: int, mode: str) -> int:
+    """User-space instructions of one drain process (valgrind's callgrind; children not traced)."""
+    out = subprocess.run(
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
+         "-c", _DRAIN, str(lib), str(n), mode],
+        capture_output=True, text=True, check=True, env=dict(os.environ, PYTHONHASHSEED="0"),
+    )  # fmt: skip
+    return int(out.stderr.split("Collected : ")[1].split()[0])
+
+
+def instructions(rev: str, sizes: tuple[int, int] = (10_000, 30_000)) -> int:
+    """Instructions per event of the fd and FID drains (``async for``), this checkout and REV.
+
+    Each drain runs at two sizes; the difference divided by the difference
+    in events is the per-event cost, without start-up and import.  Counted
+    instructions do not depend on what else the machine runs.
+    """
+    with tempfile.TemporaryDirectory(prefix="afanotify-bench-against-") as tmp:
+        libs = {"new": ROOT, "old": Path(tmp) / "old"}
+        libs["old"].mkdir()
+        _export(rev, libs["old"])
+        print(f"instructions per event, this checkout (new) against {rev} (old), "
+              f"from drains of {sizes[0]:,} and {sizes[1]:,} events")
+        for mode in ("fd", "fid"):
+            per: dict[str, float] = {}
+            for which in ("new", "old"):
+                small, big = (_instructions(libs[which], n, mode) for n in sizes)
+                per[which] = (big - small) / (sizes[1] - sizes[0])
+            print(f"{mode}_drain  new {per['new']:,.0f}  old {per['old']:,.0f}"
+                  f"  new/old {per['new'] / per['old']:.4f}")
+    return 0
+
+
 def compare(rev: str, names: list[str], reps: int, quick: bool) -> int:
     """Run ``names`` ``reps`` times on this checkout and on ``rev``; print new/old."""
     libs = {"new": ROOT}

@@ -5,6 +5,7 @@ Run as root from the repository root (after ``python build_ffi.py``)::
     python bench/run.py            # the full suite, a few minutes
     python bench/run.py --quick    # smaller counts, one repetition each
     python bench/run.py --against main --only fd_drain --reps 5   # new/old, interleaved
+    python bench/run.py --against main --instructions   # instructions per event (valgrind)
 
 It compiles ``bench/cbench.c`` with gcc into a temporary directory, mounts a
 private tmpfs for each measurement (and unmounts it after), and writes
@@ -669,10 +670,16 @@ def main(argv: list[str] | None = None) -> int:
         "--against", metavar="REV",
         help="compare with afanotify at git revision REV, rep by rep (bench/against.py)",
     )  # fmt: skip
+    parser.add_argument(
+        "--instructions", action="store_true",
+        help="with --against: instructions per event of the drains, under valgrind",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.against:
-        from against import compare
+        from against import compare, instructions
 
+        if args.instructions:
+            return instructions(args.against)
         names = args.only or ["fd_drain", "fid_drain", "latency", "permission"]
         return compare(args.against, names, args.reps or 5, args.quick)
 
