@@ -111,10 +111,11 @@ def test_a_fork_worker_neither_answers_nor_keeps_opens_waiting_after_close(
     fan = Fanotify(InitFlag.CLASS_CONTENT, default_response=Response.DENY, permission_timeout=30)
     go = ctx.Event()
     worker = None
-    opener = None
+    openers: list[subprocess.Popen[str]] = []
     try:
         fan.mark(path, Event.OPEN_PERM)
         opener = _opener(path)
+        openers.append(opener)
         ev = _read_one(fan)  # pending: the opener waits for our verdict
         mine, theirs = ctx.Pipe()
         worker = ctx.Process(target=_worker, args=(fan, ev, theirs, go))
@@ -132,6 +133,7 @@ def test_a_fork_worker_neither_answers_nor_keeps_opens_waiting_after_close(
         # The worker still holds the group; with its marks, this open would
         # wait for an answer until the worker exits.
         late = _opener(path)
+        openers.append(late)
         assert late.communicate(timeout=10)[0].strip() == "0"
         assert worker.is_alive()
     finally:
@@ -139,8 +141,8 @@ def test_a_fork_worker_neither_answers_nor_keeps_opens_waiting_after_close(
         go.set()
         if worker is not None:
             worker.join(20)
-        for p in (opener,):
-            if p is not None and p.poll() is None:
+        for p in openers:
+            if p.poll() is None:
                 p.kill()
                 p.wait()
     assert worker.exitcode == 0
