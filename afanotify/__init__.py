@@ -14,6 +14,7 @@ from .events import FileHandle as FileHandle
 from .exceptions import AfanotifyError as AfanotifyError
 from .exceptions import AlreadyAnsweredError as AlreadyAnsweredError
 from .exceptions import ClosedResourceError as ClosedResourceError
+from .exceptions import InheritedGroupError as InheritedGroupError
 from .exceptions import MetadataVersionError as MetadataVersionError
 from .exceptions import ParseError as ParseError
 from .exceptions import TruncatedEventError as TruncatedEventError
@@ -41,6 +42,7 @@ __all__ = (
     "DENY",
     "AfanotifyError",
     "AlreadyAnsweredError",
+    "InheritedGroupError",
     "AuditRule",
     "ClientOverflow",
     "ClientStatistics",

@@ -7,7 +7,6 @@ reader, which it pauses, resumes or leaves idle.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from collections import deque
@@ -15,6 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
+from ._loop import TaskLike, running_loop
 from ._reader import FlowControl
 from .events import OWN_FD, OWN_PIDFD, UNANSWERED, FanotifyData
 from .flags import CLASS_BITS, Event
@@ -117,7 +117,7 @@ class Dispatcher:
         self.needs_proc = False
         self._async_rules = 0
         self._blocked: set[FanotifyClient] = set()
-        self._task: asyncio.Task[None] | None = None
+        self._task: TaskLike | None = None
         self._inflight: deque[FanotifyData] = deque()
         #: CONTENT/PRE_CONTENT groups never stop reading: a permission event
         #: left in the kernel's queue would get no deadline.
@@ -318,8 +318,7 @@ class Dispatcher:
             self._inflight.extend(events)
             if self._task is None:
                 self._sink.pause()
-                loop = asyncio.get_running_loop()
-                self._task = loop.create_task(self._run_async())
+                self._task = running_loop().create_task(self._run_async())
             return
         for ev in events:
             self._fan_out(ev, self._match_sync(ev))

@@ -24,7 +24,6 @@ are frozen, and nobody else holds them yet.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -32,6 +31,7 @@ from typing import Any
 
 from . import _dirmap, _fastparse, _ffi
 from ._dirmap import DirMap
+from ._loop import LoopLike
 from ._parser import parse_lenient
 from ._proc import fd_path, process_info
 from ._static import StaticRules
@@ -156,7 +156,7 @@ class Pipeline:
     # -- the reader's batches ----------------------------------------------
 
     def decode(
-        self, view: memoryview, loop: asyncio.AbstractEventLoop | None
+        self, view: memoryview, loop: LoopLike | None
     ) -> list[FanotifyData]:
         """The events of one read, filled in, own ones and malformed ones removed."""
         if self.static is not None:

@@ -2,6 +2,8 @@
 
 Used by the group's own iterator and by every client.  It is loop-bound but
 thread-agnostic in the sense that all calls happen on the loop's thread.
+A waiter is an asyncio future on an asyncio loop, and an ``anyio.Event``
+anywhere else (trio).
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, Union
 
 from .events import FanotifyData
 from .exceptions import ClosedResourceError, WouldBlock
@@ -35,6 +37,30 @@ class QueueStatistics(NamedTuple):
     high_water: int
     #: How many times a "block" queue made the group stop reading.
     blocked: int
+
+
+class _EventWaiter:
+    """A waiter outside asyncio: an ``anyio.Event``, seen as the future the queue expects."""
+
+    __slots__ = ("event", "gone")
+
+    def __init__(self) -> None:
+        import anyio  # only outside asyncio: an asyncio program never imports it
+
+        self.event = anyio.Event()
+        self.gone = False  # the waiting task left (cancelled) before it was woken
+
+    def done(self) -> bool:
+        return self.gone or self.event.is_set()
+
+    def cancelled(self) -> bool:
+        return self.gone and not self.event.is_set()
+
+    def set_result(self, _value: None) -> None:
+        self.event.set()
+
+
+_Waiter = Union["asyncio.Future[None]", _EventWaiter]
 
 
 class EventQueue:
@@ -65,7 +91,7 @@ class EventQueue:
         self.maxsize = maxsize
         self.policy = policy
         self._items: deque[FanotifyData] = deque()
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._waiters: deque[_Waiter] = deque()
         self._on_drop = on_drop
         self._on_space = on_space
         self._closed = False
@@ -169,7 +195,12 @@ class EventQueue:
         while True:
             if self._items or self._closed:
                 return self.get_nowait()
-            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                await self._wait_elsewhere()
+                continue
+            fut: asyncio.Future[None] = loop.create_future()
             self._waiters.append(fut)
             try:
                 await fut
@@ -178,6 +209,18 @@ class EventQueue:
                 if fut.done() and not fut.cancelled() and self._items:
                     self._wake_one()
                 raise
+
+    async def _wait_elsewhere(self) -> None:
+        waiter = _EventWaiter()
+        self._waiters.append(waiter)
+        try:
+            await waiter.event.wait()
+        except BaseException:
+            waiter.gone = True
+            # As in get(): a wake-up that came before the cancellation is passed on.
+            if waiter.event.is_set() and self._items:
+                self._wake_one()
+            raise
 
     def __len__(self) -> int:
         return len(self._items)

@@ -1,15 +1,16 @@
 """The group's reader: the one place the group fd meets the event loop.
 
 Only this module registers and unregisters the fd (``add_reader`` /
-``remove_reader``).  The reader can be paused (a consumer has no room: the
-backlog stays in the kernel's queue), resumed, or left idle (nobody takes
-events; the next consumer starts it again).  Each readiness callback reads
-a bounded number of batches and hands each to the group.
+``remove_reader``), on an asyncio loop as it is or on trio through
+:mod:`afanotify._loop` (the same methods; see there).  The reader can be
+paused (a consumer has no room: the backlog stays in the kernel's queue),
+resumed, or left idle (nobody takes events; the next consumer starts it
+again).  Each readiness callback reads a bounded number of batches and
+hands each to the group.
 """
 
 from __future__ import annotations
 
-import asyncio
 import errno as _errno
 import logging
 import os
@@ -18,6 +19,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from . import _ffi
+from ._loop import LoopLike, running_loop
 from ._pipeline import Counters
 from .flags import CLASS_BITS, FID_INIT_FLAGS, InitFlag
 
@@ -114,7 +116,7 @@ class Reader:
         #: A CONTENT or PRE_CONTENT group never stops reading: a permission
         #: event left in the kernel's queue would have no deadline.
         self._perm_class = bool(flags & CLASS_BITS)
-        self.loop: asyncio.AbstractEventLoop | None = None
+        self.loop: LoopLike | None = None
         self.reading = False
         self.paused = False
         self.closed = False
@@ -126,12 +128,12 @@ class Reader:
 
     # -- registration ------------------------------------------------------
 
-    def bind(self) -> asyncio.AbstractEventLoop:
-        """The running loop, which this reader is bound to from its first call.
+    def bind(self) -> LoopLike:
+        """The running loop (asyncio's, or trio's adapter), bound to from the first call.
 
         :raises RuntimeError: outside a running loop, or on another loop
         """
-        loop = asyncio.get_running_loop()
+        loop = running_loop()
         if self.loop is None:
             self.loop = loop
         elif self.loop is not loop:
@@ -163,13 +165,27 @@ class Reader:
             self.reading = False
 
     def close(self) -> None:
-        """Unregister for good (the loop may already be closed)."""
+        """Unregister for good (the loop may already be closed); the fd is closed next."""
         self.closed = True
-        if self.reading and self.loop is not None:
+        loop = self.loop
+        if loop is not None:
             try:
-                self.loop.remove_reader(self._fd)
+                notify = getattr(loop, "notify_closing", None)
+                if notify is not None:
+                    notify(self._fd)  # trio: wake and drop any waiter before the close
+                elif self.reading:
+                    loop.remove_reader(self._fd)
             except Exception:  # the loop may already be closed
                 pass
+        self.reading = False
+
+    def disown(self) -> None:
+        """In a forked child: never touch the registration again.
+
+        The child's copy of the loop shares the parent's epoll instance, so
+        unregistering here would unregister the parent's reader.
+        """
+        self.closed = True
         self.reading = False
 
     # -- reading -----------------------------------------------------------

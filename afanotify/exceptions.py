@@ -10,6 +10,7 @@ __all__ = [
     "UnsupportedFlagError",
     "ClosedResourceError",
     "AlreadyAnsweredError",
+    "InheritedGroupError",
     "WouldBlock",
 ]
 
@@ -57,6 +58,10 @@ class ClosedResourceError(AfanotifyError):
 
 class AlreadyAnsweredError(AfanotifyError, RuntimeError):
     """A permission event was answered a second time."""
+
+
+class InheritedGroupError(AfanotifyError, RuntimeError):
+    """A forked child tried to read or answer for the group its parent owns."""
 
 
 class WouldBlock(AfanotifyError):

@@ -1,12 +1,14 @@
 """``Fanotify``: the group.  Owns the fd and holds its parts together.
 
-Close order (as in trio's epoll backend): stop the watchdog thread, answer
+Close order (as in trio's epoll backend): remove the marks (so a copy of the
+fd in a forked child cannot keep processes waiting), stop the watchdog thread, answer
 every pending permission event and what is still in the kernel's queue (the
 fd is still open), mark the group closed, wake the waiters and end the
 clients, unregister the reader, release the queued events' descriptors, and
 only then ``os.close`` the group fd.  Closing the group fd also makes the
 kernel allow every permission event still in its queue, so nothing waits on
-us after close.
+us after close.  In a forked child, ``close()`` only closes the child's
+copies (see :mod:`afanotify._fork`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import os
 from collections.abc import Callable
 from typing import Literal, NamedTuple
 
-from . import _dispatch
+from . import _dispatch, _fork
 from . import client as _client
 from ._consume import OwnQueue
 from ._dirmap import DEFAULT_SIZE as DEFAULT_DIRS
@@ -27,7 +29,7 @@ from ._open import open_group
 from ._pipeline import Counters, Pipeline
 from ._queue import EventQueue
 from ._reader import Reader
-from ._resource import AsyncClosingContext, WarnsUnclosed
+from ._resource import AsyncClosingContext
 from ._static import StaticRules, StaticServer, attach_rules, serve_rules
 from ._watchdog import Watchdog
 from .client import FanotifyClient
@@ -117,8 +119,8 @@ def _check_init(flags: int, maxsize: int, buffer_size: int, handle_cache_size: i
         raise ValueError("default_response must be Response.ALLOW or Response.DENY")
 
 
-class Fanotify(OwnQueue, AsyncClosingContext, WarnsUnclosed):
-    """A fanotify group, used from asyncio.
+class Fanotify(OwnQueue, _fork.ForkGuard, AsyncClosingContext):
+    """A fanotify group, used from asyncio or trio.
 
     Its parts, each in its own module: the reader (``_reader.py``) registers
     the fd with the loop and reads batches; the pipeline (``_pipeline.py``)
@@ -191,6 +193,9 @@ class Fanotify(OwnQueue, AsyncClosingContext, WarnsUnclosed):
         self._fid_mode = bool(flags & FID_INIT_FLAGS)
         self._fd = open_group(flags | InitFlag.NONBLOCK | InitFlag.CLOEXEC, event_flags)
         self._closed = False
+        #: The process that made the group; in any other (a forked child) it is inherited.
+        self._pid = os.getpid()
+        self._inherited = False
         self._counters = Counters()
         #: Permission events read and not yet answered, their deadlines and verdicts.
         self._perm = PermissionTracker(flags, permission_timeout, self.default_response)
@@ -221,6 +226,7 @@ class Fanotify(OwnQueue, AsyncClosingContext, WarnsUnclosed):
         self._clients = _dispatch.Dispatcher(
             _GroupPort(self), flags, fill_process=self._pipeline.fill_process
         )
+        _fork.track(self)
 
     # -- properties ------------------------------------------------------
 
@@ -304,7 +310,10 @@ class Fanotify(OwnQueue, AsyncClosingContext, WarnsUnclosed):
         )
         mask = self._check_events(events, mflags, ignore)
         self._do_mark(mflags, mask, path, dirfd)
-        if mask & _PERM and not ignore and self._use_watchdog and self._watchdog is None:
+        if (
+            mask & _PERM and not ignore and self._use_watchdog and self._watchdog is None
+            and not self._inherited  # a child's watchdog would read the parent's events
+        ):
             self._watchdog = Watchdog(
                 self._fd, self._perm, self._pipeline, self._counters,
                 tick=min(0.25, self._perm.timeout / 4),
@@ -371,6 +380,8 @@ class Fanotify(OwnQueue, AsyncClosingContext, WarnsUnclosed):
     def _ensure_reader(self) -> None:
         if self._closed:
             raise ClosedResourceError("the fanotify group is closed")
+        if self._inherited or (not self._reader.reading and self._forked()):
+            raise self._inherited_error("read from")
         loop = self._reader.bind()
         if self._reader.start() and len(self._perm):
             self._perm.ensure_timer(loop)
@@ -400,6 +411,8 @@ class Fanotify(OwnQueue, AsyncClosingContext, WarnsUnclosed):
         """
         if self._closed:
             raise ClosedResourceError("the fanotify group is closed")
+        if self._forked():
+            raise self._inherited_error("read from")
         try:
             view = self._reader.read_once()
         except BlockingIOError:
@@ -520,12 +533,21 @@ class Fanotify(OwnQueue, AsyncClosingContext, WarnsUnclosed):
     def close(self) -> None:
         """Close the group.  Idempotent.
 
-        Pending permission events are answered with the default verdict, the
-        iterators end, queued events are released, then the fd is closed.
+        The marks are removed, pending permission events are answered with
+        the default verdict, the iterators end, queued events are released,
+        then the fd is closed.  In a forked child it only closes the child's
+        copies: the parent's marks, events and registration stay as they are.
         """
         if self._closed:
             return
-        # 0. the watchdog thread must be gone before the fd number is freed
+        if self._forked():
+            self._close_inherited()
+            return
+        # 0. no new events: a forked child's copy of the fd keeps the group
+        #    alive after ours is closed, and with its marks the kernel would
+        #    queue permission events that nobody reads
+        self._flush_all()
+        #    the watchdog thread must be gone before the fd number is freed
         if self._watchdog is not None:
             self._watchdog.stop()
             self._watchdog = None

@@ -16,10 +16,10 @@ exactly once, and soon:
   and before the event's fd is closed: the kernel matches a response to its
   event by the fd number.
 
-The deadline timer runs on the event loop, so a loop that blocks cannot keep
-it; for that case a :class:`Watchdog` thread answers instead.  Everything else
-here runs on the loop's thread, and a lock serialises answering between the
-two.
+The deadline timer runs on the event loop (asyncio's, or trio's through
+:mod:`afanotify._trio`), so a loop that blocks cannot keep it; for that case
+a :class:`Watchdog` thread answers instead.  Everything else here runs on
+the loop's thread, and a lock serialises answering between the two.
 """
 
 from __future__ import annotations
@@ -30,14 +30,22 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, NamedTuple, Union
+from collections.abc import Awaitable
+from typing import Any, NamedTuple
 
 from . import _ffi
+from ._loop import Cancellable, LoopLike, TaskLike
+from ._verdict import ALLOW as ALLOW
+from ._verdict import DENY as DENY
+from ._verdict import AuditRule as AuditRule
+from ._verdict import PermissionHandler as PermissionHandler
+from ._verdict import Verdict as Verdict
+from ._verdict import VerdictLike as VerdictLike
+from ._verdict import encode_verdict as encode_verdict
+from ._verdict import to_verdict as to_verdict
 from .events import UNANSWERED, FanotifyData
-from .exceptions import AlreadyAnsweredError, ClosedResourceError
-from .flags import CLASS_BITS, DENY_ERRNOS, PERM_EVENTS, InitFlag, Response
+from .exceptions import AlreadyAnsweredError, ClosedResourceError, InheritedGroupError
+from .flags import PERM_EVENTS, Response
 
 __all__ = [
     "AuditRule",
@@ -57,161 +65,7 @@ _EAGER = sys.version_info >= (3, 12)
 _EAGER_START: dict[str, Any] = {"eager_start": True}
 _ALLOW = int(Response.ALLOW)
 _DENY = int(Response.DENY)
-_AUDIT = int(Response.AUDIT)
-_INFO = int(Response.INFO)
-_ERRNO_SHIFT = int(_ffi.lib.FAN_ERRNO_SHIFT)
-_ERRNO_MASK = int(_ffi.lib.FAN_ERRNO_MASK)
-_KNOWN_RESPONSE_BITS = _ALLOW | _DENY | _AUDIT | (_ERRNO_MASK << _ERRNO_SHIFT)
-_U32 = 0xFFFFFFFF
 _PERM = int(PERM_EVENTS)
-
-
-class AuditRule(NamedTuple):
-    """A FAN_INFO audit-rule record sent with a response (Linux 6.3).
-
-    The audit subsystem logs it with the decision.  Trust values are
-    0 (no), 1 (yes) or 2 (unknown).
-    """
-
-    #: The number of the policy rule that decided.
-    rule_number: int
-    #: Whether the subject (the process) is trusted: 0, 1 or 2.
-    subj_trust: int = 2
-    #: Whether the object (the file) is trusted: 0, 1 or 2.
-    obj_trust: int = 2
-
-
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    """A decision for one permission event.
-
-    ``Verdict.allow()`` and ``Verdict.deny(errno=errno.EIO)`` build the usual
-    ones; :data:`ALLOW` and :data:`DENY` are ready-made.  A handler registered
-    with :meth:`Fanotify.on_permission` may return a Verdict, a bool, or a
-    :class:`~afanotify.Response` value.
-    """
-
-    #: True to let the operation proceed.
-    allowed: bool
-    #: With a denial: the errno the process sees instead of EPERM
-    #: (FAN_DENY_ERRNO; PRE_CONTENT groups only).
-    errno: int | None = None
-    #: Ask the kernel to write an audit record (FAN_AUDIT; needs InitFlag.ENABLE_AUDIT).
-    audit: bool = False
-    #: An audit-rule record to send with the response (FAN_INFO); implies ``audit``.
-    audit_rule: AuditRule | None = None
-
-    @staticmethod
-    def allow(*, audit: bool = False, audit_rule: AuditRule | None = None) -> Verdict:
-        """A verdict that lets the operation proceed."""
-        if not audit and audit_rule is None:
-            return ALLOW
-        return Verdict(True, None, audit, audit_rule)
-
-    @staticmethod
-    def deny(
-        errno: int | None = None, *, audit: bool = False, audit_rule: AuditRule | None = None
-    ) -> Verdict:
-        """A verdict that refuses the operation (EPERM, or ``errno``)."""
-        if errno is None and not audit and audit_rule is None:
-            return DENY
-        return Verdict(False, errno, audit, audit_rule)
-
-    def __repr__(self) -> str:
-        parts = ["allow" if self.allowed else "deny"]
-        if self.errno is not None:
-            parts.append(f"errno={self.errno}")
-        if self.audit:
-            parts.append("audit")
-        if self.audit_rule is not None:
-            parts.append(f"rule={self.audit_rule.rule_number}")
-        return f"Verdict({', '.join(parts)})"
-
-
-#: Let the operation proceed.
-ALLOW = Verdict(True)
-#: Refuse the operation with EPERM.
-DENY = Verdict(False)
-
-#: What a permission handler may return.
-VerdictLike = Union[Verdict, bool, Response, int]  # noqa: UP007 (runtime alias on 3.10)
-#: A permission handler: called with the event, returns (or resolves to) a verdict.
-PermissionHandler = Callable[[FanotifyData], Union[VerdictLike, Awaitable[Any], None]]  # noqa: UP007
-
-
-def to_verdict(value: object) -> Verdict:
-    """Turn a handler's return value into a :class:`Verdict`.
-
-    ``True``/``False`` allow/deny; a Verdict is kept; an int is read as
-    ``Response`` bits (ALLOW or DENY, optionally AUDIT and FAN_DENY_ERRNO bits).
-
-    :raises TypeError: for anything else (``None`` included: return a verdict)
-    :raises ValueError: for an int that is not a valid response
-    """
-    if isinstance(value, Verdict):
-        return value
-    if isinstance(value, bool):
-        return ALLOW if value else DENY
-    if isinstance(value, int):
-        return _from_response_bits(int(value))
-    raise TypeError(
-        f"a permission verdict must be a bool, Verdict or Response, not {type(value).__name__}"
-    )
-
-
-def _from_response_bits(value: int) -> Verdict:
-    if value & ~_KNOWN_RESPONSE_BITS or value < 0:
-        raise ValueError(
-            f"response {value:#x} has bits this library does not write "
-            "(use Verdict(..., audit_rule=AuditRule(...)) for FAN_INFO)"
-        )
-    access = value & (_ALLOW | _DENY)
-    if access not in (_ALLOW, _DENY):
-        raise ValueError(f"response {value:#x} must contain exactly one of ALLOW and DENY")
-    err = (value >> _ERRNO_SHIFT) & _ERRNO_MASK
-    if err and access == _ALLOW:
-        raise ValueError(f"response {value:#x} carries an errno but allows: only DENY may")
-    return Verdict(access == _ALLOW, err or None, bool(value & _AUDIT))
-
-
-def encode_verdict(verdict: Verdict, group_flags: int) -> tuple[int, AuditRule | None]:
-    """The ``response`` word (and audit record) to write for ``verdict``.
-
-    Checks the combination against the group's flags first, so that nothing
-    invalid is written (the kernel would reject it with EINVAL and the process
-    would keep waiting).
-
-    :raises ValueError: naming the problem and the fix
-    """
-    response = _ALLOW if verdict.allowed else _DENY
-    if verdict.errno is not None:
-        if verdict.allowed:
-            raise ValueError("errno is only meaningful when denying: use Verdict.deny(errno=...)")
-        if group_flags & CLASS_BITS != InitFlag.CLASS_PRE_CONTENT:
-            raise ValueError(
-                "deny(errno=...) needs a group created with InitFlag.CLASS_PRE_CONTENT "
-                "(FAN_DENY_ERRNO, Linux 6.14); other groups can only deny with EPERM"
-            )
-        if isinstance(verdict.errno, bool) or verdict.errno not in DENY_ERRNOS:
-            raise ValueError(
-                f"errno {verdict.errno!r} cannot be returned by a permission response; "
-                "use one of EPERM, EIO, EBUSY, ETXTBSY, EAGAIN, ENOSPC, EDQUOT"
-            )
-        response |= (verdict.errno & _ERRNO_MASK) << _ERRNO_SHIFT
-    rule = verdict.audit_rule
-    if verdict.audit or rule is not None:
-        if not group_flags & InitFlag.ENABLE_AUDIT:
-            raise ValueError(
-                "audit needs a group created with InitFlag.ENABLE_AUDIT (FAN_AUDIT)"
-            )
-        response |= _AUDIT
-    if rule is not None:
-        if not isinstance(rule, AuditRule):
-            raise TypeError(f"audit_rule must be an AuditRule, not {type(rule).__name__}")
-        for name, v in zip(rule._fields, rule, strict=True):
-            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= _U32:
-                raise ValueError(f"audit_rule.{name} must be an int in 0..2**32-1, got {v!r}")
-    return response, rule
 
 
 class PermissionStatistics(NamedTuple):
@@ -256,9 +110,9 @@ class _Entry:
         self.event = event
         self.deadline = deadline
         #: The consumer task that received the event (``receive()`` / ``async for``).
-        self.task: asyncio.Task[Any] | None = None
+        self.task: object = None
         #: The task running an async ``on_permission`` handler for it.
-        self.handler_task: asyncio.Task[Any] | None = None
+        self.handler_task: TaskLike | None = None
 
 
 # Reasons an event was answered with the default verdict (PermissionStatistics fields).
@@ -292,9 +146,10 @@ class PermissionTracker:
         self.timeout = timeout
         self.default = default
         self._pending: dict[int, _Entry] = {}
-        self._timer: asyncio.TimerHandle | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._watched_tasks: dict[asyncio.Task[Any], set[int]] = {}
+        self._timer: Cancellable | None = None
+        self._loop: LoopLike | None = None
+        #: Consumer tasks (asyncio or trio) -> fds of the events they took.
+        self._watched_tasks: dict[object, set[int]] = {}
         self.handler: PermissionHandler | None = None
         self.allowed = self.denied = self.late = self.queue_dropped = 0
         self._reasons: dict[str, int] = dict.fromkeys(
@@ -304,6 +159,33 @@ class PermissionTracker:
         #: event's UNANSWERED bit writes its response before anyone else can
         #: look at the event again.  Never held while user code runs.
         self.lock = threading.RLock()
+        #: True in a forked child: the parent answers its events, never the child.
+        self.inherited = False
+
+    def disown(self) -> None:
+        """In a forked child: write no answer from now on (see docs/group.md, fork).
+
+        Events still released here are marked answered without a write, so
+        their descriptors (the child's copies) can be closed.
+        """
+        self.inherited = True
+        self.fd = -1
+        # A thread of the parent (the watchdog) may have held the lock at the
+        # fork; in the child that thread does not exist to release it.
+        self.lock = threading.RLock()
+        self._timer = None
+        self._loop = None
+        self._watched_tasks.clear()
+        for entry in self._pending.values():
+            entry.task = entry.handler_task = None
+
+    def _check_owner(self) -> None:
+        if self.inherited:
+            raise InheritedGroupError(
+                "this permission event belongs to the process that read it, not to this "
+                "forked child: answer it in the parent (a child may only add marks and "
+                "close its copy of the group)"
+            )
 
     # -- bookkeeping ---------------------------------------------------
 
@@ -326,7 +208,7 @@ class PermissionTracker:
         with self.lock:
             return [e.event for e in self._pending.values()]
 
-    def add(self, ev: FanotifyData, loop: asyncio.AbstractEventLoop | None) -> None:
+    def add(self, ev: FanotifyData, loop: LoopLike | None) -> None:
         """Start the clock for a permission event just read from the kernel."""
         entry = _Entry(ev, time.monotonic() + self.timeout)
         with self.lock:
@@ -344,6 +226,7 @@ class PermissionTracker:
         try:
             task = asyncio.current_task()
         except RuntimeError:
+            self._received_elsewhere(ev, entry)
             return
         if task is None:
             return
@@ -355,6 +238,23 @@ class PermissionTracker:
             if fds is None:
                 fds = self._watched_tasks[task] = set()
                 task.add_done_callback(self._task_done)
+            fds.add(ev.fd)
+
+    def _received_elsewhere(self, ev: FanotifyData, entry: _Entry) -> None:
+        # trio: the task is watched through the loop adapter's exit hook.
+        loop = self._loop
+        current = getattr(loop, "current_task", None)
+        task = current() if current is not None else None
+        if task is None:
+            return
+        with self.lock:
+            if not ev._owns & UNANSWERED:
+                return
+            entry.task = task
+            fds = self._watched_tasks.get(task)
+            if fds is None:
+                fds = self._watched_tasks[task] = set()
+                loop.watch_task(task, self._task_ended)  # type: ignore[union-attr]
             fds.add(ev.fd)
 
     def _forget(self, fd: int) -> _Entry | None:
@@ -375,9 +275,11 @@ class PermissionTracker:
         :raises AlreadyAnsweredError: if ``ev`` was answered before
         :raises ClosedResourceError: if the group closed (it answered ``ev`` then)
         :raises OSError: if the kernel rejects the response
+        :raises InheritedGroupError: in a forked child (the parent answers its events)
         """
         if not ev.is_permission or ev.fd < 0:
             raise ValueError(f"{ev.events!r} is not a permission event: there is nothing to answer")
+        self._check_owner()
         response, rule = encode_verdict(verdict, self._flags)
         self.write(ev, response, rule)
 
@@ -391,6 +293,8 @@ class PermissionTracker:
         """
         if errno is None and not audit and audit_rule is None and ev.ev_types & _PERM:
             # Plain allow or deny: valid for every permission group.
+            if self.inherited:
+                self._check_owner()
             self.write(ev, _ALLOW if allowed else _DENY)
             return
         self.respond(ev, Verdict(allowed, errno, audit, audit_rule))
@@ -412,11 +316,15 @@ class PermissionTracker:
             task, entry.handler_task = entry.handler_task, None
             if task.done():
                 return
-            if asyncio._get_running_loop() is self._loop:
+            loop = self._loop
+            if asyncio._get_running_loop() is loop:
                 if task is not _current_task():
                     task.cancel()
-            elif self._loop is not None and not self._loop.is_closed():
-                self._loop.call_soon_threadsafe(task.cancel)  # from the watchdog
+            elif isinstance(loop, asyncio.AbstractEventLoop):
+                if not loop.is_closed():
+                    loop.call_soon_threadsafe(task.cancel)  # from the watchdog
+            else:
+                task.cancel()  # trio: from any thread, and not from the task itself
 
     def _write_locked(
         self, ev: FanotifyData, response: int, rule: AuditRule | None
@@ -512,7 +420,7 @@ class PermissionTracker:
         if head is not None:
             self._arm(head.deadline)
 
-    def ensure_timer(self, loop: asyncio.AbstractEventLoop) -> None:
+    def ensure_timer(self, loop: LoopLike) -> None:
         """Arm the timer for events read before the loop was known (sync reads)."""
         self._loop = loop
         if self._timer is None:
@@ -521,6 +429,13 @@ class PermissionTracker:
     # -- tasks ---------------------------------------------------------
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
+        badly = task.cancelled() or task.exception() is not None
+        how = "cancelled" if task.cancelled() else "failed"
+        self._task_ended(task, task.get_name(), badly, how)
+
+    def _task_ended(
+        self, task: object, name: str, badly: bool, how: str = "raised or was cancelled"
+    ) -> None:
         fds = self._watched_tasks.pop(task, None)
         if not fds:
             return
@@ -528,7 +443,7 @@ class PermissionTracker:
         # deadline covers those.  One that was cancelled or failed cannot
         # answer any more: answer for it now.
         with self.lock:
-            if not task.cancelled() and task.exception() is None:
+            if not badly:
                 for fd in fds:
                     entry = self._pending.get(fd)
                     if entry is not None:
@@ -539,9 +454,7 @@ class PermissionTracker:
         if events:
             log.warning(
                 "consumer task %s ended (%s) holding %d unanswered permission event(s): "
-                "answered %s",
-                task.get_name(), "cancelled" if task.cancelled() else "failed", len(events),
-                self.default.name,
+                "answered %s", name, how, len(events), self.default.name,
             )
         _log_write_errors(events, errors)
 
@@ -566,7 +479,13 @@ class PermissionTracker:
                 _close_awaitable(result)
                 ev.close()
                 return
-            if _EAGER and inspect.iscoroutine(result):
+            task: TaskLike
+            loop = self._loop
+            if loop is not None and not isinstance(loop, asyncio.AbstractEventLoop):
+                # trio: a system task, started on the next scheduling round
+                coro = result if inspect.iscoroutine(result) else _awaited(result)
+                task = loop.create_task(coro)
+            elif _EAGER and inspect.iscoroutine(result):
                 # Python 3.12+: run the handler up to its first real suspension
                 # now, so one that never awaits costs no trip through the loop.
                 task = asyncio.Task(result, loop=asyncio.get_running_loop(), **_EAGER_START)
@@ -580,7 +499,7 @@ class PermissionTracker:
             return
         self._apply(ev, result)
 
-    def _handler_done(self, ev: FanotifyData, task: asyncio.Future[Any]) -> None:
+    def _handler_done(self, ev: FanotifyData, task: TaskLike) -> None:
         if task.cancelled():
             # Cancelled by a deadline, a close, or an answer written elsewhere.
             if ev._owns & UNANSWERED:
@@ -667,6 +586,10 @@ def _current_task() -> asyncio.Task[Any] | None:
         return asyncio.current_task()
     except RuntimeError:
         return None
+
+
+async def _awaited(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable
 
 
 def _close_awaitable(obj: object) -> None:

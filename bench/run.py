@@ -4,6 +4,8 @@ Run as root from the repository root (after ``python build_ffi.py``)::
 
     python bench/run.py            # the full suite, a few minutes
     python bench/run.py --quick    # smaller counts, one repetition each
+    python bench/run.py --against main --only fd_drain --reps 5   # new/old, interleaved
+    python bench/run.py --against main --instructions   # instructions per event (valgrind)
 
 It compiles ``bench/cbench.c`` with gcc into a temporary directory, mounts a
 private tmpfs for each measurement (and unmounts it after), and writes
@@ -54,7 +56,9 @@ from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-sys.path.insert(0, str(ROOT))
+#: The afanotify measured: this checkout, or another tree (bench/against.py).
+LIB = Path(os.environ.get("AFANOTIFY_BENCH_LIB", ROOT))
+sys.path.insert(0, str(LIB))
 
 from afanotify import Event, Fanotify, InitFlag  # noqa: E402
 
@@ -551,7 +555,7 @@ def _external(name: str) -> Callable[[Context], dict[str, Any]]:
             result = fn(ctx) if inspect.signature(fn).parameters else fn()
             return dict(result)
         full, quick = EXTERNAL_ARGS.get(name, ([], []))
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        env = dict(os.environ, PYTHONPATH=str(LIB))
         out = subprocess.run(
             [sys.executable, str(path), *(quick if ctx.quick else full)],
             capture_output=True, text=True, env=env, timeout=1200, check=False,
@@ -662,7 +666,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=SUMMARY, help="where to write the JSON")
     parser.add_argument("--reps", type=int, default=0, help="repetitions of each drain")
     parser.add_argument("--child-rss", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--against", metavar="REV",
+        help="compare with afanotify at git revision REV, rep by rep (bench/against.py)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--instructions", action="store_true",
+        help="with --against: instructions per event of the drains, under valgrind",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.against:
+        from against import compare, instructions
+
+        if args.instructions:
+            return instructions(args.against)
+        names = args.only or ["fd_drain", "fid_drain", "latency", "permission"]
+        return compare(args.against, names, args.reps or 5, args.quick)
 
     if args.child_rss:
         cbench, mnt, n = args.child_rss
