@@ -16,8 +16,9 @@ import logging
 import os
 from typing import Literal, NamedTuple
 
-from . import _dispatch
+from . import _batches, _dispatch
 from . import client as _client
+from ._batches import BatchSink
 from ._consume import OwnQueue
 from ._dirmap import DEFAULT_SIZE as DEFAULT_DIRS
 from ._dispatch import DispatchStatistics
@@ -207,6 +208,7 @@ class Fanotify(OwnQueue, AsyncClosingContext, WarnsUnclosed):
             on_retry=self._resume,
         )  # fmt: skip
         self._iter_last: FanotifyData | None = None
+        self._batch_sink: BatchSink | None = None
         #: A CONTENT or PRE_CONTENT group never stops reading: a permission
         #: event left in the kernel's queue would have no deadline.
         self._perm_class = bool(flags & CLASS_BITS)
@@ -432,7 +434,11 @@ class Fanotify(OwnQueue, AsyncClosingContext, WarnsUnclosed):
         # error once they are gone (see _refill).
         if not len(self._queue) and not self._held:
             self._queue.close()
+        if self._batch_sink is not None:
+            self._batch_sink.wake()
         self._clients.fail(exc)
+
+    batches = _batches.batches
 
     # -- clients ---------------------------------------------------------
 
@@ -519,6 +525,8 @@ class Fanotify(OwnQueue, AsyncClosingContext, WarnsUnclosed):
         self._closed = self._perm.closed = True
         left = self._queue.close() + self._held  # 2. wake the waiters
         left += self._clients.close_all()
+        if self._batch_sink is not None:
+            left += self._batch_sink.close()
         self._held = []
         self._reader.close()  # 3. unregister
         try:
