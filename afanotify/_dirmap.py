@@ -46,7 +46,7 @@ from . import _ffi
 from .events import FanotifyData, FileHandle
 from .flags import Event, InitFlag, MarkFlag
 
-__all__ = ["DirMap", "DEFAULT_SIZE", "fs_top"]
+__all__ = ["DirMap", "DEFAULT_SIZE", "fs_top", "learn_tree"]
 
 #: Directories kept by default (``Fanotify(handle_cache_size=...)``).
 DEFAULT_SIZE = 65536
@@ -567,6 +567,42 @@ class DirMap:
         self._marked.clear()
         self._fixed.clear()
         self.forget()
+
+
+def learn_tree(dm: DirMap, root: str) -> int:
+    """Teach ``dm`` every directory under ``root`` (same filesystem); returns how many."""
+    fd = os.open(root, os.O_PATH | os.O_CLOEXEC)
+    try:
+        fsid = _ffi.fsid_of_fd(fd)
+        dev = os.fstat(fd).st_dev
+    finally:
+        os.close(fd)
+    h = _handle_at(fsid, root)
+    if h is None or not dm.size:
+        return 0
+    dm._link(h, root)
+    stack = [(h, root)]
+    n = 0
+    while stack:
+        h, p = stack.pop()
+        try:
+            entries = list(os.scandir(p))
+        except OSError:
+            continue  # gone or unreadable: learned later, or not at all
+        for entry in entries:
+            try:
+                if not entry.is_dir(follow_symlinks=False) or entry.stat(
+                    follow_symlinks=False
+                ).st_dev != dev:
+                    continue
+            except OSError:
+                continue
+            ch = _handle_at(fsid, entry.path)
+            if ch is not None:
+                dm._put(ch, h, entry.name)
+                stack.append((ch, entry.path))
+                n += 1
+    return n
 
 
 def _handle_at(fsid: tuple[int, int], path: str) -> FileHandle | None:

@@ -16,7 +16,7 @@ import logging
 import os
 from typing import Literal, NamedTuple
 
-from . import _batches, _dispatch
+from . import _batches, _dispatch, _tree
 from . import client as _client
 from ._batches import BatchSink
 from ._consume import OwnQueue
@@ -439,6 +439,7 @@ class Fanotify(OwnQueue, AsyncClosingContext, WarnsUnclosed):
         self._clients.fail(exc)
 
     batches = _batches.batches
+    watch_tree = _tree.watch_tree
 
     # -- clients ---------------------------------------------------------
 
