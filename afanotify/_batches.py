@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from .events import UNANSWERED, FanotifyData
 from .exceptions import ClosedResourceError
+from .flags import InitFlag
 
 if TYPE_CHECKING:
     from .group import Fanotify
@@ -77,6 +78,12 @@ class Batches(AsyncIterator[list[FanotifyData]]):
     def __init__(self, group: Fanotify) -> None:
         self._g = group
         self._sink: BatchSink | None = None
+        # A FID notification group without pidfds gives events that own
+        # nothing: no release pass over each batch.
+        self._owning = not (
+            group.fid_mode and not group._perm_class
+            and not group.flags & InitFlag.REPORT_PIDFD
+        )  # fmt: skip
 
     def __aiter__(self) -> Batches:
         return self
@@ -98,7 +105,8 @@ class Batches(AsyncIterator[list[FanotifyData]]):
                 sink.ready.append(first)
         else:
             last, sink.last = sink.last, []
-            _release(last)
+            if self._owning:
+                _release(last)
         try:
             g._ensure_reader()
         except ClosedResourceError:

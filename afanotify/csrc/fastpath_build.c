@@ -584,7 +584,9 @@ static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nar
     Py_buffer outb, srcb, arenab;
     Py_ssize_t start, count, i, filled = 0, upto = -1;
     PyObject *events, *dirs, *by_record, *dir_path, *skip_pids, *result = NULL, *held = NULL;
-    PyObject *tree = NULL;
+    PyObject *tree = NULL, *last_pid_obj = NULL, *last_mask_obj = NULL;
+    int32_t last_pid = 0;
+    uint64_t last_mask = 0;
     Py_ssize_t skipped = 0;
     uint64_t want = 0;
     PyObject *v[AFN_F_COUNT];
@@ -714,8 +716,22 @@ static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nar
                 continue;
             }
         }
-        AFN_SET(AFN_F_PID, PyLong_FromLong(ev->pid));
-        AFN_SET(AFN_F_EV_TYPES, PyLong_FromUnsignedLongLong(ev->mask));
+        /* A burst repeats the same process and mask: one int object each
+         * while they stay the same (ints are immutable). */
+        if (last_pid_obj == NULL || ev->pid != last_pid) {
+            Py_XDECREF(last_pid_obj);
+            last_pid = ev->pid;
+            if ((last_pid_obj = PyLong_FromLong(ev->pid)) == NULL)
+                goto done;
+        }
+        if (last_mask_obj == NULL || ev->mask != last_mask) {
+            Py_XDECREF(last_mask_obj);
+            last_mask = ev->mask;
+            if ((last_mask_obj = PyLong_FromUnsignedLongLong(ev->mask)) == NULL)
+                goto done;
+        }
+        AFN_SET(AFN_F_PID, Py_NewRef(last_pid_obj));
+        AFN_SET(AFN_F_EV_TYPES, Py_NewRef(last_mask_obj));
         if (flags & AFN_B_PID_IS_TID)
             AFN_SET(AFN_F_PID_IS_TID, Py_NewRef(Py_True));
         if (fd >= 0) {
@@ -830,6 +846,8 @@ done:
     for (i = 0; i < AFN_F_COUNT; i++)
         Py_XDECREF(v[i]);
     Py_XDECREF(held);
+    Py_XDECREF(last_pid_obj);
+    Py_XDECREF(last_mask_obj);
     afn_building--;
     PyBuffer_Release(&arenab);
     PyBuffer_Release(&srcb);
