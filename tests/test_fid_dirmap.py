@@ -279,3 +279,15 @@ def test_the_map_is_tracking_only_with_filesystem_marks_that_report_moves() -> N
     m = DirMap(10, InitFlag.REPORT_FID)  # no names: moves cannot be followed
     m.note_mark(add_fs, TRACKED, False)
     assert not m.tracking
+
+
+@FLAGS
+async def test_without_a_map_paths_are_looked_up_and_still_never_wrong(
+    anyfs: Path, flags: InitFlag
+) -> None:
+    async with _group(flags, handle_cache_size=0) as fan:
+        fan.mark(anyfs, TRACKED, "filesystem")
+        evs = await _run(fan, anyfs, " && ".join(RENAME_STEPS))
+    _check(evs, _abs(anyfs, RENAME_WANT), all_resolved=False)
+    # After the move, the deletes in e itself are looked up safely.
+    assert all(e.path_resolved for e in evs if e.ev_types & D and e.name == "g1")
