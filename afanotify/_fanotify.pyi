@@ -140,6 +140,7 @@ class _Lib:
     AFN_B_FD_ERROR: int
     AFN_B_RESOLVE: int
     AFN_B_UNTRACK: int
+    AFN_B_STOP_AT_CUT: int
 
     # build_ffi.py: the syscalls and their wrappers.
     def afn_sizeof_fsid(self) -> int: ...
@@ -184,4 +185,4 @@ def _build(
     out: Any, start: int, count: int, src: Any, arena: Any, events: list[Any],
     dirs: list[Any], by_record: dict[bytes, list[Any]], dir_path: Any, skip_pids: Any,
     flags: int, perm_mask: int, dir_change_mask: int, tree: Any = None, /,
-) -> tuple[int, int, int, int]: ...
+) -> tuple[int, int, int, int, int]: ...

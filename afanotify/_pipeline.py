@@ -179,6 +179,7 @@ class Pipeline:
                 dir_path=dir_path, skip_pids=self.own_tids if self.ignore_own else (),
                 moves=_dirmap.MOVES, on_walk=self.dirmap.walked if dir_path else None,
                 dir_change=_CUT, tree=self.tree if dir_path else None,
+                on_cut=self._on_cut,
             )  # fmt: skip
             if fast.skipped:
                 c.events_read += fast.skipped
@@ -276,6 +277,14 @@ class Pipeline:
                 resolve(ev, i)
             if ev.ev_types & _APPLY:
                 dm.apply(ev, i)
+
+    def _on_cut(self, ev: FanotifyData, i: int) -> None:
+        """A directory created or deleted, in a batch without moves: resolve it, apply it."""
+        self._resolve_fid(ev, i)
+        dm = self.dirmap
+        dm.apply(ev, i)
+        if not ev.path_resolved:
+            dm.missed += 1  # tried again once the whole batch is known
 
     def _tree_filter(self, events: list[FanotifyData]) -> list[FanotifyData]:
         """The events of ``watch_tree``'s root (and those that cannot be placed)."""

@@ -63,6 +63,7 @@ _Static_assert(AFN_F_COUNT <= 32, "a bit per field");
 #define AFN_B_FD_ERROR 0x4
 #define AFN_B_RESOLVE 0x8
 #define AFN_B_UNTRACK 0x10
+#define AFN_B_STOP_AT_CUT 0x20
 
 struct afn_builder {
     PyTypeObject *event_type;
@@ -560,7 +561,8 @@ static int afn_tree_decision(PyObject *entry, PyObject *dir_path, PyObject *tree
 
 /*
  * _build(out, start, count, src, arena, events, dirs, by_record, dir_path,
- *        skip_pids, flags, perm_mask, dir_change_mask) -> (stop, filled, upto)
+ *        skip_pids, flags, perm_mask, dir_change_mask[, tree])
+ *   -> (stop, filled, upto, skipped, stopped)
  *
  * Builds events for out[start:count] (struct afn_event entries, in the
  * buffer `out`) and appends them to the list `events`, until an entry it
@@ -588,6 +590,7 @@ static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nar
     int32_t last_pid = 0;
     uint64_t last_mask = 0;
     Py_ssize_t skipped = 0;
+    int stopped = 0; /* left at a cut with AFN_B_STOP_AT_CUT */
     uint64_t want = 0;
     PyObject *v[AFN_F_COUNT];
     unsigned long flags;
@@ -672,6 +675,7 @@ static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nar
         const int resolve = (flags & AFN_B_RESOLVE) != 0, is_perm = (ev->mask & perm) != 0;
         int fid_group;
         unsigned present = 0; /* the fields set in v */
+        int stop_here = 0;
         long owns = 0;
         PyObject *o, *entry = NULL;
 
@@ -821,9 +825,14 @@ static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nar
             AFN_SET(AFN_F_OWNS, PyLong_FromLong(owns));
         if (fid_group && dir_path != NULL) {
             if ((ev->mask & dir_change) && (ev->mask & FAN_ONDIR)) {
-                /* Cached directory paths may be stale from here on. */
-                dir_path = NULL;
+                /* Cached directory paths may be stale from here on.  With
+                 * AFN_B_STOP_AT_CUT (a batch without moves) the caller
+                 * updates its map with this event and calls again. */
                 upto = PyList_GET_SIZE(events);
+                if (flags & AFN_B_STOP_AT_CUT)
+                    stop_here = 1;
+                else
+                    dir_path = NULL;
             } else if (entry != NULL) {
                 int skip = PySequence_Contains(skip_pids, v[AFN_F_PID]);
                 if (skip < 0)
@@ -839,9 +848,14 @@ static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nar
         o = afn_make_event(v, present);
         if (o == NULL || afn_append(events, o, (unsigned)flags, is_perm) < 0)
             goto done;
+        if (stop_here) {
+            stopped = 1;
+            i++;
+            break;
+        }
     }
 #undef AFN_SET
-    result = Py_BuildValue("(nnnn)", i, filled, upto, skipped);
+    result = Py_BuildValue("(nnnni)", i, filled, upto, skipped, stopped);
 done:
     for (i = 0; i < AFN_F_COUNT; i++)
         Py_XDECREF(v[i]);
@@ -861,7 +875,7 @@ static PyMethodDef afn_builder_methods[] = {
      "own_pidfd, unanswered)"},
     {"_build", (PyCFunction)(void (*)(void))afn_build, METH_FASTCALL,
      "_build(out, start, count, src, arena, events, dirs, by_record, dir_path, skip_pids, flags, "
-     "perm_mask, dir_change_mask) -> (stop, filled, upto)"},
+     "perm_mask, dir_change_mask[, tree]) -> (stop, filled, upto, skipped, stopped)"},
     {NULL, NULL, 0, NULL},
 };
 
