@@ -22,6 +22,7 @@ from .flags import Response
 from .permission import DROPPED, PermissionTracker
 
 if TYPE_CHECKING:
+    from ._batches import BatchSink
     from ._dispatch import Dispatcher
 
 __all__ = ["OwnQueue"]
@@ -47,6 +48,8 @@ class OwnQueue:
     _closed: bool
     _error: BaseException | None
     _iter_last: FanotifyData | None
+    #: Set while a ``batches()`` iterator runs: each read goes to it whole.
+    _batch_sink: BatchSink | None
 
     def _ensure_reader(self) -> None:
         raise NotImplementedError
@@ -66,6 +69,11 @@ class OwnQueue:
                 return
         if self._clients.active:
             self._clients.dispatch(events)
+            return
+        sink = self._batch_sink
+        if sink is not None:
+            if sink.put(events) and not self._perm_class:
+                self._pause()
             return
         taken = self._queue.put_many(events)
         self._counters.events_delivered += taken

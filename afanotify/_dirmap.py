@@ -46,7 +46,7 @@ from . import _ffi
 from .events import FanotifyData, FileHandle
 from .flags import Event, InitFlag, MarkFlag
 
-__all__ = ["DirMap", "DEFAULT_SIZE", "fs_top"]
+__all__ = ["DirMap", "DEFAULT_SIZE", "fs_top", "learn_tree"]
 
 #: Directories kept by default (``Fanotify(handle_cache_size=...)``).
 DEFAULT_SIZE = 65536
@@ -151,6 +151,8 @@ class DirMap:
         self.c_off = False
         self.missed = 0
         self._dead: set[FileHandle] = set()
+        #: Looked up, not yet sure: handle -> (path now, first event it holds for).
+        self._looked: dict[FileHandle, tuple[str, int]] = {}
         self._facts: dict[FileHandle, list[Any]] = {}
         self._targets: dict[tuple[FileHandle, str], int] = {}
         self._moving: FileHandle | None = None
@@ -187,47 +189,8 @@ class DirMap:
         self.forget()
 
     def add_mount(self, path: str | bytes, *, dont_follow: bool = False) -> None:
-        """Learn the marked ``path``; keep an fd on the top directory of its filesystem.
-
-        The fd is on the mount's root, never on the marked object: an open fd
-        on a marked file would keep its inode alive (no DELETE_SELF), and make
-        the group see its own opens.  Without CAP_DAC_READ_SEARCH (an
-        unprivileged group) ``open_by_handle_at`` fails, and a marked object
-        still resolves to the path it was marked by, while that path has its
-        handle.
-        """
-        p = os.path.abspath(os.fsdecode(path))
-        if not dont_follow:
-            p = os.path.realpath(p)
-        fd = os.open(p, os.O_PATH | os.O_CLOEXEC | (os.O_NOFOLLOW if dont_follow else 0))
-        try:
-            fsid = _ffi.fsid_of_fd(fd)  # fstatfs works on O_PATH descriptors
-        finally:
-            os.close(fd)
-        h = _handle_at(fsid, p)
-        if h is not None:
-            self._marked[h] = p
-        if fsid in self._mounts:
-            if h is not None and self.size:
-                self._link(h, p)
-            return
-        top = fs_top(p, dont_follow)
-        # open_by_handle_at() refuses O_PATH descriptors (EBADF), so this is a
-        # real read-only open of a directory.
-        try:
-            mount_fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError:
-            if any(k.fsid == fsid for k in self._marked):
-                return  # marked objects still resolve
-            raise
-        self._mounts[fsid] = mount_fd
-        self._tops[fsid] = top
-        th = _handle_at(fsid, top)
-        if th is not None:
-            self._fixed[th] = top
-            self._put(th, None, top)
-        if h is not None and self.size:
-            self._link(h, p)
+        """Learn the marked ``path``; keep an fd on the top directory of its filesystem."""
+        _add_mount(self, path, dont_follow)
 
     # -- the tree ------------------------------------------------------------
 
@@ -324,6 +287,7 @@ class DirMap:
         self.c_off = False
         self.missed = 0
         self._dead.clear()
+        self._looked.clear()
         self._facts = {}
         self._targets = {}
 
@@ -339,16 +303,22 @@ class DirMap:
         no ancestor of ``p`` as they are now, with the name below it on the
         way to ``p``, may be the place a later move went to.
         """
+        return i >= self.last_move or i >= self._since(fsid, p)
+
+    def _since(self, fsid: tuple[int, int], p: str) -> int:
+        """The index of the batch's last move onto ``p``'s way (-1: none): see :meth:`_safe`."""
         targets = self._targets
-        if i >= self.last_move or not targets:
-            return True
+        if not targets:
+            return -1
         top = self._tops.get(fsid)
+        last = -1
         while top is not None and p != top and p.startswith(top):
             p, name = os.path.split(p)
             a = _handle_at(fsid, p)
-            if a is None or targets.get((a, name), -1) > i:
-                return False
-        return True
+            if a is None:
+                return self.last_move
+            last = max(last, targets.get((a, name), -1))
+        return last
 
     def walked(self, flags: int) -> None:
         """The C walk's verdict on the batch (``Decoder.decode``'s ``on_walk``)."""
@@ -415,13 +385,28 @@ class DirMap:
         """
         if h in self._dead:
             return None
-        self.misses += 1
-        p = self._open_path(h)
-        if p is None:
-            p = self._marked_path(h)
-        if p is None or (i >= 0 and not self._safe(h.fsid, p, i)):
-            self._dead.add(h)
-            return None
+        seen = self._looked.get(h)
+        if seen is not None:
+            # Looked up earlier in this batch: its path now, and from which
+            # event on that is also its path then.
+            if i < seen[1]:
+                return None
+            p: str | None = seen[0]
+            del self._looked[h]
+        else:
+            self.misses += 1
+            p = self._open_path(h)
+            if p is None:
+                p = self._marked_path(h)
+            if p is None:
+                self._dead.add(h)
+                return None
+            if 0 <= i < self.last_move:
+                since = self._since(h.fsid, p)
+                if i < since:
+                    self._looked[h] = (p, since)
+                    return None
+        assert p is not None
         if learn and self.size:
             self._link(h, p)
         return p
@@ -567,6 +552,86 @@ class DirMap:
         self._marked.clear()
         self._fixed.clear()
         self.forget()
+
+
+def _add_mount(dm: DirMap, path: str | bytes, dont_follow: bool) -> None:
+    """Learn the marked ``path``; keep an fd on the top directory of its filesystem.
+
+    The fd is on the mount's root, never on the marked object: an open fd
+    on a marked file would keep its inode alive (no DELETE_SELF), and make
+    the group see its own opens.  Without CAP_DAC_READ_SEARCH (an
+    unprivileged group) ``open_by_handle_at`` fails, and a marked object
+    still resolves to the path it was marked by, while that path has its
+    handle.
+    """
+    p = os.path.abspath(os.fsdecode(path))
+    if not dont_follow:
+        p = os.path.realpath(p)
+    fd = os.open(p, os.O_PATH | os.O_CLOEXEC | (os.O_NOFOLLOW if dont_follow else 0))
+    try:
+        fsid = _ffi.fsid_of_fd(fd)  # fstatfs works on O_PATH descriptors
+    finally:
+        os.close(fd)
+    h = _handle_at(fsid, p)
+    if h is not None:
+        dm._marked[h] = p
+    if fsid in dm._mounts:
+        if h is not None and dm.size:
+            dm._link(h, p)
+        return
+    top = fs_top(p, dont_follow)
+    # open_by_handle_at() refuses O_PATH descriptors (EBADF), so this is a
+    # real read-only open of a directory.
+    try:
+        mount_fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        if any(k.fsid == fsid for k in dm._marked):
+            return  # marked objects still resolve
+        raise
+    dm._mounts[fsid] = mount_fd
+    dm._tops[fsid] = top
+    th = _handle_at(fsid, top)
+    if th is not None:
+        dm._fixed[th] = top
+        dm._put(th, None, top)
+    if h is not None and dm.size:
+        dm._link(h, p)
+
+
+def learn_tree(dm: DirMap, root: str) -> int:
+    """Teach ``dm`` every directory under ``root`` (same filesystem); returns how many."""
+    fd = os.open(root, os.O_PATH | os.O_CLOEXEC)
+    try:
+        fsid = _ffi.fsid_of_fd(fd)
+        dev = os.fstat(fd).st_dev
+    finally:
+        os.close(fd)
+    h = _handle_at(fsid, root)
+    if h is None or not dm.size:
+        return 0
+    dm._link(h, root)
+    stack = [(h, root)]
+    n = 0
+    while stack:
+        h, p = stack.pop()
+        try:
+            entries = list(os.scandir(p))
+        except OSError:
+            continue  # gone or unreadable: learned later, or not at all
+        for entry in entries:
+            try:
+                if not entry.is_dir(follow_symlinks=False) or entry.stat(
+                    follow_symlinks=False
+                ).st_dev != dev:
+                    continue
+            except OSError:
+                continue
+            ch = _handle_at(fsid, entry.path)
+            if ch is not None:
+                dm._put(ch, h, entry.name)
+                stack.append((ch, entry.path))
+                n += 1
+    return n
 
 
 def _handle_at(fsid: tuple[int, int], path: str) -> FileHandle | None:

@@ -140,6 +140,7 @@ class _Lib:
     AFN_B_FD_ERROR: int
     AFN_B_RESOLVE: int
     AFN_B_UNTRACK: int
+    AFN_B_STOP_AT_CUT: int
 
     # csrc/fastpath_rules.cdef: static permission decisions.
     AFR_DEFAULT_RULE: int
@@ -198,5 +199,5 @@ def _builder_setup(
 def _build(
     out: Any, start: int, count: int, src: Any, arena: Any, events: list[Any],
     dirs: list[Any], by_record: dict[bytes, list[Any]], dir_path: Any, skip_pids: Any,
-    flags: int, perm_mask: int, dir_change_mask: int, /,
-) -> tuple[int, int, int]: ...
+    flags: int, perm_mask: int, dir_change_mask: int, tree: Any = None, /,
+) -> tuple[int, int, int, int, int]: ...

@@ -49,7 +49,7 @@ _MAX_DIRS = lib.AFN_MAX_DIRS
 DELETED_SUFFIX = " (deleted)"
 
 
-def _c_builder() -> Callable[..., tuple[int, int, int]] | None:
+def _c_builder() -> Callable[..., tuple[int, int, int, int, int]] | None:
     """The C event builder (``afanotify/csrc/fastpath_build.c``), or None.
 
     None when the core predates it or when the event classes are not plain
@@ -125,6 +125,8 @@ class Decoder:
         self.resolved_upto = 0
         #: How many events of the last batch got their paths from ``dir_path``.
         self.resolved_count = 0
+        #: Events of the last batch that ``tree`` kept from being built.
+        self.skipped = 0
         self._cap = 0
         self._out: Any = ffi.NULL
         self._out_mv = memoryview(b"")
@@ -152,6 +154,8 @@ class Decoder:
         moves: int = 0,
         on_walk: Callable[[int], None] | None = None,
         dir_change: int = _DIR_CHANGE,
+        tree: tuple[str, str, str, int] | None = None,
+        on_cut: Callable[[FanotifyData, int], None] | None = None,
     ) -> tuple[list[FanotifyData], list[ParseError]]:
         """Decode the first ``nbytes`` of ``buf``, as :func:`afanotify._parser.parse_lenient`.
 
@@ -178,6 +182,17 @@ class Decoder:
             Q_OVERFLOW
         :param dir_change: the bits that, with ONDIR, make the cut (default
             DIR_CHANGE_EVENTS)
+        :param tree: ``(root, root's parent, root's name, events)``: with
+            ``dir_path``, events before the cut whose directory is neither
+            ``root`` nor below it (nor the entry ``root`` in its parent), or
+            that have no bit of ``events``, are not built at all (decided
+            once per distinct directory of the batch); :attr:`skipped`
+            counts them.  Events whose directory has no path are built.
+        :param on_cut: in a batch without directory moves or overflow (see
+            ``on_walk``), the plain FID+name events that make the cut do not
+            end the paths: each is handed to ``on_cut(event, index)`` as soon
+            as it is built (to resolve it and update the caller's map), and
+            C goes on with ``dir_path`` after it.
         :raises ValueError: for an ``nbytes`` outside the buffer
         """
         if isinstance(buf, ffi.CData):
@@ -203,12 +218,16 @@ class Decoder:
             raise OverflowError(f"a {nbytes}-byte buffer is beyond the decoder's 32-bit offsets")
         if self._stop[0] != nbytes and count == self._cap:  # pragma: no cover
             raise AssertionError("decoder ran out of entries; _reserve is wrong")
+        walk = 0
         if on_walk is not None:
-            on_walk(lib.afn_has_move(self._out, count, moves))
+            walk = lib.afn_has_move(self._out, count, moves)
+            on_walk(walk)
+        if walk or dir_path is None:
+            on_cut = None
         src = ffi.buffer(cbuf, nbytes) if nbytes else b""
         return self._build(
             src, count, owned, pid_is_tid, fd_error, resolve_fd_paths, dir_path, skip_pids,
-            dir_change,
+            dir_change, tree, on_cut,
         )
 
     def _build(
@@ -222,12 +241,14 @@ class Decoder:
         dir_path: Callable[[FileHandle], str | None] | None,
         skip_pids: Container[int],
         dir_change: int,
+        tree: tuple[str, str, str, int] | None,
+        on_cut: Callable[[FanotifyData, int], None] | None,
     ) -> tuple[list[FanotifyData], list[ParseError]]:
         events: list[FanotifyData] = []
         errors: list[ParseError] = []
         upto = -1
-        filled = 0
-        build: Callable[..., tuple[int, int, int]] = _BUILD  # type: ignore[assignment]
+        filled = skipped = 0
+        build: Callable[..., tuple[int, int, int, int, int]] = _BUILD  # type: ignore[assignment]
         # Per distinct directory record: [its FileHandle, its path or None,
         # that path with a trailing slash], by the record's bytes, or by its
         # number from the C walk.  Shared by every builder call of the batch.
@@ -239,6 +260,7 @@ class Decoder:
             | (lib.AFN_B_FD_ERROR if fd_error else 0)
             | (lib.AFN_B_RESOLVE if resolve else 0)
             | (lib.AFN_B_UNTRACK if self.untrack else 0)
+            | (lib.AFN_B_STOP_AT_CUT if on_cut is not None else 0)
         )
         out = self._out
         mv: memoryview | None = None
@@ -246,11 +268,20 @@ class Decoder:
         while i < count:
             # The C builder takes every entry it can, up to the first it hands
             # back; the reference parser decodes that one; then C again.
-            i, nfilled, cut = build(
+            i, nfilled, cut, nskipped, stopped = build(
                 self._out_mv, i, count, src, self._arena_buf, events, numbered, dirs, dir_path,
-                skip_pids, cflags, _PERM, dir_change,
+                skip_pids, cflags, _PERM, dir_change, tree,
             )  # fmt: skip
             filled += nfilled
+            skipped += nskipped
+            if stopped and on_cut is not None:
+                ev = events[cut]
+                on_cut(ev, cut)
+                if ev.pid not in skip_pids:
+                    filled += 1  # resolved by the caller
+                if i >= count:
+                    break
+                continue  # C goes on after it, with the caller's map updated
             if cut >= 0:
                 dir_path = None
                 upto = cut
@@ -279,6 +310,7 @@ class Decoder:
             events.append(item)
         self.resolved_upto = len(events) if upto < 0 else upto
         self.resolved_count = filled
+        self.skipped = skipped
         return events, errors
 
     def _fd_path(self, entry: Any) -> dict[str, object] | None:

@@ -122,7 +122,9 @@ def fnmatch(pattern: bytes, name: bytes, flags: int) -> bool:
 
 
 @functools.cache
-def event_builder() -> tuple[Callable[..., None], Callable[..., tuple[int, int, int]]] | None:
+def event_builder() -> (
+    tuple[Callable[..., None], Callable[..., tuple[int, int, int, int, int]]] | None
+):
     """The C event builder's ``(_builder_setup, _build)``, or None without it.
 
     ``lib.afn_install_builder()`` adds both to the compiled module (cffi

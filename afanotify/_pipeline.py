@@ -146,6 +146,11 @@ class Pipeline:
         self.own_tids: frozenset[int] = frozenset((self._pid,))
         #: Thread ids seen live in this process (REPORT_TID), see is_own.
         self.seen_tids: set[int] = set()
+        #: ``watch_tree``: (root, its parent, its name, wanted events); only
+        #: events under root with a wanted bit are delivered.
+        self.tree: tuple[str, str, str, int] | None = None
+        #: Events the tree kept out (in C, or here), and those of them in C.
+        self.filtered = self.c_filtered = 0
         self.fast = _fast_decoder(bufsize)
         #: Static permission rules decided in C before decoding (``_static.py``).
         self.static: StaticRules | None = None
@@ -181,8 +186,13 @@ class Pipeline:
                 fd_error=self._fd_error, resolve_fd_paths=self._fd_paths,
                 dir_path=dir_path, skip_pids=self.own_tids if self.ignore_own else (),
                 moves=_dirmap.MOVES, on_walk=self.dirmap.walked if dir_path else None,
-                dir_change=_CUT,
+                dir_change=_CUT, tree=self.tree if dir_path else None,
+                on_cut=self._on_cut,
             )  # fmt: skip
+            if fast.skipped:
+                c.events_read += fast.skipped
+                self.filtered += fast.skipped
+                self.c_filtered += fast.skipped
             fd_paths = self._resolve_paths and not self._fd_paths
             if dir_path is not None:
                 upto = fast.resolved_upto
@@ -207,6 +217,10 @@ class Pipeline:
         if fid_paths:
             complete = fast is not None and fast.resolved_count == resolved_upto > 0
             self._fid_pass(events, resolved_upto, complete)
+            if self.tree is not None:
+                head = self._tree_filter(events[:done]) if done else []
+                events = head + self._tree_filter(events[done:])
+                done = len(head)
         if done == len(events):
             return events
         out = events[:done]
@@ -271,6 +285,40 @@ class Pipeline:
                 resolve(ev, i)
             if ev.ev_types & _APPLY:
                 dm.apply(ev, i)
+
+    def _on_cut(self, ev: FanotifyData, i: int) -> None:
+        """A directory created or deleted, in a batch without moves: resolve it, apply it."""
+        self._resolve_fid(ev, i)
+        dm = self.dirmap
+        dm.apply(ev, i)
+        if not ev.path_resolved:
+            dm.missed += 1  # tried again once the whole batch is known
+
+    def _tree_filter(self, events: list[FanotifyData]) -> list[FanotifyData]:
+        """The events of ``watch_tree``'s root (and those that cannot be placed)."""
+        assert self.tree is not None
+        root, _parent, _name, want = self.tree
+        below = root.rstrip("/") + "/"
+        out = []
+        for ev in events:
+            mask = ev.ev_types
+            if mask & _OVERFLOW:
+                out.append(ev)
+                continue
+            if mask & want and (want & _ONDIR or not mask & _ONDIR):
+                if not ev.path_resolved:
+                    out.append(ev)  # unknown place: it may be inside
+                    continue
+                for p in (ev.path, ev.old_path, ev.new_path):
+                    if p is not None and (p == root or p.startswith(below)):
+                        out.append(ev)
+                        break
+                else:
+                    ev.close()
+                continue
+            ev.close()
+        self.filtered += len(events) - len(out)
+        return out
 
     def _resolve_fid(self, ev: FanotifyData, i: int) -> None:
         """Set the paths of a fresh FID event (event ``i`` of its batch) from its handles."""

@@ -19,8 +19,9 @@ import os
 from collections.abc import Callable
 from typing import Literal, NamedTuple
 
-from . import _dispatch, _fork
+from . import _batches, _dispatch, _fork, _tree
 from . import client as _client
+from ._batches import BatchSink
 from ._consume import OwnQueue
 from ._dirmap import DEFAULT_SIZE as DEFAULT_DIRS
 from ._dispatch import DispatchStatistics
@@ -214,6 +215,7 @@ class Fanotify(OwnQueue, _fork.ForkGuard, AsyncClosingContext):
             on_retry=self._resume,
         )  # fmt: skip
         self._iter_last: FanotifyData | None = None
+        self._batch_sink: BatchSink | None = None
         #: A CONTENT or PRE_CONTENT group never stops reading: a permission
         #: event left in the kernel's queue would have no deadline.
         self._perm_class = bool(flags & CLASS_BITS)
@@ -447,7 +449,12 @@ class Fanotify(OwnQueue, _fork.ForkGuard, AsyncClosingContext):
         # error once they are gone (see _refill).
         if not len(self._queue) and not self._held:
             self._queue.close()
+        if self._batch_sink is not None:
+            self._batch_sink.wake()
         self._clients.fail(exc)
+
+    batches = _batches.batches
+    watch_tree = _tree.watch_tree
 
     # -- clients ---------------------------------------------------------
 
@@ -559,6 +566,8 @@ class Fanotify(OwnQueue, _fork.ForkGuard, AsyncClosingContext):
         self._closed = self._perm.closed = True
         left = self._queue.close() + self._held  # 2. wake the waiters
         left += self._clients.close_all()
+        if self._batch_sink is not None:
+            left += self._batch_sink.close()
         self._held = []
         self._reader.close()  # 3. unregister
         try:

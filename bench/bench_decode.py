@@ -2,6 +2,11 @@
 
     python build_ffi.py >/dev/null && PYTHONPATH=. python bench/bench_decode.py
 
+Rows ``fid_batches`` and ``watch_tree`` (FID + DFID_NAME events spread over
+10 directories): the decode with directory paths joined, as a group's batch
+is; and a ``watch_tree`` decode of a batch wholly outside the tree (nothing
+built) against that same decode followed by a Python prefix check.
+
 Each buffer is decoded whole, as a read() of the kernel would hand it over;
 the best of ``--repeat`` interleaved runs counts, with the garbage collector
 off.  "C walk only" is ``afn_decode`` alone, without building a single Python
@@ -30,12 +35,16 @@ def fd_events(n: int) -> bytes:
     )
 
 
-def dfid_name_events(n: int) -> bytes:
-    """``n`` FID-mode CREATE events, each with one DFID_NAME record (8-byte handle)."""
+def dfid_name_events(n: int, dirs: int = 0) -> bytes:
+    """``n`` FID-mode CREATE events, each with one DFID_NAME record (8-byte handle).
+
+    Each in its own directory, or spread over ``dirs`` directories.
+    """
     out = []
     for i in range(n):
         name = f"file-{i:06d}.txt".encode() + b"\0"
-        body = struct.pack("=IIIi", 0x1234, 0x5678, 8, 1) + i.to_bytes(8, "little") + name
+        handle = (i % dirs if dirs else i).to_bytes(8, "little")
+        body = struct.pack("=IIIi", 0x1234, 0x5678, 8, 1) + handle + name
         body += b"\0" * (-len(body) % 4)
         record = struct.pack("=BBH", FAN_EVENT_INFO_TYPE_DFID_NAME, 0, 4 + len(body)) + body
         out.append(METADATA.pack(24 + len(record), 3, 0, 24, int(Event.CREATE), -1, 1000))
@@ -92,7 +101,37 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  pure parser            {n / t_py:12,.0f} events/s")
         print(f"  C walk, C builder      {n / t_c:12,.0f} events/s   ratio {t_py / t_c:.2f}x")
         print(f"  C walk only            {n / t_walk:12,.0f} events/s")
+    fid_rows(dec, n, args.repeat)
     return 0
+
+
+def fid_rows(dec: Decoder, n: int, repeat: int) -> None:
+    buf = dfid_name_events(n, dirs=10)
+    dec._reserve(len(buf))
+
+    def paths(h: object) -> str:
+        return "/mnt/busy/d"
+
+    tree = ("/mnt/w", "/mnt", "w", int(Event.CREATE))
+
+    def prefix() -> None:
+        events, _ = dec.decode(buf, len(buf), dir_path=paths)
+        _ = [e for e in events if e.path is not None and e.path.startswith("/mnt/w/")]
+
+    def in_c() -> None:
+        events, _ = dec.decode(buf, len(buf), dir_path=paths, tree=tree)
+        assert not events
+
+    t_paths, t_prefix, t_tree = best(
+        [lambda: dec.decode(buf, len(buf), dir_path=paths), prefix, in_c], repeat
+    )
+    print(f"DFID_NAME over 10 directories: {n} events")
+    print(f"  fid_batches: with paths  {n / t_paths:12,.0f} events/s")
+    print(f"  watch_tree: decode + Python prefix check {n / t_prefix:12,.0f} events/s")
+    print(
+        f"  watch_tree: in C (nothing built)         {n / t_tree:12,.0f} events/s"
+        f"   ratio {t_prefix / t_tree:.2f}x"
+    )
 
 
 if __name__ == "__main__":

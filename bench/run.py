@@ -28,6 +28,12 @@ Scenarios:
 7. ``cli``: ``bench/bench_cli.py``, ``afanotify watch`` against fatrace and
    inotifywait on the same burst (lines per CPU-second, peak RSS, events
    caught by kind, as ratios to fatrace).
+8. ``fid_batches``: the ``fid_drain`` burst drained with ``fan.batches()``
+   (and, in the same repetitions, with ``async for``) against the C reader.
+9. ``watch_tree``: a filesystem busy elsewhere (the ``fid_drain`` burst in
+   one directory) and 20 events in another: ``fan.watch_tree()`` on that
+   other directory against ``async for`` over the filesystem mark with a
+   Python prefix check, both until the last event inside.
 """
 
 from __future__ import annotations
@@ -76,7 +82,9 @@ SIZES = {
 }
 TARGETS = {
     "fd_drain": ("ratio_to_c", ">=", 0.8),
-    "fid_drain": ("ratio_to_c", ">=", 0.3),
+    "fid_drain": ("ratio_to_c", ">=", 0.4),
+    "fid_batches": ("ratio_to_c", ">=", 0.7),
+    "watch_tree": ("ratio_to_c", ">=", 2.0),
     "latency": ("p99_ms", "<=", 2.0),
     "rss": ("peak_over_idle", "<", 2.0),
 }
@@ -250,6 +258,93 @@ def py_drain_fid(ctx: Context, mnt: Path, nfiles: int) -> tuple[Rate, dict[str, 
     return asyncio.run(main())
 
 
+def py_drain_fid_batches(ctx: Context, mnt: Path, nfiles: int) -> Rate:
+    """The ``fid_drain`` burst through ``fan.batches()``, touching each path."""
+    n = 2 * nfiles
+
+    async def main() -> Rate:
+        with Fanotify(InitFlag.REPORT_DFID_NAME | InitFlag.UNLIMITED_QUEUE) as fan:
+            fan.mark(mnt, Event.CREATE | Event.DELETE, kind="filesystem")
+            ctx.produce("create-unlink", mnt / "d", nfiles)
+            got = resolved = 0
+            t0 = time.perf_counter()
+            c0 = time.process_time()
+
+            async def consume() -> None:
+                nonlocal got, resolved
+                async with fan.batches() as batches:
+                    async for batch in batches:
+                        for ev in batch:
+                            if ev.path is not None and ev.path_resolved:
+                                resolved += 1
+                        got += len(batch)
+                        if got >= n:
+                            break
+
+            await asyncio.wait_for(consume(), 120)
+            secs, cpu = time.perf_counter() - t0, time.process_time() - c0
+        if got != n or resolved != n:
+            raise RuntimeError(f"batches() drained {got} of {n} events, {resolved} resolved")
+        return Rate(got / secs, got / cpu)
+
+    return asyncio.run(main())
+
+
+#: watch_tree: events produced inside the watched directory (after the rest).
+TREE_INSIDE = 10
+
+
+def py_tree(ctx: Context, mnt: Path, nfiles: int, mode: str) -> Rate:
+    """Kernel events handled per second until the last event under ``mnt/w``.
+
+    ``mode`` ``"tree"``: ``fan.watch_tree(mnt/w)``; ``"prefix"``: the same
+    mark on the whole filesystem and ``async for`` with a prefix check.
+    """
+    w = mnt / "w"
+    w.mkdir()
+    # A file's CREATE and DELETE may be merged into one event when they are
+    # this close in the queue: count the DELETEs, one per file either way.
+    want = TREE_INSIDE
+    total = 2 * nfiles + 2 * TREE_INSIDE
+    mask = Event.CREATE | Event.DELETE
+
+    async def main() -> Rate:
+        with Fanotify(InitFlag.REPORT_DFID_NAME | InitFlag.UNLIMITED_QUEUE) as fan:
+            if mode == "tree":
+                it = fan.watch_tree(w, mask)
+            else:
+                # What watch_tree marks, so that both see the same events.
+                fan.mark(mnt, mask | Event.MOVE | Event.ONDIR, kind="filesystem")
+                it = fan
+            ctx.produce("create-unlink", mnt / "d", nfiles)
+            ctx.produce("create-unlink", w, TREE_INSIDE)
+            prefix = f"{w}/"
+            inside = 0
+            t0 = time.perf_counter()
+            c0 = time.process_time()
+
+            async def consume() -> None:
+                nonlocal inside
+                async for ev in it:
+                    if mode == "prefix":
+                        p = ev.path
+                        if p is None or not p.startswith(prefix):
+                            continue
+                    if ev.ev_types & Event.DELETE:
+                        inside += 1
+                    if inside >= want:
+                        ev.close()
+                        break
+
+            await asyncio.wait_for(consume(), 120)
+            secs, cpu = time.perf_counter() - t0, time.process_time() - c0
+        if inside != want:
+            raise RuntimeError(f"{mode}: {inside} of {want} events inside")
+        return Rate(total / secs, total / cpu)
+
+    return asyncio.run(main())
+
+
 def naive_drain_fd(ctx: Context, mnt: Path, n: int) -> Rate:
     """The loop a user would write without afanotify: os.read, struct, readlink, close."""
     with Fanotify(InitFlag.CLASS_NOTIF | InitFlag.UNLIMITED_QUEUE) as fan:
@@ -366,6 +461,54 @@ def scenario_fid_drain(ctx: Context) -> dict[str, Any]:
     out = _summarise(rates)
     ctx.c_rates["fid_drain"] = out["c_events_per_s"]
     return {"events": 2 * nfiles, **out, **extra}
+
+
+def scenario_fid_batches(ctx: Context) -> dict[str, Any]:
+    """C reader, ``batches()`` and ``async for``, interleaved, on the ``fid_drain`` burst."""
+    nfiles = ctx.size("fid_files")
+
+    def c() -> Rate:
+        with ctx.mount() as mnt:
+            return c_drain(ctx, "drain-fid", mnt, "create-unlink", nfiles, 2 * nfiles)
+
+    def batches() -> Rate:
+        with ctx.mount() as mnt:
+            return py_drain_fid_batches(ctx, mnt, nfiles)
+
+    def async_for() -> Rate:
+        with ctx.mount() as mnt:
+            return py_drain_fid(ctx, mnt, nfiles)[0]
+
+    rates = _alternate(ctx.size("reps"), {"c": c, "afanotify": batches, "async_for": async_for})
+    return {"events": 2 * nfiles, **_summarise(rates)}
+
+
+def scenario_watch_tree(ctx: Context) -> dict[str, Any]:
+    """``watch_tree`` against ``async for`` + a prefix check ("c" in the summary: the baseline)."""
+    nfiles = ctx.size("fid_files")
+
+    def run(mode: str) -> Callable[[], Rate]:
+        def one() -> Rate:
+            with ctx.mount() as mnt:
+                return py_tree(ctx, mnt, nfiles, mode)
+
+        return one
+
+    rates = _alternate(ctx.size("reps"), {"c": run("prefix"), "afanotify": run("tree")})
+    out = _summarise(rates)
+    out["prefix_events_per_s"] = out.pop("c_events_per_s")
+    return {"events": 2 * nfiles + 2 * TREE_INSIDE, **out}
+
+
+def _spread(r: dict[str, Any], name: str = "afanotify") -> str:
+    """min-max of the per-repetition wall and CPU ratios to the baseline."""
+    rates, cpus = r["all_rates"], r["all_cpu_rates"]
+    wall = [a / b for a, b in zip(rates[name], rates["c"], strict=True)]
+    cpu = [a / b for a, b in zip(cpus[name], cpus["c"], strict=True)]
+    return (
+        f"[{min(wall):.3f}-{max(wall):.3f}, CPU {min(cpu):.3f}-{max(cpu):.3f},"
+        f" {len(wall)} reps]"
+    )
 
 
 def _percentiles(lat_ns: list[int]) -> dict[str, float]:
@@ -572,6 +715,8 @@ def _external(name: str) -> Callable[[Context], dict[str, Any]]:
 SCENARIOS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "fd_drain": scenario_fd_drain,
     "fid_drain": scenario_fid_drain,
+    "fid_batches": scenario_fid_batches,
+    "watch_tree": scenario_watch_tree,
     "latency": scenario_latency,
     "rss": scenario_rss,
     "dispatch": _external("dispatch"),
@@ -620,6 +765,7 @@ def _line(name: str, r: dict[str, Any]) -> str:
             f"{name:11s} {r['events_per_s']:>10,} events/s   C reader {r['c_events_per_s']:>10,}"
             f"   ratio {r['ratio_to_c']:.3f} (CPU-time ratio {r['cpu_ratio_to_c']:.3f})"
         )
+        s += f" {_spread(r)}"
         if "naive_python_events_per_s" in r:
             s += (
                 f"\n{'':11s} naive Python loop {r['naive_python_events_per_s']:,}/s,"
@@ -627,6 +773,20 @@ def _line(name: str, r: dict[str, Any]) -> str:
                 f" (CPU-time ratio {r['naive_python_cpu_ratio_to_c']:.3f})"
             )
         return s
+    if name == "fid_batches":
+        return (
+            f"{name:11s} {r['events_per_s']:>10,} events/s   C reader {r['c_events_per_s']:>10,}"
+            f"   ratio {r['ratio_to_c']:.3f} (CPU-time ratio {r['cpu_ratio_to_c']:.3f})"
+            f" {_spread(r)}\n{'':11s} async for {r['async_for_events_per_s']:,}/s,"
+            f" ratio {r['async_for_ratio_to_c']:.3f}"
+            f" (CPU-time ratio {r['async_for_cpu_ratio_to_c']:.3f}) {_spread(r, 'async_for')}"
+        )
+    if name == "watch_tree":
+        return (
+            f"{name:11s} {r['events_per_s']:>10,} events/s   async for + prefix check"
+            f" {r['prefix_events_per_s']:>10,}   ratio {r['ratio_to_c']:.3f}"
+            f" (CPU-time ratio {r['cpu_ratio_to_c']:.3f}) {_spread(r)}"
+        )
     if name == "latency":
         return (
             f"{name:11s} p50 {r['p50_ms']:.3f} ms  p99 {r['p99_ms']:.3f} ms"

@@ -279,3 +279,34 @@ def test_the_map_is_tracking_only_with_filesystem_marks_that_report_moves() -> N
     m = DirMap(10, InitFlag.REPORT_FID)  # no names: moves cannot be followed
     m.note_mark(add_fs, TRACKED, False)
     assert not m.tracking
+
+
+@FLAGS
+async def test_without_a_map_paths_are_looked_up_and_still_never_wrong(
+    anyfs: Path, flags: InitFlag
+) -> None:
+    async with _group(flags, handle_cache_size=0) as fan:
+        fan.mark(anyfs, TRACKED, "filesystem")
+        evs = await _run(fan, anyfs, " && ".join(RENAME_STEPS))
+    _check(evs, _abs(anyfs, RENAME_WANT), all_resolved=False)
+    # After the move, the deletes in e itself are looked up safely.
+    assert all(e.path_resolved for e in evs if e.ev_types & D and e.name == "g1")
+
+
+@FLAGS
+async def test_c_goes_on_after_a_directory_is_created_in_a_batch_without_moves(
+    tmpfs: Path, flags: InitFlag, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AFANOTIFY_PURE_PARSER", raising=False)  # this is about the C builder
+    async with _group(flags) as fan:
+        fan.mark(tmpfs, TRACKED, "filesystem")
+        evs = await _run(fan, tmpfs, "mkdir d && touch d/f1 d/f2 && mkdir d/e && touch d/e/f3")
+        fast = fan._pipeline.fast
+        assert fast is not None and fan.stats.reads == 1
+        # No event was left to the in-order Python pass: each mkdir was
+        # handed back, applied to the map, and C went on.
+        assert fast.resolved_upto == len(evs) and fast.resolved_count == len(evs)
+    assert [e.path for e in evs] == [
+        f"{tmpfs}/{p}" for p in ("d", "d/f1", "d/f2", "d/e", "d/e/f3", evs[-1].name)
+    ]
+    assert all(e.path_resolved for e in evs)

@@ -59,6 +59,7 @@ import afanotify
 from afanotify import _fanotify, _fastparse
 from afanotify._ffi import ffi
 from afanotify._parser import parse_lenient
+from afanotify.flags import Event
 
 assert Path(afanotify.__file__).resolve().parent == pkg, afanotify.__file__
 assert Path(_fanotify.__file__).resolve().parent == pkg, _fanotify.__file__
@@ -100,6 +101,11 @@ for buf in bufs:
                 ref, ref_errors = parse_lenient(buf, pid_is_tid=pid_is_tid, fd_error=fd_error)
                 assert [key(e) for e in events] == [key(e) for e in ref], buf
                 assert [err_key(e) for e in errors] == [err_key(e) for e in ref_errors], buf
+    # watch_tree's filter in the builder, and the walk's move check, on the same buffer.
+    dec.decode(
+        exact, n, owned=False, dir_path=dir_path, tree=("/d", "/", "d", (1 << 64) - 1),
+        moves=int(Event.MOVED_FROM | Event.MOVED_TO | Event.RENAME), on_walk=lambda flags: None,
+    )
 
 # The static-rule walk (csrc/fastpath_rules.c) over the same buffers: once
 # keeping every event (no rule decides), which must leave the buffer as it

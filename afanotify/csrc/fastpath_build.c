@@ -48,6 +48,13 @@ static const char *const afn_field_names[AFN_F_COUNT] = {
 _Static_assert(AFN_F_COUNT <= 32, "a bit per field");
 
 #define AFN_MAX_SLOTS 64
+#define AFN_ENTRY_LEN 4 /* see afn_dir_entry */
+
+/* Tree decisions (watch_tree): where a directory is against the watched root. */
+#define AFN_T_OUT 0     /* outside: its events are not built */
+#define AFN_T_IN 1      /* the root or below it */
+#define AFN_T_PARENT 2  /* the root's parent: only the entry named as the root is in */
+#define AFN_T_UNKNOWN 3 /* its path is unknown: built, unresolved (it may be inside) */
 #define AFN_HANDLE_SLOTS 3 /* FileHandle: fsid, handle_type, handle */
 
 /* _build flags */
@@ -56,6 +63,7 @@ _Static_assert(AFN_F_COUNT <= 32, "a bit per field");
 #define AFN_B_FD_ERROR 0x4
 #define AFN_B_RESOLVE 0x8
 #define AFN_B_UNTRACK 0x10
+#define AFN_B_STOP_AT_CUT 0x20
 
 struct afn_builder {
     PyTypeObject *event_type;
@@ -349,8 +357,23 @@ static PyObject *afn_name(const unsigned char *src, const struct afn_fidref *ref
                                 "surrogateescape");
 }
 
+/* Whether the record's name is `name` (a str). */
+static int afn_name_is(const unsigned char *src, const struct afn_fidref *ref, PyObject *name)
+{
+    PyObject *n = afn_name(src, ref);
+    int r;
+    if (n == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    r = PyUnicode_Compare(n, name) == 0;
+    Py_DECREF(n);
+    PyErr_Clear();
+    return r;
+}
+
 /* The per-directory entry the Python builder keeps: [FileHandle, path or
- * None, path with a trailing slash]. */
+ * None, path with a trailing slash, tree decision (AFN_T_*) or None]. */
 static PyObject *afn_dir_entry(const unsigned char *src, const struct afn_event *ev,
                                unsigned flags)
 {
@@ -358,13 +381,14 @@ static PyObject *afn_dir_entry(const unsigned char *src, const struct afn_event 
     PyObject *e;
     if (h == NULL)
         return NULL;
-    e = PyList_New(3);
+    e = PyList_New(AFN_ENTRY_LEN);
     if (e == NULL) {
         Py_DECREF(h);
         return NULL;
     }
     PyList_SET_ITEM(e, 0, h);
     PyList_SET_ITEM(e, 1, Py_NewRef(Py_None));
+    PyList_SET_ITEM(e, 3, Py_NewRef(Py_None));
     PyList_SET_ITEM(e, 2, PyUnicode_FromStringAndSize("", 0));
     if (PyList_GET_ITEM(e, 2) == NULL) {
         Py_DECREF(e);
@@ -452,7 +476,7 @@ static int afn_join_path(PyObject **v, unsigned *present, PyObject *entry, PyObj
         d = PyObject_CallOneArg(dir_path, PyList_GET_ITEM(entry, 0));
         if (d == NULL)
             return -1;
-        if (PyList_GET_SIZE(entry) != 3) {
+        if (PyList_GET_SIZE(entry) != AFN_ENTRY_LEN) {
             PyErr_SetString(PyExc_RuntimeError, "_build: dir_path changed a directory entry");
             Py_DECREF(d);
             return -1;
@@ -494,9 +518,51 @@ static int afn_join_path(PyObject **v, unsigned *present, PyObject *entry, PyObj
     return 0;
 }
 
+/* Ask dir_path for the entry's directory if it has no path yet (as
+ * afn_join_path does), then the entry's tree decision against `tree`
+ * (root, root's parent, root's last name, wanted event bits), cached in the
+ * entry.  -1 with an exception set. */
+static int afn_tree_decision(PyObject *entry, PyObject *dir_path, PyObject *tree)
+{
+    PyObject *d = PyList_GET_ITEM(entry, 1), *cached = PyList_GET_ITEM(entry, 3);
+    PyObject *root = PyTuple_GET_ITEM(tree, 0);
+    Py_ssize_t rlen, dlen;
+    long r;
+
+    if (cached != Py_None)
+        return (int)PyLong_AsLong(cached);
+    if (d == Py_None) {
+        PyObject *v[AFN_F_COUNT];
+        unsigned present = 0;
+        int k;
+        memset(v, 0, sizeof v);
+        if (afn_join_path(v, &present, entry, dir_path) < 0)
+            return -1;
+        for (k = 0; k < AFN_F_COUNT; k++)
+            Py_XDECREF(v[k]);
+        d = PyList_GET_ITEM(entry, 1);
+        if (d == Py_None)
+            return AFN_T_UNKNOWN; /* asked again next time, as dir_path is */
+    }
+    rlen = PyUnicode_GET_LENGTH(root);
+    dlen = PyUnicode_GET_LENGTH(d);
+    if (PyUnicode_Tailmatch(d, root, 0, rlen, -1) == 1
+        && (dlen == rlen || (rlen == 1) || PyUnicode_READ_CHAR(d, rlen) == '/'))
+        r = AFN_T_IN;
+    else if (PyUnicode_Compare(d, PyTuple_GET_ITEM(tree, 1)) == 0)
+        r = AFN_T_PARENT;
+    else
+        r = AFN_T_OUT;
+    if (PyErr_Occurred())
+        return -1;
+    PyList_SetItem(entry, 3, PyLong_FromLong(r));
+    return (int)r;
+}
+
 /*
  * _build(out, start, count, src, arena, events, dirs, by_record, dir_path,
- *        skip_pids, flags, perm_mask, dir_change_mask) -> (stop, filled, upto)
+ *        skip_pids, flags, perm_mask, dir_change_mask[, tree])
+ *   -> (stop, filled, upto, skipped, stopped)
  *
  * Builds events for out[start:count] (struct afn_event entries, in the
  * buffer `out`) and appends them to the list `events`, until an entry it
@@ -520,6 +586,12 @@ static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nar
     Py_buffer outb, srcb, arenab;
     Py_ssize_t start, count, i, filled = 0, upto = -1;
     PyObject *events, *dirs, *by_record, *dir_path, *skip_pids, *result = NULL, *held = NULL;
+    PyObject *tree = NULL, *last_pid_obj = NULL, *last_mask_obj = NULL;
+    int32_t last_pid = 0;
+    uint64_t last_mask = 0;
+    Py_ssize_t skipped = 0;
+    int stopped = 0; /* left at a cut with AFN_B_STOP_AT_CUT */
+    uint64_t want = 0;
     PyObject *v[AFN_F_COUNT];
     unsigned long flags;
     uint64_t perm, dir_change;
@@ -535,11 +607,11 @@ static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nar
         PyErr_SetString(PyExc_RuntimeError, "_build before _builder_setup");
         return NULL;
     }
-    if (nargs != 13 || !PyList_CheckExact(args[5]) || !PyList_CheckExact(args[6])
+    if ((nargs != 13 && nargs != 14) || !PyList_CheckExact(args[5]) || !PyList_CheckExact(args[6])
         || PyList_GET_SIZE(args[6]) != AFN_MAX_DIRS || !PyDict_CheckExact(args[7])) {
         PyErr_SetString(PyExc_TypeError, "_build(out, start, count, src, arena, events, dirs, "
                                          "by_record, dir_path, skip_pids, flags, perm_mask, "
-                                         "dir_change_mask)");
+                                         "dir_change_mask[, tree])");
         return NULL;
     }
     start = PyLong_AsSsize_t(args[1]);
@@ -554,6 +626,19 @@ static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nar
     by_record = args[7];
     dir_path = args[8] == Py_None ? NULL : args[8];
     skip_pids = args[9];
+    if (nargs == 14 && args[13] != Py_None) {
+        tree = args[13];
+        if (!PyTuple_CheckExact(tree) || PyTuple_GET_SIZE(tree) != 4
+            || !PyUnicode_Check(PyTuple_GET_ITEM(tree, 0))
+            || !PyUnicode_Check(PyTuple_GET_ITEM(tree, 1))
+            || !PyUnicode_Check(PyTuple_GET_ITEM(tree, 2))) {
+            PyErr_SetString(PyExc_TypeError, "_build: tree is (root, parent, name, events)");
+            return NULL;
+        }
+        want = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(tree, 3));
+        if (PyErr_Occurred())
+            return NULL;
+    }
     if (PyObject_GetBuffer(args[0], &outb, PyBUF_SIMPLE) < 0)
         return NULL;
     if (PyObject_GetBuffer(args[3], &srcb, PyBUF_SIMPLE) < 0) {
@@ -590,6 +675,7 @@ static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nar
         const int resolve = (flags & AFN_B_RESOLVE) != 0, is_perm = (ev->mask & perm) != 0;
         int fid_group;
         unsigned present = 0; /* the fields set in v */
+        int stop_here = 0;
         long owns = 0;
         PyObject *o, *entry = NULL;
 
@@ -610,8 +696,46 @@ static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nar
             upto = PyList_GET_SIZE(events);
         }
 
-        AFN_SET(AFN_F_PID, PyLong_FromLong(ev->pid));
-        AFN_SET(AFN_F_EV_TYPES, PyLong_FromUnsignedLongLong(ev->mask));
+        if (tree != NULL && fid_group && dir_path != NULL && (has & AFN_HAS_DFID)
+            && !((ev->mask & dir_change) && (ev->mask & FAN_ONDIR))) {
+            /* watch_tree: an event outside the root, or of no wanted kind
+             * (the group marks moves for its map), is not built at all. */
+            PyObject *e = afn_dir_of(src, ev, dirs, by_record, (unsigned)flags);
+            int t;
+            if (e == NULL)
+                goto done;
+            if (!PyList_CheckExact(e) || PyList_GET_SIZE(e) != AFN_ENTRY_LEN) {
+                PyErr_SetString(PyExc_TypeError, "_build: a malformed directory entry");
+                goto done;
+            }
+            Py_INCREF(e);
+            t = afn_tree_decision(e, dir_path, tree);
+            Py_DECREF(e);
+            if (t < 0)
+                goto done;
+            if (!(ev->mask & want) || ((ev->mask & FAN_ONDIR) && !(want & FAN_ONDIR))
+                || t == AFN_T_OUT
+                || (t == AFN_T_PARENT && !afn_name_is(src, &ev->dfid, PyTuple_GET_ITEM(tree, 2)))) {
+                skipped++;
+                continue;
+            }
+        }
+        /* A burst repeats the same process and mask: one int object each
+         * while they stay the same (ints are immutable). */
+        if (last_pid_obj == NULL || ev->pid != last_pid) {
+            Py_XDECREF(last_pid_obj);
+            last_pid = ev->pid;
+            if ((last_pid_obj = PyLong_FromLong(ev->pid)) == NULL)
+                goto done;
+        }
+        if (last_mask_obj == NULL || ev->mask != last_mask) {
+            Py_XDECREF(last_mask_obj);
+            last_mask = ev->mask;
+            if ((last_mask_obj = PyLong_FromUnsignedLongLong(ev->mask)) == NULL)
+                goto done;
+        }
+        AFN_SET(AFN_F_PID, Py_NewRef(last_pid_obj));
+        AFN_SET(AFN_F_EV_TYPES, Py_NewRef(last_mask_obj));
         if (flags & AFN_B_PID_IS_TID)
             AFN_SET(AFN_F_PID_IS_TID, Py_NewRef(Py_True));
         if (fd >= 0) {
@@ -637,7 +761,7 @@ static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nar
                     entry = afn_dir_of(src, ev, dirs, by_record, (unsigned)flags);
                     if (entry == NULL)
                         goto done;
-                    if (!PyList_CheckExact(entry) || PyList_GET_SIZE(entry) != 3) {
+                    if (!PyList_CheckExact(entry) || PyList_GET_SIZE(entry) != AFN_ENTRY_LEN) {
                         PyErr_SetString(PyExc_TypeError, "_build: a malformed directory entry");
                         goto done;
                     }
@@ -701,9 +825,14 @@ static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nar
             AFN_SET(AFN_F_OWNS, PyLong_FromLong(owns));
         if (fid_group && dir_path != NULL) {
             if ((ev->mask & dir_change) && (ev->mask & FAN_ONDIR)) {
-                /* Cached directory paths may be stale from here on. */
-                dir_path = NULL;
+                /* Cached directory paths may be stale from here on.  With
+                 * AFN_B_STOP_AT_CUT (a batch without moves) the caller
+                 * updates its map with this event and calls again. */
                 upto = PyList_GET_SIZE(events);
+                if (flags & AFN_B_STOP_AT_CUT)
+                    stop_here = 1;
+                else
+                    dir_path = NULL;
             } else if (entry != NULL) {
                 int skip = PySequence_Contains(skip_pids, v[AFN_F_PID]);
                 if (skip < 0)
@@ -719,13 +848,20 @@ static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nar
         o = afn_make_event(v, present);
         if (o == NULL || afn_append(events, o, (unsigned)flags, is_perm) < 0)
             goto done;
+        if (stop_here) {
+            stopped = 1;
+            i++;
+            break;
+        }
     }
 #undef AFN_SET
-    result = Py_BuildValue("(nnn)", i, filled, upto);
+    result = Py_BuildValue("(nnnni)", i, filled, upto, skipped, stopped);
 done:
     for (i = 0; i < AFN_F_COUNT; i++)
         Py_XDECREF(v[i]);
     Py_XDECREF(held);
+    Py_XDECREF(last_pid_obj);
+    Py_XDECREF(last_mask_obj);
     afn_building--;
     PyBuffer_Release(&arenab);
     PyBuffer_Release(&srcb);
@@ -739,7 +875,7 @@ static PyMethodDef afn_builder_methods[] = {
      "own_pidfd, unanswered)"},
     {"_build", (PyCFunction)(void (*)(void))afn_build, METH_FASTCALL,
      "_build(out, start, count, src, arena, events, dirs, by_record, dir_path, skip_pids, flags, "
-     "perm_mask, dir_change_mask) -> (stop, filled, upto)"},
+     "perm_mask, dir_change_mask[, tree]) -> (stop, filled, upto, skipped, stopped)"},
     {NULL, NULL, 0, NULL},
 };
 
