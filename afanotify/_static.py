@@ -35,8 +35,7 @@ from .rules import fnmatch
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from ._pipeline import Counters, Pipeline
-    from ._reader import Reader
+    from .group import Fanotify
 
 __all__ = ["EVENT_NAMES", "Decision", "StaticRule", "StaticRules", "StaticServer", "process_uid"]
 
@@ -441,35 +440,41 @@ class StaticServer:
                 raise OSError(err, f"reading the fanotify group failed: {os.strerror(err)}")
 
 
-def attach_rules(pipeline: Pipeline, flags: int, ignore_own: bool,
-                 rules: StaticRules | None) -> bool:
-    """:meth:`Fanotify.decide_statically`: put ``rules`` in the group's read path."""
-    if rules is None or pipeline.fast is None or flags & InitFlag.REPORT_TID:
+def decide_statically(group: Fanotify, rules: StaticRules | None) -> bool:
+    """Answer the permission events ``rules`` decide in C, as they are read
+    (never delivered).  False where the C path is off: decide in Python with
+    ``rules.decide``.  Swapping rules is atomic between reads.
+    """
+    pipeline = group._pipeline
+    if rules is None or pipeline.fast is None or group.flags & InitFlag.REPORT_TID:
         pipeline.static = None
         return False
-    rules.bind(os.getpid() if ignore_own else -1)
+    rules.bind(os.getpid() if group.ignore_own else -1)
     pipeline.static = rules
     return True
 
 
-def serve_rules(
-    fd: int, pipeline: Pipeline, reader: Reader, counters: Counters, flags: int,
-    ignore_own: bool, rules: StaticRules, on_failure: Callable[[BaseException], None] | None,
+def serve_statically(
+    group: Fanotify, rules: StaticRules,
+    on_failure: Callable[[BaseException], None] | None = None,
 ) -> StaticServer | None:
-    """:meth:`Fanotify.serve_statically`.
+    """Decide every permission event with ``rules`` (which need a default) on a
+    thread of C reads; nothing is delivered.  Stop it before closing the group.
+    None where the C path is off (:class:`~afanotify._static.StaticServer`).
 
     :raises RuntimeError: if the group's reader already runs on the loop
     """
-    if pipeline.fast is None or flags & InitFlag.REPORT_TID:
+    if group._pipeline.fast is None or group.flags & InitFlag.REPORT_TID:
         return None
-    if reader.reading:
+    if group._reader.reading:
         raise RuntimeError("serve_statically() needs a group nobody reads from the loop")
-    rules.bind(os.getpid() if ignore_own else -1)
+    rules.bind(os.getpid() if group.ignore_own else -1)
+    counters = group._counters
 
     def on_reads(n: int) -> None:
         counters.reads += n  # the watchdog's sign that someone reads
 
-    server = StaticServer(fd, rules, on_reads=on_reads, on_failure=on_failure)
+    server = StaticServer(group._fd, rules, on_reads=on_reads, on_failure=on_failure)
     server.start()
     return server
 

@@ -16,10 +16,9 @@ from __future__ import annotations
 import gc
 import logging
 import os
-from collections.abc import Callable
 from typing import Literal, NamedTuple
 
-from . import _batches, _dispatch, _fork, _tree
+from . import _batches, _dispatch, _fork, _static, _tree
 from . import client as _client
 from ._batches import BatchSink
 from ._consume import OwnQueue
@@ -31,7 +30,6 @@ from ._pipeline import Counters, Pipeline
 from ._queue import EventQueue
 from ._reader import Reader
 from ._resource import AsyncClosingContext
-from ._static import StaticRules, StaticServer, attach_rules, serve_rules
 from ._watchdog import Watchdog
 from .client import FanotifyClient
 from .events import UNANSWERED, FanotifyData
@@ -511,21 +509,8 @@ class Fanotify(OwnQueue, _fork.ForkGuard, AsyncClosingContext):
         self._perm.handler = handler
         return handler
 
-    def decide_statically(self, rules: StaticRules | None) -> bool:
-        """Answer the permission events ``rules`` decide in C, as they are read
-        (never delivered).  False where the C path is off: decide in Python with
-        ``rules.decide``.  Swapping rules is atomic between reads (``_static.py``).
-        """
-        return attach_rules(self._pipeline, self.flags, self.ignore_own, rules)
-
-    def serve_statically(
-        self, rules: StaticRules, on_failure: Callable[[BaseException], None] | None = None
-    ) -> StaticServer | None:
-        """Decide every permission event with ``rules`` (which need a default) on a
-        thread of C reads; nothing is delivered.  Stop it before closing the group.
-        None where the C path is off (:class:`~afanotify._static.StaticServer`)."""
-        return serve_rules(self._fd, self._pipeline, self._reader, self._counters, self.flags,
-                           self.ignore_own, rules, on_failure)
+    decide_statically = _static.decide_statically
+    serve_statically = _static.serve_statically
 
     def answer_overdue(self) -> int:
         """Answer permission events past their deadline; returns how many.
