@@ -27,6 +27,10 @@ from . import _ffi
 from .events import FanotifyData
 from .flags import Event
 
+_ALL_EVENTS = 0
+for _e in Event:
+    _ALL_EVENTS |= _e.value
+
 __all__ = ["FanoRule", "Predicate", "fnmatch"]
 
 #: ``predicate(event) -> bool``, or an ``async`` function returning bool.
@@ -114,6 +118,10 @@ def _pattern(argname: str, value: object) -> Pattern | None:
         raise TypeError(f"{argname} must be str, bytes or None, not {type(value).__name__}")
     if not value:
         raise ValueError(f"{argname} is empty: pass None to accept any value")
+    if (isinstance(value, str) and "\0" in value) or (
+        isinstance(value, bytes) and b"\0" in value
+    ):
+        raise ValueError(f"{argname} contains a NUL byte, which no path or name can hold")
     return value
 
 
@@ -184,6 +192,11 @@ class FanoRule:
             raise TypeError(f"ev_types must be an int or Event mask, not {type(ev_types).__name__}")
         if ev_types < 0:
             raise ValueError(f"ev_types must be a non-negative mask, got {ev_types}")
+        if ev_types & ~_ALL_EVENTS:
+            raise ValueError(
+                f"ev_types has bits no Event names: {ev_types & ~_ALL_EVENTS:#x} "
+                "(build the mask from afanotify.Event members)"
+            )
         if predicate is not None and not callable(predicate):
             raise TypeError(f"predicate must be callable, not {type(predicate).__name__}")
         s = object.__setattr__
