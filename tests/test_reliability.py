@@ -7,15 +7,17 @@ itself.  Openers are further processes, so their events are not the agent's own.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import json
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from helpers import CHILD_CWD, child_env, collect, sh, wait_until
+from helpers import CHILD_CWD, child_env, collect, open_fd_count, sh, wait_until
 
 import afanotify
 import afanotify._open
@@ -215,3 +217,53 @@ async def test_read_errors_are_counted_and_the_group_keeps_reading(
     text = caplog.text
     assert text.count("Read-only file system") == 1  # once for the episode
     assert "read-only" in text
+
+
+async def test_thousands_of_random_cancellations_lose_and_leave_nothing(tmpfs: Path) -> None:
+    # receive() calls cancelled at random moments (before they run, while
+    # they wait, through wait_for timeouts) while 3000 events flow: every
+    # event still reaches exactly one receiver, and no cancelled waiter
+    # keeps an event or an fd.
+    rnd = random.Random(15)
+    n = 3000
+    baseline = open_fd_count()
+    async with Fanotify() as fan:
+        fan.mark(tmpfs, Event.CLOSE_WRITE | Event.EVENT_ON_CHILD)
+        producer = await asyncio.create_subprocess_exec(
+            sys.executable, "-c",
+            "import os, sys\n"
+            "for i in range(int(sys.argv[2])):\n"
+            "    os.close(os.open(f'{sys.argv[1]}/f{i}', os.O_CREAT | os.O_WRONLY))\n",
+            str(tmpfs), str(n), env=child_env(), cwd=CHILD_CWD,
+        )
+        seen: list[str] = []
+        cancelled = 0
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 60
+        while len(seen) < n:
+            assert loop.time() < deadline, f"{len(seen)} of {n} events"
+            how = rnd.choice([0, 0, 1, 1, 2, 3])
+            task = asyncio.ensure_future(fan.receive())
+            if how == 0:
+                task.cancel()  # before it ever runs
+            elif how == 1:
+                await asyncio.sleep(0)  # one turn: it may have taken an event, or wait
+                task.cancel()
+            elif how == 2:
+                task = asyncio.ensure_future(asyncio.wait_for(task, rnd.choice([0, 1e-4, 1e-3])))
+            try:
+                ev = await task
+            except (asyncio.CancelledError, asyncio.TimeoutError):
+                cancelled += 1
+                continue
+            seen.append(ev.path or "")
+            ev.close()
+        assert await producer.wait() == 0
+        assert sorted(seen) == sorted(f"{tmpfs}/f{i}" for i in range(n))  # once each
+        assert cancelled >= 1000
+        assert fan.stats.queued == 0
+        # A cancelled waiter left nothing behind: the next event goes to the next receiver.
+        assert sh(f"echo > {tmpfs}/last").returncode == 0
+        (last,) = await collect(fan, lambda g: len(g) >= 1)
+        assert last.path == f"{tmpfs}/last"
+    assert open_fd_count() == baseline
