@@ -36,6 +36,11 @@ _ALL_EVENTS = 0
 for _e in Event:
     _ALL_EVENTS |= _e.value
 _PERM = int(PERM_EVENTS)
+#: Directory-entry and inode events, which a mount mark cannot carry.
+_INODE_ONLY = int(
+    Event.CREATE | Event.DELETE | Event.MOVED_FROM | Event.MOVED_TO | Event.RENAME
+    | Event.ATTRIB | Event.DELETE_SELF | Event.MOVE_SELF
+)
 
 
 def check_int(name: str, value: object, bits: int | None = None) -> int:
@@ -163,6 +168,13 @@ def check_events(
         )
     if mask & Event.PRE_ACCESS and not group_flags & InitFlag.CLASS_PRE_CONTENT:
         raise ValueError("Event.PRE_ACCESS needs InitFlag.CLASS_PRE_CONTENT")
+    inode_only = mask & _INODE_ONLY if not ignore else 0
+    if inode_only and kind == MarkFlag.MOUNT:
+        # The kernel refuses these on mount marks (EINVAL, which looks like an old kernel).
+        raise ValueError(
+            f"events {Event(inode_only)!r} cannot be watched through a mount mark: use "
+            "kind='filesystem' (FID group) or inode marks"
+        )
     if mask & MNT_EVENTS and kind != MarkFlag.MNTNS:
         raise ValueError("mount events need kind='mntns' and InitFlag.REPORT_MNT")
     if mask & Event.RENAME and not group_flags & InitFlag.REPORT_NAME:
