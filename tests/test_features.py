@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import CHILD_CWD, child_env
+from helpers import CHILD_CWD, child_env, require_nobody_python
 
 import afanotify
 from afanotify import Event, Features, InitFlag, MarkFlag, _ffi
@@ -191,6 +191,7 @@ def test_probing_adds_no_marks(watched_ffi: list[tuple[int, int, bool]]) -> None
 
 
 def test_features_without_privilege() -> None:
+    require_nobody_python()
     code = (
         "import json, afanotify; f = afanotify.features(); "
         "print(json.dumps([f.available, f.reason, len(f.events)]))"
