@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import json
+import logging
 import os
 import random
 import subprocess
@@ -17,11 +18,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from _perm_helpers import child
 from helpers import CHILD_CWD, child_env, collect, open_fd_count, sh, wait_until
 
 import afanotify
 import afanotify._open
-from afanotify import Event, Fanotify, InitFlag
+from afanotify import Event, Fanotify, InitFlag, Response, WouldBlock
 
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(120)]
 
@@ -267,3 +269,28 @@ async def test_thousands_of_random_cancellations_lose_and_leave_nothing(tmpfs: P
         (last,) = await collect(fan, lambda g: len(g) >= 1)
         assert last.path == f"{tmpfs}/last"
     assert open_fd_count() == baseline
+
+
+async def test_a_cancelled_async_handler_is_defaulted_with_a_log_line(
+    tmpfs: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Issue 15: the default verdict was written without a word.
+    target = tmpfs / "f"
+    target.write_text("x")
+
+    async def handler(ev: object) -> bool:
+        raise asyncio.CancelledError  # as if someone cancelled the handler's task
+
+    with caplog.at_level(logging.WARNING, logger="afanotify"):
+        async with Fanotify(
+            InitFlag.CLASS_CONTENT, default_response=Response.DENY, permission_timeout=30
+        ) as fan:
+            fan.mark(target, Event.OPEN_PERM)
+            fan.on_permission(handler)
+            with pytest.raises(WouldBlock):
+                fan.receive_nowait()  # start reading
+            result = await child("open", target)
+            st = fan.permission_stats
+    assert result.errno == errno.EPERM  # the default, DENY
+    assert st.handler_errors == 1
+    assert "was cancelled before it answered: answered DENY" in caplog.text
