@@ -47,6 +47,9 @@ RESERVE = 8
 _EPISODE = 2.0
 #: At most one "still failing" line per this many seconds of an episode.
 _REPEAT_LOG = 30.0
+#: With more free descriptors than this (by the cheap estimate) a read cannot
+#: run out: no exact count, and the reserve stays put during the read.
+_ROOMY = 4096
 #: read(2) errors after which the group may not read again: a bad fd or buffer.
 _FATAL = frozenset((_errno.EBADF, _errno.EINVAL, _errno.EFAULT))
 _OUT_OF_FDS = frozenset((_errno.EMFILE, _errno.ENFILE))
@@ -84,6 +87,8 @@ class FdGuard:
         self._exact = fd_mode and not fd_error
         #: The watchdog thread reads too: one reader releases the reserve at a time.
         self._lock = threading.Lock()
+        #: The last free_fds() found plenty: reads skip the reserve's round trip.
+        self._roomy = False
         #: Inside an episode of failed opens (logged when it starts and ends).
         self._short = False
         self._short_count = 0
@@ -110,7 +115,7 @@ class FdGuard:
 
         :raises OSError: as ``readv`` does
         """
-        if not self._size:
+        if not self._size or self._roomy:
             return os.readv(fd, (view,))
         with self._lock:
             self._release()
@@ -122,13 +127,15 @@ class FdGuard:
     def free_fds(self) -> int:
         """How many descriptors a read may create (at least the reserve).
 
-        Without FAN_REPORT_FD_ERROR an event the kernel cannot open is lost
-        unseen, so the open descriptors are counted (``/proc/self/fd``, once
-        per read).  With it, a failure is only an event without its fd, and
-        an estimate does: the kernel installs the lowest free numbers, so the
+        The estimate: the kernel installs the lowest free numbers, so the
         reserve, taken right after a read, sits on the lowest free ones, and
         what lies above it up to the limit is free unless the application
-        holds high numbers.
+        holds high numbers.  Far from the limit (more than _ROOMY) that is
+        all.  Closer, without FAN_REPORT_FD_ERROR an event the kernel cannot
+        open is lost unseen, so the open descriptors are counted
+        (``/proc/self/fd``, once per read); with it, a failure is only an
+        event without its fd, and the estimate does (counted exactly for a
+        while after a failure).
         """
         reserve = self._reserve
         soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -137,6 +144,10 @@ class FdGuard:
         if len(reserve) < self._size:
             with self._lock:
                 self._take()  # the consumer may have closed some since the last read
+        estimate = soft - 1 - max(reserve) + len(reserve) if reserve else 0
+        self._roomy = estimate > _ROOMY and not self._short
+        if self._roomy:
+            return estimate
         if self._exact or (self._short and time.monotonic() - self._last_failure < _EPISODE):
             try:
                 # the listing's own fd is in it, and is closed again after
@@ -144,9 +155,7 @@ class FdGuard:
             except OSError:
                 return len(reserve)
             return max(len(reserve), soft - open_now + len(reserve))
-        if not reserve:
-            return 0
-        return max(len(reserve), soft - 1 - max(reserve) + len(reserve))
+        return max(len(reserve), estimate)
 
     def close(self) -> None:
         """Give the reserve back (before the group fd is closed)."""

@@ -63,13 +63,25 @@ def test_the_reserve_is_free_during_the_read_and_held_after(pipe: tuple[int, int
     assert _open_fds() == before
 
 
-def test_free_fds_counts_exactly_without_fd_error(pipe: tuple[int, int]) -> None:
+def test_free_fds_counts_exactly_near_the_limit_without_fd_error(
+    pipe: tuple[int, int]
+) -> None:
     guard, _, _ = _guard(pipe[0], fd_error=False)
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    # The reserve is released for the read, so it counts as free (the listing
-    # of /proc/self/fd holds one fd of its own while it runs).
-    assert guard.free_fds() == soft - (len(_open_fds()) - 1) + RESERVE
-    guard.close()
+    limits = resource.getrlimit(resource.RLIMIT_NOFILE)
+    soft = 512  # near: a read could run out (far from it, the estimate does)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, limits[1]))
+    try:
+        # A descriptor parked high, which the estimate cannot see, is counted.
+        parked = os.dup2(pipe[0], soft - 1)
+        try:
+            # The reserve is released for the read, so it counts as free (the
+            # listing of /proc/self/fd holds one fd of its own while it runs).
+            assert guard.free_fds() == soft - (len(_open_fds()) - 1) + RESERVE
+        finally:
+            os.close(parked)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+        guard.close()
 
 
 @pytest.mark.parametrize(
