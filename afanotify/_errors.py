@@ -117,18 +117,37 @@ def mark_error(exc: OSError, path: str | None, flags: int, mask: int) -> OSError
     """Rewrite a fanotify_mark failure, keeping errno and path."""
     code = exc.errno
     where = f" {path!r}" if path is not None else ""
+    kind = flags & (MarkFlag.MOUNT | MarkFlag.FILESYSTEM | MarkFlag.MNTNS)
+    if code == errno.ENOENT and flags & MarkFlag.REMOVE:
+        return FileNotFoundError(
+            code,
+            f"cannot unmark{where}: the group has no mark of this kind there (or no such "
+            "file or directory); unmark with the kind and ignore flags the mark was made with",
+            path,
+        )
     if code == errno.ENOENT:
         return FileNotFoundError(code, f"cannot mark{where}: no such file or directory", path)
     if code == errno.ENOTDIR:
         return NotADirectoryError(code, f"cannot mark{where}: not a directory (ONLYDIR)", path)
     if code == errno.EPERM or code == errno.EACCES:
         return PermissionError(code, f"marking{where} {_NEEDS_ROOT}", path)
+    if code == errno.EXDEV and kind:
+        # fanotify_test_fsid(): a mount or filesystem mark of a FID group needs
+        # the path's fsid to be its filesystem's (not so on a btrfs subvolume).
+        return OSError(
+            code,
+            f"cannot mark{where} with a {'mount' if kind == MarkFlag.MOUNT else 'filesystem'} "
+            "mark in a FID group: its fsid differs from its filesystem's (a btrfs "
+            "subvolume, for example); use inode marks (kind='inode') on its directories, "
+            "or a group without FID flags",
+            path,
+        )
     if code == errno.EXDEV:
         return OSError(
             code,
-            f"cannot mark{where}: the filesystem's file handles cannot be used here (a FID "
-            "group needs a filesystem or mount whose handles are unique, and a subvolume "
-            "may not be marked as a filesystem); use an inode or mount mark",
+            f"cannot mark{where} in a FID group: the kernel cannot identify its objects by "
+            "file handle here (a btrfs subvolume, on kernels before 6.8, or a filesystem "
+            "whose fsid another marked one shares); use a group without FID flags",
             path,
         )
     if code == errno.ENODEV:

@@ -7,16 +7,53 @@ import os
 
 from . import _ffi
 from ._errors import init_error
-from .flags import InitFlag
+from .flags import FID_INIT_FLAGS, InitFlag
 
 __all__ = ["open_group"]
 
+_FD_ERROR = int(InitFlag.REPORT_FD_ERROR)
+#: Groups whose events carry no fd (mount events), like FID groups.
+_NO_FDS = int(InitFlag.REPORT_MNT)
+#: Whether the running kernel takes FAN_REPORT_FD_ERROR (None: not tried yet).
+_fd_error_known: bool | None = None
 
-def open_group(flags: int, event_flags: int) -> int:
-    """A new group fd.
+
+def _takes_fd_error() -> bool:
+    """Whether the kernel takes FAN_REPORT_FD_ERROR at all (it may refuse it with other flags)."""
+    try:
+        os.close(_ffi.fanotify_init(int(InitFlag.NONBLOCK | InitFlag.CLOEXEC) | _FD_ERROR, 0))
+    except OSError as exc:
+        return exc.errno != _errno.EINVAL
+    return True
+
+
+def open_group(flags: int, event_flags: int) -> tuple[int, int]:
+    """A new group fd, and the flags it was made with.
+
+    An fd-mode group gets FAN_REPORT_FD_ERROR (Linux 6.13) where the kernel
+    has it: an event whose fd the kernel cannot open (the process is out of
+    descriptors, or the open fails) then arrives with the errno instead of
+    being destroyed unseen (see ``_fdlimit.py``).  Whether the kernel takes
+    it is found out by the first group and remembered.
 
     :raises OSError: from ``_errors.init_error``, naming the refused flag
     """
+    global _fd_error_known
+    if not flags & (FID_INIT_FLAGS | _NO_FDS | _FD_ERROR) and _fd_error_known is not False:
+        try:
+            return _ffi.fanotify_init(flags | _FD_ERROR, event_flags), flags | _FD_ERROR
+        except OSError as exc:
+            if exc.errno != _errno.EINVAL:
+                return _init(flags, event_flags), flags  # raises the same error, explained
+            # EINVAL: this kernel predates the flag, or refuses the rest of ``flags``
+        fd = _init(flags, event_flags)
+        if not _takes_fd_error():
+            _fd_error_known = False
+        return fd, flags
+    return _init(flags, event_flags), flags
+
+
+def _init(flags: int, event_flags: int) -> int:
     try:
         return _ffi.fanotify_init(flags, event_flags)
     except OSError as exc:

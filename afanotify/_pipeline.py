@@ -29,15 +29,24 @@ import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from . import _dirmap, _fastparse, _ffi
+from . import _dirmap, _fastparse, _ffi, _threads
 from ._dirmap import DirMap
+from ._fdlimit import FdGuard, retryable
 from ._loop import LoopLike
 from ._parser import parse_lenient
 from ._proc import fd_path, process_info
 from ._static import StaticRules
 from .events import UNANSWERED, FanotifyData
 from .exceptions import ParseError
-from .flags import DIR_CHANGE_EVENTS, FID_INIT_FLAGS, PERM_EVENTS, Event, InitFlag, Response
+from .flags import (
+    CLASS_BITS,
+    DIR_CHANGE_EVENTS,
+    FID_INIT_FLAGS,
+    PERM_EVENTS,
+    Event,
+    InitFlag,
+    Response,
+)
 from .permission import PermissionTracker
 
 __all__ = ["Counters", "Pipeline"]
@@ -52,8 +61,6 @@ _ONDIR = int(Event.ONDIR)
 _APPLY = _ONDIR | _OVERFLOW
 _PERM = int(PERM_EVENTS)
 _ALLOW = int(Response.ALLOW)
-#: Thread ids of this process remembered after they were seen alive.
-_SEEN_TIDS_MAX = 4096
 #: Reads of leftover events at most (the kernel's queue is bounded).
 _LEFTOVER_READS = 64
 
@@ -80,13 +87,13 @@ class Counters:
 
     __slots__ = (
         "events_read", "events_delivered", "overflows", "parse_errors", "own_events", "reads",
-        "bytes_read", "lost",
+        "bytes_read", "lost", "fd_errors", "read_errors",
     )
 
     def __init__(self) -> None:
         self.events_read = self.events_delivered = self.overflows = 0
         self.parse_errors = self.own_events = self.reads = self.bytes_read = 0
-        self.lost = 0
+        self.lost = self.fd_errors = self.read_errors = 0
 
 
 join = _dirmap.join
@@ -140,6 +147,11 @@ class Pipeline:
         self._fid_paths = resolve_paths and self.fid_mode
         #: Directory handle -> path (FID modes); ``resolver`` is its older name.
         self.dirmap = self.resolver = DirMap(handle_cache_size, flags)
+        #: The reserve of descriptors and the counts of failed opens and reads.
+        self.fdguard = FdGuard(
+            fd, fd_mode=not self.fid_mode, perm_class=bool(flags & CLASS_BITS),
+            fd_error=self._fd_error, counters=counters, perm=perm,
+        )  # fmt: skip
         self.ignore_own = ignore_own
         self._pid = os.getpid()
         #: Ids that are always this process (thread ids are checked per event).
@@ -151,6 +163,8 @@ class Pipeline:
         self.tree: tuple[str, str, str, int] | None = None
         #: Events the tree kept out (in C, or here), and those of them in C.
         self.filtered = self.c_filtered = 0
+        if ignore_own and self._pid_is_tid:
+            _threads.install()  # threads record their ids as they start, see is_own
         self.fast = _fast_decoder(bufsize)
         #: Static permission rules decided in C before decoding (``_static.py``).
         self.static: StaticRules | None = None
@@ -230,6 +244,8 @@ class Pipeline:
         pid_is_tid = self._pid_is_tid
         proc_info = self.proc_info
         perm = self._perm
+        fd_error = self._fd_error
+        failed = False
         for idx in range(done, len(events)):
             ev = events[idx]
             mask = ev.ev_types
@@ -244,10 +260,14 @@ class Pipeline:
                     self._drop_own(ev)
                     continue
             fd = ev.fd
-            if fd >= 0 and fd_paths:
-                path, resolved = fd_path(fd)
-                _set_path(ev, path)
-                _set_path_resolved(ev, resolved)
+            if fd >= 0:
+                if fd_paths:
+                    path, resolved = fd_path(fd)
+                    _set_path(ev, path)
+                    _set_path_resolved(ev, resolved)
+            elif fd_error and ev.fd_error is not None:
+                self.fdguard.fd_error(ev.fd_error, bool(mask & _PERM))
+                failed = True
             if proc_info:
                 exe, cwd = process_info(ev.pid, ev.pidfd, pidfd_reported=self._pidfd_reported)
                 _set_exe(ev, exe)
@@ -256,6 +276,8 @@ class Pipeline:
                 _set_responder(ev, perm)
                 perm.add(ev, loop)
             append(ev)
+        if not failed:
+            self.fdguard.recovered()
         return out
 
     def _fid_pass(self, events: list[FanotifyData], start: int, complete: bool) -> None:
@@ -388,18 +410,16 @@ class Pipeline:
             return False
         # With REPORT_TID, ``pid`` is a thread id.  A live thread of ours is
         # listed under /proc/self/task.  One that has exited since the event
-        # is still ours as long as no other process holds its id; once the id
-        # is reused (it shows under /proc again), it is never trusted: that
-        # process's permission events must not be allowed unseen.
+        # is still ours if it was recorded (every thread started through
+        # ``threading`` is, see _threads.py) and no other process holds its
+        # id; once the id is reused (it shows under /proc again), it is never
+        # trusted: that process's permission events must not be allowed unseen.
         if os.path.exists(f"/proc/self/task/{pid}"):
-            seen = self.seen_tids
-            if len(seen) >= _SEEN_TIDS_MAX:
-                seen.clear()
-            seen.add(pid)
+            _threads.remember(pid)
             return True
-        if pid in self.seen_tids:
+        if _threads.known(pid):
             if os.path.exists(f"/proc/{pid}"):
-                self.seen_tids.discard(pid)
+                _threads.forget(pid)
                 return False
             return True
         return False
@@ -457,8 +477,15 @@ class Pipeline:
         """
         for _ in range(_LEFTOVER_READS):
             try:
-                n = os.readv(fd, (buf,))
-            except OSError:
+                n = self.fdguard.read(fd, memoryview(buf))
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                # Counted (and logged) like the reader's: EMFILE here means the
+                # kernel denied a permission event; the next read may succeed.
+                if retryable(exc) and self.fdguard.read_failed(exc):
+                    continue
+                log.error("reading leftover fanotify events failed: %s", exc)
                 return
             if n <= 0:
                 return
@@ -471,5 +498,6 @@ class Pipeline:
             yield from events
 
     def close(self) -> None:
-        """Release the resolver's mount fds."""
+        """Release the resolver's mount fds and the descriptor reserve."""
         self.resolver.close()
+        self.fdguard.close()

@@ -35,7 +35,8 @@ class QueueStatistics(NamedTuple):
     dropped: int
     #: The most events ever waiting at once.
     high_water: int
-    #: How many times a "block" queue made the group stop reading.
+    #: How many times a "block" queue made the group stop reading: one stall
+    #: lasts until the consumer has drained the queue to half its bound.
     blocked: int
 
 
@@ -100,6 +101,8 @@ class EventQueue:
         self._high = 0
         self._blocked = 0
         self._full_signalled = False
+        #: Inside one stall (see QueueStatistics.blocked).
+        self._stalled = False
 
     # -- producer side ---------------------------------------------------
 
@@ -110,7 +113,7 @@ class EventQueue:
             if self.policy == "block":
                 if not self._full_signalled:
                     self._full_signalled = True
-                    self._blocked += 1
+                    self._stall()
                 return False
             self._dropped += 1
             if self.policy == "drop_newest":
@@ -141,7 +144,7 @@ class EventQueue:
                 n = 0
             if n < len(events) and not self._full_signalled:
                 self._full_signalled = True
-                self._blocked += 1
+                self._stall()
             return n
         n = 0
         for ev in events:
@@ -153,6 +156,11 @@ class EventQueue:
     @property
     def full(self) -> bool:
         return len(self._items) >= self.maxsize
+
+    def _stall(self) -> None:
+        if not self._stalled:
+            self._stalled = True
+            self._blocked += 1
 
     def _drop(self, event: FanotifyData) -> None:
         if self._on_drop is not None:
@@ -178,6 +186,8 @@ class EventQueue:
         """
         if self._items:
             ev = self._items.popleft()
+            if self._stalled and len(self._items) <= self.maxsize // 2:
+                self._stalled = False
             if self._full_signalled and len(self._items) < self.maxsize:
                 self._full_signalled = False
                 if self._on_space is not None:

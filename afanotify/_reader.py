@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import errno as _errno
 import logging
-import os
 import resource
 from collections.abc import Callable
 from typing import Protocol
 
 from . import _ffi
+from ._fdlimit import FdGuard
 from ._loop import LoopLike, running_loop
 from ._pipeline import Counters
 from .flags import CLASS_BITS, FID_INIT_FLAGS, InitFlag
@@ -88,6 +88,8 @@ class Reader:
         have no room)
     :param queued: what the group holds now (its queue and held events), for
         sizing reads in fd mode; ``capacity`` is the most it may hold
+    :param guard: the group's descriptor reserve and fault counts (reads go
+        through it; see ``_fdlimit.py``)
     """
 
     def __init__(
@@ -102,8 +104,10 @@ class Reader:
         on_batch: Callable[[memoryview], None],
         on_fail: Callable[[OSError], None],
         on_retry: Callable[[], None],
+        guard: FdGuard,
     ) -> None:
         self._fd = fd
+        self._guard = guard
         self._buf = bytearray(bufsize)
         self._counters = counters
         self._capacity = capacity
@@ -112,7 +116,14 @@ class Reader:
         self._on_fail = on_fail
         self._on_retry = on_retry
         self._fd_budget = fd_budget(flags)
+        self._fds_per_event = int(not flags & FID_INIT_FLAGS) + int(
+            bool(flags & InitFlag.REPORT_PIDFD)
+        ) or 1
         self._max_event_len = max_event_len(flags)
+        #: The most events the smallest read may return (it must fit the largest one).
+        self._min_read_events = -(-self._max_event_len // _MIN_EVENT_LEN)
+        #: The last read_size found too few free descriptors to read at all.
+        self.starved = False
         #: A CONTENT or PRE_CONTENT group never stops reading: a permission
         #: event left in the kernel's queue would have no deadline.
         self._perm_class = bool(flags & CLASS_BITS)
@@ -196,20 +207,23 @@ class Reader:
                 return
             size = self.read_size()
             if size == 0:
-                self.pause()  # the consumer holds enough fds; its refill resumes
+                if self.starved:
+                    self._out_of_fds()  # nothing read: the events wait in the kernel
+                else:
+                    self.pause()  # the consumer holds enough fds; its refill resumes
                 return
             try:
-                n = os.readv(self._fd, (memoryview(self._buf)[:size],))
+                n = self._guard.read(self._fd, memoryview(self._buf)[:size])
             except BlockingIOError:
                 return
-            except InterruptedError:
-                continue
             except OSError as exc:
-                if exc.errno in (_errno.EMFILE, _errno.ENFILE):
-                    self._out_of_fds(exc)
-                else:
+                if not self._guard.read_failed(exc):
                     self._on_fail(exc)
-                return
+                    return
+                if exc.errno in (_errno.EMFILE, _errno.ENFILE):
+                    self._out_of_fds()
+                    return
+                continue  # that event is gone (counted); the rest are still queued
             if n <= 0:
                 return
             self._counters.reads += 1
@@ -223,14 +237,16 @@ class Reader:
 
         :raises BlockingIOError: if the kernel has no events
         :raises OSError: EMFILE/ENFILE when the kernel could not open an event's
-            fd (it dropped that event; counted in ``lost``)
+            fd (it dropped that event; counted in ``lost``), or another errno
+            after which reading may go on (counted in ``read_errors``)
         """
         size = self.read_size() or self._max_event_len  # see read_size
         try:
-            n = os.readv(self._fd, (memoryview(self._buf)[:size],))
+            n = self._guard.read(self._fd, memoryview(self._buf)[:size])
+        except BlockingIOError:
+            raise
         except OSError as exc:
-            if exc.errno in (_errno.EMFILE, _errno.ENFILE):
-                self._counters.lost += 1
+            self._guard.read_failed(exc)  # counted, logged once per episode
             raise
         self._counters.reads += 1
         self._counters.bytes_read += n
@@ -252,27 +268,28 @@ class Reader:
         full = len(self._buf)
         if self._fd_budget is None:
             return full
+        # No more events than this process has descriptors for (see
+        # _fdlimit): none at all while even the smallest read could not get
+        # its fds; that waits for the consumer to close some (_out_of_fds).
+        fits = self._guard.free_fds() // self._fds_per_event
+        self.starved = fits < self._min_read_events
+        if self.starved:
+            return 0
         room = min(self._capacity, self._fd_budget) - self._queued()
         if room <= 0:
             # A permission group never stops reading (a process waits on each
             # event): one event at a time, answered at once if it does not fit.
             return self._max_event_len if self._perm_class else 0
-        room = min(room, _FD_EVENTS_PER_WAKEUP)
+        room = min(room, _FD_EVENTS_PER_WAKEUP, fits)
         return min(full, max(self._max_event_len, room * _MIN_EVENT_LEN))
 
-    def _out_of_fds(self, exc: OSError) -> None:
-        # The kernel destroyed the event it could not open an fd for; the
-        # rest stay queued in the kernel.  Count and log it, and read again
-        # once the consumer has released an event or after a pause.
-        lost = self._counters.lost = self._counters.lost + 1
-        if not lost & (lost - 1):  # 1, 2, 4, 8, ...: logged, but not once per event
-            log.warning(
-                "the kernel dropped a fanotify event: no descriptor left for it (%s; %d "
-                "so far); close events sooner, lower maxsize, or raise the open-file "
-                "limit (ulimit -n)",
-                exc.strerror, lost,
-            )
+    def _out_of_fds(self) -> None:
+        # No descriptors for the next events (or the kernel destroyed the one
+        # it could not open an fd for: counted and logged by the guard); the
+        # rest stay queued in the kernel.  Read again once the consumer has
+        # released an event or after a pause.  A permission group waits too:
+        # its next event would be denied by the kernel, and the watchdog
+        # answers for the loop if this lasts.
         self.pause()
         if self.loop is not None:
             self.loop.call_later(_FD_RETRY_DELAY, self._on_retry)
-

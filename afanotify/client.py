@@ -161,6 +161,10 @@ class FanotifyClient(AsyncClosingContext):
         **rule_kwargs: Any,
     ) -> None:
         self._closed = True
+        from .group import Fanotify as _Group  # (group.py imports this module)
+
+        if not isinstance(fan, _Group):
+            raise TypeError(f"fan must be a Fanotify group, not {type(fan).__name__}")
         if rule is None:
             if "name" not in rule_kwargs:
                 FanotifyClient._counter += 1

@@ -24,7 +24,16 @@ from ._batches import BatchSink
 from ._consume import OwnQueue
 from ._dirmap import DEFAULT_SIZE as DEFAULT_DIRS
 from ._dispatch import DispatchStatistics
-from ._marks import MarkKind, PathArg, check_events, check_int, do_mark, kind_flag, mark_flags
+from ._marks import (
+    MarkKind,
+    PathArg,
+    check_events,
+    check_int,
+    do_mark,
+    kind_flag,
+    mark_flags,
+    unresolvable_reason,
+)
 from ._open import open_group
 from ._pipeline import Counters, Pipeline
 from ._queue import EventQueue
@@ -39,6 +48,7 @@ from .flags import (
     FID_INIT_FLAGS,
     MARK_TYPE_BITS,
     PERM_EVENTS,
+    Event,
     InitFlag,
     MarkFlag,
     Response,
@@ -87,8 +97,15 @@ class GroupStatistics(NamedTuple):
     #: Events waiting in the group's own queue.
     queued: int
     #: Events the kernel dropped because it could not open their fd in this
-    #: process (EMFILE/ENFILE: the open-file limit was reached).
+    #: process (EMFILE/ENFILE: the open-file limit was reached, or the open
+    #: failed) and destroyed, without FAN_REPORT_FD_ERROR (see docs/reliability.md).
     lost: int = 0
+    #: Events that arrived without their fd, because the kernel could not open
+    #: it (FAN_REPORT_FD_ERROR: ``event.fd_error`` is the errno).
+    fd_errors: int = 0
+    #: read(2) calls that failed and were retried (each error is logged once
+    #: per episode; the group keeps reading).
+    read_errors: int = 0
 
 
 def _check_init(flags: int, maxsize: int, buffer_size: int, handle_cache_size: int,
@@ -175,8 +192,13 @@ class Fanotify(OwnQueue, _fork.ForkGuard, AsyncClosingContext):
     ) -> None:
         self._fd = -1
         self._closed = True
-        flags = check_int("flags", flags)
-        event_flags = check_int("event_flags", event_flags)
+        if isinstance(flags, (Event, MarkFlag)):
+            raise TypeError(
+                f"flags must be InitFlag bits, not {type(flags).__name__}.{flags!r}: "
+                "events go to mark()"
+            )
+        flags = check_int("flags", flags, bits=32)
+        event_flags = check_int("event_flags", event_flags, bits=32)
         maxsize = check_int("maxsize", maxsize)
         buffer_size = check_int("buffer_size", buffer_size)
         handle_cache_size = check_int("handle_cache_size", handle_cache_size)
@@ -190,7 +212,9 @@ class Fanotify(OwnQueue, _fork.ForkGuard, AsyncClosingContext):
         self.resolve_paths = bool(resolve_paths)
         self.default_response = Response(default_response)
         self._fid_mode = bool(flags & FID_INIT_FLAGS)
-        self._fd = open_group(flags | InitFlag.NONBLOCK | InitFlag.CLOEXEC, event_flags)
+        self._fd, opened = open_group(flags | InitFlag.NONBLOCK | InitFlag.CLOEXEC, event_flags)
+        flags |= opened & InitFlag.REPORT_FD_ERROR  # added where the kernel has it
+        self.flags = InitFlag(flags)
         self._closed = False
         #: The process that made the group; in any other (a forked child) it is inherited.
         self._pid = os.getpid()
@@ -210,7 +234,7 @@ class Fanotify(OwnQueue, _fork.ForkGuard, AsyncClosingContext):
         self._reader = Reader(
             self._fd, flags, buffer_size, self._counters, capacity=maxsize,
             queued=self._queued, on_batch=self._handle_batch, on_fail=self._fail,
-            on_retry=self._resume,
+            on_retry=self._resume, guard=self._pipeline.fdguard,
         )  # fmt: skip
         self._iter_last: FanotifyData | None = None
         self._batch_sink: BatchSink | None = None
@@ -256,6 +280,7 @@ class Fanotify(OwnQueue, _fork.ForkGuard, AsyncClosingContext):
         return GroupStatistics(
             c.events_read, c.events_delivered, c.overflows, c.parse_errors, c.own_events,
             c.reads, c.bytes_read, self._perm.defaulted, len(self._queue), c.lost,
+            c.fd_errors, c.read_errors,
         )
 
     @property
@@ -374,6 +399,14 @@ class Fanotify(OwnQueue, _fork.ForkGuard, AsyncClosingContext):
             self._pipeline.resolver.add_mount(full, dont_follow=dont_follow)
         except OSError as exc:
             log.warning("cannot keep a mount fd for %r; its paths stay unresolved: %s", full, exc)
+            return
+        reason = unresolvable_reason(full)
+        if reason is not None:
+            log.warning(
+                "paths of events under %r cannot be resolved (%s): events carry file handles "
+                "and names only (overlayfs needs nfs_export=on; or use a group without FID "
+                "flags)", full, reason,
+            )
 
     # -- reading ---------------------------------------------------------
 

@@ -99,6 +99,9 @@ class PermissionStatistics(NamedTuple):
     #: Permission events the watchdog thread answered because the event loop
     #: did not read them in time (also counted in ``defaulted``).
     stalled: int
+    #: Permission events the kernel denied itself: it could not open their fd in
+    #: this process (EMFILE/ENFILE...); also in ``denied`` (docs/reliability.md).
+    denied_by_kernel: int = 0
 
 
 class _Entry:
@@ -152,6 +155,7 @@ class PermissionTracker:
         self._watched_tasks: dict[object, set[int]] = {}
         self.handler: PermissionHandler | None = None
         self.allowed = self.denied = self.late = self.queue_dropped = 0
+        self.kernel_denied = 0
         self._reasons: dict[str, int] = dict.fromkeys(
             (TIMED_OUT, HANDLER_ERROR, ABANDONED, DROPPED, RELEASED, AT_CLOSE, STALLED), 0
         )
@@ -198,7 +202,7 @@ class PermissionTracker:
         return PermissionStatistics(
             len(self._pending), self.allowed, self.denied, self.defaulted, r[TIMED_OUT],
             r[HANDLER_ERROR], r[ABANDONED], r[DROPPED], r[RELEASED], r[AT_CLOSE], self.late,
-            self.queue_dropped, r[STALLED],
+            self.queue_dropped, r[STALLED], self.kernel_denied,
         )
 
     def __len__(self) -> int:
@@ -370,6 +374,11 @@ class PermissionTracker:
                 return exc
         return None
 
+    def count_kernel_denied(self, n: int) -> None:
+        """Count permission events the kernel denied because it could not open their fd."""
+        self.kernel_denied += n
+        self.denied += n
+
     def count_stalled(self, response: int) -> None:
         """Count a response the watchdog wrote itself for an event the loop never read."""
         self._reasons[STALLED] += 1
@@ -501,9 +510,14 @@ class PermissionTracker:
 
     def _handler_done(self, ev: FanotifyData, task: TaskLike) -> None:
         if task.cancelled():
-            # Cancelled by a deadline, a close, or an answer written elsewhere.
+            # Cancelled by a deadline, a close, or an answer written elsewhere
+            # (those log or count their own answer), or by someone else.
             if ev._owns & UNANSWERED:
                 err = self.answer_default(ev, HANDLER_ERROR)
+                log.warning(
+                    "permission handler for %s (pid %d) was cancelled before it answered: "
+                    "answered %s", ev.path, ev.pid, self.default.name,
+                )
                 if err is not None:
                     _log_write_errors([ev], [err])
             ev.close()

@@ -29,6 +29,10 @@ from ._patterns import PatternError, check_pattern
 from .events import FanotifyData
 from .flags import Event
 
+_ALL_EVENTS = 0
+for _e in Event:
+    _ALL_EVENTS |= _e.value
+
 __all__ = ["FanoRule", "Predicate", "fnmatch"]
 
 #: ``predicate(event) -> bool``, or an ``async`` function returning bool.
@@ -118,6 +122,10 @@ def _pattern(argname: str, value: object, lenient: bool) -> Pattern | None:
         raise TypeError(f"{argname} must be str, bytes or None, not {type(value).__name__}")
     if not value:
         raise ValueError(f"{argname} is empty: pass None to accept any value")
+    if (isinstance(value, str) and "\0" in value) or (
+        isinstance(value, bytes) and b"\0" in value
+    ):
+        raise ValueError(f"{argname} contains a NUL byte, which no path or name can hold")
     try:
         check_pattern(value)
     except PatternError as exc:
@@ -206,6 +214,11 @@ class FanoRule:
             raise TypeError(f"ev_types must be an int or Event mask, not {type(ev_types).__name__}")
         if ev_types < 0:
             raise ValueError(f"ev_types must be a non-negative mask, got {ev_types}")
+        if ev_types & ~_ALL_EVENTS:
+            raise ValueError(
+                f"ev_types has bits no Event names: {ev_types & ~_ALL_EVENTS:#x} "
+                "(build the mask from afanotify.Event members)"
+            )
         if predicate is not None and not callable(predicate):
             raise TypeError(f"predicate must be callable, not {type(predicate).__name__}")
         s = object.__setattr__

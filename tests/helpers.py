@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import os
 import subprocess
 import sys
@@ -140,3 +141,32 @@ async def wait_until(cond: Callable[[], bool], what: str, timeout: float = 5.0) 
     while not cond():
         assert loop.time() < deadline, f"{what}: not within {timeout}s"
         await asyncio.sleep(0.01)
+
+
+#: Run a command as uid/gid 65534 with no capabilities.
+NOBODY = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all")
+
+
+@functools.cache
+def _nobody_python_problem() -> str | None:
+    r = subprocess.run(
+        [*NOBODY, sys.executable, "-c", "import afanotify"], env=child_env(), cwd=CHILD_CWD,
+        capture_output=True, text=True, timeout=30, check=False,
+    )
+    if r.returncode == 0:
+        return None
+    lines = r.stderr.strip().splitlines()
+    return lines[-1] if lines else f"exit status {r.returncode}"
+
+
+def require_nobody_python() -> None:
+    """Skip the test on this interpreter if uid 65534 cannot run it with afanotify.
+
+    (pyenv's interpreters live under /root, which that user cannot read; a
+    test with an unprivileged child then runs on interpreters it can.)
+    """
+    import pytest
+
+    problem = _nobody_python_problem()
+    if problem is not None:
+        pytest.skip(f"uid 65534 cannot run {sys.executable} with afanotify here: {problem}")

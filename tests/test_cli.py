@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from helpers import CHILD_CWD, REPO, child_env
+from helpers import CHILD_CWD, REPO, child_env, require_nobody_python
 
 import afanotify
 import afanotify._cli_guard
@@ -72,6 +72,8 @@ class Proc:
 def cli(
     *args: str, stdout: int | object = subprocess.PIPE, prefix: Sequence[str] = ()
 ) -> Iterator[Proc]:
+    if prefix == NOBODY:
+        require_nobody_python()
     popen = subprocess.Popen(
         [*prefix, *CLI, *args], stdout=stdout, stderr=subprocess.PIPE, env=ENV,  # type: ignore[arg-type]
         cwd=CHILD_CWD,
@@ -90,6 +92,8 @@ def cli(
 def run(
     *args: str, prefix: Sequence[str] = (), timeout: float = 30
 ) -> subprocess.CompletedProcess[str]:
+    if prefix == NOBODY:
+        require_nobody_python()
     return subprocess.run(
         [*prefix, *CLI, *args], capture_output=True, text=True, env=ENV, cwd=CHILD_CWD,
         timeout=timeout, check=False,

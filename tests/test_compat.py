@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import CHILD_CWD, child_env
+from helpers import CHILD_CWD, child_env, require_nobody_python
 
 import afanotify
 import afanotify.compat as pyfanotify
@@ -374,6 +374,7 @@ def test_oserror_when_fanotify_is_missing(
 @pytest.mark.kernel
 def test_oserror_without_privilege() -> None:
     # As a user without CAP_SYS_ADMIN, fanotify_init fails: OSError, as documented.
+    require_nobody_python()
     code = textwrap.dedent("""
         import afanotify.compat as pyfanotify
         try:

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import CHILD_CWD, child_env
+from helpers import CHILD_CWD, child_env, require_nobody_python
 
 from afanotify import (
     ClosedResourceError,
@@ -85,6 +85,7 @@ else:
 def _as_nobody(code: str, *args: str) -> subprocess.CompletedProcess[str]:
     setpriv = shutil.which("setpriv")
     assert setpriv is not None, "setpriv (util-linux) is needed for this test"
+    require_nobody_python()
     return subprocess.run(
         [
             setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",

@@ -57,3 +57,28 @@ def test_put_many_on_full_queue_signals_block_once() -> None:
     assert q.statistics().blocked == 1
     q.get_nowait()
     assert spaces == [1]
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_one_stall_is_counted_once(batched: bool) -> None:
+    # A consumer that takes one event at a time from a full queue keeps the
+    # producer stalled: that is one stall, however many refills it takes
+    # (issue 15: 16,598 for one stall).  It ends once the queue drained to half.
+    q = EventQueue(8)
+
+    def offer() -> bool:
+        return q.put_many(_events(1)) == 1 if batched else q.put(_events(1)[0])
+
+    while offer():
+        pass
+    assert q.statistics().blocked == 1
+    for _ in range(1000):
+        q.get_nowait()
+        assert offer()
+        assert not offer()
+    assert q.statistics().blocked == 1
+    while len(q) > 4:
+        q.get_nowait()
+    while offer():
+        pass
+    assert q.statistics().blocked == 2

@@ -185,10 +185,26 @@ def corpus() -> list[bytes]:
     batches = _dir_batches(rnd, 150)
     bufs += batches
     bufs += [_mutate(rnd, rnd.choice(batches)) for _ in range(600)]
+    # A longer fuzz run on demand (docs/reliability.md records one):
+    # AFANOTIFY_FUZZ_BUFFERS=100000 pytest tests/test_sanitizers.py --timeout=3600
+    extra = _EXTRA
+    pool = [*batches, *GOOD.values(), b"".join(GOOD.values())]
+    for _ in range(extra):
+        kind = rnd.randrange(3)
+        if kind == 0:
+            bufs.append(_mutate(rnd, rnd.choice(pool)))
+        elif kind == 1:
+            bufs.append(_mutate(rnd, rnd.choice(pool) + rnd.choice(pool)))
+        else:
+            bufs.append(rnd.randbytes(rnd.randrange(300)))
     return bufs
 
 
-@pytest.mark.timeout(180)
+#: Fuzzed buffers added on demand (AFANOTIFY_FUZZ_BUFFERS, see corpus()).
+_EXTRA = int(os.environ.get("AFANOTIFY_FUZZ_BUFFERS", "0"))
+
+
+@pytest.mark.timeout(180 + _EXTRA // 20)
 def test_the_core_is_clean_under_asan_and_ubsan(tmp_path: Path) -> None:
     gcc = shutil.which("gcc")
     if gcc is None:
@@ -234,7 +250,7 @@ def test_the_core_is_clean_under_asan_and_ubsan(tmp_path: Path) -> None:
     )
     run = subprocess.run(
         [sys.executable, str(driver), str(data), str(pkg)], cwd=tmp_path, env=env,
-        capture_output=True, text=True, check=False, timeout=150,
+        capture_output=True, text=True, check=False, timeout=150 + len(bufs) // 20,
     )  # fmt: skip
     report = run.stderr[-4000:]
     assert run.returncode == 0, report
