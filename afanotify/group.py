@@ -24,6 +24,7 @@ from ._batches import BatchSink
 from ._consume import OwnQueue
 from ._dirmap import DEFAULT_SIZE as DEFAULT_DIRS
 from ._dispatch import DispatchStatistics
+from ._loop import LoopLike
 from ._marks import (
     MarkKind,
     PathArg,
@@ -108,8 +109,22 @@ class GroupStatistics(NamedTuple):
     read_errors: int = 0
 
 
-def _check_init(flags: int, maxsize: int, buffer_size: int, handle_cache_size: int,
-                default_response: int) -> None:
+def _check_init(
+    flags: int, event_flags: int, maxsize: int, buffer_size: int, handle_cache_size: int,
+    default_response: int,
+) -> tuple[int, int, int, int, int, int]:
+    """The integer arguments of :class:`Fanotify`, checked (the errors it documents)."""
+    if isinstance(flags, (Event, MarkFlag)):
+        raise TypeError(
+            f"flags must be InitFlag bits, not {type(flags).__name__}.{flags!r}: "
+            "events go to mark()"
+        )
+    flags = check_int("flags", flags, bits=32)
+    event_flags = check_int("event_flags", event_flags, bits=32)
+    maxsize = check_int("maxsize", maxsize)
+    buffer_size = check_int("buffer_size", buffer_size)
+    handle_cache_size = check_int("handle_cache_size", handle_cache_size)
+    default_response = check_int("default_response", default_response)
     if flags & ~_ALL_INIT:
         raise ValueError(f"flags has bits no InitFlag names: {flags & ~_ALL_INIT:#x}")
     if flags & CLASS_BITS == CLASS_BITS:
@@ -133,6 +148,44 @@ def _check_init(flags: int, maxsize: int, buffer_size: int, handle_cache_size: i
         raise ValueError(f"handle_cache_size must be >= 0, got {handle_cache_size}")
     if default_response not in (Response.ALLOW, Response.DENY):
         raise ValueError("default_response must be Response.ALLOW or Response.DENY")
+    return flags, event_flags, maxsize, buffer_size, handle_cache_size, default_response
+
+
+def _keep_mount(pipeline: Pipeline, path: PathArg, dirfd: int | None, dont_follow: bool) -> None:
+    """Let the FID path map open handles on a new mark's filesystem; warn where it cannot."""
+    full = os.fspath(path)
+    if dirfd is not None and not os.path.isabs(full):
+        full = os.path.join(f"/proc/self/fd/{dirfd}", os.fsdecode(full))
+    try:
+        pipeline.resolver.add_mount(full, dont_follow=dont_follow)
+    except OSError as exc:
+        log.warning("cannot keep a mount fd for %r; its paths stay unresolved: %s", full, exc)
+        return
+    reason = unresolvable_reason(full)
+    if reason is not None:
+        log.warning(
+            "paths of events under %r cannot be resolved (%s): events carry file handles "
+            "and names only (overlayfs needs nfs_export=on; or use a group without FID "
+            "flags)", full, reason,
+        )
+
+
+def _decode_without_gc(pipeline: Pipeline, view: memoryview, loop: LoopLike | None
+                       ) -> list[FanotifyData]:
+    # A batch is thousands of new objects that all live until consumed,
+    # so the cyclic GC would run several young collections over them
+    # mid-batch (and, counting those, older ones over everything) only to
+    # find nothing to free.  It is paused for the decode alone (library
+    # code, no user callbacks; other threads only have a collection
+    # deferred) and its previous state restored; the next allocation
+    # after that collects as usual.
+    if not gc.isenabled():
+        return pipeline.decode(view, loop)
+    gc.disable()
+    try:
+        return pipeline.decode(view, loop)
+    finally:
+        gc.enable()
 
 
 class Fanotify(OwnQueue, _fork.ForkGuard, AsyncClosingContext):
@@ -192,19 +245,11 @@ class Fanotify(OwnQueue, _fork.ForkGuard, AsyncClosingContext):
     ) -> None:
         self._fd = -1
         self._closed = True
-        if isinstance(flags, (Event, MarkFlag)):
-            raise TypeError(
-                f"flags must be InitFlag bits, not {type(flags).__name__}.{flags!r}: "
-                "events go to mark()"
-            )
-        flags = check_int("flags", flags, bits=32)
-        event_flags = check_int("event_flags", event_flags, bits=32)
-        maxsize = check_int("maxsize", maxsize)
-        buffer_size = check_int("buffer_size", buffer_size)
-        handle_cache_size = check_int("handle_cache_size", handle_cache_size)
-        default_response = check_int("default_response", default_response)
+        flags, event_flags, maxsize, buffer_size, handle_cache_size, default_response = (
+            _check_init(flags, event_flags, maxsize, buffer_size, handle_cache_size,
+                        default_response)
+        )  # fmt: skip
         permission_timeout = check_timeout(permission_timeout)
-        _check_init(flags, maxsize, buffer_size, handle_cache_size, default_response)
         self.flags = InitFlag(flags)
         self.event_flags = event_flags
         self.ignore_own = bool(ignore_own)
@@ -344,7 +389,7 @@ class Fanotify(OwnQueue, _fork.ForkGuard, AsyncClosingContext):
                 tick=min(0.25, self._perm.timeout / 4),
             )  # fmt: skip
         if self._fid_mode and self.resolve_paths and not mflags & MARK_TYPE_BITS == MarkFlag.MNTNS:
-            self._register_mount(path, dirfd, dont_follow)
+            _keep_mount(self._pipeline, path, dirfd, dont_follow)
 
     def unmark(
         self,
@@ -391,23 +436,6 @@ class Fanotify(OwnQueue, _fork.ForkGuard, AsyncClosingContext):
         ign = bool(mflags & (MarkFlag.IGNORE | MarkFlag.IGNORED_MASK))
         self._pipeline.dirmap.note_mark(mflags, mask, ign)
 
-    def _register_mount(self, path: PathArg, dirfd: int | None, dont_follow: bool) -> None:
-        full = os.fspath(path)
-        if dirfd is not None and not os.path.isabs(full):
-            full = os.path.join(f"/proc/self/fd/{dirfd}", os.fsdecode(full))
-        try:
-            self._pipeline.resolver.add_mount(full, dont_follow=dont_follow)
-        except OSError as exc:
-            log.warning("cannot keep a mount fd for %r; its paths stay unresolved: %s", full, exc)
-            return
-        reason = unresolvable_reason(full)
-        if reason is not None:
-            log.warning(
-                "paths of events under %r cannot be resolved (%s): events carry file handles "
-                "and names only (overlayfs needs nfs_export=on; or use a group without FID "
-                "flags)", full, reason,
-            )
-
     # -- reading ---------------------------------------------------------
 
     def _ensure_reader(self) -> None:
@@ -453,22 +481,7 @@ class Fanotify(OwnQueue, _fork.ForkGuard, AsyncClosingContext):
         return self._pipeline.decode(view, self._reader.loop)
 
     def _handle_batch(self, view: memoryview) -> None:
-        # A batch is thousands of new objects that all live until consumed,
-        # so the cyclic GC would run several young collections over them
-        # mid-batch (and, counting those, older ones over everything) only to
-        # find nothing to free.  It is paused for the decode alone (library
-        # code, no user callbacks; other threads only have a collection
-        # deferred) and its previous state restored; the next allocation
-        # after that collects as usual.
-        loop = self._reader.loop
-        if gc.isenabled():
-            gc.disable()
-            try:
-                events = self._pipeline.decode(view, loop)
-            finally:
-                gc.enable()
-        else:
-            events = self._pipeline.decode(view, loop)
+        events = _decode_without_gc(self._pipeline, view, self._reader.loop)
         if events:
             self._deliver(events)
 

@@ -154,8 +154,7 @@ class PermissionTracker:
         #: Consumer tasks (asyncio or trio) -> fds of the events they took.
         self._watched_tasks: dict[object, set[int]] = {}
         self.handler: PermissionHandler | None = None
-        self.allowed = self.denied = self.late = self.queue_dropped = 0
-        self.kernel_denied = 0
+        self.allowed = self.denied = self.late = self.queue_dropped = self.kernel_denied = 0
         self._reasons: dict[str, int] = dict.fromkeys(
             (TIMED_OUT, HANDLER_ERROR, ABANDONED, DROPPED, RELEASED, AT_CLOSE, STALLED), 0
         )
@@ -478,9 +477,6 @@ class PermissionTracker:
         except Exception as exc:
             self._handler_failed(ev, exc)
             return
-        if result is True or result is False:
-            self._apply_bool(ev, result)  # the plain handler's answer: nothing to await
-            return
         if inspect.isawaitable(result):
             entry = self._pending.get(ev.fd)
             if entry is None or entry.event is not ev:
@@ -547,17 +543,6 @@ class PermissionTracker:
             ev.close()
             log.error("could not answer permission event fd=%d: %s", ev.fd, exc)
             return
-        ev.close()
-
-    def _apply_bool(self, ev: FanotifyData, allowed: bool) -> None:
-        # _apply for True/False, without the checks a verdict object needs.
-        try:
-            with self.lock:
-                self._write_locked(ev, _ALLOW if allowed else _DENY, None)
-        except (AlreadyAnsweredError, ClosedResourceError):  # by the watchdog, or a close
-            self.late += 1
-        except OSError as exc:
-            log.error("could not answer permission event fd=%d: %s", ev.fd, exc)
         ev.close()
 
     def _handler_failed(self, ev: FanotifyData, exc: BaseException) -> None:
