@@ -110,7 +110,11 @@ def features() -> Features:
     """Probe the running kernel: init flags, mark types and flags, and events.
 
     Needs CAP_SYS_ADMIN for a full answer; without it, ``available`` is False
-    and ``reason`` says why.
+    and ``reason`` says why.  The answer also says which core this install
+    runs on (:attr:`Features.core`).
+
+    :raises OSError: if a probe fails other than by the kernel refusing a flag
+        (EINVAL, EPERM), for example EMFILE when no descriptor is left
     """
     try:
         fd = _ffi.fanotify_init(_BASE, os.O_RDONLY)

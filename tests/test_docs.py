@@ -4,11 +4,13 @@ each method raises."""
 
 from __future__ import annotations
 
+import ast
 import html
 import inspect
 import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -117,3 +119,18 @@ def test_help_of_the_package_is_an_introduction() -> None:
     assert len(lines) > 10
     for name in ("Fanotify", "FanoRule", "features", "afanotify.compat", "Event", "InitFlag"):
         assert name in doc, name
+
+
+def _python_blocks() -> list[tuple[str, str]]:
+    blocks = []
+    for page in sorted([*DOCS.glob("*.md"), REPO / "README.md"]):
+        for i, code in enumerate(re.findall(r"```python\n(.*?)```", page.read_text(), re.S)):
+            blocks.append((f"{page.name}#{i}", code))
+    return blocks
+
+
+@pytest.mark.parametrize(("where", "code"), _python_blocks(), ids=lambda v: v.split("\n")[0][:30])
+def test_python_examples_in_the_docs_compile(where: str, code: str) -> None:
+    # Snippets may use await at top level, as in an asyncio REPL.
+    flags = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT | ast.PyCF_ONLY_AST
+    compile(textwrap.dedent(code), where, "exec", flags=flags)

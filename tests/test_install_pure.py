@@ -18,7 +18,10 @@ import venv
 from pathlib import Path
 
 import pytest
-from helpers import CHILD_CWD, REPO
+from helpers import CHILD_CWD, REPO, child_env
+
+import afanotify
+from afanotify import _fastparse, _ffi
 
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(300)]
 
@@ -108,11 +111,20 @@ def test_this_run_uses_the_core_it_asked_for() -> None:
     # The counterpart: the suite itself (CI installs with gcc) runs on the C
     # core, so the C decoder is what the other tests exercise, unless the run
     # asked for the pure one with AFANOTIFY_CORE=pure.
-    from afanotify import _fastparse, _ffi
-
     if os.environ.get("AFANOTIFY_CORE") == "pure":
         assert (_ffi.CORE, _fastparse.available()) == ("pure", False)
+        label = "pure (pure-Python, slower decoding)"
     else:
         assert _ffi.CORE == "c", _ffi.CORE_ERROR
         assert _fastparse.available()
         assert "afanotify._fanotify" in sys.modules
+        label = "c (compiled)"
+    feats = afanotify.features()
+    assert feats.core == _ffi.CORE and feats.as_dict()["core"] == _ffi.CORE
+    assert (feats.core_hint is None) == (_ffi.CORE == "c")
+    # The command's first line says the same (with or without root).
+    r = subprocess.run(
+        [sys.executable, "-m", "afanotify", "features"], capture_output=True, text=True,
+        env=child_env(), cwd=CHILD_CWD, timeout=60, check=False,
+    )
+    assert r.stdout.splitlines()[0] == f"core:        {label}", r.stdout + r.stderr
