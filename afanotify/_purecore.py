@@ -14,6 +14,7 @@ struct size, to the compiled core's, which takes them from the headers.
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 from typing import Any
@@ -209,7 +210,7 @@ class _Lib:
         self, mount_fd: int, handle: bytes, handle_bytes: int, handle_type: int, flags: int
     ) -> int:
         if handle_bytes > CONSTANTS["MAX_HANDLE_SZ"]:
-            ffi.errno = 22  # EINVAL, as the C helper sets it
+            ffi.errno = errno.EINVAL  # as the C helper sets it
             return -1
         fh = ffi.new("struct afn_file_handle *")
         fh.handle_bytes = handle_bytes
