@@ -8,6 +8,7 @@ behind ``#ifndef`` guards, so newer headers win when they exist.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from cffi import FFI
@@ -431,5 +432,29 @@ def make_builder(
 
 ffibuilder = make_builder()
 
+
+
+def build_in_place(verbose: bool = True) -> Path:
+    """Compile the core into ``afanotify/`` (``python build_ffi.py``); returns its path.
+
+    The compile runs in a temporary directory: cffi's build reads the
+    setuptools configuration of the directory it runs in, and the project's
+    pyproject.toml needs a newer setuptools (77, for the SPDX license) than
+    a fresh virtualenv brings, while ``pip install`` gets its own.
+    """
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="afanotify-build-") as tmp:
+        built = Path(ffibuilder.compile(tmpdir=tmp, verbose=verbose))
+        target = _HERE / "afanotify" / built.name
+        # A new file renamed over the old one: a process that has the old
+        # one loaded keeps its (unchanged) mapping.
+        partial = target.with_name(target.name + ".tmp")
+        shutil.copyfile(built, partial)
+        os.replace(partial, target)
+    return target
+
+
 if __name__ == "__main__":
-    ffibuilder.compile(verbose=True)
+    print(build_in_place())
