@@ -8,6 +8,7 @@ behind ``#ifndef`` guards, so newer headers win when they exist.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from cffi import FFI
@@ -118,6 +119,125 @@ _PRELUDE = r"""
 #include <sys/fanotify.h>
 #include <sys/vfs.h>
 #include <unistd.h>
+
+/* Added between Linux 4.15 and 6.1: absent from older headers, such as the
+ * kernel-headers 4.18 of the manylinux_2_28 image the wheels are built in
+ * (glibc's <sys/fanotify.h> includes <linux/fanotify.h>).  Each struct comes
+ * with the info type that introduced it. */
+#ifndef FAN_ENABLE_AUDIT
+#define FAN_ENABLE_AUDIT 0x00000040
+#endif
+#ifndef FAN_AUDIT
+#define FAN_AUDIT 0x10
+#endif
+#ifndef FAN_REPORT_TID
+#define FAN_REPORT_TID 0x00000100
+#endif
+#ifndef FAN_REPORT_FID
+#define FAN_REPORT_FID 0x00000200
+#endif
+#ifndef FAN_REPORT_DIR_FID
+#define FAN_REPORT_DIR_FID 0x00000400
+#endif
+#ifndef FAN_REPORT_NAME
+#define FAN_REPORT_NAME 0x00000800
+#endif
+#ifndef FAN_REPORT_TARGET_FID
+#define FAN_REPORT_TARGET_FID 0x00001000
+#endif
+#ifndef FAN_REPORT_DFID_NAME
+#define FAN_REPORT_DFID_NAME (FAN_REPORT_DIR_FID | FAN_REPORT_NAME)
+#endif
+#ifndef FAN_REPORT_DFID_NAME_TARGET
+#define FAN_REPORT_DFID_NAME_TARGET (FAN_REPORT_DFID_NAME | FAN_REPORT_FID | FAN_REPORT_TARGET_FID)
+#endif
+#ifndef FAN_REPORT_PIDFD
+#define FAN_REPORT_PIDFD 0x00000080
+#endif
+#ifndef FAN_ATTRIB
+#define FAN_ATTRIB 0x00000004
+#endif
+#ifndef FAN_MOVED_FROM
+#define FAN_MOVED_FROM 0x00000040
+#endif
+#ifndef FAN_MOVED_TO
+#define FAN_MOVED_TO 0x00000080
+#endif
+#ifndef FAN_CREATE
+#define FAN_CREATE 0x00000100
+#endif
+#ifndef FAN_DELETE
+#define FAN_DELETE 0x00000200
+#endif
+#ifndef FAN_DELETE_SELF
+#define FAN_DELETE_SELF 0x00000400
+#endif
+#ifndef FAN_MOVE_SELF
+#define FAN_MOVE_SELF 0x00000800
+#endif
+#ifndef FAN_MOVE
+#define FAN_MOVE (FAN_MOVED_FROM | FAN_MOVED_TO)
+#endif
+#ifndef FAN_OPEN_EXEC
+#define FAN_OPEN_EXEC 0x00001000
+#endif
+#ifndef FAN_OPEN_EXEC_PERM
+#define FAN_OPEN_EXEC_PERM 0x00040000
+#endif
+#ifndef FAN_FS_ERROR
+#define FAN_FS_ERROR 0x00008000
+#endif
+#ifndef FAN_RENAME
+#define FAN_RENAME 0x10000000
+#endif
+#ifndef FAN_MARK_FILESYSTEM
+#define FAN_MARK_FILESYSTEM 0x00000100
+#endif
+#ifndef FAN_MARK_EVICTABLE
+#define FAN_MARK_EVICTABLE 0x00000200
+#endif
+#ifndef FAN_MARK_IGNORE
+#define FAN_MARK_IGNORE 0x00000400
+#endif
+#ifndef FAN_MARK_IGNORE_SURV
+#define FAN_MARK_IGNORE_SURV (FAN_MARK_IGNORE | FAN_MARK_IGNORED_SURV_MODIFY)
+#endif
+#ifndef FAN_EVENT_INFO_TYPE_FID
+#define FAN_EVENT_INFO_TYPE_FID 1
+struct fanotify_event_info_header {
+    __u8 info_type;
+    __u8 pad;
+    __u16 len;
+};
+struct fanotify_event_info_fid {
+    struct fanotify_event_info_header hdr;
+    __kernel_fsid_t fsid;
+    unsigned char handle[0];
+};
+#endif
+#ifndef FAN_EVENT_INFO_TYPE_DFID_NAME
+#define FAN_EVENT_INFO_TYPE_DFID_NAME 2
+#define FAN_EVENT_INFO_TYPE_DFID 3
+#endif
+#ifndef FAN_EVENT_INFO_TYPE_PIDFD
+#define FAN_EVENT_INFO_TYPE_PIDFD 4
+struct fanotify_event_info_pidfd {
+    struct fanotify_event_info_header hdr;
+    __s32 pidfd;
+};
+#endif
+#ifndef FAN_EVENT_INFO_TYPE_ERROR
+#define FAN_EVENT_INFO_TYPE_ERROR 5
+struct fanotify_event_info_error {
+    struct fanotify_event_info_header hdr;
+    __s32 error;
+    __u32 error_count;
+};
+#endif
+#ifndef FAN_EVENT_INFO_TYPE_OLD_DFID_NAME
+#define FAN_EVENT_INFO_TYPE_OLD_DFID_NAME 10
+#define FAN_EVENT_INFO_TYPE_NEW_DFID_NAME 12
+#endif
 
 /* Added after Linux 6.1: absent from the build machine's headers. */
 #ifndef FAN_PRE_ACCESS
@@ -312,5 +432,29 @@ def make_builder(
 
 ffibuilder = make_builder()
 
+
+
+def build_in_place(verbose: bool = True) -> Path:
+    """Compile the core into ``afanotify/`` (``python build_ffi.py``); returns its path.
+
+    The compile runs in a temporary directory: cffi's build reads the
+    setuptools configuration of the directory it runs in, and the project's
+    pyproject.toml needs a newer setuptools (77, for the SPDX license) than
+    a fresh virtualenv brings, while ``pip install`` gets its own.
+    """
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="afanotify-build-") as tmp:
+        built = Path(ffibuilder.compile(tmpdir=tmp, verbose=verbose))
+        target = _HERE / "afanotify" / built.name
+        # A new file renamed over the old one: a process that has the old
+        # one loaded keeps its (unchanged) mapping.
+        partial = target.with_name(target.name + ".tmp")
+        shutil.copyfile(built, partial)
+        os.replace(partial, target)
+    return target
+
+
 if __name__ == "__main__":
-    ffibuilder.compile(verbose=True)
+    print(build_in_place())

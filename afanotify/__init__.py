@@ -1,4 +1,47 @@
-"""afanotify: Linux fanotify for asyncio."""
+"""afanotify: Linux fanotify for asyncio.
+
+Every file event on a file, directory, mount or whole filesystem, delivered
+to asyncio code with nothing lost silently, and permission events that are
+always answered::
+
+    import asyncio
+    from afanotify import Event, Fanotify, InitFlag
+
+    async def main() -> None:
+        async with Fanotify(InitFlag.REPORT_DFID_NAME) as fan:
+            fan.mark("/tmp/watched", Event.CREATE | Event.DELETE | Event.EVENT_ON_CHILD)
+            async for event in fan:
+                print(event.events, event.path)
+
+    asyncio.run(main())
+
+The names, by job:
+
+- :class:`Fanotify`: a group (the kernel fd): ``mark()``, ``unmark()``,
+  ``flush()``, ``async for``, ``receive()``, ``stats``.  Events are
+  :class:`FanotifyData` (with :class:`FileHandle` in FID modes); an event
+  that carries an fd owns it.
+- :class:`Event`, :class:`InitFlag`, :class:`MarkFlag`, :class:`Response`,
+  :class:`InfoType`: the kernel's flags as enums; :mod:`afanotify.flags` also
+  has the ``FAN_*`` integers.  :func:`evt_to_str` names the bits of a mask.
+- :class:`FanoRule` and :class:`FanotifyClient`: many consumers of one group,
+  each with its own filter and bounded queue (:class:`ClientOverflow`,
+  :class:`ClientStatistics`, :class:`DispatchStatistics`).
+- Permission events: ``event.allow()`` / ``event.deny()`` or
+  ``Fanotify.on_permission``; :data:`ALLOW`, :data:`DENY`, :class:`Verdict`,
+  :class:`AuditRule`, :class:`PermissionStatistics`.
+- :func:`features` (a :class:`Features`): what the running kernel accepts,
+  probed, and which core (compiled or pure-Python) this install runs on.
+- Errors derive from :class:`AfanotifyError`: :class:`ClosedResourceError`,
+  :class:`WouldBlock`, :class:`AlreadyAnsweredError`,
+  :class:`UnsupportedFlagError`, and :class:`ParseError` with
+  :class:`MetadataVersionError` and :class:`TruncatedEventError`.
+- ``afanotify.compat`` and ``afanotify.pyfanotify``: pyfanotify's API, for
+  legacy code.  The ``afanotify`` command (``watch``, ``guard``,
+  ``features``) is ``afanotify.cli``.
+
+The documentation (guides and the API reference) is in ``docs/``.
+"""
 
 from __future__ import annotations
 

@@ -169,6 +169,12 @@ class OwnQueue:
             self._resume()
 
     def __aiter__(self) -> AsyncIterator[FanotifyData]:
+        """``async for event in fan``: each event is closed when the loop moves on.
+
+        Detach what you keep (``event.detach_fd()``).  The loop ends when the
+        group closes; if reading failed, it raises :class:`ClosedResourceError`
+        naming the failure.
+        """
         return self
 
     async def __anext__(self) -> FanotifyData:

@@ -41,10 +41,12 @@ _META_LEN = FAN_EVENT_METADATA_LEN
 _PERM = int(PERM_EVENTS)
 _DIR_CHANGE = int(DIR_CHANGE_EVENTS)
 _ONDIR = int(Event.ONDIR)
-_HAS_DFID = lib.AFN_HAS_DFID
-_PATH_NONE = lib.AFN_PATH_NONE
-_PATH_RETRY = lib.AFN_PATH_RETRY
-_MAX_DIRS = lib.AFN_MAX_DIRS
+# The pure core (afanotify._purecore) has no decoder; available() is then False.
+_HAS_DFID, _PATH_NONE, _PATH_RETRY, _MAX_DIRS = (
+    (lib.AFN_HAS_DFID, lib.AFN_PATH_NONE, lib.AFN_PATH_RETRY, lib.AFN_MAX_DIRS)
+    if _ffi.CORE == "c"
+    else (0, 0, 0, 0)
+)
 #: What the kernel appends to the link of an unlinked file.
 DELETED_SUFFIX = " (deleted)"
 

@@ -12,6 +12,7 @@ import errno
 import os
 import tempfile
 from dataclasses import dataclass, field
+from typing import Literal
 
 from . import _ffi
 from ._errors import init_error
@@ -20,24 +21,48 @@ from .flags import Event, InitFlag, MarkFlag
 __all__ = ["Features", "features"]
 
 
+def _core() -> Literal["c", "pure"]:
+    return _ffi.CORE
+
+
 @dataclass(frozen=True)
 class Features:
-    """What the running kernel accepts, as probed."""
+    """What the running kernel accepts, as probed, and which core this install runs on."""
 
     #: False when fanotify_init itself is unavailable or not permitted.
     available: bool
     #: Why not, when ``available`` is False.
     reason: str | None = None
+    #: The ``fanotify_init`` flags the kernel accepts, each probed alone.
     init_flags: frozenset[InitFlag] = field(default_factory=frozenset)
+    #: The mark types (``INODE``, ``MOUNT``, ``FILESYSTEM``, ``MNTNS``) it accepts.
     mark_types: frozenset[MarkFlag] = field(default_factory=frozenset)
+    #: The mark flags it accepts (``EVICTABLE``, ``IGNORE``, ...).
     mark_flags: frozenset[MarkFlag] = field(default_factory=frozenset)
+    #: The single-bit events it accepts in a mark, each in a group that can report it.
     events: frozenset[Event] = field(default_factory=frozenset)
+    #: ``"c"`` when this install runs on the compiled core (C decoder and C
+    #: event builder), ``"pure"`` on the pure-Python one (same behaviour,
+    #: slower decoding; see :attr:`core_hint`).
+    core: Literal["c", "pure"] = field(default_factory=_core)
+
+    @property
+    def core_hint(self) -> str | None:
+        """How to get the compiled core, when this install runs on the pure one; else None."""
+        if self.core == "c":
+            return None
+        return (
+            f"the compiled core is not in use ({_ffi.CORE_ERROR}); install a wheel from PyPI, "
+            "or reinstall with a C compiler and the Python headers "
+            "(apt install gcc python3-dev, or dnf install gcc python3-devel)"
+        )
 
     def as_dict(self) -> dict[str, object]:
-        """A JSON-friendly form: names of supported flags and events."""
+        """A JSON-friendly form: names of supported flags and events, and the core."""
         return {
             "available": self.available,
             "reason": self.reason,
+            "core": self.core,
             "init_flags": sorted(f.name or "" for f in self.init_flags),
             "mark_types": sorted(f.name or "" for f in self.mark_types),
             "mark_flags": sorted(f.name or "" for f in self.mark_flags),
@@ -85,7 +110,11 @@ def features() -> Features:
     """Probe the running kernel: init flags, mark types and flags, and events.
 
     Needs CAP_SYS_ADMIN for a full answer; without it, ``available`` is False
-    and ``reason`` says why.
+    and ``reason`` says why.  The answer also says which core this install
+    runs on (:attr:`Features.core`).
+
+    :raises OSError: if a probe fails other than by the kernel refusing a flag
+        (EINVAL, EPERM), for example EMFILE when no descriptor is left
     """
     try:
         fd = _ffi.fanotify_init(_BASE, os.O_RDONLY)

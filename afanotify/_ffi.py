@@ -2,20 +2,31 @@
 
 Each wrapper raises ``OSError(errno, message, path)`` on failure.  Messages say
 what to do about the error, not only what went wrong.
+
+There are two cores with one interface (``ffi``, ``lib``): the compiled
+``afanotify._fanotify`` (built by ``build_ffi.py`` when the install had a C
+compiler), and ``afanotify._purecore``, which calls the C library through
+cffi's ABI mode.  The compiled one is used when it imports; ``CORE`` says
+which one this process runs on.  ``AFANOTIFY_CORE=pure`` forces the pure one
+(tests run the suite on it that way); ``AFANOTIFY_CORE=c`` makes a missing
+compiled core an ImportError instead of a fallback.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
+import logging
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from . import _fanotify
-from ._fanotify import ffi as ffi
-from ._fanotify import lib as lib
+if TYPE_CHECKING:
+    from ._fanotify import _Lib
 
 __all__ = [
+    "CORE",
+    "CORE_ERROR",
     "ffi",
     "lib",
     "fanotify_init",
@@ -28,6 +39,51 @@ __all__ = [
     "fnmatch",
     "event_builder",
 ]
+
+
+log = logging.getLogger(__name__)
+
+
+def _load_core() -> tuple[Any, Literal["c", "pure"], str | None]:
+    """The core module, its name, and why the compiled one is not in use (or None)."""
+    wanted = os.environ.get("AFANOTIFY_CORE", "")
+    if wanted not in ("", "c", "pure"):
+        raise ImportError(f"AFANOTIFY_CORE={wanted!r}: use 'c', 'pure', or leave it unset")
+    if wanted != "pure":
+        try:
+            return importlib.import_module("._fanotify", __package__), "c", None
+        except ImportError as exc:
+            if wanted == "c":
+                raise ImportError(
+                    f"AFANOTIFY_CORE=c but the compiled core does not import: {exc}; "
+                    "reinstall with a C compiler and the Python headers"
+                ) from exc
+            why = str(exc)
+    else:
+        why = "AFANOTIFY_CORE=pure"
+    return importlib.import_module("._purecore", __package__), "pure", why
+
+
+_core, _name, _why = _load_core()
+#: ``"c"`` for the compiled core, ``"pure"`` for the pure-Python one.
+CORE: Literal["c", "pure"] = _name
+#: Why the compiled core is not in use (None when it is).
+CORE_ERROR: str | None = _why
+ffi: Any = _core.ffi
+lib: _Lib = _core.lib
+
+if CORE == "pure":
+    # Once per process (on import): the library works, but decodes in Python.
+    # A warning when the compiled core is missing, so the user sees it without
+    # configuring logging; only informational when AFANOTIFY_CORE=pure asked.
+    log.log(
+        logging.INFO if CORE_ERROR == "AFANOTIFY_CORE=pure" else logging.WARNING,
+        "afanotify runs on its pure-Python core (%s): everything works, decoding is slower. "
+        "For the compiled core, install a wheel from PyPI, or reinstall with a C compiler "
+        "and the Python headers: apt install gcc python3-dev (or dnf install gcc "
+        "python3-devel), then pip install --force-reinstall --no-binary afanotify afanotify",
+        CORE_ERROR,
+    )
 
 
 def _err(msg: str, path: str | bytes | None = None) -> OSError:
@@ -131,6 +187,6 @@ def event_builder() -> (
     cannot export code written against the C API).  It runs once; None means
     the core predates the builder, or installing it failed.
     """
-    if not hasattr(lib, "afn_install_builder") or lib.afn_install_builder() != 0:
+    if CORE != "c" or lib.afn_install_builder() != 0:
         return None
-    return _fanotify._builder_setup, _fanotify._build
+    return _core._builder_setup, _core._build

@@ -378,7 +378,10 @@ def _cmd_features(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     sink = _Sink(None)
     if args.json:
         sink.write(json.dumps(feats.as_dict(), sort_keys=True))
-    elif feats.available:
+    else:
+        label = "c (compiled)" if feats.core == "c" else "pure (pure-Python, slower decoding)"
+        sink.write(f"{'core:':<12} {label}")
+    if not args.json and feats.available:
         d = feats.as_dict()
         for key in ("init_flags", "mark_types", "mark_flags", "events"):
             values = d[key]

@@ -215,14 +215,22 @@ class FanotifyClient(AsyncClosingContext):
 
     @property
     def closed(self) -> bool:
+        """True once the client is closed: by :meth:`close`, by
+        ``fan.disconnect()``, or because its group closed or failed."""
         return self._closed
 
     @property
     def overflow(self) -> str:
+        """This client's overflow policy: ``"block"``, ``"drop_oldest"`` or ``"drop_newest"``."""
         return self._queue.policy
 
     @property
     def stats(self) -> ClientStatistics:
+        """A snapshot of this client's counters (:class:`ClientStatistics`).
+
+        Every event the rule matched is in exactly one of ``received``,
+        ``dropped``, ``queued``, ``held`` and ``discarded``.
+        """
         q = self._queue.statistics()
         return ClientStatistics(
             self._matched, self._received, q.dropped, q.queued, len(self._held),
@@ -325,6 +333,11 @@ class FanotifyClient(AsyncClosingContext):
         return ev
 
     def __aiter__(self) -> AsyncIterator[FanotifyData]:
+        """``async for event in client``: each event is closed when the loop moves on.
+
+        The loop ends when the client is closed; if the group failed, it
+        raises :class:`ClosedResourceError` naming the failure instead.
+        """
         return self
 
     async def __anext__(self) -> FanotifyData:

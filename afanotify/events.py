@@ -195,18 +195,27 @@ class FanotifyData:
         self._responder_for_answer().respond(self, verdict)
 
     async def allow(self, *, audit: bool = False, audit_rule: AuditRule | None = None) -> None:
-        """``await event.allow()``: see :meth:`allow_nowait`."""
+        """``await event.allow()``: see :meth:`allow_nowait`.
+
+        :raises: as :meth:`allow_nowait`
+        """
         self.allow_nowait(audit=audit, audit_rule=audit_rule)
 
     async def deny(
         self, errno: int | None = None, *, audit: bool = False,
         audit_rule: AuditRule | None = None,
     ) -> None:
-        """``await event.deny(errno=None, audit=False)``: see :meth:`deny_nowait`."""
+        """``await event.deny(errno=None, audit=False)``: see :meth:`deny_nowait`.
+
+        :raises: as :meth:`allow_nowait`
+        """
         self.deny_nowait(errno, audit=audit, audit_rule=audit_rule)
 
     async def respond(self, verdict: Verdict) -> None:
-        """``await event.respond(verdict)``: see :meth:`respond_nowait`."""
+        """``await event.respond(verdict)``: see :meth:`respond_nowait`.
+
+        :raises: as :meth:`allow_nowait`
+        """
         self.respond_nowait(verdict)
 
     def _responder_for_answer(self) -> Responder:

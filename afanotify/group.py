@@ -525,6 +525,9 @@ class Fanotify(OwnQueue, _fork.ForkGuard, AsyncClosingContext):
         """Stop delivery to a client, or to every client with an equal rule, at once.
 
         Returns how many clients were closed (0 if none was connected).
+
+        :raises ValueError: if the client belongs to another group
+        :raises TypeError: if given neither a FanoRule nor a FanotifyClient
         """
         return _client.disconnect(self, rule_or_client)
 

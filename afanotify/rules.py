@@ -353,6 +353,9 @@ class FanoRule:
         """True when ``event`` meets every criterion; awaits an async predicate.
 
         A sync predicate is called directly: no task or future is created.
+
+        :raises Exception: whatever the predicate raises (a client counts that
+            as no match and logs it; a direct call gets the exception)
         """
         if not self.is_async:
             return self.matches(event)

@@ -14,6 +14,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+# The suite tests the compiled core: a process (this one, or a child) that
+# imported a copy without it, such as the checkout's afanotify/ next to a
+# non-editable install, fails instead of falling back to the pure core.
+# AFANOTIFY_CORE=pure runs the suite on the pure core on purpose.
+os.environ.setdefault("AFANOTIFY_CORE", "c")
+
 from helpers import make_ext4
 
 HAVE_ROOT = os.geteuid() == 0
