@@ -137,6 +137,15 @@ class Decision(NamedTuple):
     write_errno: int
 
 
+class _Hits:
+    """Per-rule counters where there is no C rule table (the pure core)."""
+
+    __slots__ = ("default_hits", "hits")
+
+    def __init__(self) -> None:
+        self.hits = self.default_hits = 0
+
+
 class StaticRules:
     """An ordered rule list compiled for the C path (see the module docstring).
 
@@ -163,6 +172,14 @@ class StaticRules:
         self.audit_denials = audit_denials
         self.on_decided = on_decided
         self._keep: list[Any] = []
+        self._out: Any = ffi.NULL
+        self._cap = 0
+        if not available():
+            # The pure core: ``decide`` still works and counts here; the C
+            # path is off (decide_statically/serve_statically say so).
+            self._crules: Any = [_Hits() for _ in self.rules]
+            self._rs: Any = _Hits()
+            return
         crules = ffi.new("struct afr_rule[]", max(1, len(self.rules)))
         for i, r in enumerate(self.rules):
             c = crules[i]
@@ -189,8 +206,6 @@ class StaticRules:
         weakref.finalize(self, lib.afr_release, rs)
         self._crules = crules
         self._rs = rs
-        self._out: Any = ffi.NULL
-        self._cap = 0
         self._kept: Any = ffi.new("size_t *")
         self._arena: Any = ffi.new("char[]", _ARENA) if on_decided is not None else ffi.NULL
         self._arena_buf = ffi.buffer(self._arena) if on_decided is not None else None
