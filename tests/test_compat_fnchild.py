@@ -192,6 +192,7 @@ def test_fn_marks_a_mount_of_another_namespace_through_setns(
     assert os.listdir(where) == []
 
 
+@pytest.mark.kernel
 def test_on_a_thread_setns_into_a_mount_namespace_fails() -> None:
     # Why fn needs a process: in a multi-threaded process setns(CLONE_NEWNS)
     # is refused with EINVAL (run in a child, which must not end up elsewhere).
@@ -208,6 +209,7 @@ def test_on_a_thread_setns_into_a_mount_namespace_fails() -> None:
     assert r.stdout.split() == ["-1", str(22)], r.stdout + r.stderr
 
 
+@pytest.mark.kernel
 @pytest.mark.timeout(60)
 def test_fn_runs_only_while_a_rule_is_connected_and_at_once_for_the_first(
     reports: Reports, started: Callable[..., Any]
@@ -234,6 +236,7 @@ def test_fn_runs_only_while_a_rule_is_connected_and_at_once_for_the_first(
     assert float(again) <= t_again + 2
 
 
+@pytest.mark.kernel
 @pytest.mark.timeout(60)
 def test_stop_reaps_the_child(started: Callable[..., Any], reports: Reports) -> None:
     fan = started(fn=lambda: reports.send(str(os.getpid())), fn_timeout=30)
@@ -248,6 +251,7 @@ def test_stop_reaps_the_child(started: Callable[..., Any], reports: Reports) -> 
         os.kill(pid, 0)
 
 
+@pytest.mark.kernel
 @pytest.mark.timeout(60)
 def test_the_child_ends_when_its_parent_dies() -> None:
     code = textwrap.dedent("""
@@ -274,6 +278,7 @@ def test_the_child_ends_when_its_parent_dies() -> None:
         os.close(pidfd)
 
 
+@pytest.mark.kernel
 @pytest.mark.timeout(60)
 def test_stop_kills_an_fn_that_does_not_return(reports: Reports) -> None:
     def stuck() -> None:
@@ -296,6 +301,7 @@ def test_stop_kills_an_fn_that_does_not_return(reports: Reports) -> None:
         os.kill(int(line), 0)
 
 
+@pytest.mark.kernel
 @pytest.mark.timeout(60)
 def test_fn_in_chooses_either_way_in_both_modules(reports: Reports) -> None:
     cases = [(compat.Fanotify, "process"), (legacy.Fanotify, "thread")]
@@ -316,6 +322,7 @@ def test_fn_in_chooses_either_way_in_both_modules(reports: Reports) -> None:
             assert (int(pid), name) == (os.getpid(), "afanotify-compat")
 
 
+@pytest.mark.kernel
 @pytest.mark.timeout(60)
 def test_an_exception_in_fn_is_logged_by_the_child_and_fn_runs_again() -> None:
     code = textwrap.dedent("""
