@@ -327,7 +327,9 @@ class Pipeline:
             if mask & _OVERFLOW:
                 out.append(ev)
                 continue
-            if mask & want and (want & _ONDIR or not mask & _ONDIR):
+            # ONDIR says what the event is on, not what kind it is: a wanted
+            # kind is one of the other bits.
+            if mask & want & ~_ONDIR and (want & _ONDIR or not mask & _ONDIR):
                 if not ev.path_resolved:
                     out.append(ev)  # unknown place: it may be inside
                     continue

@@ -77,3 +77,13 @@ def test_a_bad_tree_argument_is_refused() -> None:
     buf = _buf((int(Event.CREATE), b"\x01" * 8, b"a"))
     with pytest.raises(TypeError, match="tree is"):
         _decode(buf, ("/m/w", "/m"))  # type: ignore[arg-type]
+
+
+def test_ondir_in_the_wanted_events_does_not_make_every_directory_event_wanted() -> None:
+    # ONDIR says what an event is on, not its kind: with CREATE|ONDIR wanted,
+    # an ATTRIB on a directory is still of no wanted kind.
+    want = int(Event.CREATE | Event.ONDIR)
+    buf = _buf((int(Event.ATTRIB | Event.ONDIR), b"\x01" * 8, b"x"),
+               (int(Event.CREATE | Event.ONDIR), b"\x01" * 8, b"d"))
+    got, dec = _decode(buf, ("/m/w", "/m", "w", want))
+    assert got == ["/m/w/d:True"] and dec.skipped == 1

@@ -713,7 +713,8 @@ static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nar
             Py_DECREF(e);
             if (t < 0)
                 goto done;
-            if (!(ev->mask & want) || ((ev->mask & FAN_ONDIR) && !(want & FAN_ONDIR))
+            if (!(ev->mask & want & ~(uint64_t)FAN_ONDIR)
+                || ((ev->mask & FAN_ONDIR) && !(want & FAN_ONDIR))
                 || t == AFN_T_OUT
                 || (t == AFN_T_PARENT && !afn_name_is(src, &ev->dfid, PyTuple_GET_ITEM(tree, 2)))) {
                 skipped++;
