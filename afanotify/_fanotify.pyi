@@ -172,6 +172,10 @@ class _Lib:
         self, buf: _CData, nbytes: int, out: _CData, cap: int, flags: int, arena: _CData,
         arena_cap: int, arena_used: _CData, stop: _CData, /,
     ) -> int: ...
+    def afn_decode_at(
+        self, buf: _CData, nbytes: int, out: _CData, cap: int, flags: int, arena: _CData,
+        arena_cap: int, arena_used: _CData, stop: _CData, fddir: int, /,
+    ) -> int: ...
 
     # csrc/fastpath_build.cdef
     def afn_install_builder(self) -> int: ...

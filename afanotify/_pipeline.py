@@ -151,6 +151,8 @@ class Pipeline:
         if self.fast is not None:
             # Our events are frozen and hold no cycles (see Decoder.untrack).
             self.fast.untrack = True
+            if self._fd_paths:
+                self.fast.open_fd_dir()  # kept until close(), not per read
 
     # -- the reader's batches ----------------------------------------------
 
@@ -398,5 +400,7 @@ class Pipeline:
             yield from events
 
     def close(self) -> None:
-        """Release the resolver's mount fds."""
+        """Release the resolver's mount fds and the decoder's /proc/self/fd."""
         self.resolver.close()
+        if self.fast is not None:
+            self.fast.close()
