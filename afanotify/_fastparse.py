@@ -133,6 +133,49 @@ class Decoder:
         self._out: Any = ffi.NULL
         self._out_mv = memoryview(b"")
         self._reserve(bufsize)
+        # /proc/self/fd for the path lookups, opened once (an open costs more
+        # than the readlinks of a one-event batch), with the pid that opened
+        # it and its inode, to know it after a fork or a stray close.
+        self._fddir = -1
+        self._fddir_pid = 0
+        self._fddir_ino = (0, 0)
+
+    def open_fd_dir(self) -> int:
+        """Our descriptor of /proc/self/fd (reopened in a forked child), or -1.
+
+        Called by the first decode that resolves fd paths, or before, so that
+        the descriptor is there for the whole life of its group.
+        """
+        if self._fddir >= 0 and self._fddir_pid == os.getpid():
+            return self._fddir
+        # A forked child's copy still names the parent's table: drop it.
+        self.close()
+        try:
+            fd = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_PATH)
+        except OSError:
+            return -1  # the C walk then reads the full /proc/self/fd/N paths
+        st = os.fstat(fd)
+        self._fddir, self._fddir_pid, self._fddir_ino = fd, os.getpid(), (st.st_dev, st.st_ino)
+        return fd
+
+    def close(self) -> None:
+        """Close the descriptor of /proc/self/fd the decoder keeps.  Idempotent;
+        the decoder opens it again if it decodes once more."""
+        fd, self._fddir = self._fddir, -1
+        if fd < 0:
+            return
+        # Only if that number is still ours: code may have closed it (a
+        # child's closerange) and a new file got the number.
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            return
+        if (st.st_dev, st.st_ino) == self._fddir_ino:
+            os.close(fd)
+
+    def __del__(self) -> None:
+        if getattr(self, "_fddir", -1) >= 0:
+            self.close()
 
     def _reserve(self, nbytes: int) -> None:
         # One entry per 24-byte event, plus one for a short tail.
@@ -212,9 +255,10 @@ class Decoder:
             flags |= lib.AFN_RESOLVE_FD_PATHS
         if dir_path is not None and not resolve_fd_paths:
             flags |= lib.AFN_FID_BATCH
-        count = lib.afn_decode(
+        fddir = self.open_fd_dir() if resolve_fd_paths and nbytes else -1
+        count = lib.afn_decode_at(
             cbuf, nbytes, self._out, self._cap, flags,
-            self._arena, self._arena_size, self._arena_used, self._stop,
+            self._arena, self._arena_size, self._arena_used, self._stop, fddir,
         )  # fmt: skip
         if count < 0:
             raise OverflowError(f"a {nbytes}-byte buffer is beyond the decoder's 32-bit offsets")

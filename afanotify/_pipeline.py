@@ -171,6 +171,8 @@ class Pipeline:
         if self.fast is not None:
             # Our events are frozen and hold no cycles (see Decoder.untrack).
             self.fast.untrack = True
+            if self._fd_paths:
+                self.fast.open_fd_dir()  # kept until close(), not per read
 
     # -- the reader's batches ----------------------------------------------
 
@@ -500,6 +502,8 @@ class Pipeline:
             yield from events
 
     def close(self) -> None:
-        """Release the resolver's mount fds and the descriptor reserve."""
+        """Release the mount fds, the descriptor reserve and the decoder's /proc/self/fd."""
         self.resolver.close()
         self.fdguard.close()
+        if self.fast is not None:
+            self.fast.close()

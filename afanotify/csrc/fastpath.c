@@ -231,11 +231,10 @@ static int afn_records(const unsigned char *base, size_t boff, size_t meta_len,
 }
 
 /* readlink of the event fd's /proc/self/fd entry, into the arena.  `fddir`
- * is /proc/self/fd opened by afn_decode for this one batch, so each lookup
- * is a single component (readlinkat) instead of a walk through /proc/self;
- * it is opened per call rather than kept, because a descriptor kept open on
- * /proc/self would still name the parent's table after a fork.  Without it
- * (the open failed) the full path is used. */
+ * is a descriptor of /proc/self/fd (the caller's, see afn_decode_at), so each
+ * lookup is a single component (readlinkat) instead of a walk through
+ * /proc/self.  Without it (-1), or if it is no longer a directory (EBADF,
+ * ENOTDIR: somebody closed it under us), the full path is used. */
 static void afn_resolve(struct afn_event *ev, int fddir, char *arena, size_t arena_cap,
                         size_t *used)
 {
@@ -260,9 +259,10 @@ static void afn_resolve(struct afn_event *ev, int fddir, char *arena, size_t are
         ev->path_len = AFN_PATH_RETRY;
         return;
     }
+    r = -1;
     if (fddir >= 0)
         r = readlinkat(fddir, link + 14, arena + *used, room);
-    else
+    if (fddir < 0 || (r < 0 && (errno == EBADF || errno == ENOTDIR)))
         r = readlink(link, arena + *used, room);
     if (r < 0) {
         ev->path_len = AFN_PATH_FAILED;
@@ -322,22 +322,25 @@ static uint32_t afn_dir_index(struct afn_dirs *d, const unsigned char *rec, size
  * good event with a dfid record gets dir_idx, and one with a DFID_NAME name
  * gets a copy of it in the arena at name_text, so the caller decodes all
  * the names of a batch at once.
+ *
+ * afn_decode_at takes `fddir`, a descriptor of /proc/self/fd the caller keeps
+ * open across batches (or -1), for AFN_RESOLVE_FD_PATHS: opening it costs
+ * more than the readlinks of a small batch.  The caller reopens it after a
+ * fork, since a descriptor opened on /proc/self still names the process that
+ * opened it.  afn_decode opens one for the batch and closes it.
  */
-long afn_decode(const unsigned char *buf, size_t nbytes, struct afn_event *out, size_t cap,
-                unsigned int flags, char *arena, size_t arena_cap,
-                size_t *arena_used, size_t *stop)
+long afn_decode_at(const unsigned char *buf, size_t nbytes, struct afn_event *out, size_t cap,
+                   unsigned int flags, char *arena, size_t arena_cap,
+                   size_t *arena_used, size_t *stop, int fddir)
 {
     const size_t meta = FAN_EVENT_METADATA_LEN;
     size_t off = 0, n = 0, used = 0;
-    int fddir = -1;
     struct afn_dirs dirs;
 
     dirs.n = dirs.last = 0;
 
     if (nbytes > UINT32_MAX || arena_cap > UINT32_MAX)
         return -EOVERFLOW;
-    if ((flags & AFN_RESOLVE_FD_PATHS) && nbytes > 0)
-        fddir = open("/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_PATH);
     while (off < nbytes && n < cap) {
         struct afn_event *ev = &out[n++];
         size_t left = nbytes - off, event_len, meta_len;
@@ -391,8 +394,6 @@ long afn_decode(const unsigned char *buf, size_t nbytes, struct afn_event *out, 
         }
         off += event_len;
     }
-    if (fddir >= 0)
-        close(fddir);
     *arena_used = used;
     *stop = off;
     return (long)n;
@@ -416,4 +417,19 @@ int afn_has_move(const struct afn_event *ev, size_t n, uint64_t moves)
             r |= 2;
     }
     return r;
+}
+
+long afn_decode(const unsigned char *buf, size_t nbytes, struct afn_event *out, size_t cap,
+                unsigned int flags, char *arena, size_t arena_cap,
+                size_t *arena_used, size_t *stop)
+{
+    int fddir = -1;
+    long n;
+
+    if ((flags & AFN_RESOLVE_FD_PATHS) && nbytes > 0)
+        fddir = open("/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_PATH);
+    n = afn_decode_at(buf, nbytes, out, cap, flags, arena, arena_cap, arena_used, stop, fddir);
+    if (fddir >= 0)
+        close(fddir);
+    return n;
 }
