@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import importlib.metadata
 import re
+import sys
 
-import tomllib
 from helpers import REPO
 
 import afanotify
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # 3.10 has no tomllib: tomli is the same parser (the test extra installs it there)
+    import tomli as tomllib
 
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 PROJECT = PYPROJECT["project"]
