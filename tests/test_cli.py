@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import pytest
@@ -107,12 +107,49 @@ def child(code: str, *argv: str, cwd: str = CHILD_CWD) -> int:
     return p.pid
 
 
-# A child that writes a file and lingers, so /proc still names its exe and cwd.
-WRITER = (
-    "import sys, time\n"
-    "with open(sys.argv[1], 'w') as f: f.write('x')\n"
-    "time.sleep(0.3)\n"
-)
+# After its work, a lingering child says so and waits for its stdin to close.
+_THEN_LINGER = "\nimport sys\nprint('done', flush=True)\nsys.stdin.read()\n"
+
+
+@contextmanager
+def lingering(cmd: Sequence[str], cwd: str | Path = CHILD_CWD) -> Iterator[int]:
+    """Run ``cmd``, which prints "done" after its work, then reads stdin to EOF.
+
+    Yields the child's pid once it said "done", and keeps it alive (so /proc
+    still names its exe and cwd when the watcher reads its events) until the
+    block ends; then it must exit cleanly.
+    """
+    p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=cwd,
+                         env=child_env())
+    assert p.stdin is not None and p.stdout is not None
+    try:
+        said = b""
+        deadline = time.monotonic() + 20
+        while b"done\n" not in said:
+            left = deadline - time.monotonic()
+            assert left > 0, f"the child did not finish its work in 20s: {said!r}"
+            if select.select([p.stdout], [], [], left)[0]:
+                chunk = os.read(p.stdout.fileno(), 4096)
+                assert chunk, f"the child exited ({p.wait()}) before its work was done"
+                said += chunk
+        yield p.pid
+    finally:
+        p.stdin.close()
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+        p.stdout.close()
+    assert p.returncode == 0
+
+
+WRITER = "import sys\nwith open(sys.argv[1], 'w') as f: f.write('x')\n"
+
+
+def lingering_writer(path: Path, cwd: str | Path = CHILD_CWD) -> AbstractContextManager[int]:
+    """A Python child that writes ``path``, then lingers (see :func:`lingering`)."""
+    return lingering([sys.executable, "-c", WRITER + _THEN_LINGER, str(path)], cwd=cwd)
 
 
 def json_lines(out: str) -> list[dict[str, object]]:
@@ -148,8 +185,8 @@ def test_watch_json_fields_match_the_files_touched(tmpfs: Path) -> None:
              str(tmpfs)) as p:
         ready = p.wait_stderr("watching")
         assert "FID mode" in ready
-        pid = child(WRITER, str(target), cwd=str(tmpfs))
-        code, out, err = p.finish()
+        with lingering_writer(target, cwd=tmpfs) as pid:
+            code, out, err = p.finish()
     assert code == 0, err
     recs = json_lines(out)
     assert len(recs) == 2
@@ -177,10 +214,10 @@ def test_watch_json_fields_match_the_files_touched(tmpfs: Path) -> None:
 def test_watch_default_human_output_is_aligned(tmpfs: Path) -> None:
     with cli("watch", "--count", "3", str(tmpfs)) as p:
         p.wait_stderr("watching")
-        pid = child("import os, sys, time\nos.mkdir(sys.argv[1])\ntime.sleep(0.3)\n"
-                    "open(sys.argv[2], 'w').close()\ntime.sleep(0.3)\n",
-                    str(tmpfs / "d"), str(tmpfs / "f"))
-        code, out, err = p.finish()
+        work = "import os, sys\nos.mkdir(sys.argv[1])\nopen(sys.argv[2], 'w').close()\n"
+        with lingering([sys.executable, "-c", work + _THEN_LINGER, str(tmpfs / "d"),
+                        str(tmpfs / "f")]) as pid:
+            code, out, err = p.finish()
     assert code == 0, err
     lines = out.splitlines()
     assert len(lines) == 3
@@ -309,12 +346,13 @@ def test_watch_exe_and_cwd_filters(tmpfs: Path) -> None:
     with cli("watch", "--json", "--events", "close_write", "--count", "1",
              "--exe", "*/python*", "--cwd", "*/here", str(tmpfs)) as p:
         p.wait_stderr("watching")
-        # a shell in the right cwd (wrong exe), python in the wrong cwd, then the match
-        subprocess.run(["sh", "-c", "echo x > ../by-sh; sleep 0.3"], cwd=tmpfs / "here",
-                       check=True)
-        child(WRITER, str(tmpfs / "wrong-cwd"), cwd=str(tmpfs))
-        pid = child(WRITER, str(tmpfs / "right"), cwd=str(tmpfs / "here"))
-        code, out, err = p.finish()
+        # a shell in the right cwd (wrong exe), python in the wrong cwd, then the
+        # match, each alive until the command has read all three events
+        with lingering(["sh", "-c", "echo x > ../by-sh; echo done; cat >/dev/null"],
+                       cwd=tmpfs / "here"), \
+                lingering_writer(tmpfs / "wrong-cwd", cwd=tmpfs), \
+                lingering_writer(tmpfs / "right", cwd=tmpfs / "here") as pid:
+            code, out, err = p.finish()
     assert code == 0, err
     (rec,) = json_lines(out)
     assert rec["process"]["pid"] == pid  # type: ignore[index]
@@ -423,14 +461,17 @@ def test_watch_shell_pipe_to_head(tmpfs: Path) -> None:
         (tmpfs / f"f{i}").write_text("x")
     script = (
         f"{' '.join(CLI)} watch --events open --count 1000 --timeout 20 {tmpfs} "
-        f"2>{tmpfs}/err | head -1 "
-        f"& sleep 0.1; until grep -q watching {tmpfs}/err; do sleep 0.05; done; "
-        f"for i in 1 2 3 4 5 6 7 8 9 10; do cat {tmpfs}/f* >/dev/null; sleep 0.05; done; wait"
+        f"2>{tmpfs}/err | head -1 & head=$!; "
+        # marks in place (10 s deadline), opens that give head its line; once
+        # head has exited, more opens make the command write to the closed pipe
+        f"i=0; until grep -q watching {tmpfs}/err 2>/dev/null; do "
+        f"i=$((i + 1)); [ $i -le 200 ] || exit 3; sleep 0.05; done; "
+        f"cat {tmpfs}/f* >/dev/null; wait $head; cat {tmpfs}/f* >/dev/null; wait"
     )
     r = subprocess.run(["sh", "-c", script], env=ENV, cwd=CHILD_CWD, capture_output=True,
                        text=True, timeout=30, check=False)
     err = (tmpfs / "err").read_text()
-    assert r.returncode == 0
+    assert r.returncode == 0, (r.returncode, r.stderr, err)
     assert len(r.stdout.splitlines()) == 1
     assert "Traceback" not in err and "BrokenPipe" not in err, err
 
