@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 from afanotify import _ffi
 from afanotify._fastparse import _BUILD, Decoder
 from afanotify._ffi import ffi, lib
-from afanotify._parser import METADATA, parse_lenient
+from afanotify._parser import INFO_HEADER, METADATA, parse_event, parse_lenient
 from afanotify.events import OWN_FD, OWN_PIDFD, UNANSWERED, FanotifyData, FileHandle
 from afanotify.exceptions import ParseError
 from afanotify.flags import (
@@ -878,24 +878,49 @@ def _resolver(asked: list[Any]) -> Any:
     return dir_path
 
 
-def _plain_fid_shape(e: FanotifyData) -> bool:
+def _pidfd_records(buf: bytes, **opts: bool) -> list[bool]:
+    """Per good event of ``buf`` (parse_lenient's order): has it a PIDFD record?
+
+    The parsed event cannot say: a record holding FAN_NOPIDFD (-1) leaves
+    ``pidfd`` at -1, as no record does.  The C builder sees the record.
+    """
+    mv = memoryview(buf)
+    out = []
+    off = 0
+    while 0 <= off < len(mv):
+        start = off
+        # Never owned: these copies must not close what the test's events hold.
+        item, off = parse_event(mv, off, **{**opts, "owned": False})
+        if isinstance(item, ParseError):
+            continue
+        event_len, _v, _r, meta_len = METADATA.unpack_from(mv, start)[:4]
+        pos, end, found = start + meta_len, start + event_len, False
+        while pos < end:  # the records are well formed: the event parsed
+            info_type, _pad, rlen = INFO_HEADER.unpack_from(mv, pos)
+            found = found or info_type == PIDFD
+            pos += rlen
+        out.append(found)
+    return out
+
+
+def _plain_fid_shape(e: FanotifyData, pidfd_rec: bool = False) -> bool:
     """A DFID or DFID_NAME record, maybe a FID record, and nothing else."""
     return (
         e.dfid is not None and e.fd == -1 and e.fd_error is None and e.old_dfid is None
-        and e.new_dfid is None and e.pidfd == -1 and e.error is None
+        and e.new_dfid is None and e.pidfd == -1 and not pidfd_rec and e.error is None
         and e.range_offset is None and e.mnt_id is None and not e.unknown_records
     )  # fmt: skip
 
 
-def _has_records(e: FanotifyData) -> bool:
+def _has_records(e: FanotifyData, pidfd_rec: bool = False) -> bool:
     return any(
         v is not None for v in (e.fid, e.dfid, e.old_dfid, e.new_dfid, e.error, e.range_offset,
                                 e.mnt_id)
-    ) or e.pidfd != -1 or bool(e.unknown_records)  # fmt: skip
+    ) or e.pidfd != -1 or pidfd_rec or bool(e.unknown_records)  # fmt: skip
 
 
 def _reference_dir_paths(
-    events: list[FanotifyData], dir_path: Any, skip: Any
+    events: list[FanotifyData], pidfd_recs: list[bool], dir_path: Any, skip: Any
 ) -> tuple[list[tuple[Any, ...]], list[Any], int, int]:
     """What ``Decoder.decode(dir_path=...)`` must give, from the pure parser's events.
 
@@ -903,18 +928,22 @@ def _reference_dir_paths(
     ``path_resolved``; ``dir_path`` is asked once per distinct directory (a
     None answer is asked again); the cut is the first event with a directory
     record of another shape, or a directory that moved or went away.
+    ``pidfd_recs`` (from :func:`_pidfd_records`) says which events carry a
+    PIDFD record: one holding FAN_NOPIDFD still makes another shape, as the
+    builder's contract says (no records but DFID/DFID_NAME/FID), and a cut
+    there is only earlier than needed, never a wrong path.
     """
     asked: list[Any] = []
     known: dict[Any, str] = {}
     out = []
     upto = len(events)
     filled = 0
-    for i, e in enumerate(events):
-        plain = _plain_fid_shape(e)
+    for i, (e, pidfd_rec) in enumerate(zip(events, pidfd_recs, strict=True)):
+        plain = _plain_fid_shape(e, pidfd_rec)
         dir_change = e.ev_types & int(DIR_CHANGE_EVENTS) and e.ev_types & int(Event.ONDIR)
         # (An event with no records at all is never a cut: FID groups send none.)
         if upto == len(events) and (
-            (dir_change and _has_records(e)) or (e.dfid is not None and not plain)
+            (dir_change and _has_records(e, pidfd_rec)) or (e.dfid is not None and not plain)
         ):
             upto = i
         if i >= upto or not plain or e.pid in skip:
@@ -947,14 +976,15 @@ def test_c_builder_fills_dir_paths_as_the_reference(
     asked: list[Any] = []
     events, errors = dec.decode(buf, len(buf), dir_path=_resolver(asked), skip_pids=skip, **opts)
     ref_events, ref_errors = parse_lenient(buf, **opts)
-    want, want_asked, upto, filled = _reference_dir_paths(ref_events, _resolver([]), skip)
+    recs = _pidfd_records(buf, **opts)
+    want, want_asked, upto, filled = _reference_dir_paths(ref_events, recs, _resolver([]), skip)
     assert [(event_key(e), e.dir_path, e.path, e.path_resolved) for e in events] == want
     assert [error_key(e) for e in errors] == [error_key(e) for e in ref_errors]
     assert asked == want_asked
     assert (dec.resolved_upto, dec.resolved_count) == (upto, filled)
     # Events of the plain shape with equal directory records share one
     # FileHandle object (the resolver's cache relies on it).
-    plain = [e for e in events if _plain_fid_shape(e)]
+    plain = [e for e, r in zip(events, recs, strict=True) if _plain_fid_shape(e, r)]
     for e in plain:
         assert all(other.dfid is e.dfid for other in plain if other.dfid == e.dfid)
 
