@@ -134,6 +134,22 @@ async def collect(
     return got
 
 
+async def read_line_with(stream: asyncio.StreamReader, seen: list[str], *want: str,
+                         timeout: float = 10.0) -> str:
+    """Read ``stream``'s lines into ``seen`` until one contains every string in ``want``."""
+    async def read() -> str:
+        while True:
+            raw = await stream.readline()
+            if not raw:
+                raise AssertionError(f"output ended before {want!r}: {seen!r}")
+            line = raw.decode().rstrip("\n")
+            seen.append(line)
+            if all(w in line for w in want):
+                return line
+
+    return await asyncio.wait_for(read(), timeout)
+
+
 async def wait_until(cond: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
     """Poll ``cond`` every 10 ms; fail the test (AssertionError naming ``what``) at the deadline."""
     loop = asyncio.get_running_loop()

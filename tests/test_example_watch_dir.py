@@ -8,26 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import CHILD_CWD, REPO, child_env, sh
+from helpers import CHILD_CWD, REPO, child_env, read_line_with, sh
 
 pytestmark = pytest.mark.kernel
 
 EXAMPLE = REPO / "examples" / "watch_dir.py"
-
-
-async def _line(stream: asyncio.StreamReader, seen: list[str], *want: str) -> str:
-    """Read lines until one contains every string in ``want`` (10 s deadline)."""
-    async def read() -> str:
-        while True:
-            raw = await stream.readline()
-            if not raw:
-                raise AssertionError(f"output ended before {want!r}: {seen!r}")
-            line = raw.decode().rstrip("\n")
-            seen.append(line)
-            if all(w in line for w in want):
-                return line
-
-    return await asyncio.wait_for(read(), 10)
 
 
 @pytest.mark.parametrize(
@@ -46,10 +31,10 @@ async def test_watch_dir_prints_events_and_exits_on_sigint(
     assert proc.stdout is not None and proc.stderr is not None
     seen: list[str] = []
     try:
-        await _line(proc.stdout, seen, "watching")  # the mark exists from here on
+        await read_line_with(proc.stdout, seen, "watching")  # the mark exists from here on
         assert sh(f"touch {tmpfs}/hello").returncode == 0
         # OPEN may come first, or merged with the close: wait for the line with ``expect``.
-        line = await _line(proc.stdout, seen, f" {tmpfs}/hello ", expect)
+        line = await read_line_with(proc.stdout, seen, f" {tmpfs}/hello ", expect)
         assert expect in line.split()[0].split("|"), seen
         assert line.endswith(")") and "(pid " in line
         proc.send_signal(signal.SIGINT)

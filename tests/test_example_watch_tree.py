@@ -13,27 +13,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import CHILD_CWD, REPO, child_env, sh
+from helpers import CHILD_CWD, REPO, child_env, read_line_with, sh
 
 pytestmark = pytest.mark.kernel
 
 TREE = REPO / "examples" / "watch_tree.py"
 TRIO = REPO / "examples" / "watch_dir_trio.py"
-
-
-async def _line(stream: asyncio.StreamReader, seen: list[str], *want: str) -> str:
-    """Read lines until one contains every string in ``want`` (10 s deadline)."""
-    async def read() -> str:
-        while True:
-            raw = await stream.readline()
-            if not raw:
-                raise AssertionError(f"output ended before {want!r}: {seen!r}")
-            line = raw.decode().rstrip("\n")
-            seen.append(line)
-            if all(w in line for w in want):
-                return line
-
-    return await asyncio.wait_for(read(), 10)
 
 
 async def _start(*argv: str) -> asyncio.subprocess.Process:
@@ -53,14 +38,14 @@ async def test_watch_tree_prints_the_tree_only_with_renames_and_full_paths(tmpfs
     assert proc.stdout is not None and proc.stderr is not None
     seen: list[str] = []
     try:
-        await _line(proc.stdout, seen, "watching the tree")
+        await read_line_with(proc.stdout, seen, "watching the tree")
         script = (
             f"cd {tmpfs} && echo x > elsewhere/outside.txt && mkdir root/a && "
             "echo y > root/a/f.txt && mv root/a/f.txt root/a/g.txt && "
             "mv root/old elsewhere/old && rm -r elsewhere/old && echo s > root/sentinel"
         )
         assert sh(script).returncode == 0
-        await _line(proc.stdout, seen, f"{root}/sentinel")
+        await read_line_with(proc.stdout, seen, f"{root}/sentinel")
         proc.send_signal(signal.SIGINT)
         assert await asyncio.wait_for(proc.wait(), 10) == 0
         err = await proc.stderr.read()
@@ -99,11 +84,11 @@ async def test_watch_dir_trio_prints_events_and_stops_at_its_deadline(tmpfs: Pat
     assert proc.stdout is not None and proc.stderr is not None
     seen: list[str] = []
     try:
-        await _line(proc.stdout, seen, "watching", "under trio")
+        await read_line_with(proc.stdout, seen, "watching", "under trio")
         pid_line = sh(f"echo hi > {tmpfs}/hello && mv {tmpfs}/hello {tmpfs}/bye")
         assert pid_line.returncode == 0
-        await _line(proc.stdout, seen, f" {tmpfs}/hello ", "CREATE")
-        await _line(proc.stdout, seen, f" {tmpfs}/bye ", "MOVED_TO")
+        await read_line_with(proc.stdout, seen, f" {tmpfs}/hello ", "CREATE")
+        await read_line_with(proc.stdout, seen, f" {tmpfs}/bye ", "MOVED_TO")
         proc.send_signal(signal.SIGINT)
         assert await asyncio.wait_for(proc.wait(), 10) == 0
         err = await proc.stderr.read()
