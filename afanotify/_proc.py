@@ -43,16 +43,9 @@ def pidfd_pid(pidfd: int) -> int | None:
     there once the process is gone, so a pid that was reused by a different
     process can be told apart from the one that caused the event.
     """
-    try:
-        fd = os.open(f"/proc/self/fdinfo/{pidfd}", os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
+    data = _read_small(f"/proc/self/fdinfo/{pidfd}", 4096)
+    if data is None:
         return None
-    try:
-        data = os.read(fd, 4096)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
     for line in data.split(b"\n"):
         if line.startswith(b"Pid:"):
             try:
@@ -106,19 +99,28 @@ def process_info(
 NO_PROCESS: tuple[None, None, None] = (None, None, None)
 
 
-def _comm(pid: int) -> str | None:
-    # os.open/os.read, not open(): a short-lived process may be reaped within
-    # the microseconds a buffered file object takes to set up.
+def _read_small(path: str, size: int) -> bytes | None:
+    """Up to ``size`` bytes of a /proc file in one read, or None if it cannot be read.
+
+    os.open/os.read, not open(): a short-lived process may be reaped within
+    the microseconds a buffered file object takes to set up.
+    """
     try:
-        fd = os.open(f"/proc/{pid}/comm", os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
     try:
-        data = os.read(fd, 64)
+        return os.read(fd, size)
     except OSError:
         return None
     finally:
         os.close(fd)
+
+
+def _comm(pid: int) -> str | None:
+    data = _read_small(f"/proc/{pid}/comm", 64)
+    if data is None:
+        return None
     return data.rstrip(b"\n").decode("utf-8", "surrogateescape")
 
 

@@ -177,24 +177,22 @@ def _count_arg(text: str) -> int:
     return n
 
 
-def _seconds_arg(text: str) -> float:
-    try:
-        s = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not s > 0 or s == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
-    return s
+def _positive(unit: str) -> Callable[[str], float]:
+    """An argparse type: a finite number above 0 of ``unit``, named in its errors."""
+    def parse(text: str) -> float:
+        try:
+            n = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of {unit}") from None
+        if not n > 0 or n == float("inf"):
+            raise argparse.ArgumentTypeError(f"must be a positive number of {unit}, got {text}")
+        return n
+
+    return parse
 
 
-def _mib_arg(text: str) -> float:
-    try:
-        n = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of MiB") from None
-    if not n > 0 or n == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number of MiB, got {text}")
-    return n
+_seconds_arg = _positive("seconds")
+_mib_arg = _positive("MiB")
 
 
 def _format_arg(text: str) -> Template:
