@@ -16,6 +16,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+from collections.abc import Callable
 from typing import Literal, NamedTuple
 
 from . import _batches, _dispatch, _fork, _static, _tree
@@ -460,10 +461,15 @@ class Fanotify(OwnQueue, _fork.ForkGuard, AsyncClosingContext):
             return  # a consumer still has no room (or async dispatch runs)
         self._reader.resume()
 
-    def read_batch(self) -> list[FanotifyData]:
+    def read_batch(
+        self, on_read: Callable[[memoryview], object] | None = None
+    ) -> list[FanotifyData]:
         """Read once from the kernel and return the events (resolved), without queueing.
 
-        For synchronous callers; the caller owns the events.
+        For synchronous callers; the caller owns the events.  ``on_read`` is
+        called with the bytes read before they are decoded (they stay valid
+        for the call only): ``afanotify watch`` names the batch's processes
+        there, before decoding gives a short-lived one time to go.
 
         :raises ClosedResourceError: if the group is closed
         :raises WouldBlock: if the kernel has no events
@@ -478,6 +484,24 @@ class Fanotify(OwnQueue, _fork.ForkGuard, AsyncClosingContext):
             view = self._reader.read_once()
         except BlockingIOError:
             raise WouldBlock from None
+        if on_read is not None:
+            on_read(view)
+        return self._pipeline.decode(view, self._reader.loop)
+
+    def decode_batch(self, data: memoryview | bytes | bytearray) -> list[FanotifyData]:
+        """Decode bytes that were read from this group's fd by someone else.
+
+        For a reader of its own (``afanotify watch``'s drain thread): whole
+        reads, in the order made; the events come out as from
+        :meth:`read_batch` and own the descriptors in ``data``.
+
+        :raises ClosedResourceError: if the group is closed
+        """
+        if self._closed:
+            raise ClosedResourceError("the fanotify group is closed")
+        view = data if isinstance(data, memoryview) else memoryview(data)
+        self._counters.reads += 1
+        self._counters.bytes_read += len(view)
         return self._pipeline.decode(view, self._reader.loop)
 
     def _handle_batch(self, view: memoryview) -> None:
