@@ -77,9 +77,10 @@ FID_ONLY = FID_EVENTS
 _AT_HANDLE_FID = _ffi.lib.AT_HANDLE_FID
 
 _FID_FLAGS = InitFlag.REPORT_DFID_NAME | InitFlag.REPORT_FID
-#: With the created, deleted and moved object's own handle too (Linux 5.17):
-#: the directory map learns a new directory from its CREATE, no lookup needed.
-_FID_TARGET_FLAGS = InitFlag.REPORT_DFID_NAME_TARGET
+# Not REPORT_DFID_NAME_TARGET: with the child's handle on a CREATE, the
+# kernel merges the CREATE with the file's OPEN and CLOSE_WRITE that follow
+# while it is queued (their records are then alike), so one line would say
+# CLOSE_WRITE|OPEN|CREATE where three lines said what happened in order.
 
 
 def _rule(args: argparse.Namespace) -> FanoRule | None:
@@ -111,16 +112,12 @@ def _open_group(fid: bool, *, unlimited: bool = False, proc_info: bool = False) 
     filters (``proc_info``); the lines take them from the per-batch read.
     """
     extra = InitFlag.UNLIMITED_QUEUE if unlimited else InitFlag(0)
-    # REPORT_PIDFD is Linux 5.15+ and needs CAP_SYS_ADMIN; REPORT_TARGET_FID
-    # is 5.17+: the first the kernel takes.
-    bases = [_FID_TARGET_FLAGS, _FID_FLAGS] if fid else [InitFlag.CLASS_NOTIF]
-    tries = [b | extra | p for b in bases for p in (InitFlag.REPORT_PIDFD, InitFlag(0))]
-    for flags in tries[:-1]:
-        try:
-            return Fanotify(flags, proc_info=proc_info)
-        except (UnsupportedFlagError, PermissionError):
-            continue
-    return Fanotify(tries[-1], proc_info=proc_info)
+    base = (_FID_FLAGS if fid else InitFlag.CLASS_NOTIF) | extra
+    try:
+        return Fanotify(base | InitFlag.REPORT_PIDFD, proc_info=proc_info)
+    except (UnsupportedFlagError, PermissionError):
+        # REPORT_PIDFD is Linux 5.15+ and needs CAP_SYS_ADMIN; do without.
+        return Fanotify(base, proc_info=proc_info)
 
 
 class MarkedPaths:

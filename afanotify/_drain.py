@@ -44,6 +44,10 @@ __all__ = ["Batch", "Drain", "DrainStats", "PolledReader", "DEFAULT_LIMIT", "ava
 DEFAULT_LIMIT = 256 << 20
 #: Bytes per read of the drain thread.
 READ_SIZE = 256 << 10
+#: Bytes of reads one batch gathers at most: while the loop is busy, the
+#: thread appends its reads to the newest batch not yet taken (so a burst is
+#: decoded in large batches, not in many reads of a few events each).
+CHUNK_SIZE = 1 << 20
 
 ffi: Any = _ffi.ffi
 lib: Any = _ffi.lib
@@ -106,8 +110,8 @@ class Drain:
             raise RuntimeError("this core has no drain thread: use PolledReader")
         if not fan.fid_mode:
             raise ValueError("a Drain reads FID groups only (fd-mode events carry descriptors)")
-        if limit < READ_SIZE:
-            raise ValueError(f"limit must be at least {READ_SIZE} bytes (one read), got {limit}")
+        if limit < 2 * CHUNK_SIZE:
+            raise ValueError(f"limit must be at least {2 * CHUNK_SIZE} bytes, got {limit}")
         self._fan = fan
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._stop = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -121,6 +125,7 @@ class Drain:
         d.pidfd_reported = int(bool(fan.flags & InitFlag.REPORT_PIDFD))
         d.own_pid = os.getpid()
         d.read_size = READ_SIZE
+        d.chunk_size = CHUNK_SIZE
         d.limit = limit
         self.limit = limit
         self._counts = ffi.new("uint64_t[11]")

@@ -58,13 +58,17 @@ struct afd_proc {
 
 struct afd_chunk {
     struct afd_chunk *next;
-    unsigned char *data;     /* the events, len bytes */
+    unsigned char *data;     /* the events, len bytes of cap */
     uint32_t len;
     uint32_t nevents;
     uint32_t nprocs;
     uint32_t size;           /* bytes allocated, for the limit */
     struct afd_proc *procs;
     char *text;              /* names and paths of procs */
+    uint32_t cap;
+    uint32_t procs_cap;
+    uint32_t text_len;
+    uint32_t text_cap;
 };
 
 struct afd_drain {
@@ -75,6 +79,7 @@ struct afd_drain {
     int pidfd_reported;
     int own_pid;
     uint32_t read_size;
+    uint32_t chunk_size;
     uint64_t limit;
     pthread_mutex_t lock;
     struct afd_chunk *head;
@@ -170,8 +175,15 @@ static uint32_t afd_name(struct afd_drain *d, int32_t *pids, int32_t *pidfds, ui
     char tmp[AFD_TEXT];
     uint32_t used = 0, cap = 64 * npids + 1;
     char *text = malloc(cap);
-    if (text == NULL)
+    *textp = text;
+    if (text == NULL) {
+        for (uint32_t i = 0; i < npids; i++) {
+            memset(&procs[i], 0, sizeof procs[i]);
+            procs[i].pid = pids[i];
+            procs[i].name_len = procs[i].exe_len = procs[i].cwd_len = -1;
+        }
         return 0;
+    }
     /* Every name first: what a process about to go loses first. */
     for (uint32_t i = 0; i < npids; i++) {
         struct afd_proc *p = &procs[i];
@@ -268,8 +280,106 @@ static void afd_wake(int fd)
     (void)r;
 }
 
-/* One read; 0 when the kernel had nothing more, -1 on a read error that ends reading. */
-static int afd_read_one(struct afd_drain *d, int32_t *pids, int32_t *pidfds)
+/* Whether the processes of a read agree with a chunk's: a pid in both must
+ * have the same details (or none in both), so that one table names the
+ * events of both reads as each read's own table would. */
+static int afd_agree(struct afd_chunk *c, struct afd_proc *procs, const char *text,
+                     uint32_t npids)
+{
+    for (uint32_t i = 0; i < npids; i++) {
+        struct afd_proc *p = &procs[i];
+        for (uint32_t j = 0; j < c->nprocs; j++) {
+            struct afd_proc *q = &c->procs[j];
+            if (q->pid != p->pid)
+                continue;
+            if (q->trusted != p->trusted || q->name_len != p->name_len
+                    || q->exe_len != p->exe_len || q->cwd_len != p->cwd_len)
+                return 0;
+            if ((p->name_len > 0 && memcmp(c->text + q->name_off, text + p->name_off,
+                                           p->name_len))
+                    || (p->exe_len > 0 && memcmp(c->text + q->exe_off, text + p->exe_off,
+                                                 p->exe_len))
+                    || (p->cwd_len > 0 && memcmp(c->text + q->cwd_off, text + p->cwd_off,
+                                                 p->cwd_len)))
+                return 0;
+            break;
+        }
+    }
+    return 1;
+}
+
+/* Add a read's processes (those the chunk lacks) to the chunk; 0 on ENOMEM. */
+static int afd_add_procs(struct afd_chunk *c, struct afd_proc *procs, const char *text,
+                         uint32_t npids, uint32_t used)
+{
+    if (c->nprocs + npids > c->procs_cap) {
+        uint32_t ncap = (c->nprocs + npids) * 2 + 8;
+        struct afd_proc *np = realloc(c->procs, ncap * sizeof *np);
+        if (np == NULL)
+            return 0;
+        c->procs = np;
+        c->size += (ncap - c->procs_cap) * sizeof *np;
+        c->procs_cap = ncap;
+    }
+    if (c->text_len + used > c->text_cap) {
+        uint32_t ncap = (c->text_len + used) * 2 + 64;
+        char *nt = realloc(c->text, ncap);
+        if (nt == NULL)
+            return 0;
+        c->text = nt;
+        c->size += ncap - c->text_cap;
+        c->text_cap = ncap;
+    }
+    uint32_t base = c->text_len;
+    memcpy(c->text + base, text, used);
+    c->text_len += used;
+    for (uint32_t i = 0; i < npids; i++) {
+        uint32_t j;
+        for (j = 0; j < c->nprocs; j++)
+            if (c->procs[j].pid == procs[i].pid)
+                break;
+        if (j < c->nprocs)
+            continue;  /* agreed: the same details are there */
+        struct afd_proc p = procs[i];
+        p.name_off += base;
+        p.exe_off += base;
+        p.cwd_off += base;
+        c->procs[c->nprocs++] = p;
+    }
+    return 1;
+}
+
+static struct afd_chunk *afd_new_chunk(uint32_t cap)
+{
+    struct afd_chunk *c = calloc(1, sizeof *c);
+    if (c == NULL)
+        return NULL;
+    c->data = malloc(cap);
+    if (c->data == NULL) {
+        free(c);
+        return NULL;
+    }
+    c->cap = cap;
+    c->size = sizeof *c + cap;
+    return c;
+}
+
+static void afd_drop_chunk(struct afd_chunk *c)
+{
+    free(c->procs);
+    free(c->text);
+    free(c->data);
+    free(c);
+}
+
+/* One read; 0 when the kernel had nothing more, -1 on a read error that ends reading.
+ *
+ * A read is appended to the newest chunk not yet taken when it fits and
+ * the processes agree (afd_agree): the loop then decodes one buffer of many
+ * reads (the kernel's records are whole events, so reads concatenate), not
+ * many buffers of a few events each. */
+static int afd_read_one(struct afd_drain *d, int32_t *pids, int32_t *pidfds,
+                        struct afd_proc *procs)
 {
     ssize_t n = read(d->fd, d->scratch, d->read_size);
     if (n < 0) {
@@ -287,12 +397,8 @@ static int afd_read_one(struct afd_drain *d, int32_t *pids, int32_t *pidfds)
     uint64_t held = d->held;
     pthread_mutex_unlock(&d->lock);
     uint32_t lead = gap ? sizeof(struct fanotify_event_metadata) : 0;
-    uint64_t want = sizeof(struct afd_chunk) + lead + n + npids * sizeof(struct afd_proc)
-        + 64 * (uint64_t)npids * (d->paths ? 3 : 1);
-    struct afd_chunk *c = NULL;
-    if (held + want <= d->limit)
-        c = malloc(sizeof(struct afd_chunk) + lead + n + npids * sizeof(struct afd_proc));
-    if (c == NULL) {
+    uint32_t cap = d->chunk_size > lead + n ? d->chunk_size : lead + n;
+    if (held + cap + npids * (sizeof(struct afd_proc) + 64 * 3) > d->limit) {
         afd_close_pidfds(pidfds, npids);
         pthread_mutex_lock(&d->lock);
         d->reads++;
@@ -304,46 +410,75 @@ static int afd_read_one(struct afd_drain *d, int32_t *pids, int32_t *pidfds)
         pthread_mutex_unlock(&d->lock);
         return 1;
     }
-    c->next = NULL;
-    c->procs = (struct afd_proc *)(c + 1);
-    c->data = (unsigned char *)(c->procs + npids);
-    c->text = NULL;
-    c->nprocs = npids;
-    if (gap) {
-        struct fanotify_event_metadata *m = (void *)c->data;
-        memset(m, 0, sizeof *m);
-        m->event_len = sizeof *m;
-        m->vers = FANOTIFY_METADATA_VERSION;
-        m->metadata_len = sizeof *m;
-        m->mask = FAN_Q_OVERFLOW;
-        m->fd = FAN_NOFD;
-    }
-    memcpy(c->data + lead, d->scratch, n);
-    c->len = lead + n;
-    c->nevents = nev + (gap ? 1 : 0);
+    char *text = NULL;
     uint32_t named = 0;
-    uint32_t used = afd_name(d, pids, pidfds, npids, c->procs, &c->text, &named);
+    uint32_t used = afd_name(d, pids, pidfds, npids, procs, &text, &named);
     afd_close_pidfds(pidfds, npids);
-    afd_clear_slots(c->data + lead, n);
-    c->size = sizeof(struct afd_chunk) + c->len + npids * sizeof(struct afd_proc) + used;
+    afd_clear_slots(d->scratch, (uint32_t)n);
+
     pthread_mutex_lock(&d->lock);
+    struct afd_chunk *t = d->tail;
+    int was_empty = d->head == NULL;
+    int ok = 0;
+    if (!gap && t != NULL && t->len + n <= t->cap && afd_agree(t, procs, text, npids)) {
+        uint32_t before = t->size;
+        if (afd_add_procs(t, procs, text, npids, used)) {
+            memcpy(t->data + t->len, d->scratch, n);
+            t->len += n;
+            t->nevents += nev;
+            d->held += t->size - before;
+            ok = 1;
+        }
+    }
+    if (!ok) {
+        pthread_mutex_unlock(&d->lock);
+        struct afd_chunk *c = afd_new_chunk(cap);
+        if (c == NULL || !afd_add_procs(c, procs, text, npids, used)) {
+            if (c != NULL)
+                afd_drop_chunk(c);
+            free(text);
+            pthread_mutex_lock(&d->lock);
+            d->reads++;
+            d->bytes_read += n;
+            d->events_read += nev;
+            d->dropped_events += nev;
+            d->dropped_reads++;
+            d->gap_pending = 1;
+            pthread_mutex_unlock(&d->lock);
+            return 1;
+        }
+        if (gap) {
+            struct fanotify_event_metadata *m = (void *)c->data;
+            memset(m, 0, sizeof *m);
+            m->event_len = sizeof *m;
+            m->vers = FANOTIFY_METADATA_VERSION;
+            m->metadata_len = sizeof *m;
+            m->mask = FAN_Q_OVERFLOW;
+            m->fd = FAN_NOFD;
+        }
+        memcpy(c->data + lead, d->scratch, n);
+        c->len = lead + n;
+        c->nevents = nev + (gap ? 1 : 0);
+        pthread_mutex_lock(&d->lock);
+        was_empty = d->head == NULL;
+        if (d->tail)
+            d->tail->next = c;
+        else
+            d->head = c;
+        d->tail = c;
+        d->held += c->size;
+        d->chunks_held++;
+        if (gap) {
+            d->gaps++;
+            d->gap_pending = 0;
+        }
+    }
+    free(text);
     d->reads++;
     d->bytes_read += n;
     d->events_read += nev;
     d->named += named;
     d->unnamed += npids - named;
-    if (gap) {
-        d->gaps++;
-        d->gap_pending = 0;
-    }
-    int was_empty = d->head == NULL;
-    if (d->tail)
-        d->tail->next = c;
-    else
-        d->head = c;
-    d->tail = c;
-    d->held += c->size;
-    d->chunks_held++;
     if (d->held > d->peak)
         d->peak = d->held;
     pthread_mutex_unlock(&d->lock);
@@ -356,10 +491,12 @@ int afd_run(struct afd_drain *d)
 {
     int32_t *pids = malloc(AFD_MAX_PIDS * sizeof(int32_t));
     int32_t *pidfds = malloc(AFD_MAX_PIDS * sizeof(int32_t));
+    struct afd_proc *procs = malloc(AFD_MAX_PIDS * sizeof(struct afd_proc));
     d->scratch = malloc(d->read_size);
-    if (pids == NULL || pidfds == NULL || d->scratch == NULL) {
+    if (pids == NULL || pidfds == NULL || procs == NULL || d->scratch == NULL) {
         free(pids);
         free(pidfds);
+        free(procs);
         free(d->scratch);
         d->scratch = NULL;
         d->error = ENOMEM;
@@ -385,7 +522,7 @@ int afd_run(struct afd_drain *d)
             break;
         }
         int got;
-        while ((got = afd_read_one(d, pids, pidfds)) > 0) {
+        while ((got = afd_read_one(d, pids, pidfds, procs)) > 0) {
             /* Look at the stop request between reads of a long backlog. */
             struct pollfd s = {d->stop_fd, POLLIN, 0};
             if (poll(&s, 1, 0) > 0)
@@ -399,6 +536,7 @@ int afd_run(struct afd_drain *d)
 out:
     free(pids);
     free(pidfds);
+    free(procs);
     free(d->scratch);
     d->scratch = NULL;
     if (rc < 0)
@@ -433,8 +571,7 @@ void afd_free(struct afd_drain *d, struct afd_chunk *c)
     d->held -= c->size;
     d->chunks_held--;
     pthread_mutex_unlock(&d->lock);
-    free(c->text);
-    free(c);
+    afd_drop_chunk(c);
 }
 
 /* Counts, copied under the lock: reads, bytes, events, dropped events,
