@@ -35,7 +35,7 @@ from ._proc import NO_PROCESS, Proc, batch_processes, raw_pids, read_processes
 from .events import FanotifyData
 from .exceptions import WouldBlock
 from .flags import InitFlag
-from .group import Fanotify
+from .group import Fanotify, decode_batch
 
 __all__ = ["Batch", "Drain", "DrainStats", "PolledReader", "DEFAULT_LIMIT", "available"]
 
@@ -156,7 +156,7 @@ class Drain:
             raise WouldBlock
         try:
             procs = _processes(c)
-            events = self._fan.decode_batch(ffi.buffer(c.data, c.len))
+            events = decode_batch(self._fan, ffi.buffer(c.data, c.len))
         finally:
             lib.afd_free(self._d, c)
         return Batch(events, procs)

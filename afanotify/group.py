@@ -466,10 +466,8 @@ class Fanotify(OwnQueue, _fork.ForkGuard, AsyncClosingContext):
     ) -> list[FanotifyData]:
         """Read once from the kernel and return the events (resolved), without queueing.
 
-        For synchronous callers; the caller owns the events.  ``on_read`` is
-        called with the bytes read before they are decoded (they stay valid
-        for the call only): ``afanotify watch`` names the batch's processes
-        there, before decoding gives a short-lived one time to go.
+        For synchronous callers; the caller owns the events.  ``on_read``
+        gets the bytes read before they are decoded (valid for the call).
 
         :raises ClosedResourceError: if the group is closed
         :raises WouldBlock: if the kernel has no events
@@ -486,22 +484,6 @@ class Fanotify(OwnQueue, _fork.ForkGuard, AsyncClosingContext):
             raise WouldBlock from None
         if on_read is not None:
             on_read(view)
-        return self._pipeline.decode(view, self._reader.loop)
-
-    def decode_batch(self, data: memoryview | bytes | bytearray) -> list[FanotifyData]:
-        """Decode bytes that were read from this group's fd by someone else.
-
-        For a reader of its own (``afanotify watch``'s drain thread): whole
-        reads, in the order made; the events come out as from
-        :meth:`read_batch` and own the descriptors in ``data``.
-
-        :raises ClosedResourceError: if the group is closed
-        """
-        if self._closed:
-            raise ClosedResourceError("the fanotify group is closed")
-        view = data if isinstance(data, memoryview) else memoryview(data)
-        self._counters.reads += 1
-        self._counters.bytes_read += len(view)
         return self._pipeline.decode(view, self._reader.loop)
 
     def _handle_batch(self, view: memoryview) -> None:
@@ -651,6 +633,25 @@ class Fanotify(OwnQueue, _fork.ForkGuard, AsyncClosingContext):
                 else:
                     self._perm.release(ev, AT_CLOSE)
             ev.close()
+
+
+
+def decode_batch(group: Fanotify, data: memoryview | bytes | bytearray) -> list[FanotifyData]:
+    """Decode bytes that were read from ``group``'s fd by a reader of its own.
+
+    For ``afanotify watch``'s drain thread (``afanotify/_drain.py``): whole
+    reads, in the order made; the events come out as from
+    :meth:`Fanotify.read_batch`, through the group's directory map, and own
+    the descriptors in ``data``.
+
+    :raises ClosedResourceError: if the group is closed
+    """
+    if group.closed:
+        raise ClosedResourceError("the fanotify group is closed")
+    view = data if isinstance(data, memoryview) else memoryview(data)
+    group._counters.reads += 1
+    group._counters.bytes_read += len(view)
+    return group._pipeline.decode(view, group._reader.loop)
 
 
 class _GroupPort:
