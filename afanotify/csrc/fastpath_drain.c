@@ -23,10 +23,10 @@
  *
  * Naming.  A pid's details are trusted only as afanotify/_proc.py's
  * batch_processes trusts them: with FAN_REPORT_PIDFD, the pid's first event
- * in the chunk must carry a pidfd, and after /proc/PID/{comm,exe,cwd} were
- * read, pidfd_send_signal(pidfd, 0) must not fail with ESRCH (the process
- * was not reaped, so the pid was never free and /proc/PID was that
- * process).  Without a pidfd the details are read unchecked (an
+ * in the read must carry a pidfd, and after /proc/PID/comm was read (and
+ * again after exe and cwd) pidfd_send_signal(pidfd, 0) must not fail with
+ * ESRCH (the process was not reaped, so the pid was never free and
+ * /proc/PID was that process; see afd_alive).  Without a pidfd the details are read unchecked (an
  * unprivileged group), as before.  The drain then closes every pidfd and
  * writes FAN_NOPIDFD in its place: the events reach the decoder without
  * descriptors (a backlog of pidfds would exhaust RLIMIT_NOFILE, and the
@@ -166,6 +166,21 @@ static uint32_t afd_walk(unsigned char *buf, uint32_t n, int32_t *pids, int32_t 
     return count;
 }
 
+/* Whether the reads of /proc/PID made so far were of the event's process.
+ *
+ * A pid is reused only after its process has exited and been reaped; from
+ * then on pidfd_send_signal on a pidfd of it fails with ESRCH (a zombie
+ * still takes signal 0).  So a process not yet reaped after the reads held
+ * the pid all along.  EPERM: alive, not ours to signal.  Without
+ * REPORT_PIDFD nothing can be checked: trusted, as fatrace trusts /proc. */
+static int afd_alive(struct afd_drain *d, int32_t pidfd)
+{
+    if (pidfd < 0)
+        return !d->pidfd_reported;
+    long r = syscall(SYS_pidfd_send_signal, pidfd, 0, NULL, 0);
+    return r == 0 || errno == EPERM;
+}
+
 /* Read one chunk's processes; returns the text bytes used. */
 static uint32_t afd_name(struct afd_drain *d, int32_t *pids, int32_t *pidfds, uint32_t npids,
                          struct afd_proc *procs, char **textp,
@@ -201,10 +216,18 @@ static uint32_t afd_name(struct afd_drain *d, int32_t *pids, int32_t *pidfds, ui
             used += n;
         }
     }
+    /* Each name is checked as soon as all are read, before the slower
+     * links: a process reaped during those must not cost its name. */
+    for (uint32_t i = 0; i < npids; i++) {
+        struct afd_proc *p = &procs[i];
+        p->trusted = p->name_len >= 0 && afd_alive(d, pidfds[i]);
+        if (!p->trusted)
+            p->name_len = -1;
+    }
     if (d->paths) {
         for (uint32_t i = 0; i < npids; i++) {
             struct afd_proc *p = &procs[i];
-            if (p->name_len < 0)
+            if (!p->trusted)
                 continue;
             for (int k = 0; k < 2; k++) {
                 snprintf(path, sizeof path, k ? "/proc/%d/cwd" : "/proc/%d/exe", pids[i]);
@@ -231,22 +254,15 @@ static uint32_t afd_name(struct afd_drain *d, int32_t *pids, int32_t *pidfds, ui
             }
         }
     }
-    /* Then the check: a pidfd whose process was not reaped proves the reads
-     * above were of that process. */
+    /* Then the links are checked the same way: kept only if the process
+     * was still not reaped after they were read. */
     for (uint32_t i = 0; i < npids; i++) {
         struct afd_proc *p = &procs[i];
-        if (p->name_len >= 0) {
-            if (pidfds[i] >= 0) {
-                long r = syscall(SYS_pidfd_send_signal, pidfds[i], 0, NULL, 0);
-                p->trusted = r == 0 || errno == EPERM;
-            } else {
-                p->trusted = !d->pidfd_reported;
-            }
-        }
         if (!p->trusted)
-            p->name_len = p->exe_len = p->cwd_len = -1;
-        if (p->trusted)
-            (*named)++;
+            continue;
+        (*named)++;
+        if ((p->exe_len >= 0 || p->cwd_len >= 0) && !afd_alive(d, pidfds[i]))
+            p->exe_len = p->cwd_len = -1;
     }
     *textp = text;
     return used;
