@@ -145,56 +145,68 @@ static int aff_put_all(struct aff_buf *b, PyObject *s)
 
 static const char aff_hex[] = "0123456789abcdef";
 
-static int aff_put_u4(struct aff_buf *b, Py_UCS4 c)
+static char *aff_u4(char *o, Py_UCS4 c)
 {
-    char e[6] = {'\\', 'u', aff_hex[(c >> 12) & 15], aff_hex[(c >> 8) & 15],
-                 aff_hex[(c >> 4) & 15], aff_hex[c & 15]};
-    return aff_put(b, e, 6);
+    o[0] = '\\';
+    o[1] = 'u';
+    o[2] = aff_hex[(c >> 12) & 15];
+    o[3] = aff_hex[(c >> 8) & 15];
+    o[4] = aff_hex[(c >> 4) & 15];
+    o[5] = aff_hex[c & 15];
+    return o + 6;
 }
 
 /* s[start:end] as json.encoder.encode_basestring_ascii writes it: quoted,
  * with \" \\ \n \r \t \b \f, every other character outside ' '..'~' as
- * \uXXXX (a surrogate pair past the BMP). */
+ * \uXXXX (a surrogate pair past the BMP).  Room for the worst case (12
+ * bytes a character) is made once. */
 static int aff_put_escaped(struct aff_buf *b, PyObject *s, Py_ssize_t start, Py_ssize_t end)
 {
     int kind = PyUnicode_KIND(s);
     const void *data = PyUnicode_DATA(s);
     Py_ssize_t i;
+    char *o;
 
-    if (aff_reserve(b, (size_t)(end - start) + 2) < 0 || AFF_PUTS(b, "\"") < 0)
+    if (end < start)
+        end = start;
+    if ((size_t)(end - start) > (((size_t)PY_SSIZE_T_MAX) - 2) / 12) {
+        PyErr_NoMemory();
         return -1;
+    }
+    if (aff_reserve(b, 12 * (size_t)(end - start) + 2) < 0)
+        return -1;
+    o = b->p + b->len;
+    *o++ = '"';
     for (i = start; i < end; i++) {
         Py_UCS4 c = PyUnicode_READ(kind, data, i);
-        const char *esc = NULL;
 
         if (c >= ' ' && c <= '~' && c != '"' && c != '\\') {
-            if (aff_reserve(b, 1) < 0)
-                return -1;
-            b->p[b->len++] = (char)c;
+            *o++ = (char)c;
             continue;
         }
+        *o++ = '\\';
         switch (c) {
-        case '"': esc = "\\\""; break;
-        case '\\': esc = "\\\\"; break;
-        case '\n': esc = "\\n"; break;
-        case '\r': esc = "\\r"; break;
-        case '\t': esc = "\\t"; break;
-        case '\b': esc = "\\b"; break;
-        case '\f': esc = "\\f"; break;
-        default: break;
-        }
-        if (esc != NULL) {
-            if (aff_put(b, esc, 2) < 0)
-                return -1;
-        } else if (c >= 0x10000) {
-            Py_UCS4 v = c - 0x10000;
-            if (aff_put_u4(b, 0xd800 | (v >> 10)) < 0 || aff_put_u4(b, 0xdc00 | (v & 0x3ff)) < 0)
-                return -1;
-        } else if (aff_put_u4(b, c) < 0) {
-            return -1;
+        case '"': *o++ = '"'; break;
+        case '\\': *o++ = '\\'; break;
+        case '\n': *o++ = 'n'; break;
+        case '\r': *o++ = 'r'; break;
+        case '\t': *o++ = 't'; break;
+        case '\b': *o++ = 'b'; break;
+        case '\f': *o++ = 'f'; break;
+        default:
+            o--;
+            if (c >= 0x10000) {
+                Py_UCS4 v = c - 0x10000;
+                o = aff_u4(o, 0xd800 | (v >> 10));
+                o = aff_u4(o, 0xdc00 | (v & 0x3ff));
+            } else {
+                o = aff_u4(o, c);
+            }
         }
     }
-    return AFF_PUTS(b, "\"");
+    *o++ = '"';
+    b->len = (size_t)(o - b->p);
+    return 0;
 }
 
 /* _cli_output._js(s[start:end]): null for None; a name with lone
