@@ -34,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from afanotify._cli_output import (  # noqa: E402
+from afanotify._cli_output import (
     ECS_VERSION,
     BatchFormatter,
     Template,
@@ -42,8 +42,8 @@ from afanotify._cli_output import (  # noqa: E402
     clean,
     json_stamp,
 )
-from afanotify.events import FanotifyData  # noqa: E402
-from afanotify.flags import Event  # noqa: E402
+from afanotify.events import FanotifyData
+from afanotify.flags import Event
 
 NOW = time.time()
 
@@ -172,7 +172,7 @@ def main() -> None:
     print(f"{args.reps} reps, {args.batches} batches x {args.batch} events ({n} lines) per rep")
     print(f"{'row':<12} {'C lines/CPU-s (median, min-max)':>36} {'Python':>30} {'ratio':>16}")
     for name, (cs, ps) in rates.items():
-        ratios = [c / p for c, p in zip(cs, ps)]
+        ratios = [c / p for c, p in zip(cs, ps, strict=True)]
         print(
             f"{name:<12} {statistics.median(cs):>12,.0f} ({min(cs):,.0f}-{max(cs):,.0f})"
             f" {statistics.median(ps):>12,.0f} ({min(ps):,.0f}-{max(ps):,.0f})"
