@@ -383,6 +383,8 @@ class BatchFormatter:
         stamp = json_head(now) if self.json else text_stamp(now, self.time_format)
         c = self._c
         if c is not None:
+            if len(self._masks) > 4096:
+                self._masks.clear()  # (masks repeat: only odd input gets here)
             return c(
                 self._mode, events, procs, stamp, self._masks, self._mask_parts,
                 lambda pid: json_process(pid, procs.get(pid, _NO_PROC)), clean,

@@ -18,6 +18,15 @@ min-max of lines per CPU-second, and the median of the per-rep ratios.
 ``--orjson`` adds a row that builds each line's dict and serialises it with
 orjson (when it is installed), to show what that library would cost and
 whether its bytes are the same.
+
+``--watch CHECKOUT`` (root) measures the whole command instead, before and
+after: bench/bench_cli.py's burst against ``afanotify watch --filesystem
+[--json] --unlimited-queue`` of this checkout and of CHECKOUT (its core built
+in place), and fatrace, in one session.  With the unlimited queue nothing is
+lost, so both write the same lines and their CPU seconds (wait4) compare
+directly; the two take turns in alternating order (ABBA) so that neither
+always runs first.  Each watcher runs with ``/`` as its working directory,
+so that ``python -m afanotify`` imports the checkout on its PYTHONPATH.
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from afanotify._cli_output import (
     ECS_VERSION,
@@ -134,13 +144,65 @@ def cpu_rate(fn: Callable[[list[FanotifyData], dict, float], bytes], work: list)
     return lines / t
 
 
+def watch_ab(baseline: Path, fs: str, reps: int) -> None:
+    """The whole watcher, this checkout against ``baseline``, lossless (see the docstring)."""
+    import bench_cli as b
+
+    b.BASELINE = baseline.resolve()
+    plain = b._watcher
+
+    def lossless(tool: str, d: Path, out: Path) -> tuple[list[str], str | None]:
+        cmd, cwd = plain(tool, d, out)
+        if tool.startswith(("afanotify-", "base-")):
+            return [*cmd[:-1], "--unlimited-queue", cmd[-1]], "/"
+        return cmd, cwd
+
+    b._watcher = lossless
+    b.ensure_tools()
+    res: dict[str, list[dict]] = {}
+    for rep in range(reps):
+        for kind in ("json", "text"):
+            pair = [f"afanotify-{kind}", f"base-{kind}"]
+            if rep % 2:
+                pair.reverse()
+            for tool in pair:
+                res.setdefault(tool, []).append(b.run_one(tool, fs, 200, 100))
+        res.setdefault("fatrace", []).append(b.run_one("fatrace", fs, 200, 100))
+    print(f"whole watcher on {fs}, lossless (--unlimited-queue), {reps} reps: median (min-max)")
+    for tool, runs in res.items():
+        lines = [r["lines"] for r in runs]
+        cpu = [r["cpu_s"] for r in runs]
+        rate = [r["lines_per_cpu_s"] for r in runs]
+        print(f"  {tool:<15} lines {statistics.median(lines):>8,.0f}"
+              f" ({min(lines):,}-{max(lines):,})"
+              f"  CPU s {statistics.median(cpu):.3f} ({min(cpu):.3f}-{max(cpu):.3f})"
+              f"  lines/CPU-s {statistics.median(rate):>8,.0f} ({min(rate):,}-{max(rate):,})"
+              f"  {runs[-1]['summary'][-40:]!r}")
+    for kind in ("json", "text"):
+        new, old = res[f"afanotify-{kind}"], res[f"base-{kind}"]
+        fat = res["fatrace"]
+        key = "lines_per_cpu_s"
+        r_base = [n[key] / o[key] for n, o in zip(new, old, strict=True)]
+        r_fat = [n[key] / f[key] for n, f in zip(new, fat, strict=True)]
+        r_bfat = [o[key] / f[key] for o, f in zip(old, fat, strict=True)]
+        for name, r in ((f"{kind} after/before", r_base), (f"{kind} after/fatrace", r_fat),
+                        (f"{kind} before/fatrace", r_bfat)):
+            print(f"  {name:<22} {statistics.median(r):.2f} ({min(r):.2f}-{max(r):.2f})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--batches", type=int, default=150)
     ap.add_argument("--batch", type=int, default=400, help="events per batch")
     ap.add_argument("--orjson", action="store_true", help="add the dict + orjson row")
+    ap.add_argument("--watch", type=Path, metavar="CHECKOUT",
+                    help="the whole command, lossless, against CHECKOUT's (root)")
+    ap.add_argument("--fs", choices=("tmpfs", "ext4"), default="tmpfs")
     args = ap.parse_args()
+    if args.watch is not None:
+        watch_ab(args.watch, args.fs, args.reps)
+        return
     work = batches(args.batches, args.batch)
     forms: list[tuple[str, dict]] = [
         ("json", {"json": True}),
