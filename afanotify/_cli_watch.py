@@ -19,21 +19,17 @@ from . import _ffi
 from ._cli_output import (
     _OVERFLOW,
     DEFAULT_TIME_FORMAT,
+    BatchFormatter,
     Template,
     _action_names,
     _err,
-    json_head,
-    json_line,
-    json_process,
-    text_line,
-    text_stamp,
 )
 from ._cli_run import _check_paths, _run_until_stopped
 from ._cli_sink import PENDING_MAX
 from ._cli_sink import Sink as _Sink
 from ._drain import DEFAULT_LIMIT, Drain, PolledReader
 from ._drain import available as _drain_available
-from ._proc import NO_PROCESS, Proc
+from ._proc import Proc
 from .events import FanotifyData
 from .exceptions import ClosedResourceError, UnsupportedFlagError, WouldBlock
 from .flags import FID_EVENTS, Event, InitFlag
@@ -271,6 +267,9 @@ class _Watch:
         self.json = bool(args.json)
         self.template: Template | None = getattr(args, "format", None)
         self.time_format: str = getattr(args, "time_format", None) or DEFAULT_TIME_FORMAT
+        self.formatter = BatchFormatter(
+            json=self.json, template=self.template, time_format=self.time_format
+        )
         self.my_pgrp = os.getpgrp() if args.exclude_self else -1
         self.limit: int | None = args.count
         self.own_pid = os.getpid()
@@ -410,15 +409,9 @@ class _Watch:
         counts = self.counts
         now = time.time()
         wanted = self.wanted
-        lines: list[str] = []
-        append = lines.append
-        if self.json:
-            head = json_head(now)
-            parts: dict[int, str] = {}
-        else:
-            stamp = text_stamp(now, self.time_format)
+        shown: list[FanotifyData] = []
+        append = shown.append
         known = self.known
-        template = self.template
         rule = self.rule
         my_pgrp = self.my_pgrp
         limit = self.limit
@@ -444,20 +437,12 @@ class _Watch:
                         going = False
                 else:
                     counts.overflows += 1
-                pid = ev.pid
-                if self.json:
-                    part = parts.get(pid)
-                    if part is None:
-                        part = parts[pid] = json_process(pid, procs.get(pid, NO_PROCESS))
-                    append(json_line(ev, head, part))
-                elif template is not None:
-                    append(template.line(ev, stamp, procs.get(pid, NO_PROCESS)))
-                else:
-                    append(text_line(ev, stamp, procs.get(pid, NO_PROCESS)))
+                append(ev)
+            data = self.formatter.format(shown, procs, now)
         finally:
             for ev in events:
                 ev.close()
-        self.sink.extend(lines, 200 * len(lines))
+        self.sink.add(data, len(shown))
         return going
 
 

@@ -190,6 +190,9 @@ class _Lib:
     def afd_counts(self, d: _CData, out: _CData, /) -> None: ...
     def afd_destroy(self, d: _CData, /) -> None: ...
 
+    # csrc/fastpath_format.cdef
+    def aff_install_formatter(self) -> int: ...
+
     # csrc/fastpath_rules.cdef
     def afr_apply(
         self, rs: _CData, group_fd: int, buf: _CData, nbytes: int, out: _CData, cap: int,
@@ -213,3 +216,11 @@ def _build(
     dirs: list[Any], by_record: dict[bytes, list[Any]], dir_path: Any, skip_pids: Any,
     flags: int, perm_mask: int, dir_change_mask: int, tree: Any = None, /,
 ) -> tuple[int, int, int, int, int]: ...
+
+# Added by lib.aff_install_formatter() (afanotify/csrc/fastpath_format.c).
+def _format_batch(
+    mode: int, events: list[Any], procs: dict[int, tuple[Any, ...]], stamp: str,
+    masks: dict[int, tuple[str, ...]], mask_parts: Any, proc_part: Any, clean: Any,
+    steps: list[tuple[str, int, str | None, str | None]] | None, /,
+) -> bytes: ...
+def _format_fields() -> tuple[str, ...]: ...
