@@ -133,12 +133,16 @@ def _watcher(tool: str, d: Path, out: Path) -> tuple[list[str], str | None]:
     """The command line and working directory of one watcher."""
     if tool.startswith("base-"):
         tool = "afanotify-" + tool[len("base-"):]
+    # The afanotify watchers run from "/": ``python -m`` puts its working
+    # directory first on sys.path, so run from a checkout it would import that
+    # checkout instead of the one PYTHONPATH names (--baseline measured the
+    # same code twice that way).
     if tool == "afanotify-json":
         return [sys.executable, "-m", "afanotify", "watch", "--filesystem", "--json",
-                "--output", str(out), str(d)], None
+                "--output", str(out), str(d)], "/"
     if tool == "afanotify-text":
         return [sys.executable, "-m", "afanotify", "watch", "--filesystem",
-                "--output", str(out), str(d)], None
+                "--output", str(out), str(d)], "/"
     if tool == "fatrace":
         return ["fatrace", "-c", "-o", str(out)], str(d)
     if tool == "inotifywait":
