@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from . import _fastparse
 from ._pipeline import Counters
 from ._queue import EventQueue
 from ._reader import Reader
@@ -25,11 +26,36 @@ if TYPE_CHECKING:
     from ._batches import BatchSink
     from ._dispatch import Dispatcher
 
-__all__ = ["OwnQueue"]
+__all__ = ["OwnQueue", "events_iter"]
 
 log = logging.getLogger(__name__)
 
 _set_owns = FanotifyData.__dict__["_owns"].__set__
+_C_ITER = _fastparse.events_iter_factory()
+
+
+class _Last:
+    """Where the Python ``async for`` keeps the event it handed out last."""
+
+    __slots__ = ("last",)
+
+    def __init__(self) -> None:
+        self.last: FanotifyData | None = None
+
+
+def events_iter(group: OwnQueue) -> Any:
+    """What ``group.__aiter__`` returns, made once per group.
+
+    With the C builder: the C iterator (``csrc/fastpath_iter.c``), which
+    takes the common step itself and leaves every other one to the group's
+    :meth:`OwnQueue.__anext__`.  Without it (the pure core, or
+    ``AFANOTIFY_PURE_PARSER=1``), a holder of the last event: the group is
+    then its own iterator.  Either way ``.last`` is the group's last event.
+    """
+    if _C_ITER is None or os.environ.get("AFANOTIFY_PURE_PARSER"):
+        return _Last()
+    q = group._queue
+    return _C_ITER(group, q, q._items, group._reader, group.__anext__, q.maxsize)
 
 
 class OwnQueue:
@@ -47,7 +73,16 @@ class OwnQueue:
     _consuming: bool
     _closed: bool
     _error: BaseException | None
-    _iter_last: FanotifyData | None
+    #: See :func:`events_iter`; its ``last`` is the event ``async for`` handed out last.
+    _events_iter: Any
+
+    @property
+    def _iter_last(self) -> FanotifyData | None:
+        return self._events_iter.last  # type: ignore[no-any-return]
+
+    @_iter_last.setter
+    def _iter_last(self, ev: FanotifyData | None) -> None:
+        self._events_iter.last = ev
     #: Set while a ``batches()`` iterator runs: each read goes to it whole.
     _batch_sink: BatchSink | None
 
@@ -175,7 +210,8 @@ class OwnQueue:
         group closes; if reading failed, it raises :class:`ClosedResourceError`
         naming the failure.
         """
-        return self
+        it = self._events_iter
+        return self if isinstance(it, _Last) else it  # type: ignore[no-any-return]
 
     async def __anext__(self) -> FanotifyData:
         # Moving past an event releases what the consumer did not detach.

@@ -870,6 +870,9 @@ done:
     return result;
 }
 
+/* `async for` over a group's queue: afanotify/csrc/fastpath_iter.c. */
+static PyObject *afn_events_iter(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
+
 static PyMethodDef afn_builder_methods[] = {
     {"_builder_setup", (PyCFunction)(void (*)(void))afn_builder_setup, METH_FASTCALL,
      "_builder_setup(event_type, handle_type, slots, defaults, handle_slots, own_fd, "
@@ -877,10 +880,12 @@ static PyMethodDef afn_builder_methods[] = {
     {"_build", (PyCFunction)(void (*)(void))afn_build, METH_FASTCALL,
      "_build(out, start, count, src, arena, events, dirs, by_record, dir_path, skip_pids, flags, "
      "perm_mask, dir_change_mask[, tree]) -> (stop, filled, upto, skipped, stopped)"},
+    {"_events_iter", (PyCFunction)(void (*)(void))afn_events_iter, METH_FASTCALL,
+     "_events_iter(group, queue, items, reader, slow, maxsize) -> EventIterator"},
     {NULL, NULL, 0, NULL},
 };
 
-/* Add _builder_setup and _build to afanotify._fanotify: cffi has no way to
+/* Add _builder_setup, _build and _events_iter to afanotify._fanotify: cffi has no way to
  * export code written against the C API.  Called through cffi, which
  * releases the GIL around the call: take it back here.  Returns 0, or -1
  * (the error is printed, and the caller keeps to Python). */
