@@ -211,7 +211,7 @@ class OwnQueue:
         naming the failure.
         """
         it = self._events_iter
-        return self if isinstance(it, _Last) else it  # type: ignore[no-any-return]
+        return self if isinstance(it, _Last) else it
 
     async def __anext__(self) -> FanotifyData:
         # Moving past an event releases what the consumer did not detach.

@@ -90,7 +90,7 @@ def events_iter_factory() -> Callable[..., Any] | None:
     """
     if _BUILD is None:
         return None
-    return getattr(_ffi._core, "_events_iter", None)  # type: ignore[no-any-return]
+    return getattr(_ffi._core, "_events_iter", None)
 
 
 def strip_deleted(path: str) -> tuple[str, bool]:
