@@ -55,7 +55,7 @@ def events_iter(group: OwnQueue) -> Any:
     if _C_ITER is None or os.environ.get("AFANOTIFY_PURE_PARSER"):
         return _Last()
     q = group._queue
-    return _C_ITER(group, q, q._items, group._reader, group.__anext__, q.maxsize)
+    return _C_ITER(group, q, q._items, group._reader, group.__anext__)
 
 
 class OwnQueue:
@@ -248,6 +248,7 @@ class OwnQueue:
                 ):  # fmt: skip
                     self._refill()
                 self._iter_last = ev
+                self._grant()
                 return ev
         try:
             ev = await self.receive()
@@ -256,5 +257,29 @@ class OwnQueue:
                 raise  # a failed read ends the iteration loudly, not as if closed
             raise StopAsyncIteration from None
         self._iter_last = ev
+        self._grant()
         return ev
+
+    def _grant(self) -> None:
+        # How many of the queued events the C step (csrc/fastpath_iter.c)
+        # may take before this step must run again: those it can take with
+        # no bookkeeping.  None while reading is stopped, paused or failed,
+        # or the queue signalled full (get_nowait clears that, with a resume);
+        # with events held back or the queue stalled, only down to the
+        # point where _refill moves them in and get_nowait clears the stall.
+        it = self._events_iter
+        if isinstance(it, _Last):
+            return
+        q = self._queue
+        reader = self._reader
+        if (
+            not reader.reading or reader.paused or self._closed or self._error is not None
+            or q._full_signalled
+        ):  # fmt: skip
+            it.grant = 0
+            return
+        n = len(q)
+        if self._held or q._stalled:
+            n -= q.maxsize // 2 + 1
+        it.grant = max(n, 0)
 

@@ -922,7 +922,7 @@ static PyMethodDef afn_builder_methods[] = {
      "_build(out, start, count, src, arena, events, dirs, by_record, dir_path, skip_pids, flags, "
      "perm_mask, dir_change_mask[, tree]) -> (stop, filled, upto, skipped, stopped)"},
     {"_events_iter", (PyCFunction)(void (*)(void))afn_events_iter, METH_FASTCALL,
-     "_events_iter(group, queue, items, reader, slow, maxsize) -> EventIterator"},
+     "_events_iter(group, queue, items, reader, slow) -> EventIterator"},
     {NULL, NULL, 0, NULL},
 };
 
