@@ -263,23 +263,27 @@ class OwnQueue:
     def _grant(self) -> None:
         # How many of the queued events the C step (csrc/fastpath_iter.c)
         # may take before this step must run again: those it can take with
-        # no bookkeeping.  None while reading is stopped, paused or failed,
-        # or the queue signalled full (get_nowait clears that, with a resume);
-        # with events held back or the queue stalled, only down to the
-        # point where _refill moves them in and get_nowait clears the stall.
+        # no bookkeeping.  None before reading starts, once the group is
+        # closed or failed, or while the queue signalled full (get_nowait
+        # clears that, with a resume).  With events held back (the reader is
+        # paused then) or the queue stalled, only down to the point where
+        # _refill moves them in and get_nowait clears the stall; with none
+        # held but the reader paused, none (_refill resumes it at once).
         it = self._events_iter
         if isinstance(it, _Last):
             return
         q = self._queue
         reader = self._reader
         if (
-            not reader.reading or reader.paused or self._closed or self._error is not None
-            or q._full_signalled
+            not (reader.reading or reader.paused) or self._closed
+            or self._error is not None or q._full_signalled
         ):  # fmt: skip
             it.grant = 0
             return
         n = len(q)
         if self._held or q._stalled:
             n -= q.maxsize // 2 + 1
+        elif reader.paused:
+            n = 0
         it.grant = max(n, 0)
 

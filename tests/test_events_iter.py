@@ -108,25 +108,28 @@ def check_events_iter():
     g.iter.grant = 5
     assert run(_step(g.iter)) == "slow" and len(g._queue) == 1
     # The grant OwnQueue._grant gives: all queued events in the steady state;
-    # none when reading stopped, paused, failed, closed, or the queue
-    # signalled full; down to just above half with events held or a stall.
+    # none before reading starts, when paused with nothing held (_refill
+    # resumes then), failed, closed, or the queue signalled full; down to
+    # just above half with events held or a stall.
     g = _Group(maxsize=8)
     g._queue.put_many([_event() for _ in range(6)])
     assert g.grant() == 6
-    for state in ("not reading", "paused", "failed", "closed"):
+    for state in ("not started", "paused, nothing held", "failed", "closed"):
         h = _Group(maxsize=8)
         h._queue.put_many([_event() for _ in range(6)])
-        if state == "not reading":
+        if state == "not started":
             h._reader.reading = False
-        elif state == "paused":
-            h._reader.paused = True
+        elif state == "paused, nothing held":
+            h._reader.reading, h._reader.paused = False, True
         elif state == "failed":
             h._error = OSError(5, "EIO")
         else:
             h._closed = True
         assert h.grant() == 0, state
     g._held.append(_event())
+    g._reader.reading, g._reader.paused = False, True  # as the group pauses to hold events
     assert g.grant() == 1  # 6 queued, refill at 4: one taken in C, then Python
+    g._reader.reading, g._reader.paused = True, False
     g._held.clear()
     g._queue._stalled = True
     assert g.grant() == 1
