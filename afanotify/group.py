@@ -22,7 +22,7 @@ from typing import Literal, NamedTuple
 from . import _batches, _dispatch, _fork, _static, _tree
 from . import client as _client
 from ._batches import BatchSink
-from ._consume import OwnQueue
+from ._consume import OwnQueue, events_iter
 from ._dirmap import DEFAULT_SIZE as DEFAULT_DIRS
 from ._dispatch import DispatchStatistics
 from ._loop import LoopLike
@@ -282,7 +282,7 @@ class Fanotify(OwnQueue, _fork.ForkGuard, AsyncClosingContext):
             queued=self._queued, on_batch=self._handle_batch, on_fail=self._fail,
             on_retry=self._resume, guard=self._pipeline.fdguard,
         )  # fmt: skip
-        self._iter_last: FanotifyData | None = None
+        self._events_iter = events_iter(self)  # holds the last event of async for
         self._batch_sink: BatchSink | None = None
         #: A CONTENT or PRE_CONTENT group never stops reading: a permission
         #: event left in the kernel's queue would have no deadline.

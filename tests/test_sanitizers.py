@@ -4,8 +4,9 @@ The whole cffi extension (build_ffi.py's inline C and every afanotify/csrc/*.c)
 is compiled again with ``-fsanitize=address,undefined`` into a temporary copy
 of the package, and a Python child with gcc's libasan and libubsan preloaded
 drives the C walk, the C builder and the static-rule walk over the
-differential corpus, and the watch's line formatter over seeded random
-batches: every
+differential corpus (and the C step of ``async for`` through each of its
+branches, tests/test_events_iter.py), and the watch's line formatter over
+seeded random batches: every
 hand-built shape, prefixes of them, and seeded random and mutated buffers.
 Each buffer is copied into an allocation of exactly its size (the child runs
 with ``PYTHONMALLOC=malloc``, so the sanitizer sees every allocation), which
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import pytest
 from helpers import REPO
+from test_events_iter import SCENARIO as ITER_SCENARIO
 from test_fastparse_differential import (
     BAD,
     C_BUILT,
@@ -269,7 +271,8 @@ def test_the_core_is_clean_under_asan_and_ubsan(tmp_path: Path) -> None:
     data = tmp_path / "corpus.bin"
     data.write_bytes(b"".join(struct.pack("=I", len(b)) + b for b in bufs))
     driver = tmp_path / "driver.py"
-    driver.write_text(DRIVER)
+    # Then the C step of async for (csrc/fastpath_iter.c), every branch.
+    driver.write_text(DRIVER + ITER_SCENARIO)
     env = {
         k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "ASAN_", "UBSAN_"))
     }
