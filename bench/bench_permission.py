@@ -10,7 +10,8 @@ each open(2).  The file is watched for FAN_OPEN_PERM by, in turn:
 * nobody (the baseline cost of open(2));
 * the same C program in responder mode: read, write FAN_ALLOW, close (the floor);
 * afanotify, in this process, in several styles (``async for`` + allow_nowait,
-  a plain ``on_permission`` handler, an async one);
+  a plain ``on_permission`` handler on the loop and on the group's thread
+  (``thread=True``), an async one);
 * ``afanotify guard --rules FILE`` as a separate process, its static rules
   decided in C: two path rules; and a path, an executable and a uid rule,
   so each open reads the path, the executable and the uid.  No rule
@@ -81,14 +82,14 @@ async def c_responder(exe: Path, target: Path, n: int) -> tuple[int, int, int]:
         await proc.wait()
 
 
-def afanotify_setup(style: str, resolve_paths: bool = True) -> Setup:
+def afanotify_setup(style: str, resolve_paths: bool = True, thread: bool = False) -> Setup:
     async def run(exe: Path, target: Path, n: int) -> tuple[int, int, int]:
         with Fanotify(InitFlag.CLASS_CONTENT, resolve_paths=resolve_paths) as fan:
             fan.mark(target, Event.OPEN_PERM)
             if style == "iter":
                 task = asyncio.create_task(_iterate(fan))
             else:
-                fan.on_permission(_allow if style == "handler" else _allow_async)
+                fan.on_permission(_allow if style == "handler" else _allow_async, thread=thread)
                 task = asyncio.create_task(_iterate(fan))
             try:
                 result = await run_opener(exe, target, n)
@@ -158,6 +159,7 @@ SETUPS: dict[str, Setup] = {
     "afanotify async for, resolve_paths=False": afanotify_setup("iter", resolve_paths=False),
     "afanotify on_permission(sync fn)": afanotify_setup("handler"),
     "afanotify on_permission(sync), no paths": afanotify_setup("handler", resolve_paths=False),
+    "afanotify on_permission(sync, thread=True)": afanotify_setup("handler", thread=True),
     "afanotify on_permission(async fn)": afanotify_setup("async"),
     "afanotify guard, path rules (C)": guard_cli(GUARD_PATH_RULES),
     "afanotify guard, path+exe+uid rules (C)": guard_cli(GUARD_ALL_RULES),
