@@ -224,6 +224,7 @@ class PermissionThread:
         counters = self._counters
         size = _READ
         budget_in = 0
+        views: dict[int, Any] = {}
         try:
             while not self._stopping:
                 if budget_in <= 0:
@@ -246,7 +247,14 @@ class PermissionThread:
                     continue
                 counters.reads += 1
                 counters.bytes_read += n
-                self._batch(dec, buf, n, count)
+                src = views.get(n)
+                if src is None:
+                    # A view per read size, made once: most reads are the same
+                    # few sizes (one event, two...).
+                    if len(views) > 64:
+                        views.clear()
+                    src = views[n] = ffi.buffer(buf, n)
+                self._batch(dec, src, count)
         finally:
             dec.close()
 
@@ -259,12 +267,13 @@ class PermissionThread:
             time.sleep(0.05)  # no descriptors: wait for the application to close some
         return True
 
-    def _batch(self, dec: _fastparse.Decoder, buf: Any, n: int, count: int) -> None:
+    def _batch(self, dec: _fastparse.Decoder, src: Any, count: int) -> None:
         pipeline = self._pipeline
         events, errors = dec._build(
-            ffi.buffer(buf, n), count, True, False, self._fd_error, self._resolve, None,
-            self._own, _DIR_CHANGE, None, None,
+            src, count, True, False, self._fd_error, self._resolve, None, self._own,
+            _DIR_CHANGE, None, None,
         )  # fmt: skip
+        failed = bool(errors)
         for err in errors:
             pipeline.bad_event(err)
         c = self._counters
@@ -281,20 +290,24 @@ class PermissionThread:
                 log.warning("fanotify queue overflowed: the kernel dropped events")
             elif ev.fd < 0 and self._fd_error and ev.fd_error is not None:
                 self._fdguard.fd_error(ev.fd_error, ev.is_permission)
+                failed = True
             if self._proc_info:
                 exe, cwd = process_info(ev.pid, ev.pidfd, pidfd_reported=self._pidfd_reported)
                 _set_exe(ev, exe)
                 _set_cwd(ev, cwd)
-            if ev._owns & UNANSWERED and perm.handler is not None and not self._stopping:
+            handler = perm.handler
+            if ev._owns & UNANSWERED and handler is not None and not self._stopping:
                 _set_responder(ev, perm)
                 _add(perm, ev)
                 c.events_delivered += 1
-                self._dispatch(ev, perm.handler)
+                self._dispatch(ev, handler)
             else:
                 if ev._owns & UNANSWERED:
                     _set_responder(ev, perm)
                     _add(perm, ev)
                 rest.append(ev)
+        if not failed:
+            self._fdguard.recovered()
         if rest:
             self._hand_on(rest)
 

@@ -14,7 +14,9 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
+from _backends import ON_BOTH, open_in_child, run, wait_until
 from _perm_helpers import background, child, drain, wait_for
 
 from afanotify import Event, Fanotify, FanotifyData, InitFlag, Response, Verdict
@@ -226,3 +228,32 @@ def test_thread_is_refused_where_it_cannot_serve(tmpfs: Path) -> None:
     with Fanotify(InitFlag.CLASS_CONTENT | InitFlag.REPORT_TID) as fan:
         with pytest.raises(ValueError, match="REPORT_TID"):
             fan.on_permission(lambda ev: True, thread=True)
+
+
+@ON_BOTH
+def test_thread_handler_on_both_backends(tmpfs: Path, backend: str) -> None:
+    ok, secret = _file(tmpfs, "ok"), _file(tmpfs, "secret")
+
+    async def body() -> None:
+        async with Fanotify(InitFlag.CLASS_CONTENT, default_response=Response.DENY,
+                            permission_timeout=30) as fan:
+            fan.mark(tmpfs, Event.OPEN_PERM | Event.CLOSE_NOWRITE | Event.EVENT_ON_CHILD)
+            fan.on_permission(lambda ev: ev.path == str(ok), thread=True)
+            closes: list[str | None] = []
+
+            async def consume() -> None:
+                async for ev in fan:
+                    closes.append(ev.path)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(consume)
+                assert (await open_in_child(ok))[0] == 0
+                assert (await open_in_child(secret))[0] == errno.EPERM
+                # the notification reached the loop's iterator through the thread
+                await wait_until(lambda: str(ok) in closes)
+                tg.cancel_scope.cancel()
+            st = fan.permission_stats
+            assert (st.allowed, st.denied, st.defaulted) == (1, 1, 0)
+            assert fan._perm.thread is not None and fan._perm.thread.started
+
+    run(backend, body)
