@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import os
 import shutil
 import statistics
@@ -105,7 +106,11 @@ def afanotify_setup(style: str, resolve_paths: bool = True, thread: bool = False
             if style == "iter":
                 task = asyncio.create_task(_iterate(fan))
             else:
-                fan.on_permission(_allow if style == "handler" else _allow_async, thread=thread)
+                handler = _allow if style == "handler" else _allow_async
+                if thread:
+                    fan.on_permission(handler, thread=True)
+                else:
+                    fan.on_permission(handler)  # also on a library without thread=
                 task = asyncio.create_task(_iterate(fan))
             await asyncio.sleep(0)  # the consumer starts the reader
             cpu0 = proc_cpu()  # this process, every thread
@@ -206,6 +211,9 @@ async def main_async(opens: int, rounds: int, only: list[str] | None = None) -> 
             name: setup for name, setup in SETUPS.items()
             if not name.startswith("afanotify") or not only or any(o in name for o in only)
         }
+        if "thread" not in inspect.signature(Fanotify.on_permission).parameters:
+            # An older afanotify (bench/against.py, or PYTHONPATH=another checkout).
+            setups = {name: s for name, s in setups.items() if "thread=True" not in name}
         results: dict[str, list[Result]] = {name: [] for name in setups}
         for setup in setups.values():  # warm-up, not reported
             await setup(exe, target, min(opens, 500))
@@ -221,6 +229,9 @@ async def main_async(opens: int, rounds: int, only: list[str] | None = None) -> 
         name: tuple(statistics.median(r[i] for r in rs) for i in range(3))
         for name, rs in results.items()
     }
+    import afanotify
+
+    print(f"afanotify {afanotify.__version__} from {Path(afanotify.__file__).parent}")
     print(f"open(2) latency, {opens} opens x {rounds} rounds (median of rounds), ns")
     print(f"{'setup':42} {'p50':>8} {'p99':>8} {'mean':>8}  p50 min-max over rounds")
     for name, (p50, p99, mean) in med.items():
@@ -243,7 +254,7 @@ async def main_async(opens: int, rounds: int, only: list[str] | None = None) -> 
     for name, rs in results.items():
         if not name.startswith("afanotify"):
             continue
-        per = sorted(r[0] / c[0] for r, c in zip(rs, results["C responder"]))
+        per = sorted(r[0] / c[0] for r, c in zip(rs, results["C responder"], strict=True))
         print(f"{name:42} {statistics.median(per):6.2f}x  ({per[0]:.2f}-{per[-1]:.2f})")
     print()
     print("CPU time of the responding process per open, us (median, min-max over rounds;")
@@ -253,7 +264,8 @@ async def main_async(opens: int, rounds: int, only: list[str] | None = None) -> 
         if name.startswith("baseline"):
             continue
         us = sorted(r[3] * 1e6 for r in rs)
-        per = sorted(r[3] / max(c[3], 1e-9) for r, c in zip(rs, results["C responder"]))
+        floor_cpu = [c[3] for c in results["C responder"]]
+        per = sorted(r[3] / max(c, 1e-9) for r, c in zip(rs, floor_cpu, strict=True))
         print(f"{name:42} {statistics.median(us):7.1f} ({us[0]:.1f}-{us[-1]:.1f})  "
               f"{statistics.median(per):6.2f}x ({per[0]:.2f}-{per[-1]:.2f})")
     return 0
