@@ -51,8 +51,9 @@ from ._ffi import ffi, lib
 from ._loop import LoopLike
 from ._proc import process_info
 from .events import OWN_FD, OWN_PIDFD, UNANSWERED, FanotifyData
+from .exceptions import ParseError
 from .flags import DIR_CHANGE_EVENTS, FID_INIT_FLAGS, Event, InitFlag, Response
-from .permission import DROPPED, PermissionHandler, PermissionTracker, _Entry
+from .permission import ABANDONED, DROPPED, PermissionHandler, PermissionTracker, _Entry
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -210,9 +211,32 @@ class PermissionThread:
         try:
             self._serve()
         except BaseException:
-            log.exception("the permission handler thread failed; the watchdog answers now")
+            log.exception(
+                "the permission handler thread failed: the event loop reads (and runs "
+                "the handler) from now on"
+            )
         finally:
             self._close_pipe()
+            if not self._stopping:
+                self._give_back()
+
+    def _give_back(self) -> None:
+        """After a failure: let the loop read again (its reader calls the handler there)."""
+        self._perm.threaded = False
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(self._loop_reads)
+            except RuntimeError:
+                pass  # the loop closed meanwhile; the group's close answers the rest
+
+    def _loop_reads(self) -> None:
+        group = self._group()
+        if group is None or group._closed or group._perm.thread is not self:
+            return
+        group._perm.thread = None
+        group._reader.delegate = None
+        group._reader.start()
 
     def _serve(self) -> None:
         dec = _fastparse.Decoder(_READ)
@@ -268,11 +292,24 @@ class PermissionThread:
         return True
 
     def _batch(self, dec: _fastparse.Decoder, src: Any, count: int) -> None:
-        pipeline = self._pipeline
         events, errors = dec._build(
             src, count, True, False, self._fd_error, self._resolve, None, self._own,
             _DIR_CHANGE, None, None,
         )  # fmt: skip
+        try:
+            self._serve_batch(events, errors)
+        except BaseException:
+            # A bug here must not leave a process waiting on an event only
+            # this thread knew about: answer what is unanswered, close all.
+            perm = self._perm
+            for ev in events:
+                if ev._owns & UNANSWERED and ev._responder is None:
+                    _set_responder(ev, perm)
+                ev._release(ABANDONED)
+            raise
+
+    def _serve_batch(self, events: list[FanotifyData], errors: list[ParseError]) -> None:
+        pipeline = self._pipeline
         failed = bool(errors)
         for err in errors:
             pipeline.bad_event(err)

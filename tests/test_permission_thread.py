@@ -257,3 +257,30 @@ def test_thread_handler_on_both_backends(tmpfs: Path, backend: str) -> None:
             assert fan._perm.thread is not None and fan._perm.thread.started
 
     run(backend, body)
+
+
+async def test_a_failed_thread_answers_its_event_and_gives_reading_back(
+    tmpfs: Path, make_group: Callable[..., Fanotify], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from afanotify import _permthread
+
+    target = _file(tmpfs, "f")
+    fan = make_group(permission_timeout=30, default_response=Response.DENY)
+    fan.mark(target, Event.OPEN_PERM)
+    on: list[int] = []
+
+    def broken(self: Any, ev: FanotifyData, handler: Any) -> None:
+        raise RuntimeError("a bug in the thread, not in the handler")
+
+    monkeypatch.setattr(_permthread.PermissionThread, "_dispatch", broken)
+    fan.on_permission(lambda ev: on.append(threading.get_ident()) is None, thread=True)
+    async with background(drain(fan)):
+        failed = await child("open", target)
+        await wait_for(lambda: fan._perm.thread is None)
+        assert fan._reader.delegate is None and fan._reader.reading
+        result = await child("open", target)
+    assert failed.errno == errno.EPERM  # the default, at once, not at the 30 s deadline
+    assert failed.elapsed < 10
+    assert fan.permission_stats.abandoned == 1
+    assert result.errno == 0  # the handler's verdict, from the loop now
+    assert on == [threading.get_ident()]
