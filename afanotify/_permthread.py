@@ -47,10 +47,11 @@ import weakref
 from typing import Any
 
 from . import _fastparse
+from ._answer import answer_and_close
 from ._ffi import ffi, lib
 from ._loop import LoopLike
 from ._proc import process_info
-from .events import OWN_FD, OWN_PIDFD, UNANSWERED, FanotifyData
+from .events import UNANSWERED, FanotifyData
 from .exceptions import ParseError
 from .flags import DIR_CHANGE_EVENTS, FID_INIT_FLAGS, Event, InitFlag, Response
 from .permission import ABANDONED, DROPPED, PermissionHandler, PermissionTracker, _Entry
@@ -356,7 +357,7 @@ class PermissionThread:
             perm._handler_failed(ev, exc)
             return
         if result is True or result is False:
-            if _answer_and_close(perm, ev, result):
+            if answer_and_close(perm, ev, result):
                 return
         elif inspect.isawaitable(result):
             close = getattr(result, "close", None)
@@ -395,36 +396,6 @@ def _add(perm: PermissionTracker, ev: FanotifyData) -> None:
     entry = _Entry(ev, time.monotonic() + perm.timeout)
     with perm.lock:
         perm._pending[ev.fd] = entry
-
-
-def _answer_and_close(perm: PermissionTracker, ev: FanotifyData, allowed: bool) -> bool:
-    """Write allow or deny for an unanswered ``ev``, then close its fd (one C call).
-
-    The tracker's ``write`` and the event's ``close`` in one step, for the
-    plain verdicts of the thread's handler.  False, with nothing done, if
-    ``ev`` was answered meanwhile (a deadline, or the handler answered it
-    itself): the caller goes the general way, ``perm._apply``.  A write the
-    kernel refuses is logged.
-    """
-    with perm.lock:
-        owns = ev._owns
-        if not owns & UNANSWERED or perm.fd < 0:
-            return False
-        # The fd is closed by the C call, right after the write.
-        _set_owns(ev, owns & ~(UNANSWERED | OWN_FD))
-        entry = perm._pending.pop(ev.fd, None)
-        if entry is not None and entry.task is not None:
-            perm._watched_tasks.get(entry.task, set()).discard(ev.fd)
-        if allowed:
-            perm.allowed += 1
-        else:
-            perm.denied += 1
-        err = lib.afp_answer(perm.fd, ev.fd, _ALLOW if allowed else _DENY, owns & OWN_FD)
-    if err:
-        log.error("could not answer permission event fd=%d: %s", ev.fd, os.strerror(err))
-    if owns & OWN_PIDFD:
-        ev.close()
-    return True
 
 
 def _release(events: list[FanotifyData], perm: PermissionTracker) -> None:

@@ -34,6 +34,7 @@ from collections.abc import Awaitable
 from typing import Any, NamedTuple
 
 from . import _ffi
+from ._answer import answer_and_close_or_false as _answer_and_close
 from ._loop import Cancellable, LoopLike, TaskLike
 from ._verdict import ALLOW as ALLOW
 from ._verdict import DENY as DENY
@@ -172,9 +173,7 @@ class PermissionTracker:
     def disown(self) -> None:
         """In a forked child: write no answer from now on (see docs/group.md, fork).
 
-        Events still released here are marked answered without a write, so
-        their descriptors (the child's copies) can be closed.
-        """
+        Events still released here are marked answered without a write (their fds closed)."""
         self.inherited = True
         self.fd = -1
         self.thread = None  # not copied by fork
@@ -472,6 +471,8 @@ class PermissionTracker:
         except Exception as exc:
             self._handler_failed(ev, exc)
             return
+        if (result is True or result is False) and _answer_and_close(self, ev, result):
+            return  # the common verdict: written and the fd closed in one C call
         if inspect.isawaitable(result):
             entry = self._pending.get(ev.fd)
             if entry is None or entry.event is not ev:
