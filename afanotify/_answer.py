@@ -16,6 +16,7 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
+from . import _ffi
 from ._ffi import lib
 from .events import OWN_FD, OWN_PIDFD, UNANSWERED, FanotifyData
 from .flags import Response
@@ -23,7 +24,7 @@ from .flags import Response
 if TYPE_CHECKING:
     from .permission import PermissionTracker
 
-__all__ = ["AVAILABLE", "answer_and_close", "answer_and_close_or_false"]
+__all__ = ["AVAILABLE", "answer_and_close", "answer_and_close_or_false", "write_plain"]
 
 log = logging.getLogger("afanotify.permission")
 
@@ -32,6 +33,42 @@ _DENY = int(Response.DENY)
 _set_owns = FanotifyData.__dict__["_owns"].__set__
 #: The compiled core has the C call (the pure one does not).
 AVAILABLE = hasattr(lib, "afp_answer")
+
+
+def _forget(perm: PermissionTracker, fd: int) -> bool:
+    """The tracker's ``_forget`` unless an async handler's task is attached (False then)."""
+    entry = perm._pending.get(fd)
+    if entry is not None:
+        if entry.handler_task is not None:
+            return False  # write() cancels that task
+        del perm._pending[fd]
+        if entry.task is not None:
+            fds = perm._watched_tasks.get(entry.task)
+            if fds is not None:
+                fds.discard(fd)
+    return True
+
+
+def write_plain(perm: PermissionTracker, ev: FanotifyData, allowed: bool) -> None:
+    """The tracker's ``write`` of a plain allow or deny (``allow_nowait()``), in one step.
+
+    Anything but the common case (an unanswered event, the group open, no
+    async handler's task) goes through ``perm.write``, which raises there.
+
+    :raises OSError: if the kernel rejects the response
+    """
+    response = _ALLOW if allowed else _DENY
+    with perm.lock:
+        owns = ev._owns
+        if owns & UNANSWERED and perm.fd >= 0 and _forget(perm, ev.fd):
+            _set_owns(ev, owns & ~UNANSWERED)
+            if allowed:
+                perm.allowed += 1
+            else:
+                perm.denied += 1
+            _ffi.respond(perm.fd, ev.fd, response)
+            return
+    perm.write(ev, response)
 
 
 def answer_and_close(perm: PermissionTracker, ev: FanotifyData, allowed: bool) -> bool:
@@ -46,15 +83,8 @@ def answer_and_close(perm: PermissionTracker, ev: FanotifyData, allowed: bool) -
         owns = ev._owns
         if not owns & UNANSWERED or perm.fd < 0:
             return False
-        entry = perm._pending.pop(ev.fd, None)
-        if entry is not None:
-            if entry.handler_task is not None:
-                perm._pending[ev.fd] = entry  # as it was: write() cancels that task
-                return False
-            if entry.task is not None:
-                fds = perm._watched_tasks.get(entry.task)
-                if fds is not None:
-                    fds.discard(ev.fd)
+        if not _forget(perm, ev.fd):
+            return False
         # The fd is closed by the C call, right after the write.
         _set_owns(ev, owns & ~(UNANSWERED | OWN_FD))
         if allowed:

@@ -35,6 +35,7 @@ from typing import Any, NamedTuple
 
 from . import _ffi
 from ._answer import answer_and_close_or_false as _answer_and_close
+from ._answer import write_plain
 from ._loop import Cancellable, LoopLike, TaskLike
 from ._verdict import ALLOW as ALLOW
 from ._verdict import DENY as DENY
@@ -292,7 +293,7 @@ class PermissionTracker:
             # Plain allow or deny: valid for every permission group.
             if self.inherited:
                 self._check_owner()
-            self.write(ev, _ALLOW if allowed else _DENY)
+            write_plain(self, ev, allowed)  # self.write, in one step
             return
         self.respond(ev, Verdict(allowed, errno, audit, audit_rule))
 
