@@ -203,6 +203,12 @@ class _Lib:
         self, rs: _CData, group_fd: int, wake_fd: int, buf: _CData, bufsize: int, out: _CData,
         cap: int, arena: _CData, arena_cap: int, /,
     ) -> int: ...
+    def afp_read_walk(
+        self, group_fd: int, wake_fd: int, timeout_ms: int, buf: _CData, bufsize: int,
+        nread: _CData, out: _CData, cap: int, flags: int, arena: _CData, arena_cap: int,
+        arena_used: _CData, stop: _CData, fddir: int, /,
+    ) -> int: ...
+    def afp_answer(self, group_fd: int, fd: int, response: int, close_fd: int, /) -> int: ...
 
 lib: _Lib
 

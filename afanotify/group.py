@@ -19,7 +19,7 @@ import os
 from collections.abc import Callable
 from typing import Literal, NamedTuple
 
-from . import _batches, _dispatch, _fork, _static, _tree
+from . import _batches, _dispatch, _fork, _permthread, _static, _tree
 from . import client as _client
 from ._batches import BatchSink
 from ._consume import OwnQueue, events_iter
@@ -544,7 +544,9 @@ class Fanotify(OwnQueue, _fork.ForkGuard, AsyncClosingContext):
 
     # -- permission responses -------------------------------------------
 
-    def on_permission(self, handler: PermissionHandler | None) -> PermissionHandler | None:
+    def on_permission(
+        self, handler: PermissionHandler | None, *, thread: bool = False
+    ) -> PermissionHandler | None:
         """Decide permission events with ``handler`` instead of the iterator.
 
         ``handler(event)`` (a plain or ``async`` function) returns the verdict:
@@ -557,11 +559,20 @@ class Fanotify(OwnQueue, _fork.ForkGuard, AsyncClosingContext):
         runs inside the reader callback: it must not block.  ``None`` removes
         the handler.  Usable as a decorator; returns ``handler``.
 
-        :raises TypeError: if ``handler`` is not callable
+        ``thread=True`` (a plain function, fd mode, the C core) serves it on a
+        thread of the group's instead, reading without the event loop: a few
+        times faster per event, and it may block up to the deadline; it must
+        then not touch the loop's objects (see :mod:`afanotify._permthread`).
+
+        :raises TypeError: if ``handler`` is not callable, or is async with ``thread=True``
+        :raises ValueError: if ``thread=True`` is not available for this group
         """
         if handler is not None and not callable(handler):
             raise TypeError(f"handler must be callable, not {type(handler).__name__}")
+        if thread and handler is not None:
+            _permthread.check(self, handler)
         self._perm.handler = handler
+        _permthread.use(self, handler, thread)
         return handler
 
     decide_statically = _static.decide_statically
