@@ -33,9 +33,9 @@ from typing import Any, NamedTuple
 from . import _ffi
 from ._proc import NO_PROCESS, Proc, batch_processes, raw_pids, read_processes
 from .events import FanotifyData
-from .exceptions import WouldBlock
+from .exceptions import ClosedResourceError, WouldBlock
 from .flags import InitFlag
-from .group import Fanotify, decode_batch
+from .group import Fanotify
 
 __all__ = ["Batch", "Drain", "DrainStats", "PolledReader", "DEFAULT_LIMIT", "available"]
 
@@ -255,3 +255,21 @@ class PolledReader:
             events, pidfd_reported=self._pidfds, paths=self._paths, early=early
         )
         return Batch(events, procs)
+
+
+def decode_batch(group: Fanotify, data: memoryview | bytes | bytearray) -> list[FanotifyData]:
+    """Decode bytes that were read from ``group``'s fd by a reader of its own.
+
+    For ``afanotify watch``'s drain thread (:class:`Drain`): whole
+    reads, in the order made; the events come out as from
+    :meth:`Fanotify.read_batch`, through the group's directory map, and own
+    the descriptors in ``data``.
+
+    :raises ClosedResourceError: if the group is closed
+    """
+    if group.closed:
+        raise ClosedResourceError("the fanotify group is closed")
+    view = data if isinstance(data, memoryview) else memoryview(data)
+    group._counters.reads += 1
+    group._counters.bytes_read += len(view)
+    return group._pipeline.decode(view, group._reader.loop)

@@ -109,6 +109,20 @@ def check(group: Fanotify, handler: PermissionHandler) -> None:
         raise ValueError(f"on_permission(thread=True) is not available here: {why}")
 
 
+def install(group: Fanotify, handler: PermissionHandler | None, thread: bool) -> None:
+    """:meth:`Fanotify.on_permission`: check ``handler``, then make it the group's.
+
+    :raises TypeError: if ``handler`` is not callable, or is async with ``thread``
+    :raises ValueError: if ``thread`` is not available for this group
+    """
+    if handler is not None and not callable(handler):
+        raise TypeError(f"handler must be callable, not {type(handler).__name__}")
+    if thread and handler is not None:
+        check(group, handler)
+    group._perm.handler = handler
+    use(group, handler, thread)
+
+
 def use(group: Fanotify, handler: PermissionHandler | None, thread: bool) -> None:
     """Serve ``handler`` on a thread (``thread``) or on the loop; switch a running group."""
     reader = group._reader

@@ -567,12 +567,7 @@ class Fanotify(OwnQueue, _fork.ForkGuard, AsyncClosingContext):
         :raises TypeError: if ``handler`` is not callable, or is async with ``thread=True``
         :raises ValueError: if ``thread=True`` is not available for this group
         """
-        if handler is not None and not callable(handler):
-            raise TypeError(f"handler must be callable, not {type(handler).__name__}")
-        if thread and handler is not None:
-            _permthread.check(self, handler)
-        self._perm.handler = handler
-        _permthread.use(self, handler, thread)
+        _permthread.install(self, handler, thread)
         return handler
 
     decide_statically = _static.decide_statically
@@ -645,24 +640,6 @@ class Fanotify(OwnQueue, _fork.ForkGuard, AsyncClosingContext):
                     self._perm.release(ev, AT_CLOSE)
             ev.close()
 
-
-
-def decode_batch(group: Fanotify, data: memoryview | bytes | bytearray) -> list[FanotifyData]:
-    """Decode bytes that were read from ``group``'s fd by a reader of its own.
-
-    For ``afanotify watch``'s drain thread (``afanotify/_drain.py``): whole
-    reads, in the order made; the events come out as from
-    :meth:`Fanotify.read_batch`, through the group's directory map, and own
-    the descriptors in ``data``.
-
-    :raises ClosedResourceError: if the group is closed
-    """
-    if group.closed:
-        raise ClosedResourceError("the fanotify group is closed")
-    view = data if isinstance(data, memoryview) else memoryview(data)
-    group._counters.reads += 1
-    group._counters.bytes_read += len(view)
-    return group._pipeline.decode(view, group._reader.loop)
 
 
 class _GroupPort:
