@@ -323,19 +323,26 @@ class _Watch:
         ``--count`` or a closed output, counted as read and not shown.
         """
         drain.stop()
-        while True:
-            try:
-                events, procs = drain.read_batch()
-            except WouldBlock:
-                break
-            if self.stopped or self.sink.broken:
-                self.counts.unshown += sum(1 for ev in events if not ev.ev_types & _OVERFLOW)
-                for ev in events:
-                    ev.close()
-                continue
-            if not self._batch(events, procs):
-                self.stopped = True
-        drain.close()
+        wanted = self.wanted
+        try:
+            while True:
+                try:
+                    events, procs = drain.read_batch()
+                except WouldBlock:
+                    break
+                if self.stopped or self.sink.broken:
+                    # (events marked only for the directory map are never shown)
+                    self.counts.unshown += sum(
+                        1 for ev in events
+                        if ev.ev_types & wanted and not ev.ev_types & _OVERFLOW
+                    )
+                    for ev in events:
+                        ev.close()
+                    continue
+                if not self._batch(events, procs):
+                    self.stopped = True
+        finally:
+            drain.close()
 
     def _reopen(self) -> None:
         try:

@@ -145,6 +145,8 @@ class Drain:
         if lib.afd_run(self._d) != 0:  # returns when stopped (GIL released meanwhile)
             code = self._d.error
             self.error = OSError(code, f"reading the fanotify group failed: {os.strerror(code)}")
+            # Only now: the loop, woken, must find the error set.
+            os.eventfd_write(self._wake, 1)
 
     def read_batch(self) -> Batch:
         """The oldest read the thread made, decoded by the group.

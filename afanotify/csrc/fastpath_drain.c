@@ -438,12 +438,14 @@ static int afd_read_one(struct afd_drain *d, int32_t *pids, int32_t *pidfds,
     int ok = 0;
     if (!gap && t != NULL && t->len + n <= t->cap && afd_agree(t, procs, text, npids)) {
         uint32_t before = t->size;
-        if (afd_add_procs(t, procs, text, npids, used)) {
+        ok = afd_add_procs(t, procs, text, npids, used);
+        /* Counted even when it failed halfway: a realloc that succeeded grew
+         * the chunk, and afd_free takes off the whole size. */
+        d->held += t->size - before;
+        if (ok) {
             memcpy(t->data + t->len, d->scratch, n);
             t->len += n;
             t->nevents += nev;
-            d->held += t->size - before;
-            ok = 1;
         }
     }
     if (!ok) {
@@ -516,8 +518,7 @@ int afd_run(struct afd_drain *d)
         free(d->scratch);
         d->scratch = NULL;
         d->error = ENOMEM;
-        afd_wake(d->wake_fd);
-        return -1;
+        return -1; /* the caller sets its error, then wakes the loop */
     }
     struct pollfd pfd[2] = {{d->fd, POLLIN, 0}, {d->stop_fd, POLLIN, 0}};
     int rc = 0;
@@ -555,8 +556,8 @@ out:
     free(procs);
     free(d->scratch);
     d->scratch = NULL;
-    if (rc < 0)
-        afd_wake(d->wake_fd);
+    /* On an error the caller wakes the loop, after it has recorded the
+     * error: a wakeup before that could be taken, and the error missed. */
     return rc;
 }
 
