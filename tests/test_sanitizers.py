@@ -14,6 +14,11 @@ child with a nonzero status.  (CPython's own flags, which the build inherits,
 include -fwrapv: signed overflow is defined there, so UBSan does not flag it.)
 The decoded events must also be the pure parser's, so the -O1 sanitized
 build is held to the same results as the shipped one.
+
+The drain thread (csrc/fastpath_drain.c) runs in the same sanitized build,
+driven by tests/sanitize_drain.py: over a socketpair (every corpus buffer as
+one read of exactly its size, then real pidfds, the memory bound and the gap
+record) and over a real FID group on a private tmpfs.
 """
 
 from __future__ import annotations
