@@ -15,6 +15,11 @@ child with a nonzero status.  (CPython's own flags, which the build inherits,
 include -fwrapv: signed overflow is defined there, so UBSan does not flag it.)
 The decoded events must also be the pure parser's, so the -O1 sanitized
 build is held to the same results as the shipped one.
+
+The drain thread (csrc/fastpath_drain.c) runs in the same sanitized build,
+driven by tests/sanitize_drain.py: over a socketpair (every corpus buffer as
+one read of exactly its size, then real pidfds, the memory bound and the gap
+record) and over a real FID group on a private tmpfs.
 """
 
 from __future__ import annotations
@@ -26,9 +31,11 @@ import struct
 import subprocess
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 from helpers import REPO
+from sanitize_drain import DRAIN_DRIVER
 from test_events_iter import SCENARIO as ITER_SCENARIO
 from test_fastparse_differential import (
     BAD,
@@ -240,14 +247,23 @@ def corpus() -> list[bytes]:
 _EXTRA = int(os.environ.get("AFANOTIFY_FUZZ_BUFFERS", "0"))
 
 
-@pytest.mark.timeout(180 + _EXTRA // 20)
-def test_the_core_is_clean_under_asan_and_ubsan(tmp_path: Path) -> None:
+class Sanitized(NamedTuple):
+    """The sanitized copy of the package and the environment its child runs in."""
+
+    root: Path
+    pkg: Path
+    env: dict[str, str]
+
+
+@pytest.fixture(scope="module")
+def sanitized(tmp_path_factory: pytest.TempPathFactory) -> Sanitized:
     gcc = shutil.which("gcc")
     if gcc is None:
         pytest.skip("needs gcc to build the core with sanitizers")
     asan, ubsan = _runtime(gcc, "libasan.so"), _runtime(gcc, "libubsan.so")
     if asan is None or ubsan is None:
         pytest.skip(f"gcc has no sanitizer runtimes (libasan: {asan}, libubsan: {ubsan})")
+    tmp_path = tmp_path_factory.mktemp("sanitized")
 
     # The package's Python files, then the sanitized extension beside them.
     pkg = tmp_path / "afanotify"
@@ -266,13 +282,6 @@ def test_the_core_is_clean_under_asan_and_ubsan(tmp_path: Path) -> None:
     )  # fmt: skip
     assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-3000:]
     assert list(pkg.glob("_fanotify*.so")), "the sanitized build wrote no extension"
-
-    bufs = corpus()
-    data = tmp_path / "corpus.bin"
-    data.write_bytes(b"".join(struct.pack("=I", len(b)) + b for b in bufs))
-    driver = tmp_path / "driver.py"
-    # Then the C step of async for (csrc/fastpath_iter.c), every branch.
-    driver.write_text(DRIVER + ITER_SCENARIO)
     env = {
         k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "ASAN_", "UBSAN_"))
     }
@@ -285,11 +294,66 @@ def test_the_core_is_clean_under_asan_and_ubsan(tmp_path: Path) -> None:
         ASAN_OPTIONS="detect_leaks=0:abort_on_error=0",
         UBSAN_OPTIONS="print_stacktrace=1",
     )
+    return Sanitized(tmp_path, pkg, env)
+
+
+def _run_child(san: Sanitized, source: str, *args: str, timeout: float) -> list[str]:
+    """Run ``source`` in the sanitized child; its printed words, after it ended clean."""
+    driver = san.root / "driver.py"
+    driver.write_text(source)
     run = subprocess.run(
-        [sys.executable, str(driver), str(data), str(pkg)], cwd=tmp_path, env=env,
-        capture_output=True, text=True, check=False, timeout=150 + len(bufs) // 20,
+        [sys.executable, str(driver), *args], cwd=san.root, env=san.env,
+        capture_output=True, text=True, check=False, timeout=timeout,
     )  # fmt: skip
     report = run.stderr[-4000:]
     assert run.returncode == 0, report
     assert "Sanitizer" not in run.stderr and "runtime error" not in run.stderr, report
-    assert run.stdout.split() == [str(len(bufs)), str(len(bufs) * 7), "160"]
+    return run.stdout.split()
+
+
+def _write_corpus(san: Sanitized, bufs: list[bytes]) -> Path:
+    data = san.root / "corpus.bin"
+    data.write_bytes(b"".join(struct.pack("=I", len(b)) + b for b in bufs))
+    return data
+
+
+@pytest.mark.timeout(180 + _EXTRA // 20)
+def test_the_core_is_clean_under_asan_and_ubsan(sanitized: Sanitized) -> None:
+    bufs = corpus()
+    data = _write_corpus(sanitized, bufs)
+    # Then the C step of async for (csrc/fastpath_iter.c), every branch.
+    out = _run_child(
+        sanitized, DRIVER + ITER_SCENARIO, str(data), str(sanitized.pkg),
+        timeout=150 + len(bufs) // 20,
+    )
+    assert out == [str(len(bufs)), str(len(bufs) * 7), "160"]
+
+
+@pytest.mark.timeout(240)
+def test_the_drain_is_clean_under_asan_and_ubsan_on_synthetic_reads(
+    sanitized: Sanitized,
+) -> None:
+    # Every corpus buffer is one read of a drain of its own (read and chunk
+    # sizes exactly its length), then real pidfds, chunks and the bound
+    # (tests/sanitize_drain.py); the child checks what was handed over.
+    bufs = corpus()
+    data = _write_corpus(sanitized, bufs)
+    out = _run_child(sanitized, DRAIN_DRIVER, str(sanitized.pkg), str(data), "synthetic",
+                     timeout=200)  # fmt: skip
+    sent = [b for b in bufs if b and len(b) <= 60000]
+    runs, _events, read, dropped, gaps = (int(x) for x in out)
+    assert runs == len(sent) > 1000
+    assert read == 8 * 43 and dropped > 0 and gaps >= 1, out
+
+
+@pytest.mark.kernel
+@pytest.mark.timeout(240)
+def test_the_drain_is_clean_under_asan_and_ubsan_on_a_real_group(
+    sanitized: Sanitized, tmpfs: Path
+) -> None:
+    # A FID group with pidfds on our tmpfs, short-lived processes and a burst
+    # past the drain's bound (tests/sanitize_drain.py checks the counts).
+    out = _run_child(sanitized, DRAIN_DRIVER, str(sanitized.pkg), str(tmpfs), "kernel",
+                     timeout=200)  # fmt: skip
+    read, dropped, gaps = (int(x) for x in out)
+    assert read == 30 + 8000 + 6 and dropped > 0 and gaps >= 1, out

@@ -116,18 +116,29 @@ static int afd_read_small(const char *path, char *out, int cap)
     return (int)n;
 }
 
-/* The pidfd of an event, or where its record is (NULL: none). */
-static int32_t *afd_pidfd_slot(unsigned char *ev, uint32_t len)
+/* Fields read by memcpy: the kernel aligns records to 4 bytes only (and the
+ * metadata struct wants 8), and a synthetic buffer need not be aligned. */
+static inline uint16_t afd_u16(const unsigned char *p) { uint16_t v; memcpy(&v, p, 2); return v; }
+static inline uint32_t afd_u32(const unsigned char *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+static inline int32_t afd_s32(const unsigned char *p) { int32_t v; memcpy(&v, p, 4); return v; }
+static inline void afd_put_s32(unsigned char *p, int32_t v) { memcpy(p, &v, 4); }
+
+#define AFD_EVENT_LEN(ev) afd_u32((ev) + offsetof(struct fanotify_event_metadata, event_len))
+#define AFD_EVENT_PID(ev) afd_s32((ev) + offsetof(struct fanotify_event_metadata, pid))
+
+/* Where an event's pidfd is (NULL: no pidfd record). */
+static unsigned char *afd_pidfd_slot(unsigned char *ev, uint32_t len)
 {
     uint32_t off = sizeof(struct fanotify_event_metadata);
     while (off + sizeof(struct fanotify_event_info_header) <= len) {
-        struct fanotify_event_info_header *h = (void *)(ev + off);
-        if (h->len < sizeof(*h) || off + h->len > len)
+        unsigned char *h = ev + off;
+        uint32_t hlen = afd_u16(h + offsetof(struct fanotify_event_info_header, len));
+        if (hlen < sizeof(struct fanotify_event_info_header) || off + hlen > len)
             return NULL;
-        if (h->info_type == FAN_EVENT_INFO_TYPE_PIDFD
-                && h->len >= sizeof(struct fanotify_event_info_pidfd))
-            return &((struct fanotify_event_info_pidfd *)h)->pidfd;
-        off += h->len;
+        if (h[offsetof(struct fanotify_event_info_header, info_type)] == FAN_EVENT_INFO_TYPE_PIDFD
+                && hlen >= sizeof(struct fanotify_event_info_pidfd))
+            return h + offsetof(struct fanotify_event_info_pidfd, pidfd);
+        off += hlen;
     }
     return NULL;
 }
@@ -138,30 +149,31 @@ static uint32_t afd_walk(unsigned char *buf, uint32_t n, int32_t *pids, int32_t 
 {
     uint32_t off = 0, count = 0;
     while (off + sizeof(struct fanotify_event_metadata) <= n) {
-        struct fanotify_event_metadata *m = (void *)(buf + off);
-        if (m->event_len < sizeof(*m) || off + m->event_len > n)
+        uint32_t event_len = AFD_EVENT_LEN(buf + off);
+        int32_t pid = AFD_EVENT_PID(buf + off);
+        if (event_len < sizeof(struct fanotify_event_metadata) || off + event_len > n)
             break;
         count++;
-        int32_t *slot = afd_pidfd_slot(buf + off, m->event_len);
-        int32_t pidfd = slot ? *slot : FAN_NOPIDFD;
-        if (m->pid > 0 && m->pid != own_pid && *npids < AFD_MAX_PIDS) {
+        unsigned char *slot = afd_pidfd_slot(buf + off, event_len);
+        int32_t pidfd = slot ? afd_s32(slot) : FAN_NOPIDFD;
+        if (pid > 0 && pid != own_pid && *npids < AFD_MAX_PIDS) {
             uint32_t i;
             for (i = 0; i < *npids; i++)
-                if (pids[i] == m->pid)
+                if (pids[i] == pid)
                     break;
             if (i == *npids) {
-                pids[i] = m->pid;
+                pids[i] = pid;
                 pidfds[i] = pidfd;   /* the first event's: kept open until checked */
                 (*npids)++;
                 slot = NULL;
             }
         }
         if (slot) {
-            if (*slot >= 0)
-                close(*slot);
-            *slot = FAN_NOPIDFD;
+            if (pidfd >= 0)
+                close(pidfd);
+            afd_put_s32(slot, FAN_NOPIDFD);
         }
-        off += m->event_len;
+        off += event_len;
     }
     return count;
 }
@@ -279,13 +291,13 @@ static void afd_clear_slots(unsigned char *buf, uint32_t n)
 {
     uint32_t off = 0;
     while (off + sizeof(struct fanotify_event_metadata) <= n) {
-        struct fanotify_event_metadata *m = (void *)(buf + off);
-        if (m->event_len < sizeof(*m) || off + m->event_len > n)
+        uint32_t event_len = AFD_EVENT_LEN(buf + off);
+        if (event_len < sizeof(struct fanotify_event_metadata) || off + event_len > n)
             break;
-        int32_t *slot = afd_pidfd_slot(buf + off, m->event_len);
+        unsigned char *slot = afd_pidfd_slot(buf + off, event_len);
         if (slot)
-            *slot = FAN_NOPIDFD;
-        off += m->event_len;
+            afd_put_s32(slot, FAN_NOPIDFD);
+        off += event_len;
     }
 }
 
@@ -347,7 +359,8 @@ static int afd_add_procs(struct afd_chunk *c, struct afd_proc *procs, const char
         c->text_cap = ncap;
     }
     uint32_t base = c->text_len;
-    memcpy(c->text + base, text, used);
+    if (used > 0)  /* c->text is still NULL when no read brought text */
+        memcpy(c->text + base, text, used);
     c->text_len += used;
     for (uint32_t i = 0; i < npids; i++) {
         uint32_t j;
