@@ -187,6 +187,29 @@ def _nobody_python_problem() -> str | None:
     return lines[-1] if lines else f"exit status {r.returncode}"
 
 
+def nobody_python() -> str:
+    """An interpreter uid 65534 can run, for a child that needs only the standard library.
+
+    This one if that user can load it, else the system's ``/usr/bin/python3``;
+    the test skips, saying why, if that user can run neither.
+    """
+    import pytest
+
+    for cand in (sys.executable, "/usr/bin/python3"):
+        if _nobody_can_run(cand):
+            return cand
+    pytest.skip(f"uid 65534 can run neither {sys.executable} nor /usr/bin/python3 here")
+
+
+@functools.cache
+def _nobody_can_run(python: str) -> bool:
+    r = subprocess.run(
+        [*NOBODY, python, "-I", "-c", "import os"], cwd=CHILD_CWD,
+        capture_output=True, timeout=30, check=False,
+    )
+    return r.returncode == 0
+
+
 def require_nobody_python() -> None:
     """Skip the test on this interpreter if uid 65534 cannot run it with afanotify.
 
