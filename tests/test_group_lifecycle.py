@@ -329,7 +329,7 @@ async def main():
             e.close()
         # The group still works.
         subprocess.run(["touch", f"{d}/last"], check=True)
-        with await _receive(fan) as last:
+        with await asyncio.wait_for(fan.receive(), 5) as last:
             ok = last.path == f"{d}/last"
         st = fan.stats
         print(json.dumps({
