@@ -7,8 +7,9 @@ import os
 import string
 import sys
 import time
+from collections.abc import Callable
 from json.encoder import encode_basestring_ascii as _json_str
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from .events import FanotifyData
 from .flags import Event, evt_to_str
@@ -254,6 +255,19 @@ class Template:
             text.format_map(dict.fromkeys(FORMAT_FIELDS, "-"))
         except (ValueError, TypeError) as exc:
             raise ValueError(f"--format {text!r}: {exc}") from None
+        #: The template as steps for the C formatter: (literal, field number
+        #: or -1, format spec or None, conversion or None); None when a spec
+        #: holds a nested field, which only str.format expands.
+        self.steps: list[tuple[str, int, str | None, str | None]] | None = []
+        order = list(FORMAT_FIELDS)
+        for lit, field, spec, conv in parsed:
+            if field is None:
+                self.steps.append((lit, -1, None, None))
+            elif spec and ("{" in spec or "}" in spec):
+                self.steps = None
+                break
+            else:
+                self.steps.append((lit, order.index(field), spec or None, conv))
 
     def line(self, ev: FanotifyData, stamp: str, proc: Proc) -> str:
         """The template filled from ``ev`` (read at ``stamp``), by ``proc``: (name, exe, cwd)."""
@@ -283,3 +297,116 @@ class Template:
             v["dir"] = d or "-"
             v["name"] = n or "-"
         return self.text.format_map(v)
+
+
+_TEXT_OVERFLOW = f"  {'-':>7}  {'-':<15}  {'Q_OVERFLOW':<26}  (the kernel dropped events)"
+
+
+def _json_mask_parts(mask: int) -> tuple[str, str]:
+    if mask & _OVERFLOW:
+        return _OVERFLOW_LINE % mask, ""
+    event, fan = _json_mask(mask)
+    return event + ',"file":{"path":', "," + fan + '"path_resolved":'
+
+
+def _text_mask_parts(mask: int) -> tuple[str]:
+    if mask & _OVERFLOW:
+        return (_TEXT_OVERFLOW,)
+    return (f"{_mask_names(mask).text:<26}",)
+
+
+def _template_mask_parts(mask: int) -> tuple[str, str]:
+    names = _mask_names(mask)
+    return names.text, ",".join(names.actions) or "-"
+
+
+@functools.cache
+def _c_format_batch() -> Callable[..., bytes] | None:
+    """The C formatter (afanotify/csrc/fastpath_format.c), or None on the pure core."""
+    from . import _ffi
+
+    if _ffi.CORE != "c":
+        return None
+    install = getattr(_ffi.lib, "aff_install_formatter", None)
+    if install is None or install() != 0:
+        return None
+    core: Any = _ffi._core
+    if tuple(core._format_fields()) != tuple(FORMAT_FIELDS):
+        return None  # the two lists of --format fields disagree: keep to Python
+    fn: Callable[..., bytes] = core._format_batch
+    return fn
+
+
+class BatchFormatter:
+    """The lines of one batch as one buffer of bytes, in C where the core has it.
+
+    One of the JSON lines, the text format (``time_format``) or a
+    ``--format`` template.  The C formatter writes the same bytes as the
+    Python functions above (``tests/test_cli_format_differential.py``);
+    ``use_c=False`` (and the pure core) keeps to Python.
+    """
+
+    def __init__(
+        self, *, json: bool = False, template: Template | None = None,
+        time_format: str = DEFAULT_TIME_FORMAT, use_c: bool = True,
+    ) -> None:
+        self.json = json
+        self.template = template
+        self.time_format = time_format
+        self._masks: dict[int, tuple[str, ...]] = {}
+        c = _c_format_batch() if use_c else None
+        parts: Callable[[int], tuple[str, ...]]
+        if json:
+            mode, parts = 0, _json_mask_parts
+        elif template is None:
+            mode, parts = 1, _text_mask_parts
+        else:
+            mode, parts = 2, _template_mask_parts
+            if template.steps is None:
+                c = None
+        self._mode = mode
+        self._mask_parts: Callable[[int], tuple[str, ...]] = parts
+        self._c = c
+        #: True when the lines are made in C.
+        self.in_c = c is not None
+
+    def format(
+        self, events: list[FanotifyData], procs: dict[int, Proc], now: float
+    ) -> bytes:
+        """The lines of ``events`` (read at ``now``), each ending in a newline.
+
+        ``procs`` holds ``(name, exe, cwd)`` by pid.  Text keeps undecodable
+        bytes of names as those bytes; JSON lines are ASCII.
+        """
+        if not events:
+            return b""
+        stamp = json_head(now) if self.json else text_stamp(now, self.time_format)
+        c = self._c
+        if c is not None:
+            if len(self._masks) > 4096:
+                self._masks.clear()  # (masks repeat: only odd input gets here)
+            return c(
+                self._mode, events, procs, stamp, self._masks, self._mask_parts,
+                lambda pid: json_process(pid, procs.get(pid, _NO_PROC)), clean,
+                self.template.steps if self.template is not None else None,
+            )
+        return ("\n".join(self.lines(events, procs, stamp)) + "\n").encode(
+            "utf-8", "surrogateescape"
+        )
+
+    def lines(self, events: list[FanotifyData], procs: dict[int, Proc], stamp: str) -> list[str]:
+        """The Python formatter: one str per event, by ``stamp`` (a JSON line's head)."""
+        if self.json:
+            parts: dict[int, str] = {}
+            out = []
+            for ev in events:
+                pid = ev.pid
+                part = parts.get(pid)
+                if part is None:
+                    part = parts[pid] = json_process(pid, procs.get(pid, _NO_PROC))
+                out.append(json_line(ev, stamp, part))
+            return out
+        template = self.template
+        if template is not None:
+            return [template.line(ev, stamp, procs.get(ev.pid, _NO_PROC)) for ev in events]
+        return [text_line(ev, stamp, procs.get(ev.pid, _NO_PROC)) for ev in events]

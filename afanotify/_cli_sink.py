@@ -32,7 +32,7 @@ CLOSE_WAIT_S = 5.0
 
 
 class Sink:
-    """Event lines out: one ``write(2)`` per batch (or per MiB), counted line by line.
+    """Event lines out: one ``write(2)`` per flush (or per MiB), counted line by line.
 
     ``written`` counts the lines that reached the file or pipe completely,
     so the summary stays exact when a reader closes the pipe in the middle
@@ -52,8 +52,9 @@ class Sink:
         #: The ``--output`` file, or None for standard output.
         self.path = path
         self._path = path
-        self._parts: list[str] = []
+        self._parts: list[bytes] = []
         self._size = 0
+        self._lines = 0
         self._pending: deque[tuple[memoryview, int]] = deque()
         self._pending_bytes = 0
         self._pending_max = pending_max
@@ -93,15 +94,24 @@ class Sink:
 
     def write(self, line: str) -> None:
         """Queue one line (without its newline)."""
-        self._parts.append(line)
-        self._size += len(line)
-        if self._size >= WRITE_AT:
-            self.flush()
+        self.add((line + "\n").encode("utf-8", "surrogateescape"), 1)
 
-    def extend(self, lines: list[str], size: int) -> None:
-        """Queue lines whose lengths add up to about ``size``."""
-        self._parts.extend(lines)
-        self._size += size
+    def extend(self, lines: list[str], size: int = 0) -> None:
+        """Queue lines (without their newlines); ``size`` is no longer used."""
+        if lines:
+            self.add(("\n".join(lines) + "\n").encode("utf-8", "surrogateescape"), len(lines))
+
+    def add(self, data: bytes, lines: int) -> None:
+        """Queue ``lines`` whole lines, each ending in a newline, as ``data``.
+
+        Text lines carry file names as the kernel gave them: undecodable
+        bytes go out as the same bytes (JSON lines are ASCII already).
+        """
+        if not lines:
+            return
+        self._parts.append(data)
+        self._lines += lines
+        self._size += len(data)
         if self._size >= WRITE_AT:
             self.flush()
 
@@ -110,16 +120,15 @@ class Sink:
         parts = self._parts
         if not parts:
             return
+        lines = self._lines
         self._parts = []
         self._size = 0
-        lines = len(parts)
+        self._lines = 0
         if self.broken:
             self.unwritten += lines
             return
-        parts.append("")
-        # Text lines carry file names as the kernel gave them: undecodable
-        # bytes go out as the same bytes (JSON lines are ASCII already).
-        data = "\n".join(parts).encode("utf-8", "surrogateescape")
+        # One write(2) for everything queued since the last flush.
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
         if self._pending and self._pending_bytes + len(data) > self._pending_max:
             self.dropped += lines
             return

@@ -19,19 +19,17 @@ from . import _ffi
 from ._cli_output import (
     _OVERFLOW,
     DEFAULT_TIME_FORMAT,
+    BatchFormatter,
     Template,
     _action_names,
     _err,
-    json_head,
-    json_line,
-    json_process,
-    text_line,
-    text_stamp,
 )
 from ._cli_run import _check_paths, _run_until_stopped
 from ._cli_sink import PENDING_MAX
 from ._cli_sink import Sink as _Sink
-from ._proc import NO_PROCESS, Proc, batch_processes, raw_pids, read_processes
+from ._drain import DEFAULT_LIMIT, Drain, PolledReader
+from ._drain import available as _drain_available
+from ._proc import Proc
 from .events import FanotifyData
 from .exceptions import ClosedResourceError, UnsupportedFlagError, WouldBlock
 from .flags import FID_EVENTS, Event, InitFlag
@@ -75,6 +73,10 @@ FID_ONLY = FID_EVENTS
 _AT_HANDLE_FID = _ffi.lib.AT_HANDLE_FID
 
 _FID_FLAGS = InitFlag.REPORT_DFID_NAME | InitFlag.REPORT_FID
+# Not REPORT_DFID_NAME_TARGET: with the child's handle on a CREATE, the
+# kernel merges the CREATE with the file's OPEN and CLOSE_WRITE that follow
+# while it is queued (their records are then alike), so one line would say
+# CLOSE_WRITE|OPEN|CREATE where three lines said what happened in order.
 
 
 def _rule(args: argparse.Namespace) -> FanoRule | None:
@@ -89,10 +91,14 @@ def _rule(args: argparse.Namespace) -> FanoRule | None:
 
 
 class _Counts:
-    __slots__ = ("seen", "shown", "filtered", "overflows")
+    __slots__ = ("seen", "shown", "filtered", "overflows", "unshown", "drain")
 
     def __init__(self) -> None:
         self.seen = self.shown = self.filtered = self.overflows = 0
+        #: Events read but never shown: the command stopped first.
+        self.unshown = 0
+        #: The drain thread, when one reads (its counts go into the summary).
+        self.drain: Drain | None = None
 
 
 def _open_group(fid: bool, *, unlimited: bool = False, proc_info: bool = False) -> Fanotify:
@@ -101,9 +107,8 @@ def _open_group(fid: bool, *, unlimited: bool = False, proc_info: bool = False) 
     The group reads ``exe``/``cwd`` per event only for the ``--exe``/``--cwd``
     filters (``proc_info``); the lines take them from the per-batch read.
     """
-    base = _FID_FLAGS if fid else InitFlag.CLASS_NOTIF
-    if unlimited:
-        base |= InitFlag.UNLIMITED_QUEUE
+    extra = InitFlag.UNLIMITED_QUEUE if unlimited else InitFlag(0)
+    base = (_FID_FLAGS if fid else InitFlag.CLASS_NOTIF) | extra
     try:
         return Fanotify(base | InitFlag.REPORT_PIDFD, proc_info=proc_info)
     except (UnsupportedFlagError, PermissionError):
@@ -163,6 +168,8 @@ def _mark_all(
         if fan.fid_mode:
             known.add(p)
         m = mask | Event.ONDIR
+        if fan.fid_mode and scope == "filesystem":
+            m |= _map_events(mask)
         if scope == "inode" and os.path.isdir(p):
             m |= Event.EVENT_ON_CHILD
         fan.mark(p, m, scope)  # type: ignore[arg-type]
@@ -170,7 +177,7 @@ def _mark_all(
 
 def _setup_watch(
     args: argparse.Namespace, parser: argparse.ArgumentParser, known: MarkedPaths
-) -> tuple[Fanotify, str]:
+) -> tuple[Fanotify, str, int]:
     explicit = args.events is not None
     mask = args.events if explicit else ALL_WATCH_EVENTS
     scope: str = args.scope
@@ -210,27 +217,49 @@ def _setup_watch(
             fan.close()
             raise
     mode = "FID" if fid else "fd"
-    return fan, f"{scope} marks, {mode} mode, events {','.join(_action_names(mask))}"
+    return fan, f"{scope} marks, {mode} mode, events {','.join(_action_names(mask))}", mask
 
 
+def _map_events(mask: int) -> int:
+    """What a filesystem mark adds to ``mask`` so the directory map sees every move.
+
+    The group keeps its map from one read to the next only while it sees
+    every directory move (see afanotify/_dirmap.py); otherwise a delete read
+    after its directory is gone has no path.  The lines show only ``mask``.
+    """
+    if mask & Event.RENAME or mask & Event.MOVE == Event.MOVE:
+        return 0
+    return int(Event.MOVE)
+
+
+#: The ``--format`` fields read from /proc/PID/exe and /proc/PID/cwd.
+_PATH_FIELDS = frozenset(("exe", "cwd"))
 #: Reads per readiness callback at most, so signals and timers still run in a burst.
 _READS_PER_CALL = 64
 
 
 class _Watch:
-    """The watch loop: read a batch, name its processes, filter, format, write.
+    """The watch loop: take a batch, filter, format, write.
 
-    Everything is done per batch, straight from the readiness callback: the
-    events never wait in the group's queue (a full queue would stop reading,
-    and the kernel would drop what follows), and process details are read
-    once per process per batch, right after the read.
+    A FID group on the compiled core is read by a drain thread
+    (:class:`afanotify._drain.Drain`): it empties the kernel's queue as fast
+    as the kernel fills it, into memory bounded by ``--max-backlog``, and
+    names each read's processes right after the read; the loop formats what
+    it read.  An fd-mode group (its events are open files: a backlog would
+    be one of descriptors) and the pure core are read from the loop's
+    readiness callback (:class:`afanotify._drain.PolledReader`), with the
+    processes named per batch between read and decode.  Either way the
+    events never wait in the group's queue, and process details are read
+    once per process per batch.
     """
 
     def __init__(
         self, fan: Fanotify, args: argparse.Namespace, sink: _Sink, counts: _Counts,
-        rule: FanoRule | None, known: MarkedPaths,
+        rule: FanoRule | None, known: MarkedPaths, wanted: int = ~0,
     ) -> None:
         self.fan = fan
+        #: The events the lines show (the marks may add moves for the map).
+        self.wanted = int(wanted) & ~int(Event.ONDIR)
         self.sink = sink
         self.counts = counts
         self.rule = rule
@@ -238,10 +267,22 @@ class _Watch:
         self.json = bool(args.json)
         self.template: Template | None = getattr(args, "format", None)
         self.time_format: str = getattr(args, "time_format", None) or DEFAULT_TIME_FORMAT
+        self.formatter = BatchFormatter(
+            json=self.json, template=self.template, time_format=self.time_format
+        )
         self.my_pgrp = os.getpgrp() if args.exclude_self else -1
         self.limit: int | None = args.count
-        self.pidfd_reported = bool(fan.flags & InitFlag.REPORT_PIDFD)
         self.own_pid = os.getpid()
+        # The lines use exe and cwd in JSON and where the template asks for them.
+        paths = self.json or bool(self.template is not None and self.template.used & _PATH_FIELDS)
+        mib = getattr(args, "max_backlog", None)
+        limit = int(mib * (1 << 20)) if mib else DEFAULT_LIMIT
+        self.source: Drain | PolledReader
+        if fan.fid_mode and _drain_available() and not getattr(args, "no_drain", False):
+            self.source = counts.drain = Drain(fan, limit=limit, paths=paths)
+        else:
+            self.source = PolledReader(fan, paths=paths)
+        self.stopped = False
         self.interval: float | None = getattr(args, "stats_interval", None)
         self._timer: asyncio.TimerHandle | None = None
         self.done: asyncio.Future[None] | None = None
@@ -249,8 +290,12 @@ class _Watch:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         self.done = loop.create_future()
-        fd = self.fan.fileno()
+        self._loop = loop
+        source = self.source
+        fd = source.fileno()
         self.sink.attach(loop)
+        if isinstance(source, Drain):
+            source.start()
         loop.add_reader(fd, self._on_readable)
         loop.add_signal_handler(signal.SIGHUP, self._reopen)
         timer = None
@@ -265,8 +310,32 @@ class _Watch:
             loop.remove_signal_handler(signal.SIGHUP)
             if self._timer is not None:
                 self._timer.cancel()
+            if isinstance(source, Drain):
+                self._finish_drain(source)
             self.sink.detach()
             self.sink.flush()
+
+    def _finish_drain(self, drain: Drain) -> None:
+        """Stop the thread; write what it read, unless the command was told to stop.
+
+        What the thread read has left the kernel: it is written (a signal
+        stops the reading, not the writing of what was read), or, after
+        ``--count`` or a closed output, counted as read and not shown.
+        """
+        drain.stop()
+        while True:
+            try:
+                events, procs = drain.read_batch()
+            except WouldBlock:
+                break
+            if self.stopped or self.sink.broken:
+                self.counts.unshown += sum(1 for ev in events if not ev.ev_types & _OVERFLOW)
+                for ev in events:
+                    ev.close()
+                continue
+            if not self._batch(events, procs):
+                self.stopped = True
+        drain.close()
 
     def _reopen(self) -> None:
         try:
@@ -281,6 +350,7 @@ class _Watch:
             self._timer = loop.call_later(self.interval, self._tick, loop)
 
     def _stop(self, exc: BaseException | None = None) -> None:
+        self.stopped = True
         done = self.done
         if done is not None and not done.done():
             if exc is None:
@@ -303,62 +373,45 @@ class _Watch:
                 gc.enable()
 
     def _read_all(self) -> None:
+        source = self.source
+        drain = source if isinstance(source, Drain) else None
+        if drain is not None:
+            drain.clear_wakeup()
         try:
+            if self.fan.closed:
+                raise ClosedResourceError("the fanotify group is closed")
             for _ in range(_READS_PER_CALL):
                 try:
-                    events, early = self._read_batch()
+                    events, procs = source.read_batch()
                 except WouldBlock:
                     break
                 except OSError as exc:
                     if exc.errno in (errno.EMFILE, errno.ENFILE):
                         break  # counted in stats.lost; the rest stays queued
                     raise
-                if not self._batch(events, early):
+                if not self._batch(events, procs):
                     self._stop()
                     break
+            else:
+                if drain is not None:
+                    # More may wait: come back after the loop's other work.
+                    self._loop.call_soon(self._on_readable)
+            if drain is not None and drain.error is not None:
+                raise drain.error
             self.sink.flush()
             if self.sink.broken:
                 self._stop()
         except Exception as exc:
             self._stop(exc)
 
-    def _read_batch(self) -> tuple[list[FanotifyData], dict[int, Proc]]:
-        """:meth:`Fanotify.read_batch`, with the processes named between read and decode.
-
-        A short-lived process is gone soon after its event: its name is read
-        from /proc first thing after the read, from the pids in the events'
-        fixed headers, before the batch is decoded and its paths resolved
-        (which takes longer than many such processes live).  The names are
-        trusted only once the decoded events' pidfds are checked
-        (:func:`batch_processes`).
-
-        :raises WouldBlock: if the kernel has no events
-        """
-        fan = self.fan
-        if fan.closed:
-            raise ClosedResourceError("the fanotify group is closed")
-        # The group's read and decode, split (Fanotify.read_batch does both).
-        try:
-            view = fan._reader.read_once()
-        except BlockingIOError:
-            raise WouldBlock from None
-        early = read_processes(raw_pids(view, self.own_pid))
-        return fan._pipeline.decode(view, fan._reader.loop), early
-
-    def _batch(self, events: list[FanotifyData], early: dict[int, Proc] | None = None) -> bool:
+    def _batch(self, events: list[FanotifyData], procs: dict[int, Proc]) -> bool:
         """Write one batch; False once the command should stop."""
         counts = self.counts
         now = time.time()
-        procs = batch_processes(events, pidfd_reported=self.pidfd_reported, early=early)
-        lines: list[str] = []
-        append = lines.append
-        if self.json:
-            head = json_head(now)
-            parts: dict[int, str] = {}
-        else:
-            stamp = text_stamp(now, self.time_format)
+        wanted = self.wanted
+        shown: list[FanotifyData] = []
+        append = shown.append
         known = self.known
-        template = self.template
         rule = self.rule
         my_pgrp = self.my_pgrp
         limit = self.limit
@@ -368,6 +421,8 @@ class _Watch:
                 if not going:
                     break
                 if not ev.ev_types & _OVERFLOW:
+                    if not ev.ev_types & wanted:
+                        continue  # marked for the directory map only
                     if not ev.path_resolved:
                         ev = known.complete(ev)
                     counts.seen += 1
@@ -382,20 +437,12 @@ class _Watch:
                         going = False
                 else:
                     counts.overflows += 1
-                pid = ev.pid
-                if self.json:
-                    part = parts.get(pid)
-                    if part is None:
-                        part = parts[pid] = json_process(pid, procs.get(pid, NO_PROCESS))
-                    append(json_line(ev, head, part))
-                elif template is not None:
-                    append(template.line(ev, stamp, procs.get(pid, NO_PROCESS)))
-                else:
-                    append(text_line(ev, stamp, procs.get(pid, NO_PROCESS)))
+                append(ev)
+            data = self.formatter.format(shown, procs, now)
         finally:
             for ev in events:
                 ev.close()
-        self.sink.extend(lines, 200 * len(lines))
+        self.sink.add(data, len(shown))
         return going
 
 
@@ -417,9 +464,27 @@ def _kernel_queued(fd: int) -> int | None:
     return int.from_bytes(buf, sys.byteorder, signed=True)
 
 
-def _loss_words(overflows: int, lost: int, dropped: int = 0) -> str:
+class _Losses:
+    """What a watch lost so far, from its counts and its parts' (see :func:`_loss_words`)."""
+
+    __slots__ = ("overflows", "lost", "dropped", "backlog", "limit")
+
+    def __init__(self, counts: _Counts, sink: _Sink, fan: Fanotify) -> None:
+        drain = counts.drain
+        st = drain.stats if drain is not None else None
+        # The drain marks each of its own gaps with a Q_OVERFLOW record too.
+        gaps = st.gaps if st is not None else 0
+        self.overflows = max(0, counts.overflows - gaps)
+        self.lost = fan.stats.lost
+        self.dropped = sink.dropped
+        self.backlog = st.dropped if st is not None else 0
+        self.limit = drain.limit if drain is not None else 0
+
+
+def _loss_words(overflows: int, lost: int, dropped: int = 0, backlog: int = 0,
+                limit: int = 0) -> str:
     """What was lost, in words: a Q_OVERFLOW record carries no count."""
-    if not overflows and not lost and not dropped:
+    if not overflows and not lost and not dropped and not backlog:
         return "nothing lost"
     said = []
     if overflows:
@@ -427,6 +492,11 @@ def _loss_words(overflows: int, lost: int, dropped: int = 0) -> str:
         said.append(
             f"EVENTS LOST: the kernel's queue overflowed {times} and dropped an unknown "
             "number of events (--unlimited-queue keeps them)"
+        )
+    if backlog:
+        said.append(
+            f"EVENTS LOST: {backlog} event(s) read and dropped because {limit >> 20} MiB of "
+            "events were waiting to be written (raise --max-backlog)"
         )
     if lost:
         said.append(f"{lost} event(s) lost: no file descriptor left for them (ulimit -n)")
@@ -440,6 +510,7 @@ def _loss_words(overflows: int, lost: int, dropped: int = 0) -> str:
 
 def _summary(counts: _Counts, sink: _Sink, fan: Fanotify) -> str:
     st = fan.stats
+    loss = _Losses(counts, sink, fan)
     shown = counts.shown
     tail = ""
     if sink.dropped:
@@ -449,21 +520,27 @@ def _summary(counts: _Counts, sink: _Sink, fan: Fanotify) -> str:
         shown = max(0, shown - sink.unwritten)
         why = "the output was closed" if sink.broken else "the reader took nothing more"
         tail += f", {sink.unwritten} not written ({why})"
+    if counts.unshown:
+        tail += f", {counts.unshown} read but not shown (the command was stopping)"
     text = f"{counts.seen} events seen, {shown} shown, {counts.filtered} filtered out"
-    lost = _loss_words(counts.overflows, st.lost, sink.dropped)
-    if counts.overflows or st.lost:
-        return f"{text}, {st.parse_errors} malformed, {counts.overflows} overflows{tail}; {lost}"
+    lost = _loss_words(loss.overflows, loss.lost, loss.dropped, loss.backlog, loss.limit)
+    if loss.overflows or loss.lost or loss.backlog:
+        return f"{text}, {st.parse_errors} malformed, {loss.overflows} overflows{tail}; {lost}"
     return f"{text}, {st.parse_errors} dropped, 0 overflows{tail}; {lost}"
 
 
 def _progress(counts: _Counts, sink: _Sink, fan: Fanotify) -> str:
     queued = _kernel_queued(fan.fileno())
     q = "?" if queued is None else str(queued)
+    loss = _Losses(counts, sink, fan)
+    held = ""
+    if counts.drain is not None:
+        held = f", {counts.drain.stats.held} bytes read and waiting to be written"
     return (
         f"progress: {counts.seen} events seen, {sink.written} lines written, "
         f"{counts.filtered} filtered out, "
-        f"{_loss_words(counts.overflows, fan.stats.lost, sink.dropped)}, "
-        f"{q} bytes queued in the kernel, {sink.pending} bytes waiting for the output"
+        f"{_loss_words(loss.overflows, loss.lost, loss.dropped, loss.backlog, loss.limit)}, "
+        f"{q} bytes queued in the kernel{held}, {sink.pending} bytes waiting for the output"
     )
 
 
@@ -481,8 +558,8 @@ def _cmd_watch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     known = MarkedPaths()
     fan: Fanotify | None = None
     try:
-        fan, desc = _setup_watch(args, parser, known)
-        watch = _Watch(fan, args, sink, counts, rule, known)
+        fan, desc, wanted = _setup_watch(args, parser, known)
+        watch = _Watch(fan, args, sink, counts, rule, known, wanted)
 
         async def run() -> str:
             return await _run_until_stopped(

@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from . import _fastparse
 from ._pipeline import Counters
 from ._queue import EventQueue
 from ._reader import Reader
@@ -25,11 +26,36 @@ if TYPE_CHECKING:
     from ._batches import BatchSink
     from ._dispatch import Dispatcher
 
-__all__ = ["OwnQueue"]
+__all__ = ["OwnQueue", "events_iter"]
 
 log = logging.getLogger(__name__)
 
 _set_owns = FanotifyData.__dict__["_owns"].__set__
+_C_ITER = _fastparse.events_iter_factory()
+
+
+class _Last:
+    """Where the Python ``async for`` keeps the event it handed out last."""
+
+    __slots__ = ("last",)
+
+    def __init__(self) -> None:
+        self.last: FanotifyData | None = None
+
+
+def events_iter(group: OwnQueue) -> Any:
+    """What ``group.__aiter__`` returns, made once per group.
+
+    With the C builder: the C iterator (``csrc/fastpath_iter.c``), which
+    takes the common step itself and leaves every other one to the group's
+    :meth:`OwnQueue.__anext__`.  Without it (the pure core, or
+    ``AFANOTIFY_PURE_PARSER=1``), a holder of the last event: the group is
+    then its own iterator.  Either way ``.last`` is the group's last event.
+    """
+    if _C_ITER is None or os.environ.get("AFANOTIFY_PURE_PARSER"):
+        return _Last()
+    q = group._queue
+    return _C_ITER(group, q, q._items, group._reader, group.__anext__)
 
 
 class OwnQueue:
@@ -47,7 +73,16 @@ class OwnQueue:
     _consuming: bool
     _closed: bool
     _error: BaseException | None
-    _iter_last: FanotifyData | None
+    #: See :func:`events_iter`; its ``last`` is the event ``async for`` handed out last.
+    _events_iter: Any
+
+    @property
+    def _iter_last(self) -> FanotifyData | None:
+        return self._events_iter.last  # type: ignore[no-any-return]
+
+    @_iter_last.setter
+    def _iter_last(self, ev: FanotifyData | None) -> None:
+        self._events_iter.last = ev
     #: Set while a ``batches()`` iterator runs: each read goes to it whole.
     _batch_sink: BatchSink | None
 
@@ -175,7 +210,8 @@ class OwnQueue:
         group closes; if reading failed, it raises :class:`ClosedResourceError`
         naming the failure.
         """
-        return self
+        it = self._events_iter
+        return self if isinstance(it, _Last) else it
 
     async def __anext__(self) -> FanotifyData:
         # Moving past an event releases what the consumer did not detach.
@@ -212,6 +248,7 @@ class OwnQueue:
                 ):  # fmt: skip
                     self._refill()
                 self._iter_last = ev
+                self._grant()
                 return ev
         try:
             ev = await self.receive()
@@ -220,5 +257,33 @@ class OwnQueue:
                 raise  # a failed read ends the iteration loudly, not as if closed
             raise StopAsyncIteration from None
         self._iter_last = ev
+        self._grant()
         return ev
+
+    def _grant(self) -> None:
+        # How many of the queued events the C step (csrc/fastpath_iter.c)
+        # may take before this step must run again: those it can take with
+        # no bookkeeping.  None before reading starts, once the group is
+        # closed or failed, or while the queue signalled full (get_nowait
+        # clears that, with a resume).  With events held back (the reader is
+        # paused then) or the queue stalled, only down to the point where
+        # _refill moves them in and get_nowait clears the stall; with none
+        # held but the reader paused, none (_refill resumes it at once).
+        it = self._events_iter
+        if isinstance(it, _Last):
+            return
+        q = self._queue
+        reader = self._reader
+        if (
+            not (reader.reading or reader.paused) or self._closed
+            or self._error is not None or q._full_signalled
+        ):  # fmt: skip
+            it.grant = 0
+            return
+        n = len(q)
+        if self._held or q._stalled:
+            n -= q.maxsize // 2 + 1
+        elif reader.paused:
+            n = 0
+        it.grant = max(n, 0)
 

@@ -82,6 +82,17 @@ def available() -> bool:
     return _BUILD is not None
 
 
+def events_iter_factory() -> Callable[..., Any] | None:
+    """The C ``async for`` step (``csrc/fastpath_iter.c``), or None without the C builder.
+
+    ``factory(group, queue, items, reader, slow, maxsize)`` makes the
+    iterator ``Fanotify.__aiter__`` returns (see ``afanotify/_consume.py``).
+    """
+    if _BUILD is None:
+        return None
+    return getattr(_ffi._core, "_events_iter", None)
+
+
 def strip_deleted(path: str) -> tuple[str, bool]:
     """``path`` without the kernel's " (deleted)" suffix, and whether it had none."""
     if path.endswith(DELETED_SUFFIX):

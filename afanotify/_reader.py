@@ -128,6 +128,9 @@ class Reader:
         #: event left in the kernel's queue would have no deadline.
         self._perm_class = bool(flags & CLASS_BITS)
         self.loop: LoopLike | None = None
+        #: Another reader of the fd (``_permthread``): ``start`` hands over to
+        #: it, and it returns True while it reads instead of the loop.
+        self.delegate: Callable[[LoopLike | None], bool] | None = None
         self.reading = False
         self.paused = False
         self.closed = False
@@ -154,6 +157,8 @@ class Reader:
     def start(self) -> bool:
         """Register the fd unless it is registered or paused; True if it was registered now."""
         if self.reading or self.paused or self.closed or self.loop is None:
+            return False
+        if self.delegate is not None and self.delegate(self.loop):
             return False
         self.loop.add_reader(self._fd, self._on_readable)
         self.reading = True

@@ -73,8 +73,19 @@ class Watchdog:
         if self._thread is not threading.current_thread():
             self._thread.join()
 
+    def _wait(self) -> float:
+        # While a thread serves the handler (_permthread) no loop timer keeps
+        # the deadlines: wake for the oldest one, not a tick after it.
+        if not self._perm.threaded:
+            return self.tick
+        with self._perm.lock:
+            head = next(iter(self._perm._pending.values()), None)
+        if head is None:
+            return self.tick
+        return min(self.tick, max(0.001, head.deadline - time.monotonic()))
+
     def _run(self) -> None:
-        while not self._stop.wait(self.tick):
+        while not self._stop.wait(self._wait()):
             if self._perm.fd < 0:
                 return
             try:
@@ -86,7 +97,7 @@ class Watchdog:
         perm = self._perm
         now = time.monotonic()
         if len(perm):
-            perm.expire(now - self.tick)
+            perm.expire(now if perm.threaded else now - self.tick)
         reads = self._counters.reads
         if reads != self._last_reads or not self._readable():
             self._last_reads = reads

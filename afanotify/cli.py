@@ -298,6 +298,10 @@ def _build() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser
                    help="how many MiB of lines may wait for a slow reader of a pipe "
                    "(e.g. '| jq') before new lines are dropped and counted (default: 64); "
                    "the command never blocks on its output")
+    w.add_argument("--max-backlog", type=_mib_arg, default=None, metavar="MIB",
+                   help="FID mode: how many MiB of events read from the kernel may wait to "
+                   "be written (default: 256); a thread empties the kernel's queue into "
+                   "this memory, and events read beyond it are dropped and counted")
     w.add_argument("--stats-interval", type=_seconds_arg, metavar="S",
                    help="every S seconds, a progress line on stderr: events seen, lines "
                    "written, filtered out, lost, bytes queued in the kernel")

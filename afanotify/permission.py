@@ -34,6 +34,8 @@ from collections.abc import Awaitable
 from typing import Any, NamedTuple
 
 from . import _ffi
+from ._answer import answer_and_close_or_false as _answer_and_close
+from ._answer import write_plain
 from ._loop import Cancellable, LoopLike, TaskLike
 from ._verdict import ALLOW as ALLOW
 from ._verdict import DENY as DENY
@@ -164,15 +166,19 @@ class PermissionTracker:
         self.lock = threading.RLock()
         #: True in a forked child: the parent answers its events, never the child.
         self.inherited = False
+        #: The ``on_permission(thread=True)`` thread, and True while it serves
+        #: (deadlines are then the watchdog's): see _permthread.py.
+        self.thread: Any = None
+        self.threaded = False
 
     def disown(self) -> None:
         """In a forked child: write no answer from now on (see docs/group.md, fork).
 
-        Events still released here are marked answered without a write, so
-        their descriptors (the child's copies) can be closed.
-        """
+        Events still released here are marked answered without a write (their fds closed)."""
         self.inherited = True
         self.fd = -1
+        self.thread = None  # not copied by fork
+        self.threaded = False
         # A thread of the parent (the watchdog) may have held the lock at the
         # fork; in the child that thread does not exist to release it.
         self.lock = threading.RLock()
@@ -226,11 +232,14 @@ class PermissionTracker:
         entry = self._pending.get(ev.fd)
         if entry is None or entry.event is not ev:
             return
+        watch: Any = None
         try:
-            task = asyncio.current_task()
+            task: Any = asyncio.current_task()
         except RuntimeError:
-            self._received_elsewhere(ev, entry)
-            return
+            # trio: the task is watched through the loop adapter's exit hook.
+            current = getattr(self._loop, "current_task", None)
+            task = current() if current is not None else None
+            watch = getattr(self._loop, "watch_task", None)
         if task is None:
             return
         with self.lock:
@@ -240,24 +249,10 @@ class PermissionTracker:
             fds = self._watched_tasks.get(task)
             if fds is None:
                 fds = self._watched_tasks[task] = set()
-                task.add_done_callback(self._task_done)
-            fds.add(ev.fd)
-
-    def _received_elsewhere(self, ev: FanotifyData, entry: _Entry) -> None:
-        # trio: the task is watched through the loop adapter's exit hook.
-        loop = self._loop
-        current = getattr(loop, "current_task", None)
-        task = current() if current is not None else None
-        if task is None:
-            return
-        with self.lock:
-            if not ev._owns & UNANSWERED:
-                return
-            entry.task = task
-            fds = self._watched_tasks.get(task)
-            if fds is None:
-                fds = self._watched_tasks[task] = set()
-                loop.watch_task(task, self._task_ended)  # type: ignore[union-attr]
+                if watch is None:
+                    task.add_done_callback(self._task_done)
+                else:
+                    watch(task, self._task_ended)
             fds.add(ev.fd)
 
     def _forget(self, fd: int) -> _Entry | None:
@@ -298,7 +293,7 @@ class PermissionTracker:
             # Plain allow or deny: valid for every permission group.
             if self.inherited:
                 self._check_owner()
-            self.write(ev, _ALLOW if allowed else _DENY)
+            write_plain(self, ev, allowed)  # self.write, in one step
             return
         self.respond(ev, Verdict(allowed, errno, audit, audit_rule))
 
@@ -477,6 +472,8 @@ class PermissionTracker:
         except Exception as exc:
             self._handler_failed(ev, exc)
             return
+        if (result is True or result is False) and _answer_and_close(self, ev, result):
+            return  # the common verdict: written and the fd closed in one C call
         if inspect.isawaitable(result):
             entry = self._pending.get(ev.fd)
             if entry is None or entry.event is not ev:
@@ -559,6 +556,10 @@ class PermissionTracker:
 
     def close(self) -> list[FanotifyData]:
         """Answer everything pending (the group fd is still open); returns those events."""
+        if self.thread is not None:
+            # Before anything is answered here: it reads and answers too.
+            self.thread.stop()
+            self.thread = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

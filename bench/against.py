@@ -34,6 +34,22 @@ ROOT = BENCH.parent
 FIGURES: dict[str, list[tuple[str, str, bool]]] = {
     "fd_drain": [("ratio_to_c", "ratio_to_c", True), ("cpu_ratio_to_c", "cpu_ratio_to_c", True)],
     "fid_drain": [("ratio_to_c", "ratio_to_c", True), ("cpu_ratio_to_c", "cpu_ratio_to_c", True)],
+    "fid_batches": [
+        ("batches() ratio_to_c", "ratio_to_c", True),
+        ("batches() cpu_ratio_to_c", "cpu_ratio_to_c", True),
+        ("async for ratio_to_c", "async_for_ratio_to_c", True),
+        ("async for cpu_ratio_to_c", "async_for_cpu_ratio_to_c", True),
+    ],
+    "fid_mixed": [
+        ("async for ratio_to_c", "ratio_to_c", True),
+        ("async for cpu_ratio_to_c", "cpu_ratio_to_c", True),
+        ("batches() ratio_to_c", "batches_ratio_to_c", True),
+        ("batches() cpu_ratio_to_c", "batches_cpu_ratio_to_c", True),
+    ],
+    "watch_tree": [
+        ("ratio_to_prefix_check", "ratio_to_c", True),
+        ("cpu_ratio_to_prefix_check", "cpu_ratio_to_c", True),
+    ],
     "latency": [("p50_ms", "p50_ms", False), ("p99_ms", "p99_ms", False)],
 }
 

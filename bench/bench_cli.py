@@ -115,6 +115,11 @@ def mount(fs: str) -> Iterator[Path]:
 #: A checkout to compare with (``--baseline``): its afanotify runs as ``base-json``
 #: and ``base-text``, taking turns with this checkout's.
 BASELINE: Path | None = None
+#: ``--contend N``: the watcher shares CPU 0 with N busy loops, the burst runs
+#: on CPU 1 (a loaded machine: the watcher gets a share of a core while the
+#: writer has a whole one).
+CONTEND = 0
+HOG = "while True: pass"
 
 
 def _root(tool: str) -> Path:
@@ -128,12 +133,16 @@ def _watcher(tool: str, d: Path, out: Path) -> tuple[list[str], str | None]:
     """The command line and working directory of one watcher."""
     if tool.startswith("base-"):
         tool = "afanotify-" + tool[len("base-"):]
+    # The afanotify watchers run from "/": ``python -m`` puts its working
+    # directory first on sys.path, so run from a checkout it would import that
+    # checkout instead of the one PYTHONPATH names (--baseline measured the
+    # same code twice that way).
     if tool == "afanotify-json":
         return [sys.executable, "-m", "afanotify", "watch", "--filesystem", "--json",
-                "--output", str(out), str(d)], None
+                "--output", str(out), str(d)], "/"
     if tool == "afanotify-text":
         return [sys.executable, "-m", "afanotify", "watch", "--filesystem",
-                "--output", str(out), str(d)], None
+                "--output", str(out), str(d)], "/"
     if tool == "fatrace":
         return ["fatrace", "-c", "-o", str(out)], str(d)
     if tool == "inotifywait":
@@ -191,18 +200,20 @@ def run_one(tool: str, fs: str, ndirs: int, nfiles: int,
     touch, mv, rm), and what counts is how many of those processes are named.
     """
     env = dict(os.environ, PYTHONPATH=str(_root(tool)))
-    with mount(fs) as d:
+    pin = _pinned(0) if CONTEND else None
+    with mount(fs) as d, _hog():
         out = _out_path(d)
         cmd, cwd = _watcher(tool, d, out)
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE)
+                                stderr=subprocess.PIPE, preexec_fn=pin)
         try:
             _ready(tool, proc, d, time.monotonic() + 20)
             start = out.stat().st_size if out.exists() else 0
             t0 = time.monotonic()
             if rounds is None:
                 subprocess.run([sys.executable, "-c", BURST, str(d), str(ndirs), str(nfiles),
-                                SENTINEL], check=True, cwd="/")
+                                SENTINEL], check=True, cwd="/",
+                               preexec_fn=_pinned(1) if CONTEND else None)
             else:
                 subprocess.run(["sh", "-c", SHORT_LIVED, "sh", str(rounds), SENTINEL],
                                check=True, cwd=str(d))
@@ -251,6 +262,23 @@ def run_one(tool: str, fs: str, ndirs: int, nfiles: int,
             "lines_per_cpu_s": round(lines / cpu) if cpu else None,
             "peak_rss_kb": peak_kb, "burst_s": round(burst_s, 2),
             "summary": summary[0] if summary else "", **caught}
+
+
+def _pinned(cpu: int) -> Any:
+    return lambda: os.sched_setaffinity(0, {cpu})
+
+
+@contextlib.contextmanager
+def _hog() -> Iterator[None]:
+    """With ``--contend N``, N busy loops on CPU 0 for the length of one run."""
+    hogs = [subprocess.Popen([sys.executable, "-c", HOG], preexec_fn=_pinned(0))
+            for _ in range(CONTEND)]
+    try:
+        yield
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
 
 
 def _caught(tool: str, data: bytes, d: str) -> dict[str, int]:
@@ -461,6 +489,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--naming", type=int, metavar="ROUNDS",
                    help="instead of the burst: ROUNDS x (touch, mv, rm) every 0.2 s, and how "
                    "many of those processes each watcher names")
+    p.add_argument("--contend", type=int, default=0, metavar="N",
+                   help="a loaded machine: each watcher shares CPU 0 with N busy loops while "
+                   "the burst runs on CPU 1")
     p.add_argument("--json", type=Path, help="also write every figure here")
     p.add_argument("--baseline", type=Path, metavar="CHECKOUT",
                    help="also run the afanotify of this checkout (with its core built), "
@@ -476,6 +507,12 @@ def main(argv: list[str] | None = None) -> int:
     every = TOOLS + (BASE_TOOLS if args.baseline else ())
     tools = every if not args.tool else tuple(t for t in every if t in args.tool or
                                               t == "fatrace")
+    if args.contend:
+        if len(os.sched_getaffinity(0)) < 2:
+            print("--contend needs two CPUs", file=sys.stderr)
+            return 2
+        global CONTEND
+        CONTEND = args.contend
     if args.baseline:
         global BASELINE
         BASELINE = args.baseline.resolve()

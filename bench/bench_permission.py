@@ -10,7 +10,8 @@ each open(2).  The file is watched for FAN_OPEN_PERM by, in turn:
 * nobody (the baseline cost of open(2));
 * the same C program in responder mode: read, write FAN_ALLOW, close (the floor);
 * afanotify, in this process, in several styles (``async for`` + allow_nowait,
-  a plain ``on_permission`` handler, an async one);
+  a plain ``on_permission`` handler on the loop and on the group's thread
+  (``thread=True``), an async one);
 * ``afanotify guard --rules FILE`` as a separate process, its static rules
   decided in C: two path rules; and a path, an executable and a uid rule,
   so each open reads the path, the executable and the uid.  No rule
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import os
 import shutil
 import statistics
@@ -48,6 +50,20 @@ def build(work: Path) -> Path:
     return exe
 
 
+Result = tuple[int, int, int, float]
+
+def proc_cpu(pid: int | str = "self") -> float:
+    """Seconds on a CPU of every live thread of process ``pid`` (schedstat: ns resolution)."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass  # a thread that just ended
+    return total / 1e9
+
+
 async def run_opener(exe: Path, target: Path, n: int) -> tuple[int, int, int]:
     proc = await asyncio.create_subprocess_exec(
         str(exe), "open", str(target), str(n), stdout=asyncio.subprocess.PIPE
@@ -59,14 +75,14 @@ async def run_opener(exe: Path, target: Path, n: int) -> tuple[int, int, int]:
     return p50, p99, mean
 
 
-Setup = Callable[[Path, Path, int], Awaitable[tuple[int, int, int]]]
+Setup = Callable[[Path, Path, int], Awaitable[Result]]
 
 
-async def baseline(exe: Path, target: Path, n: int) -> tuple[int, int, int]:
-    return await run_opener(exe, target, n)
+async def baseline(exe: Path, target: Path, n: int) -> Result:
+    return (*await run_opener(exe, target, n), 0.0)
 
 
-async def c_responder(exe: Path, target: Path, n: int) -> tuple[int, int, int]:
+async def c_responder(exe: Path, target: Path, n: int) -> Result:
     proc = await asyncio.create_subprocess_exec(
         str(exe), "respond", str(target), stdout=asyncio.subprocess.PIPE
     )
@@ -75,29 +91,38 @@ async def c_responder(exe: Path, target: Path, n: int) -> tuple[int, int, int]:
         line = await asyncio.wait_for(proc.stdout.readline(), 10)
         if line.strip() != b"ready":
             raise RuntimeError("the C responder did not start")
-        return await run_opener(exe, target, n)
+        cpu0 = proc_cpu(proc.pid)
+        result = await run_opener(exe, target, n)
+        return (*result, (proc_cpu(proc.pid) - cpu0) / n)
     finally:
         proc.terminate()
         await proc.wait()
 
 
-def afanotify_setup(style: str, resolve_paths: bool = True) -> Setup:
-    async def run(exe: Path, target: Path, n: int) -> tuple[int, int, int]:
+def afanotify_setup(style: str, resolve_paths: bool = True, thread: bool = False) -> Setup:
+    async def run(exe: Path, target: Path, n: int) -> Result:
         with Fanotify(InitFlag.CLASS_CONTENT, resolve_paths=resolve_paths) as fan:
             fan.mark(target, Event.OPEN_PERM)
             if style == "iter":
                 task = asyncio.create_task(_iterate(fan))
             else:
-                fan.on_permission(_allow if style == "handler" else _allow_async)
+                handler = _allow if style == "handler" else _allow_async
+                if thread:
+                    fan.on_permission(handler, thread=True)
+                else:
+                    fan.on_permission(handler)  # also on a library without thread=
                 task = asyncio.create_task(_iterate(fan))
+            await asyncio.sleep(0)  # the consumer starts the reader
+            cpu0 = proc_cpu()  # this process, every thread
             try:
                 result = await run_opener(exe, target, n)
             finally:
+                cpu = proc_cpu() - cpu0
                 task.cancel()
             st = fan.permission_stats
             if st.allowed < n or st.defaulted:
                 raise RuntimeError(f"{style}: unexpected verdicts {st}")
-            return result
+            return (*result, cpu / n)
 
     return run
 
@@ -109,13 +134,13 @@ GUARD_ALL_RULES = "deny path=*.@(key|pem)\ndeny exe=*/curl\ndeny uid=65534 path=
 
 
 def guard_cli(rules_text: str) -> Setup:
-    async def run(exe: Path, target: Path, n: int) -> tuple[int, int, int]:
+    async def run(exe: Path, target: Path, n: int) -> Result:
         return await _guard_cli(rules_text, exe, target, n)
 
     return run
 
 
-async def _guard_cli(rules_text: str, exe: Path, target: Path, n: int) -> tuple[int, int, int]:
+async def _guard_cli(rules_text: str, exe: Path, target: Path, n: int) -> Result:
     rules = target.parent.parent / "guard.rules"  # outside the marked mount
     rules.write_text(rules_text)
     proc = await asyncio.create_subprocess_exec(
@@ -127,14 +152,16 @@ async def _guard_cli(rules_text: str, exe: Path, target: Path, n: int) -> tuple[
         line = await asyncio.wait_for(proc.stderr.readline(), 30)
         if b"guarding" not in line or b"decided in C" not in line:
             raise RuntimeError(f"the guard did not start with C decisions: {line!r}")
+        cpu0 = proc_cpu(proc.pid)
         result = await run_opener(exe, target, n)
+        cpu = (proc_cpu(proc.pid) - cpu0) / n
     finally:
         proc.terminate()
         err = (await asyncio.wait_for(proc.stderr.read(), 30)).decode()
         await proc.wait()
     if f"{n} allowed, 0 denied" not in err:
         raise RuntimeError(f"guard: unexpected verdicts: {err}")
-    return result
+    return (*result, cpu)
 
 
 async def _iterate(fan: Fanotify) -> None:
@@ -158,6 +185,7 @@ SETUPS: dict[str, Setup] = {
     "afanotify async for, resolve_paths=False": afanotify_setup("iter", resolve_paths=False),
     "afanotify on_permission(sync fn)": afanotify_setup("handler"),
     "afanotify on_permission(sync), no paths": afanotify_setup("handler", resolve_paths=False),
+    "afanotify on_permission(sync, thread=True)": afanotify_setup("handler", thread=True),
     "afanotify on_permission(async fn)": afanotify_setup("async"),
     "afanotify guard, path rules (C)": guard_cli(GUARD_PATH_RULES),
     "afanotify guard, path+exe+uid rules (C)": guard_cli(GUARD_ALL_RULES),
@@ -183,7 +211,10 @@ async def main_async(opens: int, rounds: int, only: list[str] | None = None) -> 
             name: setup for name, setup in SETUPS.items()
             if not name.startswith("afanotify") or not only or any(o in name for o in only)
         }
-        results: dict[str, list[tuple[int, int, int]]] = {name: [] for name in setups}
+        if "thread" not in inspect.signature(Fanotify.on_permission).parameters:
+            # An older afanotify (bench/against.py, or PYTHONPATH=another checkout).
+            setups = {name: s for name, s in setups.items() if "thread=True" not in name}
+        results: dict[str, list[Result]] = {name: [] for name in setups}
         for setup in setups.values():  # warm-up, not reported
             await setup(exe, target, min(opens, 500))
         for _ in range(rounds):  # interleaved, so drift hits every setup alike
@@ -198,6 +229,9 @@ async def main_async(opens: int, rounds: int, only: list[str] | None = None) -> 
         name: tuple(statistics.median(r[i] for r in rs) for i in range(3))
         for name, rs in results.items()
     }
+    import afanotify
+
+    print(f"afanotify {afanotify.__version__} from {Path(afanotify.__file__).parent}")
     print(f"open(2) latency, {opens} opens x {rounds} rounds (median of rounds), ns")
     print(f"{'setup':42} {'p50':>8} {'p99':>8} {'mean':>8}  p50 min-max over rounds")
     for name, (p50, p99, mean) in med.items():
@@ -220,8 +254,20 @@ async def main_async(opens: int, rounds: int, only: list[str] | None = None) -> 
     for name, rs in results.items():
         if not name.startswith("afanotify"):
             continue
-        per = sorted(r[0] / c[0] for r, c in zip(rs, results["C responder"]))
+        per = sorted(r[0] / c[0] for r, c in zip(rs, results["C responder"], strict=True))
         print(f"{name:42} {statistics.median(per):6.2f}x  ({per[0]:.2f}-{per[-1]:.2f})")
+    print()
+    print("CPU time of the responding process per open, us (median, min-max over rounds;")
+    print("in-process setups count every thread of this process), and its ratio to the")
+    print("C responder's of the same round")
+    for name, rs in results.items():
+        if name.startswith("baseline"):
+            continue
+        us = sorted(r[3] * 1e6 for r in rs)
+        floor_cpu = [c[3] for c in results["C responder"]]
+        per = sorted(r[3] / max(c, 1e-9) for r, c in zip(rs, floor_cpu, strict=True))
+        print(f"{name:42} {statistics.median(us):7.1f} ({us[0]:.1f}-{us[-1]:.1f})  "
+              f"{statistics.median(per):6.2f}x ({per[0]:.2f}-{per[-1]:.2f})")
     return 0
 
 

@@ -10,6 +10,10 @@
  *   cbench latency-fd MNT N    blocking reads; per event: "index recv_ns" on stdout
  *   cbench create DIR N        create (and close) files DIR/f0000000 ... in order
  *   cbench create-unlink DIR N create N files, then unlink them all
+ *   cbench drain-mixed MNT N   as drain-fid, for the mixed burst's events, until the sentinel
+ *   cbench mixed DIR N DIRS    DIRS directories, N files spread over them: each created and
+ *                              written, then each chmod-ed, renamed, unlinked; then the
+ *                              sentinel file DIR/zz-end
  *   cbench pace DIR N RATE     create N files at RATE per second; "index sent_ns" on stdout
  *
  * The drain readers set up their group (UNLIMITED_QUEUE, so a pre-filled
@@ -28,6 +32,7 @@
 #include <string.h>
 #include <sys/fanotify.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -166,6 +171,103 @@ static int drain_fid(const char *mnt, long want)
     return 0;
 }
 
+static void create_one_path(const char *path)
+{
+    int fd = open(path, O_CREAT | O_WRONLY | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0)
+        die(path);
+    close(fd);
+}
+
+#define SENTINEL "zz-end"
+#define MIXED_MASK                                                                        \
+    (FAN_CREATE | FAN_DELETE | FAN_MOVED_FROM | FAN_MOVED_TO | FAN_ATTRIB | FAN_CLOSE_WRITE  \
+     | FAN_ONDIR)
+
+/* The mixed burst (see mixed()): like drain_fid, until the sentinel's name,
+ * counting what it read (the kernel merges some events of one file, so the
+ * count is only known at the end). */
+static int drain_mixed(const char *mnt)
+{
+    int fd = setup(FAN_CLASS_NOTIF | FAN_UNLIMITED_QUEUE | FAN_NONBLOCK | FAN_REPORT_DFID_NAME,
+                   FAN_MARK_FILESYSTEM, MIXED_MASK, mnt);
+    long got = 0, chars = 0;
+    int done = 0;
+    int64_t t0, c0;
+
+    wait_for_go();
+    t0 = now_ns();
+    c0 = cpu_ns();
+    while (!done) {
+        ssize_t n = read_some(fd);
+        struct fanotify_event_metadata *m = (void *)buf;
+        if (n == 0)
+            break;
+        for (; FAN_EVENT_OK(m, n); m = FAN_EVENT_NEXT(m, n)) {
+            unsigned char *p = (unsigned char *)m + m->metadata_len;
+            unsigned char *end = (unsigned char *)m + m->event_len;
+            while (p + sizeof(struct fanotify_event_info_header) <= end) {
+                struct fanotify_event_info_header *h = (void *)p;
+                if (h->len < sizeof *h)
+                    break;
+                if (h->info_type == FAN_EVENT_INFO_TYPE_DFID_NAME) {
+                    struct fanotify_event_info_fid *fid = (void *)p;
+                    struct file_handle *fh = (void *)fid->handle;
+                    const char *name = (char *)fh->f_handle + fh->handle_bytes;
+                    size_t len = strlen(name);
+                    chars += len;
+                    if (len == sizeof SENTINEL - 1 && !memcmp(name, SENTINEL, len))
+                        done = 1;
+                }
+                p += h->len;
+            }
+            got++;
+        }
+    }
+    printf("events %ld ns %lld cpu_ns %lld chars %ld\n", got, (long long)(now_ns() - t0),
+           (long long)(cpu_ns() - c0), chars);
+    return 0;
+}
+
+static int mixed(const char *dir, long n, long dirs)
+{
+    char path[PATH_MAX], to[PATH_MAX];
+    long i;
+    if (dirs < 1)
+        dirs = 1;
+    for (i = 0; i < dirs; i++) {
+        snprintf(path, sizeof path, "%s/d%04ld", dir, i);
+        if (mkdir(path, 0755) < 0)
+            die(path);
+    }
+    for (i = 0; i < n; i++) {
+        snprintf(path, sizeof path, "%s/d%04ld/f%07ld", dir, i % dirs, i);
+        int fd = open(path, O_CREAT | O_WRONLY | O_TRUNC | O_CLOEXEC, 0644);
+        if (fd < 0 || write(fd, "x", 1) != 1)
+            die(path);
+        close(fd);
+    }
+    for (i = 0; i < n; i++) {
+        snprintf(path, sizeof path, "%s/d%04ld/f%07ld", dir, i % dirs, i);
+        if (chmod(path, 0600) < 0)
+            die(path);
+    }
+    for (i = 0; i < n; i++) {
+        snprintf(path, sizeof path, "%s/d%04ld/f%07ld", dir, i % dirs, i);
+        snprintf(to, sizeof to, "%s/d%04ld/f%07ld.r", dir, i % dirs, i);
+        if (rename(path, to) < 0)
+            die(path);
+    }
+    for (i = 0; i < n; i++) {
+        snprintf(path, sizeof path, "%s/d%04ld/f%07ld.r", dir, i % dirs, i);
+        if (unlink(path) < 0)
+            die(path);
+    }
+    snprintf(path, sizeof path, "%s/" SENTINEL, dir);
+    create_one_path(path);
+    return 0;
+}
+
 /* Blocking reads; the time each event reaches the reader, by file index. */
 static int latency_fd(const char *mnt, long want)
 {
@@ -264,6 +366,10 @@ int main(int argc, char **argv)
         return drain_fd(path, n);
     if (!strcmp(mode, "drain-fid"))
         return drain_fid(path, n);
+    if (!strcmp(mode, "drain-mixed"))
+        return drain_mixed(path);
+    if (!strcmp(mode, "mixed") && argc >= 5)
+        return mixed(path, n, atol(argv[4]));
     if (!strcmp(mode, "latency-fd"))
         return latency_fd(path, n);
     if (!strcmp(mode, "create"))

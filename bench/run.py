@@ -34,6 +34,10 @@ Scenarios:
    one directory) and 20 events in another: ``fan.watch_tree()`` on that
    other directory against ``async for`` over the filesystem mark with a
    Python prefix check, both until the last event inside.
+10. ``fid_mixed``: many directories, and the kinds of events a tree sees
+    (CREATE, CLOSE_WRITE, ATTRIB, MOVED_FROM/MOVED_TO, DELETE, directory
+    creations), drained with ``async for`` and with ``batches()`` against
+    the C reader, each until the burst's last file.
 """
 
 from __future__ import annotations
@@ -75,6 +79,8 @@ SUMMARY = RESULTS / "summary.json"
 SIZES = {
     "fd_events": (200_000, 50_000),
     "fid_files": (100_000, 50_000),  # two events per file
+    "mixed_files": (30_000, 15_000),  # about five events per file (some merge)
+    "mixed_dirs": (200, 100),
     "latency_events": (20_000, 5_000),
     "latency_rate": (10_000, 10_000),
     "rss_events": (1_000_000, 200_000),
@@ -84,6 +90,7 @@ TARGETS = {
     "fd_drain": ("ratio_to_c", ">=", 0.8),
     "fid_drain": ("ratio_to_c", ">=", 0.4),
     "fid_batches": ("ratio_to_c", ">=", 0.7),
+    "fid_mixed": ("ratio_to_c", ">=", 0.4),
     "watch_tree": ("ratio_to_c", ">=", 2.0),
     "latency": ("p99_ms", "<=", 2.0),
     "rss": ("peak_over_idle", "<", 2.0),
@@ -385,10 +392,23 @@ def _fast_path(fan: Fanotify) -> bool:
 
 
 def _alternate(reps: int, runs: dict[str, Callable[[], Rate]]) -> dict[str, list[Rate]]:
-    """Run each measurement ``reps`` times, interleaved, so drift hits all alike."""
+    """Run each measurement ``reps`` times, interleaved, after one unrecorded warm-up round.
+
+    ``runs`` lists each reader after the C run it is paired with (``c``, or
+    ``c_NAME`` for reader ``NAME``, see :func:`_summarise`).  Odd
+    repetitions run the list backwards, so each reader runs as often just
+    before its C run as just after it, and a drift of the machine's speed
+    over a repetition does not favour either.  The warm-up round is there
+    because a process's first drain is not like the others: its heap grows
+    to the size of a backlog for the first time, and the C reader's first
+    run in a session pays for cold page-cache and slab state of the tmpfs.
+    """
     out: dict[str, list[Rate]] = {k: [] for k in runs}
-    for _ in range(reps):
-        for name, fn in runs.items():
+    for fn in runs.values():
+        fn()
+    order = list(runs.items())
+    for rep in range(reps):
+        for name, fn in order if rep % 2 == 0 else reversed(order):
             out[name].append(fn())
     return out
 
@@ -397,15 +417,17 @@ def _summarise(rates: dict[str, list[Rate]]) -> dict[str, Any]:
     """Medians, and ratios to C taken pairwise (each repetition against its own C run).
 
     Other processes on the machine slow a reader down for a while; pairing
-    each repetition with the C run just before it cancels most of that, and
-    the CPU-time ratio (events per second of the reader's own CPU time) is
+    each repetition with the C run next to it (``c_NAME`` for reader
+    ``NAME`` when there is one, else ``c``) cancels most of that, and the
+    CPU-time ratio (events per second of the reader's own CPU time) is
     steadier still.
     """
     c = rates["c"]
     out: dict[str, Any] = {"c_events_per_s": round(statistics.median(r.wall for r in c))}
     for name, rs in rates.items():
-        if name == "c":
+        if name.startswith("c_") or name == "c":
             continue
+        c = rates.get(f"c_{name}", rates["c"])
         prefix = "" if name == "afanotify" else f"{name}_"
         out[f"{prefix}events_per_s"] = round(statistics.median(r.wall for r in rs))
         out[f"{prefix}ratio_to_c"] = round(
@@ -479,8 +501,137 @@ def scenario_fid_batches(ctx: Context) -> dict[str, Any]:
         with ctx.mount() as mnt:
             return py_drain_fid(ctx, mnt, nfiles)[0]
 
-    rates = _alternate(ctx.size("reps"), {"c": c, "afanotify": batches, "async_for": async_for})
+    # Each reader right after a C run of its own (see _alternate).
+    rates = _alternate(
+        ctx.size("reps"), {"c": c, "afanotify": batches, "c_async_for": c, "async_for": async_for}
+    )
     return {"events": 2 * nfiles, **_summarise(rates)}
+
+
+def c_drain_mixed(ctx: Context, mnt: Path) -> tuple[Rate, int]:
+    """The C reader on the mixed burst, until the sentinel; (rate, events read)."""
+    reader = subprocess.Popen(
+        [str(ctx.cbench), "drain-mixed", str(mnt), "0"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert reader.stdin is not None and reader.stdout is not None
+    try:
+        if reader.stdout.readline().strip() != "ready":
+            raise RuntimeError("cbench drain-mixed did not start")
+        _produce_mixed(ctx, mnt)
+        reader.stdin.write("go\n")
+        reader.stdin.flush()
+        line = reader.stdout.readline().split()
+        reader.wait(timeout=60)
+    finally:
+        if reader.poll() is None:
+            reader.kill()
+            reader.wait()
+    got, ns, cpu = int(line[1]), int(line[3]), int(line[5])
+    return Rate(got / (ns / 1e9), got / (cpu / 1e9)), got
+
+
+#: What the mixed burst's group marks (cbench.c's MIXED_MASK).
+MIXED_MASK = (
+    Event.CREATE | Event.DELETE | Event.MOVED_FROM | Event.MOVED_TO | Event.ATTRIB
+    | Event.CLOSE_WRITE | Event.ONDIR
+)  # fmt: skip
+#: The name of the file the mixed burst ends with.
+SENTINEL = "zz-end"
+
+
+def _produce_mixed(ctx: Context, mnt: Path) -> None:
+    n, dirs = ctx.size("mixed_files"), ctx.size("mixed_dirs")
+    subprocess.run([str(ctx.cbench), "mixed", str(mnt / "d"), str(n), str(dirs)], check=True)
+
+
+def py_drain_mixed(ctx: Context, mnt: Path) -> tuple[Rate, int]:
+    """``async for`` on the mixed burst, touching each path, until the sentinel."""
+
+    async def main() -> tuple[Rate, int]:
+        with Fanotify(InitFlag.REPORT_DFID_NAME | InitFlag.UNLIMITED_QUEUE) as fan:
+            fan.mark(mnt, MIXED_MASK, kind="filesystem")
+            _produce_mixed(ctx, mnt)
+            got = resolved = 0
+            t0 = time.perf_counter()
+            c0 = time.process_time()
+
+            async def consume() -> None:
+                nonlocal got, resolved
+                async for ev in fan:
+                    if ev.path is not None and ev.path_resolved:
+                        resolved += 1
+                    got += 1
+                    if ev.name == SENTINEL:
+                        break
+
+            await asyncio.wait_for(consume(), 120)
+            secs, cpu = time.perf_counter() - t0, time.process_time() - c0
+        if resolved != got:
+            raise RuntimeError(f"async for: {got - resolved} of {got} mixed events unresolved")
+        return Rate(got / secs, got / cpu), got
+
+    return asyncio.run(main())
+
+
+def py_drain_mixed_batches(ctx: Context, mnt: Path) -> tuple[Rate, int]:
+    """``batches()`` on the mixed burst, touching each path, until the sentinel."""
+
+    async def main() -> tuple[Rate, int]:
+        with Fanotify(InitFlag.REPORT_DFID_NAME | InitFlag.UNLIMITED_QUEUE) as fan:
+            fan.mark(mnt, MIXED_MASK, kind="filesystem")
+            _produce_mixed(ctx, mnt)
+            got = resolved = 0
+            t0 = time.perf_counter()
+            c0 = time.process_time()
+
+            async def consume() -> None:
+                nonlocal got, resolved
+                async with fan.batches() as batches:
+                    async for batch in batches:
+                        end = False
+                        for ev in batch:
+                            if ev.path is not None and ev.path_resolved:
+                                resolved += 1
+                            got += 1
+                            if ev.name == SENTINEL:
+                                end = True
+                                break
+                        if end:
+                            break
+
+            await asyncio.wait_for(consume(), 120)
+            secs, cpu = time.perf_counter() - t0, time.process_time() - c0
+        if resolved != got:
+            raise RuntimeError(f"batches(): {got - resolved} of {got} mixed events unresolved")
+        return Rate(got / secs, got / cpu), got
+
+    return asyncio.run(main())
+
+
+def scenario_fid_mixed(ctx: Context) -> dict[str, Any]:
+    """The mixed burst over many directories: C reader, ``async for`` and ``batches()``."""
+    counts: dict[str, list[int]] = {"c": [], "afanotify": [], "batches": []}
+
+    def run(name: str, fn: Callable[[Context, Path], tuple[Rate, int]]) -> Callable[[], Rate]:
+        def one() -> Rate:
+            with ctx.mount() as mnt:
+                rate, got = fn(ctx, mnt)
+            counts[name].append(got)
+            return rate
+
+        return one
+
+    c = run("c", c_drain_mixed)
+    rates = _alternate(
+        ctx.size("reps"),
+        {"c": c, "afanotify": run("afanotify", py_drain_mixed), "c_batches": c,
+         "batches": run("batches", py_drain_mixed_batches)},
+    )  # fmt: skip
+    return {
+        "files": ctx.size("mixed_files"), "dirs": ctx.size("mixed_dirs"),
+        "events_read": counts, **_summarise(rates),
+    }  # fmt: skip
 
 
 def scenario_watch_tree(ctx: Context) -> dict[str, Any]:
@@ -503,8 +654,9 @@ def scenario_watch_tree(ctx: Context) -> dict[str, Any]:
 def _spread(r: dict[str, Any], name: str = "afanotify") -> str:
     """min-max of the per-repetition wall and CPU ratios to the baseline."""
     rates, cpus = r["all_rates"], r["all_cpu_rates"]
-    wall = [a / b for a, b in zip(rates[name], rates["c"], strict=True)]
-    cpu = [a / b for a, b in zip(cpus[name], cpus["c"], strict=True)]
+    base = f"c_{name}" if f"c_{name}" in rates else "c"
+    wall = [a / b for a, b in zip(rates[name], rates[base], strict=True)]
+    cpu = [a / b for a, b in zip(cpus[name], cpus[base], strict=True)]
     return (
         f"[{min(wall):.3f}-{max(wall):.3f}, CPU {min(cpu):.3f}-{max(cpu):.3f},"
         f" {len(wall)} reps]"
@@ -716,6 +868,7 @@ SCENARIOS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "fd_drain": scenario_fd_drain,
     "fid_drain": scenario_fid_drain,
     "fid_batches": scenario_fid_batches,
+    "fid_mixed": scenario_fid_mixed,
     "watch_tree": scenario_watch_tree,
     "latency": scenario_latency,
     "rss": scenario_rss,
@@ -780,6 +933,14 @@ def _line(name: str, r: dict[str, Any]) -> str:
             f" {_spread(r)}\n{'':11s} async for {r['async_for_events_per_s']:,}/s,"
             f" ratio {r['async_for_ratio_to_c']:.3f}"
             f" (CPU-time ratio {r['async_for_cpu_ratio_to_c']:.3f}) {_spread(r, 'async_for')}"
+        )
+    if name == "fid_mixed":
+        return (
+            f"{name:11s} {r['events_per_s']:>10,} events/s   C reader {r['c_events_per_s']:>10,}"
+            f"   ratio {r['ratio_to_c']:.3f} (CPU-time ratio {r['cpu_ratio_to_c']:.3f})"
+            f" {_spread(r)}\n{'':11s} batches() {r['batches_events_per_s']:,}/s,"
+            f" ratio {r['batches_ratio_to_c']:.3f}"
+            f" (CPU-time ratio {r['batches_cpu_ratio_to_c']:.3f}) {_spread(r, 'batches')}"
         )
     if name == "watch_tree":
         return (

@@ -4,7 +4,9 @@ The whole cffi extension (build_ffi.py's inline C and every afanotify/csrc/*.c)
 is compiled again with ``-fsanitize=address,undefined`` into a temporary copy
 of the package, and a Python child with gcc's libasan and libubsan preloaded
 drives the C walk, the C builder and the static-rule walk over the
-differential corpus: every
+differential corpus (and the C step of ``async for`` through each of its
+branches, tests/test_events_iter.py), and the watch's line formatter over
+seeded random batches: every
 hand-built shape, prefixes of them, and seeded random and mutated buffers.
 Each buffer is copied into an allocation of exactly its size (the child runs
 with ``PYTHONMALLOC=malloc``, so the sanitizer sees every allocation), which
@@ -27,6 +29,7 @@ from pathlib import Path
 
 import pytest
 from helpers import REPO
+from test_events_iter import SCENARIO as ITER_SCENARIO
 from test_fastparse_differential import (
     BAD,
     C_BUILT,
@@ -128,7 +131,40 @@ for buf in bufs:
     if all(e.fd > 2 or e.fd < 0 for e in ref):
         decide_all.apply(-1, memoryview(bytearray(buf)))
     walked += 1
-print(len(bufs), decoded + walked)
+
+# The watch's line formatter (csrc/fastpath_format.c) on seeded random
+# batches, in every form, held to the Python formatter; long names make the
+# output buffer grow past its first allocation.
+import random
+from afanotify._cli_output import BatchFormatter, Template
+from afanotify.events import FanotifyData
+rnd = random.Random(5)
+pieces = ["a", "", "x" * 300, "tab\t", "nl\n", '"', "\\", "caf\u00e9", "\U0001f600",
+          os.fsdecode(b"\xff\xfe"), "\x7f", "/"]
+masks = [int(m) for m in (Event.CREATE, Event.DELETE | Event.ONDIR, Event.RENAME,
+                          Event.Q_OVERFLOW, Event.MODIFY)] + [0, (1 << 64) - 1]
+def text():
+    if rnd.random() < 0.2:
+        return None
+    return "/".join(rnd.choice(pieces) for _ in range(rnd.randrange(5)))
+forms = [{"json": True}, {}, {"time_format": "%Y %f"}, {"template": Template(
+    "{time}{pid:>9}{comm!r}{exe:.3}{cwd}{events}{actions}{type}{path}{dir}{name}"
+    "{old_path}{new_path}{resolved}")}]
+formatted = 0
+for _ in range(40):
+    evs = [FanotifyData(pid=rnd.choice([-1, 0, 1, 2, 2**70]), ev_types=rnd.choice(masks),
+                        path=text(), dir_path=text(), name=text(), old_path=text(),
+                        new_path=text(), exe=text(), cwd=text(),
+                        path_resolved=rnd.random() < 0.5)
+           for _ in range(rnd.randrange(1, 300))]
+    procs = {p: (text(), text(), text()) for p in (1, 2)}
+    for kw in forms:
+        c = BatchFormatter(**kw)
+        assert c.in_c, "the sanitized core has no C formatter"
+        assert c.format(evs, procs, 1e9 + 0.5) == BatchFormatter(**kw, use_c=False).format(
+            evs, procs, 1e9 + 0.5)
+        formatted += 1
+print(len(bufs), decoded + walked, formatted)
 '''
 
 
@@ -235,7 +271,8 @@ def test_the_core_is_clean_under_asan_and_ubsan(tmp_path: Path) -> None:
     data = tmp_path / "corpus.bin"
     data.write_bytes(b"".join(struct.pack("=I", len(b)) + b for b in bufs))
     driver = tmp_path / "driver.py"
-    driver.write_text(DRIVER)
+    # Then the C step of async for (csrc/fastpath_iter.c), every branch.
+    driver.write_text(DRIVER + ITER_SCENARIO)
     env = {
         k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "ASAN_", "UBSAN_"))
     }
@@ -255,4 +292,4 @@ def test_the_core_is_clean_under_asan_and_ubsan(tmp_path: Path) -> None:
     report = run.stderr[-4000:]
     assert run.returncode == 0, report
     assert "Sanitizer" not in run.stderr and "runtime error" not in run.stderr, report
-    assert run.stdout.split() == [str(len(bufs)), str(len(bufs) * 7)]
+    assert run.stdout.split() == [str(len(bufs)), str(len(bufs) * 7), "160"]

@@ -350,11 +350,50 @@ static PyObject *afn_new_handle(const unsigned char *src, uint32_t rec, uint32_t
     return o;
 }
 
-/* A name from a record: os.fsdecode() on a UTF-8 system, as the parser. */
+/* Whether the n bytes at p are all ASCII. */
+static int afn_is_ascii(const unsigned char *p, size_t n)
+{
+    unsigned char acc = 0;
+    size_t k;
+    for (k = 0; k < n; k++)
+        acc |= p[k];
+    return acc < 0x80;
+}
+
+/* A name from a record: os.fsdecode() on a UTF-8 system, as the parser.
+ * An ASCII name (nearly all of them) is copied into a new str directly:
+ * the decoder's error-handler lookup costs more than the copy. */
 static PyObject *afn_name(const unsigned char *src, const struct afn_fidref *ref)
 {
-    return PyUnicode_DecodeUTF8((const char *)src + ref->name_off, (Py_ssize_t)ref->name_len,
-                                "surrogateescape");
+    const unsigned char *p = src + ref->name_off;
+    size_t n = ref->name_len;
+    PyObject *s;
+
+    if (!afn_is_ascii(p, n))
+        return PyUnicode_DecodeUTF8((const char *)p, (Py_ssize_t)n, "surrogateescape");
+    s = PyUnicode_New((Py_ssize_t)n, 127);
+    if (s != NULL && n)
+        memcpy(PyUnicode_1BYTE_DATA(s), p, n);
+    return s;
+}
+
+/* a + b for two str; two ASCII ones are copied directly (PyUnicode_Concat
+ * does the same, after more checks). */
+static PyObject *afn_concat(PyObject *a, PyObject *b)
+{
+    Py_ssize_t la, lb;
+    PyObject *s;
+
+    if (!PyUnicode_IS_ASCII(a) || !PyUnicode_IS_ASCII(b))
+        return PyUnicode_Concat(a, b);
+    la = PyUnicode_GET_LENGTH(a);
+    lb = PyUnicode_GET_LENGTH(b);
+    s = PyUnicode_New(la + lb, 127);
+    if (s != NULL) {
+        memcpy(PyUnicode_1BYTE_DATA(s), PyUnicode_1BYTE_DATA(a), (size_t)la);
+        memcpy(PyUnicode_1BYTE_DATA(s) + la, PyUnicode_1BYTE_DATA(b), (size_t)lb);
+    }
+    return s;
 }
 
 /* Whether the record's name is `name` (a str). */
@@ -510,7 +549,7 @@ static int afn_join_path(PyObject **v, unsigned *present, PyObject *entry, PyObj
         || (PyUnicode_GET_LENGTH(name) == 1 && PyUnicode_READ_CHAR(name, 0) == '.'))
         v[AFN_F_PATH] = Py_NewRef(d);
     else
-        v[AFN_F_PATH] = PyUnicode_Concat(PyList_GET_ITEM(entry, 2), name);
+        v[AFN_F_PATH] = afn_concat(PyList_GET_ITEM(entry, 2), name);
     if (v[AFN_F_PATH] == NULL)
         return -1;
     v[AFN_F_PATH_RESOLVED] = Py_NewRef(Py_True);
@@ -588,6 +627,7 @@ static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nar
     PyObject *events, *dirs, *by_record, *dir_path, *skip_pids, *result = NULL, *held = NULL;
     PyObject *tree = NULL, *last_pid_obj = NULL, *last_mask_obj = NULL;
     int32_t last_pid = 0;
+    int last_skip = -1; /* last_pid_obj in skip_pids (-1: not asked yet) */
     uint64_t last_mask = 0;
     Py_ssize_t skipped = 0;
     int stopped = 0; /* left at a cut with AFN_B_STOP_AT_CUT */
@@ -726,6 +766,7 @@ static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nar
         if (last_pid_obj == NULL || ev->pid != last_pid) {
             Py_XDECREF(last_pid_obj);
             last_pid = ev->pid;
+            last_skip = -1;
             if ((last_pid_obj = PyLong_FromLong(ev->pid)) == NULL)
                 goto done;
         }
@@ -835,10 +876,10 @@ static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nar
                 else
                     dir_path = NULL;
             } else if (entry != NULL) {
-                int skip = PySequence_Contains(skip_pids, v[AFN_F_PID]);
-                if (skip < 0)
+                /* Asked once per run of the same pid. */
+                if (last_skip < 0 && (last_skip = PySequence_Contains(skip_pids, last_pid_obj)) < 0)
                     goto done;
-                if (!skip) {
+                if (!last_skip) {
                     if (afn_join_path(v, &present, entry, dir_path) < 0)
                         goto done;
                     filled++;
@@ -870,6 +911,9 @@ done:
     return result;
 }
 
+/* `async for` over a group's queue: afanotify/csrc/fastpath_iter.c. */
+static PyObject *afn_events_iter(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
+
 static PyMethodDef afn_builder_methods[] = {
     {"_builder_setup", (PyCFunction)(void (*)(void))afn_builder_setup, METH_FASTCALL,
      "_builder_setup(event_type, handle_type, slots, defaults, handle_slots, own_fd, "
@@ -877,10 +921,12 @@ static PyMethodDef afn_builder_methods[] = {
     {"_build", (PyCFunction)(void (*)(void))afn_build, METH_FASTCALL,
      "_build(out, start, count, src, arena, events, dirs, by_record, dir_path, skip_pids, flags, "
      "perm_mask, dir_change_mask[, tree]) -> (stop, filled, upto, skipped, stopped)"},
+    {"_events_iter", (PyCFunction)(void (*)(void))afn_events_iter, METH_FASTCALL,
+     "_events_iter(group, queue, items, reader, slow) -> EventIterator"},
     {NULL, NULL, 0, NULL},
 };
 
-/* Add _builder_setup and _build to afanotify._fanotify: cffi has no way to
+/* Add _builder_setup, _build and _events_iter to afanotify._fanotify: cffi has no way to
  * export code written against the C API.  Called through cffi, which
  * releases the GIL around the call: take it back here.  Returns 0, or -1
  * (the error is printed, and the caller keeps to Python). */

@@ -266,6 +266,8 @@ long afr_apply(struct afr_ruleset *rs, int group_fd, unsigned char *buf, size_t 
     size_t off = 0, keep = 0, used = 0;
     long nout = 0;
     struct afr_facts facts;
+    /* Once per batch, not per event: getpid() is a system call. */
+    pid_t self_pid = getpid();
 
     while (off < nbytes) {
         unsigned char *p = buf + off;
@@ -317,12 +319,12 @@ long afr_apply(struct afr_ruleset *rs, int group_fd, unsigned char *buf, size_t 
         if (pos != event_len)
             goto keep_it;
 
-        if (rs->fddir_pid != getpid()) {
+        if (rs->fddir_pid != self_pid) {
             /* First use, or a forked child holding its parent's /proc/self. */
             if (rs->fddir >= 0)
                 close(rs->fddir);
             rs->fddir = open("/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_PATH);
-            rs->fddir_pid = getpid();
+            rs->fddir_pid = self_pid;
         }
         facts.fddir = rs->fddir;
         facts.fd = fd;
@@ -484,4 +486,62 @@ long afr_serve(struct afr_ruleset *rs, int group_fd, int wake_fd, unsigned char 
         if (afr_now_ns() - start > AFR_SERVE_SLICE_NS)
             return 0;
     }
+}
+
+/*
+ * The permission thread's read (afanotify/_permthread.py): wait up to
+ * timeout_ms for group_fd or wake_fd, read group_fd once, and walk the batch
+ * (afn_decode_at, fd paths read through fddir), all before the caller takes
+ * the GIL back.  Returns the walk's entry count with *nread set to the bytes
+ * read (0 and *nread = 0 on a timeout), AFR_WOKEN once wake_fd is readable,
+ * or -errno of a failed poll or read (EMFILE/ENFILE: the kernel dropped an
+ * event it could not open an fd for).
+ */
+long afp_read_walk(int group_fd, int wake_fd, int timeout_ms, unsigned char *buf,
+                   size_t bufsize, long *nread, struct afn_event *out, size_t cap,
+                   unsigned int flags, char *arena, size_t arena_cap, size_t *arena_used,
+                   size_t *stop, int fddir)
+{
+    struct pollfd pfd[2];
+    *nread = 0;
+    pfd[0].fd = group_fd;
+    pfd[0].events = POLLIN;
+    pfd[1].fd = wake_fd;
+    pfd[1].events = POLLIN;
+    for (;;) {
+        ssize_t n;
+        int r = poll(pfd, 2, timeout_ms);
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        if (pfd[1].revents)
+            return AFR_WOKEN;
+        if (r == 0)
+            return 0;
+        if (pfd[0].revents & (POLLERR | POLLNVAL))
+            return -EBADF;
+        n = read(group_fd, buf, bufsize);
+        if (n < 0) {
+            if (errno == EINTR || errno == EAGAIN)
+                continue;
+            return -errno;
+        }
+        *nread = (long)n;
+        if (n == 0)
+            return 0;
+        return afn_decode_at(buf, (size_t)n, out, cap, flags, arena, arena_cap, arena_used,
+                             stop, fddir);
+    }
+}
+
+/* Write one response and then close the event's fd (close_fd), in one call
+ * from the permission thread; returns 0 or the errno of the write. */
+int afp_answer(int group_fd, int fd, uint32_t response, int close_fd)
+{
+    int err = afr_write(group_fd, fd, response);
+    if (close_fd)
+        close(fd);
+    return err;
 }

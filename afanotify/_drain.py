@@ -1,0 +1,275 @@
+"""Reading a group in batches, each with the details of its processes.
+
+Two readers give the same :class:`Batch` (the events of one read, decoded by
+the group, and ``pid -> (name, exe, cwd)`` for the processes behind them):
+
+- :class:`Drain`, for FID groups on the compiled core: a thread that moves
+  the kernel's queue into userspace memory as fast as the kernel fills it
+  (``csrc/fastpath_drain.c``: poll and read without the GIL), names each
+  read's processes in C right after the read, and wakes the event loop
+  through an eventfd.  The kernel's queue (16384 events) overflows when its
+  reader falls behind for a fraction of a second; the drain's memory does
+  not, up to ``limit`` bytes.  Beyond that the events read are discarded
+  and counted exactly (:attr:`DrainStats.dropped`), and the batch after the
+  gap starts with a Q_OVERFLOW record, so the group's directory map forgets
+  what events it never saw may have changed.
+- :class:`PolledReader`, for everything else: fd-mode groups, whose events
+  carry open files (a backlog held in memory would be a backlog of
+  descriptors; the group's own reader already keeps those within the fd
+  budget), and the pure core.  It reads when the caller asks, from the
+  loop's readiness callback, and names processes between read and decode.
+
+Both check the details of a pid as :func:`afanotify._proc.batch_processes`
+does: against the pidfd of the pid's first event in the read, when the
+group reports pidfds.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any, NamedTuple
+
+from . import _ffi
+from ._proc import NO_PROCESS, Proc, batch_processes, raw_pids, read_processes
+from .events import FanotifyData
+from .exceptions import ClosedResourceError, WouldBlock
+from .flags import InitFlag
+from .group import Fanotify
+
+__all__ = ["Batch", "Drain", "DrainStats", "PolledReader", "DEFAULT_LIMIT", "available"]
+
+#: Bytes of events a :class:`Drain` holds at most by default (256 MiB: about
+#: three million FID events with names).
+DEFAULT_LIMIT = 256 << 20
+#: Bytes per read of the drain thread.
+READ_SIZE = 256 << 10
+#: Bytes of reads one batch gathers at most: while the loop is busy, the
+#: thread appends its reads to the newest batch not yet taken (so a burst is
+#: decoded in large batches, not in many reads of a few events each).
+CHUNK_SIZE = 1 << 20
+
+ffi: Any = _ffi.ffi
+lib: Any = _ffi.lib
+
+
+def available() -> bool:
+    """True when this core has the drain thread (a core built from this source has)."""
+    return hasattr(lib, "afd_run")
+
+
+class Batch(NamedTuple):
+    """The events of one read and ``pid -> (name, exe, cwd)`` of their processes.
+
+    A pid missing from ``processes`` (or mapped to ``(None, None, None)``)
+    could not be named for sure.  The caller owns the events.
+    """
+
+    events: list[FanotifyData]
+    processes: dict[int, Proc]
+
+
+class DrainStats(NamedTuple):
+    """A :class:`Drain`'s counts."""
+
+    #: Reads of the group fd, and bytes and events read.
+    reads: int
+    bytes_read: int
+    events_read: int
+    #: Events read and discarded because ``limit`` bytes were held.
+    dropped: int
+    #: The reads those came in.
+    dropped_reads: int
+    #: Q_OVERFLOW records put in after such discards (one per gap).
+    gaps: int
+    #: Bytes held now, and the most held at once.
+    held: int
+    peak: int
+    #: Reads held now (waiting to be taken).
+    waiting: int
+    #: Processes named (per read), and not (gone, or not theirs to be sure of).
+    named: int
+    unnamed: int
+
+
+class Drain:
+    """A thread that drains a FID group into memory; the loop takes :class:`Batch` es.
+
+    Wait for ``fileno()`` to be readable (an eventfd), then call
+    :meth:`read_batch` until it raises :class:`WouldBlock`.  The group must
+    not be read by anyone else meanwhile.
+
+    :param limit: bytes of events held at most (see the module docstring)
+    :param paths: read ``exe`` and ``cwd`` too, not the name alone
+    :raises ValueError: for an fd-mode group, or a limit below one read
+    :raises RuntimeError: on a core without the drain (see :func:`available`)
+    """
+
+    def __init__(self, fan: Fanotify, *, limit: int = DEFAULT_LIMIT, paths: bool = True) -> None:
+        if not available():
+            raise RuntimeError("this core has no drain thread: use PolledReader")
+        if not fan.fid_mode:
+            raise ValueError("a Drain reads FID groups only (fd-mode events carry descriptors)")
+        if limit < 2 * CHUNK_SIZE:
+            raise ValueError(f"limit must be at least {2 * CHUNK_SIZE} bytes, got {limit}")
+        self._fan = fan
+        self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._stop = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        d = self._d = ffi.new("struct afd_drain *")
+        if lib.afd_init(d) != 0:
+            raise OSError(ffi.errno, "cannot set up the drain's lock")
+        d.fd = fan.fileno()
+        d.wake_fd = self._wake
+        d.stop_fd = self._stop
+        d.paths = int(paths)
+        d.pidfd_reported = int(bool(fan.flags & InitFlag.REPORT_PIDFD))
+        d.own_pid = os.getpid()
+        d.read_size = READ_SIZE
+        d.chunk_size = CHUNK_SIZE
+        d.limit = limit
+        self.limit = limit
+        self._counts = ffi.new("uint64_t[11]")
+        self._thread = threading.Thread(target=self._run, name="afanotify-drain", daemon=True)
+        self._closed = False
+        #: The error that ended the thread's reading, if one did.
+        self.error: OSError | None = None
+
+    def fileno(self) -> int:
+        """The eventfd that becomes readable when batches wait."""
+        return self._wake
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        if lib.afd_run(self._d) != 0:  # returns when stopped (GIL released meanwhile)
+            code = self._d.error
+            self.error = OSError(code, f"reading the fanotify group failed: {os.strerror(code)}")
+
+    def read_batch(self) -> Batch:
+        """The oldest read the thread made, decoded by the group.
+
+        :raises WouldBlock: if no read is waiting
+        """
+        c = lib.afd_take(self._d)
+        if c == ffi.NULL:
+            raise WouldBlock
+        try:
+            procs = _processes(c)
+            events = decode_batch(self._fan, ffi.buffer(c.data, c.len))
+        finally:
+            lib.afd_free(self._d, c)
+        return Batch(events, procs)
+
+    def clear_wakeup(self) -> None:
+        """Reset the eventfd (before taking the batches it announced)."""
+        try:
+            os.eventfd_read(self._wake)
+        except BlockingIOError:
+            pass
+
+    @property
+    def stats(self) -> DrainStats:
+        if not self._closed:
+            lib.afd_counts(self._d, self._counts)
+        return DrainStats(*(int(x) for x in self._counts))
+
+    def stop(self) -> None:
+        """Stop the thread and wait for it; what it read can still be taken."""
+        if self._thread.is_alive():
+            os.eventfd_write(self._stop, 1)
+            self._thread.join()
+
+    def close(self) -> None:
+        """Stop, and free every batch not taken (idempotent)."""
+        if self._closed:
+            return
+        self.stop()
+        lib.afd_counts(self._d, self._counts)  # kept for stats
+        self._closed = True
+        lib.afd_destroy(self._d)
+        os.close(self._wake)
+        os.close(self._stop)
+
+
+def _text(c: Any, off: int, n: int) -> bytes | None:
+    return None if n < 0 else bytes(ffi.buffer(c.text + off, n))
+
+
+def _processes(c: Any) -> dict[int, Proc]:
+    out: dict[int, Proc] = {}
+    for i in range(c.nprocs):
+        p = c.procs[i]
+        if not p.trusted:
+            out[p.pid] = NO_PROCESS
+            continue
+        name = _text(c, p.name_off, p.name_len)
+        exe = _text(c, p.exe_off, p.exe_len)
+        cwd = _text(c, p.cwd_off, p.cwd_len)
+        out[p.pid] = (
+            None if name is None else name.decode("utf-8", "surrogateescape"),
+            None if exe is None else os.fsdecode(exe),
+            None if cwd is None else os.fsdecode(cwd),
+        )
+    return out
+
+
+class PolledReader:
+    """:class:`Batch` es read on request, from the caller's thread (see the module docstring).
+
+    Call :meth:`read_batch` when the group fd is readable, until it raises
+    :class:`WouldBlock`.
+
+    :param paths: read ``exe`` and ``cwd`` too, not the name alone
+    """
+
+    def __init__(self, fan: Fanotify, *, paths: bool = True) -> None:
+        self._fan = fan
+        self._paths = paths
+        self._pidfds = bool(fan.flags & InitFlag.REPORT_PIDFD)
+        self._own = os.getpid()
+
+    def fileno(self) -> int:
+        """The group fd."""
+        return self._fan.fileno()
+
+    def read_batch(self) -> Batch:
+        """One read of the group, decoded, with its processes named.
+
+        A short-lived process is gone soon after its event: its name is read
+        from /proc first thing after the read, from the pids in the events'
+        fixed headers, before the batch is decoded (which takes longer than
+        many such processes live).  The names are trusted once the decoded
+        events' pidfds are checked (:func:`batch_processes`).
+
+        :raises WouldBlock: if the kernel has no events
+        :raises OSError: as :meth:`Fanotify.read_batch`
+        """
+        early: dict[int, Proc] = {}
+
+        def name(view: memoryview) -> None:
+            early.update(read_processes(raw_pids(view, self._own), paths=self._paths))
+
+        events = self._fan.read_batch(on_read=name)
+        procs = batch_processes(
+            events, pidfd_reported=self._pidfds, paths=self._paths, early=early
+        )
+        return Batch(events, procs)
+
+
+def decode_batch(group: Fanotify, data: memoryview | bytes | bytearray) -> list[FanotifyData]:
+    """Decode bytes that were read from ``group``'s fd by a reader of its own.
+
+    For ``afanotify watch``'s drain thread (:class:`Drain`): whole
+    reads, in the order made; the events come out as from
+    :meth:`Fanotify.read_batch`, through the group's directory map, and own
+    the descriptors in ``data``.
+
+    :raises ClosedResourceError: if the group is closed
+    """
+    if group.closed:
+        raise ClosedResourceError("the fanotify group is closed")
+    view = data if isinstance(data, memoryview) else memoryview(data)
+    group._counters.reads += 1
+    group._counters.bytes_read += len(view)
+    return group._pipeline.decode(view, group._reader.loop)

@@ -1,0 +1,621 @@
+/*
+ * The drain: a thread that moves a FID group's events out of the kernel's
+ * queue into userspace memory as fast as the kernel fills it, and names the
+ * processes behind them while they still exist.
+ *
+ * afd_run is called from a Python thread and returns only when stopped (or
+ * on a read error that ends reading).  cffi releases the GIL around it, so
+ * the thread blocks in poll(2) and read(2) without holding up the event
+ * loop.  Each read becomes one chunk: the bytes read, and a table of the
+ * chunk's processes (pid, comm, and exe/cwd when asked), read from /proc
+ * right after the read, once per pid.  The chunks wait in a FIFO under a
+ * mutex; when the FIFO goes from empty to non-empty, the thread writes to an
+ * eventfd the event loop watches, and the loop takes the chunks
+ * (afd_take / afd_free) and decodes them.
+ *
+ * Memory is bounded: chunks held at once never exceed `limit` bytes.  A read
+ * that would go beyond it is still made (the kernel's queue keeps draining,
+ * so it does not overflow behind our back), but its events are counted as
+ * dropped and discarded, their pidfds closed, and the next chunk kept starts
+ * with a synthetic FAN_Q_OVERFLOW record: the decoder then forgets what its
+ * directory map learned (events it never saw may have moved directories),
+ * and the output marks the place of the gap.
+ *
+ * Naming.  A pid's details are trusted only as afanotify/_proc.py's
+ * batch_processes trusts them: with FAN_REPORT_PIDFD, the pid's first event
+ * in the read must carry a pidfd, and after /proc/PID/comm was read (and
+ * again after exe and cwd) pidfd_send_signal(pidfd, 0) must not fail with
+ * ESRCH (the process was not reaped, so the pid was never free and
+ * /proc/PID was that process; see afd_alive).  Without a pidfd the details are read unchecked (an
+ * unprivileged group), as before.  The drain then closes every pidfd and
+ * writes FAN_NOPIDFD in its place: the events reach the decoder without
+ * descriptors (a backlog of pidfds would exhaust RLIMIT_NOFILE, and the
+ * kernel reports FAN_EPIDFD once it does).
+ */
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/syscall.h>
+
+#ifndef SYS_pidfd_send_signal
+#define SYS_pidfd_send_signal 424
+#endif
+
+#define AFD_MAX_PIDS 4096
+#define AFD_TEXT 4096
+
+struct afd_proc {
+    int32_t pid;
+    int32_t trusted;    /* 1: the details below belong to the event's process */
+    int32_t name_len;   /* -1: not read */
+    int32_t exe_len;
+    int32_t cwd_len;
+    uint32_t name_off;
+    uint32_t exe_off;
+    uint32_t cwd_off;
+};
+
+struct afd_chunk {
+    struct afd_chunk *next;
+    unsigned char *data;     /* the events, len bytes of cap */
+    uint32_t len;
+    uint32_t nevents;
+    uint32_t nprocs;
+    uint32_t size;           /* bytes allocated, for the limit */
+    struct afd_proc *procs;
+    char *text;              /* names and paths of procs */
+    uint32_t cap;
+    uint32_t procs_cap;
+    uint32_t text_len;
+    uint32_t text_cap;
+};
+
+struct afd_drain {
+    int fd;
+    int wake_fd;
+    int stop_fd;
+    int paths;
+    int pidfd_reported;
+    int own_pid;
+    uint32_t read_size;
+    uint32_t chunk_size;
+    uint64_t limit;
+    pthread_mutex_t lock;
+    struct afd_chunk *head;
+    struct afd_chunk *tail;
+    uint64_t held;
+    uint64_t peak;
+    uint64_t chunks_held;
+    /* counts, under lock */
+    uint64_t reads;
+    uint64_t bytes_read;
+    uint64_t events_read;
+    uint64_t dropped_events;
+    uint64_t dropped_reads;
+    uint64_t gaps;
+    uint64_t named;
+    uint64_t unnamed;
+    int gap_pending;
+    int error;
+    int running;
+    unsigned char *scratch;
+};
+
+static int afd_read_small(const char *path, char *out, int cap)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    ssize_t n = read(fd, out, cap);
+    close(fd);
+    if (n < 0)
+        return -1;
+    if (n > 0 && out[n - 1] == '\n')
+        n--;
+    return (int)n;
+}
+
+/* The pidfd of an event, or where its record is (NULL: none). */
+static int32_t *afd_pidfd_slot(unsigned char *ev, uint32_t len)
+{
+    uint32_t off = sizeof(struct fanotify_event_metadata);
+    while (off + sizeof(struct fanotify_event_info_header) <= len) {
+        struct fanotify_event_info_header *h = (void *)(ev + off);
+        if (h->len < sizeof(*h) || off + h->len > len)
+            return NULL;
+        if (h->info_type == FAN_EVENT_INFO_TYPE_PIDFD
+                && h->len >= sizeof(struct fanotify_event_info_pidfd))
+            return &((struct fanotify_event_info_pidfd *)h)->pidfd;
+        off += h->len;
+    }
+    return NULL;
+}
+
+/* Walk the events of buf: count them, and collect each pid's first pidfd. */
+static uint32_t afd_walk(unsigned char *buf, uint32_t n, int32_t *pids, int32_t *pidfds,
+                         uint32_t *npids, int own_pid)
+{
+    uint32_t off = 0, count = 0;
+    while (off + sizeof(struct fanotify_event_metadata) <= n) {
+        struct fanotify_event_metadata *m = (void *)(buf + off);
+        if (m->event_len < sizeof(*m) || off + m->event_len > n)
+            break;
+        count++;
+        int32_t *slot = afd_pidfd_slot(buf + off, m->event_len);
+        int32_t pidfd = slot ? *slot : FAN_NOPIDFD;
+        if (m->pid > 0 && m->pid != own_pid && *npids < AFD_MAX_PIDS) {
+            uint32_t i;
+            for (i = 0; i < *npids; i++)
+                if (pids[i] == m->pid)
+                    break;
+            if (i == *npids) {
+                pids[i] = m->pid;
+                pidfds[i] = pidfd;   /* the first event's: kept open until checked */
+                (*npids)++;
+                slot = NULL;
+            }
+        }
+        if (slot) {
+            if (*slot >= 0)
+                close(*slot);
+            *slot = FAN_NOPIDFD;
+        }
+        off += m->event_len;
+    }
+    return count;
+}
+
+/* Whether the reads of /proc/PID made so far were of the event's process.
+ *
+ * A pid is reused only after its process has exited and been reaped; from
+ * then on pidfd_send_signal on a pidfd of it fails with ESRCH (a zombie
+ * still takes signal 0).  So a process not yet reaped after the reads held
+ * the pid all along.  EPERM: alive, not ours to signal.  Without
+ * REPORT_PIDFD nothing can be checked: trusted, as fatrace trusts /proc. */
+static int afd_alive(struct afd_drain *d, int32_t pidfd)
+{
+    if (pidfd < 0)
+        return !d->pidfd_reported;
+    long r = syscall(SYS_pidfd_send_signal, pidfd, 0, NULL, 0);
+    return r == 0 || errno == EPERM;
+}
+
+/* Read one chunk's processes; returns the text bytes used. */
+static uint32_t afd_name(struct afd_drain *d, int32_t *pids, int32_t *pidfds, uint32_t npids,
+                         struct afd_proc *procs, char **textp,
+                         uint32_t *named)
+{
+    char path[64];
+    char tmp[AFD_TEXT];
+    uint32_t used = 0, cap = 64 * npids + 1;
+    char *text = malloc(cap);
+    *textp = text;
+    if (text == NULL) {
+        for (uint32_t i = 0; i < npids; i++) {
+            memset(&procs[i], 0, sizeof procs[i]);
+            procs[i].pid = pids[i];
+            procs[i].name_len = procs[i].exe_len = procs[i].cwd_len = -1;
+        }
+        return 0;
+    }
+    /* Every name first: what a process about to go loses first. */
+    for (uint32_t i = 0; i < npids; i++) {
+        struct afd_proc *p = &procs[i];
+        p->pid = pids[i];
+        p->trusted = 0;
+        p->name_len = p->exe_len = p->cwd_len = -1;
+        if (d->pidfd_reported && pidfds[i] < 0)
+            continue;  /* the process was gone at the read: its pid proves nothing */
+        snprintf(path, sizeof path, "/proc/%d/comm", pids[i]);
+        int n = afd_read_small(path, tmp, 63);
+        if (n >= 0 && used + n <= cap) {
+            memcpy(text + used, tmp, n);
+            p->name_off = used;
+            p->name_len = n;
+            used += n;
+        }
+    }
+    /* Each name is checked as soon as all are read, before the slower
+     * links: a process reaped during those must not cost its name. */
+    for (uint32_t i = 0; i < npids; i++) {
+        struct afd_proc *p = &procs[i];
+        p->trusted = p->name_len >= 0 && afd_alive(d, pidfds[i]);
+        if (!p->trusted)
+            p->name_len = -1;
+    }
+    if (d->paths) {
+        for (uint32_t i = 0; i < npids; i++) {
+            struct afd_proc *p = &procs[i];
+            if (!p->trusted)
+                continue;
+            for (int k = 0; k < 2; k++) {
+                snprintf(path, sizeof path, k ? "/proc/%d/cwd" : "/proc/%d/exe", pids[i]);
+                ssize_t n = readlink(path, tmp, sizeof tmp);
+                if (n < 0 || n >= (ssize_t)sizeof tmp)
+                    continue;
+                if (used + n > cap) {
+                    uint32_t ncap = cap * 2 + n;
+                    char *t = realloc(text, ncap);
+                    if (t == NULL)
+                        continue;
+                    text = t;
+                    cap = ncap;
+                }
+                memcpy(text + used, tmp, n);
+                if (k) {
+                    p->cwd_off = used;
+                    p->cwd_len = n;
+                } else {
+                    p->exe_off = used;
+                    p->exe_len = n;
+                }
+                used += n;
+            }
+        }
+    }
+    /* Then the links are checked the same way: kept only if the process
+     * was still not reaped after they were read. */
+    for (uint32_t i = 0; i < npids; i++) {
+        struct afd_proc *p = &procs[i];
+        if (!p->trusted)
+            continue;
+        (*named)++;
+        if ((p->exe_len >= 0 || p->cwd_len >= 0) && !afd_alive(d, pidfds[i]))
+            p->exe_len = p->cwd_len = -1;
+    }
+    *textp = text;
+    return used;
+}
+
+static void afd_close_pidfds(int32_t *pidfds, uint32_t npids)
+{
+    for (uint32_t i = 0; i < npids; i++)
+        if (pidfds[i] >= 0)
+            close(pidfds[i]);
+}
+
+static void afd_clear_slots(unsigned char *buf, uint32_t n)
+{
+    uint32_t off = 0;
+    while (off + sizeof(struct fanotify_event_metadata) <= n) {
+        struct fanotify_event_metadata *m = (void *)(buf + off);
+        if (m->event_len < sizeof(*m) || off + m->event_len > n)
+            break;
+        int32_t *slot = afd_pidfd_slot(buf + off, m->event_len);
+        if (slot)
+            *slot = FAN_NOPIDFD;
+        off += m->event_len;
+    }
+}
+
+static void afd_wake(int fd)
+{
+    uint64_t one = 1;
+    ssize_t r = write(fd, &one, sizeof one);
+    (void)r;
+}
+
+/* Whether the processes of a read agree with a chunk's: a pid in both must
+ * have the same details (or none in both), so that one table names the
+ * events of both reads as each read's own table would. */
+static int afd_agree(struct afd_chunk *c, struct afd_proc *procs, const char *text,
+                     uint32_t npids)
+{
+    for (uint32_t i = 0; i < npids; i++) {
+        struct afd_proc *p = &procs[i];
+        for (uint32_t j = 0; j < c->nprocs; j++) {
+            struct afd_proc *q = &c->procs[j];
+            if (q->pid != p->pid)
+                continue;
+            if (q->trusted != p->trusted || q->name_len != p->name_len
+                    || q->exe_len != p->exe_len || q->cwd_len != p->cwd_len)
+                return 0;
+            if ((p->name_len > 0 && memcmp(c->text + q->name_off, text + p->name_off,
+                                           p->name_len))
+                    || (p->exe_len > 0 && memcmp(c->text + q->exe_off, text + p->exe_off,
+                                                 p->exe_len))
+                    || (p->cwd_len > 0 && memcmp(c->text + q->cwd_off, text + p->cwd_off,
+                                                 p->cwd_len)))
+                return 0;
+            break;
+        }
+    }
+    return 1;
+}
+
+/* Add a read's processes (those the chunk lacks) to the chunk; 0 on ENOMEM. */
+static int afd_add_procs(struct afd_chunk *c, struct afd_proc *procs, const char *text,
+                         uint32_t npids, uint32_t used)
+{
+    if (c->nprocs + npids > c->procs_cap) {
+        uint32_t ncap = (c->nprocs + npids) * 2 + 8;
+        struct afd_proc *np = realloc(c->procs, ncap * sizeof *np);
+        if (np == NULL)
+            return 0;
+        c->procs = np;
+        c->size += (ncap - c->procs_cap) * sizeof *np;
+        c->procs_cap = ncap;
+    }
+    if (c->text_len + used > c->text_cap) {
+        uint32_t ncap = (c->text_len + used) * 2 + 64;
+        char *nt = realloc(c->text, ncap);
+        if (nt == NULL)
+            return 0;
+        c->text = nt;
+        c->size += ncap - c->text_cap;
+        c->text_cap = ncap;
+    }
+    uint32_t base = c->text_len;
+    memcpy(c->text + base, text, used);
+    c->text_len += used;
+    for (uint32_t i = 0; i < npids; i++) {
+        uint32_t j;
+        for (j = 0; j < c->nprocs; j++)
+            if (c->procs[j].pid == procs[i].pid)
+                break;
+        if (j < c->nprocs)
+            continue;  /* agreed: the same details are there */
+        struct afd_proc p = procs[i];
+        p.name_off += base;
+        p.exe_off += base;
+        p.cwd_off += base;
+        c->procs[c->nprocs++] = p;
+    }
+    return 1;
+}
+
+static struct afd_chunk *afd_new_chunk(uint32_t cap)
+{
+    struct afd_chunk *c = calloc(1, sizeof *c);
+    if (c == NULL)
+        return NULL;
+    c->data = malloc(cap);
+    if (c->data == NULL) {
+        free(c);
+        return NULL;
+    }
+    c->cap = cap;
+    c->size = sizeof *c + cap;
+    return c;
+}
+
+static void afd_drop_chunk(struct afd_chunk *c)
+{
+    free(c->procs);
+    free(c->text);
+    free(c->data);
+    free(c);
+}
+
+/* One read; 0 when the kernel had nothing more, -1 on a read error that ends reading.
+ *
+ * A read is appended to the newest chunk not yet taken when it fits and
+ * the processes agree (afd_agree): the loop then decodes one buffer of many
+ * reads (the kernel's records are whole events, so reads concatenate), not
+ * many buffers of a few events each. */
+static int afd_read_one(struct afd_drain *d, int32_t *pids, int32_t *pidfds,
+                        struct afd_proc *procs)
+{
+    ssize_t n = read(d->fd, d->scratch, d->read_size);
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EINTR)
+            return 0;
+        d->error = errno;
+        return -1;
+    }
+    if (n == 0)
+        return 0;
+    uint32_t npids = 0;
+    uint32_t nev = afd_walk(d->scratch, (uint32_t)n, pids, pidfds, &npids, d->own_pid);
+    pthread_mutex_lock(&d->lock);
+    int gap = d->gap_pending;
+    uint64_t held = d->held;
+    pthread_mutex_unlock(&d->lock);
+    uint32_t lead = gap ? sizeof(struct fanotify_event_metadata) : 0;
+    uint32_t cap = d->chunk_size > lead + n ? d->chunk_size : lead + n;
+    if (held + cap + npids * (sizeof(struct afd_proc) + 64 * 3) > d->limit) {
+        afd_close_pidfds(pidfds, npids);
+        pthread_mutex_lock(&d->lock);
+        d->reads++;
+        d->bytes_read += n;
+        d->events_read += nev;
+        d->dropped_events += nev;
+        d->dropped_reads++;
+        d->gap_pending = 1;
+        pthread_mutex_unlock(&d->lock);
+        return 1;
+    }
+    char *text = NULL;
+    uint32_t named = 0;
+    uint32_t used = afd_name(d, pids, pidfds, npids, procs, &text, &named);
+    afd_close_pidfds(pidfds, npids);
+    afd_clear_slots(d->scratch, (uint32_t)n);
+
+    pthread_mutex_lock(&d->lock);
+    struct afd_chunk *t = d->tail;
+    int was_empty = d->head == NULL;
+    int ok = 0;
+    if (!gap && t != NULL && t->len + n <= t->cap && afd_agree(t, procs, text, npids)) {
+        uint32_t before = t->size;
+        if (afd_add_procs(t, procs, text, npids, used)) {
+            memcpy(t->data + t->len, d->scratch, n);
+            t->len += n;
+            t->nevents += nev;
+            d->held += t->size - before;
+            ok = 1;
+        }
+    }
+    if (!ok) {
+        pthread_mutex_unlock(&d->lock);
+        struct afd_chunk *c = afd_new_chunk(cap);
+        if (c == NULL || !afd_add_procs(c, procs, text, npids, used)) {
+            if (c != NULL)
+                afd_drop_chunk(c);
+            free(text);
+            pthread_mutex_lock(&d->lock);
+            d->reads++;
+            d->bytes_read += n;
+            d->events_read += nev;
+            d->dropped_events += nev;
+            d->dropped_reads++;
+            d->gap_pending = 1;
+            pthread_mutex_unlock(&d->lock);
+            return 1;
+        }
+        if (gap) {
+            struct fanotify_event_metadata *m = (void *)c->data;
+            memset(m, 0, sizeof *m);
+            m->event_len = sizeof *m;
+            m->vers = FANOTIFY_METADATA_VERSION;
+            m->metadata_len = sizeof *m;
+            m->mask = FAN_Q_OVERFLOW;
+            m->fd = FAN_NOFD;
+        }
+        memcpy(c->data + lead, d->scratch, n);
+        c->len = lead + n;
+        c->nevents = nev + (gap ? 1 : 0);
+        pthread_mutex_lock(&d->lock);
+        was_empty = d->head == NULL;
+        if (d->tail)
+            d->tail->next = c;
+        else
+            d->head = c;
+        d->tail = c;
+        d->held += c->size;
+        d->chunks_held++;
+        if (gap) {
+            d->gaps++;
+            d->gap_pending = 0;
+        }
+    }
+    free(text);
+    d->reads++;
+    d->bytes_read += n;
+    d->events_read += nev;
+    d->named += named;
+    d->unnamed += npids - named;
+    if (d->held > d->peak)
+        d->peak = d->held;
+    pthread_mutex_unlock(&d->lock);
+    if (was_empty)
+        afd_wake(d->wake_fd);
+    return 1;
+}
+
+int afd_run(struct afd_drain *d)
+{
+    int32_t *pids = malloc(AFD_MAX_PIDS * sizeof(int32_t));
+    int32_t *pidfds = malloc(AFD_MAX_PIDS * sizeof(int32_t));
+    struct afd_proc *procs = malloc(AFD_MAX_PIDS * sizeof(struct afd_proc));
+    d->scratch = malloc(d->read_size);
+    if (pids == NULL || pidfds == NULL || procs == NULL || d->scratch == NULL) {
+        free(pids);
+        free(pidfds);
+        free(procs);
+        free(d->scratch);
+        d->scratch = NULL;
+        d->error = ENOMEM;
+        afd_wake(d->wake_fd);
+        return -1;
+    }
+    struct pollfd pfd[2] = {{d->fd, POLLIN, 0}, {d->stop_fd, POLLIN, 0}};
+    int rc = 0;
+    for (;;) {
+        int r = poll(pfd, 2, -1);
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            d->error = errno;
+            rc = -1;
+            break;
+        }
+        if (pfd[1].revents)
+            break;
+        if (pfd[0].revents & (POLLERR | POLLNVAL)) {
+            d->error = EBADF;
+            rc = -1;
+            break;
+        }
+        int got;
+        while ((got = afd_read_one(d, pids, pidfds, procs)) > 0) {
+            /* Look at the stop request between reads of a long backlog. */
+            struct pollfd s = {d->stop_fd, POLLIN, 0};
+            if (poll(&s, 1, 0) > 0)
+                goto out;
+        }
+        if (got < 0) {
+            rc = -1;
+            break;
+        }
+    }
+out:
+    free(pids);
+    free(pidfds);
+    free(procs);
+    free(d->scratch);
+    d->scratch = NULL;
+    if (rc < 0)
+        afd_wake(d->wake_fd);
+    return rc;
+}
+
+int afd_init(struct afd_drain *d)
+{
+    memset(d, 0, sizeof *d);
+    if (pthread_mutex_init(&d->lock, NULL) != 0)
+        return -1;
+    return 0;
+}
+
+struct afd_chunk *afd_take(struct afd_drain *d)
+{
+    pthread_mutex_lock(&d->lock);
+    struct afd_chunk *c = d->head;
+    if (c) {
+        d->head = c->next;
+        if (d->head == NULL)
+            d->tail = NULL;
+    }
+    pthread_mutex_unlock(&d->lock);
+    return c;
+}
+
+void afd_free(struct afd_drain *d, struct afd_chunk *c)
+{
+    pthread_mutex_lock(&d->lock);
+    d->held -= c->size;
+    d->chunks_held--;
+    pthread_mutex_unlock(&d->lock);
+    afd_drop_chunk(c);
+}
+
+/* Counts, copied under the lock: reads, bytes, events, dropped events,
+ * dropped reads, gaps, held bytes, peak bytes, chunks held, named, unnamed. */
+void afd_counts(struct afd_drain *d, uint64_t out[11])
+{
+    pthread_mutex_lock(&d->lock);
+    out[0] = d->reads;
+    out[1] = d->bytes_read;
+    out[2] = d->events_read;
+    out[3] = d->dropped_events;
+    out[4] = d->dropped_reads;
+    out[5] = d->gaps;
+    out[6] = d->held;
+    out[7] = d->peak;
+    out[8] = d->chunks_held;
+    out[9] = d->named;
+    out[10] = d->unnamed;
+    pthread_mutex_unlock(&d->lock);
+}
+
+/* Free what is still held (the thread has returned). */
+void afd_destroy(struct afd_drain *d)
+{
+    struct afd_chunk *c;
+    while ((c = afd_take(d)) != NULL) {
+        /* pidfds were all closed by the thread */
+        afd_free(d, c);
+    }
+    pthread_mutex_destroy(&d->lock);
+}
