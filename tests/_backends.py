@@ -1,9 +1,10 @@
-"""Running a test body on asyncio and on trio.
+"""Running a test body on asyncio and on trio, from a plain (sync) test.
 
-pytest-asyncio (auto mode) would take over tests marked for anyio's pytest
-plugin, so the tests that run on both backends are plain functions that
-call :func:`run`, parametrized over :data:`BACKENDS` (``ON_BOTH``).
-Everything awaited in the bodies is anyio's, so one body serves both.
+Most tests that run on both backends are anyio-marked async tests (see
+tests/conftest.py).  tests/test_trio_*.py and tests/test_fork.py instead
+call :func:`run` from plain functions parametrized over :data:`BACKENDS`
+(``ON_BOTH``), which asserts the backend the same way.  Everything
+awaited in the bodies is anyio's, so one body serves both.
 """
 
 from __future__ import annotations

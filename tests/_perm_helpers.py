@@ -1,19 +1,25 @@
-"""Helpers for the permission tests: timed child processes, waiting, draining."""
+"""Helpers for the permission tests: timed child processes, waiting, draining.
+
+Everything here is anyio's, so it serves tests on asyncio and on trio.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import json
 import sys
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
+import anyio
+from anyio.abc import TaskGroup
 from helpers import CHILD_CWD, child_env
 
-from afanotify import Fanotify
+from afanotify import ClosedResourceError, Fanotify
+
+T = TypeVar("T")
 
 _CHILD = r"""
 import errno, json, os, subprocess, sys, time
@@ -51,29 +57,24 @@ class ChildResult:
 
 async def child(op: str, path: Path, timeout: float = 20.0) -> ChildResult:
     """Run one file operation in a child process, without blocking the loop."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", _CHILD, op, str(path),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        env=child_env(), cwd=CHILD_CWD,
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except asyncio.TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise AssertionError(f"child {op} {path} still blocked after {timeout}s") from None
-    assert proc.returncode == 0, err.decode()
-    data = json.loads(out)
+    with anyio.move_on_after(timeout) as scope:
+        proc = await anyio.run_process(
+            [sys.executable, "-c", _CHILD, op, str(path)], check=False,
+            env=child_env(), cwd=CHILD_CWD,
+        )
+    if scope.cancelled_caught:  # run_process killed and reaped it
+        raise AssertionError(f"child {op} {path} still blocked after {timeout}s")
+    assert proc.returncode == 0, proc.stderr.decode()
+    data = json.loads(proc.stdout)
     return ChildResult(data["errno"], data["elapsed"])
 
 
 async def wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = anyio.current_time() + timeout
     while not cond():
-        if loop.time() > deadline:
+        if anyio.current_time() > deadline:
             raise AssertionError("condition not met before the deadline")
-        await asyncio.sleep(0.01)
+        await anyio.sleep(0.01)
 
 
 async def drain(fan: Fanotify) -> None:
@@ -82,11 +83,98 @@ async def drain(fan: Fanotify) -> None:
         ev.close()
 
 
+class Task(Generic[T]):
+    """A coroutine running as a task of its own, awaited for its result like a task.
+
+    :meth:`cancel` cancels that task the way asyncio's ``Task.cancel()`` does:
+    the cancellation leaves the task (asyncio sees it cancelled; trio sees it
+    exit from a cancelled nursery), which is what the group watches for.
+    """
+
+    def __init__(self) -> None:
+        self._scope: anyio.CancelScope | None = None
+        self._cancel = False
+        self._done = anyio.Event()
+        self._result: T | None = None
+        self._error: BaseException | None = None
+
+    def cancel(self) -> None:
+        self._cancel = True
+        if self._scope is not None:
+            self._scope.cancel()
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel and self.done() and self._error is None
+
+    async def host(self, coro: Awaitable[T]) -> None:
+        try:
+            async with anyio.create_task_group() as tg:
+                self._scope = tg.cancel_scope
+                if self._cancel:
+                    tg.cancel_scope.cancel()
+                tg.start_soon(self._body, coro)
+        finally:
+            self._done.set()
+
+    async def _body(self, coro: Awaitable[T]) -> None:
+        try:
+            self._result = await coro
+        except Exception as exc:  # handed to whoever awaits the result
+            self._error = exc
+
+    async def result(self, timeout: float = 30.0) -> T:
+        """The coroutine's result (its exception, raised); fails at the deadline."""
+        with anyio.fail_after(timeout):
+            await self._done.wait()
+        if self._error is not None:
+            raise self._error
+        assert not self.cancelled, "the task was cancelled"
+        return self._result  # type: ignore[return-value]
+
+
+class Tasks:
+    def __init__(self, tg: TaskGroup) -> None:
+        self._tg = tg
+
+    def start(self, coro: Coroutine[Any, Any, T]) -> Task[T]:
+        task: Task[T] = Task()
+        self._tg.start_soon(task.host, coro)
+        return task
+
+
 @contextlib.asynccontextmanager
-async def background(coro: Coroutine[Any, Any, object]) -> AsyncIterator[asyncio.Task[object]]:
-    """Run ``coro`` as a task while the block runs; cancel it on the way out."""
-    task = asyncio.create_task(coro)
-    try:
-        yield task
-    finally:
-        task.cancel()
+async def tasks() -> AsyncIterator[Tasks]:
+    """Start coroutines as tasks inside the block; those still running at its end are cancelled."""
+    async with anyio.create_task_group() as tg:
+        try:
+            yield Tasks(tg)
+        finally:
+            tg.cancel_scope.cancel()
+
+
+async def gather(*coros: Coroutine[Any, Any, T]) -> list[T]:
+    """Run ``coros`` at once; their results, in order."""
+    async with tasks() as ts:
+        started = [ts.start(c) for c in coros]
+        return [await t.result() for t in started]
+
+
+@contextlib.asynccontextmanager
+async def background(coro: Coroutine[Any, Any, object]) -> AsyncIterator[None]:
+    """Run ``coro`` as a task while the block runs; cancel it on the way out.
+
+    It may end with ClosedResourceError (its group closed); any other error
+    it raised is raised here.
+    """
+    async with tasks() as ts:
+        task = ts.start(coro)
+        yield
+    if task.done() and not task.cancelled:
+        try:
+            await task.result()
+        except ClosedResourceError:
+            pass

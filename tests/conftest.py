@@ -6,14 +6,19 @@ loop-mounted ext4 image), and unmount them here, whatever the test did.
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import inspect
 import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import sniffio
 
 # The suite tests the compiled core: a process (this one, or a child) that
 # imported a copy without it, such as the checkout's afanotify/ next to a
@@ -26,6 +31,69 @@ from helpers import make_ext4
 HAVE_ROOT = os.geteuid() == 0
 #: Fixtures that mount filesystems: only kernel tests may use them.
 _KERNEL_FIXTURES = frozenset(("tmpfs", "ext4", "anyfs"))
+
+
+#: The backends an anyio-marked test runs on (``pytestmark = pytest.mark.anyio``).
+BACKENDS = ("asyncio", "trio")
+
+
+@pytest.fixture(params=BACKENDS)
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """Every anyio-marked test runs once per backend, each in a fresh event loop."""
+    backend: str = request.param
+    return backend
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: object) -> None:
+    """An async test not marked for anyio is pytest-asyncio's (strict mode), on asyncio only.
+
+    Strict mode (pyproject) keeps pytest-asyncio away from anyio-marked tests,
+    which its auto mode would run on asyncio whatever their backend; this hook
+    gives it back every other async test, as auto mode did.
+    """
+    if not isinstance(collector, (pytest.Module, pytest.Class)):
+        return
+    if not collector.istestfunction(obj, name):
+        return
+    inner = getattr(getattr(obj, "hypothesis", None), "inner_test", obj)
+    if not inspect.iscoroutinefunction(inner):
+        return
+    own = {m.name for m in getattr(obj, "pytestmark", ())}
+    if collector.get_closest_marker("anyio") is None and not own & {"anyio", "asyncio"}:
+        pytest.mark.asyncio(obj)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Generator[None, None, None]:
+    """An anyio-marked test fails unless its body really runs on its backend."""
+    backend = pyfuncitem.funcargs.get("anyio_backend")
+    test = pyfuncitem.obj
+    if backend is None or not inspect.iscoroutinefunction(test):
+        yield
+        return
+    pyfuncitem.obj = _checked_on(str(backend), test)
+    try:
+        yield
+    finally:
+        pyfuncitem.obj = test
+
+
+def _checked_on(backend: str, test: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(test)
+    async def on_backend(*args: Any, **kwargs: Any) -> Any:
+        running = sniffio.current_async_library()
+        assert running == backend, f"a [{backend}] test ran on {running}"
+        if backend == "trio":
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                pass
+            else:
+                raise AssertionError("a [trio] test ran with an asyncio loop running")
+        return await test(*args, **kwargs)
+
+    return on_backend
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

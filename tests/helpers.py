@@ -20,9 +20,15 @@ import sys
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TypeVar
+
+import anyio
+import anyio.to_thread
 
 import afanotify
 from afanotify import FanotifyClient, FanotifyData, WouldBlock
+
+T = TypeVar("T")
 
 #: The checkout holding these tests: README.md, examples/, bench/, build_ffi.py.
 REPO = Path(__file__).resolve().parents[1]
@@ -118,19 +124,16 @@ async def collect(
     The events are closed as they come; their fields stay readable.
     """
     got: list[FanotifyData] = []
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = anyio.current_time() + timeout
     receive = source.receive if hasattr(source, "receive") else source.get  # type: ignore[attr-defined]
     while not until(got):
-        left = deadline - loop.time()
+        left = deadline - anyio.current_time()
         if left <= 0:
             raise AssertionError(f"deadline passed after {len(got)} events: {got!r}")
-        try:
-            ev = await asyncio.wait_for(receive(), left)
-        except asyncio.TimeoutError:
-            continue
-        ev.close()
-        got.append(ev)
+        with anyio.move_on_after(left):
+            ev = await receive()
+            ev.close()
+            got.append(ev)
     return got
 
 
@@ -152,11 +155,20 @@ async def read_line_with(stream: asyncio.StreamReader, seen: list[str], *want: s
 
 async def wait_until(cond: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
     """Poll ``cond`` every 10 ms; fail the test (AssertionError naming ``what``) at the deadline."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = anyio.current_time() + timeout
     while not cond():
-        assert loop.time() < deadline, f"{what}: not within {timeout}s"
-        await asyncio.sleep(0.01)
+        assert anyio.current_time() < deadline, f"{what}: not within {timeout}s"
+        await anyio.sleep(0.01)
+
+
+async def in_thread(fn: Callable[..., T], *args: object, timeout: float = 10.0) -> T:
+    """Run blocking ``fn(*args)`` in a worker thread; fail the test at the deadline.
+
+    At the deadline the thread is abandoned (it is not cancellable), as
+    ``asyncio.wait_for(asyncio.to_thread(...))`` did, on either backend.
+    """
+    with anyio.fail_after(timeout):
+        return await anyio.to_thread.run_sync(functools.partial(fn, *args), abandon_on_cancel=True)
 
 
 #: Run a command as uid/gid 65534 with no capabilities.
@@ -173,6 +185,29 @@ def _nobody_python_problem() -> str | None:
         return None
     lines = r.stderr.strip().splitlines()
     return lines[-1] if lines else f"exit status {r.returncode}"
+
+
+def nobody_python() -> str:
+    """An interpreter uid 65534 can run, for a child that needs only the standard library.
+
+    This one if that user can load it, else the system's ``/usr/bin/python3``;
+    the test skips, saying why, if that user can run neither.
+    """
+    import pytest
+
+    for cand in (sys.executable, "/usr/bin/python3"):
+        if _nobody_can_run(cand):
+            return cand
+    pytest.skip(f"uid 65534 can run neither {sys.executable} nor /usr/bin/python3 here")
+
+
+@functools.cache
+def _nobody_can_run(python: str) -> bool:
+    r = subprocess.run(
+        [*NOBODY, python, "-I", "-c", "import os"], cwd=CHILD_CWD,
+        capture_output=True, timeout=30, check=False,
+    )
+    return r.returncode == 0
 
 
 def require_nobody_python() -> None:

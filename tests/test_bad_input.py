@@ -19,6 +19,9 @@ from helpers import collect, sh
 from afanotify import Event, FanoRule, Fanotify, FanotifyClient, InitFlag, MarkFlag
 from afanotify._errors import mark_error
 
+#: anyio: every async test here runs on asyncio and on trio (tests/conftest.py).
+pytestmark = pytest.mark.anyio
+
 
 def test_an_event_mask_as_init_flags_is_refused() -> None:
     # Event.OPEN is 0x20, which is FAN_UNLIMITED_MARKS as an init flag.

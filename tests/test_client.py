@@ -10,8 +10,9 @@ import pickle
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 import pytest
-from helpers import drain_client, is_open
+from helpers import drain_client, is_open, wait_until
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -27,6 +28,9 @@ from afanotify import (
 )
 from afanotify.events import OWN_FD, OWN_PIDFD
 
+#: anyio: every async test here runs on asyncio and on trio (tests/conftest.py).
+pytestmark = pytest.mark.anyio
+
 OPEN = int(Event.OPEN)
 CW = int(Event.CLOSE_WRITE)
 MODIFY = int(Event.MODIFY)
@@ -36,6 +40,11 @@ MODIFY = int(Event.MODIFY)
 async def fan() -> AsyncIterator[Fanotify]:
     async with Fanotify() as group:
         yield group
+
+
+def _getting(c: FanotifyClient) -> bool:
+    """A ``get()`` (or ``async for``) is waiting on the client's queue now."""
+    return any(not w.done() for w in c._queue._waiters)
 
 
 def synth(path: str = "/d/a", pid: int = 100, ev_types: int = OPEN, fd: bool = False,
@@ -220,11 +229,19 @@ async def test_close_stops_delivery_at_once(fan: Fanotify) -> None:
 @pytest.mark.kernel
 async def test_waiting_get_wakes_on_close(fan: Fanotify) -> None:
     c = fan.connect(FanoRule("c", ev_types=OPEN))
-    waiter = asyncio.ensure_future(c.get())
-    await asyncio.sleep(0)
-    c.close()
-    with pytest.raises(ClosedResourceError):
-        await waiter
+    raised: list[BaseException] = []
+    async with anyio.create_task_group() as tg:
+
+        async def waiter() -> None:
+            try:
+                await c.get()
+            except ClosedResourceError as exc:
+                raised.append(exc)
+
+        tg.start_soon(waiter)
+        await wait_until(lambda: _getting(c), "get() waits")
+        c.close()
+    assert len(raised) == 1 and isinstance(raised[0], ClosedResourceError)
 
 
 @pytest.mark.kernel
@@ -252,10 +269,11 @@ async def test_group_close_ends_clients(fan: Fanotify) -> None:
         async for e in c:
             got.append(e)
 
-    task = asyncio.ensure_future(consume())
-    await asyncio.sleep(0)  # one turn of the loop: the consumer waits now
-    await fan.aclose()
-    await asyncio.wait_for(task, 2)
+    with anyio.fail_after(2):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(consume)
+            await wait_until(lambda: len(got) == 1 and _getting(c), "the consumer waits")
+            await fan.aclose()
     assert len(got) == 1 and not is_open(ev.fd) and c.closed
 
 
@@ -287,7 +305,7 @@ async def test_async_predicate_keeps_order_and_pauses_reading(fan: Fanotify) -> 
     fan._ensure_reader()
 
     async def slow_even(e: FanotifyData) -> bool:
-        await asyncio.sleep(0.001 * (5 - e.pid % 5))
+        await anyio.sleep(0.001 * (5 - e.pid % 5))
         return e.pid % 2 == 0
 
     a = fan.connect(FanoRule("a", predicate=slow_even))
@@ -295,12 +313,10 @@ async def test_async_predicate_keeps_order_and_pauses_reading(fan: Fanotify) -> 
     fan._deliver([synth(pid=i) for i in range(10)])
     assert fan._reader.paused  # the group waits for the async dispatch
     fan._deliver([synth(pid=i) for i in range(10, 14)])  # queued behind, in order
-    got = [(await asyncio.wait_for(a.get(), 2)).pid for _ in range(7)]
+    with anyio.fail_after(2):
+        got = [(await a.get()).pid for _ in range(7)]
     assert got == [0, 2, 4, 6, 8, 10, 12]
-    for _ in range(100):
-        if fan._clients._task is None:
-            break
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: fan._clients._task is None, "the dispatch task ended", 1.0)
     assert fan._clients._task is None and not fan._reader.paused
     assert [e.pid for e in drain_client(s)] == list(range(14))
     a.close()
@@ -514,16 +530,22 @@ async def test_group_failure_delivers_queued_events_then_errors(fan: Fanotify) -
 @pytest.mark.kernel
 async def test_group_failure_ends_clients_with_an_error(fan: Fanotify) -> None:
     c = fan.connect(FanoRule("c", ev_types=OPEN))
+    raised: list[BaseException] = []
 
     async def consume() -> None:
-        async for _ in c:
-            pass
+        try:
+            async for _ in c:
+                pass
+        except ClosedResourceError as exc:
+            raised.append(exc)
 
-    task = asyncio.ensure_future(consume())
-    await asyncio.sleep(0)  # one turn of the loop: the consumer waits now
-    fan._fail(OSError(5, "Input/output error"))
-    with pytest.raises(ClosedResourceError, match="failed"):
-        await asyncio.wait_for(task, 2)
+    with anyio.fail_after(2):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(consume)
+            await wait_until(lambda: _getting(c), "the consumer waits")
+            fan._fail(OSError(5, "Input/output error"))
+    (exc,) = raised
+    assert isinstance(exc, ClosedResourceError) and "failed" in str(exc)
     with pytest.raises(ClosedResourceError, match="failed"):
         c.get_nowait()
 
@@ -571,6 +593,7 @@ def test_dispatch_equals_matching_each_rule(
             fan._deliver(events[len(events) // 2:])  # the cache is warm now
             return {c.rule.name: [e.range_offset for e in drain_client(c)] for c in clients}
 
+    # The dispatcher's matching, not the backend, is under test: asyncio only.
     got = asyncio.run(run())
     want = {r.name: [e.range_offset for e in events if r.matches(e)] for r in rules}
     assert got == want
@@ -578,7 +601,7 @@ def test_dispatch_equals_matching_each_rule(
 
 @pytest.mark.kernel
 async def test_group_close_during_async_dispatch_releases_everything() -> None:
-    never = asyncio.Event()
+    never = anyio.Event()
 
     async def stuck(e: FanotifyData) -> bool:
         await never.wait()
@@ -589,12 +612,13 @@ async def test_group_close_during_async_dispatch_releases_everything() -> None:
         c = fan.connect(FanoRule("stuck", predicate=stuck, pass_fd=True))
         evs = [synth(fd=True) for _ in range(3)]
         fan._deliver(evs)
-        await asyncio.sleep(0)  # one turn of the loop: the predicate waits now
         task = fan._clients._task
-        assert task is not None and not task.done()
+        assert task is not None
+        await anyio.sleep(0)  # the predicate task starts and waits
+        assert not task.done()
     finally:
         await fan.aclose()
     assert all(e.closed and not is_open(e.fd) for e in evs)
     assert c.closed
-    await asyncio.sleep(0)
+    await wait_until(task.done, "the cancelled predicate task ended", 1.0)
     assert task.cancelled()

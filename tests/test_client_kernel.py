@@ -3,7 +3,6 @@ drops, and pid reuse.  Events come from subprocesses on a private tmpfs."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
@@ -12,6 +11,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import anyio
 import pytest
 from helpers import CHILD_CWD, child_env, drain_client, open_fd_count, sh
 
@@ -26,7 +26,8 @@ from afanotify import (
     WouldBlock,
 )
 
-pytestmark = pytest.mark.kernel
+#: anyio: every async test here runs on asyncio and on trio (tests/conftest.py).
+pytestmark = [pytest.mark.kernel, pytest.mark.anyio]
 
 OPEN = int(Event.OPEN)
 CW = int(Event.CLOSE_WRITE)
@@ -48,11 +49,16 @@ async def wait_for_path(
             if ev.path == path and (pid is None or ev.pid == pid):
                 return
 
-    try:
-        await asyncio.wait_for(run(), timeout)
-    except asyncio.TimeoutError:
-        raise AssertionError(f"no event for {path} within {timeout}s; got {got!r}") from None
+    with anyio.move_on_after(timeout) as scope:
+        await run()
+    if scope.cancelled_caught:
+        raise AssertionError(f"no event for {path} within {timeout}s; got {got!r}")
     return got
+
+
+async def _get(client: FanotifyClient, timeout: float) -> FanotifyData:
+    with anyio.fail_after(timeout):
+        return await client.get()
 
 
 def _which(name: str) -> str:
@@ -119,9 +125,9 @@ async def test_slow_clients_under_each_policy_counts_add_up(tmpfs: Path) -> None
         block = fan.connect(FanoRule("block", ev_types=CW), maxsize=4, overflow="block")
         oldest = fan.connect(FanoRule("oldest", ev_types=CW), maxsize=4, overflow="drop_oldest")
         newest = fan.connect(FanoRule("newest", ev_types=CW), maxsize=4, overflow="drop_newest")
-        proc = await asyncio.create_subprocess_exec(
-            "sh", "-c", f"cd {tmpfs} && i=0; while [ $i -lt {N_FILES} ]; do : > f$i; "
-            "i=$((i+1)); done"
+        proc = await anyio.open_process(
+            ["sh", "-c", f"cd {tmpfs} && i=0; while [ $i -lt {N_FILES} ]; do : > f$i; "
+             "i=$((i+1)); done"], stdin=subprocess.DEVNULL, stdout=None, stderr=None,
         )
         # The block client is slow: it sleeps between events.
         block_paths: list[str | None] = []
@@ -132,10 +138,12 @@ async def test_slow_clients_under_each_policy_counts_add_up(tmpfs: Path) -> None
                 ev.close()
                 assert not isinstance(ev, ClientOverflow)
                 block_paths.append(ev.path)
-                await asyncio.sleep(0.0005)
+                await anyio.sleep(0.0005)
 
-        await asyncio.wait_for(slow(), 30)
-        assert await proc.wait() == 0
+        async with proc:
+            with anyio.fail_after(30):
+                await slow()
+            assert await proc.wait() == 0
         got_control = drain_client(control)
         old_evs, new_evs = drain_client(oldest), drain_client(newest)
         st_block, st_old, st_new = block.stats, oldest.stats, newest.stats
@@ -174,13 +182,13 @@ async def test_dropped_permission_events_are_answered_at_once(tmpfs: Path) -> No
             for i in range(3)
         ]
         try:
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + 10
+            now = anyio.current_time
+            deadline = now() + 10
             # One event waits in the full queue, unanswered; the other two were
             # dropped and answered with the default (allow) at once.
             while sum(p.poll() is not None for p in procs) < 2:
-                assert loop.time() < deadline, "dropped permission events were not answered"
-                await asyncio.sleep(0.01)
+                assert now() < deadline, "dropped permission events were not answered"
+                await anyio.sleep(0.01)
             marker = await client.get()
             assert isinstance(marker, ClientOverflow) and marker.dropped == 2
             ev = await client.get()
@@ -189,8 +197,8 @@ async def test_dropped_permission_events_are_answered_at_once(tmpfs: Path) -> No
             assert [p.pid for p in procs if p.poll() is None] == [ev.pid]
             ev.close()  # default verdict: allow
             while any(p.poll() is None for p in procs):
-                assert loop.time() < deadline, "the queued permission event was not answered"
-                await asyncio.sleep(0.01)
+                assert now() < deadline, "the queued permission event was not answered"
+                await anyio.sleep(0.01)
             assert all(p.returncode == 0 for p in procs)
             assert client.stats.dropped == 2
             assert fan.stats.defaulted == 3
@@ -295,7 +303,7 @@ async def test_pass_fd_fan_out_gives_each_client_its_own_fd(tmpfs: Path) -> None
     baseline = open_fd_count()
 
     async def is_target(e: FanotifyData) -> bool:
-        await asyncio.sleep(0)
+        await anyio.sleep(0)
         return e.path == str(target)
 
     async with Fanotify() as fan:
@@ -304,9 +312,7 @@ async def test_pass_fd_fan_out_gives_each_client_its_own_fd(tmpfs: Path) -> None
         p2 = fan.connect(FanoRule("p2", predicate=is_target, pass_fd=True))  # async predicate
         plain = fan.connect(FanoRule("plain", ev_types=CNW))
         assert sh(f"cat {target} > /dev/null").returncode == 0
-        e1 = await asyncio.wait_for(p1.get(), 5)
-        e2 = await asyncio.wait_for(p2.get(), 5)
-        e3 = await asyncio.wait_for(plain.get(), 5)
+        e1, e2, e3 = [await _get(c, 5) for c in (p1, p2, plain)]
         assert e1.path == e2.path == e3.path == str(target)
         assert e1.fd >= 0 and e2.fd >= 0 and e1.fd != e2.fd and e3.fd == -1
         st = os.stat(target)

@@ -15,6 +15,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+import pytest_asyncio
 from helpers import CHILD_CWD, REPO, child_env
 
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(60)]
@@ -61,7 +62,7 @@ async def _open_in_child(path: Path, mode: str, in_thread: bool = False) -> int:
     return int(json.loads(out)["errno"])
 
 
-@pytest.fixture
+@pytest_asyncio.fixture  # asyncio only: pytest-asyncio runs in strict mode
 async def agent(tmpfs: Path, request: pytest.FixtureRequest) -> AsyncIterator[dict[str, Any]]:
     """The example agent guarding ``tmpfs/protected``, stopped (group closed) at teardown."""
     mod = _load()

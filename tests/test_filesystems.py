@@ -20,7 +20,8 @@ from helpers import collect, sh
 
 from afanotify import Event, Fanotify, InitFlag
 
-pytestmark = [pytest.mark.kernel, pytest.mark.timeout(60)]
+#: anyio: every async test here runs on asyncio and on trio (tests/conftest.py).
+pytestmark = [pytest.mark.kernel, pytest.mark.timeout(60), pytest.mark.anyio]
 
 
 @pytest.fixture

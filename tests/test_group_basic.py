@@ -11,7 +11,8 @@ from helpers import collect, sh
 
 from afanotify import Event, Fanotify, InitFlag, UnsupportedFlagError
 
-pytestmark = pytest.mark.kernel
+#: anyio: every async test here runs on asyncio and on trio (tests/conftest.py).
+pytestmark = [pytest.mark.kernel, pytest.mark.anyio]
 
 
 async def test_fd_mode_open_modify_close_with_paths(tmpfs: Path) -> None:

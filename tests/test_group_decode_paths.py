@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import os
 from pathlib import Path
 
 import _buffers
+import anyio
 import pytest
 from helpers import collect, is_open, open_fd_count, run_in_child, sh
 
 from afanotify import Event, Fanotify, InitFlag
 
-pytestmark = pytest.mark.kernel
+#: anyio: every async test here runs on asyncio and on trio (tests/conftest.py).
+pytestmark = [pytest.mark.kernel, pytest.mark.anyio]
 
 
 @pytest.fixture(params=["fast", "pure"])
@@ -85,7 +86,7 @@ async def test_held_events_stay_bounded_when_the_consumer_yields(tmpfs: Path) ->
         async for _ev in fan:
             got += 1
             most_held = max(most_held, len(fan._held))
-            await asyncio.sleep(0)
+            await anyio.sleep(0)
             if got == 600:
                 break
     assert most_held <= 4096 // 24

@@ -16,7 +16,8 @@ from helpers import collect, run_in_child, sh
 
 from afanotify import Event, Fanotify, InitFlag
 
-pytestmark = pytest.mark.kernel
+#: anyio: every async test here runs on asyncio and on trio (tests/conftest.py).
+pytestmark = [pytest.mark.kernel, pytest.mark.anyio]
 
 
 # -- objects that no longer exist ----------------------------------------------

@@ -25,6 +25,9 @@ from afanotify import (
 from afanotify._errors import init_error, mark_error
 from afanotify._open import find_rejected_init_flag as _find_rejected_init_flag
 
+#: anyio: every async test here runs on asyncio and on trio (tests/conftest.py).
+pytestmark = pytest.mark.anyio
+
 RELEASE = os.uname().release
 
 # -- missing paths -------------------------------------------------------------

@@ -6,19 +6,26 @@ process by default), and every wait has a deadline (helpers.collect).
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import anyio
 import pytest
-from helpers import CHILD_CWD, child_env, collect, sh
+from helpers import CHILD_CWD, child_env, collect, in_thread, sh
 
 from afanotify import Event, Fanotify, FanotifyData, InitFlag
 from afanotify._proc import pidfd_pid
 
-pytestmark = pytest.mark.kernel
+#: anyio: every async test here runs on asyncio and on trio (tests/conftest.py).
+pytestmark = [pytest.mark.kernel, pytest.mark.anyio]
+
+
+async def _receive_within(fan: Fanotify, timeout: float) -> FanotifyData:
+    with anyio.fail_after(timeout):
+        return await fan.receive()
+
 
 FID_ONLY = InitFlag.REPORT_FID
 DFID_NAME = InitFlag.REPORT_DFID_NAME
@@ -240,7 +247,7 @@ async def test_pidfd_refers_to_the_child(tmpfs: Path, flags: InitFlag) -> None:
             fan.mark(tmpfs, mask | Event.EVENT_ON_CHILD)
             child.stdin.write("go\n")
             child.stdin.flush()
-            ev = await asyncio.wait_for(fan.receive(), 5)
+            ev = await _receive_within(fan, 5)
             with ev:
                 assert ev.pid == child.pid and ev.path == str(tmpfs / "f")
                 assert ev.pidfd >= 0 and pidfd_pid(ev.pidfd) == child.pid
@@ -262,15 +269,13 @@ async def test_pidfd_follows_the_process_until_it_is_reaped(tmpfs: Path) -> None
             fan.mark(tmpfs, Event.CREATE | Event.EVENT_ON_CHILD)
             child.stdin.write("go\n")
             child.stdin.flush()
-            ev = await asyncio.wait_for(fan.receive(), 5)
+            ev = await _receive_within(fan, 5)
             with ev:
                 assert ev.path == f"{tmpfs}/f"
                 assert pidfd_pid(ev.pidfd) == child.pid
                 child.stdin.close()
                 # waitid through the pidfd sees that exact child exit (WNOWAIT: not reaped).
-                info = await asyncio.to_thread(
-                    os.waitid, os.P_PIDFD, ev.pidfd, os.WEXITED | os.WNOWAIT
-                )
+                info = await in_thread(os.waitid, os.P_PIDFD, ev.pidfd, os.WEXITED | os.WNOWAIT)
                 assert info is not None and info.si_pid == child.pid
                 assert child.wait(timeout=10) == 0
                 assert pidfd_pid(ev.pidfd) is None  # reaped: fdinfo shows Pid: -1

@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import anyio
 import pytest
 from helpers import CHILD_CWD, child_env, collect, open_fd_count, sh, wait_until
 
 import afanotify
 from afanotify import ClosedResourceError, Event, Fanotify, FanotifyData, InitFlag, WouldBlock
 
-pytestmark = pytest.mark.kernel
+#: anyio: every async test here runs on asyncio and on trio (tests/conftest.py).
+pytestmark = [pytest.mark.kernel, pytest.mark.anyio]
 
 WRITES = Event.CLOSE_WRITE | Event.EVENT_ON_CHILD
+
+
+def _receiving(fan: Fanotify) -> bool:
+    """A ``receive()`` (or ``async for``) is waiting on the group's queue now."""
+    return any(not w.done() for w in fan._queue._waiters)
 
 
 async def test_aclose_is_idempotent(tmpfs: Path) -> None:
@@ -39,24 +45,28 @@ async def test_aclose_is_idempotent(tmpfs: Path) -> None:
 
 async def test_aclose_wakes_an_iterator_in_another_task(tmpfs: Path) -> None:
     got: list[FanotifyData] = []
-    first = asyncio.Event()
+    first = anyio.Event()
+    ended = anyio.Event()
 
-    async with Fanotify() as fan:
+    async with Fanotify() as fan, anyio.create_task_group() as tg:
         fan.mark(tmpfs, WRITES)
 
-        async def consume() -> str:
+        async def consume() -> None:
             async for ev in fan:
                 got.append(ev)
                 first.set()
-            return "ended"
+            ended.set()
 
-        task = asyncio.create_task(consume())
+        tg.start_soon(consume)
         assert sh(f"echo x > {tmpfs}/a").returncode == 0
-        await asyncio.wait_for(first.wait(), 5)
+        with anyio.fail_after(5):
+            await first.wait()
         # The consumer is now blocked waiting for a second event.
-        assert not task.done()
+        await wait_until(lambda: _receiving(fan), "the consumer waits for a second event")
+        assert not ended.is_set()
         await fan.aclose()
-        assert await asyncio.wait_for(task, 5) == "ended"
+        with anyio.fail_after(5):
+            await ended.wait()
     assert [e.path for e in got] == [f"{tmpfs}/a"]
     assert got[0].closed  # the iterator released the event it had handed out
 
@@ -69,38 +79,57 @@ async def test_aclose_wakes_an_iterator_in_another_task(tmpfs: Path) -> None:
 
 
 async def test_aclose_wakes_receive_with_closed_resource_error(tmpfs: Path) -> None:
-    async with Fanotify() as fan:
-        waiter = asyncio.create_task(fan.receive())
-        await asyncio.sleep(0)  # let it start waiting (no event can arrive: nothing is marked)
-        assert not waiter.done()
+    raised: list[BaseException] = []
+    ended = anyio.Event()
+    async with Fanotify() as fan, anyio.create_task_group() as tg:
+
+        async def waiter() -> None:
+            try:
+                await fan.receive()
+            except ClosedResourceError as exc:
+                raised.append(exc)
+            ended.set()
+
+        tg.start_soon(waiter)
+        # Let it start waiting (no event can arrive: nothing is marked).
+        await wait_until(lambda: _receiving(fan), "receive() waits")
+        assert not ended.is_set()
         await fan.aclose()
-        with pytest.raises(ClosedResourceError):
-            await asyncio.wait_for(waiter, 5)
+        with anyio.fail_after(5):
+            await ended.wait()
+    assert len(raised) == 1 and isinstance(raised[0], ClosedResourceError)
 
 
 @pytest.mark.parametrize("flags", [InitFlag(0), InitFlag.REPORT_DFID_NAME], ids=["fd", "fid"])
 async def test_cancelling_a_consumer_leaks_nothing(tmpfs: Path, flags: InitFlag) -> None:
     baseline = open_fd_count()
-    holding = asyncio.Event()
+    holding = anyio.Event()
+    ended = anyio.Event()
     fan = Fanotify(flags)
     try:
         fan.mark(tmpfs, WRITES)
+        async with anyio.create_task_group() as tg:
+            consumer = anyio.CancelScope()
 
-        async def consume() -> None:
-            async for _ev in fan:
-                holding.set()
-                await asyncio.Event().wait()  # hold the event until cancelled
+            async def consume() -> None:
+                with consumer:
+                    async for _ev in fan:
+                        holding.set()
+                        await anyio.sleep_forever()  # hold the event until cancelled
+                ended.set()
 
-        task = asyncio.create_task(consume())
-        assert sh(f"for i in 1 2 3 4 5; do echo $i > {tmpfs}/f$i; done").returncode == 0
-        await asyncio.wait_for(holding.wait(), 5)
-        # Let the group read the rest into its queue while the consumer holds one.
-        await wait_until(lambda: fan.stats.events_read >= 5, "the group read 5 events")
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+            tg.start_soon(consume)
+            assert sh(f"for i in 1 2 3 4 5; do echo $i > {tmpfs}/f$i; done").returncode == 0
+            with anyio.fail_after(5):
+                await holding.wait()
+            # Let the group read the rest into its queue while the consumer holds one.
+            await wait_until(lambda: fan.stats.events_read >= 5, "the group read 5 events")
+            consumer.cancel()
+            with anyio.fail_after(5):
+                await ended.wait()
+            assert consumer.cancelled_caught
         # The group still works after its consumer was cancelled.
-        ev = await asyncio.wait_for(fan.receive(), 5)
+        ev = await _receive(fan)
         assert ev.path == f"{tmpfs}/f2"
         ev.close()
         # A receiver cancelled while waiting takes nothing with it: empty the
@@ -115,14 +144,20 @@ async def test_cancelling_a_consumer_leaks_nothing(tmpfs: Path, flags: InitFlag)
         assert [e.path for e in rest] == [f"{tmpfs}/f{i}" for i in (3, 4, 5)]
         for e in rest:
             e.close()
-        waiter = asyncio.create_task(fan.receive())
-        await asyncio.sleep(0)  # one turn of the loop: it is waiting now
-        assert not waiter.done()
-        waiter.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await waiter
+        taken: list[FanotifyData] = []
+        async with anyio.create_task_group() as tg:
+            waiter = anyio.CancelScope()
+
+            async def wait_for_one() -> None:
+                with waiter:
+                    taken.append(await fan.receive())
+
+            tg.start_soon(wait_for_one)
+            await wait_until(lambda: _receiving(fan), "receive() waits")
+            waiter.cancel()
+        assert waiter.cancelled_caught and taken == []
         assert sh(f"echo 6 > {tmpfs}/f6").returncode == 0
-        ev = await asyncio.wait_for(fan.receive(), 5)
+        ev = await _receive(fan)
         assert ev.path == f"{tmpfs}/f6"
         ev.close()
     finally:
@@ -135,7 +170,7 @@ async def test_close_releases_queued_event_fds(tmpfs: Path) -> None:
     async with Fanotify() as fan:
         fan.mark(tmpfs, WRITES)
         assert sh(f"for i in 1 2 3; do echo $i > {tmpfs}/f$i; done").returncode == 0
-        first = await asyncio.wait_for(fan.receive(), 5)
+        first = await _receive(fan)
         await wait_until(lambda: fan.stats.events_read >= 3, "the group read 3 events")
         assert open_fd_count() >= baseline + 4  # group fd + 3 event fds
     # The queued events' fds went with the group; the one handed out by
@@ -152,15 +187,14 @@ async def test_receive_nowait(tmpfs: Path) -> None:
             fan.receive_nowait()
         assert sh(f"echo x > {tmpfs}/a").returncode == 0
         # The reader runs on the loop: poll until it has queued the event.
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 5
+        deadline = anyio.current_time() + 5
         while True:
             try:
                 ev = fan.receive_nowait()
                 break
             except WouldBlock:
-                assert loop.time() < deadline, "no event within 5 s"
-                await asyncio.sleep(0.01)
+                assert anyio.current_time() < deadline, "no event within 5 s"
+                await anyio.sleep(0.01)
         with ev:
             assert ev.path == f"{tmpfs}/a"
         assert ev.closed
@@ -226,22 +260,28 @@ async def test_fd_count_back_to_baseline_after_100000_events(tmpfs: Path) -> Non
 async def test_a_failed_read_ends_iteration_with_an_error(
     tmpfs: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async with Fanotify() as fan:
+    raised: list[BaseException] = []
+    ended = anyio.Event()
+    async with Fanotify() as fan, anyio.create_task_group() as tg:
         fan.mark(tmpfs, WRITES)
 
-        async def consume() -> int:
-            n = 0
-            async for _ev in fan:
-                n += 1
-            return n
+        async def consume() -> None:
+            try:
+                async for _ev in fan:
+                    pass
+            except ClosedResourceError as exc:
+                raised.append(exc)
+            ended.set()
 
-        task = asyncio.create_task(consume())
-        await asyncio.sleep(0)
+        tg.start_soon(consume)
+        await wait_until(lambda: _receiving(fan), "the consumer waits")
         # What the reader does when read(2) fails (e.g. EIO): stop, log, wake.
         fan._fail(OSError(5, "Input/output error"))
-        with pytest.raises(ClosedResourceError, match="failed") as info:
-            await asyncio.wait_for(task, 5)
-        assert isinstance(info.value.__cause__, OSError)
+        with anyio.fail_after(5):
+            await ended.wait()
+        (exc,) = raised
+        assert isinstance(exc, ClosedResourceError) and "failed" in str(exc)
+        assert isinstance(exc.__cause__, OSError)
     assert "reading the fanotify group failed" in caplog.text
 
 
@@ -300,6 +340,11 @@ async def main():
 
 asyncio.run(main())
 """
+
+
+async def _receive(fan: Fanotify, timeout: float = 5) -> FanotifyData:
+    with anyio.fail_after(timeout):
+        return await fan.receive()
 
 
 def _run_low_limit(
@@ -389,7 +434,7 @@ async def test_events_read_before_a_failure_are_still_delivered(tmpfs: Path) -> 
     async with Fanotify() as fan:
         fan.mark(tmpfs, WRITES)
         assert sh(f"for i in 1 2 3; do echo $i > {tmpfs}/f$i; done").returncode == 0
-        first = await asyncio.wait_for(fan.receive(), 5)
+        first = await _receive(fan)
         first.close()
         await wait_until(lambda: fan.stats.events_read >= 3, "the group read 3 events")
         fan._fail(OSError(5, "Input/output error"))

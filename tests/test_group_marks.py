@@ -4,18 +4,18 @@ and marks on symbolic links (dont_follow)."""
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import os
 import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import collect, sh
+from helpers import collect, in_thread, sh
 
 from afanotify import Event, Fanotify, FanotifyData, InitFlag
 
-pytestmark = pytest.mark.kernel
+#: anyio: every async test here runs on asyncio and on trio (tests/conftest.py).
+pytestmark = [pytest.mark.kernel, pytest.mark.anyio]
 
 OPEN_CLOSE = Event.OPEN | Event.CLOSE_NOWRITE | Event.EVENT_ON_CHILD
 
@@ -173,11 +173,11 @@ async def test_mntns_mark_reports_attach_and_detach(tmpfs: Path) -> None:
     async def step(expect: str) -> None:
         stdin.write("go\n")
         stdin.flush()
-        line = await asyncio.wait_for(asyncio.to_thread(stdout.readline), 10)
+        line = await in_thread(stdout.readline, timeout=10)
         assert line == expect + "\n"
 
     try:
-        line = await asyncio.wait_for(asyncio.to_thread(stdout.readline), 10)
+        line = await in_thread(stdout.readline, timeout=10)
         assert line == "ready\n"
         async with Fanotify(InitFlag.REPORT_MNT) as fan:
             fan.mark(f"/proc/{child.pid}/ns/mnt", Event.MNT_ATTACH | Event.MNT_DETACH, "mntns")

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
-from helpers import CHILD_CWD, child_env
+from helpers import CHILD_CWD, child_env, nobody_python
 
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(60)]
 
@@ -147,7 +147,8 @@ def test_rules_file_first_match_decides(
     assert try_open(key) == "denied 1"                           # line 2
     assert try_open(key, exe=["cat"]) == "secret"                # line 1 comes first
     assert try_open(txt) == "ok public"                          # the default
-    assert try_open(txt, prefix=NOBODY) == "denied 1"            # line 3: uid 65534
+    nobody_opener = (nobody_python(), "-c", OPENER)  # the opener needs only the stdlib
+    assert try_open(txt, prefix=NOBODY, exe=nobody_opener) == "denied 1"  # line 3: uid 65534
     code, err = g.stop()
     assert code == 0, err
     assert f"by rule: {rules}:1: 1, {rules}:2 (keys): 1, {rules}:3: 1, " in err

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 from _perm_helpers import child
 
 from afanotify import Event, Fanotify, InitFlag
@@ -24,7 +25,7 @@ from afanotify._static import Decision, StaticRule, StaticRules
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(60)]
 
 
-@pytest.fixture
+@pytest_asyncio.fixture  # asyncio only: pytest-asyncio runs in strict mode
 async def make_group() -> AsyncIterator[Callable[..., Fanotify]]:
     made: list[Fanotify] = []
 

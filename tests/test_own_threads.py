@@ -21,7 +21,8 @@ from helpers import CHILD_CWD, child_env, collect, sh
 
 from afanotify import Event, Fanotify, InitFlag
 
-pytestmark = pytest.mark.kernel
+#: anyio: every async test here runs on asyncio and on trio (tests/conftest.py).
+pytestmark = [pytest.mark.kernel, pytest.mark.anyio]
 
 
 def _open_in_thread(target: Path) -> int:

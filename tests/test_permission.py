@@ -8,7 +8,6 @@ both the verdict and that nobody waited past the deadline.
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import json
 import logging
@@ -21,9 +20,10 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
-from _perm_helpers import background, child, drain, wait_for
-from helpers import CHILD_CWD, child_env
+from _perm_helpers import background, child, drain, gather, tasks, wait_for
+from helpers import CHILD_CWD, child_env, in_thread
 
 from afanotify import (
     AlreadyAnsweredError,
@@ -39,7 +39,8 @@ from afanotify import (
     WouldBlock,
 )
 
-pytestmark = [pytest.mark.kernel, pytest.mark.timeout(60)]
+#: anyio: every async test here runs on asyncio and on trio (tests/conftest.py).
+pytestmark = [pytest.mark.kernel, pytest.mark.timeout(60), pytest.mark.anyio]
 
 CONTENT = InitFlag.CLASS_CONTENT
 PRE_CONTENT = InitFlag.CLASS_PRE_CONTENT
@@ -167,8 +168,15 @@ async def test_second_answer_raises_and_bad_verdicts_write_nothing(
     target = _file(tmpfs, "f")
     fan = make_group()
     fan.mark(target, Event.OPEN_PERM)
-    run = asyncio.create_task(child("open", target))
-    ev = await asyncio.wait_for(fan.receive(), 10)
+    async with tasks() as ts:
+        run = ts.start(child("open", target))
+        with anyio.fail_after(10):
+            ev = await fan.receive()
+        await _answer_checks(ev)
+        assert (await run.result()).errno == errno.EPERM
+
+
+async def _answer_checks(ev: FanotifyData) -> None:
     try:
         with pytest.raises(ValueError, match="CLASS_PRE_CONTENT"):
             ev.deny_nowait(errno.EIO)
@@ -187,7 +195,6 @@ async def test_second_answer_raises_and_bad_verdicts_write_nothing(
             ev.deny_nowait()
     finally:
         ev.close()
-    assert (await run).errno == errno.EPERM
 
 
 async def test_audit_and_audit_rule(tmpfs: Path, make_group: Callable[..., Fanotify]) -> None:
@@ -212,15 +219,17 @@ async def test_event_fd_is_closed_after_response(
     target = _file(tmpfs, "f")
     fan = make_group()
     fan.mark(target, Event.OPEN_PERM)
-    run = asyncio.create_task(child("open", target))
-    ev = await asyncio.wait_for(fan.receive(), 10)
-    fd = ev.fd
-    os.fstat(fd)  # open while unanswered
-    ev.close()  # answers with the default first, then closes
-    assert ev.answered and ev.closed
-    with pytest.raises(OSError):
-        os.fstat(fd)
-    assert (await run).errno == 0
+    async with tasks() as ts:
+        run = ts.start(child("open", target))
+        with anyio.fail_after(10):
+            ev = await fan.receive()
+        fd = ev.fd
+        os.fstat(fd)  # open while unanswered
+        ev.close()  # answers with the default first, then closes
+        assert ev.answered and ev.closed
+        with pytest.raises(OSError):
+            os.fstat(fd)
+        assert (await run.result()).errno == 0
     assert fan.permission_stats.released == 1
 
 
@@ -236,12 +245,12 @@ async def test_handler_that_sleeps_forever_hits_the_deadline(
     target = _file(tmpfs, "f")
     fan = make_group(permission_timeout=TIMEOUT, default_response=default)
     fan.mark(target, Event.OPEN_PERM)
-    cancelled = asyncio.Event()
+    cancelled = anyio.Event()
 
     async def forever(ev: FanotifyData) -> bool:
         try:
-            await asyncio.sleep(3600)
-        except asyncio.CancelledError:
+            await anyio.sleep(3600)
+        except anyio.get_cancelled_exc_class():
             cancelled.set()
             raise
         return True
@@ -251,7 +260,8 @@ async def test_handler_that_sleeps_forever_hits_the_deadline(
         result = await child("open", target)
     assert result.errno == (0 if default == Response.ALLOW else errno.EPERM)
     assert TIMEOUT * 0.9 <= result.elapsed <= TIMEOUT + 1
-    await asyncio.wait_for(cancelled.wait(), 5)  # the late handler was cancelled
+    with anyio.fail_after(5):
+        await cancelled.wait()  # the late handler was cancelled
     st = fan.permission_stats
     assert (st.timed_out, st.defaulted, st.pending) == (1, 1, 0)
     assert fan.stats.defaulted == 1
@@ -268,7 +278,7 @@ async def test_consumer_that_never_answers_hits_the_deadline(
     async def hoard() -> None:
         async for ev in fan:
             held.append(ev)
-            await asyncio.sleep(3600)
+            await anyio.sleep(3600)
 
     async with background(hoard()):
         result = await child("open", target)
@@ -291,7 +301,7 @@ async def test_handler_that_raises_gets_default_at_once(
         raise RuntimeError("policy bug")
 
     async def async_handler(ev: FanotifyData) -> bool:
-        await asyncio.sleep(0)
+        await anyio.sleep(0)
         raise RuntimeError("policy bug")
 
     def bad_return(ev: FanotifyData) -> Any:
@@ -314,19 +324,21 @@ async def test_cancelled_consumer_answers_what_it_holds(
     target = _file(tmpfs, "f")
     fan = make_group(permission_timeout=30, default_response=Response.DENY)
     fan.mark(target, Event.OPEN_PERM)
-    got = asyncio.Event()
+    got = anyio.Event()
 
     async def consumer() -> None:
         ev = await fan.receive()  # held, never answered nor closed
         got.set()
-        await asyncio.sleep(3600)
+        await anyio.sleep(3600)
         ev.allow_nowait()
 
-    task = asyncio.create_task(consumer())
-    run = asyncio.create_task(child("open", target))
-    await asyncio.wait_for(got.wait(), 10)
-    task.cancel()
-    result = await run
+    async with tasks() as ts:
+        task = ts.start(consumer())
+        run = ts.start(child("open", target))
+        with anyio.fail_after(10):
+            await got.wait()
+        task.cancel()
+        result = await run.result()
     assert result.errno == errno.EPERM
     assert result.elapsed < 5
     assert fan.permission_stats.abandoned == 1
@@ -346,16 +358,17 @@ async def test_close_answers_three_waiting_processes(
         while True:
             held.append(await fan.receive())
 
-    task = asyncio.create_task(hoard())
-    runs = [asyncio.create_task(child("open", f)) for f in files]
-    await wait_for(lambda: len(held) == 3)
-    # Held and unanswered, so all three wait on us until close.
-    assert not any(ev.answered for ev in held)
-    await wait_for(lambda: _blocked_children() == 3)
-    await fan.aclose()
-    results = await asyncio.gather(*runs)
-    with pytest.raises(ClosedResourceError):
-        await asyncio.wait_for(task, 5)  # the waiting receive() ended
+    async with tasks() as ts:
+        task = ts.start(hoard())
+        runs = [ts.start(child("open", f)) for f in files]
+        await wait_for(lambda: len(held) == 3)
+        # Held and unanswered, so all three wait on us until close.
+        assert not any(ev.answered for ev in held)
+        await wait_for(lambda: _blocked_children() == 3)
+        await fan.aclose()
+        results = [await r.result() for r in runs]
+        with pytest.raises(ClosedResourceError):
+            await task.result(5)  # the waiting receive() ended
     # DENY shows that the group answered: the kernel would have allowed.
     assert [r.errno for r in results] == [errno.EPERM] * 3
     assert all(r.elapsed < 10 for r in results)
@@ -370,12 +383,12 @@ async def test_close_answers_events_still_in_the_kernel_queue(
     fan = make_group(permission_timeout=30, default_response=Response.DENY)
     fan.mark(target, Event.OPEN_PERM)
     fan.receive_nowait  # noqa: B018 (not reading: the events stay in the kernel)
-    runs = [asyncio.create_task(child("open", target)) for _ in range(2)]
-    await asyncio.sleep(0)
-    # Wait until both children are blocked in open(): their events are queued.
-    await wait_for(lambda: _blocked_children() >= 2)
-    fan.close()
-    results = await asyncio.gather(*runs)
+    async with tasks() as ts:
+        runs = [ts.start(child("open", target)) for _ in range(2)]
+        # Wait until both children are blocked in open(): their events are queued.
+        await wait_for(lambda: _blocked_children() >= 2)
+        fan.close()
+        results = [await r.result() for r in runs]
     assert [r.errno for r in results] == [errno.EPERM] * 2
     assert fan.permission_stats.at_close == 2
 
@@ -406,7 +419,7 @@ async def test_full_group_queue_answers_overflow_at_once(
     fan = make_group(maxsize=1, permission_timeout=TIMEOUT, default_response=Response.DENY)
     fan.mark(tmpfs, Event.OPEN_PERM | Event.EVENT_ON_CHILD)
     fan._ensure_reader()  # read, but never take an event from the queue
-    results = await asyncio.gather(*(child("open", f) for f in files))
+    results = await gather(*(child("open", f) for f in files))
     assert [r.errno for r in results] == [errno.EPERM] * 3
     assert all(r.elapsed <= TIMEOUT + 1 for r in results)
     st = fan.permission_stats
@@ -428,7 +441,7 @@ async def test_handler_reads_the_judged_file(
         # By path, in a thread: that open() is the group's own event, which the
         # group allows at once, so the loop must stay free to read it.
         assert ev.path is not None
-        body = await asyncio.to_thread(Path(ev.path).read_bytes)
+        body = await in_thread(Path(ev.path).read_bytes)
         assert head == body
         return b"virus" not in body
 
@@ -456,7 +469,7 @@ async def test_client_drop_policy_answers_dropped_events_at_once(
     try:
         with pytest.raises(WouldBlock):
             client.get_nowait()  # starts the reader; nothing taken afterwards
-        results = await asyncio.gather(*(child("open", f) for f in files))
+        results = await gather(*(child("open", f) for f in files))
         assert [r.errno for r in results] == [errno.EPERM] * 3
         assert all(r.elapsed <= TIMEOUT + 1 for r in results)
         st = fan.permission_stats
@@ -475,19 +488,21 @@ async def test_cancelled_client_consumer_answers_what_it_holds(
     fan = make_group(permission_timeout=30, default_response=Response.DENY)
     fan.mark(target, Event.OPEN_PERM)
     client = fan.connect(FanoRule("perm", ev_types=Event.OPEN_PERM))
-    got = asyncio.Event()
+    got = anyio.Event()
 
     async def consumer() -> None:
         await client.get()
         got.set()
-        await asyncio.sleep(3600)
+        await anyio.sleep(3600)
 
-    task = asyncio.create_task(consumer())
     try:
-        run = asyncio.create_task(child("open", target))
-        await asyncio.wait_for(got.wait(), 10)
-        task.cancel()
-        result = await run
+        async with tasks() as ts:
+            task = ts.start(consumer())
+            run = ts.start(child("open", target))
+            with anyio.fail_after(10):
+                await got.wait()
+            task.cancel()
+            result = await run.result()
     finally:
         client.close()
     assert result.errno == errno.EPERM and result.elapsed < 5
@@ -526,21 +541,19 @@ asyncio.run(main())
 @pytest.mark.parametrize("watchdog", [True, False])
 async def test_watchdog_frees_a_loop_blocked_on_its_own_open(tmpfs: Path, watchdog: bool) -> None:
     target = _file(tmpfs, "judged", "payload")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", _STUCK_AGENT, str(target), "1" if watchdog else "0",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        env=child_env(), cwd=CHILD_CWD,
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), 6)
-    except asyncio.TimeoutError:
-        proc.kill()  # the wait is killable; the kernel allows when the group fd goes
-        await proc.wait()
+    with anyio.move_on_after(6) as scope:
+        # At the deadline run_process kills the agent (the wait is killable;
+        # the kernel allows when the group fd goes) and reaps it.
+        proc = await anyio.run_process(
+            [sys.executable, "-c", _STUCK_AGENT, str(target), "1" if watchdog else "0"],
+            check=False, env=child_env(), cwd=CHILD_CWD,
+        )
+    if scope.cancelled_caught:
         assert not watchdog, "the agent deadlocked despite its watchdog"
         return
     assert watchdog, "expected a deadlock without the watchdog"
-    assert proc.returncode == 0, err.decode()
-    data = json.loads(out)
+    assert proc.returncode == 0, proc.stderr.decode()
+    data = json.loads(proc.stdout)
     assert data["data"] == "payload"
     assert 1.0 <= data["elapsed"] <= 2.0
     assert data["own"] == 1
@@ -563,8 +576,7 @@ async def test_watchdog_answers_for_a_loop_blocked_by_a_handler(
 
     fan.on_permission(slow)
     async with background(drain(fan)):
-        run = asyncio.create_task(child("open", target))
-        result = await run
+        result = await child("open", target)
     assert blocked >= TIMEOUT + 2
     assert result.errno == errno.EPERM  # the default, not the handler's late True
     assert result.elapsed <= TIMEOUT + 1
@@ -644,7 +656,7 @@ async def test_responses_are_written_before_logging(
     fan.mark(target, Event.OPEN_PERM)
 
     async def forever(ev: FanotifyData) -> bool:
-        await asyncio.sleep(3600)
+        await anyio.sleep(3600)
         return True
 
     def broken(ev: FanotifyData) -> bool:
@@ -654,11 +666,11 @@ async def test_responses_are_written_before_logging(
     slow = _SlowLogHandler(3.0)
     logger = logging.getLogger("afanotify.permission")
     logger.addHandler(slow)
-    reader = asyncio.create_task(drain(fan))
     try:
-        result = await child("open", target)
+        async with tasks() as ts:
+            ts.start(drain(fan))
+            result = await child("open", target)
     finally:
-        reader.cancel()
         logger.removeHandler(slow)
     assert slow.records, "the path under test logs"
     assert result.errno == errno.EPERM

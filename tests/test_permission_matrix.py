@@ -9,7 +9,6 @@ its own system call against ``permission_timeout + 1 s``.
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import shutil
 from collections.abc import AsyncIterator, Callable
@@ -17,12 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
-from _perm_helpers import background, child, drain, wait_for
+from _perm_helpers import background, child, drain, gather, tasks, wait_for
 
 from afanotify import Event, Fanotify, FanotifyData, InitFlag, Response
 
-pytestmark = [pytest.mark.kernel, pytest.mark.timeout(60)]
+#: anyio: every async test here runs on asyncio and on trio (tests/conftest.py).
+pytestmark = [pytest.mark.kernel, pytest.mark.timeout(60), pytest.mark.anyio]
 
 T = 1.0  # permission_timeout of the groups here
 
@@ -92,7 +93,7 @@ def group(make_group: Callable[..., Fanotify]) -> Fanotify:
 
 async def test_handler_sleeps_forever(kind: Kind, group: Fanotify) -> None:
     async def forever(ev: FanotifyData) -> bool:
-        await asyncio.sleep(3600)
+        await anyio.sleep(3600)
         return True
 
     group.on_permission(forever)
@@ -120,18 +121,20 @@ async def test_handler_raises(kind: Kind, group: Fanotify) -> None:
 
 
 async def test_consumer_cancelled(kind: Kind, group: Fanotify) -> None:
-    got = asyncio.Event()
+    got = anyio.Event()
 
     async def consumer() -> None:
         await group.receive()
         got.set()
-        await asyncio.sleep(3600)
+        await anyio.sleep(3600)
 
-    task = asyncio.create_task(consumer())
-    run = asyncio.create_task(child(kind.op, kind.files[0]))
-    await asyncio.wait_for(got.wait(), 10)
-    task.cancel()
-    result = await run
+    async with tasks() as ts:
+        task = ts.start(consumer())
+        run = ts.start(child(kind.op, kind.files[0]))
+        with anyio.fail_after(10):
+            await got.wait()
+        task.cancel()
+        result = await run.result()
     assert result.errno == errno.EPERM
     assert result.elapsed <= T + 1
     assert group.permission_stats.abandoned == 1
@@ -148,12 +151,13 @@ async def test_close_with_three_waiting(
         while True:
             held.append(await fan.receive())
 
-    task = asyncio.create_task(hoard())
-    runs = [asyncio.create_task(child(kind.op, f)) for f in kind.files]
-    await wait_for(lambda: len(held) == 3, timeout=15)
-    fan.close()
-    results = await asyncio.gather(*runs)
-    task.cancel()
+    async with tasks() as ts:
+        task = ts.start(hoard())
+        runs = [ts.start(child(kind.op, f)) for f in kind.files]
+        await wait_for(lambda: len(held) == 3, timeout=15)
+        fan.close()
+        results = [await r.result() for r in runs]
+        task.cancel()
     assert [r.errno for r in results] == [errno.EPERM] * 3
     assert all(r.elapsed < 17 for r in results)  # answered by close, before any deadline
     assert fan.permission_stats.at_close == 3
@@ -163,7 +167,7 @@ async def test_close_with_three_waiting(
 async def test_queue_overflow(kind: Kind, make_group: Callable[..., Fanotify]) -> None:
     fan = make_group(maxsize=1)
     fan._ensure_reader()  # read, but never take from the queue
-    results = await asyncio.gather(*(child(kind.op, f) for f in kind.files))
+    results = await gather(*(child(kind.op, f) for f in kind.files))
     st = fan.permission_stats
     assert [r.errno for r in results] == [errno.EPERM] * 3
     assert all(r.elapsed <= T + 1 for r in results)

@@ -16,6 +16,7 @@ from typing import Any
 
 import anyio
 import pytest
+import pytest_asyncio
 from _backends import ON_BOTH, open_in_child, run, wait_until
 from _perm_helpers import background, child, drain, wait_for
 
@@ -26,7 +27,7 @@ pytestmark = [pytest.mark.kernel, pytest.mark.timeout(60)]
 TIMEOUT = 1.5
 
 
-@pytest.fixture
+@pytest_asyncio.fixture  # asyncio only: pytest-asyncio runs in strict mode
 async def make_group() -> AsyncIterator[Callable[..., Fanotify]]:
     made: list[Fanotify] = []
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
+from collections.abc import Callable
 
+import anyio
 import pytest
 
 from afanotify._queue import EventQueue
@@ -37,15 +38,29 @@ def test_put_many_matches_put_loop(maxsize: int, batches: list[int]) -> None:
     assert got_a == got_b
 
 
+@pytest.mark.anyio
 async def test_put_many_wakes_one_waiter_per_event() -> None:
     q = EventQueue(10)
-    waiters = [asyncio.ensure_future(q.get()) for _ in range(3)]
-    await asyncio.sleep(0)
-    assert q.put_many(_events(2)) == 2
-    await asyncio.sleep(0)
-    assert sum(w.done() for w in waiters) == 2
-    assert q.put_many(_events(1)) == 1
-    got = await asyncio.wait_for(asyncio.gather(*waiters), 5)
+    got: list[FanotifyData] = []
+
+    async def waiter() -> None:
+        got.append(await q.get())
+
+    async def until(cond: Callable[[], bool]) -> None:
+        while not cond():
+            await anyio.sleep(0)
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            for _ in range(3):
+                tg.start_soon(waiter)
+            await until(lambda: len(q._waiters) == 3)  # all three wait
+            assert q.put_many(_events(2)) == 2
+            await until(lambda: len(got) == 2)
+            for _ in range(10):  # the third was not woken: it still waits
+                await anyio.sleep(0)
+            assert len(got) == 2 and sum(not w.done() for w in q._waiters) == 1
+            assert q.put_many(_events(1)) == 1
     assert sorted(e.pid for e in got) == [0, 0, 1]
 
 

@@ -17,13 +17,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import anyio
 import pytest
 from _perm_helpers import child
 from helpers import CHILD_CWD, child_env, collect, open_fd_count, sh, wait_until
 
 import afanotify
 import afanotify._open
-from afanotify import Event, Fanotify, InitFlag, Response, WouldBlock
+from afanotify import Event, Fanotify, FanotifyData, InitFlag, Response, WouldBlock
 
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(120)]
 
@@ -176,6 +177,7 @@ def test_opens_the_kernel_denies_for_want_of_fds_are_counted_and_logged(tmpfs: P
     assert "ulimit -n" in log
 
 
+@pytest.mark.anyio
 @pytest.mark.parametrize("old", _MODES)
 async def test_read_errors_are_counted_and_the_group_keeps_reading(
     tmpfs: Path, old: bool, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
@@ -221,6 +223,9 @@ async def test_read_errors_are_counted_and_the_group_keeps_reading(
     assert "read-only" in text
 
 
+# asyncio only: asyncio's own ways to cancel (a task cancelled before it
+# first runs, asyncio.wait's timeout); the cancel-scope version below runs on
+# both backends.
 async def test_thousands_of_random_cancellations_lose_and_leave_nothing(tmpfs: Path) -> None:
     # receive() calls cancelled at random moments (before they run, while
     # they wait, at timeouts of 0-1 ms) while 3000 events flow: every
@@ -276,6 +281,83 @@ async def test_thousands_of_random_cancellations_lose_and_leave_nothing(tmpfs: P
     assert open_fd_count() == baseline
 
 
+#: Creates files at a steady pace (under 1,000 a second), so receivers mostly
+#: wait on an empty queue: a receive() that finds an event waiting returns it
+#: without a checkpoint, and only a waiting one can be cancelled.
+_PRODUCER = (
+    "import os, sys, time\n"
+    "for i in range(int(sys.argv[2])):\n"
+    "    os.close(os.open(f'{sys.argv[1]}/f{i}', os.O_CREAT | os.O_WRONLY))\n"
+    "    time.sleep(0.001)\n"
+)
+
+
+@pytest.mark.anyio
+async def test_thousands_of_random_cancel_scopes_lose_and_leave_nothing(tmpfs: Path) -> None:
+    # The same on either backend, with anyio's cancel scopes: receive()
+    # cancelled before it starts, after one scheduling turn (in a task of its
+    # own), and at timeouts of 0-1 ms, while 3000 events flow: every event
+    # reaches exactly one receiver, and no cancelled waiter keeps an event or an fd.
+    rnd = random.Random(15)
+    n = 3000
+    baseline = open_fd_count()
+    async with Fanotify() as fan:
+        fan.mark(tmpfs, Event.CLOSE_WRITE | Event.EVENT_ON_CHILD)
+        producer = await anyio.open_process(
+            [sys.executable, "-c", _PRODUCER, str(tmpfs), str(n)], env=child_env(),
+            cwd=CHILD_CWD, stdin=subprocess.DEVNULL, stdout=None, stderr=None,
+        )
+        seen: list[str] = []
+        cancelled = 0
+        by_how = [0, 0, 0, 0]
+        deadline = anyio.current_time() + 60
+        async with producer:
+            while len(seen) < n:
+                assert anyio.current_time() < deadline, f"{len(seen)} of {n} events"
+                how = rnd.choice([0, 0, 1, 1, 2, 3])
+                got: list[FanotifyData] = []
+                scope = anyio.CancelScope()
+                if how == 0:
+                    scope.cancel()  # before it ever runs
+
+                async def receive(
+                    scope: anyio.CancelScope = scope, got: list[FanotifyData] = got
+                ) -> None:
+                    with scope:
+                        got.append(await fan.receive())
+
+                if how == 1:
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(receive)
+                        await anyio.sleep(0)  # a turn: it may have taken an event, or wait
+                        scope.cancel()
+                elif how == 2:
+                    scope.deadline = anyio.current_time() + rnd.choice([0, 1e-4, 1e-3])
+                    await receive()
+                else:
+                    await receive()
+                if not got:
+                    assert scope.cancelled_caught
+                    cancelled += 1
+                    by_how[how] += 1
+                    continue
+                seen.append(got[0].path or "")
+                got[0].close()
+            assert await producer.wait() == 0
+        assert sorted(seen) == sorted(f"{tmpfs}/f{i}" for i in range(n))  # once each
+        # Cancelled before starting, after a turn and at a timeout: each happened.
+        assert cancelled >= 1000 and all(by_how[h] > 0 for h in (0, 1, 2)), by_how
+        assert fan.stats.queued == 0
+        # A cancelled waiter left nothing behind: the next event goes to the next receiver.
+        assert sh(f"echo > {tmpfs}/last").returncode == 0
+        (last,) = await collect(fan, lambda g: len(g) >= 1)
+        assert last.path == f"{tmpfs}/last"
+    assert open_fd_count() == baseline
+
+
+# asyncio only: it raises asyncio.CancelledError in the handler itself (trio's
+# Cancelled cannot be raised by hand); tests/test_trio_permission.py covers a
+# handler cancelled at its deadline on both backends.
 async def test_a_cancelled_async_handler_is_defaulted_with_a_log_line(
     tmpfs: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -7,6 +7,7 @@ import itertools
 import pickle
 from typing import Any
 
+import anyio
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -15,6 +16,9 @@ from afanotify import Event, FanotifyData, _ffi
 from afanotify._patterns import PatternError, check_pattern
 from afanotify.compat import FanoRule as CompatRule
 from afanotify.rules import FanoRule, fnmatch
+
+#: anyio: every async test here runs on asyncio and on trio (tests/conftest.py).
+pytestmark = pytest.mark.anyio
 
 OPEN = int(Event.OPEN)
 CW = int(Event.CLOSE_WRITE)
@@ -33,7 +37,7 @@ def is_even_pid(e: FanotifyData) -> bool:
 
 
 async def async_is_even_pid(e: FanotifyData) -> bool:
-    await asyncio.sleep(0)
+    await anyio.sleep(0)
     return e.pid % 2 == 0
 
 

@@ -1,7 +1,7 @@
 """Events, clients, overflow, cancellation and closing, each on asyncio and on trio.
 
 Every test body is one coroutine run by :func:`_backends.run` on both
-backends (see tests/_backends.py for why these are not anyio-marked tests).
+backends (see tests/_backends.py).
 """
 
 from __future__ import annotations
