@@ -12,11 +12,23 @@ import os
 import select
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
-from test_cli import CHILD_CWD, CLI, ENV, NOBODY, child, cli, json_lines, run
+from test_cli import (
+    _THEN_LINGER,
+    CHILD_CWD,
+    CLI,
+    ENV,
+    NOBODY,
+    child,
+    cli,
+    json_lines,
+    lingering,
+    run,
+)
 
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(60)]
 
@@ -223,18 +235,21 @@ def test_format_template_names_fields(tmpfs: Path) -> None:
     with cli("watch", "--format", template, "--events", "create,rename",
              "--time-format", "%Y-%m-%d %H:%M:%S.%f", str(tmpfs)) as p:
         p.wait_stderr("watching")
-        move = "import os, sys\nopen(sys.argv[1], 'w').close()\nos.rename(*sys.argv[1:])\n"
-        child(move, str(tmpfs / "a"), str(tmpfs / "b"))
-        child(CREATE, str(tmpfs / "zz_end"))
-        deadline = time.monotonic() + 10
-        out = b""
-        assert p.popen.stdout is not None
-        fd = p.popen.stdout.fileno()
-        while b"zz_end" not in out:
-            left = deadline - time.monotonic()
-            assert left > 0, out
-            if select.select([fd], [], [], left)[0]:
-                out += os.read(fd, 65536)
+        move = "import os, sys\nopen(sys.argv[1], 'w').close()\nos.rename(*sys.argv[1:3])\n"
+        # The mover stays alive until its lines are read, so that {comm} is
+        # its name however late the watcher looks at /proc.
+        with lingering([sys.executable, "-c", move + _THEN_LINGER,
+                        str(tmpfs / "a"), str(tmpfs / "b")]):
+            child(CREATE, str(tmpfs / "zz_end"))
+            deadline = time.monotonic() + 10
+            out = b""
+            assert p.popen.stdout is not None
+            fd = p.popen.stdout.fileno()
+            while b"zz_end" not in out:
+                left = deadline - time.monotonic()
+                assert left > 0, out
+                if select.select([fd], [], [], left)[0]:
+                    out += os.read(fd, 65536)
         p.popen.send_signal(signal.SIGINT)
         code, rest, err = p.finish()
     assert code == 0, err
