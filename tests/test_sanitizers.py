@@ -357,3 +357,62 @@ def test_the_drain_is_clean_under_asan_and_ubsan_on_a_real_group(
                      timeout=200)  # fmt: skip
     read, dropped, gaps = (int(x) for x in out)
     assert read == 30 + 8000 + 6 and dropped > 0 and gaps >= 1, out
+
+
+# Run in the child: the permission thread of the sanitized build on a real
+# permission group (afp_read_walk reads and walks, the C builder builds,
+# afp_answer writes each verdict and closes the fd), against opens made by a
+# shell that runs without the sanitizer runtimes.
+PERMTHREAD_DRIVER = r'''
+import asyncio, os, subprocess, sys
+from pathlib import Path
+
+pkg, root = Path(sys.argv[1]).resolve(), Path(sys.argv[2])
+import afanotify
+from afanotify import Event, Fanotify, InitFlag
+assert Path(afanotify.__file__).resolve().parent == pkg, afanotify.__file__
+
+files = [root / f"f{i:03d}" for i in range(200)]
+for f in files:
+    f.write_text("x")
+seen = []
+
+def decide(ev):
+    seen.append(ev.path)
+    return not ev.path.endswith("7")
+
+OPENER = 'for f; do if cat "$f" >/dev/null 2>&1; then echo ok; else echo no; fi; done'
+
+async def main():
+    with Fanotify(InitFlag.CLASS_CONTENT, permission_timeout=30) as fan:
+        fan.mark(root, Event.OPEN_PERM | Event.EVENT_ON_CHILD)
+        fan.on_permission(decide, thread=True)
+        # Reading starts with the first consumer (the thread takes it over):
+        # a receive() that waits for the events no handler takes, of which
+        # there are none here.
+        waiter = asyncio.create_task(fan.receive())
+        await asyncio.sleep(0)
+        assert fan._perm.thread is not None and fan._perm.thread.started
+        run = await asyncio.to_thread(
+            subprocess.run, ["/bin/sh", "-c", OPENER, "sh", *map(str, files)],
+            env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=120,
+        )
+        waiter.cancel()
+        st = fan.permission_stats
+        return run.stdout.split(), st
+
+said, st = asyncio.run(main())
+assert said == ["no" if str(f).endswith("7") else "ok" for f in files], said
+assert seen == [str(f) for f in files], seen[:5]
+assert (st.defaulted, st.pending) == (0, 0), st
+print(st.allowed, st.denied, len(seen))
+'''
+
+
+@pytest.mark.kernel
+@pytest.mark.timeout(240)
+def test_the_permission_thread_is_clean_under_asan_and_ubsan(
+    sanitized: Sanitized, tmpfs: Path
+) -> None:
+    out = _run_child(sanitized, PERMTHREAD_DRIVER, str(sanitized.pkg), str(tmpfs), timeout=200)
+    assert out == ["180", "20", "200"], out

@@ -336,6 +336,21 @@ static int afd_agree(struct afd_chunk *c, struct afd_proc *procs, const char *te
     return 1;
 }
 
+/* Count a read that is thrown away (over the bound, or no memory for it): its
+ * events are lost, and the next kept read starts with an overflow record. */
+static int afd_dropped(struct afd_drain *d, ssize_t n, uint32_t nev)
+{
+    pthread_mutex_lock(&d->lock);
+    d->reads++;
+    d->bytes_read += n;
+    d->events_read += nev;
+    d->dropped_events += nev;
+    d->dropped_reads++;
+    d->gap_pending = 1;
+    pthread_mutex_unlock(&d->lock);
+    return 1;
+}
+
 /* Add a read's processes (those the chunk lacks) to the chunk; 0 on ENOMEM. */
 static int afd_add_procs(struct afd_chunk *c, struct afd_proc *procs, const char *text,
                          uint32_t npids, uint32_t used)
@@ -429,15 +444,7 @@ static int afd_read_one(struct afd_drain *d, int32_t *pids, int32_t *pidfds,
     uint32_t cap = d->chunk_size > lead + n ? d->chunk_size : lead + n;
     if (held + cap + npids * (sizeof(struct afd_proc) + 64 * 3) > d->limit) {
         afd_close_pidfds(pidfds, npids);
-        pthread_mutex_lock(&d->lock);
-        d->reads++;
-        d->bytes_read += n;
-        d->events_read += nev;
-        d->dropped_events += nev;
-        d->dropped_reads++;
-        d->gap_pending = 1;
-        pthread_mutex_unlock(&d->lock);
-        return 1;
+        return afd_dropped(d, n, nev);
     }
     char *text = NULL;
     uint32_t named = 0;
@@ -468,15 +475,7 @@ static int afd_read_one(struct afd_drain *d, int32_t *pids, int32_t *pidfds,
             if (c != NULL)
                 afd_drop_chunk(c);
             free(text);
-            pthread_mutex_lock(&d->lock);
-            d->reads++;
-            d->bytes_read += n;
-            d->events_read += nev;
-            d->dropped_events += nev;
-            d->dropped_reads++;
-            d->gap_pending = 1;
-            pthread_mutex_unlock(&d->lock);
-            return 1;
+            return afd_dropped(d, n, nev);
         }
         if (gap) {
             struct fanotify_event_metadata *m = (void *)c->data;

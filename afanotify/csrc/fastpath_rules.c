@@ -438,72 +438,14 @@ static long long afr_now_ns(void)
 }
 
 /*
- * Read group_fd and decide in C until there is something for the caller:
- * returns the number of decisions in out[] when rs->record is set and a
- * batch made some, 0 after about 100 ms (so the caller can update its
- * counters), AFR_WOKEN once wake_fd is readable (new rules, or stop), or
- * -errno of a failed poll or read (EMFILE/ENFILE: the kernel dropped an
- * event it could not open an fd for).  Called without the GIL from the
- * guard's serving thread; rs->answer_kept must be set.
+ * Wait up to timeout_ms for group_fd or wake_fd, and read group_fd once:
+ * the bytes read, 0 on a timeout, AFR_WOKEN once wake_fd is readable, or
+ * -errno of a failed poll or read (EINTR and EAGAIN are waited again).
  */
-long afr_serve(struct afr_ruleset *rs, int group_fd, int wake_fd, unsigned char *buf,
-               size_t bufsize, struct afr_decision *out, size_t cap, char *arena,
-               size_t arena_cap)
+static long afr_wait_read(int group_fd, int wake_fd, int timeout_ms, unsigned char *buf,
+                          size_t bufsize)
 {
     struct pollfd pfd[2];
-    long long start = afr_now_ns();
-    size_t kept;
-
-    pfd[0].fd = group_fd;
-    pfd[0].events = POLLIN;
-    pfd[1].fd = wake_fd;
-    pfd[1].events = POLLIN;
-    for (;;) {
-        ssize_t n;
-        long count;
-        int r = poll(pfd, 2, 100);
-        if (r < 0) {
-            if (errno == EINTR)
-                continue;
-            return -errno;
-        }
-        if (pfd[1].revents)
-            return AFR_WOKEN;
-        if (r == 0)
-            return 0;
-        if (pfd[0].revents & (POLLERR | POLLNVAL))
-            return -EBADF;
-        n = read(group_fd, buf, bufsize);
-        if (n < 0) {
-            if (errno == EINTR || errno == EAGAIN)
-                continue;
-            return -errno;
-        }
-        rs->reads++;
-        count = afr_apply(rs, group_fd, buf, (size_t)n, out, cap, arena, arena_cap, &kept);
-        if (count > 0 && rs->record)
-            return count;
-        if (afr_now_ns() - start > AFR_SERVE_SLICE_NS)
-            return 0;
-    }
-}
-
-/*
- * The permission thread's read (afanotify/_permthread.py): wait up to
- * timeout_ms for group_fd or wake_fd, read group_fd once, and walk the batch
- * (afn_decode_at, fd paths read through fddir), all before the caller takes
- * the GIL back.  Returns the walk's entry count with *nread set to the bytes
- * read (0 and *nread = 0 on a timeout), AFR_WOKEN once wake_fd is readable,
- * or -errno of a failed poll or read (EMFILE/ENFILE: the kernel dropped an
- * event it could not open an fd for).
- */
-long afp_read_walk(int group_fd, int wake_fd, int timeout_ms, unsigned char *buf,
-                   size_t bufsize, long *nread, struct afn_event *out, size_t cap,
-                   unsigned int flags, char *arena, size_t arena_cap, size_t *arena_used,
-                   size_t *stop, int fddir)
-{
-    struct pollfd pfd[2];
-    *nread = 0;
     pfd[0].fd = group_fd;
     pfd[0].events = POLLIN;
     pfd[1].fd = wake_fd;
@@ -528,12 +470,60 @@ long afp_read_walk(int group_fd, int wake_fd, int timeout_ms, unsigned char *buf
                 continue;
             return -errno;
         }
-        *nread = (long)n;
-        if (n == 0)
-            return 0;
-        return afn_decode_at(buf, (size_t)n, out, cap, flags, arena, arena_cap, arena_used,
-                             stop, fddir);
+        return (long)n;
     }
+}
+
+/*
+ * Read group_fd and decide in C until there is something for the caller:
+ * returns the number of decisions in out[] when rs->record is set and a
+ * batch made some, 0 after about 100 ms (so the caller can update its
+ * counters), AFR_WOKEN once wake_fd is readable (new rules, or stop), or
+ * -errno of a failed poll or read (EMFILE/ENFILE: the kernel dropped an
+ * event it could not open an fd for).  Called without the GIL from the
+ * guard's serving thread; rs->answer_kept must be set.
+ */
+long afr_serve(struct afr_ruleset *rs, int group_fd, int wake_fd, unsigned char *buf,
+               size_t bufsize, struct afr_decision *out, size_t cap, char *arena,
+               size_t arena_cap)
+{
+    long long start = afr_now_ns();
+    size_t kept;
+
+    for (;;) {
+        long count;
+        long n = afr_wait_read(group_fd, wake_fd, 100, buf, bufsize);
+        if (n <= 0)
+            return n; /* a timeout, AFR_WOKEN or -errno */
+        rs->reads++;
+        count = afr_apply(rs, group_fd, buf, (size_t)n, out, cap, arena, arena_cap, &kept);
+        if (count > 0 && rs->record)
+            return count;
+        if (afr_now_ns() - start > AFR_SERVE_SLICE_NS)
+            return 0;
+    }
+}
+
+/*
+ * The permission thread's read (afanotify/_permthread.py): wait up to
+ * timeout_ms for group_fd or wake_fd, read group_fd once, and walk the batch
+ * (afn_decode_at, fd paths read through fddir), all before the caller takes
+ * the GIL back.  Returns the walk's entry count with *nread set to the bytes
+ * read (0 and *nread = 0 on a timeout), AFR_WOKEN once wake_fd is readable,
+ * or -errno of a failed poll or read (EMFILE/ENFILE: the kernel dropped an
+ * event it could not open an fd for).
+ */
+long afp_read_walk(int group_fd, int wake_fd, int timeout_ms, unsigned char *buf,
+                   size_t bufsize, long *nread, struct afn_event *out, size_t cap,
+                   unsigned int flags, char *arena, size_t arena_cap, size_t *arena_used,
+                   size_t *stop, int fddir)
+{
+    long n = afr_wait_read(group_fd, wake_fd, timeout_ms, buf, bufsize);
+    *nread = n > 0 ? n : 0;
+    if (n <= 0)
+        return n; /* a timeout, AFR_WOKEN or -errno */
+    return afn_decode_at(buf, (size_t)n, out, cap, flags, arena, arena_cap, arena_used, stop,
+                         fddir);
 }
 
 /* Write one response and then close the event's fd (close_fd), in one call
