@@ -11,6 +11,7 @@ import functools
 import inspect
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 from collections.abc import Callable, Generator, Iterator
@@ -36,6 +37,14 @@ _KERNEL_FIXTURES = frozenset(("tmpfs", "ext4", "anyfs"))
 #: The backends an anyio-marked test runs on (``pytestmark = pytest.mark.anyio``).
 BACKENDS = ("asyncio", "trio")
 
+
+
+# A suite started in the background of a shell without job control inherits
+# SIGINT ignored, and so would every child it runs: the examples and legacy
+# programs the tests stop with Ctrl-C would then never stop.  A handler of our
+# own becomes the default disposition again in each exec'd child.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 @pytest.fixture(params=BACKENDS)
 def anyio_backend(request: pytest.FixtureRequest) -> str:
