@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -19,6 +20,12 @@ OWN_PIDFD = 2
 UNANSWERED = 4
 
 _PERM_BITS = int(PERM_EVENTS)
+
+# Serialises the read-and-clear of ``_owns`` in ``_release``: a handler on the
+# group's thread and the loop's close can release one event at once, and two
+# readers of the same bits would both close the fd (the second close could hit
+# a descriptor the process reopened under that number meanwhile).
+_RELEASE_LOCK = threading.Lock()
 
 
 class Responder(Protocol):
@@ -277,8 +284,9 @@ class FanotifyData:
             return
         if owns & UNANSWERED and self._responder is not None:
             self._responder.release(self, reason)
+        with _RELEASE_LOCK:
             owns = self._owns
-        object.__setattr__(self, "_owns", 0)
+            object.__setattr__(self, "_owns", 0)
         # Ownership is already given up, so a failing first close must not leak
         # the second descriptor: it would never be closed by anyone.
         try:
