@@ -4,6 +4,8 @@
   opens when it can) keeps an event in the plain FID+name shape, so the C
   builder fills its path; before, each such event was a cut and every path
   was resolved in Python.
+- ``watch`` takes the drain thread's batches at most every ``PACE_S``, so
+  that a steady rate comes in batches, not in rounds of a few events each.
 - A FID-only event with DELETE_SELF is not looked up with
   ``open_by_handle_at``: its object has no link left, so the lookup could
   only fail or name it "(deleted)" (both: no path).
@@ -11,7 +13,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import struct
 import subprocess
 import sys
@@ -19,9 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import child_env
+from test_cli import CHILD_CWD, cli
+from test_cli_capture import _wait_lines
 from test_fastparse_differential import DFID_NAME, FID, PIDFD, event, fid_rec, rec
 
-from afanotify import _fastparse
+from afanotify import _drain, _fastparse
 from afanotify._dirmap import DirMap
 from afanotify.events import FileHandle
 from afanotify.flags import Event, InitFlag
@@ -127,3 +134,42 @@ def test_pidfd_group_paths_are_filled_in_c(tmpfs: Path) -> None:
             e.close()
         assert {e.name for e in seen} == {*names, "zz-end"}
         assert sum(c for _n, c in counts) == len(seen)  # every path filled in C
+
+
+#: Files created one at a time, a few milliseconds apart (a steady rate: each
+#: read of the drain thread holds a few events), then a sentinel.
+STEADY = r"""
+import os, sys, time
+root, n = sys.argv[1], int(sys.argv[2])
+for i in range(n):
+    with open(os.path.join(root, f"s{i:03d}"), "w") as f:
+        f.write("x")
+    time.sleep(0.002)
+open(os.path.join(root, "zz_end"), "w").close()
+"""
+
+
+@pytest.mark.kernel
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(not _drain.available(), reason="the pure core has no drain")
+def test_paced_rounds_write_every_line_of_a_steady_rate(tmpfs: Path, tmp_path: Path) -> None:
+    """The loop takes the drain's batches at most every PACE_S: no line is lost or stuck.
+
+    Every create of a steady writer is written with its full path, and the
+    last line follows the writer's end well within a deadline (a wakeup that
+    came while a round was due must not be forgotten).
+    """
+    log = tmp_path / "out.jsonl"
+    n = 150
+    with cli("watch", "--filesystem", "--json", "--output", str(log), str(tmpfs)) as p:
+        p.wait_stderr("watching")
+        subprocess.run([sys.executable, "-c", STEADY, str(tmpfs), str(n)], cwd=CHILD_CWD,
+                       env=child_env(), check=True, timeout=60)
+        text = _wait_lines(log, f"{tmpfs}/zz_end", timeout=10.0)
+        p.popen.send_signal(signal.SIGINT)
+        code, _out, err = p.finish(timeout=60)
+    assert code == 0, err
+    created = {json.loads(line)["file"]["path"] for line in text.splitlines()
+               if "create" in json.loads(line)["event"]["action"]}
+    assert created >= {f"{tmpfs}/s{i:03d}" for i in range(n)}
+    assert "nothing lost" in err
