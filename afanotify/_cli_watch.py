@@ -236,6 +236,13 @@ def _map_events(mask: int) -> int:
 _PATH_FIELDS = frozenset(("exe", "cwd"))
 #: Reads per readiness callback at most, so signals and timers still run in a burst.
 _READS_PER_CALL = 64
+#: Seconds between two rounds of taking the drain's batches, at least.  At a
+#: steady rate the thread's reads are a few events each; taken as they come,
+#: every round pays its fixed costs (wakeup, decode setup, a write) for a
+#: handful of lines.  Waiting this long lets the thread gather them into one
+#: batch (it reads on meanwhile: nothing waits in the kernel's queue), and
+#: delays a line by this much at most.
+PACE_S = 0.02
 
 
 class _Watch:
@@ -286,6 +293,9 @@ class _Watch:
         self.interval: float | None = getattr(args, "stats_interval", None)
         self._timer: asyncio.TimerHandle | None = None
         self.done: asyncio.Future[None] | None = None
+        #: The next round of :meth:`_take` when one is due (see :data:`PACE_S`).
+        self._due: asyncio.TimerHandle | None = None
+        self._last_round = float("-inf")
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -310,6 +320,8 @@ class _Watch:
             loop.remove_signal_handler(signal.SIGHUP)
             if self._timer is not None:
                 self._timer.cancel()
+            if self._due is not None:
+                self._due.cancel()
             if isinstance(source, Drain):
                 self._finish_drain(source)
             self.sink.detach()
@@ -366,6 +378,25 @@ class _Watch:
                 done.set_exception(exc)
 
     def _on_readable(self) -> None:
+        source = self.source
+        if not isinstance(source, Drain):
+            self._take()  # the group fd: readable until read
+            return
+        # The eventfd is reset now, and every batch it announced is taken by
+        # the round that follows (sooner or later): one the thread adds after
+        # that round sets it again.
+        source.clear_wakeup()
+        if self._due is not None:
+            return
+        wait = self._last_round + PACE_S - self._loop.time()
+        if wait > 0:
+            self._due = self._loop.call_later(wait, self._take)
+        else:
+            self._take()
+
+    def _take(self) -> None:
+        self._due = None
+        self._last_round = self._loop.time()
         # Each batch is thousands of new objects without cycles, freed when
         # it is written: the cyclic GC would only walk them (see
         # Fanotify._handle_batch).  It is paused for the callback and left
@@ -402,7 +433,7 @@ class _Watch:
             else:
                 if drain is not None:
                     # More may wait: come back after the loop's other work.
-                    self._loop.call_soon(self._on_readable)
+                    self._loop.call_soon(self._take)
             if drain is not None and drain.error is not None:
                 raise drain.error
             self.sink.flush()

@@ -328,10 +328,17 @@ class DirMap:
         self.live = not flags & 1
         self.c_off = bool(flags & 2)
 
-    def object_at(self, h: FileHandle, i: int) -> str | None:
-        """The path of the object ``h`` (a FID record alone) at event ``i``, or None."""
+    def object_at(self, h: FileHandle, i: int, *, gone: bool = False) -> str | None:
+        """The path of the object ``h`` (a FID record alone) at event ``i``, or None.
+
+        ``gone``: the event says the object was deleted (DELETE_SELF).  The
+        kernel reports that once its last link is gone, and a handle never
+        names another object, so ``open_by_handle_at`` could only fail or
+        name it "(deleted)": both give None, and the lookup is left out (a
+        burst of deletes made one failing syscall per file).
+        """
         p = self.path(h)
-        if p is None:
+        if p is None and not gone:
             p = self._fresh(h, learn=False, i=i)
         return p
 

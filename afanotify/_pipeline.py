@@ -60,6 +60,7 @@ _ONDIR = int(Event.ONDIR)
 #: The events that may change the directory map (with ONDIR), or empty it.
 _APPLY = _ONDIR | _OVERFLOW
 _PERM = int(PERM_EVENTS)
+_DELETE_SELF = int(Event.DELETE_SELF)
 _ALLOW = int(Response.ALLOW)
 #: Reads of leftover events at most (the kernel's queue is bounded).
 _LEFTOVER_READS = 64
@@ -386,7 +387,7 @@ class Pipeline:
             return
         fid = ev.fid
         if fid is not None:
-            p = dm.object_at(fid, i)
+            p = dm.object_at(fid, i, gone=bool(ev.ev_types & _DELETE_SELF))
             _set_path(ev, p)
             _set_path_resolved(ev, p is not None)
 

@@ -579,7 +579,6 @@ def test_dir_path_fills_paths_once_per_directory(make_decoder: Any) -> None:
     [
         (event(fid_rec(DFID_NAME, name=b"sub"), fd=-1, mask=int(Event.DELETE | Event.ONDIR)), 1),
         (event(fid_rec(FID), fd=-1, mask=int(Event.DELETE_SELF | Event.ONDIR)), 1),
-        (event(fid_rec(DFID_NAME, name=b"x"), rec(PIDFD, struct.pack("=i", -1)), fd=-1), 1),
         (
             event(fid_rec(OLD, name=b"x"), fid_rec(NEW, name=b"y"), fd=-1,
                   mask=int(Event.RENAME | Event.ONDIR)),
@@ -589,7 +588,7 @@ def test_dir_path_fills_paths_once_per_directory(make_decoder: Any) -> None:
         (event(fid_rec(OLD, name=b"x"), fid_rec(NEW, name=b"y"), fd=-1, mask=int(Event.RENAME)), 3),
         (event(fid_rec(FID), fd=-1, mask=int(Event.DELETE_SELF)), 3),
     ],
-    ids=["dir-deleted", "dir-self-deleted", "pidfd-record", "dir-renamed", "file-renamed", "fid"],
+    ids=["dir-deleted", "dir-self-deleted", "dir-renamed", "file-renamed", "fid"],
 )
 def test_dir_path_stops_where_the_caller_must_take_over(
     middle: bytes, upto: int, make_decoder: Any
@@ -904,10 +903,14 @@ def _pidfd_records(buf: bytes, **opts: bool) -> list[bool]:
 
 
 def _plain_fid_shape(e: FanotifyData, pidfd_rec: bool = False) -> bool:
-    """A DFID or DFID_NAME record, maybe a FID record, and nothing else."""
+    """A DFID or DFID_NAME record, maybe FID and PIDFD records, and nothing else.
+
+    (``pidfd_rec`` is kept for the callers: a PIDFD record, whatever it
+    holds, leaves the shape plain.)
+    """
     return (
         e.dfid is not None and e.fd == -1 and e.fd_error is None and e.old_dfid is None
-        and e.new_dfid is None and e.pidfd == -1 and not pidfd_rec and e.error is None
+        and e.new_dfid is None and e.error is None
         and e.range_offset is None and e.mnt_id is None and not e.unknown_records
     )  # fmt: skip
 
@@ -929,9 +932,9 @@ def _reference_dir_paths(
     None answer is asked again); the cut is the first event with a directory
     record of another shape, or a directory that moved or went away.
     ``pidfd_recs`` (from :func:`_pidfd_records`) says which events carry a
-    PIDFD record: one holding FAN_NOPIDFD still makes another shape, as the
-    builder's contract says (no records but DFID/DFID_NAME/FID), and a cut
-    there is only earlier than needed, never a wrong path.
+    PIDFD record: it keeps the plain shape (a group with FAN_REPORT_PIDFD
+    has one on every event), but with a directory change it is a record, so
+    the cut is there.
     """
     asked: list[Any] = []
     known: dict[Any, str] = {}

@@ -639,7 +639,10 @@ static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nar
     const unsigned char *src;
     const char *arena;
     const size_t dlen = sizeof afn_deleted - 1;
-    const unsigned fid_shape = AFN_HAS_FID | AFN_HAS_DFID | AFN_HAS_NAME;
+    /* The plain FID+name shape: a pidfd record (FAN_REPORT_PIDFD) changes
+     * nothing about the event's paths, so it keeps the shape (without it,
+     * every event of a pidfd group was a cut, and none got its path here). */
+    const unsigned fid_shape = AFN_HAS_FID | AFN_HAS_DFID | AFN_HAS_NAME | AFN_HAS_PIDFD;
 
     (void)self;
     memset(v, 0, sizeof v);
