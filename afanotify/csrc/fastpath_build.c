@@ -78,6 +78,19 @@ struct afn_builder {
     Py_ssize_t handle_off[AFN_HANDLE_SLOTS];
     /* Bits of FanotifyData._owns, from afanotify/events.py. */
     long own_fd, own_pidfd, unanswered;
+    /* When the slots fill one run of pointers (a class of nothing but
+     * slots, as CPython lays them out): `first`, its offset, and `tmpl`,
+     * each slot's default by its place in the run.  A new event is then
+     * one copy of tmpl, the fields set over it, and the defaults' counts
+     * raised at once: ndef distinct defaults, def_obj[k] standing in
+     * def_slots[k] slots; field_def[f] is the default of field f's slot.
+     * first is -1 otherwise. */
+    Py_ssize_t first;
+    PyObject *tmpl[AFN_MAX_SLOTS];
+    int ndef;
+    PyObject *def_obj[AFN_MAX_SLOTS];
+    Py_ssize_t def_slots[AFN_MAX_SLOTS];
+    unsigned char field_def[AFN_F_COUNT];
 };
 
 /* Set by _builder_setup; event_type is NULL until then. */
@@ -216,8 +229,49 @@ static void afn_builder_clear(struct afn_builder *b)
     for (i = 0; i < AFN_MAX_SLOTS; i++)
         Py_CLEAR(b->slot_default[i]);
     b->nslots = 0;
+    b->first = -1;
+    b->ndef = 0;
     Py_CLEAR(b->event_type);
     Py_CLEAR(b->handle_type);
+}
+
+/* The template of `b` (see struct afn_builder), when its slots are one run
+ * of pointers; b->first = -1 when they are not.  The template and def_obj
+ * borrow from slot_default. */
+static void afn_template(struct afn_builder *b)
+{
+    Py_ssize_t i, lo = PY_SSIZE_T_MAX;
+    int f, k;
+
+    b->first = -1;
+    b->ndef = 0;
+    memset(b->tmpl, 0, sizeof b->tmpl);
+    for (i = 0; i < b->nslots; i++)
+        if (b->slot_off[i] < lo)
+            lo = b->slot_off[i];
+    for (i = 0; i < b->nslots; i++) {
+        Py_ssize_t at = b->slot_off[i] - lo;
+        if (at % (Py_ssize_t)sizeof(PyObject *) != 0
+            || at / (Py_ssize_t)sizeof(PyObject *) >= b->nslots
+            || b->tmpl[at / sizeof(PyObject *)] != NULL)
+            return; /* not one run: afn_make_event fills slot by slot */
+        b->tmpl[at / sizeof(PyObject *)] = b->slot_default[i];
+    }
+    for (i = 0; i < b->nslots; i++) {
+        PyObject *d = b->slot_default[i];
+        for (k = 0; k < b->ndef && b->def_obj[k] != d; k++)
+            ;
+        if (k == b->ndef) {
+            b->def_obj[k] = d;
+            b->def_slots[k] = 0;
+            b->ndef++;
+        }
+        b->def_slots[k]++;
+        for (f = 0; f < AFN_F_COUNT; f++)
+            if (b->field_off[f] == b->slot_off[i])
+                b->field_def[f] = (unsigned char)k;
+    }
+    b->first = lo;
 }
 
 /* _builder_setup(FanotifyData, FileHandle, slots, defaults, handle_slots,
@@ -285,6 +339,7 @@ static PyObject *afn_builder_setup(PyObject *self, PyObject *const *args, Py_ssi
             goto fail;
         }
     }
+    afn_template(&nb);
     nb.event_type = (PyTypeObject *)Py_NewRef(etype);
     nb.handle_type = (PyTypeObject *)Py_NewRef(htype);
     /* Only now, so that a refused setup leaves the previous one working. */
@@ -304,7 +359,31 @@ static PyObject *afn_make_event(PyObject **v, unsigned present)
     PyTypeObject *t = afn_b.event_type;
     PyObject *o = t->tp_alloc(t, 0);
     Py_ssize_t i;
+    int k;
 
+    if (o != NULL && afn_b.first >= 0) {
+        /* The defaults copied in one go, then a reference taken for each
+         * slot that keeps its default: as many per default object as the
+         * slots it fills, less the fields set over it.  (About a third of
+         * the instructions of filling and releasing slot by slot.) */
+        Py_ssize_t keep[AFN_MAX_SLOTS];
+        memcpy((char *)o + afn_b.first, afn_b.tmpl, (size_t)afn_b.nslots * sizeof(PyObject *));
+        memcpy(keep, afn_b.def_slots, (size_t)afn_b.ndef * sizeof keep[0]);
+        while (present) {
+            int f = __builtin_ctz(present);
+            present &= present - 1;
+            AFN_SLOT(o, afn_b.field_off[f]) = v[f];
+            v[f] = NULL;
+            keep[afn_b.field_def[f]]--;
+        }
+        for (k = 0; k < afn_b.ndef; k++) {
+            Py_ssize_t n = keep[k];
+            PyObject *d = afn_b.def_obj[k];
+            while (n-- > 0)
+                Py_INCREF(d);
+        }
+        return o;
+    }
     if (o != NULL) {
         /* A new object's slots are NULL: nothing to release. */
         for (i = 0; i < afn_b.nslots; i++)
