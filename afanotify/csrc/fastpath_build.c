@@ -271,6 +271,12 @@ static void afn_template(struct afn_builder *b)
             if (b->field_off[f] == b->slot_off[i])
                 b->field_def[f] = (unsigned char)k;
     }
+    /* The run must be all of an instance past its header (no dict, no
+     * weak references): afn_make_event then writes every byte itself. */
+    if (lo != (Py_ssize_t)sizeof(PyObject) || b->event_type == NULL
+        || b->event_type->tp_weaklistoffset != 0
+        || lo + b->nslots * (Py_ssize_t)sizeof(PyObject *) != b->event_type->tp_basicsize)
+        return;
     b->first = lo;
 }
 
@@ -339,7 +345,9 @@ static PyObject *afn_builder_setup(PyObject *self, PyObject *const *args, Py_ssi
             goto fail;
         }
     }
+    nb.event_type = etype; /* borrowed for afn_template; the reference is taken below */
     afn_template(&nb);
+    nb.event_type = NULL;
     nb.event_type = (PyTypeObject *)Py_NewRef(etype);
     nb.handle_type = (PyTypeObject *)Py_NewRef(htype);
     /* Only now, so that a refused setup leaves the previous one working. */
@@ -352,16 +360,23 @@ fail:
 }
 
 /* A new event: each slot set to its default, then the fields in `present`
- * (a bit per AFN_F_* field) to v[field].  Takes those references from v
- * (leaving it all NULL), whatever happens. */
-static PyObject *afn_make_event(PyObject **v, unsigned present)
+ * (a bit per AFN_F_* field) to v[field]; tracked by the collector when
+ * `track`.  Takes those references from v (leaving it all NULL), whatever
+ * happens. */
+static PyObject *afn_make_event(PyObject **v, unsigned present, int track)
 {
     PyTypeObject *t = afn_b.event_type;
-    PyObject *o = t->tp_alloc(t, 0);
+    PyObject *o;
     Py_ssize_t i;
     int k;
 
-    if (o != NULL && afn_b.first >= 0) {
+    if (afn_b.first >= 0) {
+        /* tp_alloc (PyType_GenericAlloc) zeroes the object and tracks it,
+         * only for the caller to untrack it again: the template writes every
+         * slot, and only an event left tracked is tracked here. */
+        o = (PyObject *)PyObject_GC_New(PyObject, t);
+        if (o == NULL)
+            goto fail;
         /* The defaults copied in one go, then a reference taken for each
          * slot that keeps its default: as many per default object as the
          * slots it fills, less the fields set over it.  (About a third of
@@ -382,8 +397,13 @@ static PyObject *afn_make_event(PyObject **v, unsigned present)
             while (n-- > 0)
                 Py_INCREF(d);
         }
+        if (track)
+            PyObject_GC_Track(o);
         return o;
     }
+    o = t->tp_alloc(t, 0);
+    if (o != NULL && !track)
+        PyObject_GC_UnTrack(o);
     if (o != NULL) {
         /* A new object's slots are NULL: nothing to release. */
         for (i = 0; i < afn_b.nslots; i++)
@@ -399,6 +419,13 @@ static PyObject *afn_make_event(PyObject **v, unsigned present)
         v[f] = NULL;
     }
     return o;
+fail:
+    while (present) {
+        int f = __builtin_ctz(present);
+        present &= present - 1;
+        Py_CLEAR(v[f]);
+    }
+    return NULL;
 }
 
 /* FileHandle((fsid0, fsid1), handle_type, handle) from a record body. */
@@ -534,16 +561,10 @@ static int afn_fits(const struct afn_event *ev, const Py_buffer *src)
         && afn_ref_fits(&ev->new, len, has & AFN_HAS_NEW, has & AFN_HAS_NEW);
 }
 
-static int afn_append(PyObject *events, PyObject *o, unsigned flags, int perm)
+/* Appends o to events, taking the reference. */
+static int afn_append(PyObject *events, PyObject *o)
 {
-    int r;
-    /* An event holds ints, strs, bools and file handles: no cycle, so the
-     * collector need not scan it.  A permission event is left tracked: the
-     * pipeline gives it its responder (the group's permission tracker, which
-     * holds the event while it is pending: a cycle) once it is read. */
-    if ((flags & AFN_B_UNTRACK) && !perm)
-        PyObject_GC_UnTrack(o);
-    r = PyList_Append(events, o);
+    int r = PyList_Append(events, o);
     Py_DECREF(o);
     return r;
 }
@@ -966,8 +987,13 @@ static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nar
             }
         }
         Py_CLEAR(held);
-        o = afn_make_event(v, present);
-        if (o == NULL || afn_append(events, o, (unsigned)flags, is_perm) < 0)
+        /* An event holds ints, strs, bools and file handles: no cycle, so
+         * the collector need not scan it.  A permission event is left
+         * tracked: the pipeline gives it its responder (the group's
+         * permission tracker, which holds the event while it is pending: a
+         * cycle) once it is read. */
+        o = afn_make_event(v, present, !(flags & AFN_B_UNTRACK) || is_perm);
+        if (o == NULL || afn_append(events, o) < 0)
             goto done;
         if (stop_here) {
             stopped = 1;
