@@ -149,6 +149,20 @@ def check_events_iter():
         pass
     else:
         raise AssertionError("a used awaitable gave a second value")
+    # The awaitable is used again only once nobody else holds it: steps
+    # taken while an earlier awaitable is still held give new ones, and each
+    # gives its own event, in order.
+    g = _Group()
+    evs = [_event(pid=p) for p in (1, 2, 3)]
+    g._queue.put_many(evs)
+    g.iter.grant = 3
+    held1 = g.iter.__anext__()
+    held2 = g.iter.__anext__()
+    assert held1 is not held2
+    assert next_value(held1) is evs[0] and next_value(held2) is evs[1]
+    del held1
+    held3 = g.iter.__anext__()
+    assert held3 is not held2 and next_value(held3) is evs[2]
     # A release that fails raises from the next step, ownership already given up.
     # (A high number closed before: no loop's descriptor gets it meanwhile.)
     g = _Group()

@@ -129,6 +129,7 @@ typedef struct {
     PyObject *reader;  /* the group's Reader */
     PyObject *slow;    /* the group's Python __anext__ (a coroutine function) */
     PyObject *last;    /* the event handed out last, released on the next step */
+    afn_ready *spare;  /* the awaitable handed out last, used again once freed by all */
     Py_ssize_t grant;  /* events it may take before asking the Python step again */
 } afn_iter;
 
@@ -237,7 +238,16 @@ static PyObject *afn_iter_anext(afn_iter *it)
             return NULL;
         return PyObject_CallNoArgs(it->slow);
     }
-    r = PyObject_New(afn_ready, &afn_ready_type);
+    /* `await` drops the awaitable at once: when only the iterator still
+     * holds the last one, it serves again (one allocation less per event). */
+    r = it->spare;
+    if (r != NULL && Py_REFCNT(r) == 1 && r->value == NULL)
+        Py_INCREF(r);
+    else {
+        Py_XDECREF(r);
+        it->spare = r = PyObject_New(afn_ready, &afn_ready_type);
+        Py_XINCREF(r);
+    }
     if (r == NULL) {
         /* Handed out all the same: the next step (or close()) releases it. */
         it->last = ev;
@@ -274,6 +284,7 @@ static int afn_iter_clear(afn_iter *it)
     Py_CLEAR(it->reader);
     Py_CLEAR(it->slow);
     Py_CLEAR(it->last);
+    Py_CLEAR(it->spare);
     return 0;
 }
 
@@ -362,6 +373,7 @@ static PyObject *afn_events_iter(PyObject *self, PyObject *const *args, Py_ssize
     it->reader = Py_NewRef(args[3]);
     it->slow = Py_NewRef(args[4]);
     it->last = NULL;
+    it->spare = NULL;
     it->grant = 0;
     PyObject_GC_Track(it);
     return (PyObject *)it;
