@@ -17,7 +17,7 @@
  * that would go beyond it is still made (the kernel's queue keeps draining,
  * so it does not overflow behind our back), but its events are counted as
  * dropped and discarded, their pidfds closed, and the next chunk kept starts
- * with a synthetic FAN_Q_OVERFLOW record: the decoder then forgets what its
+ * with a synthetic FAN_Q_OVERFLOW record of pid -1 (the kernel's have 0): the decoder then forgets what its
  * directory map learned (events it never saw may have moved directories),
  * and the output marks the place of the gap.
  *
@@ -47,6 +47,7 @@
 #endif
 
 #define AFD_MAX_PIDS 4096
+#define AFD_GAP_PID (-1)
 #define AFD_TEXT 4096
 
 struct afd_proc {
@@ -493,6 +494,9 @@ static int afd_read_one(struct afd_drain *d, int32_t *pids, int32_t *pidfds,
             m->metadata_len = sizeof *m;
             m->mask = FAN_Q_OVERFLOW;
             m->fd = FAN_NOFD;
+            /* The kernel's overflow records have pid 0: -1 tells the
+             * decoder (and its log line) that the drain made the gap. */
+            m->pid = AFD_GAP_PID;
         }
         memcpy(c->data + lead, d->scratch, n);
         c->len = lead + n;
