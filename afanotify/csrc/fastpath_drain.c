@@ -445,13 +445,19 @@ static int afd_read_one(struct afd_drain *d, int32_t *pids, int32_t *pidfds,
         return 0;
     uint32_t npids = 0;
     uint32_t nev = afd_walk(d->scratch, (uint32_t)n, pids, pidfds, &npids, d->own_pid);
+    uint32_t lead, cap;
     pthread_mutex_lock(&d->lock);
     int gap = d->gap_pending;
     uint64_t held = d->held;
+    /* A read that fits in the newest chunk costs no new chunk: it is counted
+     * against the bound by its processes alone (it was counted as a whole
+     * new chunk, so a bound of two chunks dropped every read once one chunk
+     * waited, though that chunk had room). */
+    int fits = !gap && d->tail != NULL && d->tail->len + n <= d->tail->cap;
     pthread_mutex_unlock(&d->lock);
-    uint32_t lead = gap ? sizeof(struct fanotify_event_metadata) : 0;
-    uint32_t cap = d->chunk_size > lead + n ? d->chunk_size : lead + n;
-    if (held + cap + npids * (sizeof(struct afd_proc) + 64 * 3) > d->limit) {
+    lead = gap ? sizeof(struct fanotify_event_metadata) : 0;
+    cap = d->chunk_size > lead + n ? d->chunk_size : lead + n;
+    if (held + (fits ? 0 : cap) + npids * (sizeof(struct afd_proc) + 64 * 3) > d->limit) {
         afd_close_pidfds(pidfds, npids);
         return afd_dropped(d, n, nev);
     }
@@ -476,6 +482,13 @@ static int afd_read_one(struct afd_drain *d, int32_t *pids, int32_t *pidfds,
             t->len += n;
             t->nevents += nev;
         }
+    }
+    if (!ok && d->held + cap > d->limit) {
+        /* The chunk it fitted in was taken meanwhile, or its processes did
+         * not agree: a new chunk would pass the bound. */
+        pthread_mutex_unlock(&d->lock);
+        free(text);
+        return afd_dropped(d, n, nev);
     }
     if (!ok) {
         pthread_mutex_unlock(&d->lock);
