@@ -101,11 +101,17 @@ class Drain:
 
     :param limit: bytes of events held at most (see the module docstring)
     :param paths: read ``exe`` and ``cwd`` too, not the name alone
+    :param latency_hint: ask the scheduler to run the thread soon after it
+        wakes (a 0.1 ms slice; nice lowered by 10 where permitted), so that it
+        reads a short-lived process's events before the process is reaped
+        and can no longer be named (see ``afd_hint`` in ``fastpath_drain.c``
+        and :attr:`scheduling`)
     :raises ValueError: for an fd-mode group, or a limit below one read
     :raises RuntimeError: on a core without the drain (see :func:`available`)
     """
 
-    def __init__(self, fan: Fanotify, *, limit: int = DEFAULT_LIMIT, paths: bool = True) -> None:
+    def __init__(self, fan: Fanotify, *, limit: int = DEFAULT_LIMIT, paths: bool = True,
+                 latency_hint: bool = True) -> None:
         if not available():
             raise RuntimeError("this core has no drain thread: use PolledReader")
         if not fan.fid_mode:
@@ -124,6 +130,7 @@ class Drain:
         d.paths = int(paths)
         d.pidfd_reported = int(bool(fan.flags & InitFlag.REPORT_PIDFD))
         d.own_pid = os.getpid()
+        d.latency_hint = int(latency_hint)
         d.read_size = READ_SIZE
         d.chunk_size = CHUNK_SIZE
         d.limit = limit
@@ -169,6 +176,15 @@ class Drain:
             os.eventfd_read(self._wake)
         except BlockingIOError:
             pass
+
+    @property
+    def scheduling(self) -> tuple[bool, int | None]:
+        """What the thread's latency hint got: (0.1 ms slice set, new nice or None).
+
+        Set by the thread as it starts: read it once the first batch is taken.
+        """
+        d = self._d
+        return bool(d.hint_slice), (int(d.hint_nice) if d.hint_nice_set else None)
 
     @property
     def stats(self) -> DrainStats:

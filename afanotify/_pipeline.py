@@ -61,6 +61,17 @@ _ONDIR = int(Event.ONDIR)
 _APPLY = _ONDIR | _OVERFLOW
 _PERM = int(PERM_EVENTS)
 _DELETE_SELF = int(Event.DELETE_SELF)
+#: The pid of the Q_OVERFLOW record a drain thread (afanotify._drain) puts
+#: where it dropped reads past its memory bound; the kernel's have pid 0.
+DRAIN_GAP_PID = -1
+#: The overflow warning, by who dropped the events: [the kernel, the drain].
+_OVERFLOW_WORDS = (
+    "fanotify queue overflowed: the kernel dropped an unknown number of events "
+    "(FAN_UNLIMITED_QUEUE, afanotify watch --unlimited-queue, keeps them)",
+    "afanotify's drain thread dropped events it had read: its memory bound was full "
+    "because they were taken too slowly (raise afanotify watch --max-backlog, or the "
+    "Drain's limit); later drops are counted, not logged",
+)
 _ALLOW = int(Response.ALLOW)
 #: Reads of leftover events at most (the kernel's queue is bounded).
 _LEFTOVER_READS = 64
@@ -88,13 +99,13 @@ class Counters:
 
     __slots__ = (
         "events_read", "events_delivered", "overflows", "parse_errors", "own_events", "reads",
-        "bytes_read", "lost", "fd_errors", "read_errors",
+        "bytes_read", "lost", "fd_errors", "read_errors", "drain_gaps",
     )
 
     def __init__(self) -> None:
         self.events_read = self.events_delivered = self.overflows = 0
         self.parse_errors = self.own_events = self.reads = self.bytes_read = 0
-        self.lost = self.fd_errors = self.read_errors = 0
+        self.lost = self.fd_errors = self.read_errors = self.drain_gaps = 0
 
 
 join = _dirmap.join
@@ -254,7 +265,12 @@ class Pipeline:
             mask = ev.ev_types
             if mask & _OVERFLOW:
                 c.overflows += 1
-                log.warning("fanotify queue overflowed: the kernel dropped events")
+                if ev.pid != DRAIN_GAP_PID:
+                    log.warning(_OVERFLOW_WORDS[0])
+                else:  # once: a slow taker makes a gap of nearly every read
+                    c.drain_gaps += 1
+                    log.log(logging.WARNING if c.drain_gaps == 1 else logging.DEBUG,
+                            _OVERFLOW_WORDS[1])
                 append(ev)
                 continue
             if own is not None:

@@ -182,27 +182,70 @@ def _out_path(d: Path) -> Path:
     return d.parent.parent / "out.log"
 
 
-#: The naming scenario: short-lived processes, one file operation each, every 0.2 s.
-SHORT_LIVED = r"""
+#: The naming scenarios: short-lived processes, each run in the background and
+#: waited for, so that the script can write its pid and expected name to a log
+#: outside the mount (``$3``); only those pids are counted, for every watcher
+#: (fatrace's lines name the directory for a create, so the sentinel's touch
+#: could not be told apart by its path).
+NAMING = {
+    # touch, mv, rm every 0.2 s
+    "tmv": r"""
 i=0
 while [ $i -lt "$1" ]; do
-  touch "f$i"; mv "f$i" "g$i"; rm "g$i"; sleep 0.2; i=$((i + 1))
+  touch "f$i" & p=$!; wait $p; echo "$p touch" >> "$3"
+  mv "f$i" "g$i" & p=$!; wait $p; echo "$p mv" >> "$3"
+  rm "g$i" & p=$!; wait $p; echo "$p rm" >> "$3"
+  sleep 0.2; i=$((i + 1))
 done
 touch "$2"
-"""
+""",
+    # a tight loop of sh -c 'echo > f': three per round, no pause
+    "echo": r"""
+i=0
+while [ $i -lt "$1" ]; do
+  for k in a b c; do
+    sh -c "echo x > $k$i" & p=$!; wait $p; echo "$p sh" >> "$3"
+  done
+  i=$((i + 1))
+done
+touch "$2"
+""",
+    # processes that exit right after their write, several alive at once
+    "exit": r"""
+i=0
+while [ $i -lt "$1" ]; do
+  dd if=/dev/zero of="a$i" bs=1 count=1 status=none & p1=$!
+  cp /dev/null "b$i" & p2=$!
+  ln -s x "c$i" & p3=$!
+  wait $p1 $p2 $p3
+  printf '%s dd\n%s cp\n%s ln\n' $p1 $p2 $p3 >> "$3"
+  sleep 0.05; i=$((i + 1))
+done
+touch "$2"
+""",
+}
+#: ``--pattern``: which of :data:`NAMING` the naming runs use.
+PATTERN = "tmv"
+
+
+def _set_pattern(name: str) -> None:
+    global PATTERN
+    PATTERN = name
 
 
 def run_one(tool: str, fs: str, ndirs: int, nfiles: int,
             rounds: int | None = None) -> dict[str, Any]:
     """One watcher against one burst: lines, CPU seconds, peak RSS, what it caught.
 
-    With ``rounds``, the load is :data:`SHORT_LIVED` instead (``rounds`` x
-    touch, mv, rm), and what counts is how many of those processes are named.
+    With ``rounds``, the load is the :data:`NAMING` script of :data:`PATTERN`
+    instead (``rounds`` x 3 short-lived processes), and what counts is how
+    many of those processes are named.
     """
     env = dict(os.environ, PYTHONPATH=str(_root(tool)))
     pin = _pinned(0) if CONTEND else None
     with mount(fs) as d, _hog():
         out = _out_path(d)
+        pidlog = d.parent.parent / "pids.log"
         cmd, cwd = _watcher(tool, d, out)
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, preexec_fn=pin)
@@ -215,8 +258,9 @@ def run_one(tool: str, fs: str, ndirs: int, nfiles: int,
                                 SENTINEL], check=True, cwd="/",
                                preexec_fn=_pinned(1) if CONTEND else None)
             else:
-                subprocess.run(["sh", "-c", SHORT_LIVED, "sh", str(rounds), SENTINEL],
-                               check=True, cwd=str(d))
+                pidlog.write_text("")
+                subprocess.run(["sh", "-c", NAMING[PATTERN], "sh", str(rounds), SENTINEL,
+                                str(pidlog)], check=True, cwd=str(d))
             burst_s = time.monotonic() - t0
             deadline = time.monotonic() + 60
             pos = start
@@ -255,9 +299,10 @@ def run_one(tool: str, fs: str, ndirs: int, nfiles: int,
         assert proc.stderr is not None
         summary = proc.stderr.read().decode(errors="replace").strip().splitlines()[-1:]
         data = out.read_bytes()[start:]
+        expected = {} if rounds is None else _expected_pids(pidlog)
     cpu = ru.ru_utime + ru.ru_stime
     lines = data.count(b"\n")
-    caught = _caught(tool, data, str(d)) if rounds is None else _named(tool, data, rounds)
+    caught = _caught(tool, data, str(d)) if rounds is None else _named(tool, data, expected)
     return {"tool": tool, "lines": lines, "cpu_s": round(cpu, 3),
             "lines_per_cpu_s": round(lines / cpu) if cpu else None,
             "peak_rss_kb": peak_kb, "burst_s": round(burst_s, 2),
@@ -339,19 +384,30 @@ def _caught(tool: str, data: bytes, d: str) -> dict[str, int]:
     return c
 
 
-def _named(tool: str, data: bytes, rounds: int) -> dict[str, int]:
-    """Of the ``3 * rounds`` short-lived processes, how many a watcher named.
+def _expected_pids(pidlog: Path) -> dict[int, str]:
+    """``pid -> name`` of the processes a naming script ran (its log)."""
+    out = {}
+    for line in pidlog.read_text().splitlines():
+        pid, name = line.split()
+        out[int(pid)] = name
+    return out
 
-    Each process (touch, mv or rm) is counted once, by its pid, if any line
-    of its events carries its name; only those processes touch the mount.
+
+def _named(tool: str, data: bytes, expected: dict[int, str]) -> dict[str, int]:
+    """Of the naming script's processes, how many a watcher saw, named, and misnamed.
+
+    The same processes are counted for every watcher: the pids the script
+    logged (not the sentinel's touch, nor a probe).  A process is named if a
+    line of its pid carries its name, and misnamed if a line of its pid
+    carries another name (a reused pid taken for it would).
     """
-    names: dict[int, str | None] = {}
+    seen: set[int] = set()
+    named: set[int] = set()
+    wrong: set[int] = set()
     text = data.decode("utf-8", "replace")
     for line in text.splitlines():
         pid: int | None = None
         name: str | None = None
-        if SENTINEL in line or "zz-probe" in line:
-            continue
         if tool.endswith("-json"):
             r = json.loads(line)
             pid, name = r["process"]["pid"], r["process"]["name"]
@@ -359,17 +415,20 @@ def _named(tool: str, data: bytes, rounds: int) -> dict[str, int]:
             fields = line.split()
             if len(fields) > 3 and fields[1].isdigit():
                 pid, name = int(fields[1]), fields[2]
+                name = None if name == "?" else name
         elif tool == "fatrace" and "(" in line and "): " in line:
             comm, rest = line.split("(", 1)
-            pid, name = int(rest.split(")", 1)[0]), comm
-        if pid is None or pid <= 0:
+            # fatrace writes "unknown" when /proc/PID/comm could not be read
+            pid, name = int(rest.split(")", 1)[0]), None if comm == "unknown" else comm
+        if pid is None or pid not in expected:
             continue
-        if name in ("touch", "mv", "rm"):
-            names[pid] = name
-        else:
-            names.setdefault(pid, None)
-    return {"processes": 3 * rounds, "seen": len(names),
-            "named": sum(1 for n in names.values() if n is not None)}
+        seen.add(pid)
+        if name == expected[pid]:
+            named.add(pid)
+        elif name is not None:
+            wrong.add(pid)
+    return {"processes": len(expected), "seen": len(seen), "named": len(named),
+            "misnamed": len(wrong)}
 
 
 TOOLS = ("afanotify-json", "afanotify-text", "fatrace", "inotifywait")
@@ -426,19 +485,25 @@ def measure_naming(fs: str, reps: int, rounds: int,
     for rep in range(reps):
         for tool in tools if rep % 2 == 0 else tuple(reversed(tools)):
             runs[tool].append(run_one(tool, fs, 0, 0, rounds=rounds))
-    table = [{"tool": t, "named": _spread([float(r["named"]) for r in runs[t]]),
-              "seen": _spread([float(r["seen"]) for r in runs[t]])} for t in tools]
-    return {"fs": fs, "reps": reps, "processes": 3 * rounds, "table": table, "runs": runs}
+    table = [{"tool": t, **{k: _spread([float(r[k]) for r in runs[t]])
+                            for k in ("processes", "named", "seen", "misnamed")}}
+             for t in tools]
+    return {"fs": fs, "reps": reps, "pattern": PATTERN, "processes": 3 * rounds,
+            "table": table, "runs": runs}
 
 
 def render_naming(res: dict[str, Any]) -> str:
     n = res["processes"]
-    out = [f"short-lived processes on {res['fs']}: touch, mv, rm every 0.2 s, {n} processes, "
-           f"{res['reps']} reps; processes named (seen), median (min-max)"]
+    out = [f"short-lived processes on {res['fs']}: pattern {res['pattern']!r}, {n} processes "
+           f"(the script's own pids, the same for every watcher), {res['reps']} reps; "
+           "processes named, seen, misnamed: median (min-max)"]
+
+    def f(s: dict[str, float]) -> str:
+        return f"{s['median']:.0f} ({s['min']:.0f}-{s['max']:.0f})"
+
     for row in res["table"]:
-        nm, sn = row["named"], row["seen"]
-        out.append(f"  {row['tool']:15s} {nm['median']:.0f}/{n} ({nm['min']:.0f}-{nm['max']:.0f})"
-                   f"   seen {sn['median']:.0f} ({sn['min']:.0f}-{sn['max']:.0f})")
+        out.append(f"  {row['tool']:15s} named {f(row['named'])}/{n}   seen {f(row['seen'])}"
+                   f"   misnamed {f(row['misnamed'])}")
     return "\n".join(out)
 
 
@@ -487,8 +552,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--files", type=int, default=100)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--naming", type=int, metavar="ROUNDS",
-                   help="instead of the burst: ROUNDS x (touch, mv, rm) every 0.2 s, and how "
-                   "many of those processes each watcher names")
+                   help="instead of the burst: ROUNDS x 3 short-lived processes (--pattern), "
+                   "and how many of those processes each watcher names")
+    p.add_argument("--pattern", choices=sorted(NAMING), default=PATTERN,
+                   help="with --naming: tmv (touch, mv, rm every 0.2 s), echo (a tight loop "
+                   "of sh -c 'echo x > f'), exit (dd, cp, ln at once, exiting right after "
+                   "their write)")
     p.add_argument("--contend", type=int, default=0, metavar="N",
                    help="a loaded machine: each watcher shares CPU 0 with N busy loops while "
                    "the burst runs on CPU 1")
@@ -517,6 +586,7 @@ def main(argv: list[str] | None = None) -> int:
         global BASELINE
         BASELINE = args.baseline.resolve()
     if args.naming:
+        _set_pattern(args.pattern)
         res = measure_naming(args.fs, args.reps, args.naming,
                              tuple(t for t in tools if t in NAMING_TOOLS + BASE_TOOLS))
         print(render_naming(res))

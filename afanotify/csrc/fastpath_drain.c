@@ -17,7 +17,7 @@
  * that would go beyond it is still made (the kernel's queue keeps draining,
  * so it does not overflow behind our back), but its events are counted as
  * dropped and discarded, their pidfds closed, and the next chunk kept starts
- * with a synthetic FAN_Q_OVERFLOW record: the decoder then forgets what its
+ * with a synthetic FAN_Q_OVERFLOW record of pid -1 (the kernel's have 0): the decoder then forgets what its
  * directory map learned (events it never saw may have moved directories),
  * and the output marks the place of the gap.
  *
@@ -30,12 +30,16 @@
  * unprivileged group), as before.  The drain then closes every pidfd and
  * writes FAN_NOPIDFD in its place: the events reach the decoder without
  * descriptors (a backlog of pidfds would exhaust RLIMIT_NOFILE, and the
- * kernel reports FAN_EPIDFD once it does).
+ * kernel reports FAN_EPIDFD once it does).  What decides whether a
+ * short-lived process is named is how soon the thread reads after it is
+ * woken: see afd_hint.
  */
 #include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sched.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 
 #ifndef SYS_pidfd_send_signal
@@ -43,6 +47,7 @@
 #endif
 
 #define AFD_MAX_PIDS 4096
+#define AFD_GAP_PID (-1)
 #define AFD_TEXT 4096
 
 struct afd_proc {
@@ -78,6 +83,10 @@ struct afd_drain {
     int paths;
     int pidfd_reported;
     int own_pid;
+    int latency_hint;   /* ask the scheduler for a short wakeup (afd_hint) */
+    int hint_slice;     /* afd_hint's results */
+    int hint_nice_set;
+    int hint_nice;
     uint32_t read_size;
     uint32_t chunk_size;
     uint64_t limit;
@@ -436,13 +445,19 @@ static int afd_read_one(struct afd_drain *d, int32_t *pids, int32_t *pidfds,
         return 0;
     uint32_t npids = 0;
     uint32_t nev = afd_walk(d->scratch, (uint32_t)n, pids, pidfds, &npids, d->own_pid);
+    uint32_t lead, cap;
     pthread_mutex_lock(&d->lock);
     int gap = d->gap_pending;
     uint64_t held = d->held;
+    /* A read that fits in the newest chunk costs no new chunk: it is counted
+     * against the bound by its processes alone (it was counted as a whole
+     * new chunk, so a bound of two chunks dropped every read once one chunk
+     * waited, though that chunk had room). */
+    int fits = !gap && d->tail != NULL && d->tail->len + n <= d->tail->cap;
     pthread_mutex_unlock(&d->lock);
-    uint32_t lead = gap ? sizeof(struct fanotify_event_metadata) : 0;
-    uint32_t cap = d->chunk_size > lead + n ? d->chunk_size : lead + n;
-    if (held + cap + npids * (sizeof(struct afd_proc) + 64 * 3) > d->limit) {
+    lead = gap ? sizeof(struct fanotify_event_metadata) : 0;
+    cap = d->chunk_size > lead + n ? d->chunk_size : lead + n;
+    if (held + (fits ? 0 : cap) + npids * (sizeof(struct afd_proc) + 64 * 3) > d->limit) {
         afd_close_pidfds(pidfds, npids);
         return afd_dropped(d, n, nev);
     }
@@ -468,6 +483,13 @@ static int afd_read_one(struct afd_drain *d, int32_t *pids, int32_t *pidfds,
             t->nevents += nev;
         }
     }
+    if (!ok && d->held + cap > d->limit) {
+        /* The chunk it fitted in was taken meanwhile, or its processes did
+         * not agree: a new chunk would pass the bound. */
+        pthread_mutex_unlock(&d->lock);
+        free(text);
+        return afd_dropped(d, n, nev);
+    }
     if (!ok) {
         pthread_mutex_unlock(&d->lock);
         struct afd_chunk *c = afd_new_chunk(cap);
@@ -485,6 +507,9 @@ static int afd_read_one(struct afd_drain *d, int32_t *pids, int32_t *pidfds,
             m->metadata_len = sizeof *m;
             m->mask = FAN_Q_OVERFLOW;
             m->fd = FAN_NOFD;
+            /* The kernel's overflow records have pid 0: -1 tells the
+             * decoder (and its log line) that the drain made the gap. */
+            m->pid = AFD_GAP_PID;
         }
         memcpy(c->data + lead, d->scratch, n);
         c->len = lead + n;
@@ -517,8 +542,68 @@ static int afd_read_one(struct afd_drain *d, int32_t *pids, int32_t *pidfds,
     return 1;
 }
 
+/* sched_setattr(2)'s argument, as far as SCHED_ATTR_SIZE_VER0. */
+struct afd_sched_attr {
+    uint32_t size;
+    uint32_t sched_policy;
+    uint64_t sched_flags;
+    int32_t sched_nice;
+    uint32_t sched_priority;
+    uint64_t sched_runtime;
+    uint64_t sched_deadline;
+    uint64_t sched_period;
+};
+
+#define AFD_SLICE_NS 100000   /* the fair scheduler's shortest slice (0.1 ms) */
+#define AFD_NICE_BOOST 10
+
+/* Ask the scheduler to run this thread soon after it wakes.
+ *
+ * A process that writes a file and exits at once (touch, a shell's echo) is
+ * reaped by its parent a fraction of a millisecond after its last event;
+ * from then on the kernel gives its events no pidfd and /proc has no entry,
+ * so it can be named only if this thread reads before that.  Nearly every
+ * unnamed short-lived process was one whose events were read after it was
+ * reaped: the thread had been woken but was waiting for a CPU (the event
+ * loop's thread, the writers).  Two hints shorten that wait, and neither
+ * gives the thread more than its share while it is busy:
+ *
+ * - a slice of 0.1 ms (sched_setattr's sched_runtime, the fair scheduler's
+ *   latency hint since Linux 6.12; ignored before): a thread with a
+ *   shorter slice has an earlier deadline, so it preempts the running one
+ *   when it wakes.  Unprivileged.  Only for SCHED_OTHER, at the nice the
+ *   thread has (a thread under another policy is left as the user set it).
+ * - nice lowered by 10 where that is permitted (CAP_SYS_NICE, which a root
+ *   watcher has): a heavier thread is placed earlier on waking.
+ *
+ * d->hint_slice and d->hint_nice say what was done (nice: the new value, or
+ * d->hint_nice_set 0 when it was left). */
+static void afd_hint(struct afd_drain *d)
+{
+    pid_t tid = (pid_t)syscall(SYS_gettid);
+    if (!d->latency_hint || sched_getscheduler(0) != SCHED_OTHER)
+        return;
+    errno = 0;
+    int nice = getpriority(PRIO_PROCESS, (id_t)tid);
+    if (nice == -1 && errno != 0)
+        return;
+    struct afd_sched_attr a;
+    memset(&a, 0, sizeof a);
+    a.size = sizeof a;
+    a.sched_policy = SCHED_OTHER;
+    a.sched_nice = nice;
+    a.sched_runtime = AFD_SLICE_NS;
+    d->hint_slice = syscall(SYS_sched_setattr, tid, &a, 0) == 0;
+    int want = nice - AFD_NICE_BOOST < -20 ? -20 : nice - AFD_NICE_BOOST;
+    if (want < nice && setpriority(PRIO_PROCESS, (id_t)tid, want) == 0) {
+        d->hint_nice_set = 1;
+        d->hint_nice = want;
+    }
+}
+
 int afd_run(struct afd_drain *d)
 {
+    afd_hint(d);
     int32_t *pids = malloc(AFD_MAX_PIDS * sizeof(int32_t));
     int32_t *pidfds = malloc(AFD_MAX_PIDS * sizeof(int32_t));
     struct afd_proc *procs = malloc(AFD_MAX_PIDS * sizeof(struct afd_proc));
