@@ -860,6 +860,10 @@ static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nar
                 || ((ev->mask & FAN_ONDIR) && !(want & FAN_ONDIR))
                 || t == AFN_T_OUT
                 || (t == AFN_T_PARENT && !afn_name_is(src, &ev->dfid, PyTuple_GET_ITEM(tree, 2)))) {
+                /* Not built, so nobody else would close the event's pidfd
+                 * (a FID group's events carry no fd). */
+                if ((has & AFN_HAS_PIDFD) && ev->pidfd >= 0 && (flags & AFN_B_OWNED))
+                    close(ev->pidfd);
                 skipped++;
                 continue;
             }
