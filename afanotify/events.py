@@ -21,11 +21,22 @@ UNANSWERED = 4
 
 _PERM_BITS = int(PERM_EVENTS)
 
-# Serialises the read-and-clear of ``_owns`` in ``_release``: a handler on the
-# group's thread and the loop's close can release one event at once, and two
-# readers of the same bits would both close the fd (the second close could hit
-# a descriptor the process reopened under that number meanwhile).
-_RELEASE_LOCK = threading.Lock()
+# Serialises every read-modify-write of ``_owns`` (release and detach): a
+# handler on the group's thread and the loop's close can release one event at
+# once, and two readers of the same bits would both close the fd (the second
+# close could hit a descriptor the process reopened under that number
+# meanwhile).  Reentrant, because a signal handler or a finaliser run by the
+# collector inside the locked lines may close an event on the same thread;
+# made anew in a forked child, where a thread of the parent may have held it.
+_RELEASE_LOCK = threading.RLock()
+
+
+def _new_release_lock() -> None:
+    global _RELEASE_LOCK
+    _RELEASE_LOCK = threading.RLock()
+
+
+os.register_at_fork(after_in_child=_new_release_lock)
 
 
 class Responder(Protocol):
@@ -249,14 +260,18 @@ class FanotifyData:
         :raises ValueError: if the event has no fd or it was already released,
             or is a permission event not answered yet
         """
-        if not self._owns & OWN_FD:
-            raise ValueError("the event owns no fd: it had none, or it was closed or detached")
-        if self._owns & UNANSWERED:
-            raise ValueError(
-                "answer a permission event before taking its fd: the response is matched "
-                "to the event by the fd number"
-            )
-        object.__setattr__(self, "_owns", self._owns & ~OWN_FD)
+        with _RELEASE_LOCK:
+            owns = self._owns
+            if not owns & OWN_FD:
+                raise ValueError(
+                    "the event owns no fd: it had none, or it was closed or detached"
+                )
+            if owns & UNANSWERED:
+                raise ValueError(
+                    "answer a permission event before taking its fd: the response is matched "
+                    "to the event by the fd number"
+                )
+            object.__setattr__(self, "_owns", owns & ~OWN_FD)
         return self.fd
 
     def detach_pidfd(self) -> int:
@@ -264,9 +279,13 @@ class FanotifyData:
 
         :raises ValueError: if the event has no pidfd or it was already released
         """
-        if not self._owns & OWN_PIDFD:
-            raise ValueError("the event owns no pidfd: it had none, or it was closed or detached")
-        object.__setattr__(self, "_owns", self._owns & ~OWN_PIDFD)
+        with _RELEASE_LOCK:
+            owns = self._owns
+            if not owns & OWN_PIDFD:
+                raise ValueError(
+                    "the event owns no pidfd: it had none, or it was closed or detached"
+                )
+            object.__setattr__(self, "_owns", owns & ~OWN_PIDFD)
         return self.pidfd
 
     def close(self) -> None:

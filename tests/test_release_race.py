@@ -94,3 +94,104 @@ def test_two_threads_releasing_one_event_close_each_fd_once(
     assert not errors, errors
     assert sorted(closed) == sorted([r] + ([w] if bits & OWN_PIDFD else []))
     assert ev.closed
+
+
+def _event_owning_a_pipe() -> tuple[FanotifyData, int]:
+    r, w = os.pipe()
+    os.close(w)
+    return FanotifyData(r, 1, 0, _owns=OWN_FD), r
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.timeout(20)
+def test_an_event_closed_inside_the_locked_lines_on_the_same_thread_does_not_hang() -> None:
+    # What a signal handler or a finaliser run by the collector does when it
+    # lands inside _release's locked lines and closes an event: the thread
+    # already holds the lock.
+    ev, fd = _event_owning_a_pipe()
+    done = threading.Event()
+
+    def nested() -> None:
+        with events._RELEASE_LOCK:
+            ev.close()
+        done.set()
+
+    t = threading.Thread(target=nested, daemon=True)
+    t.start()
+    assert done.wait(5), "close() blocked on the lock its own thread holds"
+    assert not _is_open(fd)
+
+
+@pytest.mark.timeout(20)
+def test_detach_and_release_race_gives_the_fd_to_one_of_them() -> None:
+    # detach_fd reads and clears its bit under the same lock as _release: the
+    # test holds the lock, starts both, and lets them go together.
+    for _ in range(50):
+        ev, fd = _event_owning_a_pipe()
+        got: list[int] = []
+
+        def detach(ev: FanotifyData = ev, got: list[int] = got) -> None:
+            try:
+                got.append(ev.detach_fd())
+            except ValueError:
+                pass
+
+        with events._RELEASE_LOCK:
+            threads = [threading.Thread(target=detach), threading.Thread(target=ev.close)]
+            for t in threads:
+                t.start()
+        for t in threads:
+            t.join(5)
+        if got:
+            assert _is_open(fd), "the fd was detached and closed as well"
+            os.close(got[0])
+        else:
+            assert not _is_open(fd)
+        assert ev._owns == 0
+
+
+@pytest.mark.timeout(30)
+def test_a_forked_child_can_close_events_while_a_parent_thread_held_the_lock() -> None:
+    held = threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:
+        with events._RELEASE_LOCK:
+            held.set()
+            release.wait(10)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    try:
+        assert held.wait(5)
+        pid = os.fork()
+        if pid == 0:  # the child: the holder thread does not exist here
+            code = 1
+            try:
+                ev, fd = _event_owning_a_pipe()
+                ev.close()
+                code = 0 if not _is_open(fd) else 2
+            finally:
+                os._exit(code)
+        deadline_status = None
+        for _ in range(100):
+            wpid, status = os.waitpid(pid, os.WNOHANG)
+            if wpid:
+                deadline_status = status
+                break
+            release.wait(0.1)  # a bounded poll step, not a stand-in for a condition
+        if deadline_status is None:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            raise AssertionError("the child's close() hung on a lock held at fork")
+        assert os.waitstatus_to_exitcode(deadline_status) == 0
+    finally:
+        release.set()
+        t.join(5)
