@@ -396,6 +396,8 @@ class _Watch:
 
     def _take(self) -> None:
         self._due = None
+        if self.fan.closed or (isinstance(self.source, Drain) and self.source.closed):
+            return  # a round queued (call_soon) before run() closed the drain
         self._last_round = self._loop.time()
         # Each batch is thousands of new objects without cycles, freed when
         # it is written: the cyclic GC would only walk them (see

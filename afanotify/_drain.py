@@ -198,6 +198,11 @@ class Drain:
             os.eventfd_write(self._stop, 1)
             self._thread.join()
 
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` ran: nothing more can be taken."""
+        return self._closed
+
     def close(self) -> None:
         """Stop, and free every batch not taken (idempotent)."""
         if self._closed:
