@@ -9,6 +9,7 @@ import os
 import struct
 
 import pytest
+from helpers import is_open
 
 from afanotify import _answer
 from afanotify.events import OWN_FD, UNANSWERED, FanotifyData
@@ -41,14 +42,6 @@ def _responses(r: int) -> list[tuple[int, int]]:
     return [struct.unpack_from("iI", data, i) for i in range(0, len(data), 8)]
 
 
-def _is_open(fd: int) -> bool:
-    try:
-        os.fstat(fd)
-    except OSError:
-        return False
-    return True
-
-
 def test_answer_and_close_writes_counts_and_closes_the_fd(tracker):
     perm, r = tracker
     allowed, denied = _event(perm), _event(perm)
@@ -56,7 +49,7 @@ def test_answer_and_close_writes_counts_and_closes_the_fd(tracker):
     assert _answer.answer_and_close(perm, denied, False)
     assert _responses(r) == [(allowed.fd, int(Response.ALLOW)), (denied.fd, int(Response.DENY))]
     assert allowed.closed and denied.closed
-    assert not _is_open(allowed.fd) and not _is_open(denied.fd)
+    assert not is_open(allowed.fd) and not is_open(denied.fd)
     assert (perm.allowed, perm.denied, len(perm)) == (1, 1, 0)
     # Answered: a second call does nothing (the caller then goes the general way).
     assert not _answer.answer_and_close(perm, allowed, True)
@@ -68,12 +61,12 @@ def test_an_async_handlers_task_is_left_to_write_which_keeps_deadline_order(trac
     first, second = _event(perm), _event(perm)
     perm._pending[first.fd].handler_task = object()  # type: ignore[assignment]
     assert not _answer.answer_and_close(perm, first, True)
-    assert first._owns & UNANSWERED and _is_open(first.fd)
+    assert first._owns & UNANSWERED and is_open(first.fd)
     # Still the oldest pending event: its deadline is the one the timer is armed for.
     assert [e.event for e in perm._pending.values()] == [first, second]
     second.allow_nowait()  # write_plain
     assert _responses(r) == [(second.fd, int(Response.ALLOW))]
-    assert second.answered and _is_open(second.fd)  # allow_nowait() does not close
+    assert second.answered and is_open(second.fd)  # allow_nowait() does not close
     second.close()
     assert [e.event for e in perm._pending.values()] == [first]
     perm._pending[first.fd].handler_task = None

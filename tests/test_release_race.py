@@ -18,6 +18,7 @@ from types import FrameType
 from typing import Any
 
 import pytest
+from helpers import is_open
 
 from afanotify import events
 from afanotify.events import OWN_FD, OWN_PIDFD, FanotifyData
@@ -102,14 +103,6 @@ def _event_owning_a_pipe() -> tuple[FanotifyData, int]:
     return FanotifyData(r, 1, 0, _owns=OWN_FD), r
 
 
-def _is_open(fd: int) -> bool:
-    try:
-        os.fstat(fd)
-    except OSError:
-        return False
-    return True
-
-
 @pytest.mark.timeout(20)
 def test_an_event_closed_inside_the_locked_lines_on_the_same_thread_does_not_hang() -> None:
     # What a signal handler or a finaliser run by the collector does when it
@@ -126,7 +119,7 @@ def test_an_event_closed_inside_the_locked_lines_on_the_same_thread_does_not_han
     t = threading.Thread(target=nested, daemon=True)
     t.start()
     assert done.wait(5), "close() blocked on the lock its own thread holds"
-    assert not _is_open(fd)
+    assert not is_open(fd)
 
 
 @pytest.mark.timeout(20)
@@ -150,10 +143,10 @@ def test_detach_and_release_race_gives_the_fd_to_one_of_them() -> None:
         for t in threads:
             t.join(5)
         if got:
-            assert _is_open(fd), "the fd was detached and closed as well"
+            assert is_open(fd), "the fd was detached and closed as well"
             os.close(got[0])
         else:
-            assert not _is_open(fd)
+            assert not is_open(fd)
         assert ev._owns == 0
 
 
@@ -177,7 +170,7 @@ def test_a_forked_child_can_close_events_while_a_parent_thread_held_the_lock() -
             try:
                 ev, fd = _event_owning_a_pipe()
                 ev.close()
-                code = 0 if not _is_open(fd) else 2
+                code = 0 if not is_open(fd) else 2
             finally:
                 os._exit(code)
         deadline_status = None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import select
 import subprocess
 import sys
@@ -10,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import open_fd_count
 
 from afanotify import _fastparse
 from afanotify.exceptions import WouldBlock
@@ -19,10 +19,6 @@ from afanotify.group import Fanotify
 #: Writes each file named on its command line, then waits to be killed (a live
 #: writer, so that the kernel gives its events a pidfd and not FAN_NOPIDFD).
 WRITER = "import sys, time\nfor p in sys.argv[1:]:\n    open(p, 'w').write('x')\ntime.sleep(60)\n"
-
-
-def _open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
 
 
 def _read_until(fan: Fanotify, name: str) -> list:
@@ -48,7 +44,7 @@ def test_events_outside_the_tree_close_their_pidfds(tmpfs: Path) -> None:
         (tmpfs / "in").mkdir()
         (tmpfs / "out").mkdir()
         fan.watch_tree(str(tmpfs / "in"), Event.CREATE | Event.CLOSE_WRITE)
-        before = _open_fds()
+        before = open_fd_count()
         outside = [str(tmpfs / "out" / f"o{i}") for i in range(50)]
         child = subprocess.Popen([sys.executable, "-c", WRITER, *outside,
                                   str(tmpfs / "in" / "zz-end")])
@@ -60,7 +56,7 @@ def test_events_outside_the_tree_close_their_pidfds(tmpfs: Path) -> None:
             for e in seen:
                 e.close()
             # Every pidfd of the 100 events C skipped is closed too.
-            assert _open_fds() == before
+            assert open_fd_count() == before
         finally:
             child.kill()
             child.wait()
