@@ -396,7 +396,7 @@ class _Watch:
 
     def _take(self) -> None:
         self._due = None
-        if self.fan.closed or (isinstance(self.source, Drain) and self.source.closed):
+        if isinstance(self.source, Drain) and self.source.closed:
             return  # a round queued (call_soon) before run() closed the drain
         self._last_round = self._loop.time()
         # Each batch is thousands of new objects without cycles, freed when
