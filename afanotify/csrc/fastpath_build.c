@@ -329,7 +329,14 @@ static void afn_slots_dealloc(PyObject *o)
     p = (PyObject **)((char *)o + sizeof(PyObject));
     end = (PyObject **)((char *)o + t->tp_basicsize);
     /* Nothing can reach the object any more (its count is zero, the
-     * collector no longer sees it): the slots need not be cleared. */
+     * collector no longer sees it): the slots need not be cleared.  Four
+     * at a time: a FanotifyData has 28. */
+    for (; p + 4 <= end; p += 4) {
+        Py_XDECREF(p[0]);
+        Py_XDECREF(p[1]);
+        Py_XDECREF(p[2]);
+        Py_XDECREF(p[3]);
+    }
     for (; p < end; p++)
         Py_XDECREF(*p);
     /* afn_b holds a reference to event_type: it outlives what is kept. */
