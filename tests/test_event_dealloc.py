@@ -164,3 +164,51 @@ def test_file_handles_free_their_values() -> None:
     ref = weakref.ref(m)
     del m, h
     assert ref() is None
+
+
+# -- FileHandle's hash and equality (the C ones _builder_setup installs) --
+
+
+def _generated_eq(a: object, b: object) -> object:
+    """What the dataclass's own __eq__ answers, called as a plain function."""
+    return FileHandle.__eq__(a, b)  # type: ignore[arg-type]
+
+
+HANDLES = [
+    FileHandle((1, 2), 1, b"x"), FileHandle((1, 2), 1, b"x"), FileHandle((1, 3), 1, b"x"),
+    FileHandle((1, 2), 2, b"x"), FileHandle((1, 2), 1, b"y"), FileHandle((1, 2), 1, b""),
+    FileHandle((1.0, 2), 1, b"x"),  # type: ignore[arg-type]  # equal to the first
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("a", HANDLES)
+@pytest.mark.parametrize("b", HANDLES)
+def test_handle_equality_and_hash_are_the_dataclass_ones(a: FileHandle, b: FileHandle) -> None:
+    assert hash(a) == FileHandle.__hash__(a) == hash((a.fsid, a.handle_type, a.handle))
+    expected = _generated_eq(a, b)
+    assert (a == b) is expected and (a != b) is (not expected)
+    if expected:
+        assert hash(a) == hash(b)
+
+
+def test_handles_of_other_classes_are_not_equal_and_do_not_order() -> None:
+    h = FileHandle((1, 2), 1, b"x")
+
+    @dataclasses.dataclass(frozen=True)
+    class Sub(FileHandle):
+        pass
+
+    s = Sub((1, 2), 1, b"x")
+    assert h != s and s != h and h != (h.fsid, h.handle_type, h.handle) and h != 1
+    assert {h: 1}.get(FileHandle((1, 2), 1, b"x")) == 1
+    with pytest.raises(TypeError):
+        _ = h < h  # type: ignore[operator]
+
+
+def test_a_handle_with_a_deleted_field_raises_as_the_dataclass_would() -> None:
+    h = FileHandle((1, 2), 1, b"x")
+    object.__delattr__(h, "handle")
+    with pytest.raises(AttributeError):
+        hash(h)
+    with pytest.raises(AttributeError):
+        _ = h == FileHandle((1, 2), 1, b"x")

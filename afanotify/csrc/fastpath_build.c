@@ -387,6 +387,130 @@ static void afn_own_dealloc(PyTypeObject *type, const Py_ssize_t *off, Py_ssize_
     type->tp_dealloc = afn_slots_dealloc;
 }
 
+/* FileHandle's hash and equality in C.  The group's directory map keys its
+ * dicts by FileHandle: on a burst over many directories the dataclass's
+ * generated __hash__ and __eq__ (Python functions) took 8% of a mixed
+ * drain's instructions.  These compute exactly what the generated ones do:
+ * hash((fsid, handle_type, handle)), and the fields compared in order with
+ * ==, for an object of the very same class only (NotImplemented otherwise,
+ * and for ordering).  The class's __hash__ and __eq__ attributes stay the
+ * Python ones, which give the same answers. */
+static PyTypeObject *afn_h_type; /* the class given these (strong) */
+static Py_ssize_t afn_h_off[AFN_HANDLE_SLOTS];
+
+/* The slots of `o` in field order, or -1 with AttributeError (a slot deleted
+ * with object.__delattr__, as the generated methods would find). */
+static int afn_handle_fields(PyObject *o, PyObject **f)
+{
+    int k;
+    for (k = 0; k < AFN_HANDLE_SLOTS; k++) {
+        if ((f[k] = AFN_SLOT(o, afn_h_off[k])) == NULL) {
+            PyErr_SetString(PyExc_AttributeError, "a FileHandle field is not set");
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static Py_hash_t afn_handle_hash(PyObject *o)
+{
+    PyObject *f[AFN_HANDLE_SLOTS], *t;
+    Py_hash_t h;
+
+    if (!PyObject_TypeCheck(o, afn_h_type)) {
+        PyErr_SetString(PyExc_TypeError, "FileHandle hash of another type");
+        return -1;
+    }
+    if (afn_handle_fields(o, f) < 0 || (t = PyTuple_Pack(AFN_HANDLE_SLOTS, f[0], f[1], f[2])) == NULL)
+        return -1;
+    h = PyObject_Hash(t);
+    Py_DECREF(t);
+    return h;
+}
+
+static PyObject *afn_handle_richcompare(PyObject *a, PyObject *b, int op)
+{
+    PyObject *fa[AFN_HANDLE_SLOTS], *fb[AFN_HANDLE_SLOTS];
+    int k, eq = 1;
+
+    if ((op != Py_EQ && op != Py_NE) || Py_TYPE(a) != Py_TYPE(b)
+        || !PyObject_TypeCheck(a, afn_h_type))
+        Py_RETURN_NOTIMPLEMENTED;
+    if (afn_handle_fields(a, fa) < 0 || afn_handle_fields(b, fb) < 0)
+        return NULL;
+    for (k = 0; k < AFN_HANDLE_SLOTS && eq; k++) {
+        /* As tuple ==: identical objects are equal without asking. */
+        if ((eq = PyObject_RichCompareBool(fa[k], fb[k], Py_EQ)) < 0)
+            return NULL;
+    }
+    return Py_NewRef(eq == (op == Py_EQ) ? Py_True : Py_False);
+}
+
+/* Whether `attr` of the type dict is a method the dataclass generated (its
+ * code made by exec, not written in a file). */
+static int afn_generated(PyObject *dict, const char *attr)
+{
+    PyObject *fn = PyDict_GetItemString(dict, attr), *code, *file;
+    int ok;
+    if (fn == NULL || !PyFunction_Check(fn))
+        return 0;
+    code = PyFunction_GetCode(fn);
+    file = PyObject_GetAttrString(code, "co_filename");
+    ok = file != NULL && PyUnicode_Check(file) && PyUnicode_CompareWithASCIIString(file, "<string>") == 0;
+    Py_XDECREF(file);
+    PyErr_Clear();
+    return ok;
+}
+
+/* Whether attribute `name` of `obj` is `want` (Py_True, Py_False, Py_None). */
+static int afn_attr_is(PyObject *obj, const char *name, PyObject *want)
+{
+    PyObject *v = PyObject_GetAttrString(obj, name);
+    int ok = v == want;
+    Py_XDECREF(v);
+    PyErr_Clear();
+    return ok;
+}
+
+/* Give `type` afn_handle_hash and afn_handle_richcompare when it is the
+ * frozen dataclass they copy: eq and frozen, not ordered, the generated
+ * __eq__ and __hash__, and the fields `names` (its slots, at `off`), in that
+ * order, each compared and hashed.  Only one class ever (the first). */
+static void afn_own_handle_methods(PyTypeObject *type, PyObject *names, const Py_ssize_t *off)
+{
+    PyObject *dict, *params, *fields, *key, *field;
+    Py_ssize_t pos = 0, i = 0;
+    int ok;
+
+    if (afn_h_type != NULL || PyTuple_GET_SIZE(names) != AFN_HANDLE_SLOTS)
+        return;
+    if ((dict = afn_type_dict(type)) == NULL) {
+        PyErr_Clear();
+        return;
+    }
+    params = PyDict_GetItemString(dict, "__dataclass_params__");
+    fields = PyDict_GetItemString(dict, "__dataclass_fields__");
+    ok = params != NULL && fields != NULL && PyDict_CheckExact(fields)
+         && PyDict_GET_SIZE(fields) == AFN_HANDLE_SLOTS
+         && afn_attr_is(params, "eq", Py_True) && afn_attr_is(params, "frozen", Py_True)
+         && afn_attr_is(params, "order", Py_False) && afn_attr_is(params, "unsafe_hash", Py_False)
+         && afn_generated(dict, "__eq__") && afn_generated(dict, "__hash__")
+         && type->tp_hash != NULL && type->tp_richcompare != NULL;
+    while (ok && PyDict_Next(fields, &pos, &key, &field)) {
+        ok = PyUnicode_Check(key) && PyUnicode_Compare(key, PyTuple_GET_ITEM(names, i)) == 0
+             && afn_attr_is(field, "compare", Py_True) && afn_attr_is(field, "hash", Py_None);
+        i++;
+    }
+    PyErr_Clear();
+    Py_DECREF(dict);
+    if (!ok)
+        return;
+    memcpy(afn_h_off, off, sizeof afn_h_off);
+    afn_h_type = (PyTypeObject *)Py_NewRef(type);
+    type->tp_hash = afn_handle_hash;
+    type->tp_richcompare = afn_handle_richcompare;
+}
+
 /* _builder_setup(FanotifyData, FileHandle, slots, defaults, handle_slots,
  *                own_fd, own_pidfd, unanswered):
  * `slots` names every slot of FanotifyData, `defaults` the value each gets
@@ -459,6 +583,7 @@ static PyObject *afn_builder_setup(PyObject *self, PyObject *const *args, Py_ssi
     nb.handle_type = (PyTypeObject *)Py_NewRef(htype);
     afn_own_dealloc(etype, nb.slot_off, n);
     afn_own_dealloc(htype, nb.handle_off, AFN_HANDLE_SLOTS);
+    afn_own_handle_methods(htype, hslots, nb.handle_off);
     /* Only now, so that a refused setup leaves the previous one working. */
     afn_free_clear();
     afn_builder_clear(&afn_b);
