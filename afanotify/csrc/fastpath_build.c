@@ -280,6 +280,237 @@ static void afn_template(struct afn_builder *b)
     b->first = lo;
 }
 
+/* The deallocator _builder_setup gives a plain slotted class (see
+ * afn_own_dealloc).  CPython's generic one (subtype_dealloc) walks the
+ * class's member table and checks for finalizers, weak references and a
+ * dict on every object: about 560 instructions for a FanotifyData, a fifth
+ * of an event's whole cost in a FID drain.  For a class whose instances
+ * are nothing but one run of object slots it does no more than this: stop
+ * tracking, release each slot, free, drop the reference to the class.
+ *
+ * A Python subclass of such a class keeps CPython's deallocator, which
+ * releases what the subclass added (its own slots, __dict__, weak
+ * references, __del__) and then calls this one, the nearest base's, on the
+ * object tracked again; so the class whose slots are released here is the
+ * nearest in the MRO that has this deallocator, and the reference dropped
+ * is to the object's own class (subtype_dealloc leaves that to a heap base
+ * type's deallocator). */
+/* Events of afn_b.event_type freed by afn_slots_dealloc, kept for
+ * afn_make_event: an event in a drain is made and freed by the thousand,
+ * and taking one back here skips the allocator and the collector's
+ * bookkeeping on both sides (about 60 instructions of an event's 2,100, and the page faults below).
+ * Each is an untracked object with its slots released, its header and
+ * class as PyObject_Init leaves them to be set again.  Sized for a full
+ * group queue (maxsize 8,192 by default; two 256 KiB reads of FID events):
+ * `async for` frees a whole queue before the reader refills it, and with
+ * room for only one read the rest went back to the allocator, whose emptied
+ * pages were faulted in again on the next read (44 minor faults per 1,000
+ * events, against 8 with this size, measured with getrusage on a FID
+ * drain).  At most 2 MiB (256 bytes an event) stays kept after a burst;
+ * what does not fit is freed. */
+#define AFN_FREE_MAX 8192
+static PyObject *afn_free[AFN_FREE_MAX];
+static int afn_nfree;
+
+/* Free what afn_free holds (when the event class changes). */
+static void afn_free_clear(void)
+{
+    while (afn_nfree > 0)
+        PyObject_GC_Del(afn_free[--afn_nfree]);
+}
+
+static void afn_slots_dealloc(PyObject *o)
+{
+    PyTypeObject *tp = Py_TYPE(o), *t = tp;
+    PyObject **p, **end;
+
+    while (t->tp_dealloc != afn_slots_dealloc)
+        t = t->tp_base;
+    PyObject_GC_UnTrack(o);
+    /* The trashcan bounds the recursion of a chain of nested objects (only
+     * for an instance of exactly this class: for a subclass, CPython's
+     * deallocator has done it). */
+    Py_TRASHCAN_BEGIN(o, afn_slots_dealloc)
+    p = (PyObject **)((char *)o + sizeof(PyObject));
+    end = (PyObject **)((char *)o + t->tp_basicsize);
+    /* Nothing can reach the object any more (its count is zero, the
+     * collector no longer sees it): the slots need not be cleared.  Four
+     * at a time: a FanotifyData has 28. */
+    for (; p + 4 <= end; p += 4) {
+        Py_XDECREF(p[0]);
+        Py_XDECREF(p[1]);
+        Py_XDECREF(p[2]);
+        Py_XDECREF(p[3]);
+    }
+    for (; p < end; p++)
+        Py_XDECREF(*p);
+    /* afn_b holds a reference to event_type: it outlives what is kept. */
+    if (tp == afn_b.event_type && afn_nfree < AFN_FREE_MAX)
+        afn_free[afn_nfree++] = o;
+    else
+        tp->tp_free(o);
+    Py_DECREF(tp);
+    Py_TRASHCAN_END
+}
+
+/* Give `type` afn_slots_dealloc when its instances are exactly a header and
+ * one run of object slots (`nslots` of them, whose offsets are `off`, all
+ * checked by afn_slots), and nothing else could need CPython's deallocator:
+ * a heap type made by a class statement, GC, based on object, with no
+ * finalizer, no weak references and no dict.  Otherwise it keeps its own. */
+static void afn_own_dealloc(PyTypeObject *type, const Py_ssize_t *off, Py_ssize_t nslots)
+{
+    Py_ssize_t i, lo = PY_SSIZE_T_MAX, hi = 0;
+
+    if (type->tp_dealloc == afn_slots_dealloc)
+        return;
+    for (i = 0; i < nslots; i++) {
+        if (off[i] < lo)
+            lo = off[i];
+        if (off[i] > hi)
+            hi = off[i];
+    }
+    /* nslots distinct aligned offsets (afn_slots checked they are distinct
+     * members) spanning exactly nslots pointers fill the run. */
+    if (nslots == 0 || lo != (Py_ssize_t)sizeof(PyObject)
+        || (hi - lo) != (nslots - 1) * (Py_ssize_t)sizeof(PyObject *)
+        || type->tp_basicsize != lo + nslots * (Py_ssize_t)sizeof(PyObject *)
+        || !(type->tp_flags & Py_TPFLAGS_HEAPTYPE) || !(type->tp_flags & Py_TPFLAGS_HAVE_GC)
+        || type->tp_base != &PyBaseObject_Type || type->tp_itemsize != 0
+        || type->tp_dictoffset != 0 || type->tp_weaklistoffset != 0
+        || type->tp_finalize != NULL || type->tp_del != NULL
+        || type->tp_free != PyObject_GC_Del)
+        return;
+    for (i = 0; i < nslots; i++)
+        if (off[i] % (Py_ssize_t)sizeof(PyObject *) != 0)
+            return;
+    type->tp_dealloc = afn_slots_dealloc;
+}
+
+/* FileHandle's hash and equality in C.  The group's directory map keys its
+ * dicts by FileHandle: on a burst over many directories the dataclass's
+ * generated __hash__ and __eq__ (Python functions) took 8% of a mixed
+ * drain's instructions.  These compute exactly what the generated ones do:
+ * hash((fsid, handle_type, handle)), and the fields compared in order with
+ * ==, for an object of the very same class only (NotImplemented otherwise,
+ * and for ordering).  The class's __hash__ and __eq__ attributes stay the
+ * Python ones, which give the same answers. */
+static PyTypeObject *afn_h_type; /* the class given these (strong) */
+static Py_ssize_t afn_h_off[AFN_HANDLE_SLOTS];
+
+/* The slots of `o` in field order, or -1 with AttributeError (a slot deleted
+ * with object.__delattr__, as the generated methods would find). */
+static int afn_handle_fields(PyObject *o, PyObject **f)
+{
+    int k;
+    for (k = 0; k < AFN_HANDLE_SLOTS; k++) {
+        if ((f[k] = AFN_SLOT(o, afn_h_off[k])) == NULL) {
+            PyErr_SetString(PyExc_AttributeError, "a FileHandle field is not set");
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static Py_hash_t afn_handle_hash(PyObject *o)
+{
+    PyObject *f[AFN_HANDLE_SLOTS], *t;
+    Py_hash_t h;
+
+    if (!PyObject_TypeCheck(o, afn_h_type)) {
+        PyErr_SetString(PyExc_TypeError, "FileHandle hash of another type");
+        return -1;
+    }
+    if (afn_handle_fields(o, f) < 0 || (t = PyTuple_Pack(AFN_HANDLE_SLOTS, f[0], f[1], f[2])) == NULL)
+        return -1;
+    h = PyObject_Hash(t);
+    Py_DECREF(t);
+    return h;
+}
+
+static PyObject *afn_handle_richcompare(PyObject *a, PyObject *b, int op)
+{
+    PyObject *fa[AFN_HANDLE_SLOTS], *fb[AFN_HANDLE_SLOTS];
+    int k, eq = 1;
+
+    if ((op != Py_EQ && op != Py_NE) || Py_TYPE(a) != Py_TYPE(b)
+        || !PyObject_TypeCheck(a, afn_h_type))
+        Py_RETURN_NOTIMPLEMENTED;
+    if (afn_handle_fields(a, fa) < 0 || afn_handle_fields(b, fb) < 0)
+        return NULL;
+    for (k = 0; k < AFN_HANDLE_SLOTS && eq; k++) {
+        /* As tuple ==: identical objects are equal without asking. */
+        if ((eq = PyObject_RichCompareBool(fa[k], fb[k], Py_EQ)) < 0)
+            return NULL;
+    }
+    return Py_NewRef(eq == (op == Py_EQ) ? Py_True : Py_False);
+}
+
+/* Whether `attr` of the type dict is a method the dataclass generated (its
+ * code made by exec, not written in a file). */
+static int afn_generated(PyObject *dict, const char *attr)
+{
+    PyObject *fn = PyDict_GetItemString(dict, attr), *code, *file;
+    int ok;
+    if (fn == NULL || !PyFunction_Check(fn))
+        return 0;
+    code = PyFunction_GetCode(fn);
+    file = PyObject_GetAttrString(code, "co_filename");
+    ok = file != NULL && PyUnicode_Check(file) && PyUnicode_CompareWithASCIIString(file, "<string>") == 0;
+    Py_XDECREF(file);
+    PyErr_Clear();
+    return ok;
+}
+
+/* Whether attribute `name` of `obj` is `want` (Py_True, Py_False, Py_None). */
+static int afn_attr_is(PyObject *obj, const char *name, PyObject *want)
+{
+    PyObject *v = PyObject_GetAttrString(obj, name);
+    int ok = v == want;
+    Py_XDECREF(v);
+    PyErr_Clear();
+    return ok;
+}
+
+/* Give `type` afn_handle_hash and afn_handle_richcompare when it is the
+ * frozen dataclass they copy: eq and frozen, not ordered, the generated
+ * __eq__ and __hash__, and the fields `names` (its slots, at `off`), in that
+ * order, each compared and hashed.  Only one class ever (the first). */
+static void afn_own_handle_methods(PyTypeObject *type, PyObject *names, const Py_ssize_t *off)
+{
+    PyObject *dict, *params, *fields, *key, *field;
+    Py_ssize_t pos = 0, i = 0;
+    int ok;
+
+    if (afn_h_type != NULL || PyTuple_GET_SIZE(names) != AFN_HANDLE_SLOTS)
+        return;
+    if ((dict = afn_type_dict(type)) == NULL) {
+        PyErr_Clear();
+        return;
+    }
+    params = PyDict_GetItemString(dict, "__dataclass_params__");
+    fields = PyDict_GetItemString(dict, "__dataclass_fields__");
+    ok = params != NULL && fields != NULL && PyDict_CheckExact(fields)
+         && PyDict_GET_SIZE(fields) == AFN_HANDLE_SLOTS
+         && afn_attr_is(params, "eq", Py_True) && afn_attr_is(params, "frozen", Py_True)
+         && afn_attr_is(params, "order", Py_False) && afn_attr_is(params, "unsafe_hash", Py_False)
+         && afn_generated(dict, "__eq__") && afn_generated(dict, "__hash__")
+         && type->tp_hash != NULL && type->tp_richcompare != NULL;
+    while (ok && PyDict_Next(fields, &pos, &key, &field)) {
+        ok = PyUnicode_Check(key) && PyUnicode_Compare(key, PyTuple_GET_ITEM(names, i)) == 0
+             && afn_attr_is(field, "compare", Py_True) && afn_attr_is(field, "hash", Py_None);
+        i++;
+    }
+    PyErr_Clear();
+    Py_DECREF(dict);
+    if (!ok)
+        return;
+    memcpy(afn_h_off, off, sizeof afn_h_off);
+    afn_h_type = (PyTypeObject *)Py_NewRef(type);
+    type->tp_hash = afn_handle_hash;
+    type->tp_richcompare = afn_handle_richcompare;
+}
+
 /* _builder_setup(FanotifyData, FileHandle, slots, defaults, handle_slots,
  *                own_fd, own_pidfd, unanswered):
  * `slots` names every slot of FanotifyData, `defaults` the value each gets
@@ -350,7 +581,11 @@ static PyObject *afn_builder_setup(PyObject *self, PyObject *const *args, Py_ssi
     nb.event_type = NULL;
     nb.event_type = (PyTypeObject *)Py_NewRef(etype);
     nb.handle_type = (PyTypeObject *)Py_NewRef(htype);
+    afn_own_dealloc(etype, nb.slot_off, n);
+    afn_own_dealloc(htype, nb.handle_off, AFN_HANDLE_SLOTS);
+    afn_own_handle_methods(htype, hslots, nb.handle_off);
     /* Only now, so that a refused setup leaves the previous one working. */
+    afn_free_clear();
     afn_builder_clear(&afn_b);
     afn_b = nb;
     Py_RETURN_NONE;
@@ -374,7 +609,10 @@ static PyObject *afn_make_event(PyObject **v, unsigned present, int track)
         /* tp_alloc (PyType_GenericAlloc) zeroes the object and tracks it,
          * only for the caller to untrack it again: the template writes every
          * slot, and only an event left tracked is tracked here. */
-        o = (PyObject *)PyObject_GC_New(PyObject, t);
+        if (afn_nfree > 0)
+            o = PyObject_Init(afn_free[--afn_nfree], t);
+        else
+            o = (PyObject *)PyObject_GC_New(PyObject, t);
         if (o == NULL)
             goto fail;
         /* The defaults copied in one go, then a reference taken for each

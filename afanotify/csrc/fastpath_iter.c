@@ -134,6 +134,10 @@ typedef struct {
 } afn_iter;
 
 static PyObject *afn_s_close;
+/* The int 0: most events own nothing, and CPython keeps one object for each
+ * small int, so a pointer comparison answers for them (any other 0 still
+ * reads as 0 below). */
+static PyObject *afn_int_zero;
 
 /* The event's `_owns` as a C long, or -1 when it is not the builder's class
  * (or not a plain int there): the caller takes the Python way then. */
@@ -143,6 +147,8 @@ static long afn_owns_of(PyObject *ev)
     if (afn_b.event_type == NULL || Py_TYPE(ev) != afn_b.event_type)
         return -1;
     owns = AFN_SLOT(ev, afn_b.field_off[AFN_F_OWNS]);
+    if (owns == afn_int_zero)
+        return 0;
     if (owns == NULL || !PyLong_CheckExact(owns))
         return -1;
     return PyLong_AsLong(owns);
@@ -355,6 +361,8 @@ static PyObject *afn_events_iter(PyObject *self, PyObject *const *args, Py_ssize
         return NULL;
     }
     if (afn_s_close == NULL && (afn_s_close = PyUnicode_InternFromString("close")) == NULL)
+        return NULL;
+    if (afn_int_zero == NULL && (afn_int_zero = PyLong_FromLong(0)) == NULL)
         return NULL;
     if (PyType_Ready(&afn_ready_type) < 0 || PyType_Ready(&afn_iter_type) < 0)
         return NULL;
