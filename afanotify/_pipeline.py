@@ -215,7 +215,8 @@ class Pipeline:
                 dir_path=dir_path, skip_pids=self.own_tids if self.ignore_own else (),
                 moves=_dirmap.MOVES, on_walk=self.dirmap.walked if dir_path else None,
                 dir_change=_CUT, tree=self.tree if dir_path else None,
-                on_cut=self._on_cut,
+                on_cut=self._on_cut, renames=True,
+                object_path=self.dirmap.c_object if dir_path else None,
             )  # fmt: skip
             if fast.skipped:
                 c.events_read += fast.skipped
