@@ -358,6 +358,27 @@ class DirMap:
         self.hits += 1
         return p
 
+    def c_object(self, h: FileHandle, gone: bool) -> str | None:
+        """``object_path`` for the C builder: :meth:`object_at` for the events before the cut.
+
+        Before the batch's first change the map is as it was at the event,
+        and with no directory move in the batch (:attr:`live`) a lookup now
+        is the lookup :meth:`object_at` would make; otherwise the event is
+        counted in :attr:`missed`, to be tried again once the batch is known.
+        ``gone``: see :meth:`object_at` (the C builder also says so for an
+        object whose DELETE_SELF comes later in the batch).
+        """
+        if self.c_off:
+            self.missed += 1
+            return None
+        p = self.path(h)
+        if p is None and not gone:
+            if not self.live:
+                self.missed += 1
+                return None
+            p = self._fresh(h, learn=False)
+        return p
+
     def dir_at(self, h: FileHandle, i: int) -> str | None:
         """The path of directory ``h`` at event ``i`` of the batch, or None."""
         p = self._paths.get(h)
@@ -402,9 +423,9 @@ class DirMap:
             del self._looked[h]
         else:
             self.misses += 1
-            p = self._open_path(h)
+            p = _open_path(self._mounts, h)
             if p is None:
-                p = self._marked_path(h)
+                p = _marked_path(self._marked, h)
             if p is None:
                 self._dead.add(h)
                 return None
@@ -432,29 +453,6 @@ class DirMap:
         if self.path(ph) != parent_path:
             self._link(ph, parent_path, depth + 1)
         self._put(h, ph, name)
-
-    def _open_path(self, h: FileHandle) -> str | None:
-        mount_fd = self._mounts.get(h.fsid)
-        if mount_fd is None:
-            return None
-        try:
-            fd = _ffi.open_by_handle(mount_fd, h.handle, h.handle_type, os.O_PATH)
-        except OSError:
-            return None
-        try:
-            path = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            return None
-        finally:
-            os.close(fd)
-        return None if path.endswith(_DELETED) else path
-
-    def _marked_path(self, h: FileHandle) -> str | None:
-        """The path a marked object was marked by, if it still names that object."""
-        path = self._marked.get(h)
-        if path is None or _handle_at(h.fsid, path) != h:
-            return None
-        return path
 
     # -- events, in order ------------------------------------------------------
 
@@ -559,6 +557,32 @@ class DirMap:
         self._marked.clear()
         self._fixed.clear()
         self.forget()
+
+
+def _open_path(mounts: dict[tuple[int, int], int], h: FileHandle) -> str | None:
+    """The current path of ``h``'s object (``open_by_handle_at`` on its mount), or None."""
+    mount_fd = mounts.get(h.fsid)
+    if mount_fd is None:
+        return None
+    try:
+        fd = _ffi.open_by_handle(mount_fd, h.handle, h.handle_type, os.O_PATH)
+    except OSError:
+        return None
+    try:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return None if path.endswith(_DELETED) else path
+
+
+def _marked_path(marked: dict[FileHandle, str], h: FileHandle) -> str | None:
+    """The path a marked object was marked by, if it still names that object."""
+    path = marked.get(h)
+    if path is None or _handle_at(h.fsid, path) != h:
+        return None
+    return path
 
 
 def _add_mount(dm: DirMap, path: str | bytes, dont_follow: bool) -> None:

@@ -141,6 +141,7 @@ class _Lib:
     AFN_B_RESOLVE: int
     AFN_B_UNTRACK: int
     AFN_B_STOP_AT_CUT: int
+    AFN_B_RENAMES: int
 
     # csrc/fastpath_rules.cdef: static permission decisions.
     AFR_DEFAULT_RULE: int

@@ -212,6 +212,8 @@ class Decoder:
         dir_change: int = _DIR_CHANGE,
         tree: tuple[str, str, str, int] | None = None,
         on_cut: Callable[[FanotifyData, int], None] | None = None,
+        renames: bool = False,
+        object_path: Callable[[FileHandle, bool], str | None] | None = None,
     ) -> tuple[list[FanotifyData], list[ParseError]]:
         """Decode the first ``nbytes`` of ``buf``, as :func:`afanotify._parser.parse_lenient`.
 
@@ -249,6 +251,20 @@ class Decoder:
             end the paths: each is handed to ``on_cut(event, index)`` as soon
             as it is built (to resolve it and update the caller's map), and
             C goes on with ``dir_path`` after it.
+        :param renames: with ``dir_path``, a file renamed before the cut (a
+            FAN_RENAME without ONDIR: old and new directory records, maybe a
+            FID record, no others) also gets ``old_path``, ``new_path``,
+            ``path`` (the new one, or the old when the new is empty) and
+            ``path_resolved`` (both directories known), each directory asked
+            of ``dir_path`` as above (a side whose directory is unknown is its
+            name alone); ``dir_path`` stays None
+        :param object_path: with ``dir_path``, an event before the cut with a
+            FID record and no directory record (MOVE_SELF, DELETE_SELF) gets
+            ``path = object_path(fid, gone)`` and ``path_resolved`` (whether
+            that is a str).  ``gone`` is True when the event is a DELETE_SELF,
+            or when a DELETE_SELF later in the same batch has the same FID
+            record: the kernel sends it once the last link is gone, so
+            ``open_by_handle_at`` could not name the object any more
         :raises ValueError: for an ``nbytes`` outside the buffer
         """
         if isinstance(buf, ffi.CData):
@@ -284,7 +300,7 @@ class Decoder:
         src = ffi.buffer(cbuf, nbytes) if nbytes else b""
         return self._build(
             src, count, owned, pid_is_tid, fd_error, resolve_fd_paths, dir_path, skip_pids,
-            dir_change, tree, on_cut,
+            dir_change, tree, on_cut, renames, object_path,
         )
 
     def _build(
@@ -300,6 +316,8 @@ class Decoder:
         dir_change: int,
         tree: tuple[str, str, str, int] | None,
         on_cut: Callable[[FanotifyData, int], None] | None,
+        renames: bool = False,
+        object_path: Callable[[FileHandle, bool], str | None] | None = None,
     ) -> tuple[list[FanotifyData], list[ParseError]]:
         events: list[FanotifyData] = []
         errors: list[ParseError] = []
@@ -318,6 +336,7 @@ class Decoder:
             | (lib.AFN_B_RESOLVE if resolve else 0)
             | (lib.AFN_B_UNTRACK if self.untrack else 0)
             | (lib.AFN_B_STOP_AT_CUT if on_cut is not None else 0)
+            | (lib.AFN_B_RENAMES if renames else 0)
         )
         out = self._out
         mv: memoryview | None = None
@@ -327,7 +346,7 @@ class Decoder:
             # back; the reference parser decodes that one; then C again.
             i, nfilled, cut, nskipped, stopped = build(
                 self._out_mv, i, count, src, self._arena_buf, events, numbered, dirs, dir_path,
-                skip_pids, cflags, _PERM, dir_change, tree,
+                skip_pids, cflags, _PERM, dir_change, tree, object_path,
             )  # fmt: skip
             filled += nfilled
             skipped += nskipped

@@ -111,6 +111,14 @@ class Counters:
 join = _dirmap.join
 
 
+def _object_only(ev: FanotifyData) -> bool:
+    """A FID record and no other (the shape the C builder names with ``object_path``)."""
+    return (
+        ev.fid is not None and ev.dfid is None and ev.old_dfid is None and ev.new_dfid is None
+        and ev.error is None and not ev.unknown_records
+    )  # fmt: skip
+
+
 def _fast_decoder(bufsize: int) -> _fastparse.Decoder | None:
     """The C batch decoder, or None when this core lacks it or AFANOTIFY_PURE_PARSER is set.
 
@@ -215,7 +223,8 @@ class Pipeline:
                 dir_path=dir_path, skip_pids=self.own_tids if self.ignore_own else (),
                 moves=_dirmap.MOVES, on_walk=self.dirmap.walked if dir_path else None,
                 dir_change=_CUT, tree=self.tree if dir_path else None,
-                on_cut=self._on_cut,
+                on_cut=self._on_cut, renames=True,
+                object_path=self.dirmap.c_object if dir_path else None,
             )  # fmt: skip
             if fast.skipped:
                 c.events_read += fast.skipped
@@ -314,11 +323,16 @@ class Pipeline:
             return
         dm.set_batch(_dirmap.scan(events))
         resolve = self._resolve_fid
+        # An object's own event (a FID record alone) that C built before the
+        # cut, in a batch without directory moves or overflow, got what
+        # object_at gives now (a batch teaches the map only directories, and
+        # a handle lookup gives what it gave then): it is not looked up twice.
+        settled = dm.live and not dm.c_off and self.fast is not None
         for i in range(start if redo else 0):
             ev = events[i]
             if ev.ev_types & _OVERFLOW:
                 dm.apply(ev, i)
-            elif not ev.path_resolved and ev.fd < 0:
+            elif not ev.path_resolved and ev.fd < 0 and not (settled and _object_only(ev)):
                 resolve(ev, i)
         for i in range(start, n):
             ev = events[i]

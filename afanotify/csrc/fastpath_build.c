@@ -37,12 +37,14 @@ enum {
     AFN_F_FID, AFN_F_DFID, AFN_F_NAME, AFN_F_OLD_DFID, AFN_F_OLD_NAME, AFN_F_NEW_DFID,
     AFN_F_NEW_NAME, AFN_F_DIR_PATH, AFN_F_PATH_RESOLVED, AFN_F_ERROR, AFN_F_ERROR_COUNT,
     AFN_F_RANGE_OFFSET, AFN_F_RANGE_COUNT, AFN_F_MNT_ID, AFN_F_FD_ERROR, AFN_F_OWNS,
+    AFN_F_OLD_PATH, AFN_F_NEW_PATH,
     AFN_F_COUNT
 };
 static const char *const afn_field_names[AFN_F_COUNT] = {
     "fd", "pid", "ev_types", "path", "pid_is_tid", "pidfd", "fid", "dfid", "name",
     "old_dfid", "old_name", "new_dfid", "new_name", "dir_path", "path_resolved", "error",
     "error_count", "range_offset", "range_count", "mnt_id", "fd_error", "_owns",
+    "old_path", "new_path",
 };
 /* _build keeps the fields it set as bits of an unsigned. */
 _Static_assert(AFN_F_COUNT <= 32, "a bit per field");
@@ -64,6 +66,7 @@ _Static_assert(AFN_F_COUNT <= 32, "a bit per field");
 #define AFN_B_RESOLVE 0x8
 #define AFN_B_UNTRACK 0x10
 #define AFN_B_STOP_AT_CUT 0x20
+#define AFN_B_RENAMES 0x40
 
 struct afn_builder {
     PyTypeObject *event_type;
@@ -756,11 +759,12 @@ static int afn_name_is(const unsigned char *src, const struct afn_fidref *ref, P
 }
 
 /* The per-directory entry the Python builder keeps: [FileHandle, path or
- * None, path with a trailing slash, tree decision (AFN_T_*) or None]. */
-static PyObject *afn_dir_entry(const unsigned char *src, const struct afn_event *ev,
+ * None, path with a trailing slash, tree decision (AFN_T_*) or None], for
+ * the directory of record `ref`. */
+static PyObject *afn_dir_entry(const unsigned char *src, const struct afn_fidref *ref,
                                unsigned flags)
 {
-    PyObject *h = afn_new_handle(src, ev->dfid.rec, ev->dfid.handle_len, flags);
+    PyObject *h = afn_new_handle(src, ref->rec, ref->handle_len, flags);
     PyObject *e;
     if (h == NULL)
         return NULL;
@@ -807,31 +811,33 @@ static int afn_append(PyObject *events, PyObject *o)
     return r;
 }
 
-/* The directory entry of an FID-shape event's dfid record (borrowed: dirs
- * or by_record holds it), made the first time a directory is seen. */
-static PyObject *afn_dir_of(const unsigned char *src, const struct afn_event *ev,
-                            PyObject *dirs, PyObject *by_record, unsigned flags)
+/* The directory entry of record `ref` (borrowed: dirs or by_record holds
+ * it), made the first time a directory is seen: by `idx`, its number from
+ * the C walk (AFN_NONE: not numbered), else by the record's bytes. */
+static PyObject *afn_ref_entry(const unsigned char *src, const struct afn_fidref *ref,
+                               uint32_t idx, PyObject *dirs, PyObject *by_record,
+                               unsigned flags)
 {
     PyObject *entry, *key;
 
-    if (ev->dir_idx < AFN_MAX_DIRS) {
+    if (idx < AFN_MAX_DIRS) {
         /* dir_path may have changed the list: index it checked. */
-        entry = PyList_GetItem(dirs, ev->dir_idx);
+        entry = PyList_GetItem(dirs, idx);
         if (entry != Py_None)
             return entry;
-        entry = afn_dir_entry(src, ev, flags);
-        if (entry == NULL || PyList_SetItem(dirs, ev->dir_idx, entry) < 0)
+        entry = afn_dir_entry(src, ref, flags);
+        if (entry == NULL || PyList_SetItem(dirs, idx, entry) < 0)
             return NULL;
         return entry;
     }
     /* Past the numbered ones: keyed by the record's bytes. */
-    key = PyBytes_FromStringAndSize((const char *)src + ev->dfid.rec,
-                                    (Py_ssize_t)(AFN_FID_FIXED + ev->dfid.handle_len));
+    key = PyBytes_FromStringAndSize((const char *)src + ref->rec,
+                                    (Py_ssize_t)(AFN_FID_FIXED + ref->handle_len));
     if (key == NULL)
         return NULL;
     entry = PyDict_GetItemWithError(by_record, key);
     if (entry == NULL && !PyErr_Occurred()) {
-        entry = afn_dir_entry(src, ev, flags);
+        entry = afn_dir_entry(src, ref, flags);
         if (entry != NULL) {
             int r = PyDict_SetItem(by_record, key, entry);
             Py_DECREF(entry); /* the dict holds it */
@@ -843,39 +849,82 @@ static PyObject *afn_dir_of(const unsigned char *src, const struct afn_event *ev
     return entry;
 }
 
+/* The directory entry of an FID-shape event's dfid record (borrowed). */
+static PyObject *afn_dir_of(const unsigned char *src, const struct afn_event *ev,
+                            PyObject *dirs, PyObject *by_record, unsigned flags)
+{
+    return afn_ref_entry(src, &ev->dfid, ev->dir_idx, dirs, by_record, flags);
+}
+
+/* A checked entry of afn_ref_entry, held (a new reference), or NULL. */
+static PyObject *afn_held_entry(const unsigned char *src, const struct afn_fidref *ref,
+                                uint32_t idx, PyObject *dirs, PyObject *by_record,
+                                unsigned flags)
+{
+    PyObject *e = afn_ref_entry(src, ref, idx, dirs, by_record, flags);
+    if (e == NULL)
+        return NULL;
+    if (!PyList_CheckExact(e) || PyList_GET_SIZE(e) != AFN_ENTRY_LEN) {
+        PyErr_SetString(PyExc_TypeError, "_build: a malformed directory entry");
+        return NULL;
+    }
+    return Py_NewRef(e);
+}
+
+/* The path of an entry's directory (borrowed: Py_None or a str), asking
+ * dir_path the first time (a None answer is asked again); NULL on error. */
+static PyObject *afn_entry_dir(PyObject *entry, PyObject *dir_path)
+{
+    PyObject *d = PyList_GET_ITEM(entry, 1);
+
+    if (d != Py_None)
+        return d;
+    d = PyObject_CallOneArg(dir_path, PyList_GET_ITEM(entry, 0));
+    if (d == NULL)
+        return NULL;
+    if (PyList_GET_SIZE(entry) != AFN_ENTRY_LEN) {
+        PyErr_SetString(PyExc_RuntimeError, "_build: dir_path changed a directory entry");
+        Py_DECREF(d);
+        return NULL;
+    }
+    /* Steals d; the entry (held) keeps it alive. */
+    PyList_SetItem(entry, 1, d);
+    if (d != Py_None) {
+        PyObject *slash;
+        if (!PyUnicode_Check(d)) {
+            PyErr_Format(PyExc_TypeError, "dir_path returned %.100s, not str or None",
+                         Py_TYPE(d)->tp_name);
+            return NULL;
+        }
+        if (PyUnicode_GET_LENGTH(d) == 1 && PyUnicode_READ_CHAR(d, 0) == '/')
+            slash = Py_NewRef(d);
+        else
+            slash = PyUnicode_FromFormat("%U/", d);
+        if (slash == NULL)
+            return NULL;
+        PyList_SetItem(entry, 2, slash);
+    }
+    return d;
+}
+
+/* directory/name as afanotify._dirmap.join (a new reference): `d` is the
+ * entry's directory path (a str), "." or no name the directory itself. */
+static PyObject *afn_entry_join(PyObject *entry, PyObject *d, PyObject *name)
+{
+    if (name == NULL || PyUnicode_GET_LENGTH(name) == 0
+        || (PyUnicode_GET_LENGTH(name) == 1 && PyUnicode_READ_CHAR(name, 0) == '.'))
+        return Py_NewRef(d);
+    return afn_concat(PyList_GET_ITEM(entry, 2), name);
+}
+
 /* Fill v[DIR_PATH], v[PATH] and v[PATH_RESOLVED] of an FID-shape event from
  * its directory entry (held by the caller), asking dir_path the first time. */
 static int afn_join_path(PyObject **v, unsigned *present, PyObject *entry, PyObject *dir_path)
 {
-    PyObject *d = PyList_GET_ITEM(entry, 1), *name = v[AFN_F_NAME];
+    PyObject *d = afn_entry_dir(entry, dir_path), *name = v[AFN_F_NAME];
 
-    if (d == Py_None) {
-        d = PyObject_CallOneArg(dir_path, PyList_GET_ITEM(entry, 0));
-        if (d == NULL)
-            return -1;
-        if (PyList_GET_SIZE(entry) != AFN_ENTRY_LEN) {
-            PyErr_SetString(PyExc_RuntimeError, "_build: dir_path changed a directory entry");
-            Py_DECREF(d);
-            return -1;
-        }
-        /* Steals d; the entry (held) keeps it alive. */
-        PyList_SetItem(entry, 1, d);
-        if (d != Py_None) {
-            PyObject *slash;
-            if (!PyUnicode_Check(d)) {
-                PyErr_Format(PyExc_TypeError, "dir_path returned %.100s, not str or None",
-                             Py_TYPE(d)->tp_name);
-                return -1;
-            }
-            if (PyUnicode_GET_LENGTH(d) == 1 && PyUnicode_READ_CHAR(d, 0) == '/')
-                slash = Py_NewRef(d);
-            else
-                slash = PyUnicode_FromFormat("%U/", d);
-            if (slash == NULL)
-                return -1;
-            PyList_SetItem(entry, 2, slash);
-        }
-    }
+    if (d == NULL)
+        return -1;
     v[AFN_F_DIR_PATH] = Py_NewRef(d);
     *present |= 1u << AFN_F_DIR_PATH | 1u << AFN_F_PATH;
     if (d == Py_None) {
@@ -883,15 +932,51 @@ static int afn_join_path(PyObject **v, unsigned *present, PyObject *entry, PyObj
         v[AFN_F_PATH] = Py_NewRef(name != NULL ? name : Py_None);
         return 0;
     }
-    if (name == NULL || PyUnicode_GET_LENGTH(name) == 0
-        || (PyUnicode_GET_LENGTH(name) == 1 && PyUnicode_READ_CHAR(name, 0) == '.'))
-        v[AFN_F_PATH] = Py_NewRef(d);
-    else
-        v[AFN_F_PATH] = afn_concat(PyList_GET_ITEM(entry, 2), name);
-    if (v[AFN_F_PATH] == NULL)
+    if ((v[AFN_F_PATH] = afn_entry_join(entry, d, name)) == NULL)
         return -1;
     v[AFN_F_PATH_RESOLVED] = Py_NewRef(Py_True);
     *present |= 1u << AFN_F_PATH_RESOLVED;
+    return 0;
+}
+
+/* old_path, new_path, path and path_resolved of a file renamed (FAN_RENAME
+ * without ONDIR) from its two directory entries (held by the caller; NULL
+ * for a record the event lacks), as the group's resolver sets them: each
+ * side is directory/name, or the name alone when its directory has no path
+ * (then not resolved); path is the new side's, or the old one's. */
+static int afn_rename_paths(PyObject **v, unsigned *present, PyObject *old_entry,
+                            PyObject *new_entry, PyObject *dir_path)
+{
+    PyObject *side[2] = {old_entry, new_entry};
+    static const int name_f[2] = {AFN_F_OLD_NAME, AFN_F_NEW_NAME};
+    static const int path_f[2] = {AFN_F_OLD_PATH, AFN_F_NEW_PATH};
+    PyObject *path = NULL;
+    int k, resolved = 1;
+
+    for (k = 0; k < 2; k++) {
+        PyObject *d, *name = v[name_f[k]];
+        if (side[k] == NULL)
+            continue;
+        if ((d = afn_entry_dir(side[k], dir_path)) == NULL)
+            return -1;
+        if (d == Py_None) {
+            resolved = 0;
+            v[path_f[k]] = Py_NewRef(name != NULL ? name : Py_None);
+        } else if ((v[path_f[k]] = afn_entry_join(side[k], d, name)) == NULL) {
+            return -1;
+        }
+        *present |= 1u << path_f[k];
+    }
+    /* `new_path or old_path`: an empty or absent new side gives the old. */
+    path = v[AFN_F_NEW_PATH];
+    if (path == NULL || path == Py_None || PyUnicode_GET_LENGTH(path) == 0)
+        path = v[AFN_F_OLD_PATH] != NULL ? v[AFN_F_OLD_PATH] : Py_None;
+    v[AFN_F_PATH] = Py_NewRef(path);
+    *present |= 1u << AFN_F_PATH;
+    if (resolved) {
+        v[AFN_F_PATH_RESOLVED] = Py_NewRef(Py_True);
+        *present |= 1u << AFN_F_PATH_RESOLVED;
+    }
     return 0;
 }
 
@@ -937,8 +1022,120 @@ static int afn_tree_decision(PyObject *entry, PyObject *dir_path, PyObject *tree
 }
 
 /*
+ * The FID records of the DELETE_SELF events of a batch, to know an object
+ * whose own event (MOVE_SELF, say) comes before its DELETE_SELF in the same
+ * read.  The kernel sends DELETE_SELF once the object's last link is gone,
+ * and a handle never names another object, so by the time the batch is read
+ * open_by_handle_at of it can only fail or name it "(deleted)": the group's
+ * lookup gives None either way, and is left out (in a burst of renames and
+ * deletes, nearly every such lookup failed).  Open addressing: slot holds
+ * an entry's index + 1 (0: empty).
+ */
+struct afn_doomed {
+    uint32_t *slot;
+    size_t mask;
+    int built;
+};
+
+static size_t afn_rec_hash(const unsigned char *p, size_t n)
+{
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+    size_t k;
+    for (k = 0; k < n; k++)
+        h = (h ^ p[k]) * 1099511628211ULL;
+    return (size_t)(h ^ (h >> 29));
+}
+
+/* Whether entry e is a good DELETE_SELF with a FID record inside the batch. */
+static int afn_is_doom(const struct afn_event *e, uint64_t len)
+{
+    return e->status == 0 && !(e->has & AFN_HAS_UNKNOWN) && (e->has & AFN_HAS_FID)
+        && (e->mask & FAN_DELETE_SELF) && afn_ref_fits(&e->fid, len, 1, 0);
+}
+
+/* The table of out[from, count): 0, or -1 with MemoryError. */
+static int afn_doomed_build(struct afn_doomed *d, const struct afn_event *out,
+                            Py_ssize_t from, Py_ssize_t count, const unsigned char *src,
+                            uint64_t len)
+{
+    Py_ssize_t j, n = 0;
+    size_t cap = 8;
+
+    d->built = 1;
+    for (j = from; j < count; j++)
+        n += afn_is_doom(&out[j], len);
+    if (n == 0)
+        return 0;
+    while (cap < 2 * (size_t)n)
+        cap <<= 1;
+    d->slot = PyMem_Calloc(cap, sizeof *d->slot);
+    if (d->slot == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    d->mask = cap - 1;
+    for (j = from; j < count; j++) {
+        const struct afn_event *e = &out[j];
+        size_t at;
+        if (!afn_is_doom(e, len))
+            continue;
+        at = afn_rec_hash(src + e->fid.rec, AFN_FID_FIXED + e->fid.handle_len) & d->mask;
+        while (d->slot[at])
+            at = (at + 1) & d->mask;
+        d->slot[at] = (uint32_t)j + 1;
+    }
+    return 0;
+}
+
+/* Whether a DELETE_SELF after entry i has the FID record `ref` (checked to
+ * lie inside the batch). */
+static int afn_doomed_has(const struct afn_doomed *d, const struct afn_event *out,
+                          const unsigned char *src, const struct afn_fidref *ref,
+                          Py_ssize_t i)
+{
+    size_t n = AFN_FID_FIXED + ref->handle_len, at;
+    uint32_t j;
+
+    if (d->slot == NULL)
+        return 0;
+    at = afn_rec_hash(src + ref->rec, n) & d->mask;
+    while ((j = d->slot[at]) != 0) {
+        const struct afn_fidref *o = &out[j - 1].fid;
+        if ((Py_ssize_t)j - 1 > i && o->handle_len == ref->handle_len
+            && !memcmp(src + o->rec, src + ref->rec, n))
+            return 1;
+        at = (at + 1) & d->mask;
+    }
+    return 0;
+}
+
+/* path and path_resolved of an event with a FID record alone, from
+ * obj_path(handle, gone): gone when the event itself is a DELETE_SELF or a
+ * later one of the batch names the same object (see struct afn_doomed). */
+static int afn_object_path(PyObject **v, unsigned *present, PyObject *obj_path, int gone)
+{
+    PyObject *argv[2] = {v[AFN_F_FID], gone ? Py_True : Py_False};
+    PyObject *p = PyObject_Vectorcall(obj_path, argv, 2, NULL);
+    if (p == NULL)
+        return -1;
+    if (p != Py_None && !PyUnicode_Check(p)) {
+        PyErr_Format(PyExc_TypeError, "object_path returned %.100s, not str or None",
+                     Py_TYPE(p)->tp_name);
+        Py_DECREF(p);
+        return -1;
+    }
+    v[AFN_F_PATH] = p;
+    *present |= 1u << AFN_F_PATH;
+    if (p != Py_None) {
+        v[AFN_F_PATH_RESOLVED] = Py_NewRef(Py_True);
+        *present |= 1u << AFN_F_PATH_RESOLVED;
+    }
+    return 0;
+}
+
+/*
  * _build(out, start, count, src, arena, events, dirs, by_record, dir_path,
- *        skip_pids, flags, perm_mask, dir_change_mask[, tree])
+ *        skip_pids, flags, perm_mask, dir_change_mask[, tree[, obj_path]])
  *   -> (stop, filled, upto, skipped, stopped)
  *
  * Builds events for out[start:count] (struct afn_event entries, in the
@@ -957,13 +1154,23 @@ static int afn_tree_decision(PyObject *entry, PyObject *dir_path, PyObject *tree
  * dir_change_mask bit with FAN_ONDIR), is the cut: it and every later event
  * are built without paths, and `upto` is its index in `events`; else -1.
  * (The caller resolves from there on, and passes dir_path=None after a cut.)
+ *
+ * Before the cut, two more shapes get their paths, and count in `filled`:
+ * with AFN_B_RENAMES, a file renamed (OLD_DFID_NAME and NEW_DFID_NAME
+ * records, maybe FID; not ONDIR) gets old_path, new_path, path and
+ * path_resolved from its two directories' entries (asked of dir_path as
+ * above); with `obj_path` (a callable, or None), an event with a FID record
+ * and no directory record (MOVE_SELF, DELETE_SELF) gets path and
+ * path_resolved from obj_path(handle, gone), see afn_object_path.
  */
 static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     Py_buffer outb, srcb, arenab;
     Py_ssize_t start, count, i, filled = 0, upto = -1;
     PyObject *events, *dirs, *by_record, *dir_path, *skip_pids, *result = NULL, *held = NULL;
-    PyObject *tree = NULL, *last_pid_obj = NULL, *last_mask_obj = NULL;
+    PyObject *tree = NULL, *last_pid_obj = NULL, *last_mask_obj = NULL, *obj_path = NULL;
+    PyObject *held_old = NULL, *held_new = NULL;
+    struct afn_doomed doomed = {NULL, 0, 0};
     int32_t last_pid = 0;
     int last_skip = -1; /* last_pid_obj in skip_pids (-1: not asked yet) */
     uint64_t last_mask = 0;
@@ -981,6 +1188,8 @@ static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nar
      * nothing about the event's paths, so it keeps the shape (without it,
      * every event of a pidfd group was a cut, and none got its path here). */
     const unsigned fid_shape = AFN_HAS_FID | AFN_HAS_DFID | AFN_HAS_NAME | AFN_HAS_PIDFD;
+    /* A file renamed: FAN_RENAME's two directory records, maybe a FID one. */
+    const unsigned rename_shape = AFN_HAS_FID | AFN_HAS_OLD | AFN_HAS_NEW | AFN_HAS_PIDFD;
 
     (void)self;
     memset(v, 0, sizeof v);
@@ -988,11 +1197,11 @@ static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nar
         PyErr_SetString(PyExc_RuntimeError, "_build before _builder_setup");
         return NULL;
     }
-    if ((nargs != 13 && nargs != 14) || !PyList_CheckExact(args[5]) || !PyList_CheckExact(args[6])
+    if (nargs < 13 || nargs > 15 || !PyList_CheckExact(args[5]) || !PyList_CheckExact(args[6])
         || PyList_GET_SIZE(args[6]) != AFN_MAX_DIRS || !PyDict_CheckExact(args[7])) {
         PyErr_SetString(PyExc_TypeError, "_build(out, start, count, src, arena, events, dirs, "
                                          "by_record, dir_path, skip_pids, flags, perm_mask, "
-                                         "dir_change_mask[, tree])");
+                                         "dir_change_mask[, tree[, obj_path]])");
         return NULL;
     }
     start = PyLong_AsSsize_t(args[1]);
@@ -1007,7 +1216,14 @@ static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nar
     by_record = args[7];
     dir_path = args[8] == Py_None ? NULL : args[8];
     skip_pids = args[9];
-    if (nargs == 14 && args[13] != Py_None) {
+    if (nargs == 15 && args[14] != Py_None) {
+        if (!PyCallable_Check(args[14])) {
+            PyErr_SetString(PyExc_TypeError, "_build: obj_path must be callable or None");
+            return NULL;
+        }
+        obj_path = args[14];
+    }
+    if (nargs >= 14 && args[13] != Py_None) {
         tree = args[13];
         if (!PyTuple_CheckExact(tree) || PyTuple_GET_SIZE(tree) != 4
             || !PyUnicode_Check(PyTuple_GET_ITEM(tree, 0))
@@ -1054,7 +1270,7 @@ static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nar
         const unsigned has = ev->has;
         const int32_t fd = ev->fd;
         const int resolve = (flags & AFN_B_RESOLVE) != 0, is_perm = (ev->mask & perm) != 0;
-        int fid_group;
+        int fid_group, renamed;
         unsigned present = 0; /* the fields set in v */
         int stop_here = 0;
         long owns = 0;
@@ -1076,6 +1292,9 @@ static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nar
             dir_path = NULL;
             upto = PyList_GET_SIZE(events);
         }
+        renamed = dir_path != NULL && (flags & AFN_B_RENAMES) && fd == FAN_NOFD && !resolve
+                  && (has & (AFN_HAS_OLD | AFN_HAS_NEW)) && !(has & ~rename_shape)
+                  && !(ev->mask & FAN_ONDIR);
 
         if (tree != NULL && fid_group && dir_path != NULL && (has & AFN_HAS_DFID)
             && !((ev->mask & dir_change) && (ev->mask & FAN_ONDIR))) {
@@ -1163,13 +1382,30 @@ static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nar
             if (has & AFN_HAS_NAME)
                 AFN_SET(AFN_F_NAME, afn_name(src, &ev->dfid));
             if (has & AFN_HAS_OLD) {
-                AFN_SET(AFN_F_OLD_DFID, afn_new_handle(src, ev->old.rec, ev->old.handle_len,
-                                                       (unsigned)flags));
+                if (renamed) {
+                    /* Held for this event, as `held` above. */
+                    held_old = afn_held_entry(src, &ev->old, AFN_NONE, dirs, by_record,
+                                              (unsigned)flags);
+                    if (held_old == NULL)
+                        goto done;
+                    AFN_SET(AFN_F_OLD_DFID, Py_NewRef(PyList_GET_ITEM(held_old, 0)));
+                } else {
+                    AFN_SET(AFN_F_OLD_DFID, afn_new_handle(src, ev->old.rec, ev->old.handle_len,
+                                                           (unsigned)flags));
+                }
                 AFN_SET(AFN_F_OLD_NAME, afn_name(src, &ev->old));
             }
             if (has & AFN_HAS_NEW) {
-                AFN_SET(AFN_F_NEW_DFID, afn_new_handle(src, ev->new.rec, ev->new.handle_len,
-                                                       (unsigned)flags));
+                if (renamed) {
+                    held_new = afn_held_entry(src, &ev->new, AFN_NONE, dirs, by_record,
+                                              (unsigned)flags);
+                    if (held_new == NULL)
+                        goto done;
+                    AFN_SET(AFN_F_NEW_DFID, Py_NewRef(PyList_GET_ITEM(held_new, 0)));
+                } else {
+                    AFN_SET(AFN_F_NEW_DFID, afn_new_handle(src, ev->new.rec, ev->new.handle_len,
+                                                           (unsigned)flags));
+                }
                 AFN_SET(AFN_F_NEW_NAME, afn_name(src, &ev->new));
             }
             if (has & AFN_HAS_PIDFD) {
@@ -1220,18 +1456,39 @@ static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nar
                     stop_here = 1;
                 else
                     dir_path = NULL;
-            } else if (entry != NULL) {
+            } else if (entry != NULL || (obj_path != NULL && (has & AFN_HAS_FID))) {
                 /* Asked once per run of the same pid. */
                 if (last_skip < 0 && (last_skip = PySequence_Contains(skip_pids, last_pid_obj)) < 0)
                     goto done;
-                if (!last_skip) {
+                if (!last_skip && entry != NULL) {
                     if (afn_join_path(v, &present, entry, dir_path) < 0)
+                        goto done;
+                    filled++;
+                } else if (!last_skip) {
+                    int gone = (ev->mask & FAN_DELETE_SELF) != 0;
+                    if (!gone && !doomed.built
+                        && afn_doomed_build(&doomed, out, i + 1, count, src,
+                                            (uint64_t)srcb.len) < 0)
+                        goto done;
+                    if (!gone)
+                        gone = afn_doomed_has(&doomed, out, src, &ev->fid, i);
+                    if (afn_object_path(v, &present, obj_path, gone) < 0)
                         goto done;
                     filled++;
                 }
             }
+        } else if (renamed) {
+            if (last_skip < 0 && (last_skip = PySequence_Contains(skip_pids, last_pid_obj)) < 0)
+                goto done;
+            if (!last_skip) {
+                if (afn_rename_paths(v, &present, held_old, held_new, dir_path) < 0)
+                    goto done;
+                filled++;
+            }
         }
         Py_CLEAR(held);
+        Py_CLEAR(held_old);
+        Py_CLEAR(held_new);
         /* An event holds ints, strs, bools and file handles: no cycle, so
          * the collector need not scan it.  A permission event is left
          * tracked: the pipeline gives it its responder (the group's
@@ -1252,6 +1509,9 @@ done:
     for (i = 0; i < AFN_F_COUNT; i++)
         Py_XDECREF(v[i]);
     Py_XDECREF(held);
+    Py_XDECREF(held_old);
+    Py_XDECREF(held_new);
+    PyMem_Free(doomed.slot);
     Py_XDECREF(last_pid_obj);
     Py_XDECREF(last_mask_obj);
     afn_building--;
@@ -1270,7 +1530,7 @@ static PyMethodDef afn_builder_methods[] = {
      "own_pidfd, unanswered)"},
     {"_build", (PyCFunction)(void (*)(void))afn_build, METH_FASTCALL,
      "_build(out, start, count, src, arena, events, dirs, by_record, dir_path, skip_pids, flags, "
-     "perm_mask, dir_change_mask[, tree]) -> (stop, filled, upto, skipped, stopped)"},
+     "perm_mask, dir_change_mask[, tree[, obj_path]]) -> (stop, filled, upto, skipped, stopped)"},
     {"_events_iter", (PyCFunction)(void (*)(void))afn_events_iter, METH_FASTCALL,
      "_events_iter(group, queue, items, reader, slow) -> EventIterator"},
     {NULL, NULL, 0, NULL},
