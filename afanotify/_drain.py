@@ -102,7 +102,7 @@ class Drain:
     :param limit: bytes of events held at most (see the module docstring)
     :param paths: read ``exe`` and ``cwd`` too, not the name alone
     :param latency_hint: ask the scheduler to run the thread soon after it
-        wakes (a 0.1 ms slice; nice lowered by 10 where permitted), so that it
+        wakes (a 0.1 ms slice; its nice is left as it is), so that it
         reads a short-lived process's events before the process is reaped
         and can no longer be named (see ``afd_hint`` in ``fastpath_drain.c``
         and :attr:`scheduling`)
@@ -181,7 +181,9 @@ class Drain:
     def scheduling(self) -> tuple[bool, int | None]:
         """What the thread's latency hint got: (0.1 ms slice set, new nice or None).
 
-        Set by the thread as it starts: read it once the first batch is taken.
+        The nice is always None now: the thread no longer lowers it (it cost
+        CPU in bursts and named no more processes; see ``afd_hint``).  Set by
+        the thread as it starts: read it once the first batch is taken.
         """
         d = self._d
         return bool(d.hint_slice), (int(d.hint_nice) if d.hint_nice_set else None)

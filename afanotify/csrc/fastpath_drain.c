@@ -45,10 +45,16 @@
 #ifndef SYS_pidfd_send_signal
 #define SYS_pidfd_send_signal 424
 #endif
+#ifndef SYS_close_range
+#define SYS_close_range 436
+#endif
 
 #define AFD_MAX_PIDS 4096
 #define AFD_GAP_PID (-1)
 #define AFD_TEXT 4096
+/* More than one event takes: metadata, three FID records of a full handle
+ * and name each (a rename's), a pidfd record. */
+#define AFD_EVENT_MAX 4096
 
 struct afd_proc {
     int32_t pid;
@@ -90,6 +96,7 @@ struct afd_drain {
     uint32_t read_size;
     uint32_t chunk_size;
     uint64_t limit;
+    uint32_t last_read;  /* bytes of the last read that got any */
     pthread_mutex_t lock;
     struct afd_chunk *head;
     struct afd_chunk *tail;
@@ -152,9 +159,11 @@ static unsigned char *afd_pidfd_slot(unsigned char *ev, uint32_t len)
     return NULL;
 }
 
-/* Walk the events of buf: count them, and collect each pid's first pidfd. */
+/* Walk the events of buf: count them, collect each pid's first pidfd, and
+ * take every pidfd out of its record (written FAN_NOPIDFD): all of them go to
+ * fds[] (*nfds of them), to be closed at once after the naming. */
 static uint32_t afd_walk(unsigned char *buf, uint32_t n, int32_t *pids, int32_t *pidfds,
-                         uint32_t *npids, int own_pid)
+                         uint32_t *npids, int own_pid, int32_t *fds, uint32_t *nfds)
 {
     uint32_t off = 0, count = 0;
     while (off + sizeof(struct fanotify_event_metadata) <= n) {
@@ -165,6 +174,11 @@ static uint32_t afd_walk(unsigned char *buf, uint32_t n, int32_t *pids, int32_t 
         count++;
         unsigned char *slot = afd_pidfd_slot(buf + off, event_len);
         int32_t pidfd = slot ? afd_s32(slot) : FAN_NOPIDFD;
+        if (slot) {
+            if (pidfd >= 0)
+                fds[(*nfds)++] = pidfd;
+            afd_put_s32(slot, FAN_NOPIDFD);
+        }
         if (pid > 0 && pid != own_pid && *npids < AFD_MAX_PIDS) {
             uint32_t i;
             for (i = 0; i < *npids; i++)
@@ -172,19 +186,37 @@ static uint32_t afd_walk(unsigned char *buf, uint32_t n, int32_t *pids, int32_t 
                     break;
             if (i == *npids) {
                 pids[i] = pid;
-                pidfds[i] = pidfd;   /* the first event's: kept open until checked */
+                pidfds[i] = pidfd;   /* the first event's: open until fds[] is closed */
                 (*npids)++;
-                slot = NULL;
             }
-        }
-        if (slot) {
-            if (pidfd >= 0)
-                close(pidfd);
-            afd_put_s32(slot, FAN_NOPIDFD);
         }
         off += event_len;
     }
     return count;
+}
+
+/* Close the pidfds of one read, in as few system calls as is safe.
+ *
+ * The kernel gives a read's pidfds the lowest free numbers, one event after
+ * the other, so they are mostly runs of consecutive numbers.  A run
+ * lo, lo+1, ..., hi of fds[] is closed with one close_range(lo, hi): every
+ * number in it is a descriptor of this read, open until now, so no other
+ * thread of the process can hold one of them (a number is in one use at a
+ * time).  Where another thread took a number meanwhile the run ends there,
+ * and that number is never in a range.  Without close_range (before Linux
+ * 5.9), or should it fail, each is closed alone. */
+static void afd_close_fds(const int32_t *fds, uint32_t n)
+{
+    uint32_t i = 0;
+    while (i < n) {
+        uint32_t j = i + 1;
+        while (j < n && fds[j] == fds[j - 1] + 1)
+            j++;
+        if (j - i == 1 || syscall(SYS_close_range, (unsigned)fds[i], (unsigned)fds[j - 1], 0) != 0)
+            for (uint32_t k = i; k < j; k++)
+                close(fds[k]);
+        i = j;
+    }
 }
 
 /* Whether the reads of /proc/PID made so far were of the event's process.
@@ -287,27 +319,6 @@ static uint32_t afd_name(struct afd_drain *d, int32_t *pids, int32_t *pidfds, ui
     }
     *textp = text;
     return used;
-}
-
-static void afd_close_pidfds(int32_t *pidfds, uint32_t npids)
-{
-    for (uint32_t i = 0; i < npids; i++)
-        if (pidfds[i] >= 0)
-            close(pidfds[i]);
-}
-
-static void afd_clear_slots(unsigned char *buf, uint32_t n)
-{
-    uint32_t off = 0;
-    while (off + sizeof(struct fanotify_event_metadata) <= n) {
-        uint32_t event_len = AFD_EVENT_LEN(buf + off);
-        if (event_len < sizeof(struct fanotify_event_metadata) || off + event_len > n)
-            break;
-        unsigned char *slot = afd_pidfd_slot(buf + off, event_len);
-        if (slot)
-            afd_put_s32(slot, FAN_NOPIDFD);
-        off += event_len;
-    }
 }
 
 static void afd_wake(int fd)
@@ -432,7 +443,7 @@ static void afd_drop_chunk(struct afd_chunk *c)
  * reads (the kernel's records are whole events, so reads concatenate), not
  * many buffers of a few events each. */
 static int afd_read_one(struct afd_drain *d, int32_t *pids, int32_t *pidfds,
-                        struct afd_proc *procs)
+                        struct afd_proc *procs, int32_t *fds)
 {
     ssize_t n = read(d->fd, d->scratch, d->read_size);
     if (n < 0) {
@@ -443,8 +454,10 @@ static int afd_read_one(struct afd_drain *d, int32_t *pids, int32_t *pidfds,
     }
     if (n == 0)
         return 0;
-    uint32_t npids = 0;
-    uint32_t nev = afd_walk(d->scratch, (uint32_t)n, pids, pidfds, &npids, d->own_pid);
+    d->last_read = (uint32_t)n;
+    uint32_t npids = 0, nfds = 0;
+    uint32_t nev = afd_walk(d->scratch, (uint32_t)n, pids, pidfds, &npids, d->own_pid,
+                            fds, &nfds);
     uint32_t lead, cap;
     pthread_mutex_lock(&d->lock);
     int gap = d->gap_pending;
@@ -458,14 +471,13 @@ static int afd_read_one(struct afd_drain *d, int32_t *pids, int32_t *pidfds,
     lead = gap ? sizeof(struct fanotify_event_metadata) : 0;
     cap = d->chunk_size > lead + n ? d->chunk_size : lead + n;
     if (held + (fits ? 0 : cap) + npids * (sizeof(struct afd_proc) + 64 * 3) > d->limit) {
-        afd_close_pidfds(pidfds, npids);
+        afd_close_fds(fds, nfds);
         return afd_dropped(d, n, nev);
     }
     char *text = NULL;
     uint32_t named = 0;
     uint32_t used = afd_name(d, pids, pidfds, npids, procs, &text, &named);
-    afd_close_pidfds(pidfds, npids);
-    afd_clear_slots(d->scratch, (uint32_t)n);
+    afd_close_fds(fds, nfds);
 
     pthread_mutex_lock(&d->lock);
     struct afd_chunk *t = d->tail;
@@ -555,7 +567,6 @@ struct afd_sched_attr {
 };
 
 #define AFD_SLICE_NS 100000   /* the fair scheduler's shortest slice (0.1 ms) */
-#define AFD_NICE_BOOST 10
 
 /* Ask the scheduler to run this thread soon after it wakes.
  *
@@ -565,19 +576,21 @@ struct afd_sched_attr {
  * so it can be named only if this thread reads before that.  Nearly every
  * unnamed short-lived process was one whose events were read after it was
  * reaped: the thread had been woken but was waiting for a CPU (the event
- * loop's thread, the writers).  Two hints shorten that wait, and neither
- * gives the thread more than its share while it is busy:
+ * loop's thread, the writers).  The hint is a slice of 0.1 ms
+ * (sched_setattr's sched_runtime, the fair scheduler's latency hint since
+ * Linux 6.12; ignored before): a thread with a shorter slice has an earlier
+ * deadline, so it preempts the running one when it wakes, and it gets no
+ * more than its share while it is busy.  Unprivileged.  Only for
+ * SCHED_OTHER, at the nice the thread has (a thread under another policy is
+ * left as the user set it).
  *
- * - a slice of 0.1 ms (sched_setattr's sched_runtime, the fair scheduler's
- *   latency hint since Linux 6.12; ignored before): a thread with a
- *   shorter slice has an earlier deadline, so it preempts the running one
- *   when it wakes.  Unprivileged.  Only for SCHED_OTHER, at the nice the
- *   thread has (a thread under another policy is left as the user set it).
- * - nice lowered by 10 where that is permitted (CAP_SYS_NICE, which a root
- *   watcher has): a heavier thread is placed earlier on waking.
+ * Nice is left as it is.  Lowered by 10 too (as this thread once did, where
+ * CAP_SYS_NICE permits) it named no more short-lived processes in
+ * bench_cli.py --naming, but in a burst the heavier thread preempted the
+ * writer at nearly every event and read a few events a time: about a fifth
+ * more CPU per line for the watcher.
  *
- * d->hint_slice and d->hint_nice say what was done (nice: the new value, or
- * d->hint_nice_set 0 when it was left). */
+ * d->hint_slice says whether the slice was set; d->hint_nice_set stays 0. */
 static void afd_hint(struct afd_drain *d)
 {
     pid_t tid = (pid_t)syscall(SYS_gettid);
@@ -594,11 +607,6 @@ static void afd_hint(struct afd_drain *d)
     a.sched_nice = nice;
     a.sched_runtime = AFD_SLICE_NS;
     d->hint_slice = syscall(SYS_sched_setattr, tid, &a, 0) == 0;
-    int want = nice - AFD_NICE_BOOST < -20 ? -20 : nice - AFD_NICE_BOOST;
-    if (want < nice && setpriority(PRIO_PROCESS, (id_t)tid, want) == 0) {
-        d->hint_nice_set = 1;
-        d->hint_nice = want;
-    }
 }
 
 int afd_run(struct afd_drain *d)
@@ -606,9 +614,13 @@ int afd_run(struct afd_drain *d)
     afd_hint(d);
     int32_t *pids = malloc(AFD_MAX_PIDS * sizeof(int32_t));
     int32_t *pidfds = malloc(AFD_MAX_PIDS * sizeof(int32_t));
+    /* a pidfd per event at most, an event at least its metadata */
+    int32_t *fds = malloc((d->read_size / sizeof(struct fanotify_event_metadata) + 1)
+                          * sizeof(int32_t));
     struct afd_proc *procs = malloc(AFD_MAX_PIDS * sizeof(struct afd_proc));
     d->scratch = malloc(d->read_size);
-    if (pids == NULL || pidfds == NULL || procs == NULL || d->scratch == NULL) {
+    if (pids == NULL || pidfds == NULL || procs == NULL || fds == NULL || d->scratch == NULL) {
+        free(fds);
         free(pids);
         free(pidfds);
         free(procs);
@@ -636,7 +648,11 @@ int afd_run(struct afd_drain *d)
             break;
         }
         int got;
-        while ((got = afd_read_one(d, pids, pidfds, procs)) > 0) {
+        while ((got = afd_read_one(d, pids, pidfds, procs, fds)) > 0) {
+            /* A read that left room for the largest event emptied the
+             * queue: the next is the poll's (it would find nothing). */
+            if (d->last_read + AFD_EVENT_MAX <= d->read_size)
+                break;
             /* Look at the stop request between reads of a long backlog. */
             struct pollfd s = {d->stop_fd, POLLIN, 0};
             if (poll(&s, 1, 0) > 0)
@@ -648,6 +664,7 @@ int afd_run(struct afd_drain *d)
         }
     }
 out:
+    free(fds);
     free(pids);
     free(pidfds);
     free(procs);
