@@ -290,8 +290,9 @@ def kernel():
             drain.close()  # the last batch is freed untaken (afd_destroy)
         st = drain.stats
     assert drain.error is None, drain.error
-    # afd_hint ran in the thread: the 0.1 ms slice, its nice left as it was
-    assert drain.scheduling == (True, None), drain.scheduling  # the slice; nice kept
+    # afd_hint ran in the thread: as root, the 0.1 ms slice and nice - 10
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    assert drain.scheduling == (True, max(-20, base - 10)), drain.scheduling
     want = {f"s{i:03d}" for i in range(short)} | {f"b{i:05d}" for i in range(bulk)} | {"z0"}
     assert len(names) == len(set(names)) and set(names) <= want, sorted(set(names) - want)[:5]
     assert "z0" in names  # the gap's batch, after the drops
