@@ -144,6 +144,15 @@ _OVERFLOW_LINE = (
     '"action":["q_overflow"],"module":"fanotify"},'
     '"fanotify":{"mask":%d,"events":["Q_OVERFLOW"]}}'
 )
+#: The drain thread's own Q_OVERFLOW record has pid -1 (the kernel's have 0):
+#: there the kernel dropped nothing, the command did (its backlog was full).
+DRAIN_GAP_PID = -1
+_GAP_LINE = _OVERFLOW_LINE.replace(
+    "fanotify queue overflow: the kernel dropped events",
+    "afanotify backlog full: events it had read were dropped (see --max-backlog)",
+)
+_GAP_TEXT = "(afanotify dropped events it had read: its backlog was full)"
+_KERNEL_TEXT = "(the kernel dropped events)"
 
 
 def json_line(ev: FanotifyData, head: str, process: str) -> str:
@@ -177,7 +186,7 @@ def json_head(now: float) -> str:
 def text_line(ev: FanotifyData, stamp: str, proc: Proc) -> str:
     """One aligned text line: time, pid, process name, events, path(s)."""
     if ev.ev_types & _OVERFLOW:
-        return f"{stamp}  {'-':>7}  {'-':<15}  {'Q_OVERFLOW':<26}  (the kernel dropped events)"
+        return f"{stamp}  {'-':>7}  {'-':<15}  {'Q_OVERFLOW':<26}  {_KERNEL_TEXT}"
     pid = str(ev.pid) if ev.pid > 0 else "-"
     name = proc[0] or (os.path.basename(ev.exe) if ev.exe else "?")
     old, new = ev.old_path, ev.new_path
@@ -299,7 +308,7 @@ class Template:
         return self.text.format_map(v)
 
 
-_TEXT_OVERFLOW = f"  {'-':>7}  {'-':<15}  {'Q_OVERFLOW':<26}  (the kernel dropped events)"
+_TEXT_OVERFLOW = f"  {'-':>7}  {'-':<15}  {'Q_OVERFLOW':<26}  {_KERNEL_TEXT}"
 
 
 def _json_mask_parts(mask: int) -> tuple[str, str]:
@@ -376,7 +385,9 @@ class BatchFormatter:
         """The lines of ``events`` (read at ``now``), each ending in a newline.
 
         ``procs`` holds ``(name, exe, cwd)`` by pid.  Text keeps undecodable
-        bytes of names as those bytes; JSON lines are ASCII.
+        bytes of names as those bytes; JSON lines are ASCII.  A Q_OVERFLOW
+        event among them is written as the kernel's (:meth:`marker` tells the
+        drain's gaps apart).
         """
         if not events:
             return b""
@@ -393,6 +404,25 @@ class BatchFormatter:
         return ("\n".join(self.lines(events, procs, stamp)) + "\n").encode(
             "utf-8", "surrogateescape"
         )
+
+    def marker(self, ev: FanotifyData, now: float) -> bytes:
+        """The line of a Q_OVERFLOW event: the kernel's, or a gap of the drain (pid -1).
+
+        :meth:`format` writes every Q_OVERFLOW as the kernel's; only here
+        does a gap of the drain get words of its own (the kernel dropped
+        nothing there).
+        """
+        gap = ev.pid == DRAIN_GAP_PID
+        if self.json:
+            head = json_head(now)
+            line = head + _GAP_LINE % ev.ev_types if gap else json_line(ev, head, "")
+        elif self.template is not None:
+            line = self.template.line(ev, text_stamp(now, self.time_format), _NO_PROC)
+        else:
+            line = text_line(ev, text_stamp(now, self.time_format), _NO_PROC)
+            if gap:
+                line = line[: -len(_KERNEL_TEXT)] + _GAP_TEXT
+        return (line + "\n").encode("utf-8", "surrogateescape")
 
     def lines(self, events: list[FanotifyData], procs: dict[int, Proc], stamp: str) -> list[str]:
         """The Python formatter: one str per event, by ``stamp`` (a JSON line's head)."""

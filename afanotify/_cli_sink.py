@@ -34,7 +34,7 @@ CLOSE_WAIT_S = 5.0
 class Sink:
     """Event lines out: one ``write(2)`` per flush (or per MiB), counted line by line.
 
-    ``written`` counts the lines that reached the file or pipe completely,
+    ``written`` counts the event lines that reached the file or pipe completely,
     so the summary stays exact when a reader closes the pipe in the middle
     of a write.  ``dropped`` counts the lines a slow reader of a pipe left
     no room for (see the module docstring), and ``unwritten`` the lines
@@ -42,6 +42,10 @@ class Sink:
     took nothing for :data:`CLOSE_WAIT_S`).  A closed pipe is remembered
     (``broken``) instead of raised.  :meth:`reopen` opens ``--output`` again
     (after logrotate moved it).
+
+    The lines that mark a Q_OVERFLOW (:meth:`add` with ``marker``) are
+    written in their place but counted in none of these, as the summary's
+    ``shown`` does not count them: the losses are said in words instead.
     """
 
     def __init__(self, path: str | None, *, pending_max: int = PENDING_MAX) -> None:
@@ -55,7 +59,10 @@ class Sink:
         self._parts: list[bytes] = []
         self._size = 0
         self._lines = 0
-        self._pending: deque[tuple[memoryview, int]] = deque()
+        #: Where each marker line queued ends, in bytes from the first part.
+        self._marks: list[int] = []
+        #: (data, event lines, ends of its marker lines) waiting for the reader
+        self._pending: deque[tuple[memoryview, int, list[int]]] = deque()
         self._pending_bytes = 0
         self._pending_max = pending_max
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -101,13 +108,17 @@ class Sink:
         if lines:
             self.add(("\n".join(lines) + "\n").encode("utf-8", "surrogateescape"), len(lines))
 
-    def add(self, data: bytes, lines: int) -> None:
+    def add(self, data: bytes, lines: int, *, marker: bool = False) -> None:
         """Queue ``lines`` whole lines, each ending in a newline, as ``data``.
 
         Text lines carry file names as the kernel gave them: undecodable
-        bytes go out as the same bytes (JSON lines are ASCII already).
+        bytes go out as the same bytes (JSON lines are ASCII already).  With
+        ``marker``, ``data`` is one line that marks a Q_OVERFLOW, counted
+        in no count (see the class docstring); ``lines`` is then 0.
         """
-        if not lines:
+        if marker:
+            self._marks.append(self._size + len(data))
+        elif not lines:
             return
         self._parts.append(data)
         self._lines += lines
@@ -121,9 +132,11 @@ class Sink:
         if not parts:
             return
         lines = self._lines
+        marks = self._marks
         self._parts = []
         self._size = 0
         self._lines = 0
+        self._marks = []
         if self.broken:
             self.unwritten += lines
             return
@@ -132,7 +145,7 @@ class Sink:
         if self._pending and self._pending_bytes + len(data) > self._pending_max:
             self.dropped += lines
             return
-        self._pending.append((memoryview(data), lines))
+        self._pending.append((memoryview(data), lines, marks))
         self._pending_bytes += len(data)
         self._drain()
 
@@ -141,7 +154,7 @@ class Sink:
         pending = self._pending
         try:
             while pending:
-                view, lines = pending[0]
+                view, lines, marks = pending[0]
                 try:
                     n = os.write(self._fd, view)
                 except InterruptedError:
@@ -153,14 +166,14 @@ class Sink:
                     pending.popleft()
                     self.written += lines
                     continue
-                done = view[:n].tobytes().count(b"\n")
+                done = view[:n].tobytes().count(b"\n") - sum(1 for e in marks if e <= n)
                 self.written += done
-                pending[0] = (view[n:], lines - done)
+                pending[0] = (view[n:], lines - done, [e - n for e in marks if e > n])
         except OSError as exc:
             if exc.errno not in (errno.EPIPE, errno.ECONNRESET):
                 raise
             self.broken = True
-            self.unwritten += sum(lines for _, lines in pending)
+            self.unwritten += sum(lines for _, lines, _ in pending)
             pending.clear()
             self._pending_bytes = 0
         self._want_writable(bool(pending))
@@ -190,7 +203,7 @@ class Sink:
                 continue
             self._drain()
         if self._pending:
-            self.unwritten += sum(lines for _, lines in self._pending)
+            self.unwritten += sum(lines for _, lines, _ in self._pending)
             self._pending.clear()
             self._pending_bytes = 0
 

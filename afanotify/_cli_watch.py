@@ -289,6 +289,11 @@ class _Watch:
             self.source = counts.drain = Drain(fan, limit=limit, paths=paths)
         else:
             self.source = PolledReader(fan, paths=paths)
+        #: Whether the events can own descriptors.  A drain's cannot: a FID
+        #: notification group's events carry no fd, and the thread closed
+        #: their pidfds (FAN_NOPIDFD in the records), so closing each event
+        #: would only cost a call per line.
+        self.owning = not isinstance(self.source, Drain)
         self.stopped = False
         self.interval: float | None = getattr(args, "stats_interval", None)
         self._timer: asyncio.TimerHandle | None = None
@@ -451,39 +456,68 @@ class _Watch:
         wanted = self.wanted
         shown: list[FanotifyData] = []
         append = shown.append
-        known = self.known
+        complete = self.known.complete
         rule = self.rule
         my_pgrp = self.my_pgrp
         limit = self.limit
+        # Counted in locals, put back once (the loop runs per event).
+        seen = filtered = overflows = 0
+        room = None if limit is None else limit - counts.shown
         going = True
         try:
             for ev in events:
-                if not going:
-                    break
-                if not ev.ev_types & _OVERFLOW:
-                    if not ev.ev_types & wanted:
-                        continue  # marked for the directory map only
-                    if not ev.path_resolved:
-                        ev = known.complete(ev)
-                    counts.seen += 1
-                    if my_pgrp >= 0 and _in_pgrp(ev.pid, my_pgrp):
-                        counts.filtered += 1
-                        continue
-                    if rule is not None and not rule.matches(ev):
-                        counts.filtered += 1
-                        continue
-                    counts.shown += 1
-                    if limit is not None and counts.shown >= limit:
-                        going = False
-                else:
-                    counts.overflows += 1
+                mask = ev.ev_types
+                if mask & _OVERFLOW:
+                    overflows += 1
+                    append(ev)
+                    continue
+                if not mask & wanted:
+                    continue  # marked for the directory map only
+                if not ev.path_resolved:
+                    ev = complete(ev)
+                seen += 1
+                if my_pgrp >= 0 and _in_pgrp(ev.pid, my_pgrp):
+                    filtered += 1
+                    continue
+                if rule is not None and not rule.matches(ev):
+                    filtered += 1
+                    continue
                 append(ev)
-            data = self.formatter.format(shown, procs, now)
+                if room is not None:
+                    room -= 1
+                    if room <= 0:
+                        going = False
+                        break
+            if overflows:
+                self._write_marked(shown, procs, now)
+            else:
+                self.sink.add(self.formatter.format(shown, procs, now), len(shown))
         finally:
-            for ev in events:
-                ev.close()
-        self.sink.add(data, len(shown))
+            counts.seen += seen
+            counts.filtered += filtered
+            counts.overflows += overflows
+            counts.shown += len(shown) - overflows
+            if self.owning:
+                for ev in events:
+                    ev.close()
         return going
+
+    def _write_marked(self, shown: list[FanotifyData], procs: dict[int, Proc],
+                      now: float) -> None:
+        """Write a batch with Q_OVERFLOW events: their lines are markers, not events."""
+        fmt = self.formatter
+        sink = self.sink
+        run: list[FanotifyData] = []
+        for ev in shown:
+            if ev.ev_types & _OVERFLOW:
+                if run:
+                    sink.add(fmt.format(run, procs, now), len(run))
+                    run = []
+                sink.add(fmt.marker(ev, now), 0, marker=True)
+            else:
+                run.append(ev)
+        if run:
+            sink.add(fmt.format(run, procs, now), len(run))
 
 
 def _in_pgrp(pid: int, pgrp: int) -> bool:

@@ -10,6 +10,7 @@ test_cli_capture.py's test_backlog_loss_is_said_in_words).  A slow reader of std
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import select
@@ -23,7 +24,7 @@ import pytest
 from helpers import child_env
 from test_cli import CHILD_CWD, CLI, ENV, json_lines
 
-from afanotify import Event, Fanotify, InitFlag, WouldBlock, _drain
+from afanotify import Event, Fanotify, FanotifyData, InitFlag, WouldBlock, _drain
 from afanotify._pipeline import DRAIN_GAP_PID
 
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(180)]
@@ -142,3 +143,47 @@ def test_shell_pipe_with_a_sleeping_reader_loses_nothing_silently(tmpfs: Path,
     names = {r["file"]["name"] for r in lines}  # type: ignore[index]
     if not dropped:
         assert {f"f{j:05d}" for j in range(20000)} | {"zz_end"} <= names
+
+
+@pytest.mark.parametrize("json", [True, False])
+def test_a_drain_gap_line_does_not_blame_the_kernel(json: bool) -> None:
+    from afanotify._cli_output import BatchFormatter
+
+    fmt = BatchFormatter(json=json)
+    gap = fmt.marker(FanotifyData(pid=DRAIN_GAP_PID, ev_types=int(Event.Q_OVERFLOW)), 0.0)
+    kernel = FanotifyData(pid=0, ev_types=int(Event.Q_OVERFLOW))
+    said = fmt.marker(kernel, 0.0)
+    assert b"kernel" not in gap and b"backlog" in gap, gap
+    assert b"the kernel dropped events" in said, said
+    assert said == fmt.format([kernel], {}, 0.0)  # the kernel's line is as it was
+
+
+def test_marker_lines_are_written_and_counted_in_no_count(tmp_path: Path) -> None:
+    # A pipe that takes 4096 bytes at a time: the writes end mid-line, and
+    # each partial write counts the event lines that got out, markers not.
+    from afanotify._cli_sink import Sink
+
+    r, w = os.pipe()
+    fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 4096)
+    try:
+        sink = Sink(f"/proc/self/fd/{w}")  # the pipe, opened again (non-blocking)
+        line = b"e" * 999 + b"\n"
+        mark = b"m" * 999 + b"\n"
+        sink.add(line * 3, 3)
+        sink.add(mark, 0, marker=True)
+        sink.add(line * 2, 2)
+        sink.add(mark, 0, marker=True)
+        sink.flush()
+        got = b""
+        seen = []
+        while len(got) < 7000:
+            seen.append(sink.written)
+            got += os.read(r, 65536)
+            sink._drain()
+        sink.close()
+    finally:
+        os.close(w)
+    assert got == line * 3 + mark + line * 2 + mark
+    assert seen[0] == 3  # 4096 bytes: three lines and part of the marker
+    assert sink.written == 5 and sink.unwritten == 0 and sink.dropped == 0
+    os.close(r)

@@ -39,16 +39,29 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <sched.h>
+#include <time.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 
 #ifndef SYS_pidfd_send_signal
 #define SYS_pidfd_send_signal 424
 #endif
+#ifndef SYS_close_range
+#define SYS_close_range 436
+#endif
 
 #define AFD_MAX_PIDS 4096
 #define AFD_GAP_PID (-1)
 #define AFD_TEXT 4096
+/* More than one event takes: metadata, three FID records of a full handle
+ * and name each (a rename's), a pidfd record. */
+#define AFD_EVENT_MAX 4096
+#define AFD_KNOWN 16
+/* How long the thread waits before its next poll after a read of processes
+ * it named in the read before (see afd_pace). */
+#define AFD_PACE_NS 1000000
+/* ... once this many reads in a row were of the same named processes. */
+#define AFD_PACE_AFTER 8
 
 struct afd_proc {
     int32_t pid;
@@ -90,6 +103,10 @@ struct afd_drain {
     uint32_t read_size;
     uint32_t chunk_size;
     uint64_t limit;
+    uint32_t last_read;  /* bytes of the last read that got any */
+    int32_t known[AFD_KNOWN];  /* the pids the last read named (afd_pace) */
+    uint32_t nknown;
+    uint32_t streak;     /* reads in a row of the processes of the read before, named */
     pthread_mutex_t lock;
     struct afd_chunk *head;
     struct afd_chunk *tail;
@@ -152,9 +169,11 @@ static unsigned char *afd_pidfd_slot(unsigned char *ev, uint32_t len)
     return NULL;
 }
 
-/* Walk the events of buf: count them, and collect each pid's first pidfd. */
+/* Walk the events of buf: count them, collect each pid's first pidfd, and
+ * take every pidfd out of its record (written FAN_NOPIDFD): all of them go to
+ * fds[] (*nfds of them), to be closed at once after the naming. */
 static uint32_t afd_walk(unsigned char *buf, uint32_t n, int32_t *pids, int32_t *pidfds,
-                         uint32_t *npids, int own_pid)
+                         uint32_t *npids, int own_pid, int32_t *fds, uint32_t *nfds)
 {
     uint32_t off = 0, count = 0;
     while (off + sizeof(struct fanotify_event_metadata) <= n) {
@@ -165,6 +184,11 @@ static uint32_t afd_walk(unsigned char *buf, uint32_t n, int32_t *pids, int32_t 
         count++;
         unsigned char *slot = afd_pidfd_slot(buf + off, event_len);
         int32_t pidfd = slot ? afd_s32(slot) : FAN_NOPIDFD;
+        if (slot) {
+            if (pidfd >= 0)
+                fds[(*nfds)++] = pidfd;
+            afd_put_s32(slot, FAN_NOPIDFD);
+        }
         if (pid > 0 && pid != own_pid && *npids < AFD_MAX_PIDS) {
             uint32_t i;
             for (i = 0; i < *npids; i++)
@@ -172,19 +196,37 @@ static uint32_t afd_walk(unsigned char *buf, uint32_t n, int32_t *pids, int32_t 
                     break;
             if (i == *npids) {
                 pids[i] = pid;
-                pidfds[i] = pidfd;   /* the first event's: kept open until checked */
+                pidfds[i] = pidfd;   /* the first event's: open until fds[] is closed */
                 (*npids)++;
-                slot = NULL;
             }
-        }
-        if (slot) {
-            if (pidfd >= 0)
-                close(pidfd);
-            afd_put_s32(slot, FAN_NOPIDFD);
         }
         off += event_len;
     }
     return count;
+}
+
+/* Close the pidfds of one read, in as few system calls as is safe.
+ *
+ * The kernel gives a read's pidfds the lowest free numbers, one event after
+ * the other, so they are mostly runs of consecutive numbers.  A run
+ * lo, lo+1, ..., hi of fds[] is closed with one close_range(lo, hi): every
+ * number in it is a descriptor of this read, open until now, so no other
+ * thread of the process can hold one of them (a number is in one use at a
+ * time).  Where another thread took a number meanwhile the run ends there,
+ * and that number is never in a range.  Without close_range (before Linux
+ * 5.9), or should it fail, each is closed alone. */
+static void afd_close_fds(const int32_t *fds, uint32_t n)
+{
+    uint32_t i = 0;
+    while (i < n) {
+        uint32_t j = i + 1;
+        while (j < n && fds[j] == fds[j - 1] + 1)
+            j++;
+        if (j - i == 1 || syscall(SYS_close_range, (unsigned)fds[i], (unsigned)fds[j - 1], 0) != 0)
+            for (uint32_t k = i; k < j; k++)
+                close(fds[k]);
+        i = j;
+    }
 }
 
 /* Whether the reads of /proc/PID made so far were of the event's process.
@@ -289,25 +331,38 @@ static uint32_t afd_name(struct afd_drain *d, int32_t *pids, int32_t *pidfds, ui
     return used;
 }
 
-static void afd_close_pidfds(int32_t *pidfds, uint32_t npids)
+/* Whether the thread may wait AFD_PACE_NS before its next poll: when every
+ * process of the last AFD_PACE_AFTER reads was named, and named in the read
+ * before each of them too.
+ *
+ * The wait is for a steady writer (a build, a copy, the bench's burst): woken
+ * by nearly every event, the thread would read a few events a time, paying
+ * a wakeup, a read and the naming of the same process for each few.  After
+ * the wait one read takes what came meanwhile.  The processes that must be
+ * read soon are the new ones (a short-lived process is gone a fraction of a
+ * millisecond after its last event), and no wait follows a read with one,
+ * nor the next few: a short-lived process's events take a read or a few, a
+ * steady writer's hundreds (waiting after the second read of one, as this
+ * once did, cost dd, cp and ln started together their names: the one read
+ * later was gone by the end of the wait).  A process that starts during a
+ * wait is read at its end, so one that also exits and is reaped within it
+ * goes unnamed.  The lines come out no later for it: the loop takes
+ * batches every 20 ms at most (PACE_S in _cli_watch.py). */
+static void afd_pace(struct afd_drain *d, const struct afd_proc *procs, uint32_t npids)
 {
-    for (uint32_t i = 0; i < npids; i++)
-        if (pidfds[i] >= 0)
-            close(pidfds[i]);
-}
-
-static void afd_clear_slots(unsigned char *buf, uint32_t n)
-{
-    uint32_t off = 0;
-    while (off + sizeof(struct fanotify_event_metadata) <= n) {
-        uint32_t event_len = AFD_EVENT_LEN(buf + off);
-        if (event_len < sizeof(struct fanotify_event_metadata) || off + event_len > n)
-            break;
-        unsigned char *slot = afd_pidfd_slot(buf + off, event_len);
-        if (slot)
-            afd_put_s32(slot, FAN_NOPIDFD);
-        off += event_len;
+    int pace = npids > 0 && npids <= AFD_KNOWN;
+    for (uint32_t i = 0; i < npids && pace; i++) {
+        uint32_t j;
+        for (j = 0; j < d->nknown; j++)
+            if (d->known[j] == procs[i].pid)
+                break;
+        pace = procs[i].trusted && j < d->nknown;
     }
+    d->streak = pace ? d->streak + 1 : 0;
+    d->nknown = 0;
+    for (uint32_t i = 0; i < npids && d->nknown < AFD_KNOWN; i++)
+        if (procs[i].trusted)
+            d->known[d->nknown++] = procs[i].pid;
 }
 
 static void afd_wake(int fd)
@@ -432,7 +487,7 @@ static void afd_drop_chunk(struct afd_chunk *c)
  * reads (the kernel's records are whole events, so reads concatenate), not
  * many buffers of a few events each. */
 static int afd_read_one(struct afd_drain *d, int32_t *pids, int32_t *pidfds,
-                        struct afd_proc *procs)
+                        struct afd_proc *procs, int32_t *fds)
 {
     ssize_t n = read(d->fd, d->scratch, d->read_size);
     if (n < 0) {
@@ -443,8 +498,10 @@ static int afd_read_one(struct afd_drain *d, int32_t *pids, int32_t *pidfds,
     }
     if (n == 0)
         return 0;
-    uint32_t npids = 0;
-    uint32_t nev = afd_walk(d->scratch, (uint32_t)n, pids, pidfds, &npids, d->own_pid);
+    d->last_read = (uint32_t)n;
+    uint32_t npids = 0, nfds = 0;
+    uint32_t nev = afd_walk(d->scratch, (uint32_t)n, pids, pidfds, &npids, d->own_pid,
+                            fds, &nfds);
     uint32_t lead, cap;
     pthread_mutex_lock(&d->lock);
     int gap = d->gap_pending;
@@ -458,14 +515,15 @@ static int afd_read_one(struct afd_drain *d, int32_t *pids, int32_t *pidfds,
     lead = gap ? sizeof(struct fanotify_event_metadata) : 0;
     cap = d->chunk_size > lead + n ? d->chunk_size : lead + n;
     if (held + (fits ? 0 : cap) + npids * (sizeof(struct afd_proc) + 64 * 3) > d->limit) {
-        afd_close_pidfds(pidfds, npids);
+        afd_close_fds(fds, nfds);
+        d->streak = 0;
         return afd_dropped(d, n, nev);
     }
     char *text = NULL;
     uint32_t named = 0;
     uint32_t used = afd_name(d, pids, pidfds, npids, procs, &text, &named);
-    afd_close_pidfds(pidfds, npids);
-    afd_clear_slots(d->scratch, (uint32_t)n);
+    afd_close_fds(fds, nfds);
+    afd_pace(d, procs, npids);
 
     pthread_mutex_lock(&d->lock);
     struct afd_chunk *t = d->tail;
@@ -576,6 +634,11 @@ struct afd_sched_attr {
  * - nice lowered by 10 where that is permitted (CAP_SYS_NICE, which a root
  *   watcher has): a heavier thread is placed earlier on waking.
  *
+ * Under a steady writer the two made the thread preempt the writer at
+ * nearly every event and read a few events a time (about a fifth more CPU
+ * per line in bench_cli.py's burst); afd_pace takes that back for
+ * processes already named, and keeps the hints for new ones.
+ *
  * d->hint_slice and d->hint_nice say what was done (nice: the new value, or
  * d->hint_nice_set 0 when it was left). */
 static void afd_hint(struct afd_drain *d)
@@ -606,9 +669,13 @@ int afd_run(struct afd_drain *d)
     afd_hint(d);
     int32_t *pids = malloc(AFD_MAX_PIDS * sizeof(int32_t));
     int32_t *pidfds = malloc(AFD_MAX_PIDS * sizeof(int32_t));
+    /* a pidfd per event at most, an event at least its metadata */
+    int32_t *fds = malloc((d->read_size / sizeof(struct fanotify_event_metadata) + 1)
+                          * sizeof(int32_t));
     struct afd_proc *procs = malloc(AFD_MAX_PIDS * sizeof(struct afd_proc));
     d->scratch = malloc(d->read_size);
-    if (pids == NULL || pidfds == NULL || procs == NULL || d->scratch == NULL) {
+    if (pids == NULL || pidfds == NULL || procs == NULL || fds == NULL || d->scratch == NULL) {
+        free(fds);
         free(pids);
         free(pidfds);
         free(procs);
@@ -636,7 +703,18 @@ int afd_run(struct afd_drain *d)
             break;
         }
         int got;
-        while ((got = afd_read_one(d, pids, pidfds, procs)) > 0) {
+        while ((got = afd_read_one(d, pids, pidfds, procs, fds)) > 0) {
+            /* A read that left room for the largest event emptied the
+             * queue: the next is the poll's (it would find nothing). */
+            if (d->last_read + AFD_EVENT_MAX <= d->read_size) {
+                if (d->streak >= AFD_PACE_AFTER) {
+                    struct pollfd s = {d->stop_fd, POLLIN, 0};
+                    struct timespec t = {0, AFD_PACE_NS};
+                    if (ppoll(&s, 1, &t, NULL) > 0)
+                        goto out;
+                }
+                break;
+            }
             /* Look at the stop request between reads of a long backlog. */
             struct pollfd s = {d->stop_fd, POLLIN, 0};
             if (poll(&s, 1, 0) > 0)
@@ -648,6 +726,7 @@ int afd_run(struct afd_drain *d)
         }
     }
 out:
+    free(fds);
     free(pids);
     free(pidfds);
     free(procs);

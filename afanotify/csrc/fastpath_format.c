@@ -19,6 +19,13 @@
  * module, as fastpath_build.c adds the event builder.
  */
 
+#include <structmember.h>
+#if PY_VERSION_HEX < 0x030C0000
+#define AFF_T_OBJECT_EX T_OBJECT_EX
+#else
+#define AFF_T_OBJECT_EX Py_T_OBJECT_EX
+#endif
+
 /* The attributes read, by name. */
 enum {
     AFF_A_EV_TYPES, AFF_A_PID, AFF_A_PATH, AFF_A_DIR_PATH, AFF_A_NAME, AFF_A_PATH_RESOLVED,
@@ -299,12 +306,54 @@ static PyObject *aff_mask_parts(PyObject *mask, PyObject *masks, PyObject *mask_
 }
 
 /* The event's attributes (new references in v), NULL-free. */
-static int aff_read(PyObject *ev, PyObject **v, const int *which, int n)
+/* Where the first event class read keeps each attribute: the offset of its
+ * slot when the class's attribute is a plain slot (a member descriptor of an
+ * object slot, found through the MRO, on a class with the generic
+ * getattr), else -1: read by name.  Worked out once per call of
+ * _format_batch, for the class of its first event; events of any other
+ * class are read by name.  A slot is read as the descriptor would read it:
+ * the object there, or, when the slot is empty, by name (which raises the
+ * AttributeError). */
+struct aff_slots {
+    PyTypeObject *type;
+    Py_ssize_t off[AFF_A_COUNT];
+};
+
+static void aff_slots_init(struct aff_slots *sl, PyTypeObject *type)
 {
     int k;
+    sl->type = type;
+    for (k = 0; k < AFF_A_COUNT; k++) {
+        PyObject *d;
+        sl->off[k] = -1;
+        if (type->tp_getattro != PyObject_GenericGetAttr)
+            continue;
+        d = _PyType_Lookup(type, aff_attrs[k]);  /* borrowed */
+        if (d != NULL && Py_IS_TYPE(d, &PyMemberDescr_Type)) {
+            PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
+            if (m->type == AFF_T_OBJECT_EX && m->offset > 0)
+                sl->off[k] = m->offset;
+        }
+    }
+}
+
+static int aff_read(PyObject *ev, PyObject **v, const int *which, int n,
+                    const struct aff_slots *sl)
+{
+    int k;
+    int fast = sl != NULL && Py_TYPE(ev) == sl->type;
     for (k = 0; k < n; k++) {
-        v[which[k]] = PyObject_GetAttr(ev, aff_attrs[which[k]]);
-        if (v[which[k]] == NULL)
+        int a = which[k];
+        if (fast && sl->off[a] > 0) {
+            PyObject *o = *(PyObject **)((char *)ev + sl->off[a]);
+            if (o != NULL) {
+                Py_INCREF(o);
+                v[a] = o;
+                continue;
+            }
+        }
+        v[a] = PyObject_GetAttr(ev, aff_attrs[a]);
+        if (v[a] == NULL)
             return -1;
     }
     return 0;
@@ -678,6 +727,7 @@ static PyObject *aff_format_batch(PyObject *self, PyObject *const *args, Py_ssiz
     PyObject *events, *procs, *stamp, *masks, *mask_parts, *proc_part, *clean, *steps;
     PyObject *proc_parts = NULL, *result = NULL, *dash = NULL;
     PyObject *v[AFF_A_COUNT] = {NULL};
+    struct aff_slots sl = {NULL, {0}};
     struct aff_buf b = {NULL, 0, 0};
     const int *which;
     Py_ssize_t i, n;
@@ -752,7 +802,9 @@ static PyObject *aff_format_batch(PyObject *self, PyObject *const *args, Py_ssiz
             rc = mode == AFF_MODE_JSON ? aff_json(&b, v, m, parts, stamp, NULL, NULL, NULL)
                                        : aff_text(&b, v, m, parts, stamp, NULL);
         } else {
-            rc = aff_read(ev, v, which, nwhich);
+            if (sl.type == NULL)
+                aff_slots_init(&sl, Py_TYPE(ev));
+            rc = aff_read(ev, v, which, nwhich, &sl);
             if (rc == 0) {
                 if (mode == AFF_MODE_JSON)
                     rc = aff_json(&b, v, m, parts, stamp, proc_parts, proc_part, clean);
