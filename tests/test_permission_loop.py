@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import sys
 import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -22,8 +23,9 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from _perm_helpers import background, child, drain, wait_for
+from helpers import CHILD_CWD, child_env
 
-from afanotify import Event, Fanotify, FanotifyData, InitFlag, Response, Verdict
+from afanotify import Event, Fanotify, FanotifyData, InitFlag, Response, Verdict, _consume
 from afanotify._permloop import LoopServer
 from afanotify._static import StaticRule, StaticRules
 
@@ -269,3 +271,77 @@ async def test_the_general_reader_serves_when_asked(
         assert (await child("open", target)).errno == errno.EPERM
     assert fan._perm.thread is None
     assert fan.permission_stats.denied == 1
+
+
+_OPENER = r"""
+import os, sys
+for path in sys.argv[1:]:
+    os.close(os.open(path, os.O_RDONLY))
+print("done")
+"""
+
+
+async def _opens_in_one_child(paths: list[Path], timeout: float = 20.0) -> None:
+    """One child that opens ``paths`` in turn, each open waiting for its verdict."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _OPENER, *map(str, paths), stdout=asyncio.subprocess.PIPE,
+        env=child_env(), cwd=CHILD_CWD,
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+    except BaseException:
+        proc.kill()
+        await proc.wait()
+        raise
+    assert proc.returncode == 0 and out.strip() == b"done"
+
+
+async def test_async_for_answers_back_to_back_opens_in_order_and_the_loop_still_runs(
+    tmpfs: Path, make_group: Callable[..., Fanotify]
+) -> None:
+    files = [_file(tmpfs, f"f{i:03}") for i in range(200)]
+    fan = make_group(permission_timeout=30)
+    fan.mark(tmpfs, Event.OPEN_PERM | Event.EVENT_ON_CHILD)
+    seen: list[str | None] = []
+    ticks = 0
+
+    async def consume() -> None:
+        async for ev in fan:
+            seen.append(ev.path)
+            ev.allow_nowait()
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0)
+            ticks += 1
+
+    async with background(consume()), background(ticker()):
+        await _opens_in_one_child(files)
+    assert seen == [str(p) for p in files]
+    st = fan.permission_stats
+    assert (st.allowed, st.defaulted, st.pending) == (200, 0, 0)
+    # The consumer reads the next event itself at most _DIRECT_READS times
+    # in a row, then waits on the loop: other tasks run meanwhile.
+    assert ticks >= len(files) // (_consume._DIRECT_READS + 1)
+
+
+async def test_an_event_the_consumer_holds_still_gets_its_deadline(
+    tmpfs: Path, make_group: Callable[..., Fanotify]
+) -> None:
+    target = _file(tmpfs, "f")
+    fan = make_group(permission_timeout=TIMEOUT, default_response=Response.DENY)
+    fan.mark(target, Event.OPEN_PERM)
+    held: list[FanotifyData] = []
+
+    async def hold() -> None:
+        held.append(await fan.receive())
+        await asyncio.sleep(30)
+
+    async with background(hold()):
+        result = await child("open", target)
+        assert held and held[0].answered
+    assert result.errno == errno.EPERM
+    assert TIMEOUT * 0.9 <= result.elapsed <= TIMEOUT + 2
+    assert fan.permission_stats.timed_out == 1
+    held[0].close()
