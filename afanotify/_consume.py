@@ -11,9 +11,9 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from . import _fastparse
+from . import _fastparse, _permloop
 from ._pipeline import Counters
 from ._queue import EventQueue
 from ._reader import Reader
@@ -25,6 +25,7 @@ from .permission import DROPPED, PermissionTracker
 if TYPE_CHECKING:
     from ._batches import BatchSink
     from ._dispatch import Dispatcher
+    from ._permloop import ReadAhead
 
 __all__ = ["OwnQueue", "events_iter"]
 
@@ -80,6 +81,8 @@ class OwnQueue:
     _events_iter: Any
     #: Reads the consumer made itself since it last waited (see _read_ahead).
     _direct: int = 0
+    #: The C read of _read_ahead, made at its first use; False where there is none.
+    _ahead: ReadAhead | Literal[False] | None = None
 
     @property
     def _iter_last(self) -> FanotifyData | None:
@@ -217,7 +220,13 @@ class OwnQueue:
         ):  # fmt: skip
             return False
         self._direct += 1
-        reader._on_readable()  # one read in fd mode (see Reader._on_readable)
+        ahead = self._ahead
+        if ahead is None:
+            ahead = self._ahead = _permloop.read_ahead(self) or False  # type: ignore[arg-type]
+        if ahead:
+            ahead.read_once()
+        else:
+            reader._on_readable()  # the general read: one read in fd mode
         return bool(len(self._queue))
 
     def _refill(self) -> None:

@@ -88,12 +88,13 @@ class LoopServer:
         self._counters = group._counters
         self._fdguard = group._pipeline.fdguard
         self._min_read = group._reader._max_event_len
+        self._capacity = group._queue.maxsize
         self._resolve = group.resolve_paths
         self._proc_info = group.proc_info
         self._pidfd_reported = bool(group.flags & InitFlag.REPORT_PIDFD)
         self._fd_error = bool(group.flags & InitFlag.REPORT_FD_ERROR)
         self._own = group._pipeline.own_tids if group.ignore_own else frozenset()
-        self._dec = _fastparse.Decoder(_READ)
+        self._dec = self._decoder(group)
         self._buf: Any = ffi.new("unsigned char[]", _READ)
         self._nread: Any = ffi.new("long *")
         self._views: dict[int, Any] = {}
@@ -107,6 +108,9 @@ class LoopServer:
         #: True while the fd is registered with the loop by this server.
         self._registered = False
         self._stopped = False
+
+    def _decoder(self, group: Fanotify) -> _fastparse.Decoder:
+        return _fastparse.Decoder(_READ)
 
     def start(self, loop: LoopLike | None) -> bool:
         """Register the fd with ``loop`` (the reader's delegate); True: the reader must not."""
@@ -138,65 +142,73 @@ class LoopServer:
 
     def _on_readable(self) -> None:
         for _ in range(_READS_PER_WAKEUP):
-            if self._stopped or self._group._closed:
+            if self.read_once() < self._size // 2:
                 return
-            if self._budget_in <= 0 and not self._budget():
-                return
-            self._budget_in -= 1
-            static = self._pipeline.static is not None
-            dec = self._dec
-            count = lib.afp_read_walk_now(
-                self._fd, self._buf, self._size, self._nread, int(not static), dec._out,
-                dec._cap, self._cflags, dec._arena, dec._arena_size, dec._arena_used,
-                dec._stop, self._fddir,
-            )  # fmt: skip
-            n = int(self._nread[0])
-            if n == 0:
-                if count < 0 and not self._failed(-count):
-                    return
-                return  # nothing queued (or a retry is scheduled)
-            c = self._counters
-            c.reads += 1
-            c.bytes_read += n
-            if static:
-                self._group._handle_batch(memoryview(ffi.buffer(self._buf, n)))
-            else:
-                src = self._views.get(n)
-                if src is None:
-                    # A view per read size, made once: most reads are the same
-                    # few sizes (one event, two...).
-                    if len(self._views) > 64:
-                        self._views.clear()
-                    src = self._views[n] = ffi.buffer(self._buf, n)
-                self._batch(src, count)
-            if n < self._size // 2:
-                return
+
+    def read_once(self) -> int:
+        """Read the group once and serve the batch; returns the bytes read (0: none)."""
+        if self._stopped or self._group._closed:
+            return 0
+        if self._budget_in <= 0 and not self._budget():
+            return 0
+        self._budget_in -= 1
+        static = self._pipeline.static is not None
+        dec = self._dec
+        count = lib.afp_read_walk_now(
+            self._fd, self._buf, self._size, self._nread, int(not static), dec._out,
+            dec._cap, self._cflags, dec._arena, dec._arena_size, dec._arena_used,
+            dec._stop, self._fddir,
+        )  # fmt: skip
+        n = int(self._nread[0])
+        if n == 0:
+            if count < 0:
+                self._failed(-count)
+            return 0  # nothing queued (or a retry is scheduled)
+        c = self._counters
+        c.reads += 1
+        c.bytes_read += n
+        if static:
+            self._group._handle_batch(memoryview(ffi.buffer(self._buf, n)))
+            return n
+        src = self._views.get(n)
+        if src is None:
+            # A view per read size, made once: most reads are the same few
+            # sizes (one event, two...).
+            if len(self._views) > 64:
+                self._views.clear()
+            src = self._views[n] = ffi.buffer(self._buf, n)
+        self._batch(src, count)
+        return n
 
     def _budget(self) -> bool:
         # The kernel drops an event whose fd it cannot install: never read
-        # more events than there are descriptors for.  Looked at every read
-        # while others hold events (the queue, clients), else every
-        # _BUDGET_EVERY reads.
+        # more events than there are descriptors for, nor more than the
+        # group's queue has room for (the rest wait in the kernel; a full
+        # queue still reads one event, answered at once if it does not fit,
+        # as the group's reader does).  Looked at every read while others
+        # hold events (the queue, clients), else every _BUDGET_EVERY reads.
         fits = self._fdguard.free_fds()
         if fits < 1:
             self._retry_later()
             return False
-        roomy = fits > 4 * (_READ // 24) and not self._group._queued()
+        queued = self._group._queued()
+        roomy = fits > 4 * (_READ // 24) and not queued
         self._budget_in = _BUDGET_EVERY if roomy else 1
-        self._size = min(_READ, max(self._min_read, fits * 24))
+        room = min(fits, self._capacity - queued)
+        self._size = min(_READ, max(self._min_read, room * 24))
         return True
 
-    def _failed(self, err: int) -> bool:
+    def _failed(self, err: int) -> None:
         exc = OSError(err, f"reading the fanotify group failed: {os.strerror(err)}")
-        if not self._fdguard.read_failed(exc):
-            self._unregister()
-            self._stopped = True
-            self._group._fail(exc)
-            return False
-        if err in (_errno.EMFILE, _errno.ENFILE):
+        if not self._fdguard.read_failed(exc):  # counted and logged there, if retryable
+            self._stop_reading(exc)
+        elif err in (_errno.EMFILE, _errno.ENFILE):
             self._retry_later()  # no descriptors: wait for the application to close some
-            return False
-        return True
+
+    def _stop_reading(self, exc: OSError) -> None:
+        self._unregister()
+        self._stopped = True
+        self._group._fail(exc)
 
     def _retry_later(self) -> None:
         self._unregister()
@@ -268,3 +280,45 @@ class LoopServer:
             self._fdguard.recovered()
         if rest:
             self._group._deliver(rest)
+
+
+class ReadAhead(LoopServer):
+    """One read made by a consumer that found the group's queue empty (``_consume.py``).
+
+    The same read and batch as the server's, for a group the general reader
+    serves on the loop: it shares the pipeline's decoder (and its
+    /proc/self/fd), is never registered with the loop, and leaves failures
+    to that reader (it counts them, and the reader meets them again on its
+    own next read).
+    """
+
+    def __init__(self, group: Fanotify) -> None:
+        super().__init__(group)
+        self._loop = group._reader.loop
+        self._fddir = self._dec._fddir if self._resolve else -1
+
+    def _decoder(self, group: Fanotify) -> _fastparse.Decoder:
+        fast = group._pipeline.fast
+        assert fast is not None  # see supported()
+        return fast
+
+    def start(self, loop: LoopLike | None) -> bool:
+        return False  # never the group's reader
+
+    def stop(self) -> None:
+        self._stopped = True  # the decoder is the pipeline's: closed with it
+
+    def _stop_reading(self, exc: OSError) -> None:
+        pass  # the general reader meets the error itself
+
+    def _retry_later(self) -> None:
+        pass  # the general reader waits for descriptors itself
+
+
+def read_ahead(group: Fanotify) -> ReadAhead | None:
+    """A :class:`ReadAhead` for ``group``, or None where the C read cannot serve it."""
+    if not supported(group) or group._pipeline.fast is None:
+        return None
+    if group.resolve_paths and group._pipeline.fast._fddir < 0:
+        return None  # the walk would read the full /proc/self/fd/N paths: leave it
+    return ReadAhead(group)

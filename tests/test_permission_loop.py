@@ -26,7 +26,7 @@ from _perm_helpers import background, child, drain, wait_for
 from helpers import CHILD_CWD, child_env
 
 from afanotify import Event, Fanotify, FanotifyData, InitFlag, Response, Verdict, _consume
-from afanotify._permloop import LoopServer
+from afanotify._permloop import LoopServer, ReadAhead
 from afanotify._static import StaticRule, StaticRules
 
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(60)]
@@ -319,6 +319,7 @@ async def test_async_for_answers_back_to_back_opens_in_order_and_the_loop_still_
     async with background(consume()), background(ticker()):
         await _opens_in_one_child(files)
     assert seen == [str(p) for p in files]
+    assert isinstance(fan._ahead, ReadAhead)  # the consumer read with the C read
     st = fan.permission_stats
     assert (st.allowed, st.defaulted, st.pending) == (200, 0, 0)
     # The consumer reads the next event itself at most _DIRECT_READS times
