@@ -54,7 +54,7 @@ AVAILABLE = hasattr(lib, "afp_read_walk_now")
 #: Bytes per read: at most 170 event fds at once, as on the permission thread.
 _READ = 4096
 #: Reads per readiness callback, so one busy group cannot starve the loop.
-_READS_PER_WAKEUP = 8
+_READS_PER_WAKEUP = 16
 #: Reads between two looks at the descriptor budget (_fdlimit.FdGuard), while
 #: nothing but the handler holds the group's events.
 _BUDGET_EVERY = 64
@@ -141,8 +141,12 @@ class LoopServer:
     # -- reading ---------------------------------------------------------
 
     def _on_readable(self) -> None:
+        # Read again after a short read too: answering an event lets its
+        # process run on, and its next event is often queued by the time the
+        # verdict's write returns.  A read that finds nothing ends the
+        # callback (one read(2) more than the loop needed).
         for _ in range(_READS_PER_WAKEUP):
-            if self.read_once() < self._size // 2:
+            if not self.read_once():
                 return
 
     def read_once(self) -> int:
