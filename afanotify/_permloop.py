@@ -22,6 +22,12 @@ logged, and every event that is not an unanswered permission event goes to
 static rules set (``decide_statically``) reads each batch through the
 general pipeline, which applies them first.
 
+A consumer of ``receive()``/``async for`` in a permission group that finds
+the queue empty reads once itself through :class:`ReadAhead` (the same read
+and batch; see ``OwnQueue._read_ahead``).  ``AFANOTIFY_GENERAL_READER=1`` in
+the environment turns both off (the group's general reader serves), for
+comparisons.
+
 The server is the group reader's delegate (as the permission thread is): the
 group's close stops it first (through ``PermissionTracker.thread``), before
 anything pending is answered, and it unregisters the fd from the loop then.
@@ -98,6 +104,7 @@ class LoopServer:
         self._buf: Any = ffi.new("unsigned char[]", _READ)
         self._nread: Any = ffi.new("long *")
         self._views: dict[int, Any] = {}
+        self._pybuf: bytearray | None = None
         self._cflags = lib.AFN_RESOLVE_FD_PATHS if self._resolve else 0
         self._fddir = -1
         self._size = _READ
@@ -156,6 +163,9 @@ class LoopServer:
         if self._budget_in <= 0 and not self._budget():
             return 0
         self._budget_in -= 1
+        guard = self._fdguard
+        if guard._size and not guard._roomy:
+            return self._read_tight()
         static = self._pipeline.static is not None
         dec = self._dec
         count = lib.afp_read_walk_now(
@@ -182,6 +192,27 @@ class LoopServer:
                 self._views.clear()
             src = self._views[n] = ffi.buffer(self._buf, n)
         self._batch(src, count)
+        return n
+
+    def _read_tight(self) -> int:
+        # Near the open-file limit the guard's reserve of descriptors must be
+        # released for the read (the kernel installs the events' fds then,
+        # see _fdlimit.py): its own read, and the group's general pipeline.
+        if self._pybuf is None:
+            self._pybuf = bytearray(_READ)
+        try:
+            n = self._fdguard.read(self._fd, memoryview(self._pybuf)[: self._size])
+        except BlockingIOError:
+            return 0
+        except OSError as exc:
+            self._failed(exc.errno or _errno.EIO)
+            return 0
+        if n <= 0:
+            return 0
+        c = self._counters
+        c.reads += 1
+        c.bytes_read += n
+        self._group._handle_batch(memoryview(self._pybuf)[:n])
         return n
 
     def _budget(self) -> bool:
