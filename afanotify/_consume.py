@@ -11,9 +11,9 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from . import _fastparse
+from . import _fastparse, _permloop
 from ._pipeline import Counters
 from ._queue import EventQueue
 from ._reader import Reader
@@ -25,6 +25,7 @@ from .permission import DROPPED, PermissionTracker
 if TYPE_CHECKING:
     from ._batches import BatchSink
     from ._dispatch import Dispatcher
+    from ._permloop import ReadAhead
 
 __all__ = ["OwnQueue", "events_iter"]
 
@@ -32,6 +33,9 @@ log = logging.getLogger(__name__)
 
 _set_owns = FanotifyData.__dict__["_owns"].__set__
 _C_ITER = _fastparse.events_iter_factory()
+#: Reads a consumer may make itself in a row before it waits on the loop
+#: (see OwnQueue._read_ahead).
+_DIRECT_READS = 16
 
 
 class _Last:
@@ -75,6 +79,10 @@ class OwnQueue:
     _error: BaseException | None
     #: See :func:`events_iter`; its ``last`` is the event ``async for`` handed out last.
     _events_iter: Any
+    #: Reads the consumer made itself since it last waited (see _read_ahead).
+    _direct: int = 0
+    #: The C read of _read_ahead, made at its first use; False where there is none.
+    _ahead: ReadAhead | Literal[False] | None = None
 
     @property
     def _iter_last(self) -> FanotifyData | None:
@@ -176,6 +184,13 @@ class OwnQueue:
         """
         self._ensure_reader()
         self._consuming = True
+        if not len(self._queue) and self._read_ahead():
+            ev = self._queue.get_nowait()
+            if ev._owns & UNANSWERED:
+                self._perm.received_by(ev)
+            self._refill()
+            return ev
+        self._direct = 0
         try:
             ev = await self._queue.get()
         except ClosedResourceError:
@@ -186,6 +201,33 @@ class OwnQueue:
             self._perm.received_by(ev)
         self._refill()
         return ev
+
+    def _read_ahead(self) -> bool:
+        """Read the kernel once now, in the consumer's task; True if an event is queued then.
+
+        For a permission group whose consumer found the queue empty: the
+        next event is often already in the kernel's queue (the process it
+        answered opened the next file at once), and reading it here hands it
+        over without a trip through the loop (the loop's readiness callback,
+        then waking this task).  At most _DIRECT_READS in a row, then the
+        consumer waits on the loop as usual, so timers and other tasks run.
+        Nothing read: one read(2) that found nothing.
+        """
+        reader = self._reader
+        if (
+            not self._perm_class or not reader.reading or self._closed
+            or self._error is not None or self._direct >= _DIRECT_READS
+        ):  # fmt: skip
+            return False
+        self._direct += 1
+        ahead = self._ahead
+        if ahead is None:
+            ahead = self._ahead = _permloop.read_ahead(self) or False  # type: ignore[arg-type]
+        if ahead:
+            ahead.read_once()
+        else:
+            reader._on_readable()  # the general read: one read in fd mode
+        return bool(len(self._queue))
 
     def _refill(self) -> None:
         held = self._held

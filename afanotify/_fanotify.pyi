@@ -210,6 +210,11 @@ class _Lib:
         arena_used: _CData, stop: _CData, fddir: int, /,
     ) -> int: ...
     def afp_answer(self, group_fd: int, fd: int, response: int, close_fd: int, /) -> int: ...
+    def afp_read_walk_now(
+        self, group_fd: int, buf: _CData, bufsize: int, nread: _CData, walk: int,
+        out: _CData, cap: int, flags: int, arena: _CData, arena_cap: int, arena_used: _CData,
+        stop: _CData, fddir: int, /,
+    ) -> int: ...
 
 lib: _Lib
 

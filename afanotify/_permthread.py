@@ -46,7 +46,7 @@ import time
 import weakref
 from typing import Any
 
-from . import _fastparse
+from . import _fastparse, _permloop
 from ._answer import answer_and_close
 from ._ffi import ffi, lib
 from ._loop import LoopLike
@@ -126,22 +126,28 @@ def install(group: Fanotify, handler: PermissionHandler | None, thread: bool) ->
 def use(group: Fanotify, handler: PermissionHandler | None, thread: bool) -> None:
     """Serve ``handler`` on a thread (``thread``) or on the loop; switch a running group."""
     reader = group._reader
-    old: PermissionThread | None = group._perm.thread
+    old: PermissionThread | _permloop.LoopServer | None = group._perm.thread
     if old is not None:
         old.stop()
         group._perm.thread = None
-    if not thread or handler is None:
+    if handler is None or (not thread and not _permloop.supported(group)):
         if reader.delegate is not None:
             reader.delegate = None
             if old is not None and old.started:
                 reader.start()  # the loop reads again
         return
-    server = PermissionThread(group)
+    server: PermissionThread | _permloop.LoopServer
+    if thread:
+        server = PermissionThread(group)
+    else:
+        server = _permloop.LoopServer(group)
     group._perm.thread = server
     reader.delegate = server.start
     if reader.reading:
-        reader.idle()  # the loop was reading: the thread takes over now
+        reader.idle()  # the loop was reading: the new server takes over now
         reader.start()
+    elif old is not None and old.started:
+        reader.start()  # the old server was reading: the new one takes over
 
 
 class PermissionThread:

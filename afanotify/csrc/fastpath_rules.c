@@ -526,6 +526,32 @@ long afp_read_walk(int group_fd, int wake_fd, int timeout_ms, unsigned char *buf
                          fddir);
 }
 
+/*
+ * The event loop's read for an on_permission handler (afanotify/_permloop.py):
+ * the loop already said group_fd is readable, so no poll.  One read into
+ * buf, then (walk) the C walk with the fd paths, as afp_read_walk does.
+ * Returns the number of entries walked (or, without walk, 0) with *nread the
+ * bytes read; 0 with *nread 0 when nothing is queued (EAGAIN); -errno of a
+ * failed read.
+ */
+long afp_read_walk_now(int group_fd, unsigned char *buf, size_t bufsize, long *nread,
+                       int walk, struct afn_event *out, size_t cap, unsigned int flags,
+                       char *arena, size_t arena_cap, size_t *arena_used, size_t *stop,
+                       int fddir)
+{
+    ssize_t n;
+    do {
+        n = read(group_fd, buf, bufsize);
+    } while (n < 0 && errno == EINTR);
+    *nread = n > 0 ? (long)n : 0;
+    if (n < 0)
+        return errno == EAGAIN ? 0 : -errno;
+    if (n == 0 || !walk)
+        return 0;
+    return afn_decode_at(buf, (size_t)n, out, cap, flags, arena, arena_cap, arena_used, stop,
+                         fddir);
+}
+
 /* Write one response and then close the event's fd (close_fd), in one call
  * from the permission thread; returns 0 or the errno of the write. */
 int afp_answer(int group_fd, int fd, uint32_t response, int close_fd)

@@ -1,0 +1,359 @@
+"""A plain ``on_permission`` handler served on the event loop, one C read per wake-up.
+
+``fan.on_permission(handler)`` (without ``thread=True``) in a permission
+group whose events the C core can build takes this reader instead of the
+group's general one (``_reader.py`` through ``_pipeline.py``).  When the loop
+says the group fd is readable, one call into C (``afp_read_walk_now`` in
+``csrc/fastpath_rules.c``) reads and walks the batch, the C builder makes the
+events, and for each permission event the tracker registers it (deadline
+timer on the loop, as before) and runs the handler, whose ``True``/``False``
+is written and the fd closed in one more C call.  Between two events of one
+read there is no asyncio machinery, no queue, and no per-read work the
+general reader needs for every kind of group (the descriptor budget is
+looked at every :data:`_BUDGET_EVERY` reads, as on the permission thread).
+
+Everything else is the general path's: the handler runs through
+:meth:`PermissionTracker.dispatch` (an awaitable result becomes a task, an
+exception or a non-verdict gives the default verdict and is logged), the
+deadline timer and the watchdog answer for a handler or a loop that does not,
+the group's own events are allowed and dropped, malformed ones allowed and
+logged, and every event that is not an unanswered permission event goes to
+:meth:`Fanotify._deliver` (the queue, clients, ``batches()``).  A group with
+static rules set (``decide_statically``) reads each batch through the
+general pipeline, which applies them first.
+
+A consumer of ``receive()``/``async for`` in a permission group that finds
+the queue empty reads once itself through :class:`ReadAhead` (the same read
+and batch; see ``OwnQueue._read_ahead``).  ``AFANOTIFY_GENERAL_READER=1`` in
+the environment turns both off (the group's general reader serves), for
+comparisons.
+
+The server is the group reader's delegate (as the permission thread is): the
+group's close stops it first (through ``PermissionTracker.thread``), before
+anything pending is answered, and it unregisters the fd from the loop then.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+from . import _fastparse
+from ._ffi import ffi, lib
+from ._loop import LoopLike
+from ._proc import process_info
+from .events import UNANSWERED, FanotifyData
+from .flags import DIR_CHANGE_EVENTS, Event, InitFlag
+from .permission import ABANDONED
+
+if TYPE_CHECKING:
+    from .group import Fanotify
+
+__all__ = ["AVAILABLE", "LoopServer"]
+
+log = logging.getLogger(__name__)
+
+#: The compiled core has the C read (the pure one does not).
+AVAILABLE = hasattr(lib, "afp_read_walk_now")
+#: Bytes per read: at most 170 event fds at once, as on the permission thread.
+_READ = 4096
+#: Reads per readiness callback, so one busy group cannot starve the loop.
+_READS_PER_WAKEUP = 16
+#: Reads between two looks at the descriptor budget (_fdlimit.FdGuard), while
+#: nothing but the handler holds the group's events.
+_BUDGET_EVERY = 64
+#: Seconds to wait before reading again after the kernel ran out of fds for us.
+_FD_RETRY_DELAY = 0.05
+_OVERFLOW = int(Event.Q_OVERFLOW)
+_DIR_CHANGE = int(DIR_CHANGE_EVENTS)
+_set_responder = FanotifyData.__dict__["_responder"].__set__
+_set_exe = FanotifyData.__dict__["exe"].__set__
+_set_cwd = FanotifyData.__dict__["cwd"].__set__
+
+
+def supported(group: Fanotify) -> bool:
+    """True if ``group``'s plain handler can be served by :class:`LoopServer`."""
+    from ._permthread import supported as thread_supported
+
+    return (
+        AVAILABLE and group._perm_class and thread_supported(group) is None
+        and not os.environ.get("AFANOTIFY_GENERAL_READER")
+    )
+
+
+class LoopServer:
+    """Reads the group on the loop and runs its plain handler (see the module docstring)."""
+
+    def __init__(self, group: Fanotify) -> None:
+        self._group = group
+        self._fd = group._fd
+        self._perm = group._perm
+        self._pipeline = group._pipeline
+        self._counters = group._counters
+        self._fdguard = group._pipeline.fdguard
+        self._min_read = group._reader._max_event_len
+        self._capacity = group._queue.maxsize
+        self._resolve = group.resolve_paths
+        self._proc_info = group.proc_info
+        self._pidfd_reported = bool(group.flags & InitFlag.REPORT_PIDFD)
+        self._fd_error = bool(group.flags & InitFlag.REPORT_FD_ERROR)
+        self._own = group._pipeline.own_tids if group.ignore_own else frozenset()
+        self._dec = self._decoder(group)
+        self._buf: Any = ffi.new("unsigned char[]", _READ)
+        self._nread: Any = ffi.new("long *")
+        self._views: dict[int, Any] = {}
+        self._pybuf: bytearray | None = None
+        self._cflags = lib.AFN_RESOLVE_FD_PATHS if self._resolve else 0
+        self._fddir = -1
+        self._size = _READ
+        self._budget_in = 0
+        self._loop: LoopLike | None = None
+        #: True once started (the reader's delegate then read instead of it).
+        self.started = False
+        #: True while the fd is registered with the loop by this server.
+        self._registered = False
+        self._stopped = False
+
+    def _decoder(self, group: Fanotify) -> _fastparse.Decoder:
+        return _fastparse.Decoder(_READ)
+
+    def start(self, loop: LoopLike | None) -> bool:
+        """Register the fd with ``loop`` (the reader's delegate); True: the reader must not."""
+        if self._stopped or loop is None:
+            return False
+        if not self._registered:
+            if self._resolve and self._fddir < 0:
+                self._fddir = self._dec.open_fd_dir()
+            self._loop = loop
+            loop.add_reader(self._fd, self._on_readable)
+            self._registered = self.started = True
+        return True
+
+    def stop(self) -> None:
+        """Unregister for good (idempotent); the loop may already be closed."""
+        self._stopped = True
+        self._unregister()
+        self._dec.close()
+
+    def _unregister(self) -> None:
+        if self._registered and self._loop is not None:
+            self._registered = False
+            try:
+                self._loop.remove_reader(self._fd)
+            except Exception:  # the loop may already be closed
+                pass
+
+    # -- reading ---------------------------------------------------------
+
+    def _on_readable(self) -> None:
+        # Read again after a short read too: answering an event lets its
+        # process run on, and its next event is often queued by the time the
+        # verdict's write returns.  A read that finds nothing ends the
+        # callback (one read(2) more than the loop needed).
+        for _ in range(_READS_PER_WAKEUP):
+            if not self.read_once():
+                return
+
+    def read_once(self) -> int:
+        """Read the group once and serve the batch; returns the bytes read (0: none)."""
+        if self._stopped or self._group._closed:
+            return 0
+        if self._budget_in <= 0 and not self._budget():
+            return 0
+        self._budget_in -= 1
+        guard = self._fdguard
+        if guard._size and not guard._roomy:
+            return self._read_tight()
+        static = self._pipeline.static is not None
+        dec = self._dec
+        count = lib.afp_read_walk_now(
+            self._fd, self._buf, self._size, self._nread, int(not static), dec._out,
+            dec._cap, self._cflags, dec._arena, dec._arena_size, dec._arena_used,
+            dec._stop, self._fddir,
+        )  # fmt: skip
+        n = int(self._nread[0])
+        if n == 0:
+            if count < 0:
+                self._failed(-count)
+            return 0  # nothing queued (or a retry is scheduled)
+        c = self._counters
+        c.reads += 1
+        c.bytes_read += n
+        if static:
+            self._group._handle_batch(memoryview(ffi.buffer(self._buf, n)))
+            return n
+        src = self._views.get(n)
+        if src is None:
+            # A view per read size, made once: most reads are the same few
+            # sizes (one event, two...).
+            if len(self._views) > 64:
+                self._views.clear()
+            src = self._views[n] = ffi.buffer(self._buf, n)
+        self._batch(src, count)
+        return n
+
+    def _read_tight(self) -> int:
+        # Near the open-file limit the guard's reserve of descriptors must be
+        # released for the read (the kernel installs the events' fds then,
+        # see _fdlimit.py): its own read, and the group's general pipeline.
+        if self._pybuf is None:
+            self._pybuf = bytearray(_READ)
+        try:
+            n = self._fdguard.read(self._fd, memoryview(self._pybuf)[: self._size])
+        except BlockingIOError:
+            return 0
+        except OSError as exc:
+            self._failed(exc.errno or _errno.EIO)
+            return 0
+        if n <= 0:
+            return 0
+        c = self._counters
+        c.reads += 1
+        c.bytes_read += n
+        self._group._handle_batch(memoryview(self._pybuf)[:n])
+        return n
+
+    def _budget(self) -> bool:
+        # The kernel drops an event whose fd it cannot install: never read
+        # more events than there are descriptors for, nor more than the
+        # group's queue has room for (the rest wait in the kernel; a full
+        # queue still reads one event, answered at once if it does not fit,
+        # as the group's reader does).  Looked at every read while others
+        # hold events (the queue, clients), else every _BUDGET_EVERY reads.
+        fits = self._fdguard.free_fds()
+        if fits < 1:
+            self._retry_later()
+            return False
+        queued = self._group._queued()
+        roomy = fits > 4 * (_READ // 24) and not queued
+        self._budget_in = _BUDGET_EVERY if roomy else 1
+        room = min(fits, self._capacity - queued)
+        self._size = min(_READ, max(self._min_read, room * 24))
+        return True
+
+    def _failed(self, err: int) -> None:
+        exc = OSError(err, f"reading the fanotify group failed: {os.strerror(err)}")
+        if not self._fdguard.read_failed(exc):  # counted and logged there, if retryable
+            self._stop_reading(exc)
+        elif err in (_errno.EMFILE, _errno.ENFILE):
+            self._retry_later()  # no descriptors: wait for the application to close some
+
+    def _stop_reading(self, exc: OSError) -> None:
+        self._unregister()
+        self._stopped = True
+        self._group._fail(exc)
+
+    def _retry_later(self) -> None:
+        self._unregister()
+        if self._loop is not None:
+            self._loop.call_later(_FD_RETRY_DELAY, self._retry)
+
+    def _retry(self) -> None:
+        if not self._stopped and not self._group._closed:
+            self.start(self._loop)
+
+    # -- one batch -------------------------------------------------------
+
+    def _batch(self, src: Any, count: int) -> None:
+        events, errors = self._dec._build(
+            src, count, True, False, self._fd_error, self._resolve, None, self._own,
+            _DIR_CHANGE, None, None,
+        )  # fmt: skip
+        try:
+            self._serve(events, errors)
+        except BaseException:
+            # A bug here must not leave a process waiting on an event only
+            # this server knew about: answer what is unanswered, close all
+            # (closing an event already closed does nothing).
+            perm = self._perm
+            for ev in events:
+                if ev._owns & UNANSWERED and ev._responder is None:
+                    _set_responder(ev, perm)
+                ev._release(ABANDONED)
+            raise
+
+    def _serve(self, events: list[FanotifyData], errors: list[Any]) -> None:
+        pipeline = self._pipeline
+        failed = bool(errors)
+        for err in errors:
+            pipeline.bad_event(err)
+        c = self._counters
+        c.events_read += len(events)
+        perm = self._perm
+        own = self._own
+        loop = self._loop
+        rest: list[FanotifyData] | None = None
+        dispatch = perm.dispatch
+        for ev in events:
+            if ev.pid in own:
+                pipeline._drop_own(ev)
+                continue
+            mask = ev.ev_types
+            if mask & _OVERFLOW:
+                c.overflows += 1
+                log.warning("fanotify queue overflowed: the kernel dropped events")
+            elif ev.fd < 0 and self._fd_error and ev.fd_error is not None:
+                self._fdguard.fd_error(ev.fd_error, ev.is_permission)
+                failed = True
+            if self._proc_info:
+                exe, cwd = process_info(ev.pid, ev.pidfd, pidfd_reported=self._pidfd_reported)
+                _set_exe(ev, exe)
+                _set_cwd(ev, cwd)
+            if ev._owns & UNANSWERED:
+                _set_responder(ev, perm)
+                perm.add(ev, loop)
+                if perm.handler is not None:
+                    c.events_delivered += 1
+                    dispatch(ev)
+                    continue
+            if rest is None:
+                rest = []
+            rest.append(ev)
+        if not failed:
+            self._fdguard.recovered()
+        if rest:
+            self._group._deliver(rest)
+
+
+class ReadAhead(LoopServer):
+    """One read made by a consumer that found the group's queue empty (``_consume.py``).
+
+    The same read and batch as the server's, for a group the general reader
+    serves on the loop: it shares the pipeline's decoder (and its
+    /proc/self/fd), is never registered with the loop, and leaves failures
+    to that reader (it counts them, and the reader meets them again on its
+    own next read).
+    """
+
+    def __init__(self, group: Fanotify) -> None:
+        super().__init__(group)
+        self._loop = group._reader.loop
+        self._fddir = self._dec._fddir if self._resolve else -1
+
+    def _decoder(self, group: Fanotify) -> _fastparse.Decoder:
+        fast = group._pipeline.fast
+        assert fast is not None  # see supported()
+        return fast
+
+    def start(self, loop: LoopLike | None) -> bool:
+        return False  # never the group's reader
+
+    def stop(self) -> None:
+        self._stopped = True  # the decoder is the pipeline's: closed with it
+
+    def _stop_reading(self, exc: OSError) -> None:
+        pass  # the general reader meets the error itself
+
+    def _retry_later(self) -> None:
+        pass  # the general reader waits for descriptors itself
+
+
+def read_ahead(group: Fanotify) -> ReadAhead | None:
+    """A :class:`ReadAhead` for ``group``, or None where the C read cannot serve it."""
+    if not supported(group) or group._pipeline.fast is None:
+        return None
+    if group.resolve_paths and group._pipeline.fast._fddir < 0:
+        return None  # the walk would read the full /proc/self/fd/N paths: leave it
+    return ReadAhead(group)
