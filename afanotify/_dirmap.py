@@ -43,10 +43,13 @@ from collections import OrderedDict
 from typing import Any
 
 from . import _ffi
+from ._dirbatch import CHANGES, MOVES, Batch, scan
 from .events import FanotifyData, FileHandle
 from .flags import Event, InitFlag, MarkFlag
 
-__all__ = ["DirMap", "DEFAULT_SIZE", "fs_top", "learn_tree"]
+__all__ = [
+    "CHANGES", "DEFAULT_SIZE", "MOVES", "DirMap", "fs_top", "learn_tree", "move_mask", "scan",
+]
 
 #: Directories kept by default (``Fanotify(handle_cache_size=...)``).
 DEFAULT_SIZE = 65536
@@ -57,11 +60,8 @@ _DELETE = int(Event.DELETE)
 _MOVED_FROM = int(Event.MOVED_FROM)
 _MOVED_TO = int(Event.MOVED_TO)
 _RENAME = int(Event.RENAME)
+_MOVE_SELF = int(Event.MOVE_SELF)
 _OVERFLOW = int(Event.Q_OVERFLOW)
-#: With ONDIR: a directory moved (paths below it change).
-MOVES = _MOVED_FROM | _MOVED_TO | _RENAME
-#: With ONDIR: the events that change the map.
-CHANGES = MOVES | _CREATE | _DELETE
 _FILESYSTEM = int(MarkFlag.FILESYSTEM)
 _MARK_TYPE = int(MarkFlag.FILESYSTEM | MarkFlag.MOUNT | MarkFlag.MNTNS)
 _DELETED = " (deleted)"
@@ -76,45 +76,6 @@ def join(directory: str, name: str | None) -> str:
     if directory == "/":
         return "/" + name
     return directory + "/" + name
-
-
-Batch = tuple[int, dict[tuple[FileHandle, str], int], dict[FileHandle, list[Any]]]
-
-
-def scan(events: list[FanotifyData]) -> Batch:
-    """What a batch holds that the map needs before it resolves the batch in order.
-
-    The index of the last directory move (-1: none); per place a directory
-    was moved to (parent handle, name), the index of the last such move; and per directory
-    handle, ``[index, parent handle, name]`` of its first DELETE, MOVED_FROM
-    or RENAME with ONDIR and a FID record: where it was until then.
-    """
-    last = -1
-    targets: dict[tuple[FileHandle, str], int] = {}
-    facts: dict[FileHandle, list[Any]] = {}
-    for i, ev in enumerate(events):
-        mask = ev.ev_types
-        if not mask & _ONDIR or not mask & CHANGES:
-            continue
-        if mask & MOVES:
-            last = i
-            if mask & _RENAME:
-                into, name = ev.new_dfid, ev.new_name
-            elif mask & _MOVED_TO:
-                into, name = ev.dfid, ev.name
-            else:
-                into = None
-            if into is not None and name:
-                targets[(into, name)] = i
-        fid = ev.fid
-        if fid is None or fid in facts or not mask & (_DELETE | _MOVED_FROM | _RENAME):
-            continue
-        if mask & _RENAME:
-            if ev.old_dfid is not None:
-                facts[fid] = [i, ev.old_dfid, ev.old_name]
-        elif ev.dfid is not None:
-            facts[fid] = [i, ev.dfid, ev.name]
-    return last, targets, facts
 
 
 class DirMap:
@@ -144,8 +105,7 @@ class DirMap:
         self._names = bool(flags & InitFlag.REPORT_NAME)
         self._marks_ok = True
         self._marks = 0
-        # Per batch: the last directory move, the handles that failed, the
-        # names from later events, and the MOVED_FROM waiting for its MOVED_TO.
+        # Per batch: the last directory move, failed handles, later events' facts.
         self.last_move = -1
         self.live = True
         self.c_off = False
@@ -155,6 +115,8 @@ class DirMap:
         self._looked: dict[FileHandle, tuple[str, int]] = {}
         self._facts: dict[FileHandle, list[Any]] = {}
         self._targets: dict[tuple[FileHandle, str], int] = {}
+        self._selfs: dict[FileHandle, int] = {}  # object -> its last MOVE_SELF/DELETE_SELF
+        self._blind = -1  # a directory moved where the batch does not say (see scan)
         self._moving: FileHandle | None = None
         self.hits = 0
         self.misses = 0
@@ -290,10 +252,16 @@ class DirMap:
         self._looked.clear()
         self._facts = {}
         self._targets = {}
+        self._selfs = {}
+        self._blind = -1
 
     def set_batch(self, batch: Batch) -> None:
         """What :func:`scan` found in the batch being decoded."""
-        self.last_move, self._targets, self._facts = batch
+        self.last_move, self._targets, self._facts, self._selfs, blind = batch
+        # (a map that sees every move saw the one that explains it)
+        self._blind = -1 if self.tracking else blind
+        self.last_move = max(self.last_move, self._blind)
+
 
     def _safe(self, fsid: tuple[int, int], p: str, i: int) -> bool:
         """Whether ``p``, a path looked up now, was already the path at event ``i``.
@@ -309,7 +277,7 @@ class DirMap:
         """The index of the batch's last move onto ``p``'s way (-1: none): see :meth:`_safe`."""
         targets = self._targets
         if not targets:
-            return -1
+            return self._blind
         top = self._tops.get(fsid)
         last = -1
         while top is not None and p != top and p.startswith(top):
@@ -318,7 +286,7 @@ class DirMap:
             if a is None:
                 return self.last_move
             last = max(last, targets.get((a, name), -1))
-        return last
+        return max(last, self._blind)
 
     def walked(self, flags: int) -> None:
         """The C walk's verdict on the batch (``Decoder.decode``'s ``on_walk``)."""
@@ -335,10 +303,11 @@ class DirMap:
         kernel reports that once its last link is gone, and a handle never
         names another object, so ``open_by_handle_at`` could only fail or
         name it "(deleted)": both give None, and the lookup is left out (a
-        burst of deletes made one failing syscall per file).
+        burst of deletes made one failing syscall per file).  After a later
+        MOVE_SELF or DELETE_SELF of it, a lookup would give a later place.
         """
         p = self.path(h)
-        if p is None and not gone:
+        if p is None and not gone and self._selfs.get(h, -1) <= i:
             p = self._fresh(h, learn=False, i=i)
         return p
 
@@ -497,6 +466,8 @@ class DirMap:
             k = self._entry(fid, ev.dfid, ev.name)
             if k is not None:
                 self._drop(k)
+        elif mask & _MOVE_SELF and not self.tracking:
+            self.forget()  # a directory moved, the group does not say where
 
     def _entry(self, fid: FileHandle | None, dfid: FileHandle | None, name: str | None
                ) -> FileHandle | None:
@@ -690,3 +661,8 @@ def fs_top(path: str | bytes, dont_follow: bool) -> str:
             break
         p = parent
     return p
+
+
+def move_mask(dm: DirMap) -> int:
+    """With ONDIR, the events after which a path looked up now may be wrong (C's walk)."""
+    return MOVES if dm.tracking else MOVES | _MOVE_SELF

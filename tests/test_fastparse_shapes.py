@@ -143,7 +143,8 @@ def _reference(events: list[FanotifyData], recs: list[bool], skip: Any) -> tuple
                 full = dataclasses.replace(e, **sides, path=path, path_resolved=resolved)
             elif _fid_only(e):
                 gone = bool(e.ev_types & int(Event.DELETE_SELF)) or any(
-                    later.fid == e.fid and later.ev_types & int(Event.DELETE_SELF)
+                    later.fid == e.fid
+                    and later.ev_types & int(Event.DELETE_SELF | Event.MOVE_SELF)
                     and not later.unknown_records
                     for later in events[i + 1 :]
                 )  # fmt: skip
@@ -192,6 +193,61 @@ def test_a_later_delete_self_in_the_batch_skips_the_lookup() -> None:
     assert [(e.path, e.path_resolved) for e in got] == [
         (None, False), ("/x", True), (None, False), ("/x", True)
     ]
+
+
+def test_a_later_move_self_in_the_batch_skips_the_lookup() -> None:
+    """An object moved again later in the batch: a lookup now names the later place."""
+    obj, other = fid_rec(FID, b"obj1"), fid_rec(FID, b"obj2")
+    buf = (
+        event(obj, fd=-1, mask=int(Event.ATTRIB))
+        + event(obj, fd=-1, mask=int(Event.MOVE_SELF))
+        + event(other, fd=-1, mask=int(Event.ATTRIB))
+        + event(obj, fd=-1, mask=int(Event.MOVE_SELF))  # its last move: looked up
+    )
+    asked: list[tuple[bytes, bool]] = []
+
+    def object_path(h: Any, gone: bool) -> str | None:
+        asked.append((h.handle, gone))
+        return None if gone else "/x"
+
+    got, _ = Decoder().decode(buf, len(buf), dir_path=_dir_path, object_path=object_path)
+    assert asked == [(b"obj1", True), (b"obj1", True), (b"obj2", False), (b"obj1", False)]
+    assert [(e.path, e.path_resolved) for e in got] == [
+        (None, False), (None, False), ("/x", True), ("/x", True)
+    ]
+
+
+def test_later_self_events_are_known_across_cuts() -> None:
+    """Cuts between FID-only events: the events built after each cut are still told.
+
+    Each directory create is a cut, after which the builder is called again
+    on the rest of the batch; the marks of later MOVE_SELF/DELETE_SELF
+    events are made once, at the first event that asks, and must still be
+    right for every event built after a cut.
+    """
+    d = fid_rec(DFID_NAME, b"h1\x02", b"sub")
+    parts = []
+    for k in range(300):
+        parts.append(event(fid_rec(FID, b"o%04d" % k), fd=-1, mask=int(Event.MOVE_SELF)))
+        parts.append(event(d, fd=-1, mask=int(Event.CREATE | Event.ONDIR)))
+    parts.append(event(fid_rec(FID, b"o0000"), fd=-1, mask=int(Event.DELETE_SELF)))
+    buf = b"".join(parts)
+    asked: list[tuple[bytes, bool]] = []
+
+    def object_path(h: Any, gone: bool) -> str | None:
+        asked.append((h.handle, gone))
+        return None if gone else "/x"
+
+    cuts: list[int] = []
+    got, _ = Decoder().decode(
+        buf, len(buf), dir_path=_dir_path, object_path=object_path, dir_change=int(Event.CREATE),
+        on_cut=lambda ev, i: cuts.append(i),
+    )  # fmt: skip
+    assert len(cuts) == 300
+    assert asked[0] == (b"o0000", True)  # its DELETE_SELF is 600 events later
+    assert asked[1:-1] == [(b"o%04d" % k, False) for k in range(1, 300)]
+    assert asked[-1] == (b"o0000", True)  # the DELETE_SELF itself
+    assert len(got) == 601
 
 
 def test_renamed_file_shares_the_directory_entries() -> None:

@@ -97,6 +97,12 @@ struct afn_builder {
 };
 
 /* Set by _builder_setup; event_type is NULL until then. */
+/* Bits of an entry's `has` that afn_mark_later_selves adds (see there);
+ * every other reader of `has` leaves them out. */
+#define AFN_HAS_SELF_SCANNED (1u << 30) /* the pass has seen this entry */
+#define AFN_HAS_LATER_SELF (1u << 31)   /* a later MOVE_SELF/DELETE_SELF, same object */
+#define AFN_HAS_PASS_BITS (AFN_HAS_SELF_SCANNED | AFN_HAS_LATER_SELF)
+
 static struct afn_builder afn_b;
 /* Nonzero while _build runs: a callback of its must not change afn_b. */
 static int afn_building;
@@ -796,7 +802,7 @@ static int afn_ref_fits(const struct afn_fidref *ref, uint64_t len, int handle, 
 static int afn_fits(const struct afn_event *ev, const Py_buffer *src)
 {
     uint64_t len = (uint64_t)src->len;
-    unsigned has = ev->has;
+    unsigned has = ev->has & ~AFN_HAS_PASS_BITS;
     return afn_ref_fits(&ev->dfid, len, has & AFN_HAS_DFID, has & AFN_HAS_NAME)
         && afn_ref_fits(&ev->fid, len, has & AFN_HAS_FID, 0)
         && afn_ref_fits(&ev->old, len, has & AFN_HAS_OLD, has & AFN_HAS_OLD)
@@ -1022,20 +1028,26 @@ static int afn_tree_decision(PyObject *entry, PyObject *dir_path, PyObject *tree
 }
 
 /*
- * The FID records of the DELETE_SELF events of a batch, to know an object
- * whose own event (MOVE_SELF, say) comes before its DELETE_SELF in the same
- * read.  The kernel sends DELETE_SELF once the object's last link is gone,
- * and a handle never names another object, so by the time the batch is read
- * open_by_handle_at of it can only fail or name it "(deleted)": the group's
- * lookup gives None either way, and is left out (in a burst of renames and
- * deletes, nearly every such lookup failed).  Open addressing: slot holds
- * an entry's index + 1 (0: empty).
+ * Which events of a batch have a later MOVE_SELF or DELETE_SELF of the same
+ * object (the same FID record) in the same read.  The kernel sends
+ * DELETE_SELF once the object's last link is gone, and a handle never names
+ * another object, so open_by_handle_at of it by the time the batch is read
+ * can only fail or name it "(deleted)"; after a later MOVE_SELF it names the
+ * place the object moved to, not the one it had at the earlier event.  The
+ * group's lookup gives None for such an event, and is left out (in a burst
+ * of renames and deletes, nearly every such lookup failed).
+ *
+ * The answer is worked out once per batch, by one backward pass from the
+ * first entry that asks, and kept in the entries' `has` bits: the builder
+ * is called again after every cut of a batch (AFN_B_STOP_AT_CUT), and a
+ * table of the rest of the batch made per call cost time quadratic in the
+ * batch.  afn_decode_at zeroes `has`, so a new batch starts unmarked.
  */
-struct afn_doomed {
-    uint32_t *slot;
-    size_t mask;
-    int built;
-};
+_Static_assert(!((AFN_HAS_SELF_SCANNED | AFN_HAS_LATER_SELF)
+                 & (AFN_HAS_FID | AFN_HAS_DFID | AFN_HAS_NAME | AFN_HAS_OLD | AFN_HAS_NEW
+                    | AFN_HAS_PIDFD | AFN_HAS_ERROR | AFN_HAS_RANGE | AFN_HAS_MNT
+                    | AFN_HAS_UNKNOWN)),
+               "the pass's bits are free");
 
 static size_t afn_rec_hash(const unsigned char *p, size_t n)
 {
@@ -1046,72 +1058,63 @@ static size_t afn_rec_hash(const unsigned char *p, size_t n)
     return (size_t)(h ^ (h >> 29));
 }
 
-/* Whether entry e is a good DELETE_SELF with a FID record inside the batch. */
-static int afn_is_doom(const struct afn_event *e, uint64_t len)
+/* Whether entry e is a good event with a FID record inside the batch. */
+static int afn_has_fid_rec(const struct afn_event *e, uint64_t len)
 {
     return e->status == 0 && !(e->has & AFN_HAS_UNKNOWN) && (e->has & AFN_HAS_FID)
-        && (e->mask & FAN_DELETE_SELF) && afn_ref_fits(&e->fid, len, 1, 0);
+        && afn_ref_fits(&e->fid, len, 1, 0);
 }
 
-/* The table of out[from, count): 0, or -1 with MemoryError. */
-static int afn_doomed_build(struct afn_doomed *d, const struct afn_event *out,
-                            Py_ssize_t from, Py_ssize_t count, const unsigned char *src,
-                            uint64_t len)
+/* Mark out[from, count) (see above): 0, or -1 with MemoryError. */
+static int afn_mark_later_selves(struct afn_event *out, Py_ssize_t from, Py_ssize_t count,
+                                 const unsigned char *src, uint64_t len)
 {
     Py_ssize_t j, n = 0;
-    size_t cap = 8;
+    size_t cap = 8, mask, at;
+    uint32_t *slot = NULL, k;
 
-    d->built = 1;
     for (j = from; j < count; j++)
-        n += afn_is_doom(&out[j], len);
-    if (n == 0)
-        return 0;
-    while (cap < 2 * (size_t)n)
-        cap <<= 1;
-    d->slot = PyMem_Calloc(cap, sizeof *d->slot);
-    if (d->slot == NULL) {
-        PyErr_NoMemory();
-        return -1;
+        n += afn_has_fid_rec(&out[j], len)
+             && (out[j].mask & (FAN_MOVE_SELF | FAN_DELETE_SELF)) != 0;
+    if (n > 0) {
+        while (cap < 2 * (size_t)n)
+            cap <<= 1;
+        slot = PyMem_Calloc(cap, sizeof *slot);
+        if (slot == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
     }
-    d->mask = cap - 1;
-    for (j = from; j < count; j++) {
-        const struct afn_event *e = &out[j];
-        size_t at;
-        if (!afn_is_doom(e, len))
+    mask = cap - 1;
+    /* slot: index + 1 of a MOVE_SELF/DELETE_SELF entry after the one at hand */
+    for (j = count - 1; j >= from; j--) {
+        struct afn_event *e = &out[j];
+        size_t rl;
+
+        e->has |= AFN_HAS_SELF_SCANNED;
+        if (slot == NULL || !afn_has_fid_rec(e, len))
             continue;
-        at = afn_rec_hash(src + e->fid.rec, AFN_FID_FIXED + e->fid.handle_len) & d->mask;
-        while (d->slot[at])
-            at = (at + 1) & d->mask;
-        d->slot[at] = (uint32_t)j + 1;
+        rl = AFN_FID_FIXED + e->fid.handle_len;
+        at = afn_rec_hash(src + e->fid.rec, rl) & mask;
+        while ((k = slot[at]) != 0) {
+            const struct afn_fidref *o = &out[k - 1].fid;
+            if (o->handle_len == e->fid.handle_len && !memcmp(src + o->rec, src + e->fid.rec, rl))
+                break;
+            at = (at + 1) & mask;
+        }
+        if (k != 0)
+            e->has |= AFN_HAS_LATER_SELF;
+        if (e->mask & (FAN_MOVE_SELF | FAN_DELETE_SELF))
+            slot[at] = (uint32_t)j + 1; /* this one, or the same object's later one */
     }
-    return 0;
-}
-
-/* Whether a DELETE_SELF after entry i has the FID record `ref` (checked to
- * lie inside the batch). */
-static int afn_doomed_has(const struct afn_doomed *d, const struct afn_event *out,
-                          const unsigned char *src, const struct afn_fidref *ref,
-                          Py_ssize_t i)
-{
-    size_t n = AFN_FID_FIXED + ref->handle_len, at;
-    uint32_t j;
-
-    if (d->slot == NULL)
-        return 0;
-    at = afn_rec_hash(src + ref->rec, n) & d->mask;
-    while ((j = d->slot[at]) != 0) {
-        const struct afn_fidref *o = &out[j - 1].fid;
-        if ((Py_ssize_t)j - 1 > i && o->handle_len == ref->handle_len
-            && !memcmp(src + o->rec, src + ref->rec, n))
-            return 1;
-        at = (at + 1) & d->mask;
-    }
+    PyMem_Free(slot);
     return 0;
 }
 
 /* path and path_resolved of an event with a FID record alone, from
  * obj_path(handle, gone): gone when the event itself is a DELETE_SELF or a
- * later one of the batch names the same object (see struct afn_doomed). */
+ * later MOVE_SELF or DELETE_SELF of the batch names the same object (see
+ * afn_mark_later_selves). */
 static int afn_object_path(PyObject **v, unsigned *present, PyObject *obj_path, int gone)
 {
     PyObject *argv[2] = {v[AFN_F_FID], gone ? Py_True : Py_False};
@@ -1170,7 +1173,6 @@ static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nar
     PyObject *events, *dirs, *by_record, *dir_path, *skip_pids, *result = NULL, *held = NULL;
     PyObject *tree = NULL, *last_pid_obj = NULL, *last_mask_obj = NULL, *obj_path = NULL;
     PyObject *held_old = NULL, *held_new = NULL;
-    struct afn_doomed doomed = {NULL, 0, 0};
     int32_t last_pid = 0;
     int last_skip = -1; /* last_pid_obj in skip_pids (-1: not asked yet) */
     uint64_t last_mask = 0;
@@ -1267,7 +1269,7 @@ static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nar
 
     for (i = start; i < count; i++) {
         const struct afn_event *ev = &out[i];
-        const unsigned has = ev->has;
+        const unsigned has = ev->has & ~AFN_HAS_PASS_BITS;
         const int32_t fd = ev->fd;
         const int resolve = (flags & AFN_B_RESOLVE) != 0, is_perm = (ev->mask & perm) != 0;
         int fid_group, renamed;
@@ -1466,12 +1468,12 @@ static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nar
                     filled++;
                 } else if (!last_skip) {
                     int gone = (ev->mask & FAN_DELETE_SELF) != 0;
-                    if (!gone && !doomed.built
-                        && afn_doomed_build(&doomed, out, i + 1, count, src,
-                                            (uint64_t)srcb.len) < 0)
+                    if (!gone && !(ev->has & AFN_HAS_SELF_SCANNED)
+                        && afn_mark_later_selves((struct afn_event *)out, i, count, src,
+                                                 (uint64_t)srcb.len) < 0)
                         goto done;
                     if (!gone)
-                        gone = afn_doomed_has(&doomed, out, src, &ev->fid, i);
+                        gone = (ev->has & AFN_HAS_LATER_SELF) != 0;
                     if (afn_object_path(v, &present, obj_path, gone) < 0)
                         goto done;
                     filled++;
@@ -1511,7 +1513,6 @@ done:
     Py_XDECREF(held);
     Py_XDECREF(held_old);
     Py_XDECREF(held_new);
-    PyMem_Free(doomed.slot);
     Py_XDECREF(last_pid_obj);
     Py_XDECREF(last_mask_obj);
     afn_building--;
