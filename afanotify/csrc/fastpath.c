@@ -43,7 +43,7 @@
 #define AFN_FID_BATCH 0x4
 
 /* With AFN_FID_BATCH: dir_idx of an event whose directory record is not
- * numbered (the table is full), and name_text of a name not copied. */
+ * numbered (the table is full); name_text is always this. */
 #define AFN_NONE UINT32_MAX
 /* Distinct directory records numbered per batch (see afn_dir_index). */
 #define AFN_MAX_DIRS 64
@@ -91,7 +91,7 @@ struct afn_event {
     struct afn_fidref old;
     struct afn_fidref new;
     uint32_t dir_idx;    /* AFN_FID_BATCH: the dfid record's number in this batch */
-    uint32_t name_text;  /* AFN_FID_BATCH: arena offset of a copy of the dfid name */
+    uint32_t name_text;  /* unused, always AFN_NONE (the builder reads names from buf) */
 };
 
 static inline uint16_t afn_u16(const unsigned char *p) { uint16_t v; memcpy(&v, p, 2); return v; }
@@ -349,10 +349,8 @@ static uint32_t afn_dir_index(struct afn_dirs *d, const unsigned char *rec, size
  * With AFN_RESOLVE_FD_PATHS, a good event's fd is resolved to a path in the
  * arena.  No fd is ever closed here: the events own them.
  *
- * With AFN_FID_BATCH (not with AFN_RESOLVE_FD_PATHS: both use the arena), a
- * good event with a dfid record gets dir_idx, and one with a DFID_NAME name
- * gets a copy of it in the arena at name_text, so the caller decodes all
- * the names of a batch at once.
+ * With AFN_FID_BATCH, a good event with a dfid record gets dir_idx (its
+ * names are read from buf by the builder: the arena is not used).
  *
  * afn_decode_at takes `fddir`, a descriptor of /proc/self/fd the caller keeps
  * open across batches (or -1), for AFN_RESOLVE_FD_PATHS: opening it costs
@@ -360,6 +358,12 @@ static uint32_t afn_dir_index(struct afn_dirs *d, const unsigned char *rec, size
  * fork, since a descriptor opened on /proc/self still names the process that
  * opened it.  afn_decode opens one for the batch and closes it.
  */
+/* What a new entry starts as: no fd, no pidfd, no path, not numbered. */
+static const struct afn_event afn_event_init = {
+    .fd = -1, .pidfd = -1, .path_len = AFN_PATH_NONE, .dir_idx = AFN_NONE,
+    .name_text = AFN_NONE,
+};
+
 long afn_decode_at(const unsigned char *buf, size_t nbytes, struct afn_event *out, size_t cap,
                    unsigned int flags, char *arena, size_t arena_cap,
                    size_t *arena_used, size_t *stop, int fddir)
@@ -379,13 +383,10 @@ long afn_decode_at(const unsigned char *buf, size_t nbytes, struct afn_event *ou
         unsigned vers;
         const unsigned char *p = buf + off;
 
-        memset(ev, 0, sizeof *ev);
+        /* One copy of a constant (inline stores), not a memset call and
+         * the stores over it. */
+        *ev = afn_event_init;
         ev->offset = (uint32_t)off;
-        ev->fd = -1;
-        ev->pidfd = -1;
-        ev->path_len = AFN_PATH_NONE;
-        ev->dir_idx = AFN_NONE;
-        ev->name_text = AFN_NONE;
         if (left < meta) {
             afn_fail(ev, AFN_E_SHORT_BUFFER, (uint32_t)left, 0);
             off = nbytes;
@@ -414,11 +415,6 @@ long afn_decode_at(const unsigned char *buf, size_t nbytes, struct afn_event *ou
             /* The fsid, handle_bytes, handle_type and handle of the record. */
             ev->dir_idx = afn_dir_index(&dirs, buf + ev->dfid.rec,
                                         AFN_FID_FIXED + (size_t)ev->dfid.handle_len);
-            if ((ev->has & AFN_HAS_NAME) && arena_cap - used >= ev->dfid.name_len) {
-                memcpy(arena + used, buf + ev->dfid.name_off, ev->dfid.name_len);
-                ev->name_text = (uint32_t)used;
-                used += ev->dfid.name_len;
-            }
         }
         if (ev->status == AFN_OK && ev->fd >= 0) {
             if (flags & AFN_RESOLVE_FD_PATHS)

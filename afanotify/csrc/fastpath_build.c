@@ -94,6 +94,11 @@ struct afn_builder {
     PyObject *def_obj[AFN_MAX_SLOTS];
     Py_ssize_t def_slots[AFN_MAX_SLOTS];
     unsigned char field_def[AFN_F_COUNT];
+    /* afn_make_event's references to take per default (keep[k] for
+     * def_obj[k]) for an event whose set fields are `keep_for` (a bit per
+     * AFN_F_* field; UINT_MAX: none worked out yet). */
+    unsigned keep_for;
+    Py_ssize_t keep[AFN_MAX_SLOTS];
 };
 
 /* Set by _builder_setup; event_type is NULL until then. */
@@ -234,6 +239,7 @@ static void afn_builder_clear(struct afn_builder *b)
     b->nslots = 0;
     b->first = -1;
     b->ndef = 0;
+    b->keep_for = UINT_MAX;
     Py_CLEAR(b->event_type);
     Py_CLEAR(b->handle_type);
 }
@@ -248,6 +254,7 @@ static void afn_template(struct afn_builder *b)
 
     b->first = -1;
     b->ndef = 0;
+    b->keep_for = UINT_MAX;
     memset(b->tmpl, 0, sizeof b->tmpl);
     for (i = 0; i < b->nslots; i++)
         if (b->slot_off[i] < lo)
@@ -622,21 +629,36 @@ static PyObject *afn_make_event(PyObject **v, unsigned present, int track)
          * slot that keeps its default: as many per default object as the
          * slots it fills, less the fields set over it.  (About a third of
          * the instructions of filling and releasing slot by slot.) */
-        Py_ssize_t keep[AFN_MAX_SLOTS];
+        /* The counts depend on `present` alone, which a burst repeats:
+         * they are worked out again only when it changes. */
+        if (present != afn_b.keep_for) {
+            unsigned rest = present;
+            memcpy(afn_b.keep, afn_b.def_slots, (size_t)afn_b.ndef * sizeof afn_b.keep[0]);
+            while (rest) {
+                int f = __builtin_ctz(rest);
+                rest &= rest - 1;
+                afn_b.keep[afn_b.field_def[f]]--;
+            }
+            afn_b.keep_for = present;
+        }
         memcpy((char *)o + afn_b.first, afn_b.tmpl, (size_t)afn_b.nslots * sizeof(PyObject *));
-        memcpy(keep, afn_b.def_slots, (size_t)afn_b.ndef * sizeof keep[0]);
         while (present) {
             int f = __builtin_ctz(present);
             present &= present - 1;
             AFN_SLOT(o, afn_b.field_off[f]) = v[f];
             v[f] = NULL;
-            keep[afn_b.field_def[f]]--;
         }
         for (k = 0; k < afn_b.ndef; k++) {
-            Py_ssize_t n = keep[k];
             PyObject *d = afn_b.def_obj[k];
+#if PY_VERSION_HEX < 0x030C0000
+            /* Py_INCREF is a plain increment before 3.12 (no immortal
+             * objects): n of them are one addition. */
+            Py_SET_REFCNT(d, Py_REFCNT(d) + afn_b.keep[k]);
+#else
+            Py_ssize_t n = afn_b.keep[k];
             while (n-- > 0)
                 Py_INCREF(d);
+#endif
         }
         if (track)
             PyObject_GC_Track(o);
@@ -697,31 +719,29 @@ static PyObject *afn_new_handle(const unsigned char *src, uint32_t rec, uint32_t
     return o;
 }
 
-/* Whether the n bytes at p are all ASCII. */
-static int afn_is_ascii(const unsigned char *p, size_t n)
-{
-    unsigned char acc = 0;
-    size_t k;
-    for (k = 0; k < n; k++)
-        acc |= p[k];
-    return acc < 0x80;
-}
-
 /* A name from a record: os.fsdecode() on a UTF-8 system, as the parser.
  * An ASCII name (nearly all of them) is copied into a new str directly:
  * the decoder's error-handler lookup costs more than the copy. */
 static PyObject *afn_name(const unsigned char *src, const struct afn_fidref *ref)
 {
     const unsigned char *p = src + ref->name_off;
-    size_t n = ref->name_len;
+    size_t n = ref->name_len, k;
+    unsigned char acc = 0, *to;
     PyObject *s;
 
-    if (!afn_is_ascii(p, n))
-        return PyUnicode_DecodeUTF8((const char *)p, (Py_ssize_t)n, "surrogateescape");
+    /* Copied as ASCII and checked in the same loop (a name is short: the
+     * loop costs less than a memcpy call); a name that was not ASCII after
+     * all is decoded instead. */
     s = PyUnicode_New((Py_ssize_t)n, 127);
-    if (s != NULL && n)
-        memcpy(PyUnicode_1BYTE_DATA(s), p, n);
-    return s;
+    if (s == NULL)
+        return NULL;
+    to = PyUnicode_1BYTE_DATA(s);
+    for (k = 0; k < n; k++)
+        acc |= (to[k] = p[k]);
+    if (acc < 0x80)
+        return s;
+    Py_DECREF(s);
+    return PyUnicode_DecodeUTF8((const char *)p, (Py_ssize_t)n, "surrogateescape");
 }
 
 /* a + b for two str; two ASCII ones are copied directly (PyUnicode_Concat
