@@ -115,6 +115,32 @@ static int afn_need(struct afn_event *ev, unsigned type, size_t rlen, size_t nee
     return 0;
 }
 
+/* The offset of the first NUL byte in [q, q + n), or -1.  A name is short:
+ * 8-byte words tested inline (a word has a zero byte when (w - 0x01..01) &
+ * ~w & 0x80..80 is nonzero, and on a little-endian machine its lowest set
+ * bit is in the first zero byte) cost less than a memchr call. */
+static inline ssize_t afn_nul(const unsigned char *q, size_t n)
+{
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    size_t k = 0;
+    uint64_t w, z;
+
+    for (; n - k >= 8; k += 8) {
+        memcpy(&w, q + k, 8);
+        z = (w - 0x0101010101010101ull) & ~w & 0x8080808080808080ull;
+        if (z)
+            return (ssize_t)(k + ((unsigned)__builtin_ctzll(z) >> 3));
+    }
+    for (; k < n; k++)
+        if (q[k] == 0)
+            return (ssize_t)k;
+    return -1;
+#else
+    const unsigned char *nul = memchr(q, 0, n);
+    return nul != NULL ? (ssize_t)(nul - q) : -1;
+#endif
+}
+
 /* Decode the info records of one event whose own bounds are checked:
  * [base + meta_len, base + event_len) lies inside the buffer.  `boff` is
  * base's offset in the buffer, for the offsets stored in `ev`. */
@@ -155,10 +181,10 @@ static int afn_records(const unsigned char *base, size_t boff, size_t meta_len,
                 return afn_fail(ev, AFN_E_HANDLE_PAST_END, type, (uint32_t)hbytes);
             hend = hstart + hbytes;
             if (type != FAN_EVENT_INFO_TYPE_FID && type != FAN_EVENT_INFO_TYPE_DFID) {
-                const unsigned char *nul = memchr(base + hend, 0, rend - hend);
-                if (nul == NULL)
+                ssize_t at = afn_nul(base + hend, rend - hend);
+                if (at < 0)
                     return afn_fail(ev, AFN_E_NAME_NUL, type, 0);
-                name_len = (size_t)(nul - (base + hend));
+                name_len = (size_t)at;
             }
             /* A repeated record replaces the earlier one, as in the pure parser;
              * DFID and DFID_NAME both set dfid, only DFID_NAME sets the name. */
@@ -318,15 +344,37 @@ static unsigned afn_dir_hash(const unsigned char *rec, size_t len)
     return (unsigned)(h >> 56) & (AFN_DIR_SLOTS - 1);
 }
 
+/* Whether the len bytes at a and b are equal (len >= 8, as in afn_dir_hash):
+ * 8-byte words compared inline, the last one ending at the end.  A record
+ * is a few words long: a memcmp call cost more than the compare. */
+static inline int afn_rec_eq(const unsigned char *a, const unsigned char *b, size_t len)
+{
+    uint64_t x, y;
+    size_t at;
+
+    for (at = 0; at + 8 <= len; at += 8) {
+        memcpy(&x, a + at, 8);
+        memcpy(&y, b + at, 8);
+        if (x != y)
+            return 0;
+    }
+    if (at < len) {
+        memcpy(&x, a + len - 8, 8);
+        memcpy(&y, b + len - 8, 8);
+        return x == y;
+    }
+    return 1;
+}
+
 static uint32_t afn_dir_index(struct afn_dirs *d, const unsigned char *rec, size_t len)
 {
     unsigned at, i;
 
-    if (d->n && d->len[d->last] == len && !memcmp(d->rec[d->last], rec, len))
+    if (d->n && d->len[d->last] == len && afn_rec_eq(d->rec[d->last], rec, len))
         return d->last;
     for (at = afn_dir_hash(rec, len); d->slot[at]; at = (at + 1) & (AFN_DIR_SLOTS - 1)) {
         i = d->slot[at] - 1u;
-        if (d->len[i] == len && !memcmp(d->rec[i], rec, len)) {
+        if (d->len[i] == len && afn_rec_eq(d->rec[i], rec, len)) {
             d->last = i;
             return i;
         }

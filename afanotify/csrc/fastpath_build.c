@@ -99,6 +99,10 @@ struct afn_builder {
      * AFN_F_* field; UINT_MAX: none worked out yet). */
     unsigned keep_for;
     Py_ssize_t keep[AFN_MAX_SLOTS];
+    /* The fields of keep_for (nset of them): each one's number and slot. */
+    int nset;
+    unsigned char set_f[AFN_F_COUNT];
+    Py_ssize_t set_off[AFN_F_COUNT];
 };
 
 /* Set by _builder_setup; event_type is NULL until then. */
@@ -329,20 +333,13 @@ static void afn_free_clear(void)
         PyObject_GC_Del(afn_free[--afn_nfree]);
 }
 
-static void afn_slots_dealloc(PyObject *o)
+/* Release the slots of `o` (of class tp, whose nearest class with
+ * afn_slots_dealloc is t), free it or keep it, drop the class. */
+static void afn_slots_release(PyObject *o, PyTypeObject *tp, PyTypeObject *t)
 {
-    PyTypeObject *tp = Py_TYPE(o), *t = tp;
-    PyObject **p, **end;
+    PyObject **p = (PyObject **)((char *)o + sizeof(PyObject));
+    PyObject **end = (PyObject **)((char *)o + t->tp_basicsize);
 
-    while (t->tp_dealloc != afn_slots_dealloc)
-        t = t->tp_base;
-    PyObject_GC_UnTrack(o);
-    /* The trashcan bounds the recursion of a chain of nested objects (only
-     * for an instance of exactly this class: for a subclass, CPython's
-     * deallocator has done it). */
-    Py_TRASHCAN_BEGIN(o, afn_slots_dealloc)
-    p = (PyObject **)((char *)o + sizeof(PyObject));
-    end = (PyObject **)((char *)o + t->tp_basicsize);
     /* Nothing can reach the object any more (its count is zero, the
      * collector no longer sees it): the slots need not be cleared.  Four
      * at a time: a FanotifyData has 28. */
@@ -360,6 +357,36 @@ static void afn_slots_dealloc(PyObject *o)
     else
         tp->tp_free(o);
     Py_DECREF(tp);
+}
+
+/* How many afn_slots_dealloc calls are under way without the trashcan (with
+ * the GIL held: a thread that finds it raised by another one only takes the
+ * trashcan's path sooner). */
+static int afn_dealloc_depth;
+#define AFN_DEALLOC_DIRECT 50
+
+static void afn_slots_dealloc(PyObject *o)
+{
+    PyTypeObject *tp = Py_TYPE(o), *t = tp;
+
+    while (t->tp_dealloc != afn_slots_dealloc)
+        t = t->tp_base;
+    PyObject_GC_UnTrack(o);
+    /* An event freed inside fewer than AFN_DEALLOC_DIRECT others is freed
+     * directly: the trashcan's calls were a sixth of this function's cost,
+     * and an event's slots nearly never hold another event.  Deeper, the
+     * trashcan bounds the recursion of a chain of nested objects (only for
+     * an instance of exactly this class: for a subclass, CPython's
+     * deallocator has done it); so the stack holds at most that many of
+     * these frames more than the trashcan alone allows. */
+    if (afn_dealloc_depth < AFN_DEALLOC_DIRECT) {
+        afn_dealloc_depth++;
+        afn_slots_release(o, tp, t);
+        afn_dealloc_depth--;
+        return;
+    }
+    Py_TRASHCAN_BEGIN(o, afn_slots_dealloc)
+    afn_slots_release(o, tp, t);
     Py_TRASHCAN_END
 }
 
@@ -634,31 +661,42 @@ static PyObject *afn_make_event(PyObject **v, unsigned present, int track)
         if (present != afn_b.keep_for) {
             unsigned rest = present;
             memcpy(afn_b.keep, afn_b.def_slots, (size_t)afn_b.ndef * sizeof afn_b.keep[0]);
+            afn_b.nset = 0;
             while (rest) {
                 int f = __builtin_ctz(rest);
                 rest &= rest - 1;
                 afn_b.keep[afn_b.field_def[f]]--;
+                afn_b.set_f[afn_b.nset] = (unsigned char)f;
+                afn_b.set_off[afn_b.nset++] = afn_b.field_off[f];
             }
             afn_b.keep_for = present;
         }
         memcpy((char *)o + afn_b.first, afn_b.tmpl, (size_t)afn_b.nslots * sizeof(PyObject *));
-        while (present) {
-            int f = __builtin_ctz(present);
-            present &= present - 1;
-            AFN_SLOT(o, afn_b.field_off[f]) = v[f];
-            v[f] = NULL;
-        }
-        for (k = 0; k < afn_b.ndef; k++) {
-            PyObject *d = afn_b.def_obj[k];
+        {
+            /* In locals: the slot stores could alias afn_b for the compiler,
+             * which then read its fields again at every step. */
+            const int nset = afn_b.nset, ndef = afn_b.ndef;
+            const unsigned char *set_f = afn_b.set_f;
+            const Py_ssize_t *set_off = afn_b.set_off, *keep = afn_b.keep;
+            PyObject *const *def_obj = afn_b.def_obj;
+            char *base = (char *)o;
+            for (k = 0; k < nset; k++) {
+                int f = set_f[k];
+                AFN_SLOT(base, set_off[k]) = v[f];
+                v[f] = NULL;
+            }
+            for (k = 0; k < ndef; k++) {
+                PyObject *d = def_obj[k];
 #if PY_VERSION_HEX < 0x030C0000
-            /* Py_INCREF is a plain increment before 3.12 (no immortal
-             * objects): n of them are one addition. */
-            Py_SET_REFCNT(d, Py_REFCNT(d) + afn_b.keep[k]);
+                /* Py_INCREF is a plain increment before 3.12 (no immortal
+                 * objects): n of them are one addition. */
+                Py_SET_REFCNT(d, Py_REFCNT(d) + keep[k]);
 #else
-            Py_ssize_t n = afn_b.keep[k];
-            while (n-- > 0)
-                Py_INCREF(d);
+                Py_ssize_t n = keep[k];
+                while (n-- > 0)
+                    Py_INCREF(d);
 #endif
+            }
         }
         if (track)
             PyObject_GC_Track(o);
@@ -729,15 +767,38 @@ static PyObject *afn_name(const unsigned char *src, const struct afn_fidref *ref
     unsigned char acc = 0, *to;
     PyObject *s;
 
-    /* Copied as ASCII and checked in the same loop (a name is short: the
-     * loop costs less than a memcpy call); a name that was not ASCII after
-     * all is decoded instead. */
+    /* Copied as ASCII and checked while copying, a word at a time (a
+     * name is short: this costs less than a memcpy call); a name that was
+     * not ASCII after all is decoded instead.  The copies stay inside
+     * [p, p + n) and the str's n bytes: overlapping words at the end. */
     s = PyUnicode_New((Py_ssize_t)n, 127);
     if (s == NULL)
         return NULL;
     to = PyUnicode_1BYTE_DATA(s);
-    for (k = 0; k < n; k++)
-        acc |= (to[k] = p[k]);
+    if (n >= 8) {
+        uint64_t w, all = 0;
+        for (k = 0; k + 8 <= n; k += 8) {
+            memcpy(&w, p + k, 8);
+            memcpy(to + k, &w, 8);
+            all |= w;
+        }
+        if (k < n) {
+            memcpy(&w, p + n - 8, 8);
+            memcpy(to + n - 8, &w, 8);
+            all |= w;
+        }
+        acc = (all & 0x8080808080808080ull) != 0 ? 0x80 : 0;
+    } else if (n >= 4) {
+        uint32_t a, b;
+        memcpy(&a, p, 4);
+        memcpy(&b, p + n - 4, 4);
+        memcpy(to, &a, 4);
+        memcpy(to + n - 4, &b, 4);
+        acc = ((a | b) & 0x80808080u) != 0 ? 0x80 : 0;
+    } else {
+        for (k = 0; k < n; k++)
+            acc |= (to[k] = p[k]);
+    }
     if (acc < 0x80)
         return s;
     Py_DECREF(s);
