@@ -757,26 +757,17 @@ static PyObject *afn_new_handle(const unsigned char *src, uint32_t rec, uint32_t
     return o;
 }
 
-/* A name from a record: os.fsdecode() on a UTF-8 system, as the parser.
- * An ASCII name (nearly all of them) is copied into a new str directly:
- * the decoder's error-handler lookup costs more than the copy. */
-static PyObject *afn_name(const unsigned char *src, const struct afn_fidref *ref)
+/* Copy n bytes from p to `to` and return the OR of the words copied (a byte
+ * >= 0x80 among them sets a bit of 0x8080808080808080).  A word at a time
+ * (these are names and short paths: this costs less than a memcpy call),
+ * the last word overlapping the one before, so that nothing is read or
+ * written outside the n bytes. */
+static inline uint64_t afn_copy_or(unsigned char *to, const unsigned char *p, size_t n)
 {
-    const unsigned char *p = src + ref->name_off;
-    size_t n = ref->name_len, k;
-    unsigned char acc = 0, *to;
-    PyObject *s;
+    uint64_t w, all = 0;
+    size_t k;
 
-    /* Copied as ASCII and checked while copying, a word at a time (a
-     * name is short: this costs less than a memcpy call); a name that was
-     * not ASCII after all is decoded instead.  The copies stay inside
-     * [p, p + n) and the str's n bytes: overlapping words at the end. */
-    s = PyUnicode_New((Py_ssize_t)n, 127);
-    if (s == NULL)
-        return NULL;
-    to = PyUnicode_1BYTE_DATA(s);
     if (n >= 8) {
-        uint64_t w, all = 0;
         for (k = 0; k + 8 <= n; k += 8) {
             memcpy(&w, p + k, 8);
             memcpy(to + k, &w, 8);
@@ -787,19 +778,35 @@ static PyObject *afn_name(const unsigned char *src, const struct afn_fidref *ref
             memcpy(to + n - 8, &w, 8);
             all |= w;
         }
-        acc = (all & 0x8080808080808080ull) != 0 ? 0x80 : 0;
     } else if (n >= 4) {
         uint32_t a, b;
         memcpy(&a, p, 4);
         memcpy(&b, p + n - 4, 4);
         memcpy(to, &a, 4);
         memcpy(to + n - 4, &b, 4);
-        acc = ((a | b) & 0x80808080u) != 0 ? 0x80 : 0;
+        all = a | b;
     } else {
         for (k = 0; k < n; k++)
-            acc |= (to[k] = p[k]);
+            all |= (to[k] = p[k]);
     }
-    if (acc < 0x80)
+    return all;
+}
+
+/* A name from a record: os.fsdecode() on a UTF-8 system, as the parser.
+ * An ASCII name (nearly all of them) is copied into a new str directly:
+ * the decoder's error-handler lookup costs more than the copy. */
+static PyObject *afn_name(const unsigned char *src, const struct afn_fidref *ref)
+{
+    const unsigned char *p = src + ref->name_off;
+    size_t n = ref->name_len;
+    PyObject *s;
+
+    /* Copied as ASCII and checked while copying (afn_copy_or); a name that
+     * was not ASCII after all is decoded instead. */
+    s = PyUnicode_New((Py_ssize_t)n, 127);
+    if (s == NULL)
+        return NULL;
+    if ((afn_copy_or(PyUnicode_1BYTE_DATA(s), p, n) & 0x8080808080808080ull) == 0)
         return s;
     Py_DECREF(s);
     return PyUnicode_DecodeUTF8((const char *)p, (Py_ssize_t)n, "surrogateescape");
@@ -819,7 +826,7 @@ static PyObject *afn_concat(PyObject *a, PyObject *b)
     s = PyUnicode_New(la + lb, 127);
     if (s != NULL) {
         memcpy(PyUnicode_1BYTE_DATA(s), PyUnicode_1BYTE_DATA(a), (size_t)la);
-        memcpy(PyUnicode_1BYTE_DATA(s) + la, PyUnicode_1BYTE_DATA(b), (size_t)lb);
+        afn_copy_or(PyUnicode_1BYTE_DATA(s) + la, PyUnicode_1BYTE_DATA(b), (size_t)lb);
     }
     return s;
 }
@@ -903,9 +910,11 @@ static PyObject *afn_ref_entry(const unsigned char *src, const struct afn_fidref
 
     if (idx < AFN_MAX_DIRS) {
         /* dir_path may have changed the list: index it checked. */
-        entry = PyList_GetItem(dirs, idx);
-        if (entry != Py_None)
+        if ((Py_ssize_t)idx < PyList_GET_SIZE(dirs)
+            && (entry = PyList_GET_ITEM(dirs, idx)) != Py_None)
             return entry;
+        if (PyList_GetItem(dirs, idx) == NULL)
+            return NULL;
         entry = afn_dir_entry(src, ref, flags);
         if (entry == NULL || PyList_SetItem(dirs, idx, entry) < 0)
             return NULL;
@@ -1002,7 +1011,11 @@ static PyObject *afn_entry_join(PyObject *entry, PyObject *d, PyObject *name)
  * its directory entry (held by the caller), asking dir_path the first time. */
 static int afn_join_path(PyObject **v, unsigned *present, PyObject *entry, PyObject *dir_path)
 {
-    PyObject *d = afn_entry_dir(entry, dir_path), *name = v[AFN_F_NAME];
+    /* A known directory's path without a call (the common case). */
+    PyObject *d = PyList_GET_ITEM(entry, 1), *name = v[AFN_F_NAME];
+
+    if (d == Py_None)
+        d = afn_entry_dir(entry, dir_path);
 
     if (d == NULL)
         return -1;
