@@ -1263,7 +1263,7 @@ static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nar
     Py_ssize_t start, count, i, filled = 0, upto = -1;
     PyObject *events, *dirs, *by_record, *dir_path, *skip_pids, *result = NULL, *held = NULL;
     PyObject *tree = NULL, *last_pid_obj = NULL, *last_mask_obj = NULL, *obj_path = NULL;
-    PyObject *held_old = NULL, *held_new = NULL;
+    PyObject *held_old = NULL, *held_new = NULL, *nofd_obj = NULL;
     struct afn_doomed doomed = {NULL, 0, 0};
     int32_t last_pid = 0;
     int last_skip = -1; /* last_pid_obj in skip_pids (-1: not asked yet) */
@@ -1446,6 +1446,11 @@ static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nar
             /* FAN_REPORT_FD_ERROR: the fd is -errno. */
             AFN_SET(AFN_F_FD_ERROR, PyLong_FromLongLong(-(long long)fd));
             AFN_SET(AFN_F_FD, PyLong_FromLong(FAN_NOFD));
+        } else if (fd == FAN_NOFD) {
+            /* Every event of a FID group: one int object for the batch. */
+            if (nofd_obj == NULL && (nofd_obj = PyLong_FromLong(FAN_NOFD)) == NULL)
+                goto done;
+            AFN_SET(AFN_F_FD, Py_NewRef(nofd_obj));
         } else {
             AFN_SET(AFN_F_FD, PyLong_FromLong(fd));
         }
@@ -1608,6 +1613,7 @@ done:
     PyMem_Free(doomed.slot);
     Py_XDECREF(last_pid_obj);
     Py_XDECREF(last_mask_obj);
+    Py_XDECREF(nofd_obj);
     afn_building--;
     PyBuffer_Release(&arenab);
     PyBuffer_Release(&srcb);
