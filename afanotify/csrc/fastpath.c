@@ -484,8 +484,11 @@ int afn_has_move(const struct afn_event *ev, size_t n, uint64_t moves)
     size_t i;
     int r = 0;
 
+    const uint64_t any = moves | FAN_Q_OVERFLOW;
+
     for (i = 0; i < n; i++) {
-        if (ev[i].status != AFN_OK)
+        /* One test for the common entry, which has none of these bits. */
+        if (!(ev[i].mask & any) || ev[i].status != AFN_OK)
             continue;
         if ((ev[i].mask & moves) && (ev[i].mask & FAN_ONDIR))
             r |= 1;
