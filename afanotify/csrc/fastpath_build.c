@@ -687,9 +687,10 @@ static PyObject *afn_make_event(PyObject **v, unsigned present, int track)
             }
             for (k = 0; k < ndef; k++) {
                 PyObject *d = def_obj[k];
-#if PY_VERSION_HEX < 0x030C0000
+#if PY_VERSION_HEX < 0x030C0000 && !defined(Py_REF_DEBUG)
                 /* Py_INCREF is a plain increment before 3.12 (no immortal
-                 * objects): n of them are one addition. */
+                 * objects) outside a debug build (which also counts every
+                 * reference in _Py_RefTotal): n of them are one addition. */
                 Py_SET_REFCNT(d, Py_REFCNT(d) + keep[k]);
 #else
                 Py_ssize_t n = keep[k];
