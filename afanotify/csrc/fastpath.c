@@ -43,7 +43,7 @@
 #define AFN_FID_BATCH 0x4
 
 /* With AFN_FID_BATCH: dir_idx of an event whose directory record is not
- * numbered (the table is full), and name_text of a name not copied. */
+ * numbered (the table is full); name_text is always this. */
 #define AFN_NONE UINT32_MAX
 /* Distinct directory records numbered per batch (see afn_dir_index). */
 #define AFN_MAX_DIRS 64
@@ -91,7 +91,7 @@ struct afn_event {
     struct afn_fidref old;
     struct afn_fidref new;
     uint32_t dir_idx;    /* AFN_FID_BATCH: the dfid record's number in this batch */
-    uint32_t name_text;  /* AFN_FID_BATCH: arena offset of a copy of the dfid name */
+    uint32_t name_text;  /* unused, always AFN_NONE (the builder reads names from buf) */
 };
 
 static inline uint16_t afn_u16(const unsigned char *p) { uint16_t v; memcpy(&v, p, 2); return v; }
@@ -113,6 +113,32 @@ static int afn_need(struct afn_event *ev, unsigned type, size_t rlen, size_t nee
     if (rlen < need)
         return afn_fail(ev, AFN_E_RECORD_SHORT, type, (uint32_t)rlen);
     return 0;
+}
+
+/* The offset of the first NUL byte in [q, q + n), or -1.  A name is short:
+ * 8-byte words tested inline (a word has a zero byte when (w - 0x01..01) &
+ * ~w & 0x80..80 is nonzero, and on a little-endian machine its lowest set
+ * bit is in the first zero byte) cost less than a memchr call. */
+static inline ssize_t afn_nul(const unsigned char *q, size_t n)
+{
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    size_t k = 0;
+    uint64_t w, z;
+
+    for (; n - k >= 8; k += 8) {
+        memcpy(&w, q + k, 8);
+        z = (w - 0x0101010101010101ull) & ~w & 0x8080808080808080ull;
+        if (z)
+            return (ssize_t)(k + ((unsigned)__builtin_ctzll(z) >> 3));
+    }
+    for (; k < n; k++)
+        if (q[k] == 0)
+            return (ssize_t)k;
+    return -1;
+#else
+    const unsigned char *nul = memchr(q, 0, n);
+    return nul != NULL ? (ssize_t)(nul - q) : -1;
+#endif
 }
 
 /* Decode the info records of one event whose own bounds are checked:
@@ -155,10 +181,10 @@ static int afn_records(const unsigned char *base, size_t boff, size_t meta_len,
                 return afn_fail(ev, AFN_E_HANDLE_PAST_END, type, (uint32_t)hbytes);
             hend = hstart + hbytes;
             if (type != FAN_EVENT_INFO_TYPE_FID && type != FAN_EVENT_INFO_TYPE_DFID) {
-                const unsigned char *nul = memchr(base + hend, 0, rend - hend);
-                if (nul == NULL)
+                ssize_t at = afn_nul(base + hend, rend - hend);
+                if (at < 0)
                     return afn_fail(ev, AFN_E_NAME_NUL, type, 0);
-                name_len = (size_t)(nul - (base + hend));
+                name_len = (size_t)at;
             }
             /* A repeated record replaces the earlier one, as in the pure parser;
              * DFID and DFID_NAME both set dfid, only DFID_NAME sets the name. */
@@ -318,15 +344,37 @@ static unsigned afn_dir_hash(const unsigned char *rec, size_t len)
     return (unsigned)(h >> 56) & (AFN_DIR_SLOTS - 1);
 }
 
+/* Whether the len bytes at a and b are equal (len >= 8, as in afn_dir_hash):
+ * 8-byte words compared inline, the last one ending at the end.  A record
+ * is a few words long: a memcmp call cost more than the compare. */
+static inline int afn_rec_eq(const unsigned char *a, const unsigned char *b, size_t len)
+{
+    uint64_t x, y;
+    size_t at;
+
+    for (at = 0; at + 8 <= len; at += 8) {
+        memcpy(&x, a + at, 8);
+        memcpy(&y, b + at, 8);
+        if (x != y)
+            return 0;
+    }
+    if (at < len) {
+        memcpy(&x, a + len - 8, 8);
+        memcpy(&y, b + len - 8, 8);
+        return x == y;
+    }
+    return 1;
+}
+
 static uint32_t afn_dir_index(struct afn_dirs *d, const unsigned char *rec, size_t len)
 {
     unsigned at, i;
 
-    if (d->n && d->len[d->last] == len && !memcmp(d->rec[d->last], rec, len))
+    if (d->n && d->len[d->last] == len && afn_rec_eq(d->rec[d->last], rec, len))
         return d->last;
     for (at = afn_dir_hash(rec, len); d->slot[at]; at = (at + 1) & (AFN_DIR_SLOTS - 1)) {
         i = d->slot[at] - 1u;
-        if (d->len[i] == len && !memcmp(d->rec[i], rec, len)) {
+        if (d->len[i] == len && afn_rec_eq(d->rec[i], rec, len)) {
             d->last = i;
             return i;
         }
@@ -349,10 +397,8 @@ static uint32_t afn_dir_index(struct afn_dirs *d, const unsigned char *rec, size
  * With AFN_RESOLVE_FD_PATHS, a good event's fd is resolved to a path in the
  * arena.  No fd is ever closed here: the events own them.
  *
- * With AFN_FID_BATCH (not with AFN_RESOLVE_FD_PATHS: both use the arena), a
- * good event with a dfid record gets dir_idx, and one with a DFID_NAME name
- * gets a copy of it in the arena at name_text, so the caller decodes all
- * the names of a batch at once.
+ * With AFN_FID_BATCH, a good event with a dfid record gets dir_idx (its
+ * names are read from buf by the builder: the arena is not used).
  *
  * afn_decode_at takes `fddir`, a descriptor of /proc/self/fd the caller keeps
  * open across batches (or -1), for AFN_RESOLVE_FD_PATHS: opening it costs
@@ -360,6 +406,12 @@ static uint32_t afn_dir_index(struct afn_dirs *d, const unsigned char *rec, size
  * fork, since a descriptor opened on /proc/self still names the process that
  * opened it.  afn_decode opens one for the batch and closes it.
  */
+/* What a new entry starts as: no fd, no pidfd, no path, not numbered. */
+static const struct afn_event afn_event_init = {
+    .fd = -1, .pidfd = -1, .path_len = AFN_PATH_NONE, .dir_idx = AFN_NONE,
+    .name_text = AFN_NONE,
+};
+
 long afn_decode_at(const unsigned char *buf, size_t nbytes, struct afn_event *out, size_t cap,
                    unsigned int flags, char *arena, size_t arena_cap,
                    size_t *arena_used, size_t *stop, int fddir)
@@ -379,13 +431,10 @@ long afn_decode_at(const unsigned char *buf, size_t nbytes, struct afn_event *ou
         unsigned vers;
         const unsigned char *p = buf + off;
 
-        memset(ev, 0, sizeof *ev);
+        /* One copy of a constant (inline stores), not a memset call and
+         * the stores over it. */
+        *ev = afn_event_init;
         ev->offset = (uint32_t)off;
-        ev->fd = -1;
-        ev->pidfd = -1;
-        ev->path_len = AFN_PATH_NONE;
-        ev->dir_idx = AFN_NONE;
-        ev->name_text = AFN_NONE;
         if (left < meta) {
             afn_fail(ev, AFN_E_SHORT_BUFFER, (uint32_t)left, 0);
             off = nbytes;
@@ -414,11 +463,6 @@ long afn_decode_at(const unsigned char *buf, size_t nbytes, struct afn_event *ou
             /* The fsid, handle_bytes, handle_type and handle of the record. */
             ev->dir_idx = afn_dir_index(&dirs, buf + ev->dfid.rec,
                                         AFN_FID_FIXED + (size_t)ev->dfid.handle_len);
-            if ((ev->has & AFN_HAS_NAME) && arena_cap - used >= ev->dfid.name_len) {
-                memcpy(arena + used, buf + ev->dfid.name_off, ev->dfid.name_len);
-                ev->name_text = (uint32_t)used;
-                used += ev->dfid.name_len;
-            }
         }
         if (ev->status == AFN_OK && ev->fd >= 0) {
             if (flags & AFN_RESOLVE_FD_PATHS)
@@ -440,8 +484,11 @@ int afn_has_move(const struct afn_event *ev, size_t n, uint64_t moves)
     size_t i;
     int r = 0;
 
+    const uint64_t any = moves | FAN_Q_OVERFLOW;
+
     for (i = 0; i < n; i++) {
-        if (ev[i].status != AFN_OK)
+        /* One test for the common entry, which has none of these bits. */
+        if (!(ev[i].mask & any) || ev[i].status != AFN_OK)
             continue;
         if ((ev[i].mask & moves) && (ev[i].mask & FAN_ONDIR))
             r |= 1;

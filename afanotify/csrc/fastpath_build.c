@@ -94,6 +94,15 @@ struct afn_builder {
     PyObject *def_obj[AFN_MAX_SLOTS];
     Py_ssize_t def_slots[AFN_MAX_SLOTS];
     unsigned char field_def[AFN_F_COUNT];
+    /* afn_make_event's references to take per default (keep[k] for
+     * def_obj[k]) for an event whose set fields are `keep_for` (a bit per
+     * AFN_F_* field; UINT_MAX: none worked out yet). */
+    unsigned keep_for;
+    Py_ssize_t keep[AFN_MAX_SLOTS];
+    /* The fields of keep_for (nset of them): each one's number and slot. */
+    int nset;
+    unsigned char set_f[AFN_F_COUNT];
+    Py_ssize_t set_off[AFN_F_COUNT];
 };
 
 /* Set by _builder_setup; event_type is NULL until then. */
@@ -240,6 +249,7 @@ static void afn_builder_clear(struct afn_builder *b)
     b->nslots = 0;
     b->first = -1;
     b->ndef = 0;
+    b->keep_for = UINT_MAX;
     Py_CLEAR(b->event_type);
     Py_CLEAR(b->handle_type);
 }
@@ -254,6 +264,7 @@ static void afn_template(struct afn_builder *b)
 
     b->first = -1;
     b->ndef = 0;
+    b->keep_for = UINT_MAX;
     memset(b->tmpl, 0, sizeof b->tmpl);
     for (i = 0; i < b->nslots; i++)
         if (b->slot_off[i] < lo)
@@ -328,20 +339,13 @@ static void afn_free_clear(void)
         PyObject_GC_Del(afn_free[--afn_nfree]);
 }
 
-static void afn_slots_dealloc(PyObject *o)
+/* Release the slots of `o` (of class tp, whose nearest class with
+ * afn_slots_dealloc is t), free it or keep it, drop the class. */
+static void afn_slots_release(PyObject *o, PyTypeObject *tp, PyTypeObject *t)
 {
-    PyTypeObject *tp = Py_TYPE(o), *t = tp;
-    PyObject **p, **end;
+    PyObject **p = (PyObject **)((char *)o + sizeof(PyObject));
+    PyObject **end = (PyObject **)((char *)o + t->tp_basicsize);
 
-    while (t->tp_dealloc != afn_slots_dealloc)
-        t = t->tp_base;
-    PyObject_GC_UnTrack(o);
-    /* The trashcan bounds the recursion of a chain of nested objects (only
-     * for an instance of exactly this class: for a subclass, CPython's
-     * deallocator has done it). */
-    Py_TRASHCAN_BEGIN(o, afn_slots_dealloc)
-    p = (PyObject **)((char *)o + sizeof(PyObject));
-    end = (PyObject **)((char *)o + t->tp_basicsize);
     /* Nothing can reach the object any more (its count is zero, the
      * collector no longer sees it): the slots need not be cleared.  Four
      * at a time: a FanotifyData has 28. */
@@ -359,6 +363,36 @@ static void afn_slots_dealloc(PyObject *o)
     else
         tp->tp_free(o);
     Py_DECREF(tp);
+}
+
+/* How many afn_slots_dealloc calls are under way without the trashcan (with
+ * the GIL held: a thread that finds it raised by another one only takes the
+ * trashcan's path sooner). */
+static int afn_dealloc_depth;
+#define AFN_DEALLOC_DIRECT 50
+
+static void afn_slots_dealloc(PyObject *o)
+{
+    PyTypeObject *tp = Py_TYPE(o), *t = tp;
+
+    while (t->tp_dealloc != afn_slots_dealloc)
+        t = t->tp_base;
+    PyObject_GC_UnTrack(o);
+    /* An event freed inside fewer than AFN_DEALLOC_DIRECT others is freed
+     * directly: the trashcan's calls were a sixth of this function's cost,
+     * and an event's slots nearly never hold another event.  Deeper, the
+     * trashcan bounds the recursion of a chain of nested objects (only for
+     * an instance of exactly this class: for a subclass, CPython's
+     * deallocator has done it); so the stack holds at most that many of
+     * these frames more than the trashcan alone allows. */
+    if (afn_dealloc_depth < AFN_DEALLOC_DIRECT) {
+        afn_dealloc_depth++;
+        afn_slots_release(o, tp, t);
+        afn_dealloc_depth--;
+        return;
+    }
+    Py_TRASHCAN_BEGIN(o, afn_slots_dealloc)
+    afn_slots_release(o, tp, t);
     Py_TRASHCAN_END
 }
 
@@ -628,21 +662,48 @@ static PyObject *afn_make_event(PyObject **v, unsigned present, int track)
          * slot that keeps its default: as many per default object as the
          * slots it fills, less the fields set over it.  (About a third of
          * the instructions of filling and releasing slot by slot.) */
-        Py_ssize_t keep[AFN_MAX_SLOTS];
-        memcpy((char *)o + afn_b.first, afn_b.tmpl, (size_t)afn_b.nslots * sizeof(PyObject *));
-        memcpy(keep, afn_b.def_slots, (size_t)afn_b.ndef * sizeof keep[0]);
-        while (present) {
-            int f = __builtin_ctz(present);
-            present &= present - 1;
-            AFN_SLOT(o, afn_b.field_off[f]) = v[f];
-            v[f] = NULL;
-            keep[afn_b.field_def[f]]--;
+        /* The counts depend on `present` alone, which a burst repeats:
+         * they are worked out again only when it changes. */
+        if (present != afn_b.keep_for) {
+            unsigned rest = present;
+            memcpy(afn_b.keep, afn_b.def_slots, (size_t)afn_b.ndef * sizeof afn_b.keep[0]);
+            afn_b.nset = 0;
+            while (rest) {
+                int f = __builtin_ctz(rest);
+                rest &= rest - 1;
+                afn_b.keep[afn_b.field_def[f]]--;
+                afn_b.set_f[afn_b.nset] = (unsigned char)f;
+                afn_b.set_off[afn_b.nset++] = afn_b.field_off[f];
+            }
+            afn_b.keep_for = present;
         }
-        for (k = 0; k < afn_b.ndef; k++) {
-            Py_ssize_t n = keep[k];
-            PyObject *d = afn_b.def_obj[k];
-            while (n-- > 0)
-                Py_INCREF(d);
+        memcpy((char *)o + afn_b.first, afn_b.tmpl, (size_t)afn_b.nslots * sizeof(PyObject *));
+        {
+            /* In locals: the slot stores could alias afn_b for the compiler,
+             * which then read its fields again at every step. */
+            const int nset = afn_b.nset, ndef = afn_b.ndef;
+            const unsigned char *set_f = afn_b.set_f;
+            const Py_ssize_t *set_off = afn_b.set_off, *keep = afn_b.keep;
+            PyObject *const *def_obj = afn_b.def_obj;
+            char *base = (char *)o;
+            for (k = 0; k < nset; k++) {
+                int f = set_f[k];
+                AFN_SLOT(base, set_off[k]) = v[f];
+                v[f] = NULL;
+            }
+            for (k = 0; k < ndef; k++) {
+                PyObject *d = def_obj[k];
+#if PY_VERSION_HEX < 0x030C0000 && !defined(Py_REF_DEBUG)
+                /* Py_INCREF is a plain increment before 3.12 (no immortal
+                 * objects) outside a debug build (which also counts every
+                 * reference in _Py_RefTotal): n of them are one addition. */
+                Py_SET_REFCNT(d, Py_REFCNT(d) + keep[k]);
+#else
+                Py_ssize_t n = keep[k];
+                while (n-- > 0)
+                    Py_INCREF(d);
+#endif
+            }
         }
         if (track)
             PyObject_GC_Track(o);
@@ -703,14 +764,39 @@ static PyObject *afn_new_handle(const unsigned char *src, uint32_t rec, uint32_t
     return o;
 }
 
-/* Whether the n bytes at p are all ASCII. */
-static int afn_is_ascii(const unsigned char *p, size_t n)
+/* Copy n bytes from p to `to` and return the OR of the words copied (a byte
+ * >= 0x80 among them sets a bit of 0x8080808080808080).  A word at a time
+ * (these are names and short paths: this costs less than a memcpy call),
+ * the last word overlapping the one before, so that nothing is read or
+ * written outside the n bytes. */
+static inline uint64_t afn_copy_or(unsigned char *to, const unsigned char *p, size_t n)
 {
-    unsigned char acc = 0;
+    uint64_t w, all = 0;
     size_t k;
-    for (k = 0; k < n; k++)
-        acc |= p[k];
-    return acc < 0x80;
+
+    if (n >= 8) {
+        for (k = 0; k + 8 <= n; k += 8) {
+            memcpy(&w, p + k, 8);
+            memcpy(to + k, &w, 8);
+            all |= w;
+        }
+        if (k < n) {
+            memcpy(&w, p + n - 8, 8);
+            memcpy(to + n - 8, &w, 8);
+            all |= w;
+        }
+    } else if (n >= 4) {
+        uint32_t a, b;
+        memcpy(&a, p, 4);
+        memcpy(&b, p + n - 4, 4);
+        memcpy(to, &a, 4);
+        memcpy(to + n - 4, &b, 4);
+        all = a | b;
+    } else {
+        for (k = 0; k < n; k++)
+            all |= (to[k] = p[k]);
+    }
+    return all;
 }
 
 /* A name from a record: os.fsdecode() on a UTF-8 system, as the parser.
@@ -722,12 +808,15 @@ static PyObject *afn_name(const unsigned char *src, const struct afn_fidref *ref
     size_t n = ref->name_len;
     PyObject *s;
 
-    if (!afn_is_ascii(p, n))
-        return PyUnicode_DecodeUTF8((const char *)p, (Py_ssize_t)n, "surrogateescape");
+    /* Copied as ASCII and checked while copying (afn_copy_or); a name that
+     * was not ASCII after all is decoded instead. */
     s = PyUnicode_New((Py_ssize_t)n, 127);
-    if (s != NULL && n)
-        memcpy(PyUnicode_1BYTE_DATA(s), p, n);
-    return s;
+    if (s == NULL)
+        return NULL;
+    if ((afn_copy_or(PyUnicode_1BYTE_DATA(s), p, n) & 0x8080808080808080ull) == 0)
+        return s;
+    Py_DECREF(s);
+    return PyUnicode_DecodeUTF8((const char *)p, (Py_ssize_t)n, "surrogateescape");
 }
 
 /* a + b for two str; two ASCII ones are copied directly (PyUnicode_Concat
@@ -744,7 +833,7 @@ static PyObject *afn_concat(PyObject *a, PyObject *b)
     s = PyUnicode_New(la + lb, 127);
     if (s != NULL) {
         memcpy(PyUnicode_1BYTE_DATA(s), PyUnicode_1BYTE_DATA(a), (size_t)la);
-        memcpy(PyUnicode_1BYTE_DATA(s) + la, PyUnicode_1BYTE_DATA(b), (size_t)lb);
+        afn_copy_or(PyUnicode_1BYTE_DATA(s) + la, PyUnicode_1BYTE_DATA(b), (size_t)lb);
     }
     return s;
 }
@@ -828,9 +917,11 @@ static PyObject *afn_ref_entry(const unsigned char *src, const struct afn_fidref
 
     if (idx < AFN_MAX_DIRS) {
         /* dir_path may have changed the list: index it checked. */
-        entry = PyList_GetItem(dirs, idx);
-        if (entry != Py_None)
+        if ((Py_ssize_t)idx < PyList_GET_SIZE(dirs)
+            && (entry = PyList_GET_ITEM(dirs, idx)) != Py_None)
             return entry;
+        if (PyList_GetItem(dirs, idx) == NULL)
+            return NULL;
         entry = afn_dir_entry(src, ref, flags);
         if (entry == NULL || PyList_SetItem(dirs, idx, entry) < 0)
             return NULL;
@@ -927,7 +1018,11 @@ static PyObject *afn_entry_join(PyObject *entry, PyObject *d, PyObject *name)
  * its directory entry (held by the caller), asking dir_path the first time. */
 static int afn_join_path(PyObject **v, unsigned *present, PyObject *entry, PyObject *dir_path)
 {
-    PyObject *d = afn_entry_dir(entry, dir_path), *name = v[AFN_F_NAME];
+    /* A known directory's path without a call (the common case). */
+    PyObject *d = PyList_GET_ITEM(entry, 1), *name = v[AFN_F_NAME];
+
+    if (d == Py_None)
+        d = afn_entry_dir(entry, dir_path);
 
     if (d == NULL)
         return -1;
@@ -1172,7 +1267,7 @@ static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nar
     Py_ssize_t start, count, i, filled = 0, upto = -1;
     PyObject *events, *dirs, *by_record, *dir_path, *skip_pids, *result = NULL, *held = NULL;
     PyObject *tree = NULL, *last_pid_obj = NULL, *last_mask_obj = NULL, *obj_path = NULL;
-    PyObject *held_old = NULL, *held_new = NULL;
+    PyObject *held_old = NULL, *held_new = NULL, *nofd_obj = NULL;
     int32_t last_pid = 0;
     int last_skip = -1; /* last_pid_obj in skip_pids (-1: not asked yet) */
     uint64_t last_mask = 0;
@@ -1354,6 +1449,11 @@ static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nar
             /* FAN_REPORT_FD_ERROR: the fd is -errno. */
             AFN_SET(AFN_F_FD_ERROR, PyLong_FromLongLong(-(long long)fd));
             AFN_SET(AFN_F_FD, PyLong_FromLong(FAN_NOFD));
+        } else if (fd == FAN_NOFD) {
+            /* Every event of a FID group: one int object for the batch. */
+            if (nofd_obj == NULL && (nofd_obj = PyLong_FromLong(FAN_NOFD)) == NULL)
+                goto done;
+            AFN_SET(AFN_F_FD, Py_NewRef(nofd_obj));
         } else {
             AFN_SET(AFN_F_FD, PyLong_FromLong(fd));
         }
@@ -1515,6 +1615,7 @@ done:
     Py_XDECREF(held_new);
     Py_XDECREF(last_pid_obj);
     Py_XDECREF(last_mask_obj);
+    Py_XDECREF(nofd_obj);
     afn_building--;
     PyBuffer_Release(&arenab);
     PyBuffer_Release(&srcb);
