@@ -328,8 +328,14 @@ static void afn_template(struct afn_builder *b)
  * events, against 8 with this size, measured with getrusage on a FID
  * drain).  At most 2 MiB (256 bytes an event) stays kept after a burst;
  * what does not fit is freed. */
+#ifdef AFN_NO_FREE_LIST
+/* The sanitized build (tests/test_sanitizers.py): every freed event goes
+ * back to the allocator, so that a use after free is caught. */
+#define AFN_FREE_MAX 0
+#else
 #define AFN_FREE_MAX 8192
-static PyObject *afn_free[AFN_FREE_MAX];
+#endif
+static PyObject *afn_free[AFN_FREE_MAX > 0 ? AFN_FREE_MAX : 1];
 static int afn_nfree;
 
 /* Free what afn_free holds (when the event class changes). */
