@@ -36,6 +36,10 @@ _C_ITER = _fastparse.events_iter_factory()
 #: Reads a consumer may make itself in a row before it waits on the loop
 #: (see OwnQueue._read_ahead).
 _DIRECT_READS = 16
+#: ... and at most this many bytes of events (one full read's worth, about 170
+#: events in fd mode): a burst is served from the loop, a read at a time, so
+#: the loop's timers (the deadlines among them) and other tasks run between.
+_DIRECT_BYTES = 4096
 
 
 class _Last:
@@ -81,6 +85,8 @@ class OwnQueue:
     _events_iter: Any
     #: Reads the consumer made itself since it last waited (see _read_ahead).
     _direct: int = 0
+    #: Bytes those reads brought (see _DIRECT_BYTES).
+    _direct_bytes: int = 0
     #: The C read of _read_ahead, made at its first use; False where there is none.
     _ahead: ReadAhead | Literal[False] | None = None
 
@@ -184,13 +190,17 @@ class OwnQueue:
         """
         self._ensure_reader()
         self._consuming = True
-        if not len(self._queue) and self._read_ahead():
-            ev = self._queue.get_nowait()
-            if ev._owns & UNANSWERED:
-                self._perm.received_by(ev)
-            self._refill()
-            return ev
-        self._direct = 0
+        if not len(self._queue):
+            if self._read_ahead():
+                ev = self._queue.get_nowait()
+                if ev._owns & UNANSWERED:
+                    self._perm.received_by(ev)
+                self._refill()
+                return ev
+            # The wait below gives the loop its turn (a queue with events in
+            # it would not): only then may the consumer read by itself again.
+            self._direct = 0
+            self._direct_bytes = 0
         try:
             ev = await self._queue.get()
         except ClosedResourceError:
@@ -217,16 +227,16 @@ class OwnQueue:
         if (
             not self._perm_class or not reader.reading or self._closed
             or self._error is not None or self._direct >= _DIRECT_READS
+            or self._direct_bytes >= _DIRECT_BYTES
         ):  # fmt: skip
             return False
-        self._direct += 1
         ahead = self._ahead
         if ahead is None:
             ahead = self._ahead = _permloop.read_ahead(self) or False  # type: ignore[arg-type]
-        if ahead:
-            ahead.read_once()
-        else:
-            reader._on_readable()  # the general read: one read in fd mode
+        if not ahead:
+            return False  # no C read here (or AFANOTIFY_GENERAL_READER): the loop reads
+        self._direct += 1
+        self._direct_bytes += ahead.read_once()
         return bool(len(self._queue))
 
     def _refill(self) -> None:

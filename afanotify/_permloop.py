@@ -152,8 +152,16 @@ class LoopServer:
         # process run on, and its next event is often queued by the time the
         # verdict's write returns.  A read that finds nothing ends the
         # callback (one read(2) more than the loop needed).
+        # At most one full read's worth of events per callback, however many
+        # reads bring it: a burst is served a read per loop iteration, so
+        # timers (deadlines) and other tasks run between.
+        got = 0
         for _ in range(_READS_PER_WAKEUP):
-            if not self.read_once():
+            n = self.read_once()
+            if not n:
+                return
+            got += n
+            if got >= _READ:
                 return
 
     def read_once(self) -> int:

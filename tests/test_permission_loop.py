@@ -346,3 +346,85 @@ async def test_an_event_the_consumer_holds_still_gets_its_deadline(
     assert TIMEOUT * 0.9 <= result.elapsed <= TIMEOUT + 2
     assert fan.permission_stats.timed_out == 1
     held[0].close()
+
+
+#: Many threads opening the marked files at once, so that every read is full.
+_BURST_OPENER = r"""
+import os, sys, threading
+rounds, paths = int(sys.argv[1]), sys.argv[3:]
+def run():
+    for _ in range(rounds):
+        for p in paths:
+            os.close(os.open(p, os.O_RDONLY))
+threads = [threading.Thread(target=run) for _ in range(int(sys.argv[2]))]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+"""
+#: Events of one full 4096-byte read in fd mode (24-byte records), and what
+#: the loop may serve between two of its turns: the reader's read plus the
+#: consumer's own reads, one full read's worth each.
+_FULL_READ = 4096 // 24
+_BETWEEN_TURNS = 2 * _FULL_READ + 16
+
+
+@pytest.mark.parametrize("how", ["receive", "handler"])
+async def test_a_burst_of_opens_leaves_the_loop_its_turns(
+    tmpfs: Path, make_group: Callable[..., Fanotify], how: str
+) -> None:
+    """32 threads opening at once: a bounded number of events per turn of the loop.
+
+    Reading again after a short read, and a consumer reading the kernel by
+    itself, are for one opener waiting on its answer; under a burst the loop
+    still runs its timers (the deadlines) and other tasks every read or two.
+    """
+    files = [_file(tmpfs, f"f{i}") for i in range(50)]
+    group = make_group(permission_timeout=30)
+    group.mark(tmpfs, Event.OPEN_PERM | Event.EVENT_ON_CHILD)
+    since_tick = most = served = 0
+
+    def count() -> None:
+        nonlocal since_tick, most, served
+        since_tick += 1
+        served += 1
+        most = max(most, since_tick)
+
+    async def consume() -> None:
+        while True:
+            ev = await group.receive()
+            count()
+            ev.allow_nowait()
+            ev.close()
+
+    def handler(ev: FanotifyData) -> bool:
+        count()
+        return True
+
+    async def ticker() -> None:
+        nonlocal since_tick
+        while True:
+            await asyncio.sleep(0)  # every turn of the loop
+            since_tick = 0
+
+    rounds, threads = 8, 32
+    if how == "handler":
+        group.on_permission(handler)
+        group._ensure_reader()
+    async with background(ticker()):
+        async with background(consume()) if how == "receive" else _nothing():
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", _BURST_OPENER, str(rounds), str(threads),
+                *map(str, files), env=child_env(), cwd=CHILD_CWD,
+            )  # fmt: skip
+            assert await asyncio.wait_for(proc.wait(), 50) == 0
+    assert served == rounds * threads * len(files)
+    assert most <= _BETWEEN_TURNS, (most, served)
+
+
+class _nothing:
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
