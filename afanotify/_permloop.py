@@ -265,22 +265,8 @@ class LoopServer:
     # -- one batch -------------------------------------------------------
 
     def _batch(self, src: Any, count: int) -> None:
-        events, errors = self._dec._build(
-            src, count, True, False, self._fd_error, self._resolve, None, self._own,
-            _DIR_CHANGE, None, None,
-        )  # fmt: skip
-        try:
-            self._serve(events, errors)
-        except BaseException:
-            # A bug here must not leave a process waiting on an event only
-            # this server knew about: answer what is unanswered, close all
-            # (closing an event already closed does nothing).
-            perm = self._perm
-            for ev in events:
-                if ev._owns & UNANSWERED and ev._responder is None:
-                    _set_responder(ev, perm)
-                ev._release(ABANDONED)
-            raise
+        serve_built(self._dec, src, count, self._fd_error, self._resolve, self._own,
+                    self._perm, self._serve)  # fmt: skip
 
     def _serve(self, events: list[FanotifyData], errors: list[Any]) -> None:
         pipeline = self._pipeline
@@ -356,6 +342,31 @@ class ReadAhead(LoopServer):
 
     def _retry_later(self) -> None:
         pass  # the general reader waits for descriptors itself
+
+
+def serve_built(
+    dec: _fastparse.Decoder, src: Any, count: int, fd_error: bool, resolve: bool,
+    own: Any, perm: Any, serve: Any,
+) -> None:
+    """Build a permission read's events and ``serve(events, errors)`` them.
+
+    Shared by the loop server and the permission thread.  A bug in ``serve``
+    must not leave a process waiting on an event only this reader knew
+    about: what is unanswered is answered (ABANDONED, the default verdict)
+    and every event closed (closing one already closed does nothing), then
+    the error goes on.
+    """
+    events, errors = dec._build(
+        src, count, True, False, fd_error, resolve, None, own, _DIR_CHANGE, None, None,
+    )  # fmt: skip
+    try:
+        serve(events, errors)
+    except BaseException:
+        for ev in events:
+            if ev._owns & UNANSWERED and ev._responder is None:
+                _set_responder(ev, perm)
+            ev._release(ABANDONED)
+        raise
 
 
 def read_ahead(group: Fanotify) -> ReadAhead | None:

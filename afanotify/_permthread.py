@@ -53,8 +53,8 @@ from ._loop import LoopLike
 from ._proc import process_info
 from .events import UNANSWERED, FanotifyData
 from .exceptions import ParseError
-from .flags import DIR_CHANGE_EVENTS, FID_INIT_FLAGS, Event, InitFlag, Response
-from .permission import ABANDONED, DROPPED, PermissionHandler, PermissionTracker, _Entry
+from .flags import FID_INIT_FLAGS, Event, InitFlag, Response
+from .permission import DROPPED, PermissionHandler, PermissionTracker, _Entry
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -73,7 +73,6 @@ _STOP_WAIT = 1.0
 #: Reads between two looks at the descriptor budget (_fdlimit.FdGuard).
 _BUDGET_EVERY = 64
 _OVERFLOW = int(Event.Q_OVERFLOW)
-_DIR_CHANGE = int(DIR_CHANGE_EVENTS)
 _ALLOW = int(Response.ALLOW)
 _DENY = int(Response.DENY)
 _set_responder = FanotifyData.__dict__["_responder"].__set__
@@ -313,21 +312,8 @@ class PermissionThread:
         return True
 
     def _batch(self, dec: _fastparse.Decoder, src: Any, count: int) -> None:
-        events, errors = dec._build(
-            src, count, True, False, self._fd_error, self._resolve, None, self._own,
-            _DIR_CHANGE, None, None,
-        )  # fmt: skip
-        try:
-            self._serve_batch(events, errors)
-        except BaseException:
-            # A bug here must not leave a process waiting on an event only
-            # this thread knew about: answer what is unanswered, close all.
-            perm = self._perm
-            for ev in events:
-                if ev._owns & UNANSWERED and ev._responder is None:
-                    _set_responder(ev, perm)
-                ev._release(ABANDONED)
-            raise
+        _permloop.serve_built(dec, src, count, self._fd_error, self._resolve, self._own,
+                              self._perm, self._serve_batch)  # fmt: skip
 
     def _serve_batch(self, events: list[FanotifyData], errors: list[ParseError]) -> None:
         pipeline = self._pipeline
