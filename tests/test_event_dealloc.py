@@ -191,6 +191,25 @@ def test_handle_equality_and_hash_are_the_dataclass_ones(a: FileHandle, b: FileH
         assert hash(a) == hash(b)
 
 
+def test_handle_hash_and_equality_run_in_c() -> None:
+    """The C methods are installed: hashing and comparing run no Python frame."""
+    a, b = FileHandle((1, 2), 1, b"x"), FileHandle((1, 2), 1, b"x")
+    called: list[str] = []
+
+    def profile(frame: object, event: str, arg: object) -> None:
+        if event == "call":
+            called.append(frame.f_code.co_name)  # type: ignore[attr-defined]
+
+    sys.setprofile(profile)
+    try:
+        same = a == b
+        hashed = hash(a)
+    finally:
+        sys.setprofile(None)
+    assert same and hashed == FileHandle.__hash__(b)
+    assert "__eq__" not in called and "__hash__" not in called, called
+
+
 def test_handles_of_other_classes_are_not_equal_and_do_not_order() -> None:
     h = FileHandle((1, 2), 1, b"x")
 
