@@ -36,10 +36,11 @@ _C_ITER = _fastparse.events_iter_factory()
 #: Reads a consumer may make itself in a row before it waits on the loop
 #: (see OwnQueue._read_ahead).
 _DIRECT_READS = 16
-#: ... and at most this many bytes of events (one full read's worth, about 170
-#: events in fd mode): a burst is served from the loop, a read at a time, so
-#: the loop's timers (the deadlines among them) and other tasks run between.
-_DIRECT_BYTES = 4096
+#: ... and until this many bytes of events (half a full read, about 85 events
+#: in fd mode; a full read of 24-byte records is 4,080 bytes): a burst is
+#: served from the loop, a read at a time, so the loop's timers (the
+#: deadlines among them) and other tasks run between.
+_DIRECT_BYTES = 2048
 
 
 class _Last:

@@ -61,6 +61,9 @@ AVAILABLE = hasattr(lib, "afp_read_walk_now")
 _READ = 4096
 #: Reads per readiness callback, so one busy group cannot starve the loop.
 _READS_PER_WAKEUP = 16
+#: Bytes after which a callback ends: a read at least half full counts as a
+#: full one (a full read of 24-byte records is 4,080 bytes, under _READ).
+_FULL = _READ // 2
 #: Reads between two looks at the descriptor budget (_fdlimit.FdGuard), while
 #: nothing but the handler holds the group's events.
 _BUDGET_EVERY = 64
@@ -152,7 +155,7 @@ class LoopServer:
         # process run on, and its next event is often queued by the time the
         # verdict's write returns.  A read that finds nothing ends the
         # callback (one read(2) more than the loop needed).
-        # At most one full read's worth of events per callback, however many
+        # At most about one full read's worth of events per callback, however many
         # reads bring it: a burst is served a read per loop iteration, so
         # timers (deadlines) and other tasks run between.
         got = 0
@@ -161,7 +164,7 @@ class LoopServer:
             if not n:
                 return
             got += n
-            if got >= _READ:
+            if got >= _FULL:
                 return
 
     def read_once(self) -> int:
