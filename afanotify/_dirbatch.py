@@ -13,7 +13,7 @@ from typing import Any
 from .events import FanotifyData, FileHandle
 from .flags import Event
 
-__all__ = ["Batch", "CHANGES", "MOVES", "scan"]
+__all__ = ["Batch", "Blinds", "CHANGES", "MOVES", "scan"]
 
 _ONDIR = int(Event.ONDIR)
 _CREATE = int(Event.CREATE)
@@ -30,8 +30,12 @@ MOVES = _MOVED_FROM | _MOVED_TO | _RENAME
 CHANGES = MOVES | _CREATE | _DELETE
 
 
+#: Directories moved where the batch does not say: handle (None: not known)
+#: -> the index of its last such move.
+Blinds = dict["FileHandle | None", int]
 Batch = tuple[
-    int, dict[tuple[FileHandle, str], int], dict[FileHandle, list[Any]], dict[FileHandle, int], int
+    int, dict[tuple[FileHandle, str], int], dict[FileHandle, list[Any]], dict[FileHandle, int],
+    Blinds,
 ]
 
 
@@ -44,11 +48,15 @@ def scan(events: list[FanotifyData]) -> Batch:
     or RENAME with ONDIR and a FID record: where it was until then.  Then,
     per object handle, the index of its last MOVE_SELF or DELETE_SELF (an
     object's own event before it cannot be named by a lookup now); and the
-    index of the last MOVE_SELF with ONDIR that no earlier move of the batch
-    explains (-1: none), a directory moved to a place the batch does not say.
+    directory moves whose destination the batch does not say, by the
+    directory's handle: a MOVE_SELF with ONDIR that no earlier move of the
+    batch explains, or a MOVED_FROM with ONDIR that no MOVED_TO follows (a
+    move into an unwatched directory, with inode or mount marks).
     """
     last = -1
-    blind = -1
+    blinds: Blinds = {}
+    leaving: FanotifyData | None = None  # a directory's MOVED_FROM, before its MOVED_TO
+    at = -1
     targets: dict[tuple[FileHandle, str], int] = {}
     facts: dict[FileHandle, list[Any]] = {}
     selfs: dict[FileHandle, int] = {}
@@ -59,12 +67,18 @@ def scan(events: list[FanotifyData]) -> Batch:
             fid = ev.fid if ev.fid is not None or not mask & _ONDIR else ev.dfid
             if fid is not None:
                 if mask & _MOVE_SELF and mask & _ONDIR and fid not in facts:
-                    blind = i
+                    blinds[fid] = i
                 selfs[fid] = i
         if not mask & _ONDIR or not mask & CHANGES:
             continue
         if mask & MOVES:
             last = i
+            if mask & _MOVED_TO:
+                leaving = None
+            elif mask & _MOVED_FROM:
+                if leaving is not None:
+                    blinds[leaving.fid] = at
+                leaving, at = ev, i
             if mask & _RENAME:
                 into, name = ev.new_dfid, ev.new_name
             elif mask & _MOVED_TO:
@@ -81,4 +95,6 @@ def scan(events: list[FanotifyData]) -> Batch:
                 facts[fid] = [i, ev.old_dfid, ev.old_name]
         elif ev.dfid is not None:
             facts[fid] = [i, ev.dfid, ev.name]
-    return last, targets, facts, selfs, blind
+    if leaving is not None:
+        blinds[leaving.fid] = at
+    return last, targets, facts, selfs, blinds

@@ -43,7 +43,7 @@ from collections import OrderedDict
 from typing import Any
 
 from . import _ffi
-from ._dirbatch import CHANGES, MOVES, Batch, scan
+from ._dirbatch import CHANGES, MOVES, Batch, Blinds, scan
 from .events import FanotifyData, FileHandle
 from .flags import Event, InitFlag, MarkFlag
 
@@ -116,7 +116,7 @@ class DirMap:
         self._facts: dict[FileHandle, list[Any]] = {}
         self._targets: dict[tuple[FileHandle, str], int] = {}
         self._selfs: dict[FileHandle, int] = {}  # object -> its last MOVE_SELF/DELETE_SELF
-        self._blind = -1  # a directory moved where the batch does not say (see scan)
+        self._blinds: Blinds = {}  # directories moved where the batch does not say
         self._moving: FileHandle | None = None
         self.hits = 0
         self.misses = 0
@@ -253,15 +253,14 @@ class DirMap:
         self._facts = {}
         self._targets = {}
         self._selfs = {}
-        self._blind = -1
+        self._blinds = {}
 
     def set_batch(self, batch: Batch) -> None:
         """What :func:`scan` found in the batch being decoded."""
-        self.last_move, self._targets, self._facts, self._selfs, blind = batch
+        self.last_move, self._targets, self._facts, self._selfs, blinds = batch
         # (a map that sees every move saw the one that explains it)
-        self._blind = -1 if self.tracking else blind
-        self.last_move = max(self.last_move, self._blind)
-
+        self._blinds = {} if self.tracking else blinds
+        self.last_move = max(self.last_move, *self._blinds.values(), -1)
 
     def _safe(self, fsid: tuple[int, int], p: str, i: int) -> bool:
         """Whether ``p``, a path looked up now, was already the path at event ``i``.
@@ -277,7 +276,7 @@ class DirMap:
         """The index of the batch's last move onto ``p``'s way (-1: none): see :meth:`_safe`."""
         targets = self._targets
         if not targets:
-            return self._blind
+            return _blind_since(self, p, -1)
         top = self._tops.get(fsid)
         last = -1
         while top is not None and p != top and p.startswith(top):
@@ -286,7 +285,7 @@ class DirMap:
             if a is None:
                 return self.last_move
             last = max(last, targets.get((a, name), -1))
-        return max(last, self._blind)
+        return _blind_since(self, p, last)
 
     def walked(self, flags: int) -> None:
         """The C walk's verdict on the batch (``Decoder.decode``'s ``on_walk``)."""
@@ -335,7 +334,7 @@ class DirMap:
         is the lookup :meth:`object_at` would make; otherwise the event is
         counted in :attr:`missed`, to be tried again once the batch is known.
         ``gone``: see :meth:`object_at` (the C builder also says so for an
-        object whose DELETE_SELF comes later in the batch).
+        object whose MOVE_SELF or DELETE_SELF comes later in the batch).
         """
         if self.c_off:
             self.missed += 1
@@ -666,3 +665,19 @@ def fs_top(path: str | bytes, dont_follow: bool) -> str:
 def move_mask(dm: DirMap) -> int:
     """With ONDIR, the events after which a path looked up now may be wrong (C's walk)."""
     return MOVES if dm.tracking else MOVES | _MOVE_SELF
+
+
+def _blind_since(dm: DirMap, p: str, last: int) -> int:
+    """``last``, or a later directory move the batch does not place that ``p`` lies under.
+
+    Where that directory is now is looked up: a path ``p`` looked up now
+    below it may not be where the object was before the move.  A directory
+    that cannot be looked up (or is not known) may be anywhere.
+    """
+    for h, i in dm._blinds.items():
+        if i <= last:
+            continue
+        q = None if h is None else _open_path(dm._mounts, h)
+        if q is None or p == q or p.startswith(q.rstrip("/") + "/"):
+            last = i
+    return last

@@ -262,9 +262,9 @@ class Decoder:
             FID record and no directory record (MOVE_SELF, DELETE_SELF) gets
             ``path = object_path(fid, gone)`` and ``path_resolved`` (whether
             that is a str).  ``gone`` is True when the event is a DELETE_SELF,
-            or when a DELETE_SELF later in the same batch has the same FID
-            record: the kernel sends it once the last link is gone, so
-            ``open_by_handle_at`` could not name the object any more
+            or when a MOVE_SELF or DELETE_SELF later in the same batch has the
+            same FID record: after it, ``open_by_handle_at`` could not name
+            the object, or would name its later place
         :raises ValueError: for an ``nbytes`` outside the buffer
         """
         if isinstance(buf, ffi.CData):

@@ -33,10 +33,11 @@ from test_fastparse_differential import (
     rec,
 )
 
+from afanotify._dirbatch import scan
 from afanotify._dirmap import join
 from afanotify._fastparse import Decoder
 from afanotify._parser import parse_lenient
-from afanotify.events import FanotifyData
+from afanotify.events import FanotifyData, FileHandle
 from afanotify.flags import DIR_CHANGE_EVENTS, Event
 
 _DIRS = [b"h%d" % i for i in range(5)] + [b"wide%04d" % i for i in range(70)]
@@ -215,6 +216,40 @@ def test_a_later_move_self_in_the_batch_skips_the_lookup() -> None:
     assert [(e.path, e.path_resolved) for e in got] == [
         (None, False), (None, False), ("/x", True), ("/x", True)
     ]
+
+
+def test_a_later_move_self_with_an_unknown_record_still_counts() -> None:
+    """A record the parser does not know beside the later MOVE_SELF changes nothing."""
+    obj = fid_rec(FID, b"obj1")
+    buf = event(obj, fd=-1, mask=int(Event.ATTRIB)) + event(
+        obj, rec(200, b"\0\0\0\0"), fd=-1, mask=int(Event.MOVE_SELF)
+    )
+    asked: list[tuple[bytes, bool]] = []
+
+    def object_path(h: Any, gone: bool) -> str | None:
+        asked.append((h.handle, gone))
+        return None if gone else "/x"
+
+    got, errors = Decoder().decode(buf, len(buf), dir_path=_dir_path, object_path=object_path)
+    assert not errors and got[1].unknown_records
+    # (the MOVE_SELF itself, with a record C does not build, is left to Python)
+    assert (got[0].path, got[0].path_resolved) == (None, False)
+    assert asked[0] == (b"obj1", True)
+    assert scan(got)[3] == {got[0].fid: 1}  # the Python pass says the same
+
+
+def test_a_directory_moved_out_of_sight_makes_earlier_lookups_unsure() -> None:
+    """A MOVED_FROM with ONDIR and no MOVED_TO after it: scan() says it went out of sight."""
+    d, sub = FileHandle((1, 2), 1, b"dir"), FileHandle((1, 2), 1, b"sub")
+    f = FileHandle((1, 2), 1, b"file")
+    attrib = FanotifyData(fd=-1, pid=1, ev_types=int(Event.ATTRIB), fid=f)
+    away = FanotifyData(fd=-1, pid=1, ev_types=int(Event.MOVED_FROM | Event.ONDIR),
+                        fid=sub, dfid=d, name="sub")  # fmt: skip
+    arrive = FanotifyData(fd=-1, pid=1, ev_types=int(Event.MOVED_TO | Event.ONDIR),
+                          fid=sub, dfid=d, name="sub2")  # fmt: skip
+    assert scan([attrib, away])[4] == {sub: 1}
+    assert scan([attrib, away, arrive])[4] == {}
+    assert scan([attrib, away, away, arrive])[4] == {sub: 1}  # the first never arrived
 
 
 def test_later_self_events_are_known_across_cuts() -> None:

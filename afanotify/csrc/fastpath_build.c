@@ -1159,11 +1159,12 @@ static size_t afn_rec_hash(const unsigned char *p, size_t n)
     return (size_t)(h ^ (h >> 29));
 }
 
-/* Whether entry e is a good event with a FID record inside the batch. */
+/* Whether entry e is a good event with a FID record inside the batch (an
+ * unknown record beside it does not matter: the pure parser's events, and
+ * the group's Python pass, count such an event too). */
 static int afn_has_fid_rec(const struct afn_event *e, uint64_t len)
 {
-    return e->status == 0 && !(e->has & AFN_HAS_UNKNOWN) && (e->has & AFN_HAS_FID)
-        && afn_ref_fits(&e->fid, len, 1, 0);
+    return e->status == 0 && (e->has & AFN_HAS_FID) && afn_ref_fits(&e->fid, len, 1, 0);
 }
 
 /* Mark out[from, count) (see above): 0, or -1 with MemoryError. */
