@@ -43,7 +43,20 @@ from collections import OrderedDict
 from typing import Any
 
 from . import _ffi
-from ._dirbatch import CHANGES, MOVES, Batch, Blinds, scan
+from ._dirbatch import (
+    _CREATE,
+    _DELETE,
+    _MOVE_SELF,
+    _MOVED_FROM,
+    _MOVED_TO,
+    _ONDIR,
+    _RENAME,
+    CHANGES,
+    MOVES,
+    Batch,
+    Blinds,
+    scan,
+)
 from .events import FanotifyData, FileHandle
 from .flags import Event, InitFlag, MarkFlag
 
@@ -54,13 +67,6 @@ __all__ = [
 #: Directories kept by default (``Fanotify(handle_cache_size=...)``).
 DEFAULT_SIZE = 65536
 
-_ONDIR = int(Event.ONDIR)
-_CREATE = int(Event.CREATE)
-_DELETE = int(Event.DELETE)
-_MOVED_FROM = int(Event.MOVED_FROM)
-_MOVED_TO = int(Event.MOVED_TO)
-_RENAME = int(Event.RENAME)
-_MOVE_SELF = int(Event.MOVE_SELF)
 _OVERFLOW = int(Event.Q_OVERFLOW)
 _FILESYSTEM = int(MarkFlag.FILESYSTEM)
 _MARK_TYPE = int(MarkFlag.FILESYSTEM | MarkFlag.MOUNT | MarkFlag.MNTNS)
