@@ -60,8 +60,13 @@
 /* How long the thread waits before its next poll after a read of processes
  * it named in the read before (see afd_pace). */
 #define AFD_PACE_NS 1000000
-/* ... once this many reads in a row were of the same named processes. */
-#define AFD_PACE_AFTER 8
+/* ... once this many reads in a row were of the same named processes; 0:
+ * never.  Off: with the wait after 8 (and after 64 or 1,024) such reads,
+ * tests/test_cli_naming.py's tight loop of short-lived `sh -c` writers
+ * named fewer than its floor of 48 of 60 in 2 to 4 of 10-12 runs, and in
+ * none of 22 without it (2026-12-03); the wait saved about a tenth of the
+ * CPU per line in the burst. */
+#define AFD_PACE_AFTER 0
 
 struct afd_proc {
     int32_t pid;
@@ -707,7 +712,7 @@ int afd_run(struct afd_drain *d)
             /* A read that left room for the largest event emptied the
              * queue: the next is the poll's (it would find nothing). */
             if (d->last_read + AFD_EVENT_MAX <= d->read_size) {
-                if (d->streak >= AFD_PACE_AFTER) {
+                if (AFD_PACE_AFTER > 0 && d->streak >= AFD_PACE_AFTER) {
                     struct pollfd s = {d->stop_fd, POLLIN, 0};
                     struct timespec t = {0, AFD_PACE_NS};
                     if (ppoll(&s, 1, &t, NULL) > 0)
