@@ -56,17 +56,6 @@
 /* More than one event takes: metadata, three FID records of a full handle
  * and name each (a rename's), a pidfd record. */
 #define AFD_EVENT_MAX 4096
-#define AFD_KNOWN 16
-/* How long the thread waits before its next poll after a read of processes
- * it named in the read before (see afd_pace). */
-#define AFD_PACE_NS 1000000
-/* ... once this many reads in a row were of the same named processes; 0:
- * never.  Off: with the wait after 8 (and after 64 or 1,024) such reads,
- * tests/test_cli_naming.py's tight loop of short-lived `sh -c` writers
- * named fewer than its floor of 48 of 60 in 2 to 4 of 10-12 runs, and in
- * none of 22 without it (2026-12-03); the wait saved about a tenth of the
- * CPU per line in the burst. */
-#define AFD_PACE_AFTER 0
 
 struct afd_proc {
     int32_t pid;
@@ -109,9 +98,6 @@ struct afd_drain {
     uint32_t chunk_size;
     uint64_t limit;
     uint32_t last_read;  /* bytes of the last read that got any */
-    int32_t known[AFD_KNOWN];  /* the pids the last read named (afd_pace) */
-    uint32_t nknown;
-    uint32_t streak;     /* reads in a row of the processes of the read before, named */
     pthread_mutex_t lock;
     struct afd_chunk *head;
     struct afd_chunk *tail;
@@ -336,40 +322,6 @@ static uint32_t afd_name(struct afd_drain *d, int32_t *pids, int32_t *pidfds, ui
     return used;
 }
 
-/* Whether the thread may wait AFD_PACE_NS before its next poll: when every
- * process of the last AFD_PACE_AFTER reads was named, and named in the read
- * before each of them too.
- *
- * The wait is for a steady writer (a build, a copy, the bench's burst): woken
- * by nearly every event, the thread would read a few events a time, paying
- * a wakeup, a read and the naming of the same process for each few.  After
- * the wait one read takes what came meanwhile.  The processes that must be
- * read soon are the new ones (a short-lived process is gone a fraction of a
- * millisecond after its last event), and no wait follows a read with one,
- * nor the next few: a short-lived process's events take a read or a few, a
- * steady writer's hundreds (waiting after the second read of one, as this
- * once did, cost dd, cp and ln started together their names: the one read
- * later was gone by the end of the wait).  A process that starts during a
- * wait is read at its end, so one that also exits and is reaped within it
- * goes unnamed.  The lines come out no later for it: the loop takes
- * batches every 20 ms at most (PACE_S in _cli_watch.py). */
-static void afd_pace(struct afd_drain *d, const struct afd_proc *procs, uint32_t npids)
-{
-    int pace = npids > 0 && npids <= AFD_KNOWN;
-    for (uint32_t i = 0; i < npids && pace; i++) {
-        uint32_t j;
-        for (j = 0; j < d->nknown; j++)
-            if (d->known[j] == procs[i].pid)
-                break;
-        pace = procs[i].trusted && j < d->nknown;
-    }
-    d->streak = pace ? d->streak + 1 : 0;
-    d->nknown = 0;
-    for (uint32_t i = 0; i < npids && d->nknown < AFD_KNOWN; i++)
-        if (procs[i].trusted)
-            d->known[d->nknown++] = procs[i].pid;
-}
-
 static void afd_wake(int fd)
 {
     uint64_t one = 1;
@@ -521,14 +473,12 @@ static int afd_read_one(struct afd_drain *d, int32_t *pids, int32_t *pidfds,
     cap = d->chunk_size > lead + n ? d->chunk_size : lead + n;
     if (held + (fits ? 0 : cap) + npids * (sizeof(struct afd_proc) + 64 * 3) > d->limit) {
         afd_close_fds(fds, nfds);
-        d->streak = 0;
         return afd_dropped(d, n, nev);
     }
     char *text = NULL;
     uint32_t named = 0;
     uint32_t used = afd_name(d, pids, pidfds, npids, procs, &text, &named);
     afd_close_fds(fds, nfds);
-    afd_pace(d, procs, npids);
 
     pthread_mutex_lock(&d->lock);
     struct afd_chunk *t = d->tail;
@@ -641,8 +591,7 @@ struct afd_sched_attr {
  *
  * Under a steady writer the two made the thread preempt the writer at
  * nearly every event and read a few events a time (about a fifth more CPU
- * per line in bench_cli.py's burst); afd_pace takes that back for
- * processes already named, and keeps the hints for new ones.
+ * per line in bench_cli.py's burst).
  *
  * d->hint_slice and d->hint_nice say what was done (nice: the new value, or
  * d->hint_nice_set 0 when it was left). */
@@ -711,15 +660,8 @@ int afd_run(struct afd_drain *d)
         while ((got = afd_read_one(d, pids, pidfds, procs, fds)) > 0) {
             /* A read that left room for the largest event emptied the
              * queue: the next is the poll's (it would find nothing). */
-            if (d->last_read + AFD_EVENT_MAX <= d->read_size) {
-                if (AFD_PACE_AFTER > 0 && d->streak >= AFD_PACE_AFTER) {
-                    struct pollfd s = {d->stop_fd, POLLIN, 0};
-                    struct timespec t = {0, AFD_PACE_NS};
-                    if (ppoll(&s, 1, &t, NULL) > 0)
-                        goto out;
-                }
+            if (d->last_read + AFD_EVENT_MAX <= d->read_size)
                 break;
-            }
             /* Look at the stop request between reads of a long backlog. */
             struct pollfd s = {d->stop_fd, POLLIN, 0};
             if (poll(&s, 1, 0) > 0)
