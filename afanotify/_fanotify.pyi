@@ -215,6 +215,7 @@ class _Lib:
         out: _CData, cap: int, flags: int, arena: _CData, arena_cap: int, arena_used: _CData,
         stop: _CData, fddir: int, /,
     ) -> int: ...
+    def afp_read_walk_args(self, a: _CData, /) -> int: ...
 
 lib: _Lib
 

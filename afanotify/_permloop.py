@@ -38,15 +38,19 @@ from __future__ import annotations
 import errno as _errno
 import logging
 import os
+import time
 from typing import TYPE_CHECKING, Any
 
 from . import _fastparse
+from ._answer import answer_and_close
 from ._ffi import ffi, lib
 from ._loop import LoopLike
+from ._parser import parse_event
 from ._proc import process_info
-from .events import UNANSWERED, FanotifyData
-from .flags import DIR_CHANGE_EVENTS, Event, InitFlag
-from .permission import ABANDONED
+from .events import OWN_FD, OWN_PIDFD, UNANSWERED, FanotifyData
+from .exceptions import ParseError
+from .flags import DIR_CHANGE_EVENTS, Event, InitFlag, Response
+from .permission import ABANDONED, PermissionTracker, _Entry, dispatch_result
 
 if TYPE_CHECKING:
     from .group import Fanotify
@@ -56,7 +60,7 @@ __all__ = ["AVAILABLE", "LoopServer"]
 log = logging.getLogger(__name__)
 
 #: The compiled core has the C read (the pure one does not).
-AVAILABLE = hasattr(lib, "afp_read_walk_now")
+AVAILABLE = hasattr(lib, "afp_read_walk_args") and _fastparse.available()
 #: Bytes per read: at most 170 event fds at once, as on the permission thread.
 _READ = 4096
 #: Reads per readiness callback, so one busy group cannot starve the loop.
@@ -71,6 +75,21 @@ _BUDGET_EVERY = 64
 _FD_RETRY_DELAY = 0.05
 _OVERFLOW = int(Event.Q_OVERFLOW)
 _DIR_CHANGE = int(DIR_CHANGE_EVENTS)
+_monotonic = time.monotonic
+_set_owns = FanotifyData.__dict__["_owns"].__set__
+_afp_answer: Any = getattr(lib, "afp_answer", None)
+_ALLOW = int(Response.ALLOW)
+_DENY = int(Response.DENY)
+_read_walk_args: Any = getattr(lib, "afp_read_walk_args", None)
+_BUILD: Any = _fastparse._BUILD
+_MAX_DIRS = _fastparse._MAX_DIRS
+_PERM = _fastparse._PERM
+_B_OWNED, _B_FD_ERROR, _B_RESOLVE, _B_UNTRACK = (
+    (lib.AFN_B_OWNED, lib.AFN_B_FD_ERROR, lib.AFN_B_RESOLVE, lib.AFN_B_UNTRACK)
+    if AVAILABLE else (0, 0, 0, 0)
+)
+#: The errors of a read the C builder took whole (never appended to).
+_NO_ERRORS: list[ParseError] = []
 _set_responder = FanotifyData.__dict__["_responder"].__set__
 _set_exe = FanotifyData.__dict__["exe"].__set__
 _set_cwd = FanotifyData.__dict__["cwd"].__set__
@@ -111,6 +130,10 @@ class LoopServer:
         self._cflags = lib.AFN_RESOLVE_FD_PATHS if self._resolve else 0
         self._fddir = -1
         self._size = _READ
+        # The C read's arguments, set once (and again when one changes).
+        self._args: Any = ffi.new("struct afp_read_args *")
+        self._args_out: Any = None
+        self._set_args()
         self._budget_in = 0
         self._loop: LoopLike | None = None
         #: True once started (the reader's delegate then read instead of it).
@@ -122,6 +145,25 @@ class LoopServer:
     def _decoder(self, group: Fanotify) -> _fastparse.Decoder:
         return _fastparse.Decoder(_READ)
 
+    def _set_args(self) -> None:
+        a = self._args
+        dec = self._dec
+        a.group_fd = self._fd
+        a.walk = 1
+        a.fddir = self._fddir
+        a.flags = self._cflags
+        a.buf = self._buf
+        a.bufsize = self._size
+        a.out = dec._out
+        a.cap = dec._cap
+        a.arena = dec._arena
+        a.arena_cap = dec._arena_size
+        a.arena_used = dec._arena_used
+        a.stop = dec._stop
+        # The pipeline's decoder (ReadAhead) grows its entries for a larger
+        # batch of its own: looked at before every read.
+        self._args_out = dec._out
+
     def start(self, loop: LoopLike | None) -> bool:
         """Register the fd with ``loop`` (the reader's delegate); True: the reader must not."""
         if self._stopped or loop is None:
@@ -130,6 +172,7 @@ class LoopServer:
             if self._resolve and self._fddir < 0:
                 self._fddir = self._dec.open_fd_dir()
             self._loop = loop
+            self._args.fddir = self._fddir
             loop.add_reader(self._fd, self._on_readable)
             self._registered = self.started = True
         return True
@@ -178,13 +221,13 @@ class LoopServer:
         if guard._size and not guard._roomy:
             return self._read_tight()
         static = self._pipeline.static is not None
-        dec = self._dec
-        count = lib.afp_read_walk_now(
-            self._fd, self._buf, self._size, self._nread, int(not static), dec._out,
-            dec._cap, self._cflags, dec._arena, dec._arena_size, dec._arena_used,
-            dec._stop, self._fddir,
-        )  # fmt: skip
-        n = int(self._nread[0])
+        a = self._args
+        if self._dec._out is not self._args_out:
+            self._set_args()
+        if a.walk == static:
+            a.walk = int(not static)
+        count: int = _read_walk_args(a)
+        n: int = a.nread
         if n == 0:
             if count < 0:
                 self._failed(-count)
@@ -241,7 +284,9 @@ class LoopServer:
         roomy = fits > 4 * (_READ // 24) and not queued
         self._budget_in = _BUDGET_EVERY if roomy else 1
         room = min(fits, self._capacity - queued)
-        self._size = min(_READ, max(self._min_read, room * 24))
+        size = min(_READ, max(self._min_read, room * 24))
+        if size != self._size:
+            self._size = self._args.bufsize = size
         return True
 
     def _failed(self, err: int) -> None:
@@ -282,7 +327,6 @@ class LoopServer:
         own = self._own
         loop = self._loop
         rest: list[FanotifyData] | None = None
-        dispatch = perm.dispatch
         for ev in events:
             if ev.pid in own:
                 pipeline._drop_own(ev)
@@ -300,11 +344,11 @@ class LoopServer:
                 _set_cwd(ev, cwd)
             if ev._owns & UNANSWERED:
                 _set_responder(ev, perm)
-                perm.add(ev, loop)
                 if perm.handler is not None:
                     c.events_delivered += 1
-                    dispatch(ev)
+                    add_and_dispatch(perm, ev, loop)
                     continue
+                perm.add(ev, loop)
             if rest is None:
                 rest = []
             rest.append(ev)
@@ -327,7 +371,7 @@ class ReadAhead(LoopServer):
     def __init__(self, group: Fanotify) -> None:
         super().__init__(group)
         self._loop = group._reader.loop
-        self._fddir = self._dec._fddir if self._resolve else -1
+        self._fddir = self._args.fddir = self._dec._fddir if self._resolve else -1
 
     def _decoder(self, group: Fanotify) -> _fastparse.Decoder:
         fast = group._pipeline.fast
@@ -359,9 +403,7 @@ def serve_built(
     and every event closed (closing one already closed does nothing), then
     the error goes on.
     """
-    events, errors = dec._build(
-        src, count, True, False, fd_error, resolve, None, own, _DIR_CHANGE, None, None,
-    )  # fmt: skip
+    events, errors = build_events(dec, src, count, fd_error, resolve, own)
     try:
         serve(events, errors)
     except BaseException:
@@ -370,6 +412,96 @@ def serve_built(
                 _set_responder(ev, perm)
             ev._release(ABANDONED)
         raise
+
+
+def build_events(
+    dec: _fastparse.Decoder, src: Any, count: int, fd_error: bool, resolve: bool, own: Any,
+) -> tuple[list[FanotifyData], list[ParseError]]:
+    """``dec._build`` of a permission read (fd events, no directory records).
+
+    The C builder is called directly, with the flags of a permission group's
+    read worked out once: the general ``_build`` spends as many instructions
+    again in Python on a one-event read.  An entry the builder hands back
+    (a malformed event, a path the arena had no room for) is decoded by the
+    reference parser, as there, and the builder goes on after it.
+    """
+    events: list[FanotifyData] = []
+    flags = _B_OWNED | (_B_FD_ERROR if fd_error else 0) | (_B_RESOLVE if resolve else 0)
+    if dec.untrack:
+        flags |= _B_UNTRACK
+    out_mv, arena = dec._out_mv, dec._arena_buf
+    i = _BUILD(out_mv, 0, count, src, arena, events, [None] * _MAX_DIRS, {}, None, own,
+               flags, _PERM, _DIR_CHANGE, None, None)[0]  # fmt: skip
+    if i >= count:
+        return events, _NO_ERRORS
+    errors: list[ParseError] = []
+    mv = memoryview(src).cast("B")
+    while i < count:
+        entry = dec._out[i]
+        i += 1
+        extra = dec._fd_path(entry) if resolve and not entry.status else None
+        item, _ = parse_event(mv, entry.offset, owned=True, fd_error=fd_error, extra=extra)
+        if isinstance(item, ParseError):
+            errors.append(item)
+        else:
+            events.append(item)
+        if i < count:
+            i = _BUILD(out_mv, i, count, src, arena, events, [None] * _MAX_DIRS, {}, None,
+                       own, flags, _PERM, _DIR_CHANGE, None, None)[0]  # fmt: skip
+    return events, errors
+
+
+def add_and_dispatch(perm: PermissionTracker, ev: FanotifyData, loop: LoopLike | None) -> None:
+    """``perm.add`` then ``perm.dispatch``, in one frame: the loop server's per-event step.
+
+    Only with the compiled core (``_answer.AVAILABLE``): a ``True``/``False``
+    from the handler is written and the fd closed in one C call, as
+    :func:`~afanotify._answer.answer_and_close` does.
+    """
+    fd = ev.fd
+    entry = _Entry(ev, _monotonic() + perm.timeout)
+    lock = perm.lock
+    pending = perm._pending
+    with lock:
+        pending[fd] = entry
+    if loop is not None:
+        perm._loop = loop
+        if perm._timer is None:
+            perm._arm(entry.deadline)
+    handler = perm.handler
+    assert handler is not None
+    try:
+        result = handler(ev)
+    except Exception as exc:
+        perm._handler_failed(ev, exc)
+        return
+    if result is True or result is False:
+        err = 0
+        with lock:
+            owns = ev._owns
+            # Still ours and as registered: not answered by the handler,
+            # not taken by a consumer task, the group open.
+            done = bool(
+                owns & UNANSWERED and perm.fd >= 0 and pending.get(fd) is entry
+                and entry.task is None and entry.handler_task is None
+            )  # fmt: skip
+            if done:
+                del pending[fd]
+                _set_owns(ev, owns & ~(UNANSWERED | OWN_FD))
+                if result:
+                    perm.allowed += 1
+                else:
+                    perm.denied += 1
+                err = _afp_answer(perm.fd, fd, _ALLOW if result else _DENY, owns & OWN_FD)
+        if done:
+            if err:
+                log.error("could not answer permission event fd=%d: %s", fd, os.strerror(err))
+            if owns & OWN_PIDFD:
+                ev.close()
+            return
+        if answer_and_close(perm, ev, result):
+            return
+    dispatch_result(perm, ev, result)
 
 
 def read_ahead(group: Fanotify) -> ReadAhead | None:

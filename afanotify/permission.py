@@ -474,32 +474,7 @@ class PermissionTracker:
             return
         if (result is True or result is False) and _answer_and_close(self, ev, result):
             return  # the common verdict: written and the fd closed in one C call
-        if inspect.isawaitable(result):
-            entry = self._pending.get(ev.fd)
-            if entry is None or entry.event is not ev:
-                # Answered while the handler ran synchronously up to its first await.
-                _close_awaitable(result)
-                ev.close()
-                return
-            task: TaskLike
-            loop = self._loop
-            if loop is not None and not isinstance(loop, asyncio.AbstractEventLoop):
-                # trio: a system task, started on the next scheduling round
-                coro = result if inspect.iscoroutine(result) else _awaited(result)
-                task = loop.create_task(coro)
-            elif _EAGER and inspect.iscoroutine(result):
-                # Python 3.12+: run the handler up to its first real suspension
-                # now, so one that never awaits costs no trip through the loop.
-                task = asyncio.Task(result, loop=asyncio.get_running_loop(), **_EAGER_START)
-                if task.done():
-                    self._handler_done(ev, task)
-                    return
-            else:
-                task = asyncio.ensure_future(result)
-            entry.handler_task = task
-            task.add_done_callback(lambda t, ev=ev: self._handler_done(ev, t))  # type: ignore[misc]
-            return
-        self._apply(ev, result)
+        dispatch_result(self, ev, result)
 
     def _handler_done(self, ev: FanotifyData, task: TaskLike) -> None:
         if task.cancelled():
@@ -579,6 +554,36 @@ class PermissionTracker:
         _log_write_errors(events, errors)
         self._watched_tasks.clear()
         return events
+
+
+def dispatch_result(perm: PermissionTracker, ev: FanotifyData, result: object) -> None:
+    """Act on what an ``on_permission`` handler returned (but a verdict written in C)."""
+    if inspect.isawaitable(result):
+        entry = perm._pending.get(ev.fd)
+        if entry is None or entry.event is not ev:
+            # Answered while the handler ran synchronously up to its first await.
+            _close_awaitable(result)
+            ev.close()
+            return
+        task: TaskLike
+        loop = perm._loop
+        if loop is not None and not isinstance(loop, asyncio.AbstractEventLoop):
+            # trio: a system task, started on the next scheduling round
+            coro = result if inspect.iscoroutine(result) else _awaited(result)
+            task = loop.create_task(coro)
+        elif _EAGER and inspect.iscoroutine(result):
+            # Python 3.12+: run the handler up to its first real suspension
+            # now, so one that never awaits costs no trip through the loop.
+            task = asyncio.Task(result, loop=asyncio.get_running_loop(), **_EAGER_START)
+            if task.done():
+                perm._handler_done(ev, task)
+                return
+        else:
+            task = asyncio.ensure_future(result)
+        entry.handler_task = task
+        task.add_done_callback(lambda t, ev=ev: perm._handler_done(ev, t))  # type: ignore[misc]
+        return
+    perm._apply(ev, result)
 
 
 def _current_task() -> asyncio.Task[Any] | None:

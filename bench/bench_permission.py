@@ -1,7 +1,7 @@
 """How much latency a permission check adds to open(2), against a C floor.
 
     sudo PYTHONPATH=. python bench/bench_permission.py [--opens 20000] [--rounds 3]
-        [--only SUBSTRING ...]
+        [--only SUBSTRING ...] [--cpus same|split|free] [--cpu N]
 
 A child process (bench/perm_responder.c, built with gcc into a temporary
 directory at run time) opens one file on a private tmpfs N times and times
@@ -16,6 +16,17 @@ each open(2).  The file is watched for FAN_OPEN_PERM by, in turn:
   decided in C: two path rules; and a path, an executable and a uid rule,
   so each open reads the path, the executable and the uid.  No rule
   matches the file, so the default allows it after every rule was tried.
+
+Where everything runs (``--cpus``).  The default, ``same``, pins the opener,
+the responders (the C one, the guard process) and every thread of this
+process to one CPU (``--cpu``, default 0): a blocked open(2) hands the CPU
+straight to the responder and the verdict hands it back, with no cross-CPU
+wake-up and no idle exit, so the latency is the responder's own work per
+event.  On this 2-vCPU machine that gave per-round p50 ratios within a few
+percent run to run, the C floor steady at 3.2-3.3 us.  ``split`` (the
+opener on another CPU) and ``free`` (not pinned, the earlier figures' mode)
+are kept: there the C floor was 84-94 us (an idle vCPU's wake-up in every
+open) and every ratio was close to 1.
 
 Reports p50/p99/mean per setup (median over rounds), then each afanotify
 setup's p50 and p99 as a ratio of the C responder's: of the whole open(2)
@@ -64,9 +75,20 @@ def proc_cpu(pid: int | str = "self") -> float:
     return total / 1e9
 
 
+#: Where the opening child runs (set by main_async from --cpus): None leaves it
+#: to the scheduler; otherwise the set of CPUs it is pinned to.
+OPENER_CPUS: set[int] | None = None
+
+
+def _pin_opener() -> None:
+    if OPENER_CPUS is not None:
+        os.sched_setaffinity(0, OPENER_CPUS)
+
+
 async def run_opener(exe: Path, target: Path, n: int) -> tuple[int, int, int]:
     proc = await asyncio.create_subprocess_exec(
-        str(exe), "open", str(target), str(n), stdout=asyncio.subprocess.PIPE
+        str(exe), "open", str(target), str(n), stdout=asyncio.subprocess.PIPE,
+        preexec_fn=_pin_opener,
     )
     out, _ = await asyncio.wait_for(proc.communicate(), 300)
     if proc.returncode != 0:
@@ -192,10 +214,39 @@ SETUPS: dict[str, Setup] = {
 }
 
 
-async def main_async(opens: int, rounds: int, only: list[str] | None = None) -> int:
+def pin_cpus(mode: str, cpu: int) -> str:
+    """Place this process (every thread; its children inherit it) and the opener.
+
+    ``same``: all on ``cpu``, so a blocked open(2) hands the CPU straight to
+    the responder (no cross-CPU wake-up, no idle exit) and back.  ``split``:
+    the responders on ``cpu``, the opener on another CPU.  ``free``: no
+    pinning (the scheduler decides; the mode of the earlier figures).
+    """
+    global OPENER_CPUS
+    if mode == "free":
+        OPENER_CPUS = None
+        return "not pinned"
+    cpus = sorted(os.sched_getaffinity(0))
+    if cpu not in cpus:
+        raise SystemExit(f"--cpu {cpu}: not one of this process's CPUs {cpus}")
+    for tid in os.listdir("/proc/self/task"):
+        os.sched_setaffinity(int(tid), {cpu})
+    if mode == "same":
+        OPENER_CPUS = {cpu}
+        return f"opener and responders on CPU {cpu}"
+    others = set(cpus) - {cpu}
+    if not others:
+        raise SystemExit("--cpus split needs two CPUs")
+    OPENER_CPUS = {min(others)}
+    return f"responders on CPU {cpu}, opener on CPU {min(others)}"
+
+
+async def main_async(opens: int, rounds: int, only: list[str] | None = None,
+                     mode: str = "same", cpu: int = 0) -> int:
     if os.geteuid() != 0:
         print("needs root: mounts a tmpfs and uses fanotify permission events", file=sys.stderr)
         return 2
+    placement = pin_cpus(mode, cpu)
     work = Path(tempfile.mkdtemp(prefix="afanotify-bench-perm-"))
     mnt = work / "mnt"
     mnt.mkdir()
@@ -232,6 +283,7 @@ async def main_async(opens: int, rounds: int, only: list[str] | None = None) -> 
     import afanotify
 
     print(f"afanotify {afanotify.__version__} from {Path(afanotify.__file__).parent}")
+    print(f"CPUs: --cpus {mode} ({placement})")
     print(f"open(2) latency, {opens} opens x {rounds} rounds (median of rounds), ns")
     print(f"{'setup':42} {'p50':>8} {'p99':>8} {'mean':>8}  p50 min-max over rounds")
     for name, (p50, p99, mean) in med.items():
@@ -278,8 +330,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", action="append", metavar="SUBSTRING",
                         help="only the afanotify setups whose name contains it (repeatable); "
                         "the baseline and the C responder always run")
+    parser.add_argument("--cpus", choices=("same", "split", "free"), default="same",
+                        help="same (default): the opener, the responders and every thread "
+                        "of this process on one CPU; split: the opener on another CPU; "
+                        "free: not pinned (the old mode)")
+    parser.add_argument("--cpu", type=int, default=0, help="the responders' CPU (default 0)")
     args = parser.parse_args(argv)
-    return asyncio.run(main_async(args.opens, args.rounds, args.only))
+    return asyncio.run(main_async(args.opens, args.rounds, args.only, args.cpus, args.cpu))
 
 
 if __name__ == "__main__":
