@@ -124,7 +124,6 @@ class LoopServer:
         self._own = group._pipeline.own_tids if group.ignore_own else frozenset()
         self._dec = self._decoder(group)
         self._buf: Any = ffi.new("unsigned char[]", _READ)
-        self._nread: Any = ffi.new("long *")
         self._views: dict[int, Any] = {}
         self._pybuf: bytearray | None = None
         self._cflags = lib.AFN_RESOLVE_FD_PATHS if self._resolve else 0
