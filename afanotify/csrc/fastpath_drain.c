@@ -56,17 +56,6 @@
 /* More than one event takes: metadata, three FID records of a full handle
  * and name each (a rename's), a pidfd record. */
 #define AFD_EVENT_MAX 4096
-/* A read of only processes the read before named is followed by a wait of
- * AFD_SAME_WAIT_NS before the next poll (afd_same), so that a steady writer's
- * events are read many at a time instead of one wakeup, read and naming per
- * event or two.  0.1 ms: in bench_cli.py's burst it raised lines per
- * CPU-second by about half, and short-lived `sh -c` writers on a contended
- * CPU were named as often as with no wait (within the spread); 0.2 ms, or
- * 0.1 ms after every read, named fewer (so did a 1 ms wait after 8 such
- * reads, 2026-12-03).  A process that starts and is reaped within the wait
- * goes unnamed. */
-#define AFD_SEEN 16
-#define AFD_SAME_WAIT_NS 100000
 
 struct afd_proc {
     int32_t pid;
@@ -109,9 +98,6 @@ struct afd_drain {
     uint32_t chunk_size;
     uint64_t limit;
     uint32_t last_read;  /* bytes of the last read that got any */
-    int32_t seen[AFD_SEEN];  /* the pids the read before named (afd_same) */
-    uint32_t nseen;
-    int same;            /* the last read was of processes the read before named */
     pthread_mutex_t lock;
     struct afd_chunk *head;
     struct afd_chunk *tail;
@@ -336,25 +322,6 @@ static uint32_t afd_name(struct afd_drain *d, int32_t *pids, int32_t *pidfds, ui
     return used;
 }
 
-/* Whether every process of this read was named and named in the read before
- * (then d->same: see AFD_SAME_WAIT_NS); remembers this read's named pids. */
-static void afd_same(struct afd_drain *d, const struct afd_proc *procs, uint32_t npids)
-{
-    int same = npids > 0 && npids <= AFD_SEEN;
-    for (uint32_t i = 0; i < npids && same; i++) {
-        uint32_t j;
-        for (j = 0; j < d->nseen; j++)
-            if (d->seen[j] == procs[i].pid)
-                break;
-        same = procs[i].trusted && j < d->nseen;
-    }
-    d->same = same;
-    d->nseen = 0;
-    for (uint32_t i = 0; i < npids && d->nseen < AFD_SEEN; i++)
-        if (procs[i].trusted)
-            d->seen[d->nseen++] = procs[i].pid;
-}
-
 static void afd_wake(int fd)
 {
     uint64_t one = 1;
@@ -506,14 +473,12 @@ static int afd_read_one(struct afd_drain *d, int32_t *pids, int32_t *pidfds,
     cap = d->chunk_size > lead + n ? d->chunk_size : lead + n;
     if (held + (fits ? 0 : cap) + npids * (sizeof(struct afd_proc) + 64 * 3) > d->limit) {
         afd_close_fds(fds, nfds);
-        d->same = 0;
         return afd_dropped(d, n, nev);
     }
     char *text = NULL;
     uint32_t named = 0;
     uint32_t used = afd_name(d, pids, pidfds, npids, procs, &text, &named);
     afd_close_fds(fds, nfds);
-    afd_same(d, procs, npids);
 
     pthread_mutex_lock(&d->lock);
     struct afd_chunk *t = d->tail;
@@ -695,15 +660,8 @@ int afd_run(struct afd_drain *d)
         while ((got = afd_read_one(d, pids, pidfds, procs, fds)) > 0) {
             /* A read that left room for the largest event emptied the
              * queue: the next is the poll's (it would find nothing). */
-            if (d->last_read + AFD_EVENT_MAX <= d->read_size) {
-                if (d->same) {
-                    struct pollfd s = {d->stop_fd, POLLIN, 0};
-                    struct timespec t = {0, AFD_SAME_WAIT_NS};
-                    if (ppoll(&s, 1, &t, NULL) > 0)
-                        goto out;
-                }
+            if (d->last_read + AFD_EVENT_MAX <= d->read_size)
                 break;
-            }
             /* Look at the stop request between reads of a long backlog. */
             struct pollfd s = {d->stop_fd, POLLIN, 0};
             if (poll(&s, 1, 0) > 0)
