@@ -37,7 +37,7 @@ from .exceptions import ClosedResourceError, WouldBlock
 from .flags import InitFlag
 from .group import Fanotify
 
-__all__ = ["Batch", "Drain", "DrainStats", "PolledReader", "DEFAULT_LIMIT", "available"]
+__all__ = ["Batch", "Drain", "DrainStats", "ExitLog", "PolledReader", "DEFAULT_LIMIT", "available"]
 
 #: Bytes of events a :class:`Drain` holds at most by default (256 MiB: about
 #: three million FID events with names).
@@ -97,6 +97,17 @@ class DrainStats(NamedTuple):
     unnamed: int
 
 
+class ExitLog(NamedTuple):
+    """What a :class:`Drain`'s exit log did."""
+
+    #: The kernel took the registration (root, initial namespaces, taskstats).
+    on: bool
+    #: Processes (per read) named from it: reaped before /proc could name them.
+    named: int
+    #: Times its socket overflowed; records from before are not used again.
+    overflows: int
+
+
 class Drain:
     """A thread that drains a FID group into memory; the loop takes :class:`Batch` es.
 
@@ -111,12 +122,19 @@ class Drain:
         reads a short-lived process's events before the process is reaped
         and can no longer be named (see ``afd_hint`` in ``fastpath_drain.c``
         and :attr:`scheduling`)
+    :param exit_names: name a process reaped before the thread could read
+        /proc from the record the kernel sends as it exits (taskstats; see
+        ``fastpath_deaths.c`` for when such a name is sure, and
+        :attr:`exit_log`).  Needs CAP_NET_ADMIN in the initial namespaces;
+        elsewhere it is off and /proc alone names.  While on, the kernel
+        writes an accounting record for every task that exits on the machine
+        (a few hundred bytes each), which the thread reads
     :raises ValueError: for an fd-mode group, or a limit below one read
     :raises RuntimeError: on a core without the drain (see :func:`available`)
     """
 
     def __init__(self, fan: Fanotify, *, limit: int = DEFAULT_LIMIT, paths: bool = True,
-                 latency_hint: bool = True) -> None:
+                 latency_hint: bool = True, exit_names: bool = True) -> None:
         if not available():
             raise RuntimeError("this core has no drain thread: use PolledReader")
         if not fan.fid_mode:
@@ -141,6 +159,9 @@ class Drain:
         d.limit = limit
         self.limit = limit
         self._counts = ffi.new("uint64_t[11]")
+        if exit_names:
+            lib.afd_exit_open(d)  # now: a process reaped before the first read is named too
+        self._exit_counts = ffi.new("uint64_t[3]")
         self._thread = threading.Thread(target=self._run, name="afanotify-drain", daemon=True)
         self._closed = False
         #: The error that ended the thread's reading, if one did.
@@ -192,6 +213,16 @@ class Drain:
         return bool(d.hint_slice), (int(d.hint_nice) if d.hint_nice_set else None)
 
     @property
+    def exit_log(self) -> ExitLog:
+        """Whether the exit log is on, and what it named (see ``exit_names``).
+
+        """
+        if not self._closed:
+            lib.afd_exit_counts(self._d, self._exit_counts)
+        on, named, overflows = (int(x) for x in self._exit_counts)
+        return ExitLog(bool(on), named, overflows)
+
+    @property
     def stats(self) -> DrainStats:
         if not self._closed:
             lib.afd_counts(self._d, self._counts)
@@ -214,6 +245,7 @@ class Drain:
             return
         self.stop()
         lib.afd_counts(self._d, self._counts)  # kept for stats
+        lib.afd_exit_counts(self._d, self._exit_counts)
         self._closed = True
         lib.afd_destroy(self._d)
         os.close(self._wake)

@@ -53,6 +53,7 @@
 #define AFD_MAX_PIDS 4096
 #define AFD_GAP_PID (-1)
 #define AFD_TEXT 4096
+#define AFD_EXIT_PUMP_MS 100
 /* More than one event takes: metadata, three FID records of a full handle
  * and name each (a rename's), a pidfd record. */
 #define AFD_EVENT_MAX 4096
@@ -91,6 +92,7 @@ struct afd_drain {
     int pidfd_reported;
     int own_pid;
     int latency_hint;   /* ask the scheduler for a short wakeup (afd_hint) */
+    int exit_names_on;  /* afd_exit_open got the exit log (fastpath_deaths.c) */
     int hint_slice;     /* afd_hint's results */
     int hint_nice_set;
     int hint_nice;
@@ -113,10 +115,17 @@ struct afd_drain {
     uint64_t gaps;
     uint64_t named;
     uint64_t unnamed;
+    uint64_t exit_named;      /* processes named from the exit log, under lock */
+    uint64_t exit_overflows;  /* the log's, as of the last read, under lock */
     int gap_pending;
     int error;
     int running;
     unsigned char *scratch;
+    /* The exit log (NULL: off), thread-only: where it stood at the last
+     * read, and whether that read emptied the kernel's queue. */
+    struct afx_log *exits;
+    uint64_t exit_mark;
+    int exit_mark_ok;
 };
 
 static int afd_read_small(const char *path, char *out, int cap)
@@ -235,10 +244,14 @@ static int afd_alive(struct afd_drain *d, int32_t pidfd)
     return r == 0 || errno == EPERM;
 }
 
-/* Read one chunk's processes; returns the text bytes used. */
+#define AFD_FROM_EXIT 2   /* afd_proc.trusted: the name alone, from the exit log */
+
+/* Read one chunk's processes; returns the text bytes used.  `since`: the
+ * first exit-log record that may name a reaped process of this read
+ * (UINT64_MAX: none may). */
 static uint32_t afd_name(struct afd_drain *d, int32_t *pids, int32_t *pidfds, uint32_t npids,
                          struct afd_proc *procs, char **textp,
-                         uint32_t *named)
+                         uint32_t *named, uint64_t since, uint32_t *from_exit)
 {
     char path[64];
     char tmp[AFD_TEXT];
@@ -272,17 +285,38 @@ static uint32_t afd_name(struct afd_drain *d, int32_t *pids, int32_t *pidfds, ui
     }
     /* Each name is checked as soon as all are read, before the slower
      * links: a process reaped during those must not cost its name. */
+    int pumped = 0;
     for (uint32_t i = 0; i < npids; i++) {
         struct afd_proc *p = &procs[i];
         p->trusted = p->name_len >= 0 && afd_alive(d, pidfds[i]);
-        if (!p->trusted)
-            p->name_len = -1;
+        if (p->trusted)
+            continue;
+        p->name_len = -1;
+        /* Known reaped (no pidfd at the read, or its pidfd says so now;
+         * not FAN_EPIDFD, which a live process can get): the exit log may
+         * name it (fastpath_deaths.c says when that is sure). */
+        if (since == UINT64_MAX || (d->pidfd_reported && pidfds[i] != FAN_NOPIDFD
+                                    && pidfds[i] < 0))
+            continue;
+        if (!pumped) {
+            afx_pump(d->exits);  /* its record was sent before it was reaped */
+            pumped = 1;
+        }
+        int n = afx_find(d->exits, pids[i], since, tmp);
+        if (n > 0 && used + n <= cap) {
+            memcpy(text + used, tmp, n);
+            p->name_off = used;
+            p->name_len = n;
+            used += n;
+            p->trusted = AFD_FROM_EXIT;
+            (*from_exit)++;
+        }
     }
     if (d->paths) {
         for (uint32_t i = 0; i < npids; i++) {
             struct afd_proc *p = &procs[i];
-            if (!p->trusted)
-                continue;
+            if (p->trusted != 1)
+                continue;  /* a reaped process's links are gone, or another's */
             for (int k = 0; k < 2; k++) {
                 snprintf(path, sizeof path, k ? "/proc/%d/cwd" : "/proc/%d/exe", pids[i]);
                 ssize_t n = readlink(path, tmp, sizeof tmp);
@@ -315,7 +349,7 @@ static uint32_t afd_name(struct afd_drain *d, int32_t *pids, int32_t *pidfds, ui
         if (!p->trusted)
             continue;
         (*named)++;
-        if ((p->exe_len >= 0 || p->cwd_len >= 0) && !afd_alive(d, pidfds[i]))
+        if (p->trusted == 1 && (p->exe_len >= 0 || p->cwd_len >= 0) && !afd_alive(d, pidfds[i]))
             p->exe_len = p->cwd_len = -1;
     }
     *textp = text;
@@ -446,16 +480,33 @@ static void afd_drop_chunk(struct afd_chunk *c)
 static int afd_read_one(struct afd_drain *d, int32_t *pids, int32_t *pidfds,
                         struct afd_proc *procs, int32_t *fds)
 {
-    ssize_t n = read(d->fd, d->scratch, d->read_size);
-    if (n < 0) {
-        if (errno == EAGAIN || errno == EINTR)
-            return 0;
-        d->error = errno;
-        return -1;
+    /* The exit log's window (fastpath_deaths.c): this read's events were
+     * all made after the previous read emptied the queue, so a reaped
+     * process of theirs exited after the log stood at exit_mark (give or
+     * take a close at exit, which follows the record). */
+    uint64_t since = UINT64_MAX, mark = 0;
+    if (d->exits != NULL) {
+        afx_pump(d->exits);
+        mark = d->exits->seq;
+        if (d->exit_mark_ok)
+            since = d->exit_mark;
     }
-    if (n == 0)
+    ssize_t n = read(d->fd, d->scratch, d->read_size);
+    if (n <= 0) {
+        int e = n < 0 ? errno : 0;
+        if (n < 0 && e != EAGAIN && e != EINTR) {
+            d->error = e;
+            return -1;
+        }
+        if (e != EINTR) {  /* the queue was empty */
+            d->exit_mark = mark;
+            d->exit_mark_ok = 1;
+        }
         return 0;
+    }
     d->last_read = (uint32_t)n;
+    d->exit_mark = mark;
+    d->exit_mark_ok = (uint32_t)n + AFD_EVENT_MAX <= d->read_size;
     uint32_t npids = 0, nfds = 0;
     uint32_t nev = afd_walk(d->scratch, (uint32_t)n, pids, pidfds, &npids, d->own_pid,
                             fds, &nfds);
@@ -476,8 +527,8 @@ static int afd_read_one(struct afd_drain *d, int32_t *pids, int32_t *pidfds,
         return afd_dropped(d, n, nev);
     }
     char *text = NULL;
-    uint32_t named = 0;
-    uint32_t used = afd_name(d, pids, pidfds, npids, procs, &text, &named);
+    uint32_t named = 0, from_exit = 0;
+    uint32_t used = afd_name(d, pids, pidfds, npids, procs, &text, &named, since, &from_exit);
     afd_close_fds(fds, nfds);
 
     pthread_mutex_lock(&d->lock);
@@ -546,6 +597,9 @@ static int afd_read_one(struct afd_drain *d, int32_t *pids, int32_t *pidfds,
     d->bytes_read += n;
     d->events_read += nev;
     d->named += named;
+    d->exit_named += from_exit;
+    if (d->exits != NULL)
+        d->exit_overflows = d->exits->overflows;
     d->unnamed += npids - named;
     if (d->held > d->peak)
         d->peak = d->held;
@@ -621,6 +675,8 @@ static void afd_hint(struct afd_drain *d)
 int afd_run(struct afd_drain *d)
 {
     afd_hint(d);
+    d->exit_mark = 0;
+    d->exit_mark_ok = 1;  /* the log starts empty: nothing in it is older than the group */
     int32_t *pids = malloc(AFD_MAX_PIDS * sizeof(int32_t));
     int32_t *pidfds = malloc(AFD_MAX_PIDS * sizeof(int32_t));
     /* a pidfd per event at most, an event at least its metadata */
@@ -641,7 +697,13 @@ int afd_run(struct afd_drain *d)
     struct pollfd pfd[2] = {{d->fd, POLLIN, 0}, {d->stop_fd, POLLIN, 0}};
     int rc = 0;
     for (;;) {
-        int r = poll(pfd, 2, -1);
+        /* While the group is quiet the exit log is still taken, every
+         * AFD_EXIT_PUMP_MS, so that its socket does not overflow. */
+        int r = poll(pfd, 2, d->exits != NULL ? AFD_EXIT_PUMP_MS : -1);
+        if (r == 0) {
+            afx_pump(d->exits);
+            continue;
+        }
         if (r < 0) {
             if (errno == EINTR)
                 continue;
@@ -673,6 +735,12 @@ int afd_run(struct afd_drain *d)
         }
     }
 out:
+    if (d->exits != NULL) {
+        afx_pump(d->exits);
+        pthread_mutex_lock(&d->lock);
+        d->exit_overflows = d->exits->overflows;
+        pthread_mutex_unlock(&d->lock);
+    }
     free(fds);
     free(pids);
     free(pidfds);
@@ -690,6 +758,24 @@ int afd_init(struct afd_drain *d)
     if (pthread_mutex_init(&d->lock, NULL) != 0)
         return -1;
     return 0;
+}
+
+/* Register the exit log (before afd_run: a process that exits between this
+ * and the thread's first read is named too); 1 if it is on. */
+int afd_exit_open(struct afd_drain *d)
+{
+    if (d->exits == NULL) {
+        d->exits = malloc(sizeof *d->exits);
+        if (d->exits == NULL)
+            return 0;
+        afx_open(d->exits);
+        if (d->exits->fd < 0) {
+            free(d->exits);
+            d->exits = NULL;
+        }
+    }
+    d->exit_names_on = d->exits != NULL;
+    return d->exit_names_on;
 }
 
 struct afd_chunk *afd_take(struct afd_drain *d)
@@ -741,5 +827,22 @@ void afd_destroy(struct afd_drain *d)
         /* pidfds were all closed by the thread */
         afd_free(d, c);
     }
+    if (d->exits != NULL) {
+        afx_close(d->exits);
+        free(d->exits);
+        d->exits = NULL;
+    }
     pthread_mutex_destroy(&d->lock);
+}
+
+/* The exit log's counts: on (the log could be had), processes named from
+ * it, and its overflows (as of the last read; final once the thread has
+ * returned). */
+void afd_exit_counts(struct afd_drain *d, uint64_t out[3])
+{
+    pthread_mutex_lock(&d->lock);
+    out[0] = (uint64_t)d->exit_names_on;
+    out[1] = d->exit_named;
+    out[2] = d->exit_overflows;
+    pthread_mutex_unlock(&d->lock);
 }

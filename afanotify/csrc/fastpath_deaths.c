@@ -1,0 +1,279 @@
+/*
+ * The exit log: the names of processes as they exit, for the drain.
+ *
+ * A short-lived process (touch, a shell's echo, dd) is often reaped by its
+ * parent before the drain has read its events; from then on /proc has no
+ * entry for it and the drain cannot name it from /proc.  But every exiting
+ * task sends its accounting record (struct taskstats, with ac_comm) to the
+ * listeners registered with the kernel's taskstats interface, and it sends it
+ * from do_exit, before the task becomes a zombie and so before it can be
+ * reaped.  The drain registers for every CPU (CAP_NET_ADMIN, in the initial
+ * user and pid namespaces: a root watcher) and keeps the last AFX_RING
+ * records in a ring, in arrival order.
+ *
+ * A name from the log must never be another process's.  A pid is reused only
+ * after its process is reaped and the kernel's pid allocator has cycled
+ * through every other pid; the record of a process is in the socket before
+ * its process can be reaped.  So the drain looks a pid up only once the
+ * process is known reaped (no pidfd at the read, or its pidfd says so after
+ * the /proc reads), after taking every record waiting, and only among the
+ * records that arrived since the drain's read before last (afx_find's
+ * `since`): the process made an event in this read, so it was alive at most
+ * a read earlier (a close at exit comes after the record, hence one read of
+ * slack).  Exactly one record of the pid in that window names it; none or
+ * several (an earlier process of the same pid exited in the window too)
+ * leave it unnamed.  A later holder of the pid would need the pid space to
+ * wrap within those two reads.  When the socket overflows (ENOBUFS), a
+ * record may be missing: everything waiting is discarded and no record from
+ * before is used again (afx_log.clean), so an older holder's record can
+ * never stand in for a lost one.
+ *
+ * Off (fd -1) where registration fails: no taskstats in the kernel, no
+ * CAP_NET_ADMIN, or a pid namespace other than the initial one (whose pids
+ * the records would not be in).  The drain then names from /proc alone.
+ */
+#include <sys/socket.h>
+#include <linux/netlink.h>
+#include <linux/genetlink.h>
+#include <linux/taskstats.h>
+
+static int afd_read_small(const char *path, char *out, int cap);  /* fastpath_drain.c */
+
+#define AFX_RING 8192
+#define AFX_COMM 16          /* the kernel's TASK_COMM_LEN */
+#define AFX_RCVBUF (4 << 20)
+
+struct afx_log {
+    int fd;             /* -1: off */
+    int family;
+    uint64_t seq;       /* records taken so far; the newest is seq - 1 */
+    uint64_t clean;     /* records before this one may have lost company */
+    uint64_t overflows; /* ENOBUFS seen */
+    int32_t pid[AFX_RING];
+    uint8_t len[AFX_RING];
+    char comm[AFX_RING][AFX_COMM];
+    unsigned char buf[8192];
+};
+
+static int afx_send(int fd, uint16_t type, uint8_t cmd, uint16_t attr,
+                    const void *data, uint16_t dlen, uint32_t seq)
+{
+    unsigned char msg[256];
+    uint32_t alen = NLA_HDRLEN + dlen;
+    uint32_t total = NLMSG_HDRLEN + GENL_HDRLEN + NLA_ALIGN(alen);
+    if (total > sizeof msg)
+        return -1;
+    memset(msg, 0, total);
+    struct nlmsghdr *nh = (struct nlmsghdr *)msg;
+    nh->nlmsg_len = total;
+    nh->nlmsg_type = type;
+    nh->nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK;
+    nh->nlmsg_seq = seq;
+    struct genlmsghdr *gh = (struct genlmsghdr *)(msg + NLMSG_HDRLEN);
+    gh->cmd = cmd;
+    gh->version = 1;
+    struct nlattr *na = (struct nlattr *)(msg + NLMSG_HDRLEN + GENL_HDRLEN);
+    na->nla_len = (uint16_t)alen;
+    na->nla_type = attr;
+    memcpy((unsigned char *)na + NLA_HDRLEN, data, dlen);
+    return send(fd, msg, total, 0) == (ssize_t)total ? 0 : -1;
+}
+
+/* The first attribute of type `type` among [p, end); NULL if none. */
+static const struct nlattr *afx_attr(const unsigned char *p, const unsigned char *end,
+                                     uint16_t type)
+{
+    while (p + NLA_HDRLEN <= end) {
+        const struct nlattr *a = (const struct nlattr *)p;
+        if (a->nla_len < NLA_HDRLEN || p + a->nla_len > end)
+            return NULL;
+        if ((a->nla_type & NLA_TYPE_MASK) == type)
+            return a;
+        p += NLA_ALIGN(a->nla_len);
+    }
+    return NULL;
+}
+
+/* Keep one taskstats record (a task's exit) if the message is one. */
+static void afx_keep(struct afx_log *x, const struct nlmsghdr *nh)
+{
+    if (nh->nlmsg_type != x->family || nh->nlmsg_len < NLMSG_HDRLEN + GENL_HDRLEN)
+        return;
+    const unsigned char *p = (const unsigned char *)nh + NLMSG_HDRLEN + GENL_HDRLEN;
+    const unsigned char *end = (const unsigned char *)nh + nh->nlmsg_len;
+    const struct nlattr *agg = afx_attr(p, end, TASKSTATS_TYPE_AGGR_PID);
+    if (agg == NULL)
+        return;  /* a thread group's totals (AGGR_TGID) name no single task */
+    const unsigned char *ip = (const unsigned char *)agg + NLA_HDRLEN;
+    const unsigned char *iend = (const unsigned char *)agg + agg->nla_len;
+    const struct nlattr *pa = afx_attr(ip, iend, TASKSTATS_TYPE_PID);
+    const struct nlattr *sa = afx_attr(ip, iend, TASKSTATS_TYPE_STATS);
+    size_t need = offsetof(struct taskstats, ac_comm) + AFX_COMM;
+    if (pa == NULL || sa == NULL || pa->nla_len < NLA_HDRLEN + 4
+            || sa->nla_len < NLA_HDRLEN + need)
+        return;
+    uint32_t pid;
+    memcpy(&pid, (const unsigned char *)pa + NLA_HDRLEN, 4);
+    const char *comm = (const char *)sa + NLA_HDRLEN + offsetof(struct taskstats, ac_comm);
+    uint32_t slot = (uint32_t)(x->seq % AFX_RING);
+    x->pid[slot] = (int32_t)pid;
+    x->len[slot] = (uint8_t)strnlen(comm, AFX_COMM - 1);
+    memcpy(x->comm[slot], comm, x->len[slot]);
+    x->seq++;
+}
+
+/* Take every record waiting in the socket. */
+static void afx_pump(struct afx_log *x)
+{
+    if (x->fd < 0)
+        return;
+    for (;;) {
+        ssize_t n = recv(x->fd, x->buf, sizeof x->buf, MSG_DONTWAIT);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno != ENOBUFS)
+                return;  /* EAGAIN: all taken */
+            /* Records were lost: what waits now is discarded too, and
+             * nothing taken before is trusted again (see the top). */
+            x->overflows++;
+            while (recv(x->fd, x->buf, sizeof x->buf, MSG_DONTWAIT) >= 0 || errno == EINTR
+                   || errno == ENOBUFS)
+                ;
+            x->clean = x->seq;
+            return;
+        }
+        const unsigned char *p = x->buf;
+        size_t left = (size_t)n;
+        while (left >= NLMSG_HDRLEN) {
+            const struct nlmsghdr *nh = (const struct nlmsghdr *)p;
+            if (nh->nlmsg_len < NLMSG_HDRLEN || nh->nlmsg_len > left)
+                break;
+            afx_keep(x, nh);
+            size_t step = NLMSG_ALIGN(nh->nlmsg_len);
+            if (step >= left)
+                break;
+            p += step;
+            left -= step;
+        }
+    }
+}
+
+/* The name of the one process of `pid` whose exit was taken at or after
+ * record `since`: its length (copied to out), or -1 if none or several. */
+static int afx_find(const struct afx_log *x, int32_t pid, uint64_t since, char *out)
+{
+    if (x->fd < 0)
+        return -1;
+    uint64_t lo = since > x->clean ? since : x->clean;
+    if (x->seq > AFX_RING && lo < x->seq - AFX_RING)
+        lo = x->seq - AFX_RING;
+    int found = -1;
+    for (uint64_t s = x->seq; s > lo; s--) {
+        uint32_t slot = (uint32_t)((s - 1) % AFX_RING);
+        if (x->pid[slot] != pid)
+            continue;
+        if (found >= 0)
+            return -1;  /* two processes of that pid exited: which one? */
+        found = (int)slot;
+    }
+    if (found < 0)
+        return -1;
+    memcpy(out, x->comm[found], x->len[found]);
+    return x->len[found];
+}
+
+/* Wait for the kernel's answer to request `seq`: 0, or -1 on an error. */
+static int afx_ack(struct afx_log *x, uint32_t seq, int *family)
+{
+    for (int tries = 0; tries < 64; tries++) {
+        ssize_t n = recv(x->fd, x->buf, sizeof x->buf, 0);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;  /* EAGAIN after the 1 s timeout, or an error */
+        }
+        const unsigned char *p = x->buf;
+        size_t left = (size_t)n;
+        while (left >= NLMSG_HDRLEN) {
+            const struct nlmsghdr *nh = (const struct nlmsghdr *)p;
+            if (nh->nlmsg_len < NLMSG_HDRLEN || nh->nlmsg_len > left)
+                break;
+            if (nh->nlmsg_seq == seq && nh->nlmsg_type == NLMSG_ERROR) {
+                const struct nlmsgerr *e = (const struct nlmsgerr *)NLMSG_DATA(nh);
+                return nh->nlmsg_len >= NLMSG_HDRLEN + sizeof *e && e->error == 0 ? 0 : -1;
+            }
+            if (nh->nlmsg_seq == seq && family != NULL && nh->nlmsg_type == GENL_ID_CTRL) {
+                const unsigned char *a = p + NLMSG_HDRLEN + GENL_HDRLEN;
+                const struct nlattr *id = afx_attr(a, p + nh->nlmsg_len, CTRL_ATTR_FAMILY_ID);
+                if (id != NULL && id->nla_len >= NLA_HDRLEN + 2) {
+                    uint16_t v;
+                    memcpy(&v, (const unsigned char *)id + NLA_HDRLEN, 2);
+                    *family = v;
+                }
+            }
+            size_t step = NLMSG_ALIGN(nh->nlmsg_len);
+            if (step >= left)
+                break;
+            p += step;
+            left -= step;
+        }
+    }
+    return -1;
+}
+
+/* Open and register; x->fd stays -1 when the log cannot be had. */
+static void afx_open(struct afx_log *x)
+{
+    x->fd = -1;
+    x->seq = x->clean = x->overflows = 0;
+    int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_GENERIC);
+    if (fd < 0)
+        return;
+    struct sockaddr_nl sa;
+    memset(&sa, 0, sizeof sa);
+    sa.nl_family = AF_NETLINK;
+    int size = AFX_RCVBUF;
+    char cpus[256];
+    int n = afd_read_small("/sys/devices/system/cpu/possible", cpus, sizeof cpus - 1);
+    int family = -1;
+    struct timeval tv = {1, 0};  /* the answers are immediate: never hang the start */
+    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) != 0 || n <= 0
+            || setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) != 0)
+        goto fail;
+    cpus[n] = '\0';
+    if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &size, sizeof size) != 0)
+        (void)setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof size);
+    x->fd = fd;
+    if (afx_send(fd, GENL_ID_CTRL, CTRL_CMD_GETFAMILY, CTRL_ATTR_FAMILY_NAME,
+                 TASKSTATS_GENL_NAME, sizeof TASKSTATS_GENL_NAME, 1) != 0
+            || afx_ack(x, 1, &family) != 0 || family < 0)
+        goto fail;
+    x->family = family;
+    if (afx_send(fd, (uint16_t)family, TASKSTATS_CMD_GET, TASKSTATS_CMD_ATTR_REGISTER_CPUMASK,
+                 cpus, (uint16_t)(n + 1), 2) != 0
+            || afx_ack(x, 2, NULL) != 0)
+        goto fail;
+    x->seq = x->clean = 0;  /* records read while waiting for the answer are dropped */
+    return;
+fail:
+    close(fd);
+    x->fd = -1;
+}
+
+static void afx_close(struct afx_log *x)
+{
+    if (x->fd < 0)
+        return;
+    /* Closing the socket would also end the registration, but only when the
+     * kernel next fails to send to it. */
+    char cpus[256];
+    int n = afd_read_small("/sys/devices/system/cpu/possible", cpus, sizeof cpus - 1);
+    if (n > 0) {
+        cpus[n] = '\0';
+        (void)afx_send(x->fd, (uint16_t)x->family, TASKSTATS_CMD_GET,
+                       TASKSTATS_CMD_ATTR_DEREGISTER_CPUMASK, cpus, (uint16_t)(n + 1), 3);
+    }
+    close(x->fd);
+    x->fd = -1;
+}

@@ -1,0 +1,141 @@
+"""The drain names a process reaped before it could read /proc, from the exit log.
+
+Kernel tests on a private tmpfs.  The exit log (csrc/fastpath_deaths.c) is
+registered when the :class:`~afanotify._drain.Drain` is made, and the thread
+is started only after the writers have exited and been reaped, so that
+/proc certainly has no entry for them when their events are read: whatever
+names them is the log.  The same run without the log shows them unnamed.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from afanotify import Event, Fanotify, InitFlag, WouldBlock, _drain
+from afanotify._proc import NO_PROCESS, Proc
+
+pytestmark = [
+    pytest.mark.kernel,
+    pytest.mark.timeout(60),
+    pytest.mark.skipif(not _drain.available(), reason="the pure core has no drain"),
+]
+
+FLAGS = InitFlag.REPORT_DFID_NAME | InitFlag.REPORT_FID | InitFlag.REPORT_PIDFD
+
+
+def _reaped(argv: list[str], cwd: Path) -> int:
+    """Run argv to its end and reap it; its pid, which /proc no longer has."""
+    p = subprocess.Popen(argv, cwd=cwd)
+    assert p.wait(timeout=20) == 0
+    assert not os.path.exists(f"/proc/{p.pid}")
+    return p.pid
+
+
+def _batches_until(drain: _drain.Drain, names: set[str]) -> tuple[list[str], dict[int, Proc]]:
+    """Take batches until events of every name in ``names`` came: (names, processes)."""
+    seen: list[str] = []
+    procs: dict[int, Proc] = {}
+    deadline = time.monotonic() + 20
+    while not names <= set(seen):
+        try:
+            events, batch_procs = drain.read_batch()
+        except WouldBlock:
+            assert time.monotonic() < deadline, (seen, drain.stats)
+            time.sleep(0.005)
+            continue
+        seen += [ev.name for ev in events if isinstance(ev.name, str)]
+        procs.update(batch_procs)
+    return seen, procs
+
+
+@pytest.mark.parametrize("exit_names", [True, False])
+def test_reaped_writers_are_named_by_the_exit_log(tmpfs: Path, exit_names: bool) -> None:
+    with Fanotify(FLAGS) as fan:
+        fan.mark(str(tmpfs), Event.CREATE, "filesystem")
+        drain = _drain.Drain(fan, paths=True, exit_names=exit_names)
+        try:
+            assert drain.exit_log.on == exit_names  # root, initial namespaces
+            touch = _reaped(["touch", "a"], tmpfs)
+            ln = _reaped(["ln", "-s", "x", "b"], tmpfs)
+            # alive while its event is read: named from /proc, with its links
+            live = subprocess.Popen(["sh", "-c", ": > c; read x"], cwd=tmpfs,
+                                    stdin=subprocess.PIPE)
+            try:
+                drain.start()
+                _seen, procs = _batches_until(drain, {"a", "b", "c"})
+                assert procs[live.pid][0] == "sh"
+                assert procs[live.pid][2] == str(tmpfs)
+                assert procs[live.pid][1] is not None
+            finally:
+                assert live.stdin is not None
+                live.stdin.close()
+                live.wait(timeout=20)
+            if exit_names:
+                # the name alone: a reaped process's exe and cwd are gone
+                assert procs[touch] == ("touch", None, None)
+                assert procs[ln] == ("ln", None, None)
+                assert drain.exit_log == _drain.ExitLog(True, 2, 0)
+            else:
+                assert procs[touch] == NO_PROCESS
+                assert procs[ln] == NO_PROCESS
+                assert drain.exit_log == _drain.ExitLog(False, 0, 0)
+        finally:
+            drain.close()
+
+
+def test_exit_log_is_closed_with_the_drain(tmpfs: Path) -> None:
+    # Made and closed without a start, and with one: no socket stays open.
+    with Fanotify(FLAGS) as fan:
+        fan.mark(str(tmpfs), Event.CREATE, "filesystem")
+        before = sorted(os.listdir("/proc/self/fd"))
+        for start in (False, True):
+            drain = _drain.Drain(fan, paths=False)
+            assert drain.exit_log.on
+            if start:
+                drain.start()
+            drain.close()
+            assert sorted(os.listdir("/proc/self/fd")) == before
+        assert drain.exit_log == _drain.ExitLog(True, 0, 0)  # kept after close
+
+
+CHILD = r"""
+import os, subprocess, sys, time
+from afanotify import Event, Fanotify, InitFlag, WouldBlock, _drain
+root = sys.argv[1]
+flags = InitFlag.REPORT_DFID_NAME | InitFlag.REPORT_FID | InitFlag.REPORT_PIDFD
+with Fanotify(flags) as fan:
+    fan.mark(root, Event.CREATE, "filesystem")
+    drain = _drain.Drain(fan, paths=False)
+    drain.start()
+    live = subprocess.Popen(["sh", "-c", ": > f; read x"], cwd=root, stdin=subprocess.PIPE)
+    deadline = time.monotonic() + 20
+    procs = {}
+    while live.pid not in procs:
+        try:
+            procs.update(drain.read_batch().processes)
+        except WouldBlock:
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+    live.stdin.close()
+    live.wait()
+    print(drain.exit_log.on, procs[live.pid][0])
+    drain.close()
+"""
+
+
+def test_without_net_admin_the_log_is_off_and_proc_still_names(tmpfs: Path) -> None:
+    # Registering for every CPU's exits needs CAP_NET_ADMIN: without it the
+    # drain runs as before, naming from /proc.
+    out = subprocess.run(
+        ["setpriv", "--bounding-set=-net_admin", "--inh-caps=-net_admin", sys.executable,
+         "-c", CHILD, str(tmpfs)],
+        capture_output=True, text=True, timeout=40, check=True,
+        env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1])),
+    )
+    assert out.stdout.split() == ["False", "sh"], out.stderr
