@@ -139,3 +139,10 @@ def test_without_net_admin_the_log_is_off_and_proc_still_names(tmpfs: Path) -> N
         env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1])),
     )
     assert out.stdout.split() == ["False", "sh"], out.stderr
+
+
+@pytest.mark.parametrize("settle", [-0.001, 0.6, float("nan")])
+def test_a_settle_out_of_range_is_refused(tmpfs: Path, settle: float) -> None:
+    with Fanotify(FLAGS) as fan:
+        with pytest.raises(ValueError, match=r"settle must be 0 to 0\.5 seconds"):
+            _drain.Drain(fan, settle=settle)

@@ -30,9 +30,14 @@
  * unprivileged group), as before.  The drain then closes every pidfd and
  * writes FAN_NOPIDFD in its place: the events reach the decoder without
  * descriptors (a backlog of pidfds would exhaust RLIMIT_NOFILE, and the
- * kernel reports FAN_EPIDFD once it does).  What decides whether a
- * short-lived process is named is how soon the thread reads after it is
- * woken: see afd_hint.
+ * kernel reports FAN_EPIDFD once it does).  A process reaped before its
+ * read (or before its /proc entry was read) is named from the exit log
+ * where the drain has one (fastpath_deaths.c: the record the kernel sends
+ * as a task exits), by name alone.  Without the log, what decides whether
+ * a short-lived process is named is how soon the thread reads after it is
+ * woken (see afd_hint).  With it, the thread waits settle_ns after a read
+ * that emptied the queue before it polls again, so that a busy writer's
+ * events are read many at a time.
  */
 #include <poll.h>
 #include <pthread.h>
@@ -98,6 +103,7 @@ struct afd_drain {
     int hint_nice;
     uint32_t read_size;
     uint32_t chunk_size;
+    uint32_t settle_ns;  /* the wait after a read that emptied the queue (exit log on) */
     uint64_t limit;
     uint32_t last_read;  /* bytes of the last read that got any */
     pthread_mutex_t lock;
@@ -722,8 +728,15 @@ int afd_run(struct afd_drain *d)
         while ((got = afd_read_one(d, pids, pidfds, procs, fds)) > 0) {
             /* A read that left room for the largest event emptied the
              * queue: the next is the poll's (it would find nothing). */
-            if (d->last_read + AFD_EVENT_MAX <= d->read_size)
+            if (d->last_read + AFD_EVENT_MAX <= d->read_size) {
+                if (d->exits != NULL && d->settle_ns > 0) {
+                    struct pollfd s = {d->stop_fd, POLLIN, 0};
+                    struct timespec t = {0, (long)d->settle_ns};
+                    if (ppoll(&s, 1, &t, NULL) > 0)
+                        goto out;
+                }
                 break;
+            }
             /* Look at the stop request between reads of a long backlog. */
             struct pollfd s = {d->stop_fd, POLLIN, 0};
             if (poll(&s, 1, 0) > 0)
