@@ -37,7 +37,8 @@ from .exceptions import ClosedResourceError, WouldBlock
 from .flags import InitFlag
 from .group import Fanotify
 
-__all__ = ["Batch", "Drain", "DrainStats", "ExitLog", "PolledReader", "DEFAULT_LIMIT", "available"]
+__all__ = ["Batch", "Drain", "DrainStats", "ExitLog", "exit_log_available", "PolledReader",
+           "DEFAULT_LIMIT", "available"]
 
 #: Bytes of events a :class:`Drain` holds at most by default (256 MiB: about
 #: three million FID events with names).
@@ -70,6 +71,16 @@ lib: Any = _ffi.lib
 def available() -> bool:
     """True when this core has the drain thread (a core built from this source has)."""
     return hasattr(lib, "afd_run")
+
+
+def exit_log_available() -> bool:
+    """Whether a :class:`Drain` made now would get the exit log (see ``exit_names``).
+
+    A group read by such a drain needs no pidfds to be sure of its
+    processes' details (``fastpath_deaths.c``), and costs the kernel a
+    descriptor per event less without them.
+    """
+    return available() and bool(lib.afd_exit_probe())
 
 
 class Batch(NamedTuple):

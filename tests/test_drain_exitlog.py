@@ -27,6 +27,8 @@ pytestmark = [
 ]
 
 FLAGS = InitFlag.REPORT_DFID_NAME | InitFlag.REPORT_FID | InitFlag.REPORT_PIDFD
+#: Without pidfds the drain checks /proc against the exit log instead.
+NO_PIDFD = InitFlag.REPORT_DFID_NAME | InitFlag.REPORT_FID
 
 
 def _reaped(argv: list[str], cwd: Path) -> int:
@@ -54,9 +56,12 @@ def _batches_until(drain: _drain.Drain, names: set[str]) -> tuple[list[str], dic
     return seen, procs
 
 
+@pytest.mark.parametrize("flags", [FLAGS, NO_PIDFD], ids=["pidfd", "no-pidfd"])
 @pytest.mark.parametrize("exit_names", [True, False])
-def test_reaped_writers_are_named_by_the_exit_log(tmpfs: Path, exit_names: bool) -> None:
-    with Fanotify(FLAGS) as fan:
+def test_reaped_writers_are_named_by_the_exit_log(
+    tmpfs: Path, exit_names: bool, flags: InitFlag
+) -> None:
+    with Fanotify(flags) as fan:
         fan.mark(str(tmpfs), Event.CREATE, "filesystem")
         drain = _drain.Drain(fan, paths=True, exit_names=exit_names)
         try:
@@ -146,3 +151,50 @@ def test_a_settle_out_of_range_is_refused(tmpfs: Path, settle: float) -> None:
     with Fanotify(FLAGS) as fan:
         with pytest.raises(ValueError, match=r"settle must be 0 to 0\.5 seconds"):
             _drain.Drain(fan, settle=settle)
+
+
+def _zombie(argv: list[str], cwd: Path) -> subprocess.Popen[bytes]:
+    """Run argv to its end but do not reap it (its /proc entry stays)."""
+    p = subprocess.Popen(argv, cwd=cwd)
+    deadline = time.monotonic() + 20
+    while Path(f"/proc/{p.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        assert time.monotonic() < deadline
+        time.sleep(0.002)
+    return p
+
+
+@pytest.mark.parametrize("flags", [FLAGS, NO_PIDFD], ids=["pidfd", "no-pidfd"])
+def test_an_exited_process_is_named_but_its_links_are_not_taken(
+    tmpfs: Path, flags: InitFlag
+) -> None:
+    # A zombie still has /proc/PID/comm.  With pidfds it is named from
+    # there (signal 0 still reaches it); without, its exit record is in the
+    # window, so /proc is not trusted and the log names it.  Either way its
+    # exe and cwd are gone, never another process's.
+    with Fanotify(flags) as fan:
+        fan.mark(str(tmpfs), Event.CREATE, "filesystem")
+        drain = _drain.Drain(fan, paths=True)
+        z = _zombie(["touch", "z"], tmpfs)
+        try:
+            drain.start()
+            _seen, procs = _batches_until(drain, {"z"})
+            assert procs[z.pid] == ("touch", None, None)
+            from_log = 0 if flags & InitFlag.REPORT_PIDFD else 1
+            assert drain.exit_log == _drain.ExitLog(True, from_log, 0)
+        finally:
+            assert z.wait(timeout=20) == 0
+            drain.close()
+
+
+def test_watch_reads_a_group_without_pidfds_where_the_log_is_on() -> None:
+    # The command's FID group gets no pidfds when the exit log checks /proc
+    # instead; with --exe/--cwd filters (per-event details) it keeps them.
+    from afanotify._cli_watch import _open_group
+
+    assert _drain.exit_log_available()
+    for proc_info, want in ((False, False), (True, True)):
+        fan = _open_group(True, proc_info=proc_info)
+        try:
+            assert bool(fan.flags & InitFlag.REPORT_PIDFD) == want
+        finally:
+            fan.close()

@@ -13,21 +13,29 @@
  *
  * A name from the log must never be another process's.  A pid is reused only
  * after its process is reaped and the kernel's pid allocator has cycled
- * through every other pid; the record of a process is in the socket before
- * its process can be reaped.  So the drain looks a pid up only once the
- * process is known reaped (no pidfd at the read, or its pidfd says so after
- * the /proc reads), after taking every record waiting, and only among the
- * records that arrived since the drain's read before last (afx_find's
- * `since`): the process made an event in this read, so it was alive at most
- * a read earlier (a close at exit comes after the record, hence one read of
- * slack).  Exactly one record of the pid in that window names it; none or
- * several (an earlier process of the same pid exited in the window too)
- * leave it unnamed.  A later holder of the pid would need the pid space to
- * wrap within those two reads.  When the socket overflows (ENOBUFS), a
- * record may be missing: everything waiting is discarded and no record from
- * before is used again (afx_log.clean), so an older holder's record can
- * never stand in for a lost one.
+ * through the other pids; the record of a process is in the socket before
+ * its process can be reaped.  The drain keeps a window per read: the
+ * records taken since the kernel's queue was last seen empty (a read that
+ * emptied it, or a poll that timed out; afd_read_one's exit_mark).  Every
+ * event of the read was queued after that, so its process was alive after
+ * the window opened (a close at exit comes just after the record, which is
+ * why that is "give or take a few microseconds").  Then:
  *
+ * - a process known reaped (no pidfd at the read, or its pidfd says so
+ *   after the /proc reads) is named from the log if exactly one record of
+ *   its pid is in the window, after every waiting record was taken: its
+ *   own record is there; a second one means another process of that pid
+ *   exited in the window too, and it stays unnamed (afx_find);
+ * - in a group without pidfds, what /proc/PID said is the event's process
+ *   if no record of that pid is in the window after the reads: the
+ *   process had not exited, so it still held the pid (afx_quiet).
+ *
+ * Either would go wrong only if the pid space wrapped within the window,
+ * so a window older than a second is not used.  When the socket overflows
+ * (ENOBUFS) a record may be missing: everything waiting is discarded and
+ * no window reaching back before that is used (afx_log.clean); nor one
+ * longer than the ring (afx_whole).
+
  * Off (fd -1) where registration fails: no taskstats in the kernel, no
  * CAP_NET_ADMIN, or a pid namespace other than the initial one (whose pids
  * the records would not be in).  The drain then names from /proc alone.
@@ -125,7 +133,7 @@ static void afx_keep(struct afx_log *x, const struct nlmsghdr *nh)
 /* Take every record waiting in the socket. */
 static void afx_pump(struct afx_log *x)
 {
-    if (x->fd < 0)
+    if (x == NULL || x->fd < 0)
         return;
     for (;;) {
         ssize_t n = recv(x->fd, x->buf, sizeof x->buf, MSG_DONTWAIT);
@@ -159,17 +167,34 @@ static void afx_pump(struct afx_log *x)
     }
 }
 
+/* Whether every record from `since` on is still in the ring, with no
+ * overflow among them. */
+static int afx_whole(const struct afx_log *x, uint64_t since)
+{
+    return since >= x->clean && (x->seq <= AFX_RING || since >= x->seq - AFX_RING);
+}
+
+/* Whether no task of `pid` exited from record `since` on (and the log can
+ * tell: afx_whole). */
+static int afx_quiet(const struct afx_log *x, int32_t pid, uint64_t since)
+{
+    if (!afx_whole(x, since))
+        return 0;
+    for (uint64_t s = x->seq; s > since; s--)
+        if (x->pid[(s - 1) % AFX_RING] == pid)
+            return 0;
+    return 1;
+}
+
 /* The name of the one process of `pid` whose exit was taken at or after
- * record `since`: its length (copied to out), or -1 if none or several. */
+ * record `since`: its length (copied to out), or -1 if none or several, or
+ * if the log cannot tell (afx_whole). */
 static int afx_find(const struct afx_log *x, int32_t pid, uint64_t since, char *out)
 {
-    if (x->fd < 0)
+    if (x->fd < 0 || !afx_whole(x, since))
         return -1;
-    uint64_t lo = since > x->clean ? since : x->clean;
-    if (x->seq > AFX_RING && lo < x->seq - AFX_RING)
-        lo = x->seq - AFX_RING;
     int found = -1;
-    for (uint64_t s = x->seq; s > lo; s--) {
+    for (uint64_t s = x->seq; s > since; s--) {
         uint32_t slot = (uint32_t)((s - 1) % AFX_RING);
         if (x->pid[slot] != pid)
             continue;

@@ -59,6 +59,9 @@
 #define AFD_GAP_PID (-1)
 #define AFD_TEXT 4096
 #define AFD_EXIT_PUMP_MS 100
+/* The oldest exit-log window used: a pid reused within it would take over
+ * 30,000 forks a second on a default pid_max (32768). */
+#define AFD_EXIT_WINDOW_NS 1000000000ull
 /* More than one event takes: metadata, three FID records of a full handle
  * and name each (a rename's), a pidfd record. */
 #define AFD_EVENT_MAX 4096
@@ -130,8 +133,8 @@ struct afd_drain {
     /* The exit log (NULL: off), thread-only: where it stood at the last
      * read, and whether that read emptied the kernel's queue. */
     struct afx_log *exits;
-    uint64_t exit_mark;
-    int exit_mark_ok;
+    uint64_t exit_mark;     /* records taken when the queue was last seen empty */
+    uint64_t exit_mark_ns;  /* and when (CLOCK_MONOTONIC) */
 };
 
 static int afd_read_small(const char *path, char *out, int cap)
@@ -240,21 +243,39 @@ static void afd_close_fds(const int32_t *fds, uint32_t n)
  * A pid is reused only after its process has exited and been reaped; from
  * then on pidfd_send_signal on a pidfd of it fails with ESRCH (a zombie
  * still takes signal 0).  So a process not yet reaped after the reads held
- * the pid all along.  EPERM: alive, not ours to signal.  Without
- * REPORT_PIDFD nothing can be checked: trusted, as fatrace trusts /proc. */
-static int afd_alive(struct afd_drain *d, int32_t pidfd)
+ * the pid all along.  EPERM: alive, not ours to signal.
+ *
+ * Without REPORT_PIDFD the exit log checks the same where the drain has one
+ * (the caller has just taken every record waiting): the process had made
+ * its event after the log stood at `since`, so if no task of that pid has
+ * exited since, it has not exited, and /proc/PID was still it
+ * (fastpath_deaths.c, afx_quiet).  Without either nothing can be checked:
+ * trusted, as fatrace trusts /proc. */
+static int afd_alive(struct afd_drain *d, int32_t pidfd, int32_t pid, uint64_t since)
 {
-    if (pidfd < 0)
-        return !d->pidfd_reported;
-    long r = syscall(SYS_pidfd_send_signal, pidfd, 0, NULL, 0);
-    return r == 0 || errno == EPERM;
+    if (pidfd >= 0) {
+        long r = syscall(SYS_pidfd_send_signal, pidfd, 0, NULL, 0);
+        return r == 0 || errno == EPERM;
+    }
+    if (d->pidfd_reported)
+        return 0;  /* no pidfd: gone at the read */
+    if (d->exits == NULL)
+        return 1;
+    return since != UINT64_MAX && afx_quiet(d->exits, pid, since);
+}
+
+static uint64_t afd_now_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
 }
 
 #define AFD_FROM_EXIT 2   /* afd_proc.trusted: the name alone, from the exit log */
 
 /* Read one chunk's processes; returns the text bytes used.  `since`: the
- * first exit-log record that may name a reaped process of this read
- * (UINT64_MAX: none may). */
+ * first exit-log record that can be of a process of this read (UINT64_MAX:
+ * the log may not be used, see afd_read_one). */
 static uint32_t afd_name(struct afd_drain *d, int32_t *pids, int32_t *pidfds, uint32_t npids,
                          struct afd_proc *procs, char **textp,
                          uint32_t *named, uint64_t since, uint32_t *from_exit)
@@ -290,24 +311,22 @@ static uint32_t afd_name(struct afd_drain *d, int32_t *pids, int32_t *pidfds, ui
         }
     }
     /* Each name is checked as soon as all are read, before the slower
-     * links: a process reaped during those must not cost its name. */
-    int pumped = 0;
+     * links: a process reaped during those must not cost its name.  The
+     * exit log is taken first: a record sent before a process was reaped
+     * is then in it (afd_alive, and the naming below). */
+    afx_pump(d->exits);
     for (uint32_t i = 0; i < npids; i++) {
         struct afd_proc *p = &procs[i];
-        p->trusted = p->name_len >= 0 && afd_alive(d, pidfds[i]);
+        p->trusted = p->name_len >= 0 && afd_alive(d, pidfds[i], pids[i], since);
         if (p->trusted)
             continue;
         p->name_len = -1;
-        /* Known reaped (no pidfd at the read, or its pidfd says so now;
-         * not FAN_EPIDFD, which a live process can get): the exit log may
-         * name it (fastpath_deaths.c says when that is sure). */
+        /* Reaped, or (without pidfds) a task of its pid exited since the
+         * window opened; not FAN_EPIDFD, which a live process can get: the
+         * exit log may name it (fastpath_deaths.c says when that is sure). */
         if (since == UINT64_MAX || (d->pidfd_reported && pidfds[i] != FAN_NOPIDFD
                                     && pidfds[i] < 0))
             continue;
-        if (!pumped) {
-            afx_pump(d->exits);  /* its record was sent before it was reaped */
-            pumped = 1;
-        }
         int n = afx_find(d->exits, pids[i], since, tmp);
         if (n > 0 && used + n <= cap) {
             memcpy(text + used, tmp, n);
@@ -350,12 +369,14 @@ static uint32_t afd_name(struct afd_drain *d, int32_t *pids, int32_t *pidfds, ui
     }
     /* Then the links are checked the same way: kept only if the process
      * was still not reaped after they were read. */
+    afx_pump(d->exits);
     for (uint32_t i = 0; i < npids; i++) {
         struct afd_proc *p = &procs[i];
         if (!p->trusted)
             continue;
         (*named)++;
-        if (p->trusted == 1 && (p->exe_len >= 0 || p->cwd_len >= 0) && !afd_alive(d, pidfds[i]))
+        if (p->trusted == 1 && (p->exe_len >= 0 || p->cwd_len >= 0)
+                && !afd_alive(d, pidfds[i], pids[i], since))
             p->exe_len = p->cwd_len = -1;
     }
     *textp = text;
@@ -487,14 +508,17 @@ static int afd_read_one(struct afd_drain *d, int32_t *pids, int32_t *pidfds,
                         struct afd_proc *procs, int32_t *fds)
 {
     /* The exit log's window (fastpath_deaths.c): this read's events were
-     * all made after the previous read emptied the queue, so a reaped
-     * process of theirs exited after the log stood at exit_mark (give or
-     * take a close at exit, which follows the record). */
-    uint64_t since = UINT64_MAX, mark = 0;
+     * all queued after the queue was last seen empty, so their processes
+     * were alive after the log stood at exit_mark (give or take a close at
+     * exit, which follows the record).  A window older than
+     * AFD_EXIT_WINDOW_NS is not used: the argument needs the pid space not
+     * to wrap within it. */
+    uint64_t since = UINT64_MAX, mark = 0, now = 0;
     if (d->exits != NULL) {
         afx_pump(d->exits);
         mark = d->exits->seq;
-        if (d->exit_mark_ok)
+        now = afd_now_ns();
+        if (now - d->exit_mark_ns <= AFD_EXIT_WINDOW_NS)
             since = d->exit_mark;
     }
     ssize_t n = read(d->fd, d->scratch, d->read_size);
@@ -506,13 +530,15 @@ static int afd_read_one(struct afd_drain *d, int32_t *pids, int32_t *pidfds,
         }
         if (e != EINTR) {  /* the queue was empty */
             d->exit_mark = mark;
-            d->exit_mark_ok = 1;
+            d->exit_mark_ns = now;
         }
         return 0;
     }
     d->last_read = (uint32_t)n;
-    d->exit_mark = mark;
-    d->exit_mark_ok = (uint32_t)n + AFD_EVENT_MAX <= d->read_size;
+    if ((uint32_t)n + AFD_EVENT_MAX <= d->read_size) {  /* it emptied the queue */
+        d->exit_mark = mark;
+        d->exit_mark_ns = now;
+    }
     uint32_t npids = 0, nfds = 0;
     uint32_t nev = afd_walk(d->scratch, (uint32_t)n, pids, pidfds, &npids, d->own_pid,
                             fds, &nfds);
@@ -681,8 +707,9 @@ static void afd_hint(struct afd_drain *d)
 int afd_run(struct afd_drain *d)
 {
     afd_hint(d);
+    /* The log started empty when it was registered, so its window opens
+     * then (exit_mark_ns, set by afd_exit_open). */
     d->exit_mark = 0;
-    d->exit_mark_ok = 1;  /* the log starts empty: nothing in it is older than the group */
     int32_t *pids = malloc(AFD_MAX_PIDS * sizeof(int32_t));
     int32_t *pidfds = malloc(AFD_MAX_PIDS * sizeof(int32_t));
     /* a pidfd per event at most, an event at least its metadata */
@@ -707,6 +734,9 @@ int afd_run(struct afd_drain *d)
          * AFD_EXIT_PUMP_MS, so that its socket does not overflow. */
         int r = poll(pfd, 2, d->exits != NULL ? AFD_EXIT_PUMP_MS : -1);
         if (r == 0) {
+            /* The queue was empty until now: the window opens here. */
+            d->exit_mark = d->exits->seq;
+            d->exit_mark_ns = afd_now_ns();
             afx_pump(d->exits);
             continue;
         }
@@ -773,6 +803,20 @@ int afd_init(struct afd_drain *d)
     return 0;
 }
 
+/* Whether afd_exit_open would get the exit log here (registers, then
+ * ends the registration at once). */
+int afd_exit_probe(void)
+{
+    struct afx_log *x = malloc(sizeof *x);
+    if (x == NULL)
+        return 0;
+    afx_open(x);
+    int on = x->fd >= 0;
+    afx_close(x);
+    free(x);
+    return on;
+}
+
 /* Register the exit log (before afd_run: a process that exits between this
  * and the thread's first read is named too); 1 if it is on. */
 int afd_exit_open(struct afd_drain *d)
@@ -782,6 +826,7 @@ int afd_exit_open(struct afd_drain *d)
         if (d->exits == NULL)
             return 0;
         afx_open(d->exits);
+        d->exit_mark_ns = afd_now_ns();
         if (d->exits->fd < 0) {
             free(d->exits);
             d->exits = NULL;
