@@ -146,7 +146,8 @@ class Drain:
         /proc from the record the kernel sends as it exits (taskstats; see
         ``fastpath_deaths.c`` for when such a name is sure, and
         :attr:`exit_log`).  Needs CAP_NET_ADMIN in the initial namespaces;
-        elsewhere it is off and /proc alone names.  While on, the kernel
+        elsewhere (another user, pid or network namespace) it is off and
+        /proc alone names.  While on, the kernel
         writes an accounting record for every task that exits on the machine
         (a few hundred bytes each), which the thread reads
     :param settle: seconds the thread waits after a read that emptied the
@@ -244,9 +245,7 @@ class Drain:
 
     @property
     def exit_log(self) -> ExitLog:
-        """Whether the exit log is on, and what it named (see ``exit_names``).
-
-        """
+        """Whether the exit log is on, and what it named (see ``exit_names``)."""
         if not self._closed:
             lib.afd_exit_counts(self._d, self._exit_counts)
         on, named, overflows = (int(x) for x in self._exit_counts)
@@ -280,6 +279,13 @@ class Drain:
         lib.afd_destroy(self._d)
         os.close(self._wake)
         os.close(self._stop)
+
+    def __del__(self) -> None:
+        # A drain dropped unclosed would keep its exit log registered for
+        # every CPU's exits (and its descriptors).  While its thread runs,
+        # the thread holds it, so this runs only once the thread is done.
+        if not getattr(self, "_closed", True):
+            self.close()
 
 
 def _text(c: Any, off: int, n: int) -> bytes | None:

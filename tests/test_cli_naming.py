@@ -8,9 +8,10 @@ with any other name would be a reused pid taken for it, and fails the test.
 
 Where the drain has the exit log (taskstats: a root watcher in the initial
 namespaces; csrc/fastpath_deaths.c), every process must be named.  The
-floors are for a watcher without it, which names from /proc alone: fixed
-fractions at about what fatrace names on a loaded two-core machine (48-55 of
-60), so that a change which makes naming depend on luck again shows.
+floors are fixed fractions at about what fatrace names on a loaded two-core
+machine (48-55 of 60), a bar for any watcher; these tests run it with the
+exit log when the machine gives it (tests/test_drain_exitlog.py covers the
+drain without it).
 """
 
 from __future__ import annotations

@@ -9,7 +9,9 @@ names them is the log.  The same run without the log shows them unnamed.
 
 from __future__ import annotations
 
+import gc
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -94,6 +96,17 @@ def test_reaped_writers_are_named_by_the_exit_log(
             drain.close()
 
 
+def test_a_drain_dropped_unclosed_closes_its_log(tmpfs: Path) -> None:
+    with Fanotify(FLAGS) as fan:
+        fan.mark(str(tmpfs), Event.CREATE, "filesystem")
+        before = sorted(os.listdir("/proc/self/fd"))
+        drain = _drain.Drain(fan, paths=False)
+        assert drain.exit_log.on and sorted(os.listdir("/proc/self/fd")) != before
+        del drain
+        gc.collect()  # the drain and its (unstarted) thread hold each other
+        assert sorted(os.listdir("/proc/self/fd")) == before
+
+
 def test_exit_log_is_closed_with_the_drain(tmpfs: Path) -> None:
     # Made and closed without a start, and with one: no socket stays open.
     with Fanotify(FLAGS) as fan:
@@ -137,6 +150,8 @@ with Fanotify(flags) as fan:
 def test_without_net_admin_the_log_is_off_and_proc_still_names(tmpfs: Path) -> None:
     # Registering for every CPU's exits needs CAP_NET_ADMIN: without it the
     # drain runs as before, naming from /proc.
+    if shutil.which("setpriv") is None:
+        pytest.skip("needs setpriv (util-linux) to drop CAP_NET_ADMIN")
     out = subprocess.run(
         ["setpriv", "--bounding-set=-net_admin", "--inh-caps=-net_admin", sys.executable,
          "-c", CHILD, str(tmpfs)],
@@ -198,3 +213,141 @@ def test_watch_reads_a_group_without_pidfds_where_the_log_is_on() -> None:
             assert bool(fan.flags & InitFlag.REPORT_PIDFD) == want
         finally:
             fan.close()
+
+
+# Pid reuse, made to happen at once: tests/pid_at.c runs a program as a
+# chosen pid (clone3's set_tid), here the pid of a writer just reaped.  A
+# name taken for the writer must be the writer's, never the new holder's.
+
+
+@pytest.fixture(scope="module")
+def pid_at(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    gcc = shutil.which("gcc") or shutil.which("cc")
+    if gcc is None:
+        pytest.skip("needs a C compiler for tests/pid_at.c")
+    exe = tmp_path_factory.mktemp("pid_at") / "pid_at"
+    subprocess.run([gcc, "-O1", "-o", str(exe), str(Path(__file__).with_name("pid_at.c"))],
+                   check=True, timeout=60)
+    return exe
+
+
+def _writer_then_reuse(pid_at: Path, root: Path, name: str,
+                       *argv: str) -> int:
+    """A reaped ``touch name``, whose pid then runs argv to its end; the pid."""
+    for _ in range(5):  # another process may take the freed pid first
+        pid = _reaped(["touch", name], root)
+        r = subprocess.run([str(pid_at), str(pid), *argv], timeout=20)
+        if r.returncode != 3:
+            assert r.returncode == 0, r.returncode
+            return pid
+        name += "x"
+    pytest.fail("the freed pid was taken five times")
+
+
+@pytest.mark.parametrize("flags", [FLAGS, NO_PIDFD], ids=["pidfd", "no-pidfd"])
+def test_two_exits_of_one_pid_in_the_window_leave_it_unnamed(
+    tmpfs: Path, pid_at: Path, flags: InitFlag
+) -> None:
+    # The writer and the next holder of its pid both exit before the read:
+    # two records of the pid, so which one made the event is not known.
+    with Fanotify(flags) as fan:
+        fan.mark(str(tmpfs), Event.CREATE, "filesystem")
+        drain = _drain.Drain(fan, paths=True)
+        try:
+            pid = _writer_then_reuse(pid_at, tmpfs, "w", "true")
+            drain.start()
+            _seen, procs = _batches_until(drain, set())
+            deadline = time.monotonic() + 20
+            while pid not in procs:
+                assert time.monotonic() < deadline, procs
+                try:
+                    procs.update(drain.read_batch().processes)
+                except WouldBlock:
+                    time.sleep(0.005)
+            assert procs[pid] == NO_PROCESS
+            assert drain.exit_log == _drain.ExitLog(True, 0, 0)
+        finally:
+            drain.close()
+
+
+@pytest.mark.parametrize("flags", [FLAGS, NO_PIDFD], ids=["pidfd", "no-pidfd"])
+def test_a_pid_reused_after_an_event_queued_before_the_log_is_not_its_name(
+    tmpfs: Path, pid_at: Path, flags: InitFlag
+) -> None:
+    # The writer exits before the log exists (its record is never seen);
+    # the next holder of its pid exits after.  The writer's event was queued
+    # before the log: the log does not name it.
+    with Fanotify(flags) as fan:
+        fan.mark(str(tmpfs), Event.CREATE, "filesystem")
+        for _ in range(5):
+            pid = _reaped(["touch", "e"], tmpfs)
+            drain = _drain.Drain(fan, paths=True)
+            r = subprocess.run([str(pid_at), str(pid), "true"], timeout=20)
+            if r.returncode != 3:
+                break
+            drain.close()
+        try:
+            assert r.returncode == 0, r.returncode
+            drain.start()
+            _seen, procs = _batches_until(drain, {"e"})
+            assert procs[pid] == NO_PROCESS
+            assert drain.exit_log.named == 0
+        finally:
+            drain.close()
+
+
+@pytest.mark.parametrize("flags", [FLAGS, NO_PIDFD], ids=["pidfd", "no-pidfd"])
+def test_a_new_holder_of_the_pid_is_not_taken_for_the_writer(
+    tmpfs: Path, pid_at: Path, flags: InitFlag
+) -> None:
+    # The writer is reaped and its pid runs `sleep` while the event is read:
+    # /proc/PID says "sleep", but the writer's exit record is in the window,
+    # so /proc is not trusted and the record names the writer.
+    with Fanotify(flags) as fan:
+        fan.mark(str(tmpfs), Event.CREATE, "filesystem")
+        drain = _drain.Drain(fan, paths=True)
+        holder = None
+        try:
+            for _ in range(5):
+                pid = _reaped(["touch", "n"], tmpfs)
+                holder = subprocess.Popen([str(pid_at), str(pid), "--hold", "sleep", "30"],
+                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+                assert holder.stdout is not None
+                line = holder.stdout.readline()
+                if line:
+                    break
+                assert holder.wait(timeout=20) == 3
+                holder.stdout.close()
+                assert holder.stdin is not None
+                holder.stdin.close()
+                holder = None
+            assert holder is not None and int(line) == pid
+            deadline = time.monotonic() + 20
+            while Path(f"/proc/{pid}/comm").read_text().strip() != "sleep":
+                assert time.monotonic() < deadline
+                time.sleep(0.002)
+            drain.start()
+            _seen, procs = _batches_until(drain, {"n"})
+            assert procs[pid] == ("touch", None, None)
+            assert drain.exit_log.named == 1
+        finally:
+            if holder is not None:
+                assert holder.stdin is not None and holder.stdout is not None
+                holder.stdin.close()
+                holder.wait(timeout=20)
+                holder.stdout.close()
+            drain.close()
+
+
+def test_in_another_network_namespace_the_log_is_off() -> None:
+    # The kernel takes the registration there but sends the records to the
+    # initial namespace: the drain hears its own test child's exit or stays off.
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare (util-linux)")
+    code = "from afanotify import _drain; print(_drain.exit_log_available())"
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    here = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=40, check=True, env=env)
+    there = subprocess.run(["unshare", "--net", sys.executable, "-c", code],
+                           capture_output=True, text=True, timeout=40, check=True, env=env)
+    assert (here.stdout.split(), there.stdout.split()) == (["True"], ["False"]), there.stderr

@@ -16,7 +16,8 @@
  * through the other pids; the record of a process is in the socket before
  * its process can be reaped.  The drain keeps a window per read: the
  * records taken since the kernel's queue was last seen empty (a read that
- * emptied it, or a poll that timed out; afd_read_one's exit_mark).  Every
+ * emptied it, or a poll that timed out; afd_read_one's exit_mark; the
+ * first window opens at registration only if nothing was queued then).  Every
  * event of the read was queued after that, so its process was alive after
  * the window opened (a close at exit comes just after the record, which is
  * why that is "give or take a few microseconds").  Then:
@@ -37,15 +38,27 @@
  * longer than the ring (afx_whole).
 
  * Off (fd -1) where registration fails: no taskstats in the kernel, no
- * CAP_NET_ADMIN, or a pid namespace other than the initial one (whose pids
- * the records would not be in).  The drain then names from /proc alone.
+ * CAP_NET_ADMIN, a user or pid namespace other than the initial one (whose
+ * pids the records would not be in), or a network namespace other than the
+ * initial one (the kernel would send the records there).  The drain then
+ * names from /proc alone.
+ *
+ * The kernel may also drop a record without an ENOBUFS (no memory for it,
+ * under memory pressure): a process whose record is lost so stays unnamed
+ * (afx_find), but in a group without pidfds a lost record of a process
+ * reaped and whose pid was reused within the window would let /proc name
+ * the new holder (afx_quiet); that takes a pid wrap within the window too.
  */
 #include <sys/socket.h>
 #include <linux/netlink.h>
 #include <linux/genetlink.h>
 #include <linux/taskstats.h>
+#include <poll.h>
+#include <sys/wait.h>
 
 static int afd_read_small(const char *path, char *out, int cap);  /* fastpath_drain.c */
+struct afx_log;
+static void afx_close(struct afx_log *x);
 
 #define AFX_RING 8192
 #define AFX_COMM 16          /* the kernel's TASK_COMM_LEN */
@@ -247,6 +260,36 @@ static int afx_ack(struct afx_log *x, uint32_t seq, int *family)
     return -1;
 }
 
+/* Whether the records reach this socket: the kernel takes a registration
+ * from a network namespace other than the initial one, but sends the
+ * records to that port number in the initial one.  A child that exits at
+ * once must be heard of within AFX_HEAR_MS. */
+#define AFX_HEAR_MS 500
+static int afx_hears(struct afx_log *x)
+{
+    pid_t child = fork();
+    if (child == 0)
+        _exit(0);
+    if (child < 0)
+        return 0;
+    (void)waitpid(child, NULL, 0);  /* ECHILD if someone else reaped it: fine */
+    struct timespec t0, t;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (;;) {
+        uint64_t before = x->seq;
+        afx_pump(x);
+        for (uint64_t s = before; s < x->seq; s++)
+            if (x->pid[s % AFX_RING] == child)
+                return 1;
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        long ms = (t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000;
+        if (ms >= AFX_HEAR_MS)
+            return 0;
+        struct pollfd p = {x->fd, POLLIN, 0};
+        (void)poll(&p, 1, (int)(AFX_HEAR_MS - ms));
+    }
+}
+
 /* Open and register; x->fd stays -1 when the log cannot be had. */
 static void afx_open(struct afx_log *x)
 {
@@ -279,7 +322,11 @@ static void afx_open(struct afx_log *x)
                  cpus, (uint16_t)(n + 1), 2) != 0
             || afx_ack(x, 2, NULL) != 0)
         goto fail;
-    x->seq = x->clean = 0;  /* records read while waiting for the answer are dropped */
+    if (!afx_hears(x)) {
+        afx_close(x);
+        return;
+    }
+    x->seq = x->clean = 0;  /* the records taken so far are dropped */
     return;
 fail:
     close(fd);

@@ -45,6 +45,7 @@
 #include <stdlib.h>
 #include <sched.h>
 #include <time.h>
+#include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 
@@ -135,6 +136,9 @@ struct afd_drain {
     struct afx_log *exits;
     uint64_t exit_mark;     /* records taken when the queue was last seen empty */
     uint64_t exit_mark_ns;  /* and when (CLOCK_MONOTONIC) */
+    int exit_mark_open;     /* 0 until the queue was seen empty once */
+    uint32_t exit_early;    /* bytes still to read that were queued before the log */
+    uint8_t *early;         /* per pid of a read: it has an event of those bytes */
 };
 
 static int afd_read_small(const char *path, char *out, int cap)
@@ -264,6 +268,21 @@ static int afd_alive(struct afd_drain *d, int32_t pidfd, int32_t pid, uint64_t s
     return since != UINT64_MAX && afx_quiet(d->exits, pid, since);
 }
 
+/* Whether the exit log may name the process of a pid not named from /proc:
+ * with pidfds, only one known reaped (no pidfd at the read, or ESRCH from
+ * its pidfd now; not FAN_EPIDFD, which a live process can get, nor a /proc
+ * read that failed for want of descriptors); without, any (a record of its
+ * pid in the window is its own exit, fastpath_deaths.c). */
+static int afd_gone(struct afd_drain *d, int32_t pidfd)
+{
+    if (!d->pidfd_reported)
+        return 1;
+    if (pidfd == FAN_NOPIDFD)
+        return 1;
+    return pidfd >= 0 && syscall(SYS_pidfd_send_signal, pidfd, 0, NULL, 0) != 0
+           && errno == ESRCH;
+}
+
 static uint64_t afd_now_ns(void)
 {
     struct timespec t;
@@ -272,6 +291,9 @@ static uint64_t afd_now_ns(void)
 }
 
 #define AFD_FROM_EXIT 2   /* afd_proc.trusted: the name alone, from the exit log */
+/* The window of the i-th pid of a read: none for one with an event queued
+ * before the log existed (afd_early). */
+#define AFD_SINCE(d, i, since) ((d)->early != NULL && (d)->early[i] ? UINT64_MAX : (since))
 
 /* Read one chunk's processes; returns the text bytes used.  `since`: the
  * first exit-log record that can be of a process of this read (UINT64_MAX:
@@ -315,17 +337,22 @@ static uint32_t afd_name(struct afd_drain *d, int32_t *pids, int32_t *pidfds, ui
      * exit log is taken first: a record sent before a process was reaped
      * is then in it (afd_alive, and the naming below). */
     afx_pump(d->exits);
+    int look = 0;
     for (uint32_t i = 0; i < npids; i++) {
         struct afd_proc *p = &procs[i];
-        p->trusted = p->name_len >= 0 && afd_alive(d, pidfds[i], pids[i], since);
-        if (p->trusted)
-            continue;
-        p->name_len = -1;
-        /* Reaped, or (without pidfds) a task of its pid exited since the
-         * window opened; not FAN_EPIDFD, which a live process can get: the
-         * exit log may name it (fastpath_deaths.c says when that is sure). */
-        if (since == UINT64_MAX || (d->pidfd_reported && pidfds[i] != FAN_NOPIDFD
-                                    && pidfds[i] < 0))
+        p->trusted = p->name_len >= 0 && afd_alive(d, pidfds[i], pids[i], AFD_SINCE(d, i, since));
+        if (!p->trusted)
+            p->name_len = -1;
+        look |= !p->trusted;
+    }
+    /* Then those not named are looked up in the exit log, which is taken
+     * again first: the record of a process reaped during the checks above
+     * was sent before it was reaped. */
+    if (look && since != UINT64_MAX)
+        afx_pump(d->exits);
+    for (uint32_t i = 0; look && since != UINT64_MAX && i < npids; i++) {
+        struct afd_proc *p = &procs[i];
+        if (p->trusted || AFD_SINCE(d, i, since) == UINT64_MAX || !afd_gone(d, pidfds[i]))
             continue;
         int n = afx_find(d->exits, pids[i], since, tmp);
         if (n > 0 && used + n <= cap) {
@@ -376,7 +403,7 @@ static uint32_t afd_name(struct afd_drain *d, int32_t *pids, int32_t *pidfds, ui
             continue;
         (*named)++;
         if (p->trusted == 1 && (p->exe_len >= 0 || p->cwd_len >= 0)
-                && !afd_alive(d, pidfds[i], pids[i], since))
+                && !afd_alive(d, pidfds[i], pids[i], AFD_SINCE(d, i, since)))
             p->exe_len = p->cwd_len = -1;
     }
     *textp = text;
@@ -504,6 +531,27 @@ static void afd_drop_chunk(struct afd_chunk *c)
  * the processes agree (afd_agree): the loop then decodes one buffer of many
  * reads (the kernel's records are whole events, so reads concatenate), not
  * many buffers of a few events each. */
+/* Mark the pids (d->early) with an event among the first d->exit_early
+ * bytes of this read: those were queued before the exit log existed. */
+static void afd_early(struct afd_drain *d, const unsigned char *buf, uint32_t n,
+                      const int32_t *pids, uint32_t npids)
+{
+    memset(d->early, 0, npids);
+    uint32_t end = d->exit_early < n ? d->exit_early : n;
+    uint32_t off = 0;
+    while (off + sizeof(struct fanotify_event_metadata) <= end) {
+        uint32_t event_len = AFD_EVENT_LEN(buf + off);
+        int32_t pid = AFD_EVENT_PID(buf + off);
+        if (event_len < sizeof(struct fanotify_event_metadata))
+            break;
+        for (uint32_t i = 0; i < npids; i++)
+            if (pids[i] == pid)
+                d->early[i] = 1;
+        off += event_len;
+    }
+    d->exit_early -= end;
+}
+
 static int afd_read_one(struct afd_drain *d, int32_t *pids, int32_t *pidfds,
                         struct afd_proc *procs, int32_t *fds)
 {
@@ -518,7 +566,7 @@ static int afd_read_one(struct afd_drain *d, int32_t *pids, int32_t *pidfds,
         afx_pump(d->exits);
         mark = d->exits->seq;
         now = afd_now_ns();
-        if (now - d->exit_mark_ns <= AFD_EXIT_WINDOW_NS)
+        if (d->exit_mark_open && now - d->exit_mark_ns <= AFD_EXIT_WINDOW_NS)
             since = d->exit_mark;
     }
     ssize_t n = read(d->fd, d->scratch, d->read_size);
@@ -531,6 +579,7 @@ static int afd_read_one(struct afd_drain *d, int32_t *pids, int32_t *pidfds,
         if (e != EINTR) {  /* the queue was empty */
             d->exit_mark = mark;
             d->exit_mark_ns = now;
+            d->exit_mark_open = 1;
         }
         return 0;
     }
@@ -538,6 +587,7 @@ static int afd_read_one(struct afd_drain *d, int32_t *pids, int32_t *pidfds,
     if ((uint32_t)n + AFD_EVENT_MAX <= d->read_size) {  /* it emptied the queue */
         d->exit_mark = mark;
         d->exit_mark_ns = now;
+        d->exit_mark_open = 1;
     }
     uint32_t npids = 0, nfds = 0;
     uint32_t nev = afd_walk(d->scratch, (uint32_t)n, pids, pidfds, &npids, d->own_pid,
@@ -560,7 +610,12 @@ static int afd_read_one(struct afd_drain *d, int32_t *pids, int32_t *pidfds,
     }
     char *text = NULL;
     uint32_t named = 0, from_exit = 0;
+    int early = d->exits != NULL && d->exit_early > 0;
+    if (early)
+        afd_early(d, d->scratch, (uint32_t)n, pids, npids);
     uint32_t used = afd_name(d, pids, pidfds, npids, procs, &text, &named, since, &from_exit);
+    if (early)
+        memset(d->early, 0, npids);
     afd_close_fds(fds, nfds);
 
     pthread_mutex_lock(&d->lock);
@@ -708,16 +763,20 @@ int afd_run(struct afd_drain *d)
 {
     afd_hint(d);
     /* The log started empty when it was registered, so its window opens
-     * then (exit_mark_ns, set by afd_exit_open). */
+     * then, if the queue was empty (afd_exit_open). */
     d->exit_mark = 0;
     int32_t *pids = malloc(AFD_MAX_PIDS * sizeof(int32_t));
+    d->early = calloc(AFD_MAX_PIDS, 1);
     int32_t *pidfds = malloc(AFD_MAX_PIDS * sizeof(int32_t));
     /* a pidfd per event at most, an event at least its metadata */
     int32_t *fds = malloc((d->read_size / sizeof(struct fanotify_event_metadata) + 1)
                           * sizeof(int32_t));
     struct afd_proc *procs = malloc(AFD_MAX_PIDS * sizeof(struct afd_proc));
     d->scratch = malloc(d->read_size);
-    if (pids == NULL || pidfds == NULL || procs == NULL || fds == NULL || d->scratch == NULL) {
+    if (pids == NULL || pidfds == NULL || procs == NULL || fds == NULL || d->scratch == NULL
+            || d->early == NULL) {
+        free(d->early);
+        d->early = NULL;
         free(fds);
         free(pids);
         free(pidfds);
@@ -737,6 +796,7 @@ int afd_run(struct afd_drain *d)
             /* The queue was empty until now: the window opens here. */
             d->exit_mark = d->exits->seq;
             d->exit_mark_ns = afd_now_ns();
+            d->exit_mark_open = 1;
             afx_pump(d->exits);
             continue;
         }
@@ -790,6 +850,8 @@ out:
     free(procs);
     free(d->scratch);
     d->scratch = NULL;
+    free(d->early);
+    d->early = NULL;
     /* On an error the caller wakes the loop, after it has recorded the
      * error: a wakeup before that could be taken, and the error missed. */
     return rc;
@@ -826,7 +888,15 @@ int afd_exit_open(struct afd_drain *d)
         if (d->exits == NULL)
             return 0;
         afx_open(d->exits);
+        /* The window opens now, but not for the events already queued: one
+         * queued before the log existed may be of a process whose record it
+         * never got.  The queue is read in order, so they are the first
+         * exit_early bytes read (afd_early).  If their size cannot be had,
+         * the window opens when the queue is next seen empty. */
+        int queued = 0;
         d->exit_mark_ns = afd_now_ns();
+        d->exit_mark_open = ioctl(d->fd, FIONREAD, &queued) == 0 && queued >= 0;
+        d->exit_early = (uint32_t)queued;
         if (d->exits->fd < 0) {
             free(d->exits);
             d->exits = NULL;
