@@ -71,6 +71,8 @@ _OVERFLOW = int(Event.Q_OVERFLOW)
 _FILESYSTEM = int(MarkFlag.FILESYSTEM)
 _MARK_TYPE = int(MarkFlag.FILESYSTEM | MarkFlag.MOUNT | MarkFlag.MNTNS)
 _DELETED = " (deleted)"
+#: ``_open_path`` in C (``_handle_path``, installed with the event builder), or None.
+_handle_path: Any = getattr(_ffi._core, "_handle_path", None) if _ffi.event_builder() else None
 #: A node's parent while its MOVED_FROM waits for the MOVED_TO.
 _IN_FLIGHT: Any = object()
 
@@ -536,10 +538,17 @@ class DirMap:
 
 
 def _open_path(mounts: dict[tuple[int, int], int], h: FileHandle) -> str | None:
-    """The current path of ``h``'s object (``open_by_handle_at`` on its mount), or None."""
+    """The current path of ``h``'s object (``open_by_handle_at`` on its mount), or None.
+
+    The compiled core opens, reads the link and closes in one call (None for
+    any failure: in a burst of deletes most lookups fail, the object gone).
+    """
     mount_fd = mounts.get(h.fsid)
     if mount_fd is None:
         return None
+    if _handle_path is not None:
+        p: str | None = _handle_path(mount_fd, h.handle, h.handle_type)
+        return p
     try:
         fd = _ffi.open_by_handle(mount_fd, h.handle, h.handle_type, os.O_PATH)
     except OSError:

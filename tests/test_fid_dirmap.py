@@ -11,12 +11,13 @@ holds every event and every directory in it is gone or moved by then.
 from __future__ import annotations
 
 import itertools
+import os
 from pathlib import Path
 
 import pytest
 from helpers import collect, sh
 
-from afanotify import Event, Fanotify, FanotifyData, InitFlag
+from afanotify import Event, Fanotify, FanotifyData, InitFlag, _dirmap, _ffi
 from afanotify._features import features
 
 pytestmark = pytest.mark.kernel
@@ -310,3 +311,49 @@ async def test_c_goes_on_after_a_directory_is_created_in_a_batch_without_moves(
         f"{tmpfs}/{p}" for p in ("d", "d/f1", "d/f2", "d/e", "d/e/f3", evs[-1].name)
     ]
     assert all(e.path_resolved for e in evs)
+
+
+# -- the one-call lookup of the compiled core (issue #12) ---------------------
+
+
+@pytest.mark.parametrize("fs", ["tmpfs", "ext4"])
+def test_the_c_handle_lookup_gives_what_the_python_steps_give(
+    fs: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``_open_path`` in one C call: the same str, or None, for every outcome."""
+    if _dirmap._handle_path is None:
+        pytest.skip("needs the compiled core")
+    root: Path = request.getfixturevalue(fs)
+    fd = os.open(root, os.O_PATH)
+    try:
+        fsid = _ffi.fsid_of_fd(fd)
+    finally:
+        os.close(fd)
+    names = [b"plain", "caf\u00e9".encode(), b"not-utf8-\xff\xfe", b"x" * 250, b"sp ace"]
+    (root / "sub").mkdir()
+    paths = [os.path.join(os.fsencode(root), b"sub", n) for n in names]
+    for p in paths:
+        open(p, "w").close()
+    moved = os.path.join(os.fsencode(root), b"moved")
+    open(moved + b".0", "w").close()
+    gone = os.path.join(os.fsencode(root), b"gone")
+    open(gone, "w").close()
+    held = open(os.path.join(os.fsencode(root), b"held"), "w")
+    handles = [_dirmap._handle_at(fsid, os.fsdecode(p)) for p in [*paths, moved + b".0", gone]]
+    handles.append(_dirmap._handle_at(fsid, held.name))
+    handles.append(_dirmap._handle_at(fsid, str(root / "sub")))
+    os.rename(moved + b".0", moved)
+    os.unlink(gone)
+    os.unlink(held.name)  # open: "(deleted)"
+    mount_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        mounts = {fsid: mount_fd}
+        got = [_dirmap._open_path(mounts, h) for h in handles]
+        monkeypatch.setattr(_dirmap, "_handle_path", None)  # the Python steps
+        want = [_dirmap._open_path(mounts, h) for h in handles]
+    finally:
+        os.close(mount_fd)
+        held.close()
+    assert got == want
+    assert got == [*(os.fsdecode(p) for p in paths), os.fsdecode(moved), None, None,
+                   str(root / "sub")]

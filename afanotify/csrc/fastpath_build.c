@@ -1239,6 +1239,62 @@ static int afn_object_path(PyObject **v, unsigned *present, PyObject *obj_path, 
 }
 
 /*
+ * _handle_path(mount_fd, handle, handle_type) -> str | None
+ *
+ * The current path of the object a file handle names, as _dirmap's
+ * _open_path found it in Python: open_by_handle_at(O_PATH) on the mount,
+ * readlink of /proc/self/fd/N (at most PATH_MAX bytes, as os.readlink
+ * reads), close.  None when the handle names nothing now (ESTALE: the
+ * object is gone), when any step fails, and for a path ending in
+ * " (deleted)".  One call instead of three: in a burst of renames and
+ * deletes, the MOVE_SELF of nearly every file is looked up, most of them
+ * after the file is gone, and the Python calls and the OSError of each
+ * failure cost more than the syscall.
+ */
+static PyObject *afn_handle_path(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    static const char deleted[] = " (deleted)";
+    const size_t dlen = sizeof deleted - 1;
+    union {
+        struct file_handle fh;
+        unsigned char raw[sizeof(struct file_handle) + MAX_HANDLE_SZ];
+    } u;
+    char link[32], buf[PATH_MAX];
+    const char *data;
+    Py_ssize_t hlen;
+    long mount_fd, htype;
+    int fd;
+    ssize_t n;
+
+    (void)self;
+    if (nargs != 3 || !PyBytes_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "_handle_path(mount_fd, handle: bytes, handle_type)");
+        return NULL;
+    }
+    mount_fd = PyLong_AsLong(args[0]);
+    htype = PyLong_AsLong(args[2]);
+    if (PyErr_Occurred())
+        return NULL;
+    data = PyBytes_AS_STRING(args[1]);
+    hlen = PyBytes_GET_SIZE(args[1]);
+    if (hlen > MAX_HANDLE_SZ || mount_fd < 0 || mount_fd > INT_MAX || htype < INT_MIN
+        || htype > INT_MAX)
+        Py_RETURN_NONE; /* no such handle can name anything */
+    u.fh.handle_bytes = (unsigned int)hlen;
+    u.fh.handle_type = (int)htype;
+    memcpy(u.fh.f_handle, data, (size_t)hlen);
+    fd = open_by_handle_at((int)mount_fd, &u.fh, O_PATH | O_CLOEXEC);
+    if (fd < 0)
+        Py_RETURN_NONE;
+    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+    n = readlink(link, buf, sizeof buf);
+    close(fd);
+    if (n < 0 || ((size_t)n >= dlen && !memcmp(buf + n - dlen, deleted, dlen)))
+        Py_RETURN_NONE;
+    return PyUnicode_DecodeFSDefaultAndSize(buf, n);
+}
+
+/*
  * _build(out, start, count, src, arena, events, dirs, by_record, dir_path,
  *        skip_pids, flags, perm_mask, dir_change_mask[, tree[, obj_path]])
  *   -> (stop, filled, upto, skipped, stopped)
@@ -1640,6 +1696,8 @@ static PyMethodDef afn_builder_methods[] = {
     {"_build", (PyCFunction)(void (*)(void))afn_build, METH_FASTCALL,
      "_build(out, start, count, src, arena, events, dirs, by_record, dir_path, skip_pids, flags, "
      "perm_mask, dir_change_mask[, tree[, obj_path]]) -> (stop, filled, upto, skipped, stopped)"},
+    {"_handle_path", (PyCFunction)(void (*)(void))afn_handle_path, METH_FASTCALL,
+     "_handle_path(mount_fd, handle, handle_type) -> str | None"},
     {"_events_iter", (PyCFunction)(void (*)(void))afn_events_iter, METH_FASTCALL,
      "_events_iter(group, queue, items, reader, slow) -> EventIterator"},
     {NULL, NULL, 0, NULL},
