@@ -6,22 +6,22 @@ them into :class:`~afanotify.FanotifyData` (the event loop's thread, under
 the GIL).  The loop's own reader (:class:`afanotify._reader.Reader`) does
 one after the other.  :class:`ThreadedReader` reads as it does, except that
 when a read comes back full (a backlog is there: the plain reader would read
-again at once), it asks a thread for the next read and builds this one
-meanwhile; the thread (``csrc/fastpath_thread.c``) makes that read without
-the GIL, into the other of two buffers of ``buffer_size`` bytes.  On two
-cores a backlog then drains in about the longer of the two times instead of
-their sum (bench/run.py's ``fid_drain`` and ``fid_batches``).
+again at once), a thread (``csrc/fastpath_thread.c``) goes on reading, without
+the GIL, into a ring of three buffers of ``buffer_size`` bytes, for as long
+as its reads come back full, while the loop builds each read as it arrives.
+On two cores a backlog then drains in about the longer of the two times
+instead of their sum (bench/run.py's ``fid_drain`` and ``fid_batches``).
 
 What stays as it was:
 
-- The reads.  The thread reads only when asked, where the plain reader
-  would have read next, so the group makes the same reads and the same
-  events share a read: each list of ``batches()`` is still the events of
-  one read, handed on whole, in the order read.
-- Flow control.  A paused group asks for nothing: its backlog waits in the
-  kernel's queue (and overflows there, reported by a Q_OVERFLOW event).  At
-  most the one read asked for before the pause waits here, whole, until
-  the group reads again; nothing read is discarded.
+- The reads.  The thread reads only where the plain reader would have read
+  next (after a full read, at once) and stops after a read that is not
+  full, so the same events share a read: each list of ``batches()`` is
+  still the events of one read, handed on whole, in the order read.
+- Flow control.  A paused group takes nothing: at most two reads wait here,
+  whole, and the rest of the backlog waits in the kernel's queue (and
+  overflows there, reported by a Q_OVERFLOW event).  Nothing read is
+  discarded.
 - Registration.  The loop (asyncio, or trio through :mod:`afanotify._loop`)
   watches the group fd as before, or, while a read asked for is not done,
   an eventfd the thread writes when it is.  pause, resume and idle
@@ -102,7 +102,7 @@ class ThreadedReader(Reader):
         self._wake = -1
         self._thread: threading.Thread | None = None
         self._result = ffi.new("int64_t *")
-        #: A read was asked of the thread and not yet taken.
+        #: The thread reads on, or holds reads not yet taken.
         self._asked = False
         #: Registered on the eventfd (waiting for the thread), not the group fd.
         self._on_wake = False
@@ -192,9 +192,13 @@ class ThreadedReader(Reader):
 
     def disown(self) -> None:
         # A forked child has no copy of the thread, and its eventfd is the
-        # parent's: nothing of it is touched here again.
+        # parent's: never written, waited on or unregistered here; only the
+        # child's copy of the descriptor is closed.
         super().disown()
         self._r = None
+        if self._wake >= 0:
+            os.close(self._wake)  # the child's copy only: the parent's stays open
+            self._wake = -1
 
     # -- reading -----------------------------------------------------------
 
@@ -217,8 +221,9 @@ class ThreadedReader(Reader):
                 if p == ffi.NULL:
                     self._watch(True)  # not done: the thread writes the eventfd when it is
                     return
-                self._asked = False
                 n = self._result[0]
+                # The thread reads on after a full read, as this loop would.
+                self._asked = n >= full
                 if n < 0:
                     if n in _EMPTY:
                         self._watch(False)
@@ -243,12 +248,12 @@ class ThreadedReader(Reader):
                 if n <= 0:
                     return
                 view = memoryview(buf)[:n]
+                # A full read: the next ones are made while this one is built.
+                if n >= full and lib.aft_request(r) == 0:
+                    self._asked = True
             self._counters.reads += 1
             self._counters.bytes_read += n
             more = n >= full
-            # A full read: the next one is made while this one is built.
-            if more and lib.aft_request(r) == 0:
-                self._asked = True
             self._in_batch = True
             try:
                 self._on_batch(view)
@@ -272,10 +277,11 @@ class ThreadedReader(Reader):
             return super().read_once()
         lib.aft_wait(r)
         p = lib.aft_take(r, self._result)
-        self._asked = False
+        if p == ffi.NULL:  # the thread stopped reading meanwhile
+            self._asked = False
+            return super().read_once()
         n = self._result[0]
-        if p == ffi.NULL:  # stopped meanwhile
-            raise BlockingIOError(_errno.EAGAIN, "no events are waiting")
+        self._asked = n >= len(self._buf) // 2
         if n in _EMPTY:
             raise BlockingIOError(-n, os.strerror(-n))
         if n < 0:

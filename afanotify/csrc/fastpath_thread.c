@@ -4,31 +4,36 @@
  * Draining a FID group's backlog costs two things of about the same size:
  * the kernel's copy of the events in read(2), and building them into Python
  * objects in the event loop's thread.  The loop's own reader does one after
- * the other.  With this thread, when a read came back full (a backlog is
- * there, so the loop would read again at once), the loop asks the thread for
- * the next read (aft_request) and builds the one it has meanwhile; the
- * thread makes the read without the GIL (cffi releases it around aft_run)
- * into the other of two buffers.  On two cores a backlog then drains in
- * about the longer of the two times, not their sum.
+ * the other.  With this thread, when a read comes back full (a backlog is
+ * there, so the loop would read again at once), the loop asks the thread to
+ * go on reading (aft_request) and builds the read it has meanwhile.  The
+ * thread reads without the GIL (cffi releases it around aft_run) into a ring
+ * of AFT_SLOTS buffers, and goes on by itself for as long as its reads come
+ * back full: it stops after a read that is not (the queue was emptied),
+ * fails, or when every buffer is in use (all read and not yet taken, and
+ * the one the loop builds), and then waits for a request or a free buffer.
+ * On two cores a backlog drains in about the longer of the two times, not
+ * their sum.  (It does not stop between full reads for the loop to ask
+ * again: waking a sleeping thread took 0.3-1.3 ms on the test machine, as
+ * long as a read.)
  *
- * The thread reads only when asked, once per request, exactly where the
- * loop would have read next: the group's reads (and so which events share a
- * read) are the same as without it, a read is never made while the loop
- * does not want one (a paused group's backlog stays in the kernel's queue),
- * and at most one read waits here, whole, for the loop.
+ * So the thread reads only where the loop would have read next (after a
+ * full read, at once), never while the group is idle: which events share a
+ * read is as without it.  While the loop does not take its reads (a paused
+ * group), at most AFT_SLOTS - 1 reads wait here, whole, and the rest of the
+ * backlog waits in the kernel's queue.
  *
- * The loop takes the result with aft_take: the buffer and its length, or
- * -errno when the read failed (-EAGAIN: the queue was empty).  If the read
- * is not done yet, aft_take returns NULL and leaves a note: the thread then
- * writes wake_fd (an eventfd the loop watches) when it is.  aft_wait blocks
- * until it is, for a synchronous caller.  aft_stop ends the thread at once
- * (a read of the group fd never blocks: it is O_NONBLOCK).
+ * The loop takes the oldest read with aft_take: its buffer and its length,
+ * or -errno when the read failed (-EAGAIN: the queue was empty).  The buffer
+ * stays the loop's until its next aft_take.  If no read is done yet,
+ * aft_take returns NULL and leaves a note: the thread then writes wake_fd
+ * (an eventfd the loop watches) after its next read.  aft_wait blocks until
+ * a read is done, for a synchronous caller.  aft_stop ends the thread at
+ * once (a read of the group fd never blocks: it is O_NONBLOCK).
  */
 #include <pthread.h>
 
-#define AFT_IDLE 0
-#define AFT_ASKED 1     /* the thread is to read, or reads */
-#define AFT_DONE 2      /* the read is done, not yet taken */
+#define AFT_SLOTS 3
 
 struct aft_reader {
     int fd;
@@ -36,13 +41,14 @@ struct aft_reader {
     uint32_t slot_size;
     int error;
     pthread_mutex_t lock;
-    pthread_cond_t cond;      /* the thread waits for a request or the stop */
-    pthread_cond_t done;      /* aft_wait waits for the read */
-    unsigned char *slots[2];
-    int state;
-    int slot;                 /* the buffer of the read asked for */
-    int cur;                  /* the buffer the loop took last (it may still build it) */
-    int64_t result;           /* bytes read, or -errno */
+    pthread_cond_t cond;      /* the thread waits for a request, a free buffer or the stop */
+    pthread_cond_t done;      /* aft_wait waits for a read */
+    unsigned char *slots[AFT_SLOTS];
+    int64_t results[AFT_SLOTS];
+    uint32_t head;            /* the oldest read not yet taken */
+    uint32_t count;           /* reads done and not yet taken */
+    int held;                 /* the loop holds slots[(head + AFT_SLOTS - 1) % AFT_SLOTS] */
+    int active;               /* the thread is to read (asked, and its reads came back full) */
     int waiting;              /* the loop waits on wake_fd */
     int stop;
     int ready;                /* aft_init succeeded: aft_destroy has work */
@@ -55,23 +61,22 @@ int aft_init(struct aft_reader *r)
         r->error = EINVAL;
         return -1;
     }
-    r->slots[0] = malloc(r->slot_size);
-    r->slots[1] = malloc(r->slot_size);
-    if (r->slots[0] == NULL || r->slots[1] == NULL) {
-        free(r->slots[0]);
-        free(r->slots[1]);
-        r->error = ENOMEM;
-        return -1;
+    for (int i = 0; i < AFT_SLOTS; i++) {
+        r->slots[i] = malloc(r->slot_size);
+        if (r->slots[i] == NULL) {
+            for (int k = 0; k < i; k++)
+                free(r->slots[k]);
+            r->error = ENOMEM;
+            return -1;
+        }
     }
     if (pthread_mutex_init(&r->lock, NULL) != 0 || pthread_cond_init(&r->cond, NULL) != 0
             || pthread_cond_init(&r->done, NULL) != 0) {
-        free(r->slots[0]);
-        free(r->slots[1]);
+        for (int i = 0; i < AFT_SLOTS; i++)
+            free(r->slots[i]);
         r->error = ENOMEM;
         return -1;
     }
-    r->state = AFT_IDLE;
-    r->cur = 1;
     r->ready = 1;
     return 0;
 }
@@ -81,18 +86,21 @@ int aft_run(struct aft_reader *r)
 {
     pthread_mutex_lock(&r->lock);
     for (;;) {
-        while (r->state != AFT_ASKED && !r->stop)
+        while (!r->stop && !(r->active && r->count + (uint32_t)r->held < AFT_SLOTS))
             pthread_cond_wait(&r->cond, &r->lock);
         if (r->stop)
             break;
-        unsigned char *buf = r->slots[r->slot];
+        uint32_t slot = (r->head + r->count) % AFT_SLOTS;
+        unsigned char *buf = r->slots[slot];
         pthread_mutex_unlock(&r->lock);
         ssize_t n = read(r->fd, buf, r->slot_size);
         int64_t result = n < 0 ? -(int64_t)errno : (int64_t)n;
         pthread_mutex_lock(&r->lock);
-        r->result = result;
-        r->state = AFT_DONE;
+        r->results[slot] = result;
+        r->count++;
         r->reads++;
+        /* As the loop decides whether to read again (see _threaded.py). */
+        r->active = result >= (int64_t)(r->slot_size / 2);
         int wake = r->waiting;
         r->waiting = 0;
         pthread_cond_broadcast(&r->done);
@@ -106,47 +114,55 @@ int aft_run(struct aft_reader *r)
     return 0;
 }
 
-/* Ask for a read into the buffer the loop did not take last (it may be
- * building that one); 0 if asked, -1 if a read is outstanding or stopped. */
+/* Ask the thread to read on; -1 if stopped.  (A request while it reads
+ * changes nothing: it reads on after a full read by itself.) */
 int aft_request(struct aft_reader *r)
 {
     pthread_mutex_lock(&r->lock);
-    int ok = r->state == AFT_IDLE && !r->stop;
-    if (ok) {
-        r->slot = r->cur ^ 1;
-        r->state = AFT_ASKED;
+    int ok = !r->stop;
+    if (ok && !r->active) {
+        r->active = 1;
         pthread_cond_signal(&r->cond);
     }
     pthread_mutex_unlock(&r->lock);
     return ok ? 0 : -1;
 }
 
-/* The read asked for, if done: its buffer, and in *result its length or
- * -errno.  The buffer is the loop's until the one after next is taken (the
- * next read goes to the other).  NULL if it is not done yet (wake_fd will
- * be written when it is) or none was asked for. */
+/* The oldest read done, if any: its buffer, and in *result its length or
+ * -errno; the buffer the loop took before is free again.  NULL if none is
+ * done (the thread writes wake_fd after its next read). */
 unsigned char *aft_take(struct aft_reader *r, int64_t *result)
 {
     unsigned char *p = NULL;
     pthread_mutex_lock(&r->lock);
-    if (r->state == AFT_DONE) {
-        r->state = AFT_IDLE;
-        r->cur = r->slot;
-        *result = r->result;
-        p = r->slots[r->slot];
-    } else if (r->state == AFT_ASKED) {
+    if (r->count > 0) {
+        p = r->slots[r->head];
+        *result = r->results[r->head];
+        r->head = (r->head + 1) % AFT_SLOTS;
+        r->count--;
+        if (!r->held) {
+            r->held = 1;
+        } else if (r->active) {
+            pthread_cond_signal(&r->cond);  /* a buffer came free */
+        }
+    } else {
+        if (r->held) {
+            r->held = 0;  /* the loop is done with the one it had */
+            if (r->active)
+                pthread_cond_signal(&r->cond);
+        }
         r->waiting = 1;
     }
     pthread_mutex_unlock(&r->lock);
     return p;
 }
 
-/* Wait until the read asked for is done (a read of the nonblocking group fd
- * takes no longer than its copy). */
+/* Wait until a read is done, or the thread is not reading (a synchronous
+ * caller; a read of the nonblocking group fd takes no longer than its copy). */
 void aft_wait(struct aft_reader *r)
 {
     pthread_mutex_lock(&r->lock);
-    while (r->state == AFT_ASKED && !r->stop)
+    while (r->count == 0 && r->active && !r->stop)
         pthread_cond_wait(&r->done, &r->lock);
     pthread_mutex_unlock(&r->lock);
 }
@@ -176,9 +192,10 @@ void aft_destroy(struct aft_reader *r)
     if (!r->ready)
         return;
     r->ready = 0;
-    free(r->slots[0]);
-    free(r->slots[1]);
-    r->slots[0] = r->slots[1] = NULL;
+    for (int i = 0; i < AFT_SLOTS; i++) {
+        free(r->slots[i]);
+        r->slots[i] = NULL;
+    }
     pthread_cond_destroy(&r->cond);
     pthread_cond_destroy(&r->done);
     pthread_mutex_destroy(&r->lock);
