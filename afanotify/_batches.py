@@ -10,6 +10,10 @@ then whatever was not detached (``event.detach_fd()``) is closed, and a
 permission event nobody answered gets the default verdict.  Leaving the loop
 with ``break`` releases the last batch only once the iterator is closed:
 use ``async with fan.batches() as batches:`` to make that immediate.
+
+Reads: in a FID group without pidfds, a full read's successor is read by
+the group's read-ahead thread while this one is built (:mod:`afanotify._threaded`);
+the reads, and so the batches, are the ones the loop would make itself.
 """
 
 from __future__ import annotations

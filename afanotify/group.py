@@ -39,8 +39,8 @@ from ._marks import (
 from ._open import open_group
 from ._pipeline import Counters, Pipeline
 from ._queue import EventQueue
-from ._reader import Reader
 from ._resource import AsyncClosingContext
+from ._threaded import make_reader
 from ._watchdog import Watchdog
 from .client import FanotifyClient
 from .events import UNANSWERED, FanotifyData
@@ -277,7 +277,7 @@ class Fanotify(OwnQueue, _fork.ForkGuard, AsyncClosingContext):
         self._queue = EventQueue(maxsize, "block", on_space=self._resume)
         #: Events read while the queue was full, in order (block policy).
         self._held: list[FanotifyData] = []
-        self._reader = Reader(
+        self._reader = make_reader(
             self._fd, flags, buffer_size, self._counters, capacity=maxsize,
             queued=self._queued, on_batch=self._handle_batch, on_fail=self._fail,
             on_retry=self._resume, guard=self._pipeline.fdguard,
