@@ -13,7 +13,7 @@ import os
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Literal
 
-from . import _fastparse, _permloop
+from . import _answer, _fastparse, _permloop
 from ._pipeline import Counters
 from ._queue import EventQueue
 from ._reader import Reader
@@ -105,6 +105,9 @@ class OwnQueue:
         raise NotImplementedError
 
     def _pause(self) -> None:
+        raise NotImplementedError
+
+    def _fail(self, exc: OSError) -> None:
         raise NotImplementedError
 
     def _resume(self) -> None:
@@ -237,7 +240,11 @@ class OwnQueue:
         if not ahead:
             return False  # no C read here (or AFANOTIFY_GENERAL_READER): the loop reads
         self._direct += 1
-        self._direct_bytes += ahead.read_once()
+        try:
+            self._direct_bytes += ahead.read_once()
+        except _answer.BuildFailed as exc:
+            self._fail(exc)  # the read's events are answered: fail as the loop's reader would
+            return False
         return bool(len(self._queue))
 
     def _refill(self) -> None:

@@ -41,7 +41,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from . import _fastparse
+from . import _answer, _fastparse
 from ._answer import answer_and_close
 from ._ffi import ffi, lib
 from ._loop import LoopLike
@@ -200,9 +200,16 @@ class LoopServer:
         # At most about one full read's worth of events per callback, however many
         # reads bring it: a burst is served a read per loop iteration, so
         # timers (deadlines) and other tasks run between.
+        # A failure (building or serving a read) must not reach the loop's
+        # exception handler, where nobody sees it: the read's events are
+        # answered by then (serve_built), and the group fails with it.
         got = 0
         for _ in range(_READS_PER_WAKEUP):
-            n = self.read_once()
+            try:
+                n = self.read_once()
+            except Exception as exc:
+                self._serve_failed(exc)
+                return
             if not n:
                 return
             got += n
@@ -211,7 +218,8 @@ class LoopServer:
 
     def read_once(self) -> int:
         """Read the group once and serve the batch; returns the bytes read (0: none)."""
-        if self._stopped or self._group._closed:
+        group = self._group
+        if self._stopped or group._closed or group._error is not None:
             return 0
         if self._budget_in <= 0 and not self._budget():
             return 0
@@ -294,6 +302,15 @@ class LoopServer:
             self._stop_reading(exc)
         elif err in (_errno.EMFILE, _errno.ENFILE):
             self._retry_later()  # no descriptors: wait for the application to close some
+
+    def _serve_failed(self, exc: Exception) -> None:
+        if not isinstance(exc, _answer.BuildFailed):
+            # serve_built answered the read's events (counted as abandoned).
+            log.error("serving a permission read failed: the group stops reading", exc_info=exc)
+            err = OSError(_errno.EIO, f"serving a permission read failed ({exc!r})")
+            err.__cause__ = exc
+            exc = err
+        self._stop_reading(exc)
 
     def _stop_reading(self, exc: OSError) -> None:
         self._unregister()
@@ -396,13 +413,15 @@ def serve_built(
 ) -> None:
     """Build a permission read's events and ``serve(events, errors)`` them.
 
-    Shared by the loop server and the permission thread.  A bug in ``serve``
-    must not leave a process waiting on an event only this reader knew
-    about: what is unanswered is answered (ABANDONED, the default verdict)
-    and every event closed (closing one already closed does nothing), then
-    the error goes on.
+    Shared by the loop server and the permission thread.  Every event of
+    the read is answered or owned on every path: a build that fails
+    answers the read's events itself (see :func:`build_events`), and a bug
+    in ``serve`` must not leave a process waiting on an event only this
+    reader knew about: what is unanswered is answered (ABANDONED, the
+    default verdict) and every event closed (closing one already closed
+    does nothing), then the error goes on.
     """
-    events, errors = build_events(dec, src, count, fd_error, resolve, own)
+    events, errors = build_events(dec, src, count, fd_error, resolve, own, perm)
     try:
         serve(events, errors)
     except BaseException:
@@ -415,6 +434,7 @@ def serve_built(
 
 def build_events(
     dec: _fastparse.Decoder, src: Any, count: int, fd_error: bool, resolve: bool, own: Any,
+    perm: PermissionTracker | None = None,
 ) -> tuple[list[FanotifyData], list[ParseError]]:
     """``dec._build`` of a permission read (fd events, no directory records).
 
@@ -423,31 +443,43 @@ def build_events(
     again in Python on a one-event read.  An entry the builder hands back
     (a malformed event, a path the arena had no room for) is decoded by the
     reference parser, as there, and the builder goes on after it.
+
+    If building raises (MemoryError, a bug), no event of the read has been
+    handed to anyone: with ``perm``, the events built are released and every
+    other permission event of ``src`` is answered with the default verdict
+    (:func:`~afanotify._answer.unbuilt`: counted, logged), the read's other
+    fds closed, and :class:`~afanotify._answer.BuildFailed` raised from the error.
     """
     events: list[FanotifyData] = []
-    flags = _B_OWNED | (_B_FD_ERROR if fd_error else 0) | (_B_RESOLVE if resolve else 0)
-    if dec.untrack:
-        flags |= _B_UNTRACK
-    out_mv, arena = dec._out_mv, dec._arena_buf
-    i = _BUILD(out_mv, 0, count, src, arena, events, [None] * _MAX_DIRS, {}, None, own,
-               flags, _PERM, _DIR_CHANGE, None, None)[0]  # fmt: skip
-    if i >= count:
-        return events, _NO_ERRORS
-    errors: list[ParseError] = []
-    mv = memoryview(src).cast("B")
-    while i < count:
-        entry = dec._out[i]
-        i += 1
-        extra = dec._fd_path(entry) if resolve and not entry.status else None
-        item, _ = parse_event(mv, entry.offset, owned=True, fd_error=fd_error, extra=extra)
-        if isinstance(item, ParseError):
-            errors.append(item)
-        else:
-            events.append(item)
-        if i < count:
-            i = _BUILD(out_mv, i, count, src, arena, events, [None] * _MAX_DIRS, {}, None,
-                       own, flags, _PERM, _DIR_CHANGE, None, None)[0]  # fmt: skip
-    return events, errors
+    try:
+        flags = _B_OWNED | (_B_FD_ERROR if fd_error else 0) | (_B_RESOLVE if resolve else 0)
+        if dec.untrack:
+            flags |= _B_UNTRACK
+        out_mv, arena = dec._out_mv, dec._arena_buf
+        i = _BUILD(out_mv, 0, count, src, arena, events, [None] * _MAX_DIRS, {}, None, own,
+                   flags, _PERM, _DIR_CHANGE, None, None)[0]  # fmt: skip
+        if i >= count:
+            return events, _NO_ERRORS
+        errors: list[ParseError] = []
+        mv = memoryview(src).cast("B")
+        while i < count:
+            entry = dec._out[i]
+            i += 1
+            extra = dec._fd_path(entry) if resolve and not entry.status else None
+            item, _ = parse_event(mv, entry.offset, owned=True, fd_error=fd_error, extra=extra)
+            if isinstance(item, ParseError):
+                errors.append(item)
+            else:
+                events.append(item)
+            if i < count:
+                i = _BUILD(out_mv, i, count, src, arena, events, [None] * _MAX_DIRS, {}, None,
+                           own, flags, _PERM, _DIR_CHANGE, None, None)[0]  # fmt: skip
+        return events, errors
+    except BaseException as exc:
+        if perm is None:
+            raise
+        _answer.unbuilt(perm, src, events, exc, close_rest=True)
+        raise _answer.BuildFailed(exc) from exc
 
 
 def add_and_dispatch(perm: PermissionTracker, ev: FanotifyData, loop: LoopLike | None) -> None:

@@ -46,7 +46,7 @@ import time
 import weakref
 from typing import Any
 
-from . import _fastparse, _permloop
+from . import _answer, _fastparse, _permloop
 from ._answer import answer_and_close
 from ._ffi import ffi, lib
 from ._loop import LoopLike
@@ -228,8 +228,13 @@ class PermissionThread:
     # -- the thread ----------------------------------------------------------
 
     def _run(self) -> None:
+        failed: OSError | None = None
         try:
             self._serve()
+        except _answer.BuildFailed as exc:
+            # Its events are answered and it is logged (build_events): the
+            # group fails with it, on the loop, as a failed read would.
+            failed = exc
         except BaseException:
             log.exception(
                 "the permission handler thread failed: the event loop reads (and runs "
@@ -238,25 +243,29 @@ class PermissionThread:
         finally:
             self._close_pipe()
             if not self._stopping:
-                self._give_back()
+                self._give_back(failed)
 
-    def _give_back(self) -> None:
-        """After a failure: let the loop read again (its reader calls the handler there)."""
+    def _give_back(self, failed: OSError | None = None) -> None:
+        """After a failure: let the loop read again (its reader calls the handler
+        there), or fail the group with ``failed``."""
         self._perm.threaded = False
         loop = self._loop
         if loop is not None and not loop.is_closed():
             try:
-                loop.call_soon_threadsafe(self._loop_reads)
+                loop.call_soon_threadsafe(lambda: self._loop_reads(failed))
             except RuntimeError:
                 pass  # the loop closed meanwhile; the group's close answers the rest
 
-    def _loop_reads(self) -> None:
+    def _loop_reads(self, failed: OSError | None) -> None:
         group = self._group()
         if group is None or group._closed or group._perm.thread is not self:
             return
         group._perm.thread = None
         group._reader.delegate = None
-        group._reader.start()
+        if failed is not None:
+            group._fail(failed)
+        else:
+            group._reader.start()
 
     def _serve(self) -> None:
         dec = _fastparse.Decoder(_READ)
