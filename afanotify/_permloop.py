@@ -50,7 +50,7 @@ from ._proc import process_info
 from .events import OWN_FD, OWN_PIDFD, UNANSWERED, FanotifyData
 from .exceptions import ParseError
 from .flags import DIR_CHANGE_EVENTS, Event, InitFlag, Response
-from .permission import ABANDONED, PermissionTracker, _Entry, dispatch_result
+from .permission import ABANDONED, AT_CLOSE, PermissionTracker, _Entry, dispatch_result
 
 if TYPE_CHECKING:
     from .group import Fanotify
@@ -140,6 +140,8 @@ class LoopServer:
         #: True while the fd is registered with the loop by this server.
         self._registered = False
         self._stopped = False
+        #: The events of the batch being served (see _end_batch).
+        self._inflight: list[FanotifyData] | None = None
 
     def _decoder(self, group: Fanotify) -> _fastparse.Decoder:
         return _fastparse.Decoder(_READ)
@@ -177,10 +179,31 @@ class LoopServer:
         return True
 
     def stop(self) -> None:
-        """Unregister for good (idempotent); the loop may already be closed."""
+        """Unregister for good (idempotent); the loop may already be closed.
+
+        Called first by the group's close, the fd still open: the events of
+        the batch being served (a handler closed the group) that the handler
+        has not been given yet are answered with the default verdict now
+        (``at_close``), and the batch ends there.
+        """
         self._stopped = True
         self._unregister()
+        self._end_batch()
         self._dec.close()
+
+    def _end_batch(self) -> None:
+        batch, self._inflight = self._inflight, None
+        if not batch:
+            return
+        perm = self._perm
+        pending = perm._pending
+        for ev in batch:
+            if ev._owns & UNANSWERED and pending.get(ev.fd) is None:
+                _set_responder(ev, perm)
+                ev._release(AT_CLOSE)
+        # The serving loop iterates this very list: emptied, it ends at its
+        # next step (the events before were given out or handed on already).
+        batch.clear()
 
     def _unregister(self) -> None:
         if self._registered and self._loop is not None:
@@ -221,7 +244,10 @@ class LoopServer:
         group = self._group
         if self._stopped or group._closed or group._error is not None:
             return 0
-        if self._budget_in <= 0 and not self._budget():
+        # Also before every read while an event is pending (an async
+        # handler's, one handed on): it holds a descriptor the last look did
+        # not know about.
+        if (self._budget_in <= 0 or self._perm._pending) and not self._budget():
             return 0
         self._budget_in -= 1
         guard = self._fdguard
@@ -231,8 +257,9 @@ class LoopServer:
         a = self._args
         if self._dec._out is not self._args_out:
             self._set_args()
-        if a.walk == static:
-            a.walk = int(not static)
+        walk = 0 if static else 1  # the C walk is the decoder's own work with static rules
+        if a.walk != walk:
+            a.walk = walk
         count: int = _read_walk_args(a)
         n: int = a.nread
         if n == 0:
@@ -282,13 +309,14 @@ class LoopServer:
         # group's queue has room for (the rest wait in the kernel; a full
         # queue still reads one event, answered at once if it does not fit,
         # as the group's reader does).  Looked at every read while others
-        # hold events (the queue, clients), else every _BUDGET_EVERY reads.
+        # hold events (the queue, clients, pending verdicts), else every
+        # _BUDGET_EVERY reads.
         fits = self._fdguard.free_fds()
         if fits < 1:
             self._retry_later()
             return False
         queued = self._group._queued()
-        roomy = fits > 4 * (_READ // 24) and not queued
+        roomy = fits > 4 * (_READ // 24) and not queued and not self._perm._pending
         self._budget_in = _BUDGET_EVERY if roomy else 1
         room = min(fits, self._capacity - queued)
         size = min(_READ, max(self._min_read, room * 24))
@@ -333,6 +361,7 @@ class LoopServer:
                     self._perm, self._serve)  # fmt: skip
 
     def _serve(self, events: list[FanotifyData], errors: list[Any]) -> None:
+        self._inflight = events  # see _end_batch
         pipeline = self._pipeline
         failed = bool(errors)
         for err in errors:
@@ -368,6 +397,7 @@ class LoopServer:
             if rest is None:
                 rest = []
             rest.append(ev)
+        self._inflight = None
         if not failed:
             self._fdguard.recovered()
         if rest:

@@ -367,7 +367,10 @@ class PermissionTracker:
         with self.lock:  # wait for a watchdog write in progress
             if not ev._owns & UNANSWERED:
                 return None
-            self._reasons[reason] += 1
+            if self.fd >= 0:
+                # Once the group fd is closed the kernel has allowed the event
+                # itself: no verdict of ours to count (write() marks it answered).
+                self._reasons[reason] += 1
             try:
                 self.write(ev, int(self.default))
             except OSError as exc:
