@@ -31,8 +31,16 @@ import pytest
 import pytest_asyncio
 from _perm_helpers import background, child
 
-from afanotify import ClosedResourceError, Event, Fanotify, FanotifyData, InitFlag, Response
-from afanotify import _fastparse, _permloop
+from afanotify import (
+    ClosedResourceError,
+    Event,
+    Fanotify,
+    FanotifyData,
+    InitFlag,
+    Response,
+    _fastparse,
+    _permloop,
+)
 from afanotify._permloop import LoopServer
 from afanotify._permthread import PermissionThread
 from afanotify._static import StaticRule, StaticRules
