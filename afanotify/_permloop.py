@@ -46,8 +46,8 @@ from ._answer import answer_and_close
 from ._ffi import ffi, lib
 from ._loop import LoopLike
 from ._parser import parse_event
-from ._proc import process_info
-from .events import OWN_FD, OWN_PIDFD, UNANSWERED, FanotifyData
+from ._proc import fd_path, process_info
+from .events import OWN_FD, OWN_PIDFD, UNANSWERED, FanotifyData, LazyPathEvent
 from .exceptions import ParseError
 from .flags import DIR_CHANGE_EVENTS, Event, InitFlag, Response
 from .permission import ABANDONED, AT_CLOSE, PermissionTracker, _Entry, dispatch_result
@@ -76,6 +76,11 @@ _FD_RETRY_DELAY = 0.05
 _OVERFLOW = int(Event.Q_OVERFLOW)
 _DIR_CHANGE = int(DIR_CHANGE_EVENTS)
 _monotonic = time.monotonic
+#: Permission events' paths read when first asked (see LazyPathEvent).
+LAZY_PATHS = not os.environ.get("AFANOTIFY_EAGER_PATHS")
+_set_class = object.__setattr__
+_set_path = FanotifyData.__dict__["path"].__set__
+_set_path_resolved = FanotifyData.__dict__["path_resolved"].__set__
 _set_owns = FanotifyData.__dict__["_owns"].__set__
 _afp_answer: Any = getattr(lib, "afp_answer", None)
 _ALLOW = int(Response.ALLOW)
@@ -117,7 +122,11 @@ class LoopServer:
         self._fdguard = group._pipeline.fdguard
         self._min_read = group._reader._max_event_len
         self._capacity = group._queue.maxsize
-        self._resolve = group.resolve_paths
+        #: resolve_paths: the handler's events get their path when it is first
+        #: asked (LazyPathEvent), the others here, none by the C walk
+        #: (``AFANOTIFY_EAGER_PATHS=1``: all by the walk, for comparisons).
+        self._lazy = group.resolve_paths and LAZY_PATHS and self._lazy_paths()
+        self._resolve = group.resolve_paths and not self._lazy
         self._proc_info = group.proc_info
         self._pidfd_reported = bool(group.flags & InitFlag.REPORT_PIDFD)
         self._fd_error = bool(group.flags & InitFlag.REPORT_FD_ERROR)
@@ -145,6 +154,9 @@ class LoopServer:
 
     def _decoder(self, group: Fanotify) -> _fastparse.Decoder:
         return _fastparse.Decoder(_READ)
+
+    def _lazy_paths(self) -> bool:
+        return True
 
     def _set_args(self) -> None:
         a = self._args
@@ -371,6 +383,7 @@ class LoopServer:
         perm = self._perm
         own = self._own
         loop = self._loop
+        lazy = self._lazy
         rest: list[FanotifyData] | None = None
         for ev in events:
             if ev.pid in own:
@@ -390,10 +403,14 @@ class LoopServer:
             if ev._owns & UNANSWERED:
                 _set_responder(ev, perm)
                 if perm.handler is not None:
+                    if lazy:
+                        _set_class(ev, "__class__", LazyPathEvent)
                     c.events_delivered += 1
                     add_and_dispatch(perm, ev, loop)
                     continue
                 perm.add(ev, loop)
+            if lazy:
+                eager_path(ev)  # kept past its close by whoever receives it
             if rest is None:
                 rest = []
             rest.append(ev)
@@ -423,6 +440,9 @@ class ReadAhead(LoopServer):
         fast = group._pipeline.fast
         assert fast is not None  # see supported()
         return fast
+
+    def _lazy_paths(self) -> bool:
+        return False  # its events go to a consumer, who may read a path after the close
 
     def start(self, loop: LoopLike | None) -> bool:
         return False  # never the group's reader
@@ -563,6 +583,14 @@ def add_and_dispatch(perm: PermissionTracker, ev: FanotifyData, loop: LoopLike |
         if answer_and_close(perm, ev, result):
             return
     dispatch_result(perm, ev, result)
+
+
+def eager_path(ev: FanotifyData) -> None:
+    """Set ``ev``'s path from its fd now (what the C walk does for a read)."""
+    if ev.fd >= 0:
+        path, resolved = fd_path(ev.fd)
+        _set_path(ev, path)
+        _set_path_resolved(ev, resolved)
 
 
 def read_ahead(group: Fanotify) -> ReadAhead | None:

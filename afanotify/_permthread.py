@@ -51,7 +51,7 @@ from ._answer import answer_and_close
 from ._ffi import ffi, lib
 from ._loop import LoopLike
 from ._proc import process_info
-from .events import UNANSWERED, FanotifyData
+from .events import UNANSWERED, FanotifyData, LazyPathEvent
 from .exceptions import ParseError
 from .flags import FID_INIT_FLAGS, Event, InitFlag, Response
 from .permission import DROPPED, PermissionHandler, PermissionTracker, _Entry
@@ -79,6 +79,7 @@ _set_responder = FanotifyData.__dict__["_responder"].__set__
 _set_owns = FanotifyData.__dict__["_owns"].__set__
 _set_exe = FanotifyData.__dict__["exe"].__set__
 _set_cwd = FanotifyData.__dict__["cwd"].__set__
+_set_class = object.__setattr__
 
 
 def supported(group: Fanotify) -> str | None:
@@ -162,7 +163,8 @@ class PermissionThread:
         # still collected (and closed, which stops this thread).
         self._group = weakref.ref(group)
         self._min_read = group._reader._max_event_len
-        self._resolve = group.resolve_paths
+        self._lazy = group.resolve_paths and _permloop.LAZY_PATHS  # see LoopServer
+        self._resolve = group.resolve_paths and not _permloop.LAZY_PATHS
         self._proc_info = group.proc_info
         self._pidfd_reported = bool(group.flags & InitFlag.REPORT_PIDFD)
         self._fd_error = bool(group.flags & InitFlag.REPORT_FD_ERROR)
@@ -333,6 +335,7 @@ class PermissionThread:
         c.events_read += len(events)
         perm = self._perm
         own = self._own
+        lazy = self._lazy
         rest: list[FanotifyData] = []
         for ev in events:
             if ev.pid in own:
@@ -350,6 +353,8 @@ class PermissionThread:
                 _set_cwd(ev, cwd)
             handler = perm.handler
             if ev._owns & UNANSWERED and handler is not None and not self._stopping:
+                if lazy:
+                    _set_class(ev, "__class__", LazyPathEvent)
                 _set_responder(ev, perm)
                 _add(perm, ev)
                 c.events_delivered += 1
@@ -358,6 +363,8 @@ class PermissionThread:
                 if ev._owns & UNANSWERED:
                     _set_responder(ev, perm)
                     _add(perm, ev)
+                if lazy:
+                    _permloop.eager_path(ev)  # for the loop's consumer
                 rest.append(ev)
         if not failed:
             self._fdguard.recovered()
