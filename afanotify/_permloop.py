@@ -95,6 +95,9 @@ _B_OWNED, _B_FD_ERROR, _B_RESOLVE, _B_UNTRACK = (
 )
 #: The errors of a read the C builder took whole (never appended to).
 _NO_ERRORS: list[ParseError] = []
+#: The builder's directory tables for fd events, which never fill them.
+_NO_DIRS: list[Any] = [None] * _MAX_DIRS
+_NO_BY_RECORD: dict[Any, Any] = {}
 _set_responder = FanotifyData.__dict__["_responder"].__set__
 _set_exe = FanotifyData.__dict__["exe"].__set__
 _set_cwd = FanotifyData.__dict__["cwd"].__set__
@@ -291,7 +294,8 @@ class LoopServer:
             if len(self._views) > 64:
                 self._views.clear()
             src = self._views[n] = ffi.buffer(self._buf, n)
-        self._batch(src, count)
+        serve_built(self._dec, src, count, self._fd_error, self._resolve, self._own,
+                    self._perm, self._serve)  # fmt: skip
         return n
 
     def _read_tight(self) -> int:
@@ -415,7 +419,7 @@ class LoopServer:
                 rest = []
             rest.append(ev)
         self._inflight = None
-        if not failed:
+        if not failed and self._fdguard._short:
             self._fdguard.recovered()
         if rest:
             self._group._deliver(rest)
@@ -506,7 +510,9 @@ def build_events(
         if dec.untrack:
             flags |= _B_UNTRACK
         out_mv, arena = dec._out_mv, dec._arena_buf
-        i = _BUILD(out_mv, 0, count, src, arena, events, [None] * _MAX_DIRS, {}, None, own,
+        # The directory tables stay empty: a permission group's events carry
+        # no directory records (FID groups are not served here).
+        i = _BUILD(out_mv, 0, count, src, arena, events, _NO_DIRS, _NO_BY_RECORD, None, own,
                    flags, _PERM, _DIR_CHANGE, None, None)[0]  # fmt: skip
         if i >= count:
             return events, _NO_ERRORS
@@ -522,8 +528,8 @@ def build_events(
             else:
                 events.append(item)
             if i < count:
-                i = _BUILD(out_mv, i, count, src, arena, events, [None] * _MAX_DIRS, {}, None,
-                           own, flags, _PERM, _DIR_CHANGE, None, None)[0]  # fmt: skip
+                i = _BUILD(out_mv, i, count, src, arena, events, _NO_DIRS, _NO_BY_RECORD,
+                           None, own, flags, _PERM, _DIR_CHANGE, None, None)[0]  # fmt: skip
         return events, errors
     except BaseException as exc:
         if perm is None:
