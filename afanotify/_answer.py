@@ -25,11 +25,12 @@ from .events import OWN_FD, OWN_PIDFD, UNANSWERED, FanotifyData
 from .flags import PERM_EVENTS, Response
 
 if TYPE_CHECKING:
+    from .group import Fanotify
     from .permission import PermissionTracker
 
 __all__ = [
     "AVAILABLE", "BUILD_FAILED", "BuildFailed", "answer_and_close", "answer_and_close_or_false",
-    "answer_unbuilt", "unbuilt", "write_plain",
+    "answer_unbuilt", "decode_or_fail", "unbuilt", "write_plain",
 ]
 
 log = logging.getLogger("afanotify.permission")
@@ -211,3 +212,23 @@ def unbuilt(
         exc, n, perm.default.name, exc_info=exc,
     )
     return n
+
+
+def decode_or_fail(group: Fanotify, view: memoryview, decode: Any) -> list[FanotifyData]:
+    """``decode(pipeline, view, loop)`` of the group's general reader (``Fanotify._handle_batch``).
+
+    In a permission group a failure answers the read's events nobody holds
+    (:func:`unbuilt`) and fails the group with :class:`BuildFailed` (a
+    KeyboardInterrupt and the like go on, after the answers).
+    """
+    try:
+        events: list[FanotifyData] = decode(group._pipeline, view, group._reader.loop)
+    except BaseException as exc:
+        if not group._perm_class:
+            raise
+        unbuilt(group._perm, view, [], exc)
+        if not isinstance(exc, Exception):
+            raise
+        group._fail(BuildFailed(exc))
+        return []
+    return events

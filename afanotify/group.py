@@ -487,17 +487,7 @@ class Fanotify(OwnQueue, _fork.ForkGuard, AsyncClosingContext):
         return self._pipeline.decode(view, self._reader.loop)
 
     def _handle_batch(self, view: memoryview) -> None:
-        try:
-            events = _decode_without_gc(self._pipeline, view, self._reader.loop)
-        except BaseException as exc:
-            if not self._perm_class:
-                raise
-            # No process may wait on an event of this read nobody holds.
-            _answer.unbuilt(self._perm, view, [], exc)
-            if not isinstance(exc, Exception):
-                raise
-            self._fail(_answer.BuildFailed(exc))
-            return
+        events = _answer.decode_or_fail(self, view, _decode_without_gc)
         if events:
             self._deliver(events)
 
