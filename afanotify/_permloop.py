@@ -71,6 +71,8 @@ _FULL = _READ // 2
 #: Reads between two looks at the descriptor budget (_fdlimit.FdGuard), while
 #: nothing but the handler holds the group's events.
 _BUDGET_EVERY = 64
+#: Free descriptors under which every read looks again (four full reads' worth).
+_ROOM = 4 * (_READ // 24)
 #: Seconds to wait before reading again after the kernel ran out of fds for us.
 _FD_RETRY_DELAY = 0.05
 _OVERFLOW = int(Event.Q_OVERFLOW)
@@ -116,6 +118,13 @@ def supported(group: Fanotify) -> bool:
 class LoopServer:
     """Reads the group on the loop and runs its plain handler (see the module docstring)."""
 
+    # Slots: past 30 attributes an instance dict stops sharing its keys, and
+    # every attribute read of the per-read path gets slower (measured).
+    __slots__ = ("_group", "_fd", "_perm", "_pipeline", "_counters", "_fdguard", "_min_read",
+        "_capacity", "_lazy", "_resolve", "_proc_info", "_pidfd_reported", "_fd_error", "_own",
+        "_dec", "_buf", "_views", "_pybuf", "_cflags", "_fddir", "_size", "_args", "_args_out",
+        "_budget_in", "_fits_left", "_loop", "started", "_registered", "_stopped", "_inflight",)
+
     def __init__(self, group: Fanotify) -> None:
         self._group = group
         self._fd = group._fd
@@ -146,6 +155,8 @@ class LoopServer:
         self._args_out: Any = None
         self._set_args()
         self._budget_in = 0
+        #: Descriptors free at the last look, less the most the reads since took.
+        self._fits_left = 0
         self._loop: LoopLike | None = None
         #: True once started (the reader's delegate then read instead of it).
         self.started = False
@@ -259,10 +270,9 @@ class LoopServer:
         group = self._group
         if self._stopped or group._closed or group._error is not None:
             return 0
-        # Also before every read while an event is pending (an async
-        # handler's, one handed on): it holds a descriptor the last look did
-        # not know about.
-        if (self._budget_in <= 0 or self._perm._pending) and not self._budget():
+        # Also once the events read since the last look could have used the
+        # room it found (an async handler holds its events' descriptors).
+        if (self._budget_in <= 0 or self._fits_left <= _ROOM) and not self._budget():
             return 0
         self._budget_in -= 1
         guard = self._fdguard
@@ -284,6 +294,7 @@ class LoopServer:
         c = self._counters
         c.reads += 1
         c.bytes_read += n
+        self._fits_left -= n // 24  # at most this many new descriptors
         if static:
             self._group._handle_batch(memoryview(ffi.buffer(self._buf, n)))
             return n
@@ -325,14 +336,14 @@ class LoopServer:
         # group's queue has room for (the rest wait in the kernel; a full
         # queue still reads one event, answered at once if it does not fit,
         # as the group's reader does).  Looked at every read while others
-        # hold events (the queue, clients, pending verdicts), else every
-        # _BUDGET_EVERY reads.
-        fits = self._fdguard.free_fds()
+        # hold events (the queue, clients), else every _BUDGET_EVERY reads
+        # or sooner, once the reads since could have used the room found.
+        fits = self._fits_left = self._fdguard.free_fds()
         if fits < 1:
             self._retry_later()
             return False
         queued = self._group._queued()
-        roomy = fits > 4 * (_READ // 24) and not queued and not self._perm._pending
+        roomy = fits > _ROOM and not queued
         self._budget_in = _BUDGET_EVERY if roomy else 1
         room = min(fits, self._capacity - queued)
         size = min(_READ, max(self._min_read, room * 24))
@@ -434,6 +445,8 @@ class ReadAhead(LoopServer):
     to that reader (it counts them, and the reader meets them again on its
     own next read).
     """
+
+    __slots__ = ()
 
     def __init__(self, group: Fanotify) -> None:
         super().__init__(group)
