@@ -292,6 +292,10 @@ class OwnQueue:
         # system call, too much to pay per event.)
         reader = self._reader
         if self._consuming and (reader.reading or reader.paused) and not self._closed:
+            if not len(self._queue) and not self._read_ahead():
+                # Read ahead here, without receive()'s coroutine; when that
+                # found nothing, receive() waits on the loop (no second read).
+                self._direct = _DIRECT_READS
             try:
                 ev = self._queue.get_nowait()
             except (WouldBlock, ClosedResourceError):
