@@ -194,7 +194,7 @@ class OwnQueue:
         """
         self._ensure_reader()
         self._consuming = True
-        if not len(self._queue):
+        if not self._queue._items:
             if self._read_ahead():
                 ev = self._queue.get_nowait()
                 if ev._owns & UNANSWERED:
@@ -245,7 +245,7 @@ class OwnQueue:
         except _answer.BuildFailed as exc:
             self._fail(exc)  # the read's events are answered: fail as the loop's reader would
             return False
-        return bool(len(self._queue))
+        return bool(self._queue._items)
 
     def _refill(self) -> None:
         held = self._held
@@ -292,7 +292,7 @@ class OwnQueue:
         # system call, too much to pay per event.)
         reader = self._reader
         if self._consuming and (reader.reading or reader.paused) and not self._closed:
-            if not len(self._queue) and not self._read_ahead():
+            if not self._queue._items and not self._read_ahead():
                 # Read ahead here, without receive()'s coroutine; when that
                 # found nothing, receive() waits on the loop (no second read).
                 self._direct = _DIRECT_READS
@@ -344,7 +344,7 @@ class OwnQueue:
         ):  # fmt: skip
             it.grant = 0
             return
-        n = len(q)
+        n = len(q._items)  # (not len(q): a Python call per event)
         if self._held or q._stalled:
             n -= q.maxsize // 2 + 1
         elif reader.paused:
