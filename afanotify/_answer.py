@@ -12,25 +12,35 @@ general way.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
-from typing import TYPE_CHECKING
+import struct
+from collections.abc import Container
+from typing import TYPE_CHECKING, Any
 
 from . import _ffi
 from ._ffi import lib
 from .events import OWN_FD, OWN_PIDFD, UNANSWERED, FanotifyData
-from .flags import Response
+from .flags import PERM_EVENTS, Response
 
 if TYPE_CHECKING:
+    from .group import Fanotify
     from .permission import PermissionTracker
 
-__all__ = ["AVAILABLE", "answer_and_close", "answer_and_close_or_false", "write_plain"]
+__all__ = [
+    "AVAILABLE", "BUILD_FAILED", "BuildFailed", "answer_and_close", "answer_and_close_or_false",
+    "answer_unbuilt", "decode_or_fail", "unbuilt", "write_plain",
+]
 
 log = logging.getLogger("afanotify.permission")
 
 _ALLOW = int(Response.ALLOW)
 _DENY = int(Response.DENY)
 _set_owns = FanotifyData.__dict__["_owns"].__set__
+_set_responder = FanotifyData.__dict__["_responder"].__set__
+#: The reason (a ``permission_stats`` field) of the events :func:`unbuilt` answers.
+BUILD_FAILED = "build_failed"
 #: The compiled core has the C call (the pure one does not).
 AVAILABLE = hasattr(lib, "afp_answer")
 
@@ -105,3 +115,120 @@ def _not_in_c(perm: PermissionTracker, ev: FanotifyData, allowed: bool) -> bool:
 
 #: :func:`answer_and_close` with the compiled core, else always False (the general way).
 answer_and_close_or_false = answer_and_close if AVAILABLE else _not_in_c
+
+
+# -- a read whose events could not be built ---------------------------------
+
+#: struct fanotify_event_metadata: event_len, vers, reserved, metadata_len, mask, fd, pid.
+_META = struct.Struct("=IBBHQii")
+_PERM = int(PERM_EVENTS)
+
+
+def answer_unbuilt(
+    perm: PermissionTracker, view: Any, owned: Container[int], *, close_rest: bool = False
+) -> int:
+    """Answer, with the default verdict, the permission events of a read nobody owns.
+
+    For a read whose events could not all be built (or served): ``view``
+    holds the kernel's records as read.  A permission event is owned when
+    its fd is in ``owned`` (the events built, which the caller releases) or
+    pending in ``perm`` (its deadline, the watchdog or the group's close
+    answer it); every other one is answered here and its fd closed.  The fd
+    is closed only if the kernel took the response: it matches a response to
+    a pending event by fd number and refuses one (ENOENT) for an event
+    answered already (by the static rules in C, or as the group's own),
+    whose fd is closed and whose number may name another file by now.  With
+    ``close_rest`` (the caller knows that nothing else took any fd of the
+    read) the fds of the other events not in ``owned`` are closed too.
+    Returns how many events were answered; never raises (failed writes are
+    logged).
+    """
+    mv = memoryview(view).cast("B")
+    n = len(mv)
+    off = answered = 0
+    response = int(perm.default)
+    with perm.lock:
+        group_fd = perm.fd
+        while off + _META.size <= n:
+            event_len, _, _, _, mask, fd, _ = _META.unpack_from(mv, off)
+            if event_len < _META.size or off + event_len > n:
+                break  # malformed: nothing after it can be trusted
+            off += event_len
+            if fd < 0 or fd in owned:
+                continue
+            if not mask & _PERM:
+                if close_rest:
+                    os.close(fd)
+                continue
+            if fd in perm._pending or group_fd < 0:
+                continue  # owned by the tracker; or the kernel allowed it as the group closed
+            try:
+                _ffi.respond(group_fd, fd, response)
+            except OSError as exc:
+                if exc.errno != errno.ENOENT:
+                    log.error("could not answer permission event fd=%d: %s", fd, exc)
+                continue
+            os.close(fd)
+            perm.count_unbuilt(response)
+            answered += 1
+    return answered
+
+
+class BuildFailed(OSError):
+    """Building (or serving) a read's events failed; its permission events got the default verdict.
+
+    An EIO whose ``__cause__`` is the error; the group's consumers get it
+    (``Fanotify._fail``), or the consumer whose own read it was.
+    """
+
+    def __init__(self, exc: BaseException) -> None:
+        super().__init__(
+            errno.EIO, f"building the events of a read failed ({exc!r}): its permission "
+            "events were answered with the default verdict",
+        )
+
+
+def unbuilt(
+    perm: PermissionTracker, view: Any, built: list[FanotifyData], exc: BaseException,
+    *, close_rest: bool = False,
+) -> int:
+    """After building (or serving) a read failed with ``exc``: answer what nobody owns.
+
+    The events in ``built`` are released (an unanswered one gets the
+    default verdict), then :func:`answer_unbuilt` answers the rest of
+    ``view``; both are counted in ``permission_stats.build_failed`` and
+    logged.  Returns how many were answered; never raises.
+    """
+    n = 0
+    for ev in built:
+        if ev._owns & UNANSWERED:
+            n += 1
+            if ev._responder is None:
+                _set_responder(ev, perm)
+        ev._release(BUILD_FAILED)
+    n += answer_unbuilt(perm, view, {ev.fd for ev in built}, close_rest=close_rest)
+    log.error(
+        "building the events of a read failed (%r): %d permission event(s) of it answered %s",
+        exc, n, perm.default.name, exc_info=exc,
+    )
+    return n
+
+
+def decode_or_fail(group: Fanotify, view: memoryview, decode: Any) -> list[FanotifyData]:
+    """``decode(pipeline, view, loop)`` of the group's general reader (``Fanotify._handle_batch``).
+
+    In a permission group a failure answers the read's events nobody holds
+    (:func:`unbuilt`) and fails the group with :class:`BuildFailed` (a
+    KeyboardInterrupt and the like go on, after the answers).
+    """
+    try:
+        events: list[FanotifyData] = decode(group._pipeline, view, group._reader.loop)
+    except BaseException as exc:
+        if not group._perm_class:
+            raise
+        unbuilt(group._perm, view, [], exc)
+        if not isinstance(exc, Exception):
+            raise
+        group._fail(BuildFailed(exc))
+        return []
+    return events

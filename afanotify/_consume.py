@@ -13,7 +13,7 @@ import os
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Literal
 
-from . import _fastparse, _permloop
+from . import _answer, _fastparse, _permloop
 from ._pipeline import Counters
 from ._queue import EventQueue
 from ._reader import Reader
@@ -107,6 +107,9 @@ class OwnQueue:
     def _pause(self) -> None:
         raise NotImplementedError
 
+    def _fail(self, exc: OSError) -> None:
+        raise NotImplementedError
+
     def _resume(self) -> None:
         raise NotImplementedError
 
@@ -191,7 +194,7 @@ class OwnQueue:
         """
         self._ensure_reader()
         self._consuming = True
-        if not len(self._queue):
+        if not self._queue._items:
             if self._read_ahead():
                 ev = self._queue.get_nowait()
                 if ev._owns & UNANSWERED:
@@ -237,8 +240,12 @@ class OwnQueue:
         if not ahead:
             return False  # no C read here (or AFANOTIFY_GENERAL_READER): the loop reads
         self._direct += 1
-        self._direct_bytes += ahead.read_once()
-        return bool(len(self._queue))
+        try:
+            self._direct_bytes += ahead.read_once()
+        except _answer.BuildFailed as exc:
+            self._fail(exc)  # the read's events are answered: fail as the loop's reader would
+            return False
+        return bool(self._queue._items)
 
     def _refill(self) -> None:
         held = self._held
@@ -285,6 +292,10 @@ class OwnQueue:
         # system call, too much to pay per event.)
         reader = self._reader
         if self._consuming and (reader.reading or reader.paused) and not self._closed:
+            if not self._queue._items and not self._read_ahead():
+                # Read ahead here, without receive()'s coroutine; when that
+                # found nothing, receive() waits on the loop (no second read).
+                self._direct = _DIRECT_READS
             try:
                 ev = self._queue.get_nowait()
             except (WouldBlock, ClosedResourceError):
@@ -333,7 +344,7 @@ class OwnQueue:
         ):  # fmt: skip
             it.grant = 0
             return
-        n = len(q)
+        n = len(q._items)  # (not len(q): a Python call per event)
         if self._held or q._stalled:
             n -= q.maxsize // 2 + 1
         elif reader.paused:

@@ -41,16 +41,16 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from . import _fastparse
+from . import _answer, _fastparse
 from ._answer import answer_and_close
 from ._ffi import ffi, lib
 from ._loop import LoopLike
 from ._parser import parse_event
-from ._proc import process_info
-from .events import OWN_FD, OWN_PIDFD, UNANSWERED, FanotifyData
+from ._proc import fd_path, process_info
+from .events import OWN_FD, OWN_PIDFD, UNANSWERED, FanotifyData, LazyPathEvent
 from .exceptions import ParseError
 from .flags import DIR_CHANGE_EVENTS, Event, InitFlag, Response
-from .permission import ABANDONED, PermissionTracker, _Entry, dispatch_result
+from .permission import ABANDONED, AT_CLOSE, PermissionTracker, _Entry, dispatch_result
 
 if TYPE_CHECKING:
     from .group import Fanotify
@@ -71,11 +71,18 @@ _FULL = _READ // 2
 #: Reads between two looks at the descriptor budget (_fdlimit.FdGuard), while
 #: nothing but the handler holds the group's events.
 _BUDGET_EVERY = 64
+#: Free descriptors under which every read looks again (four full reads' worth).
+_ROOM = 4 * (_READ // 24)
 #: Seconds to wait before reading again after the kernel ran out of fds for us.
 _FD_RETRY_DELAY = 0.05
 _OVERFLOW = int(Event.Q_OVERFLOW)
 _DIR_CHANGE = int(DIR_CHANGE_EVENTS)
 _monotonic = time.monotonic
+#: Permission events' paths read when first asked (see LazyPathEvent).
+LAZY_PATHS = not os.environ.get("AFANOTIFY_EAGER_PATHS")
+_set_class = object.__setattr__
+_set_path = FanotifyData.__dict__["path"].__set__
+_set_path_resolved = FanotifyData.__dict__["path_resolved"].__set__
 _set_owns = FanotifyData.__dict__["_owns"].__set__
 _afp_answer: Any = getattr(lib, "afp_answer", None)
 _ALLOW = int(Response.ALLOW)
@@ -90,6 +97,9 @@ _B_OWNED, _B_FD_ERROR, _B_RESOLVE, _B_UNTRACK = (
 )
 #: The errors of a read the C builder took whole (never appended to).
 _NO_ERRORS: list[ParseError] = []
+#: The builder's directory tables for fd events, which never fill them.
+_NO_DIRS: list[Any] = [None] * _MAX_DIRS
+_NO_BY_RECORD: dict[Any, Any] = {}
 _set_responder = FanotifyData.__dict__["_responder"].__set__
 _set_exe = FanotifyData.__dict__["exe"].__set__
 _set_cwd = FanotifyData.__dict__["cwd"].__set__
@@ -108,6 +118,13 @@ def supported(group: Fanotify) -> bool:
 class LoopServer:
     """Reads the group on the loop and runs its plain handler (see the module docstring)."""
 
+    # Slots: past 30 attributes an instance dict stops sharing its keys, and
+    # every attribute read of the per-read path gets slower (measured).
+    __slots__ = ("_group", "_fd", "_perm", "_pipeline", "_counters", "_fdguard", "_min_read",
+        "_capacity", "_lazy", "_resolve", "_proc_info", "_pidfd_reported", "_fd_error", "_own",
+        "_dec", "_buf", "_views", "_pybuf", "_cflags", "_fddir", "_size", "_args", "_args_out",
+        "_budget_in", "_fits_left", "_loop", "started", "_registered", "_stopped", "_inflight",)
+
     def __init__(self, group: Fanotify) -> None:
         self._group = group
         self._fd = group._fd
@@ -117,7 +134,11 @@ class LoopServer:
         self._fdguard = group._pipeline.fdguard
         self._min_read = group._reader._max_event_len
         self._capacity = group._queue.maxsize
-        self._resolve = group.resolve_paths
+        #: resolve_paths: the handler's events get their path when it is first
+        #: asked (LazyPathEvent), the others here, none by the C walk
+        #: (``AFANOTIFY_EAGER_PATHS=1``: all by the walk, for comparisons).
+        self._lazy = group.resolve_paths and LAZY_PATHS and self._lazy_paths()
+        self._resolve = group.resolve_paths and not self._lazy
         self._proc_info = group.proc_info
         self._pidfd_reported = bool(group.flags & InitFlag.REPORT_PIDFD)
         self._fd_error = bool(group.flags & InitFlag.REPORT_FD_ERROR)
@@ -134,15 +155,22 @@ class LoopServer:
         self._args_out: Any = None
         self._set_args()
         self._budget_in = 0
+        #: Descriptors free at the last look, less the most the reads since took.
+        self._fits_left = 0
         self._loop: LoopLike | None = None
         #: True once started (the reader's delegate then read instead of it).
         self.started = False
         #: True while the fd is registered with the loop by this server.
         self._registered = False
         self._stopped = False
+        #: The events of the batch being served (see _end_batch).
+        self._inflight: list[FanotifyData] | None = None
 
     def _decoder(self, group: Fanotify) -> _fastparse.Decoder:
         return _fastparse.Decoder(_READ)
+
+    def _lazy_paths(self) -> bool:
+        return True
 
     def _set_args(self) -> None:
         a = self._args
@@ -177,10 +205,31 @@ class LoopServer:
         return True
 
     def stop(self) -> None:
-        """Unregister for good (idempotent); the loop may already be closed."""
+        """Unregister for good (idempotent); the loop may already be closed.
+
+        Called first by the group's close, the fd still open: the events of
+        the batch being served (a handler closed the group) that the handler
+        has not been given yet are answered with the default verdict now
+        (``at_close``), and the batch ends there.
+        """
         self._stopped = True
         self._unregister()
+        self._end_batch()
         self._dec.close()
+
+    def _end_batch(self) -> None:
+        batch, self._inflight = self._inflight, None
+        if not batch:
+            return
+        perm = self._perm
+        pending = perm._pending
+        for ev in batch:
+            if ev._owns & UNANSWERED and pending.get(ev.fd) is None:
+                _set_responder(ev, perm)
+                ev._release(AT_CLOSE)
+        # The serving loop iterates this very list: emptied, it ends at its
+        # next step (the events before were given out or handed on already).
+        batch.clear()
 
     def _unregister(self) -> None:
         if self._registered and self._loop is not None:
@@ -200,9 +249,16 @@ class LoopServer:
         # At most about one full read's worth of events per callback, however many
         # reads bring it: a burst is served a read per loop iteration, so
         # timers (deadlines) and other tasks run between.
+        # A failure (building or serving a read) must not reach the loop's
+        # exception handler, where nobody sees it: the read's events are
+        # answered by then (serve_built), and the group fails with it.
         got = 0
         for _ in range(_READS_PER_WAKEUP):
-            n = self.read_once()
+            try:
+                n = self.read_once()
+            except Exception as exc:
+                self._serve_failed(exc)
+                return
             if not n:
                 return
             got += n
@@ -211,9 +267,12 @@ class LoopServer:
 
     def read_once(self) -> int:
         """Read the group once and serve the batch; returns the bytes read (0: none)."""
-        if self._stopped or self._group._closed:
+        group = self._group
+        if self._stopped or group._closed or group._error is not None:
             return 0
-        if self._budget_in <= 0 and not self._budget():
+        # Also once the events read since the last look could have used the
+        # room it found (an async handler holds its events' descriptors).
+        if (self._budget_in <= 0 or self._fits_left <= _ROOM) and not self._budget():
             return 0
         self._budget_in -= 1
         guard = self._fdguard
@@ -223,8 +282,9 @@ class LoopServer:
         a = self._args
         if self._dec._out is not self._args_out:
             self._set_args()
-        if a.walk == static:
-            a.walk = int(not static)
+        walk = 0 if static else 1  # the C walk is the decoder's own work with static rules
+        if a.walk != walk:
+            a.walk = walk
         count: int = _read_walk_args(a)
         n: int = a.nread
         if n == 0:
@@ -234,6 +294,7 @@ class LoopServer:
         c = self._counters
         c.reads += 1
         c.bytes_read += n
+        self._fits_left -= n // 24  # at most this many new descriptors
         if static:
             self._group._handle_batch(memoryview(ffi.buffer(self._buf, n)))
             return n
@@ -244,7 +305,8 @@ class LoopServer:
             if len(self._views) > 64:
                 self._views.clear()
             src = self._views[n] = ffi.buffer(self._buf, n)
-        self._batch(src, count)
+        serve_built(self._dec, src, count, self._fd_error, self._resolve, self._own,
+                    self._perm, self._serve)  # fmt: skip
         return n
 
     def _read_tight(self) -> int:
@@ -274,13 +336,14 @@ class LoopServer:
         # group's queue has room for (the rest wait in the kernel; a full
         # queue still reads one event, answered at once if it does not fit,
         # as the group's reader does).  Looked at every read while others
-        # hold events (the queue, clients), else every _BUDGET_EVERY reads.
-        fits = self._fdguard.free_fds()
+        # hold events (the queue, clients), else every _BUDGET_EVERY reads
+        # or sooner, once the reads since could have used the room found.
+        fits = self._fits_left = self._fdguard.free_fds()
         if fits < 1:
             self._retry_later()
             return False
         queued = self._group._queued()
-        roomy = fits > 4 * (_READ // 24) and not queued
+        roomy = fits > _ROOM and not queued
         self._budget_in = _BUDGET_EVERY if roomy else 1
         room = min(fits, self._capacity - queued)
         size = min(_READ, max(self._min_read, room * 24))
@@ -294,6 +357,15 @@ class LoopServer:
             self._stop_reading(exc)
         elif err in (_errno.EMFILE, _errno.ENFILE):
             self._retry_later()  # no descriptors: wait for the application to close some
+
+    def _serve_failed(self, exc: Exception) -> None:
+        if not isinstance(exc, _answer.BuildFailed):
+            # serve_built answered the read's events (counted as abandoned).
+            log.error("serving a permission read failed: the group stops reading", exc_info=exc)
+            err = OSError(_errno.EIO, f"serving a permission read failed ({exc!r})")
+            err.__cause__ = exc
+            exc = err
+        self._stop_reading(exc)
 
     def _stop_reading(self, exc: OSError) -> None:
         self._unregister()
@@ -316,6 +388,7 @@ class LoopServer:
                     self._perm, self._serve)  # fmt: skip
 
     def _serve(self, events: list[FanotifyData], errors: list[Any]) -> None:
+        self._inflight = events  # see _end_batch
         pipeline = self._pipeline
         failed = bool(errors)
         for err in errors:
@@ -325,6 +398,7 @@ class LoopServer:
         perm = self._perm
         own = self._own
         loop = self._loop
+        lazy = self._lazy
         rest: list[FanotifyData] | None = None
         for ev in events:
             if ev.pid in own:
@@ -344,14 +418,19 @@ class LoopServer:
             if ev._owns & UNANSWERED:
                 _set_responder(ev, perm)
                 if perm.handler is not None:
+                    if lazy:
+                        _set_class(ev, "__class__", LazyPathEvent)
                     c.events_delivered += 1
                     add_and_dispatch(perm, ev, loop)
                     continue
                 perm.add(ev, loop)
+            if lazy:
+                eager_path(ev)  # kept past its close by whoever receives it
             if rest is None:
                 rest = []
             rest.append(ev)
-        if not failed:
+        self._inflight = None
+        if not failed and self._fdguard._short:
             self._fdguard.recovered()
         if rest:
             self._group._deliver(rest)
@@ -367,6 +446,8 @@ class ReadAhead(LoopServer):
     own next read).
     """
 
+    __slots__ = ()
+
     def __init__(self, group: Fanotify) -> None:
         super().__init__(group)
         self._loop = group._reader.loop
@@ -376,6 +457,9 @@ class ReadAhead(LoopServer):
         fast = group._pipeline.fast
         assert fast is not None  # see supported()
         return fast
+
+    def _lazy_paths(self) -> bool:
+        return False  # its events go to a consumer, who may read a path after the close
 
     def start(self, loop: LoopLike | None) -> bool:
         return False  # never the group's reader
@@ -396,13 +480,15 @@ def serve_built(
 ) -> None:
     """Build a permission read's events and ``serve(events, errors)`` them.
 
-    Shared by the loop server and the permission thread.  A bug in ``serve``
-    must not leave a process waiting on an event only this reader knew
-    about: what is unanswered is answered (ABANDONED, the default verdict)
-    and every event closed (closing one already closed does nothing), then
-    the error goes on.
+    Shared by the loop server and the permission thread.  Every event of
+    the read is answered or owned on every path: a build that fails
+    answers the read's events itself (see :func:`build_events`), and a bug
+    in ``serve`` must not leave a process waiting on an event only this
+    reader knew about: what is unanswered is answered (ABANDONED, the
+    default verdict) and every event closed (closing one already closed
+    does nothing), then the error goes on.
     """
-    events, errors = build_events(dec, src, count, fd_error, resolve, own)
+    events, errors = build_events(dec, src, count, fd_error, resolve, own, perm)
     try:
         serve(events, errors)
     except BaseException:
@@ -415,6 +501,7 @@ def serve_built(
 
 def build_events(
     dec: _fastparse.Decoder, src: Any, count: int, fd_error: bool, resolve: bool, own: Any,
+    perm: PermissionTracker | None = None,
 ) -> tuple[list[FanotifyData], list[ParseError]]:
     """``dec._build`` of a permission read (fd events, no directory records).
 
@@ -423,31 +510,45 @@ def build_events(
     again in Python on a one-event read.  An entry the builder hands back
     (a malformed event, a path the arena had no room for) is decoded by the
     reference parser, as there, and the builder goes on after it.
+
+    If building raises (MemoryError, a bug), no event of the read has been
+    handed to anyone: with ``perm``, the events built are released and every
+    other permission event of ``src`` is answered with the default verdict
+    (:func:`~afanotify._answer.unbuilt`: counted, logged), the read's other
+    fds closed, and :class:`~afanotify._answer.BuildFailed` raised from the error.
     """
     events: list[FanotifyData] = []
-    flags = _B_OWNED | (_B_FD_ERROR if fd_error else 0) | (_B_RESOLVE if resolve else 0)
-    if dec.untrack:
-        flags |= _B_UNTRACK
-    out_mv, arena = dec._out_mv, dec._arena_buf
-    i = _BUILD(out_mv, 0, count, src, arena, events, [None] * _MAX_DIRS, {}, None, own,
-               flags, _PERM, _DIR_CHANGE, None, None)[0]  # fmt: skip
-    if i >= count:
-        return events, _NO_ERRORS
-    errors: list[ParseError] = []
-    mv = memoryview(src).cast("B")
-    while i < count:
-        entry = dec._out[i]
-        i += 1
-        extra = dec._fd_path(entry) if resolve and not entry.status else None
-        item, _ = parse_event(mv, entry.offset, owned=True, fd_error=fd_error, extra=extra)
-        if isinstance(item, ParseError):
-            errors.append(item)
-        else:
-            events.append(item)
-        if i < count:
-            i = _BUILD(out_mv, i, count, src, arena, events, [None] * _MAX_DIRS, {}, None,
-                       own, flags, _PERM, _DIR_CHANGE, None, None)[0]  # fmt: skip
-    return events, errors
+    try:
+        flags = _B_OWNED | (_B_FD_ERROR if fd_error else 0) | (_B_RESOLVE if resolve else 0)
+        if dec.untrack:
+            flags |= _B_UNTRACK
+        out_mv, arena = dec._out_mv, dec._arena_buf
+        # The directory tables stay empty: a permission group's events carry
+        # no directory records (FID groups are not served here).
+        i = _BUILD(out_mv, 0, count, src, arena, events, _NO_DIRS, _NO_BY_RECORD, None, own,
+                   flags, _PERM, _DIR_CHANGE, None, None)[0]  # fmt: skip
+        if i >= count:
+            return events, _NO_ERRORS
+        errors: list[ParseError] = []
+        mv = memoryview(src).cast("B")
+        while i < count:
+            entry = dec._out[i]
+            i += 1
+            extra = dec._fd_path(entry) if resolve and not entry.status else None
+            item, _ = parse_event(mv, entry.offset, owned=True, fd_error=fd_error, extra=extra)
+            if isinstance(item, ParseError):
+                errors.append(item)
+            else:
+                events.append(item)
+            if i < count:
+                i = _BUILD(out_mv, i, count, src, arena, events, _NO_DIRS, _NO_BY_RECORD,
+                           None, own, flags, _PERM, _DIR_CHANGE, None, None)[0]  # fmt: skip
+        return events, errors
+    except BaseException as exc:
+        if perm is None:
+            raise
+        _answer.unbuilt(perm, src, events, exc, close_rest=True)
+        raise _answer.BuildFailed(exc) from exc
 
 
 def add_and_dispatch(perm: PermissionTracker, ev: FanotifyData, loop: LoopLike | None) -> None:
@@ -501,6 +602,14 @@ def add_and_dispatch(perm: PermissionTracker, ev: FanotifyData, loop: LoopLike |
         if answer_and_close(perm, ev, result):
             return
     dispatch_result(perm, ev, result)
+
+
+def eager_path(ev: FanotifyData) -> None:
+    """Set ``ev``'s path from its fd now (what the C walk does for a read)."""
+    if ev.fd >= 0:
+        path, resolved = fd_path(ev.fd)
+        _set_path(ev, path)
+        _set_path_resolved(ev, resolved)
 
 
 def read_ahead(group: Fanotify) -> ReadAhead | None:

@@ -46,12 +46,12 @@ import time
 import weakref
 from typing import Any
 
-from . import _fastparse, _permloop
+from . import _answer, _fastparse, _permloop
 from ._answer import answer_and_close
 from ._ffi import ffi, lib
 from ._loop import LoopLike
 from ._proc import process_info
-from .events import UNANSWERED, FanotifyData
+from .events import UNANSWERED, FanotifyData, LazyPathEvent
 from .exceptions import ParseError
 from .flags import FID_INIT_FLAGS, Event, InitFlag, Response
 from .permission import DROPPED, PermissionHandler, PermissionTracker, _Entry
@@ -79,6 +79,7 @@ _set_responder = FanotifyData.__dict__["_responder"].__set__
 _set_owns = FanotifyData.__dict__["_owns"].__set__
 _set_exe = FanotifyData.__dict__["exe"].__set__
 _set_cwd = FanotifyData.__dict__["cwd"].__set__
+_set_class = object.__setattr__
 
 
 def supported(group: Fanotify) -> str | None:
@@ -162,7 +163,8 @@ class PermissionThread:
         # still collected (and closed, which stops this thread).
         self._group = weakref.ref(group)
         self._min_read = group._reader._max_event_len
-        self._resolve = group.resolve_paths
+        self._lazy = group.resolve_paths and _permloop.LAZY_PATHS  # see LoopServer
+        self._resolve = group.resolve_paths and not _permloop.LAZY_PATHS
         self._proc_info = group.proc_info
         self._pidfd_reported = bool(group.flags & InitFlag.REPORT_PIDFD)
         self._fd_error = bool(group.flags & InitFlag.REPORT_FD_ERROR)
@@ -228,8 +230,13 @@ class PermissionThread:
     # -- the thread ----------------------------------------------------------
 
     def _run(self) -> None:
+        failed: OSError | None = None
         try:
             self._serve()
+        except _answer.BuildFailed as exc:
+            # Its events are answered and it is logged (build_events): the
+            # group fails with it, on the loop, as a failed read would.
+            failed = exc
         except BaseException:
             log.exception(
                 "the permission handler thread failed: the event loop reads (and runs "
@@ -238,25 +245,29 @@ class PermissionThread:
         finally:
             self._close_pipe()
             if not self._stopping:
-                self._give_back()
+                self._give_back(failed)
 
-    def _give_back(self) -> None:
-        """After a failure: let the loop read again (its reader calls the handler there)."""
+    def _give_back(self, failed: OSError | None = None) -> None:
+        """After a failure: let the loop read again (its reader calls the handler
+        there), or fail the group with ``failed``."""
         self._perm.threaded = False
         loop = self._loop
         if loop is not None and not loop.is_closed():
             try:
-                loop.call_soon_threadsafe(self._loop_reads)
+                loop.call_soon_threadsafe(lambda: self._loop_reads(failed))
             except RuntimeError:
                 pass  # the loop closed meanwhile; the group's close answers the rest
 
-    def _loop_reads(self) -> None:
+    def _loop_reads(self, failed: OSError | None) -> None:
         group = self._group()
         if group is None or group._closed or group._perm.thread is not self:
             return
         group._perm.thread = None
         group._reader.delegate = None
-        group._reader.start()
+        if failed is not None:
+            group._fail(failed)
+        else:
+            group._reader.start()
 
     def _serve(self) -> None:
         dec = _fastparse.Decoder(_READ)
@@ -324,6 +335,7 @@ class PermissionThread:
         c.events_read += len(events)
         perm = self._perm
         own = self._own
+        lazy = self._lazy
         rest: list[FanotifyData] = []
         for ev in events:
             if ev.pid in own:
@@ -341,6 +353,8 @@ class PermissionThread:
                 _set_cwd(ev, cwd)
             handler = perm.handler
             if ev._owns & UNANSWERED and handler is not None and not self._stopping:
+                if lazy:
+                    _set_class(ev, "__class__", LazyPathEvent)
                 _set_responder(ev, perm)
                 _add(perm, ev)
                 c.events_delivered += 1
@@ -349,6 +363,8 @@ class PermissionThread:
                 if ev._owns & UNANSWERED:
                     _set_responder(ev, perm)
                     _add(perm, ev)
+                if lazy:
+                    _permloop.eager_path(ev)  # for the loop's consumer
                 rest.append(ev)
         if not failed:
             self._fdguard.recovered()

@@ -5,14 +5,16 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .flags import PERM_EVENTS, Event
 
 if TYPE_CHECKING:
     from .permission import AuditRule, Verdict
 
-__all__ = ["FileHandle", "FanotifyData", "OWN_FD", "OWN_PIDFD", "UNANSWERED", "Responder"]
+__all__ = [
+    "FileHandle", "FanotifyData", "LazyPathEvent", "OWN_FD", "OWN_PIDFD", "UNANSWERED", "Responder",
+]
 
 # Bits of FanotifyData._owns: what the event still holds.
 OWN_FD = 1
@@ -320,3 +322,93 @@ class FanotifyData:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+# -- a path read when first asked -------------------------------------------
+
+_PATH_SLOT = FanotifyData.__dict__["path"]
+_RESOLVED_SLOT = FanotifyData.__dict__["path_resolved"]
+_set_class = object.__setattr__
+_DELETED = " (deleted)"
+
+
+class LazyPathEvent(FanotifyData):
+    """A :class:`FanotifyData` whose ``path`` is read from its fd when first asked.
+
+    The permission readers (``_permloop.py``, ``_permthread.py``) make their
+    events of this class in a group with ``resolve_paths``: most handlers
+    decide without the path, and reading it (``readlink`` of
+    ``/proc/self/fd/N``) was the largest single cost of an event.  The first
+    read of ``path`` or ``path_resolved`` sets both, exactly as the eager
+    read does (a deleted file: its last name, ``path_resolved`` False), and
+    makes the event a plain :class:`FanotifyData` again.  What lazy means:
+
+    * the path is the file's path *when first asked*, not when the event was
+      read: a file renamed in between gives its new path, one deleted in
+      between its last name with ``path_resolved`` False;
+    * it can be read only while the event holds its fd: asked first after
+      the event was closed (``close()``, its verdict written and released,
+      ``async for`` moving on), ``path`` is None and ``path_resolved`` False.
+      :meth:`detach_fd` reads it first (the fd is the caller's afterwards).
+    """
+
+    __slots__ = ()
+
+    def _read_path(self) -> None:
+        path: str | None = None
+        resolved = False
+        with _RELEASE_LOCK:  # the fd cannot be closed meanwhile
+            if self._owns & OWN_FD:
+                try:
+                    path = os.readlink(f"/proc/self/fd/{self.fd}")
+                except OSError:
+                    pass
+                else:
+                    resolved = not path.endswith(_DELETED)
+                    if not resolved:
+                        path = path[: -len(_DELETED)]
+            _PATH_SLOT.__set__(self, path)
+            _RESOLVED_SLOT.__set__(self, resolved)
+            _set_class(self, "__class__", FanotifyData)
+
+    @property
+    def path(self) -> str | None:
+        self._read_path()
+        return _PATH_SLOT.__get__(self)  # type: ignore[no-any-return]
+
+    @path.setter
+    def path(self, value: str | None) -> None:
+        # dataclasses.replace(), copy, pickle: the value given is the path.
+        _PATH_SLOT.__set__(self, value)
+        _set_class(self, "__class__", FanotifyData)
+
+    @property
+    def path_resolved(self) -> bool:
+        self._read_path()
+        return _RESOLVED_SLOT.__get__(self)  # type: ignore[no-any-return]
+
+    @path_resolved.setter
+    def path_resolved(self, value: bool) -> None:
+        _RESOLVED_SLOT.__set__(self, value)
+
+    # Each of these reads the path first: the event is then a FanotifyData,
+    # whose own method answers (equality and pickling name the class).
+
+    def detach_fd(self) -> int:
+        self._read_path()
+        return self.detach_fd()
+
+    def __eq__(self, other: object) -> bool:
+        self._read_path()
+        return self == other
+
+    def __hash__(self) -> int:
+        self._read_path()
+        return hash(self)
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        self._read_path()
+        return self.__reduce_ex__(protocol)
+
+
+LazyPathEvent.__qualname__ = LazyPathEvent.__name__ = "FanotifyData"

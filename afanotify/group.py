@@ -19,7 +19,7 @@ import os
 from collections.abc import Callable
 from typing import Literal, NamedTuple
 
-from . import _batches, _dispatch, _fork, _permthread, _static, _tree
+from . import _answer, _batches, _dispatch, _fork, _permthread, _static, _tree
 from . import client as _client
 from ._batches import BatchSink
 from ._consume import OwnQueue, events_iter
@@ -487,7 +487,7 @@ class Fanotify(OwnQueue, _fork.ForkGuard, AsyncClosingContext):
         return self._pipeline.decode(view, self._reader.loop)
 
     def _handle_batch(self, view: memoryview) -> None:
-        events = _decode_without_gc(self._pipeline, view, self._reader.loop)
+        events = _answer.decode_or_fail(self, view, _decode_without_gc)
         if events:
             self._deliver(events)
 

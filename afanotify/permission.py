@@ -34,6 +34,7 @@ from collections.abc import Awaitable
 from typing import Any, NamedTuple
 
 from . import _ffi
+from ._answer import BUILD_FAILED as BUILD_FAILED
 from ._answer import answer_and_close_or_false as _answer_and_close
 from ._answer import write_plain
 from ._loop import Cancellable, LoopLike, TaskLike
@@ -104,6 +105,9 @@ class PermissionStatistics(NamedTuple):
     #: Permission events the kernel denied itself: it could not open their fd in
     #: this process (EMFILE/ENFILE...); also in ``denied`` (docs/reliability.md).
     denied_by_kernel: int = 0
+    #: Permission events answered with the default verdict because building
+    #: the events of their read failed (also counted in ``defaulted``).
+    build_failed: int = 0
 
 
 class _Entry:
@@ -158,7 +162,9 @@ class PermissionTracker:
         self.handler: PermissionHandler | None = None
         self.allowed = self.denied = self.late = self.queue_dropped = self.kernel_denied = 0
         self._reasons: dict[str, int] = dict.fromkeys(
-            (TIMED_OUT, HANDLER_ERROR, ABANDONED, DROPPED, RELEASED, AT_CLOSE, STALLED), 0
+            (TIMED_OUT, HANDLER_ERROR, ABANDONED, DROPPED, RELEASED, AT_CLOSE, STALLED,
+             BUILD_FAILED),
+            0,
         )
         #: Serialises answering with the watchdog thread: whoever clears an
         #: event's UNANSWERED bit writes its response before anyone else can
@@ -207,7 +213,7 @@ class PermissionTracker:
         return PermissionStatistics(
             len(self._pending), self.allowed, self.denied, self.defaulted, r[TIMED_OUT],
             r[HANDLER_ERROR], r[ABANDONED], r[DROPPED], r[RELEASED], r[AT_CLOSE], self.late,
-            self.queue_dropped, r[STALLED], self.kernel_denied,
+            self.queue_dropped, r[STALLED], self.kernel_denied, r[BUILD_FAILED],
         )
 
     def __len__(self) -> int:
@@ -361,7 +367,10 @@ class PermissionTracker:
         with self.lock:  # wait for a watchdog write in progress
             if not ev._owns & UNANSWERED:
                 return None
-            self._reasons[reason] += 1
+            if self.fd >= 0:
+                # Once the group fd is closed the kernel has allowed the event
+                # itself: no verdict of ours to count (write() marks it answered).
+                self._reasons[reason] += 1
             try:
                 self.write(ev, int(self.default))
             except OSError as exc:
@@ -372,6 +381,14 @@ class PermissionTracker:
         """Count permission events the kernel denied because it could not open their fd."""
         self.kernel_denied += n
         self.denied += n
+
+    def count_unbuilt(self, response: int) -> None:
+        """Count a response written for an event of a read whose build failed (``_answer``)."""
+        self._reasons[BUILD_FAILED] += 1
+        if response & _DENY:
+            self.denied += 1
+        else:
+            self.allowed += 1
 
     def count_stalled(self, response: int) -> None:
         """Count a response the watchdog wrote itself for an event the loop never read."""

@@ -71,3 +71,37 @@ def test_build_events_gives_what_the_general_build_gives(name: str) -> None:
             None, None,
         )[0]  # fmt: skip
         assert stop < count
+
+
+def test_a_finaliser_given_to_the_event_class_after_setup_runs() -> None:
+    # The C deallocator installed at setup must not skip a __del__ added
+    # later (it runs it as CPython's would), and a finalized object is not
+    # reused for a new event.
+    import gc
+
+    from afanotify.events import FanotifyData
+
+    dec = _fastparse.Decoder(4096)
+    data = _meta(int(Event.OPEN), 7)
+    seen: list[int] = []
+
+    def fin(self: FanotifyData) -> None:
+        if self.pid == 7:  # not the garbage of other tests, collected meanwhile
+            seen.append(self.pid)
+
+    FanotifyData.__del__ = fin  # type: ignore[attr-defined]
+    try:
+        events, _ = dec.decode(data, len(data))
+        assert [e.pid for e in events] == [7]
+        del events
+        gc.collect()
+        assert seen == [7]
+        events, _ = dec.decode(data, len(data))
+        del events
+        gc.collect()
+        assert seen == [7, 7]
+    finally:
+        del FanotifyData.__del__  # type: ignore[attr-defined]
+    events, _ = dec.decode(data, len(data))
+    del events
+    assert seen == [7, 7]

@@ -25,7 +25,16 @@ import pytest_asyncio
 from _perm_helpers import background, child, drain, wait_for
 from helpers import CHILD_CWD, child_env
 
-from afanotify import Event, Fanotify, FanotifyData, InitFlag, Response, Verdict, _consume
+from afanotify import (
+    Event,
+    Fanotify,
+    FanotifyData,
+    InitFlag,
+    Response,
+    Verdict,
+    _consume,
+    _permloop,
+)
 from afanotify._permloop import LoopServer, ReadAhead
 from afanotify._static import StaticRule, StaticRules
 
@@ -428,3 +437,120 @@ class _nothing:
 
     async def __aexit__(self, *exc: object) -> None:
         return None
+
+
+async def test_a_serve_failure_fails_the_group_not_the_loops_exception_handler(
+    tmpfs: Path, make_group: Callable[..., Fanotify], monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A bug in the server's per-event step (here: the /proc lookup raises)
+    # answers the read's events with the default verdict and fails the
+    # group, whose consumer sees it; the loop's exception handler sees nothing.
+    from afanotify import ClosedResourceError
+
+    target = _file(tmpfs, "f")
+    fan = make_group(permission_timeout=30, default_response=Response.DENY, proc_info=True)
+    fan.mark(target, Event.OPEN_PERM)
+    fan.on_permission(lambda ev: True)
+
+    def broken(*args: Any, **kw: Any) -> Any:
+        raise RuntimeError("induced by the test")
+
+    monkeypatch.setattr(_permloop, "process_info", broken)
+    loop = asyncio.get_running_loop()
+    handled: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, ctx: handled.append(ctx))
+    caplog.set_level(logging.ERROR)
+    seen: list[BaseException] = []
+
+    async def consume() -> None:
+        try:
+            await drain(fan)
+        except ClosedResourceError as exc:
+            seen.append(exc)
+
+    try:
+        async with background(consume()):
+            result = await child("open", target, timeout=10)
+            await wait_for(lambda: bool(seen))
+    finally:
+        loop.set_exception_handler(None)
+    assert result.errno == errno.EPERM
+    assert handled == []
+    assert "serving a permission read failed" in str(seen[0])
+    st = fan.permission_stats
+    assert (st.abandoned, st.denied, st.pending) == (1, 1, 0)
+    assert any("serving a permission read failed" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("thread", [False, True], ids=["loop", "thread"])
+async def test_stats_after_a_handler_closes_the_group(
+    tmpfs: Path, make_group: Callable[..., Fanotify], thread: bool,
+) -> None:
+    # Many opens at once; the handler closes the group on its 5th call.  The
+    # handler is never called again, and every event the group counts is
+    # counted once: allowed = the handler's verdicts + what the close
+    # answered (the event in the handler is answered by the close, the
+    # handler's late verdict discarded).
+    files = [_file(tmpfs, f"f{i}") for i in range(20)]
+    fan = make_group(permission_timeout=30)
+    fan.mark(tmpfs, Event.OPEN_PERM | Event.EVENT_ON_CHILD)
+    calls = 0
+
+    def handler(ev: FanotifyData) -> bool:
+        nonlocal calls
+        calls += 1
+        if calls == 5:
+            fan.close()
+        return True
+
+    fan.on_permission(handler, thread=thread)
+    async with background(drain(fan)):
+        results = await asyncio.gather(*(child("open", p, timeout=20) for p in files))
+    assert [r.errno for r in results] == [0] * len(files)
+    assert calls == 5
+    st = fan.permission_stats
+    assert st.late == 1
+    assert st.allowed == (calls - 1) + st.at_close
+    assert st.defaulted == st.at_close
+
+
+async def test_the_descriptor_budget_counts_the_events_read_since_it_was_looked_at(
+    tmpfs: Path, make_group: Callable[..., Fanotify],
+) -> None:
+    # An async handler holds its events (and their fds) across reads: once
+    # the reads since the last look could have used the room it found, the
+    # next read looks again (not only every 64th read).  The room found is
+    # capped just above the threshold, so two events use it up.
+    files = [_file(tmpfs, f"f{i}") for i in range(3)]
+    fan = make_group(permission_timeout=30)
+    fan.mark(tmpfs, Event.OPEN_PERM | Event.EVENT_ON_CHILD)
+    release = asyncio.Event()
+    held: list[FanotifyData] = []
+
+    async def hold(ev: FanotifyData) -> bool:
+        held.append(ev)
+        await release.wait()
+        return True
+
+    fan.on_permission(hold)
+    guard = fan._pipeline.fdguard
+    real = guard.free_fds
+    looks: list[int] = []
+
+    def counted() -> int:
+        looks.append(len(fan._perm))
+        return min(real(), _permloop._ROOM + 2)
+
+    guard.free_fds = counted  # type: ignore[method-assign]
+    async with background(drain(fan)):
+        opens = [asyncio.ensure_future(child("open", p, timeout=20)) for p in files]
+        try:
+            for n in range(1, len(files) + 1):
+                await wait_for(lambda n=n: len(held) >= n)  # type: ignore[misc]
+        finally:
+            release.set()
+        results = await asyncio.gather(*opens)
+    assert [r.errno for r in results] == [0] * len(files)
+    # Looked at again, with events pending, after two reads.
+    assert sum(1 for pending in looks if pending) >= 1

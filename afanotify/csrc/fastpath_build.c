@@ -364,7 +364,9 @@ static void afn_slots_release(PyObject *o, PyTypeObject *tp, PyTypeObject *t)
     for (; p < end; p++)
         Py_XDECREF(*p);
     /* afn_b holds a reference to event_type: it outlives what is kept. */
-    if (tp == afn_b.event_type && afn_nfree < AFN_FREE_MAX)
+    /* Not an object that was finalized: a new event made from it would
+     * never be (the collector's flag would stay set). */
+    if (tp == afn_b.event_type && afn_nfree < AFN_FREE_MAX && tp->tp_finalize == NULL)
         afn_free[afn_nfree++] = o;
     else
         tp->tp_free(o);
@@ -383,6 +385,15 @@ static void afn_slots_dealloc(PyObject *o)
 
     while (t->tp_dealloc != afn_slots_dealloc)
         t = t->tp_base;
+    /* A __del__ given to the class after _builder_setup (afn_own_dealloc
+     * refuses a class that has one): run it as CPython's deallocator would.
+     * A subclass's runs in its own deallocator, before this one. */
+    if (tp == t && tp->tp_finalize != NULL) {
+        if (!PyObject_GC_IsTracked(o))
+            PyObject_GC_Track(o); /* the finalizer may make references to it */
+        if (PyObject_CallFinalizerFromDealloc(o) < 0)
+            return; /* resurrected */
+    }
     PyObject_GC_UnTrack(o);
     /* An event freed inside fewer than AFN_DEALLOC_DIRECT others is freed
      * directly: the trashcan's calls were a sixth of this function's cost,

@@ -1,0 +1,190 @@
+"""The path of a plain handler's event is read when first asked (``LazyPathEvent``).
+
+Each test runs the same handler with the path read by the C walk as the
+event is read (eager, ``AFANOTIFY_EAGER_PATHS=1``) and read when the
+handler first asks (lazy, the default) and compares: the same value for a
+file left alone; for a file renamed or deleted between the read and the
+question, lazy gives what is true when asked (docs/permissions.md).  Private
+tmpfs; every group closed by the fixture.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from _perm_helpers import background, child, drain
+
+from afanotify import Event, Fanotify, FanotifyData, InitFlag, _permloop
+from afanotify.events import LazyPathEvent
+
+pytestmark = [
+    pytest.mark.kernel,
+    pytest.mark.timeout(60),
+    pytest.mark.skipif(not _permloop.AVAILABLE, reason="needs the compiled core"),
+]
+
+
+@pytest_asyncio.fixture  # asyncio only: pytest-asyncio runs in strict mode
+async def make_group() -> AsyncIterator[Callable[..., Fanotify]]:
+    made: list[Fanotify] = []
+
+    def make(**kw: Any) -> Fanotify:
+        group = Fanotify(InitFlag.CLASS_CONTENT, permission_timeout=30, **kw)
+        made.append(group)
+        return group
+
+    try:
+        yield make
+    finally:
+        for group in made:
+            group.close()
+
+
+async def _seen(
+    make_group: Callable[..., Fanotify], monkeypatch: pytest.MonkeyPatch, root: Path,
+    target: Path, lazy: bool, before: Callable[[], None] = lambda: None, *,
+    thread: bool = False,
+) -> tuple[str | None, bool, bool, FanotifyData]:
+    """(path, path_resolved, lazy class seen, the event) as the handler saw them."""
+    monkeypatch.setattr(_permloop, "LAZY_PATHS", lazy)
+    fan = make_group()
+    fan.mark(root, Event.OPEN_PERM | Event.EVENT_ON_CHILD)
+    seen: list[tuple[str | None, bool, bool, FanotifyData]] = []
+
+    def handler(ev: FanotifyData) -> bool:
+        was_lazy = type(ev) is LazyPathEvent
+        before()
+        seen.append((ev.path, ev.path_resolved, was_lazy, ev))
+        return True
+
+    fan.on_permission(handler, thread=thread)
+    async with background(drain(fan)):
+        result = await child("open", target, timeout=20)
+    fan.close()  # the next run's group is the only listener
+    assert result.errno == 0
+    assert len(seen) == 1
+    return seen[0]
+
+
+@pytest.mark.parametrize("thread", [False, True], ids=["loop", "thread"])
+async def test_lazy_path_is_the_eager_path(
+    tmpfs: Path, make_group: Callable[..., Fanotify], monkeypatch: pytest.MonkeyPatch,
+    thread: bool,
+) -> None:
+    target = tmpfs / "f"
+    target.write_text("x")
+    eager = await _seen(make_group, monkeypatch, tmpfs, target, False, thread=thread)
+    lazy = await _seen(make_group, monkeypatch, tmpfs, target, True, thread=thread)
+    assert eager[:3] == (str(target), True, False)
+    assert lazy[:3] == (str(target), True, True)
+    # Asked once, it is a plain event again, and keeps its path past the close.
+    assert type(lazy[3]) is FanotifyData
+    assert lazy[3].closed and lazy[3].path == str(target)
+
+
+async def test_a_file_renamed_before_the_question(
+    tmpfs: Path, make_group: Callable[..., Fanotify], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    target, moved = tmpfs / "f", tmpfs / "g"
+
+    def rename() -> None:
+        os.rename(target, moved)
+
+    target.write_text("x")
+    eager = await _seen(make_group, monkeypatch, tmpfs, target, False, rename)
+    os.rename(moved, target)
+    lazy = await _seen(make_group, monkeypatch, tmpfs, target, True, rename)
+    assert eager[:2] == (str(target), True)  # the path when the event was read
+    assert lazy[:2] == (str(moved), True)  # the path when asked
+
+
+async def test_a_file_deleted_before_the_question(
+    tmpfs: Path, make_group: Callable[..., Fanotify], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    target = tmpfs / "f"
+
+    def delete() -> None:
+        target.unlink()
+
+    target.write_text("x")
+    eager = await _seen(make_group, monkeypatch, tmpfs, target, False, delete)
+    target.write_text("x")
+    lazy = await _seen(make_group, monkeypatch, tmpfs, target, True, delete)
+    assert eager[:2] == (str(target), True)
+    # Its last name, and not resolved: as an eager read of a deleted file.
+    assert lazy[:2] == (str(target), False)
+
+
+async def test_a_path_first_asked_after_the_close_is_none(
+    tmpfs: Path, make_group: Callable[..., Fanotify], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    target = tmpfs / "f"
+    target.write_text("x")
+    monkeypatch.setattr(_permloop, "LAZY_PATHS", True)
+    fan = make_group()
+    fan.mark(target, Event.OPEN_PERM)
+    kept: list[FanotifyData] = []
+    fan.on_permission(lambda ev: kept.append(ev) is None)
+    async with background(drain(fan)):
+        result = await child("open", target, timeout=20)
+    assert result.errno == 0 and len(kept) == 1
+    ev = kept[0]
+    assert ev.closed  # answered, its fd closed: nothing to read the path from
+    assert (ev.path, ev.path_resolved) == (None, False)
+
+
+async def test_detach_fd_reads_the_path_first(
+    tmpfs: Path, make_group: Callable[..., Fanotify], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    target = tmpfs / "f"
+    target.write_text("x")
+    monkeypatch.setattr(_permloop, "LAZY_PATHS", True)
+    fan = make_group()
+    fan.mark(target, Event.OPEN_PERM)
+    fds: list[int] = []
+    kept: list[FanotifyData] = []
+
+    def handler(ev: FanotifyData) -> bool:
+        ev.allow_nowait()
+        fds.append(ev.detach_fd())
+        kept.append(ev)
+        return True
+
+    fan.on_permission(handler)
+    async with background(drain(fan)):
+        result = await child("open", target, timeout=20)
+    assert result.errno == 0 and len(fds) == 1
+    os.close(fds[0])  # the number may name another file from now on
+    assert (kept[0].path, kept[0].path_resolved) == (str(target), True)
+
+
+def test_lazy_events_compare_and_pickle_as_events(tmp_path: Path) -> None:
+    import pickle
+
+    from afanotify.events import OWN_FD
+
+    target = tmp_path / "f"
+    target.write_text("x")
+    fds = [os.open(target, os.O_RDONLY) for _ in range(2)]
+    try:
+        a, b = (FanotifyData(fd=fds[0], _owns=OWN_FD) for _ in range(2))
+        for ev in (a, b):
+            object.__setattr__(ev, "__class__", LazyPathEvent)
+        assert a == b and hash(a) == hash(b)
+        c = FanotifyData(fd=fds[0], _owns=OWN_FD)
+        object.__setattr__(c, "__class__", LazyPathEvent)
+        again = pickle.loads(pickle.dumps(c))
+        assert type(again) is FanotifyData and again.path == str(target)
+        assert repr(c).startswith("FanotifyData(")
+    finally:
+        for fd in fds:
+            os.close(fd)
+    with pytest.raises(OSError) as info:
+        os.fstat(fds[0])
+    assert info.value.errno == errno.EBADF

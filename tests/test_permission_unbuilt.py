@@ -1,0 +1,250 @@
+"""A read whose events cannot be built leaves no process waiting (issue #14).
+
+If building a read's events raises (MemoryError, a bug in the builder or
+in the code around it), the permission events of that read not yet handed
+to anything that answers them must get the default verdict at once, be
+counted (``permission_stats.build_failed``) and logged, and the group must
+fail loudly (its consumer gets ClosedResourceError naming the failure).
+
+The failure is induced by replacing the C builder, for the test only, with
+one that builds ``ok`` events of the first read and then raises MemoryError
+(nothing in the library changes for it).  Each read path is tried: the
+loop server of a plain handler, ``thread=True``, ``async for`` (the
+consumer's own read, and the group's general reader), and the guard's loop
+path (static rules, then the handler).  The group timeout is 30 s and the
+watchdog is far off, so an open answered within seconds was answered by the
+failure path.  Private tmpfs; every group closed by the fixture.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import select
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from _perm_helpers import background, child
+
+from afanotify import (
+    ClosedResourceError,
+    Event,
+    Fanotify,
+    FanotifyData,
+    InitFlag,
+    Response,
+    _fastparse,
+    _permloop,
+)
+from afanotify._permloop import LoopServer
+from afanotify._permthread import PermissionThread
+from afanotify._static import StaticRule, StaticRules
+
+pytestmark = [
+    pytest.mark.kernel,
+    pytest.mark.timeout(60),
+    pytest.mark.skipif(not _permloop.AVAILABLE, reason="needs the compiled core"),
+]
+
+#: Far beyond the time a child is given: a deadline cannot be what answers.
+GROUP_TIMEOUT = 30.0
+CHILD_TIMEOUT = 10.0
+
+
+@pytest_asyncio.fixture  # asyncio only: pytest-asyncio runs in strict mode
+async def make_group() -> AsyncIterator[Callable[..., Fanotify]]:
+    made: list[Fanotify] = []
+
+    def make(**kw: Any) -> Fanotify:
+        group = Fanotify(InitFlag.CLASS_CONTENT, permission_timeout=GROUP_TIMEOUT, **kw)
+        made.append(group)
+        return group
+
+    try:
+        yield make
+    finally:
+        for group in made:
+            group.close()
+
+
+class FailingBuild:
+    """The C builder, failing on its first call after building ``ok`` events."""
+
+    def __init__(self, real: Any, ok: int) -> None:
+        self.real = real
+        self.ok = ok
+        self.failed = 0
+
+    def __call__(self, out: Any, start: int, count: int, src: Any, arena: Any,
+                 events: list[FanotifyData], *rest: Any) -> Any:  # fmt: skip
+        if self.failed:
+            return self.real(out, start, count, src, arena, events, *rest)
+        if self.ok:
+            self.real(out, start, min(count, start + self.ok), src, arena, events, *rest)
+        self.failed += 1
+        raise MemoryError("induced by the test: the builder ran out of memory")
+
+
+@pytest.fixture(params=[0, 1], ids=["nothing-built", "one-built"])
+def failing_build(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> FailingBuild:
+    fake = FailingBuild(_permloop._BUILD, request.param)
+    # Both callers of the C builder: the permission paths' and the pipeline's.
+    monkeypatch.setattr(_permloop, "_BUILD", fake)
+    monkeypatch.setattr(_fastparse, "_BUILD", fake)
+    return fake
+
+
+def _file(root: Path, name: str) -> Path:
+    p = root / name
+    p.write_text("content\n")
+    return p
+
+
+async def _consume(fan: Fanotify, seen: list[BaseException]) -> None:
+    try:
+        async for ev in fan:
+            ev.allow_nowait()
+    except ClosedResourceError as exc:
+        seen.append(exc)
+
+
+def _assert_failed_loudly(
+    fan: Fanotify, fake: FailingBuild, seen: list[BaseException], caplog: pytest.LogCaptureFixture,
+) -> None:
+    assert fake.failed == 1
+    st = fan.permission_stats
+    assert (st.build_failed, st.defaulted, st.denied, st.allowed, st.pending) == (1, 1, 1, 0, 0)
+    assert any("building the events of a read failed" in r.getMessage() for r in caplog.records)
+    assert len(seen) == 1 and "building the events of a read failed" in str(seen[0])
+
+
+async def _run_one_open(
+    fan: Fanotify, target: Path, fake: FailingBuild, caplog: pytest.LogCaptureFixture,
+) -> None:
+    seen: list[BaseException] = []
+    caplog.set_level(logging.ERROR)
+    async with background(_consume(fan, seen)):
+        result = await child("open", target, timeout=CHILD_TIMEOUT)
+        assert result.errno == errno.EPERM, "the default verdict (DENY) answers it"
+        assert result.elapsed < CHILD_TIMEOUT
+        # The consumer sees the failure (the group failed with it).
+        for _ in range(500):
+            if seen:
+                break
+            await _sleep_a_tick()
+    _assert_failed_loudly(fan, fake, seen, caplog)
+
+
+async def _sleep_a_tick() -> None:
+    await asyncio.sleep(0.01)
+
+
+async def test_loop_handler_read_that_fails_to_build_is_answered(
+    tmpfs: Path, make_group: Callable[..., Fanotify], failing_build: FailingBuild,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    target = _file(tmpfs, "f")
+    fan = make_group(default_response=Response.DENY)
+    fan.mark(target, Event.OPEN_PERM)
+    fan.on_permission(lambda ev: True)
+    assert isinstance(fan._perm.thread, LoopServer)
+    await _run_one_open(fan, target, failing_build, caplog)
+
+
+async def test_thread_handler_read_that_fails_to_build_is_answered(
+    tmpfs: Path, make_group: Callable[..., Fanotify], failing_build: FailingBuild,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    target = _file(tmpfs, "f")
+    fan = make_group(default_response=Response.DENY)
+    fan.mark(target, Event.OPEN_PERM)
+    fan.on_permission(lambda ev: True, thread=True)
+    assert isinstance(fan._perm.thread, PermissionThread)
+    await _run_one_open(fan, target, failing_build, caplog)
+
+
+@pytest.mark.parametrize("reader", ["read-ahead", "general"])
+async def test_async_for_read_that_fails_to_build_is_answered(
+    tmpfs: Path, make_group: Callable[..., Fanotify], failing_build: FailingBuild,
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, reader: str,
+) -> None:
+    if reader == "general":
+        monkeypatch.setenv("AFANOTIFY_GENERAL_READER", "1")
+    target = _file(tmpfs, "f")
+    fan = make_group(default_response=Response.DENY)
+    fan.mark(target, Event.OPEN_PERM)
+    await _run_one_open(fan, target, failing_build, caplog)
+
+
+async def test_guard_loop_path_read_that_fails_to_build_is_answered(
+    tmpfs: Path, make_group: Callable[..., Fanotify], failing_build: FailingBuild,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The guard's path on the loop: static rules first (in C), what they do
+    # not decide built for the handler.
+    target = _file(tmpfs, "f.txt")
+    fan = make_group(default_response=Response.DENY)
+    fan.mark(tmpfs, Event.OPEN_PERM | Event.EVENT_ON_CHILD)
+    if not fan.decide_statically(StaticRules([StaticRule(False, "keys", path="*.key")], None)):
+        pytest.fail("this core has no C path (AFANOTIFY_PURE_PARSER set?)")
+    fan.on_permission(lambda ev: True)
+    await _run_one_open(fan, target, failing_build, caplog)
+
+
+async def test_a_read_of_several_events_is_answered_whole(
+    tmpfs: Path, make_group: Callable[..., Fanotify], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Every open waits in the kernel before the first read: one read holds
+    # all of them; the builder builds two and fails.  Each open is answered.
+    files = [_file(tmpfs, f"f{i}") for i in range(4)]
+    fan = make_group(default_response=Response.DENY)
+    fan.mark(tmpfs, Event.OPEN_PERM | Event.EVENT_ON_CHILD)
+    fake = FailingBuild(_permloop._BUILD, 2)
+    monkeypatch.setattr(_permloop, "_BUILD", fake)
+    monkeypatch.setattr(_fastparse, "_BUILD", fake)
+    fan.on_permission(lambda ev: True)
+    opens = [asyncio.ensure_future(child("open", p, timeout=CHILD_TIMEOUT)) for p in files]
+    try:
+        poll = select.poll()
+        poll.register(fan.fileno(), select.POLLIN)
+        # Wait (with a deadline) until every open is blocked: the children
+        # start one after another, so give each its event in the queue.
+        deadline = asyncio.get_running_loop().time() + CHILD_TIMEOUT
+        while not poll.poll(0) or not await _all_blocked(len(files)):
+            assert asyncio.get_running_loop().time() < deadline, "the opens never blocked"
+            await asyncio.sleep(0.01)
+        seen: list[BaseException] = []
+        async with background(_consume(fan, seen)):
+            results = await asyncio.gather(*opens)
+    finally:
+        for t in opens:
+            t.cancel()
+    assert [r.errno for r in results] == [errno.EPERM] * len(files)
+    st = fan.permission_stats
+    assert (st.build_failed, st.denied, st.pending) == (len(files), len(files), 0)
+
+
+async def _all_blocked(n: int) -> bool:
+    """True once ``n`` children of this process wait in fanotify's permission wait."""
+    me = os.getpid()
+    blocked = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            if ppid != me:
+                continue
+            with open(f"/proc/{pid}/wchan") as f:
+                wchan = f.read()
+        except (OSError, ValueError, IndexError):
+            continue
+        if "fanotify" in wchan:
+            blocked += 1
+    return blocked >= n
