@@ -27,7 +27,7 @@ from ._cli_output import (
 from ._cli_run import _check_paths, _run_until_stopped
 from ._cli_sink import PENDING_MAX
 from ._cli_sink import Sink as _Sink
-from ._drain import DEFAULT_LIMIT, Drain, PolledReader, exit_log_available
+from ._drain import DEFAULT_LIMIT, Drain, PolledReader
 from ._drain import available as _drain_available
 from ._proc import Proc
 from .events import FanotifyData
@@ -106,14 +106,9 @@ def _open_group(fid: bool, *, unlimited: bool = False, proc_info: bool = False) 
 
     The group reads ``exe``/``cwd`` per event only for the ``--exe``/``--cwd``
     filters (``proc_info``); the lines take them from the per-batch read.
-    A FID group that the drain reads with its exit log gets no pidfds: the
-    log tells the drain whether ``/proc/PID`` was still the event's process
-    (``csrc/fastpath_deaths.c``), and the kernel saves a descriptor per event.
     """
     extra = InitFlag.UNLIMITED_QUEUE if unlimited else InitFlag(0)
     base = (_FID_FLAGS if fid else InitFlag.CLASS_NOTIF) | extra
-    if fid and not proc_info and exit_log_available():
-        return Fanotify(base, proc_info=proc_info)
     try:
         return Fanotify(base | InitFlag.REPORT_PIDFD, proc_info=proc_info)
     except (UnsupportedFlagError, PermissionError):

@@ -76,9 +76,8 @@ def available() -> bool:
 def exit_log_available() -> bool:
     """Whether a :class:`Drain` made now would get the exit log (see ``exit_names``).
 
-    A group read by such a drain needs no pidfds to be sure of its
-    processes' details (``fastpath_deaths.c``), and costs the kernel a
-    descriptor per event less without them.
+    (It registers with the kernel for a moment, and forks a child that
+    exits at once, to hear that the records arrive.)
     """
     return available() and bool(lib.afd_exit_probe())
 
@@ -259,7 +258,9 @@ class Drain:
 
     def stop(self) -> None:
         """Stop the thread and wait for it; what it read can still be taken."""
-        if self._thread.is_alive():
+        # (On the thread itself, as when it drops the last reference as it
+        # ends, afd_run has returned: nothing to wait for.)
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
             os.eventfd_write(self._stop, 1)
             self._thread.join()
 

@@ -17,22 +17,21 @@
  * its process can be reaped.  The drain keeps a window per read: the
  * records taken since the kernel's queue was last seen empty (a read that
  * emptied it, or a poll that timed out; afd_read_one's exit_mark; the
- * first window opens at registration only if nothing was queued then).  Every
- * event of the read was queued after that, so its process was alive after
- * the window opened (a close at exit comes just after the record, which is
- * why that is "give or take a few microseconds").  Then:
- *
- * - a process known reaped (no pidfd at the read, or its pidfd says so
- *   after the /proc reads) is named from the log if exactly one record of
- *   its pid is in the window, after every waiting record was taken: its
- *   own record is there; a second one means another process of that pid
- *   exited in the window too, and it stays unnamed (afx_find);
- * - in a group without pidfds, what /proc/PID said is the event's process
- *   if no record of that pid is in the window after the reads: the
- *   process had not exited, so it still held the pid (afx_quiet).
- *
- * Either would go wrong only if the pid space wrapped within the window,
- * so a window older than a second is not used.  When the socket overflows
+ * first window opens at registration, for the events queued after it:
+ * those queued before are counted then and get none, afd_early).  Every
+ * event the window is used for was queued after it opened, so its process
+ * was alive then (a close at exit comes just after the record, which is
+ * why that is "give or take a few microseconds").  A process known reaped
+ * (no pidfd at the read, or ESRCH from its pidfd after the /proc reads; in
+ * a group without pidfds, one whose /proc entry could not be read) is named
+ * from the log if exactly one record of its pid is in the window, after
+ * every waiting record was taken: its own record is there; a second one
+ * means another process of that pid exited in the window too, and it stays
+ * unnamed (afx_find).  That goes wrong only if a later holder of the pid
+ * exited within the window while the first's record is missing from it,
+ * i.e. the pid space wrapped within the window (or a root tool chose the
+ * pid: clone3's set_tid, ns_last_pid), so a window older than a second is
+ * not used.  When the socket overflows
  * (ENOBUFS) a record may be missing: everything waiting is discarded and
  * no window reaching back before that is used (afx_log.clean); nor one
  * longer than the ring (afx_whole).
@@ -40,14 +39,13 @@
  * Off (fd -1) where registration fails: no taskstats in the kernel, no
  * CAP_NET_ADMIN, a user or pid namespace other than the initial one (whose
  * pids the records would not be in), or a network namespace other than the
- * initial one (the kernel would send the records there).  The drain then
- * names from /proc alone.
+ * initial one (the kernel takes the registration but sends the records to
+ * that port number in the initial namespace: afx_hears finds out).  The
+ * drain then names from /proc alone.
  *
  * The kernel may also drop a record without an ENOBUFS (no memory for it,
  * under memory pressure): a process whose record is lost so stays unnamed
- * (afx_find), but in a group without pidfds a lost record of a process
- * reaped and whose pid was reused within the window would let /proc name
- * the new holder (afx_quiet); that takes a pid wrap within the window too.
+ * (afx_find).
  */
 #include <sys/socket.h>
 #include <linux/netlink.h>
@@ -187,18 +185,6 @@ static int afx_whole(const struct afx_log *x, uint64_t since)
     return since >= x->clean && (x->seq <= AFX_RING || since >= x->seq - AFX_RING);
 }
 
-/* Whether no task of `pid` exited from record `since` on (and the log can
- * tell: afx_whole). */
-static int afx_quiet(const struct afx_log *x, int32_t pid, uint64_t since)
-{
-    if (!afx_whole(x, since))
-        return 0;
-    for (uint64_t s = x->seq; s > since; s--)
-        if (x->pid[(s - 1) % AFX_RING] == pid)
-            return 0;
-    return 1;
-}
-
 /* The name of the one process of `pid` whose exit was taken at or after
  * record `since`: its length (copied to out), or -1 if none or several, or
  * if the log cannot tell (afx_whole). */
@@ -224,7 +210,7 @@ static int afx_find(const struct afx_log *x, int32_t pid, uint64_t since, char *
 /* Wait for the kernel's answer to request `seq`: 0, or -1 on an error. */
 static int afx_ack(struct afx_log *x, uint32_t seq, int *family)
 {
-    for (int tries = 0; tries < 64; tries++) {
+    for (int tries = 0; tries < 65536; tries++) {  /* exit records may come first */
         ssize_t n = recv(x->fd, x->buf, sizeof x->buf, 0);
         if (n < 0) {
             if (errno == EINTR)
@@ -329,6 +315,11 @@ static void afx_open(struct afx_log *x)
     x->seq = x->clean = 0;  /* the records taken so far are dropped */
     return;
 fail:
+    if (family >= 0) {  /* the registration may have been taken: end it */
+        x->family = family;
+        afx_close(x);
+        return;
+    }
     close(fd);
     x->fd = -1;
 }

@@ -60,8 +60,9 @@
 #define AFD_GAP_PID (-1)
 #define AFD_TEXT 4096
 #define AFD_EXIT_PUMP_MS 100
-/* The oldest exit-log window used: a pid reused within it would take over
- * 30,000 forks a second on a default pid_max (32768). */
+/* The oldest exit-log window used: a pid reused within it would take about
+ * pid_max (32768 by default) less the pids in use new tasks within it (or a
+ * root tool choosing the pid, clone3's set_tid or ns_last_pid). */
 #define AFD_EXIT_WINDOW_NS 1000000000ull
 /* More than one event takes: metadata, three FID records of a full handle
  * and name each (a rename's), a pidfd record. */
@@ -137,7 +138,7 @@ struct afd_drain {
     uint64_t exit_mark;     /* records taken when the queue was last seen empty */
     uint64_t exit_mark_ns;  /* and when (CLOCK_MONOTONIC) */
     int exit_mark_open;     /* 0 until the queue was seen empty once */
-    uint32_t exit_early;    /* bytes still to read that were queued before the log */
+    uint32_t exit_early;    /* events still to read that were queued before the log */
     uint8_t *early;         /* per pid of a read: it has an event of those bytes */
 };
 
@@ -247,32 +248,28 @@ static void afd_close_fds(const int32_t *fds, uint32_t n)
  * A pid is reused only after its process has exited and been reaped; from
  * then on pidfd_send_signal on a pidfd of it fails with ESRCH (a zombie
  * still takes signal 0).  So a process not yet reaped after the reads held
- * the pid all along.  EPERM: alive, not ours to signal.
- *
- * Without REPORT_PIDFD the exit log checks the same where the drain has one
- * (the caller has just taken every record waiting): the process had made
- * its event after the log stood at `since`, so if no task of that pid has
- * exited since, it has not exited, and /proc/PID was still it
- * (fastpath_deaths.c, afx_quiet).  Without either nothing can be checked:
- * trusted, as fatrace trusts /proc. */
+ * the pid all along.  EPERM: alive, not ours to signal.  Without
+ * REPORT_PIDFD nothing can be checked: trusted, as fatrace trusts /proc.
+ * (Checking /proc against the exit log instead was tried and given up: a
+ * non-leader thread's exec makes the old leader send a record of the pid
+ * while the process lives on, and a window that cannot be had would leave
+ * live processes unnamed.) */
 static int afd_alive(struct afd_drain *d, int32_t pidfd, int32_t pid, uint64_t since)
 {
     if (pidfd >= 0) {
         long r = syscall(SYS_pidfd_send_signal, pidfd, 0, NULL, 0);
         return r == 0 || errno == EPERM;
     }
-    if (d->pidfd_reported)
-        return 0;  /* no pidfd: gone at the read */
-    if (d->exits == NULL)
-        return 1;
-    return since != UINT64_MAX && afx_quiet(d->exits, pid, since);
+    (void)pid;
+    (void)since;
+    return !d->pidfd_reported;  /* no pidfd: gone at the read; no pidfds: unchecked */
 }
 
 /* Whether the exit log may name the process of a pid not named from /proc:
  * with pidfds, only one known reaped (no pidfd at the read, or ESRCH from
  * its pidfd now; not FAN_EPIDFD, which a live process can get, nor a /proc
- * read that failed for want of descriptors); without, any (a record of its
- * pid in the window is its own exit, fastpath_deaths.c). */
+ * read that failed for want of descriptors); without, one whose /proc
+ * entry could not be read (afd_alive trusts every one that could). */
 static int afd_gone(struct afd_drain *d, int32_t pidfd)
 {
     if (!d->pidfd_reported)
@@ -532,24 +529,23 @@ static void afd_drop_chunk(struct afd_chunk *c)
  * reads (the kernel's records are whole events, so reads concatenate), not
  * many buffers of a few events each. */
 /* Mark the pids (d->early) with an event among the first d->exit_early
- * bytes of this read: those were queued before the exit log existed. */
+ * events of this read: those were queued before the exit log existed. */
 static void afd_early(struct afd_drain *d, const unsigned char *buf, uint32_t n,
                       const int32_t *pids, uint32_t npids)
 {
     memset(d->early, 0, npids);
-    uint32_t end = d->exit_early < n ? d->exit_early : n;
     uint32_t off = 0;
-    while (off + sizeof(struct fanotify_event_metadata) <= end) {
+    while (d->exit_early > 0 && off + sizeof(struct fanotify_event_metadata) <= n) {
         uint32_t event_len = AFD_EVENT_LEN(buf + off);
         int32_t pid = AFD_EVENT_PID(buf + off);
-        if (event_len < sizeof(struct fanotify_event_metadata))
+        if (event_len < sizeof(struct fanotify_event_metadata) || off + event_len > n)
             break;
         for (uint32_t i = 0; i < npids; i++)
             if (pids[i] == pid)
                 d->early[i] = 1;
         off += event_len;
+        d->exit_early--;
     }
-    d->exit_early -= end;
 }
 
 static int afd_read_one(struct afd_drain *d, int32_t *pids, int32_t *pidfds,
@@ -592,6 +588,10 @@ static int afd_read_one(struct afd_drain *d, int32_t *pids, int32_t *pidfds,
     uint32_t npids = 0, nfds = 0;
     uint32_t nev = afd_walk(d->scratch, (uint32_t)n, pids, pidfds, &npids, d->own_pid,
                             fds, &nfds);
+    /* Counted off even for a read dropped below. */
+    int early = d->exits != NULL && d->exit_early > 0;
+    if (early)
+        afd_early(d, d->scratch, (uint32_t)n, pids, npids);
     uint32_t lead, cap;
     pthread_mutex_lock(&d->lock);
     int gap = d->gap_pending;
@@ -605,14 +605,13 @@ static int afd_read_one(struct afd_drain *d, int32_t *pids, int32_t *pidfds,
     lead = gap ? sizeof(struct fanotify_event_metadata) : 0;
     cap = d->chunk_size > lead + n ? d->chunk_size : lead + n;
     if (held + (fits ? 0 : cap) + npids * (sizeof(struct afd_proc) + 64 * 3) > d->limit) {
+        if (early)
+            memset(d->early, 0, npids);
         afd_close_fds(fds, nfds);
         return afd_dropped(d, n, nev);
     }
     char *text = NULL;
     uint32_t named = 0, from_exit = 0;
-    int early = d->exits != NULL && d->exit_early > 0;
-    if (early)
-        afd_early(d, d->scratch, (uint32_t)n, pids, npids);
     uint32_t used = afd_name(d, pids, pidfds, npids, procs, &text, &named, since, &from_exit);
     if (early)
         memset(d->early, 0, npids);
@@ -891,12 +890,13 @@ int afd_exit_open(struct afd_drain *d)
         /* The window opens now, but not for the events already queued: one
          * queued before the log existed may be of a process whose record it
          * never got.  The queue is read in order, so they are the first
-         * exit_early bytes read (afd_early).  If their size cannot be had,
-         * the window opens when the queue is next seen empty. */
+         * exit_early events read (afd_early; FIONREAD counts the metadata
+         * length alone per queued event, whatever its records).  If that
+         * cannot be had, the window opens when the queue is next seen empty. */
         int queued = 0;
         d->exit_mark_ns = afd_now_ns();
         d->exit_mark_open = ioctl(d->fd, FIONREAD, &queued) == 0 && queued >= 0;
-        d->exit_early = (uint32_t)queued;
+        d->exit_early = (uint32_t)queued / FAN_EVENT_METADATA_LEN;
         if (d->exits->fd < 0) {
             free(d->exits);
             d->exits = NULL;
