@@ -9,7 +9,7 @@ import contextlib
 import errno
 import json
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -17,7 +17,7 @@ import anyio
 from anyio.abc import TaskGroup
 from helpers import CHILD_CWD, child_env
 
-from afanotify import ClosedResourceError, Fanotify
+from afanotify import ClosedResourceError, Fanotify, InitFlag
 
 T = TypeVar("T")
 
@@ -178,3 +178,22 @@ async def background(coro: Coroutine[Any, Any, object]) -> AsyncIterator[None]:
             await task.result()
         except ClosedResourceError:
             pass
+
+
+@contextlib.contextmanager
+def group_maker(flags: int = InitFlag.CLASS_CONTENT,
+                **defaults: Any) -> Iterator[Callable[..., Fanotify]]:
+    """A maker of permission groups (``flags``, ``defaults`` unless given) that
+    closes every group it made on leaving: the tests' ``make_group`` fixtures."""
+    made: list[Fanotify] = []
+
+    def make(flags: int = flags, **kw: Any) -> Fanotify:
+        group = Fanotify(flags, **{**defaults, **kw})
+        made.append(group)
+        return group
+
+    try:
+        yield make
+    finally:
+        for group in made:
+            group.close()

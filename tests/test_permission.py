@@ -22,7 +22,7 @@ from typing import Any
 
 import anyio
 import pytest
-from _perm_helpers import background, child, drain, gather, tasks, wait_for
+from _perm_helpers import background, child, drain, gather, group_maker, tasks, wait_for
 from helpers import CHILD_CWD, child_env, in_thread
 
 from afanotify import (
@@ -48,18 +48,8 @@ PRE_CONTENT = InitFlag.CLASS_PRE_CONTENT
 @pytest.fixture
 async def make_group() -> AsyncIterator[Callable[..., Fanotify]]:
     """Makes permission groups, and closes every one of them at teardown."""
-    made: list[Fanotify] = []
-
-    def make(flags: int = CONTENT, **kw: Any) -> Fanotify:
-        group = Fanotify(flags, **kw)
-        made.append(group)
-        return group
-
-    try:
+    with group_maker(CONTENT) as make:
         yield make
-    finally:
-        for group in made:
-            group.close()
 
 
 def _file(root: Path, name: str, data: str = "content\n") -> Path:

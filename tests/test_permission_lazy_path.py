@@ -14,13 +14,12 @@ import errno
 import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 import pytest_asyncio
-from _perm_helpers import background, child, drain
+from _perm_helpers import background, child, drain, group_maker
 
-from afanotify import Event, Fanotify, FanotifyData, InitFlag, _permloop
+from afanotify import Event, Fanotify, FanotifyData, _permloop
 from afanotify.events import LazyPathEvent
 
 pytestmark = [
@@ -32,18 +31,8 @@ pytestmark = [
 
 @pytest_asyncio.fixture  # asyncio only: pytest-asyncio runs in strict mode
 async def make_group() -> AsyncIterator[Callable[..., Fanotify]]:
-    made: list[Fanotify] = []
-
-    def make(**kw: Any) -> Fanotify:
-        group = Fanotify(InitFlag.CLASS_CONTENT, permission_timeout=30, **kw)
-        made.append(group)
-        return group
-
-    try:
+    with group_maker(permission_timeout=30) as make:
         yield make
-    finally:
-        for group in made:
-            group.close()
 
 
 async def _seen(

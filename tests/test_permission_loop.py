@@ -22,14 +22,13 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from _perm_helpers import background, child, drain, wait_for
+from _perm_helpers import background, child, drain, group_maker, wait_for
 from helpers import CHILD_CWD, child_env
 
 from afanotify import (
     Event,
     Fanotify,
     FanotifyData,
-    InitFlag,
     Response,
     Verdict,
     _consume,
@@ -45,18 +44,8 @@ TIMEOUT = 1.5
 
 @pytest_asyncio.fixture  # asyncio only: pytest-asyncio runs in strict mode
 async def make_group() -> AsyncIterator[Callable[..., Fanotify]]:
-    made: list[Fanotify] = []
-
-    def make(**kw: Any) -> Fanotify:
-        group = Fanotify(InitFlag.CLASS_CONTENT, **kw)
-        made.append(group)
-        return group
-
-    try:
+    with group_maker() as make:
         yield make
-    finally:
-        for group in made:
-            group.close()
 
 
 def _file(root: Path, name: str) -> Path:

@@ -18,7 +18,7 @@ import anyio
 import pytest
 import pytest_asyncio
 from _backends import ON_BOTH, open_in_child, run, wait_until
-from _perm_helpers import background, child, drain, wait_for
+from _perm_helpers import background, child, drain, group_maker, wait_for
 
 from afanotify import Event, Fanotify, FanotifyData, InitFlag, Response, Verdict
 
@@ -29,18 +29,8 @@ TIMEOUT = 1.5
 
 @pytest_asyncio.fixture  # asyncio only: pytest-asyncio runs in strict mode
 async def make_group() -> AsyncIterator[Callable[..., Fanotify]]:
-    made: list[Fanotify] = []
-
-    def make(**kw: Any) -> Fanotify:
-        group = Fanotify(InitFlag.CLASS_CONTENT, **kw)
-        made.append(group)
-        return group
-
-    try:
+    with group_maker() as make:
         yield make
-    finally:
-        for group in made:
-            group.close()
 
 
 def _file(root: Path, name: str) -> Path:

@@ -29,14 +29,13 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from _perm_helpers import background, child
+from _perm_helpers import background, child, group_maker
 
 from afanotify import (
     ClosedResourceError,
     Event,
     Fanotify,
     FanotifyData,
-    InitFlag,
     Response,
     _fastparse,
     _permloop,
@@ -58,18 +57,8 @@ CHILD_TIMEOUT = 10.0
 
 @pytest_asyncio.fixture  # asyncio only: pytest-asyncio runs in strict mode
 async def make_group() -> AsyncIterator[Callable[..., Fanotify]]:
-    made: list[Fanotify] = []
-
-    def make(**kw: Any) -> Fanotify:
-        group = Fanotify(InitFlag.CLASS_CONTENT, permission_timeout=GROUP_TIMEOUT, **kw)
-        made.append(group)
-        return group
-
-    try:
+    with group_maker(permission_timeout=GROUP_TIMEOUT) as make:
         yield make
-    finally:
-        for group in made:
-            group.close()
 
 
 class FailingBuild:
