@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import CHILD_CWD, child_env
 
 from afanotify import Event, Fanotify, InitFlag, WouldBlock, _drain
 from afanotify._proc import NO_PROCESS, Proc
@@ -155,8 +156,7 @@ def test_without_net_admin_the_log_is_off_and_proc_still_names(tmpfs: Path) -> N
     out = subprocess.run(
         ["setpriv", "--bounding-set=-net_admin", "--inh-caps=-net_admin", sys.executable,
          "-c", CHILD, str(tmpfs)],
-        capture_output=True, text=True, timeout=40, check=True,
-        env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1])),
+        capture_output=True, text=True, timeout=40, check=True, env=child_env(), cwd=CHILD_CWD,
     )
     assert out.stdout.split() == ["False", "sh"], out.stderr
 
@@ -332,9 +332,9 @@ def test_in_another_network_namespace_the_log_is_off() -> None:
     if shutil.which("unshare") is None:
         pytest.skip("needs unshare (util-linux)")
     code = "from afanotify import _drain; print(_drain.exit_log_available())"
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     here = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=40, check=True, env=env)
+                          timeout=40, check=True, env=child_env(), cwd=CHILD_CWD)
     there = subprocess.run(["unshare", "--net", sys.executable, "-c", code],
-                           capture_output=True, text=True, timeout=40, check=True, env=env)
+                           capture_output=True, text=True, timeout=40, check=True,
+                           env=child_env(), cwd=CHILD_CWD)
     assert (here.stdout.split(), there.stdout.split()) == (["True"], ["False"]), there.stderr

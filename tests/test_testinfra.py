@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from helpers import CODE_ROOT, REPO, child_env, run_in_child
@@ -28,3 +29,13 @@ def test_child_env_puts_the_code_first_and_keeps_the_rest_absolute() -> None:
 def test_repo_is_the_checkout_holding_the_tests() -> None:
     assert (REPO / "tests" / "helpers.py").is_file()
     assert (REPO / "README.md").is_file() and (REPO / "examples").is_dir()
+
+
+def test_no_test_points_a_child_at_the_checkout_by_hand() -> None:
+    # PYTHONPATH set to the checkout works with an editable install and fails
+    # in CI's non-editable one (the checkout has no compiled core): children
+    # take child_env() and CHILD_CWD instead.
+    by_hand = re.compile(r"PYTHONPATH\W+(str\()?(Path\(__file__\)|REPO\b)")
+    found = [f"{p.name}:{n}" for p in sorted((REPO / "tests").glob("*.py"))
+             for n, line in enumerate(p.read_text().splitlines(), 1) if by_hand.search(line)]
+    assert found == []
