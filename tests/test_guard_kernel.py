@@ -205,6 +205,44 @@ def test_audit_log_has_one_ecs_line_per_decision(
     assert allowed["file"]["path"] == str(txt)
 
 
+# Opens each file it is given and exits at once, without closing or printing.
+QUICK_OPENER = r"""
+import os, sys
+for path in sys.argv[1:]:
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.open(path, os.O_RDONLY)
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+"""
+
+
+def test_audit_log_names_processes_that_exit_as_soon_as_answered(
+    tmpfs: Path, tmp_path: Path, start_guard: StartGuard
+) -> None:
+    # An allowed process may exit before the guard looks at /proc: the log
+    # line's executable and uid are read before the answer, so none is lost.
+    _, txt = files(tmpfs)
+    rules = write_rules(tmp_path, "deny path=*.key\n")
+    log = tmp_path / "guard.json"
+    g = start_guard("--rules", str(rules), "--log", str(log), "--json", str(tmpfs))
+    n = 60
+    r = subprocess.run([sys.executable, "-c", QUICK_OPENER, *[str(txt)] * n],
+                       capture_output=True, timeout=30, cwd=CHILD_CWD, env=child_env(),
+                       check=False)
+    assert r.returncode == 0, r
+    code, err = g.stop()
+    assert code == 0, err
+    lines = [json.loads(x) for x in log.read_text().splitlines()]
+    assert len(lines) == n
+    exe = os.path.realpath(sys.executable)
+    unnamed = [x["process"] for x in lines
+               if x["process"]["executable"] != exe or x["user"]["id"] != "0"]
+    assert unnamed == [], f"{len(unnamed)} of {n} lines name no process: {unnamed[:3]}"
+
+
 def test_a_log_that_cannot_be_written_loses_no_verdict_and_says_so(
     tmpfs: Path, tmp_path: Path, start_guard: StartGuard
 ) -> None:

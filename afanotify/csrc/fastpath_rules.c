@@ -18,7 +18,9 @@
  * (the second Uid: field of /proc/PID/status).  A value that cannot be read
  * matches no rule that needs it, as for afanotify.FanoRule.
  *
- * The response is written before anything is recorded.  If the kernel
+ * The response is written before anything is recorded, except the
+ * process's executable and uid for a log line, which are read first (an
+ * answered process may exit before we look).  If the kernel
  * refuses a response that carries FAN_AUDIT or an errno (EINVAL: an older
  * kernel, or audit not enabled), the plain FAN_ALLOW / FAN_DENY is written
  * instead, so the process never waits on a response we could not send.
@@ -340,6 +342,13 @@ long afr_apply(struct afr_ruleset *rs, int group_fd, unsigned char *buf, size_t 
             goto keep_it;
         response = rule == AFR_DEFAULT_RULE ? rs->default_response : rs->rules[rule].response;
 
+        if (rs->record) {
+            /* The process is read for the log line before it is answered:
+             * once allowed it may exit at once, and a zombie's
+             * /proc/PID/exe and status name nobody. */
+            afr_exe(&facts);
+            afr_uid(&facts);
+        }
         err = afr_write(group_fd, fd, response);
         if (err == EINVAL && response != (response & (FAN_ALLOW | FAN_DENY))) {
             rs->fallbacks++;
@@ -378,10 +387,9 @@ long afr_apply(struct afr_ruleset *rs, int group_fd, unsigned char *buf, size_t 
             if (rs->record) {
                 afr_store(arena, arena_cap, &used, facts.path, facts.path_len,
                               &d->path_off, &d->path_len);
-                afr_exe(&facts);
                 afr_store(arena, arena_cap, &used, facts.exe, facts.exe_len,
                           &d->exe_off, &d->exe_len);
-                d->uid = afr_uid(&facts);
+                d->uid = facts.uid;
             }
         }
         off += event_len;
