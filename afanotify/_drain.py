@@ -26,7 +26,9 @@ group reports pidfds.
 
 from __future__ import annotations
 
+import fcntl
 import os
+import resource
 import threading
 from typing import Any, NamedTuple
 
@@ -64,8 +66,34 @@ SETTLE = 0.002
 #: The most ``settle`` may be (it delays events by up to that much).
 MAX_SETTLE = 0.5
 
+#: Bytes of the smallest event a pidfd-reporting FID group reads (metadata,
+#: an FID record with a short handle, a pidfd record): a read of N bytes
+#: brings at most N // 48 new pidfds.
+_MIN_PIDFD_EVENT = 48
+
 ffi: Any = _ffi.ffi
 lib: Any = _ffi.lib
+
+
+def _grow_fd_table(fd: int, read_size: int) -> None:
+    """Make the kernel's fd table big enough for one read's pidfds, now.
+
+    Each event of a pidfd group installs a descriptor, so one read can take
+    thousands of new numbers.  The table grows on demand by doubling, and in
+    a multithreaded process each growth waits for an RCU grace period
+    (``expand_fdtable``) inside the drain thread's ``read(2)``: 1.6% of the
+    watcher's CPU samples in a watch burst, 0.03% with the table grown first.
+    A duplicate of ``fd`` at a high number (F_DUPFD takes the lowest free
+    one at or above it, so no descriptor is replaced), closed at once, grows
+    the table in one step before the thread starts; it never shrinks.
+    """
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    top = min(read_size // _MIN_PIDFD_EVENT + 64, soft - 1)
+    try:
+        high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, top)
+    except OSError:
+        return  # only an optimisation: a table that grows while reading works too
+    os.close(high)
 
 
 def available() -> bool:
@@ -184,6 +212,8 @@ class Drain:
         d.own_pid = os.getpid()
         d.latency_hint = int(latency_hint)
         d.read_size = READ_SIZE
+        if d.pidfd_reported:
+            _grow_fd_table(d.fd, READ_SIZE)
         d.chunk_size = CHUNK_SIZE
         d.settle_ns = round(settle * 1e9)  # waited only while the exit log is on
         d.limit = limit

@@ -14,6 +14,7 @@ import os
 import socket
 import struct
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import CHILD_CWD, child_env
 
 from afanotify import Event, Fanotify, InitFlag, WouldBlock, _drain
 from afanotify._ffi import ffi, lib
@@ -168,3 +170,43 @@ def test_drained_events_own_no_pidfd_and_none_stays_open(tmpfs: Path) -> None:
     assert len(names) >= n + 1  # merged creates and deletes still make one per file
     assert pidfds == {NOPIDFD}
     assert _open_pidfds() == before
+
+
+# A fresh process makes a pidfd group and a Drain, and prints its fd table's
+# size (FDSize: the slots the kernel has allocated) before and after.
+_FDSIZE = r"""
+import resource, sys
+from afanotify import Fanotify, InitFlag, _drain
+if len(sys.argv) > 1:
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[1]), hard))
+def fdsize():
+    with open("/proc/self/status") as f:
+        return next(int(x.split()[1]) for x in f if x.startswith("FDSize:"))
+flags = InitFlag.REPORT_DFID_NAME | InitFlag.REPORT_FID | InitFlag.REPORT_PIDFD
+with Fanotify(flags) as fan:
+    before = fdsize()
+    drain = _drain.Drain(fan, paths=False)
+    print(before, fdsize())
+    drain.close()
+"""
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("nofile", [None, 512])
+def test_the_fd_table_is_grown_for_a_read_s_pidfds_before_the_thread_reads(
+    nofile: int | None,
+) -> None:
+    # Grown while the drain thread reads, each doubling of the table waits
+    # for an RCU grace period inside read(2); grown at once, it never does.
+    args = [] if nofile is None else [str(nofile)]
+    r = subprocess.run([sys.executable, "-c", _FDSIZE, *args], capture_output=True, text=True,
+                       timeout=30, env=child_env(), cwd=CHILD_CWD, check=False)
+    assert r.returncode == 0, r.stderr
+    before, after = map(int, r.stdout.split())
+    need = _drain.READ_SIZE // 48
+    assert before < need  # a new process starts small
+    if nofile is None:
+        assert after >= need
+    else:
+        assert before < after <= nofile  # as far as the limit lets it, never beyond
