@@ -303,19 +303,20 @@ class DirMap:
         self.live = not flags & 1
         self.c_off = bool(flags & 2)
 
-    def object_at(self, h: FileHandle, i: int, *, gone: bool = False) -> str | None:
+    def object_at(self, h: FileHandle, i: int, *, gone: bool = False,
+                  moved_to: str | None = None) -> str | None:
         """The path of the object ``h`` (a FID record alone) at event ``i``, or None.
 
-        ``gone``: the event says the object was deleted (DELETE_SELF).  The
-        kernel reports that once its last link is gone, and a handle never
-        names another object, so ``open_by_handle_at`` could only fail or
-        name it "(deleted)": both give None, and the lookup is left out (a
-        burst of deletes made one failing syscall per file).  After a later
-        MOVE_SELF or DELETE_SELF of it, a lookup would give a later place.
+        ``gone``: the event is a DELETE_SELF, sent once the last link is gone; a
+        handle never names another object, so no lookup is made (in a burst of
+        deletes each failed).  After a later MOVE_SELF or DELETE_SELF of it, a
+        lookup would give a later place.  ``moved_to``: for a MOVE_SELF right
+        after a file's rename, its new path, taken if ``h`` is there now (afn_is_at).
         """
         p = self.path(h)
         if p is None and not gone and self._selfs.get(h, -1) <= i:
-            p = self._fresh(h, learn=False, i=i)
+            sure = moved_to is not None and _handle_at(h.fsid, moved_to) == h
+            p = moved_to if sure else self._fresh(h, learn=False, i=i)
         return p
 
     def c_lookup(self, h: FileHandle) -> str | None:

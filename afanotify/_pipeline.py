@@ -61,6 +61,8 @@ _ONDIR = int(Event.ONDIR)
 _APPLY = _ONDIR | _OVERFLOW
 _PERM = int(PERM_EVENTS)
 _DELETE_SELF = int(Event.DELETE_SELF)
+_MOVE_SELF = int(Event.MOVE_SELF)
+_RENAME = int(Event.RENAME)
 #: The pid of the Q_OVERFLOW record a drain thread (afanotify._drain) puts
 #: where it dropped reads past its memory bound; the kernel's have pid 0.
 DRAIN_GAP_PID = -1
@@ -334,11 +336,11 @@ class Pipeline:
             if ev.ev_types & _OVERFLOW:
                 dm.apply(ev, i)
             elif not ev.path_resolved and ev.fd < 0 and not (settled and _object_only(ev)):
-                resolve(ev, i)
+                resolve(ev, i, events[i - 1] if i else None)
         for i in range(start, n):
             ev = events[i]
             if ev.fd < 0:
-                resolve(ev, i)
+                resolve(ev, i, events[i - 1] if i else None)
             if ev.ev_types & _APPLY:
                 dm.apply(ev, i)
 
@@ -378,8 +380,12 @@ class Pipeline:
         self.filtered += len(events) - len(out)
         return out
 
-    def _resolve_fid(self, ev: FanotifyData, i: int) -> None:
-        """Set the paths of a fresh FID event (event ``i`` of its batch) from its handles."""
+    def _resolve_fid(self, ev: FanotifyData, i: int, prev: FanotifyData | None = None) -> None:
+        """Set the paths of a fresh FID event (event ``i`` of its batch) from its handles.
+
+        ``prev``: the event before it in the batch, which may name a file's
+        MOVE_SELF: its rename (see ``moved_to`` of :meth:`DirMap.object_at`).
+        """
         dm = self.dirmap
         old_dfid = ev.old_dfid
         new_dfid = ev.new_dfid
@@ -418,7 +424,13 @@ class Pipeline:
             return
         fid = ev.fid
         if fid is not None:
-            p = dm.object_at(fid, i, gone=bool(ev.ev_types & _DELETE_SELF))
+            moved_to = None
+            if (
+                ev.ev_types == _MOVE_SELF and prev is not None and prev.ev_types == _RENAME
+                and prev.pid == ev.pid and prev.path_resolved
+            ):
+                moved_to = prev.new_path or None
+            p = dm.object_at(fid, i, gone=bool(ev.ev_types & _DELETE_SELF), moved_to=moved_to)
             _set_path(ev, p)
             _set_path_resolved(ev, p is not None)
 

@@ -45,9 +45,9 @@ def _count_python(fan: Fanotify) -> list[int]:
     seen: list[int] = []
     inner = pipeline._resolve_fid
 
-    def counting(ev: FanotifyData, i: int) -> None:
+    def counting(ev: FanotifyData, i: int, prev: FanotifyData | None = None) -> None:
         seen.append(int(ev.ev_types))
-        inner(ev, i)
+        inner(ev, i, prev)
 
     pipeline._resolve_fid = counting
     return seen

@@ -1250,6 +1250,46 @@ static int afn_object_path(PyObject **v, unsigned *present, PyObject *obj_path, 
 }
 
 /*
+ * Whether the object `path` names now is the one of the FID record `fid`:
+ * name_to_handle_at(2) of the path (the last component not followed, as a
+ * rename moves a symlink itself) gives the same handle type and bytes.  1
+ * yes, 0 no (or the path names nothing now); -1 with an exception.
+ *
+ * The kernel queues a rename's FAN_RENAME, then the moved object's
+ * MOVE_SELF (with a replaced target's ATTRIB in between), so a MOVE_SELF
+ * right after a file's FAN_RENAME from the same process is, nearly always,
+ * that file arriving at the rename's new path.  Nearly is not enough for a
+ * path called resolved: this check makes it sure that the object is at that
+ * path now, which is what the lookup by handle (open_by_handle_at, then
+ * readlink of /proc/self/fd/N, then close) would have said, for a third of
+ * its cost.  The handle bytes are compared on the path's filesystem as the
+ * group's directory map does (_handle_at in _dirmap.py): a path under the
+ * watched tree is on the filesystem the record came from.
+ */
+static int afn_is_at(PyObject *path, const unsigned char *src, const struct afn_fidref *fid)
+{
+    union {
+        struct file_handle fh;
+        unsigned char raw[sizeof(struct file_handle) + MAX_HANDLE_SZ];
+    } u;
+    PyObject *b;
+    int mount_id, r;
+
+    if (fid->handle_len > MAX_HANDLE_SZ)
+        return 0;
+    if (!PyUnicode_FSConverter(path, &b))
+        return -1;
+    u.fh.handle_bytes = MAX_HANDLE_SZ;
+    Py_BEGIN_ALLOW_THREADS
+    r = name_to_handle_at(AT_FDCWD, PyBytes_AS_STRING(b), &u.fh, &mount_id, 0);
+    Py_END_ALLOW_THREADS
+    Py_DECREF(b);
+    return r == 0 && u.fh.handle_bytes == fid->handle_len
+           && u.fh.handle_type == afn_s32(src + fid->rec + AFN_FH(handle_type))
+           && !memcmp(u.fh.f_handle, src + fid->rec + AFN_FID_FIXED, fid->handle_len);
+}
+
+/*
  * _handle_path(mount_fd, handle, handle_type) -> str | None
  *
  * The current path of the object a file handle names, as _dirmap's
@@ -1275,7 +1315,7 @@ static PyObject *afn_handle_path(PyObject *self, PyObject *const *args, Py_ssize
     Py_ssize_t hlen;
     long mount_fd, htype;
     int fd;
-    ssize_t n;
+    ssize_t n = -1;
 
     (void)self;
     if (nargs != 3 || !PyBytes_Check(args[1])) {
@@ -1294,12 +1334,18 @@ static PyObject *afn_handle_path(PyObject *self, PyObject *const *args, Py_ssize
     u.fh.handle_bytes = (unsigned int)hlen;
     u.fh.handle_type = (int)htype;
     memcpy(u.fh.f_handle, data, (size_t)hlen);
+    /* Without the GIL: on a network or FUSE filesystem either call can
+     * wait on a server (one in this process, even). */
+    Py_BEGIN_ALLOW_THREADS
     fd = open_by_handle_at((int)mount_fd, &u.fh, O_PATH | O_CLOEXEC);
+    if (fd >= 0) {
+        snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+        n = readlink(link, buf, sizeof buf);
+        close(fd);
+    }
+    Py_END_ALLOW_THREADS
     if (fd < 0)
         Py_RETURN_NONE;
-    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
-    n = readlink(link, buf, sizeof buf);
-    close(fd);
     if (n < 0 || ((size_t)n >= dlen && !memcmp(buf + n - dlen, deleted, dlen)))
         Py_RETURN_NONE;
     return PyUnicode_DecodeFSDefaultAndSize(buf, n);
@@ -1342,6 +1388,10 @@ static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nar
     PyObject *events, *dirs, *by_record, *dir_path, *skip_pids, *result = NULL, *held = NULL;
     PyObject *tree = NULL, *last_pid_obj = NULL, *last_mask_obj = NULL, *obj_path = NULL;
     PyObject *held_old = NULL, *held_new = NULL, *nofd_obj = NULL;
+    /* The new path of the file the event before renamed (see afn_is_at). */
+    PyObject *moved_to = NULL;
+    Py_ssize_t moved_at = -1;
+    int32_t moved_pid = 0;
     int32_t last_pid = 0;
     int last_skip = -1; /* last_pid_obj in skip_pids (-1: not asked yet) */
     uint64_t last_mask = 0;
@@ -1641,15 +1691,24 @@ static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nar
                         goto done;
                     filled++;
                 } else if (!last_skip) {
-                    int gone = (ev->mask & FAN_DELETE_SELF) != 0;
+                    int gone = (ev->mask & FAN_DELETE_SELF) != 0, at = 0;
                     if (!gone && !(ev->has & AFN_HAS_SELF_SCANNED)
                         && afn_mark_later_selves((struct afn_event *)out, i, count, src,
                                                  (uint64_t)srcb.len) < 0)
                         goto done;
                     if (!gone)
                         gone = (ev->has & AFN_HAS_LATER_SELF) != 0;
-                    if (afn_object_path(v, &present, obj_path, gone) < 0)
+                    /* A file's MOVE_SELF right after its rename: see afn_is_at. */
+                    if (!gone && moved_to != NULL && moved_at == i - 1 && moved_pid == ev->pid
+                        && ev->mask == FAN_MOVE_SELF && (has & ~AFN_HAS_PIDFD) == AFN_HAS_FID
+                        && (at = afn_is_at(moved_to, src, &ev->fid)) != 0) {
+                        if (at < 0)
+                            goto done;
+                        AFN_SET(AFN_F_PATH, Py_NewRef(moved_to));
+                        AFN_SET(AFN_F_PATH_RESOLVED, Py_NewRef(Py_True));
+                    } else if (afn_object_path(v, &present, obj_path, gone) < 0) {
                         goto done;
+                    }
                     filled++;
                 }
             }
@@ -1657,9 +1716,17 @@ static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nar
             if (last_skip < 0 && (last_skip = PySequence_Contains(skip_pids, last_pid_obj)) < 0)
                 goto done;
             if (!last_skip) {
+                PyObject *np;
                 if (afn_rename_paths(v, &present, held_old, held_new, dir_path) < 0)
                     goto done;
                 filled++;
+                np = v[AFN_F_NEW_PATH];
+                if (v[AFN_F_PATH_RESOLVED] != NULL && np != NULL && PyUnicode_Check(np)
+                    && PyUnicode_GET_LENGTH(np) > 0) {
+                    Py_XSETREF(moved_to, Py_NewRef(np));
+                    moved_at = i;
+                    moved_pid = ev->pid;
+                }
             }
         }
         Py_CLEAR(held);
@@ -1690,6 +1757,7 @@ done:
     Py_XDECREF(last_pid_obj);
     Py_XDECREF(last_mask_obj);
     Py_XDECREF(nofd_obj);
+    Py_XDECREF(moved_to);
     afn_building--;
     PyBuffer_Release(&arenab);
     PyBuffer_Release(&srcb);
