@@ -5,6 +5,7 @@ Run as root from the repository root (after ``python build_ffi.py``)::
     python bench/bench_cli.py                 # tmpfs, 5 reps
     python bench/bench_cli.py --fs ext4 --reps 3
     python bench/bench_cli.py --quick         # 50 x 100 files, 2 reps
+    python bench/bench_cli.py --rate 1000 --seconds 6   # a steady writer instead
 
 Also run by ``python bench/run.py`` (scenario ``cli``).
 
@@ -50,21 +51,38 @@ ROOT = BENCH.parent
 SENTINEL = "zz-bench-sentinel"
 
 BURST = r"""
-import os, sys
+import os, sys, time
 root, ndirs, nfiles = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+rate = float(sys.argv[5]) if len(sys.argv) > 5 else 0.0
 dirs = [os.path.join(root, f"d{i:03d}") for i in range(ndirs)]
+names = [(f"f{j:03d}", f"g{j:03d}") for j in range(nfiles)]
 for d in dirs:
     os.mkdir(d)
-for d in dirs:
-    for j in range(nfiles):
-        with open(os.path.join(d, f"f{j:03d}"), "w") as f:
-            f.write("x")
-for d in dirs:
-    for j in range(nfiles):
-        os.rename(os.path.join(d, f"f{j:03d}"), os.path.join(d, f"g{j:03d}"))
-for d in dirs:
-    for j in range(nfiles):
-        os.unlink(os.path.join(d, f"g{j:03d}"))
+if rate:
+    # A steady writer: each file created and written, renamed and deleted at
+    # once, ``rate`` files a second (never ahead of time; behind it, at once).
+    t0, k = time.monotonic(), 0
+    for d in dirs:
+        for f, g in names:
+            with open(os.path.join(d, f), "w") as out:
+                out.write("x")
+            os.rename(os.path.join(d, f), os.path.join(d, g))
+            os.unlink(os.path.join(d, g))
+            k += 1
+            wait = t0 + k / rate - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+else:
+    for d in dirs:
+        for f, _ in names:
+            with open(os.path.join(d, f), "w") as out:
+                out.write("x")
+    for d in dirs:
+        for f, g in names:
+            os.rename(os.path.join(d, f), os.path.join(d, g))
+    for d in dirs:
+        for _, g in names:
+            os.unlink(os.path.join(d, g))
 for d in dirs:
     os.rmdir(d)
 with open(os.path.join(root, sys.argv[4]), "w") as f:
@@ -254,6 +272,8 @@ done
 touch "$2"
 """,
 }
+#: ``--rate``: files a second of a steady writer instead of the burst (0: the burst).
+RATE = 0.0
 #: ``--pattern``: which of :data:`NAMING` the naming runs use.
 PATTERN = "tmv"
 
@@ -285,7 +305,7 @@ def run_one(tool: str, fs: str, ndirs: int, nfiles: int,
             t0 = time.monotonic()
             if rounds is None:
                 subprocess.run([sys.executable, "-c", BURST, str(d), str(ndirs), str(nfiles),
-                                SENTINEL], check=True, cwd="/",
+                                SENTINEL, str(RATE)], check=True, cwd="/",
                                preexec_fn=_pinned(1) if CONTEND else None)
             else:
                 pidlog.write_text("")
@@ -541,7 +561,8 @@ def render_naming(res: dict[str, Any]) -> str:
 
 def render(res: dict[str, Any]) -> str:
     files = res["files"]
-    out = [f"burst on {res['fs']}: {files:,} files (create+write, rename, delete), "
+    load = f"{RATE:g} files/s" if RATE else "burst"
+    out = [f"{load} on {res['fs']}: {files:,} files (create+write, rename, delete), "
            f"{res['reps']} reps; median (min-max)"]
     out.append(f"{'tool':15s} {'creates':>22s} {'renames':>22s} {'deletes':>22s} "
                f"{'overflows':>10s} {'lines/CPU-s':>24s} {'peak RSS kB':>22s}")
@@ -590,6 +611,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="with --naming: tmv (touch, mv, rm every 0.2 s), echo (a tight loop "
                    "of sh -c 'echo x > f'), exit (dd, cp, ln at once, exiting right after "
                    "their write)")
+    p.add_argument("--rate", type=float, default=0.0, metavar="FILES_PER_S",
+                   help="instead of the burst: a steady writer, one file created and written, "
+                   "renamed and deleted at once, this many a second (--dirs x --files files; "
+                   "with --rate, --seconds S sets --dirs 1 --files RATE x S)")
+    p.add_argument("--seconds", type=float, default=0.0,
+                   help="with --rate: how long the writer runs")
     p.add_argument("--contend", type=int, default=0, metavar="N",
                    help="a loaded machine: each watcher shares CPU 0 with N busy loops while "
                    "the burst runs on CPU 1")
@@ -605,6 +632,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.quick:
         args.reps, args.dirs = 2, 50
+    if args.rate:
+        global RATE
+        RATE = args.rate
+        if args.seconds:
+            args.dirs, args.files = 1, max(1, round(args.rate * args.seconds))
     every = TOOLS + (BASE_TOOLS if args.baseline else ())
     tools = every if not args.tool else tuple(t for t in every if t in args.tool or
                                               t == "fatrace")
