@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -17,7 +18,7 @@ from . import _answer, _fastparse, _permloop
 from ._pipeline import Counters
 from ._queue import EventQueue
 from ._reader import Reader
-from .events import OWN_FD, UNANSWERED, FanotifyData
+from .events import OWN_FD, UNANSWERED, FanotifyData, IterPathEvent
 from .exceptions import ClosedResourceError, WouldBlock
 from .flags import Response
 from .permission import DROPPED, PermissionTracker
@@ -32,6 +33,7 @@ __all__ = ["OwnQueue", "events_iter"]
 log = logging.getLogger(__name__)
 
 _set_owns = FanotifyData.__dict__["_owns"].__set__
+_getrefcount = sys.getrefcount
 _C_ITER = _fastparse.events_iter_factory()
 #: Reads a consumer may make itself in a row before it waits on the loop
 #: (see OwnQueue._read_ahead).
@@ -185,6 +187,8 @@ class OwnQueue:
         if ev._owns & UNANSWERED:
             self._perm.received_by(ev)
         self._refill()
+        if type(ev) is IterPathEvent:
+            ev._read_path()  # read ahead for async for: a receiver may close it before asking
         return ev
 
     async def receive(self) -> FanotifyData:
@@ -200,6 +204,8 @@ class OwnQueue:
                 if ev._owns & UNANSWERED:
                     self._perm.received_by(ev)
                 self._refill()
+                if type(ev) is IterPathEvent:
+                    ev._read_path()  # see receive_nowait
                 return ev
             # The wait below gives the loop its turn (a queue with events in
             # it would not): only then may the consumer read by itself again.
@@ -214,6 +220,8 @@ class OwnQueue:
         if ev._owns & UNANSWERED:
             self._perm.received_by(ev)
         self._refill()
+        if type(ev) is IterPathEvent:
+            ev._read_path()  # see receive_nowait
         return ev
 
     def _read_ahead(self) -> bool:
@@ -279,12 +287,17 @@ class OwnQueue:
         if last is not None:
             self._iter_last = None
             owns = last._owns
-            if owns == OWN_FD:
+            if owns == OWN_FD and (
+                type(last) is FanotifyData
+                # Read ahead (lazy path), and held by no one but `last` and
+                # the consumer's loop variable: nobody can ask for its path.
+                or (type(last) is IterPathEvent and _getrefcount(last) <= 3)
+            ):
                 # FanotifyData.close() for the usual case (only an fd), inline.
                 _set_owns(last, 0)
                 os.close(last.fd)
             elif owns:
-                last.close()
+                last._moved_past()  # (an IterPathEvent counts who else holds it)
         # The common case, once reading has started: an event is already
         # queued.  Same steps as receive(), without its await and checks.
         # (The loop check is left to receive(), reached whenever the queue is

@@ -47,7 +47,7 @@ from ._ffi import ffi, lib
 from ._loop import LoopLike
 from ._parser import parse_event
 from ._proc import fd_path, process_info
-from .events import OWN_FD, OWN_PIDFD, UNANSWERED, FanotifyData, LazyPathEvent
+from .events import OWN_FD, OWN_PIDFD, UNANSWERED, FanotifyData, IterPathEvent, LazyPathEvent
 from .exceptions import ParseError
 from .flags import DIR_CHANGE_EVENTS, Event, InitFlag, Response
 from .permission import ABANDONED, AT_CLOSE, PermissionTracker, _Entry, dispatch_result
@@ -123,7 +123,8 @@ class LoopServer:
     __slots__ = ("_group", "_fd", "_perm", "_pipeline", "_counters", "_fdguard", "_min_read",
         "_capacity", "_lazy", "_resolve", "_proc_info", "_pidfd_reported", "_fd_error", "_own",
         "_dec", "_buf", "_views", "_pybuf", "_cflags", "_fddir", "_size", "_args", "_args_out",
-        "_budget_in", "_fits_left", "_loop", "started", "_registered", "_stopped", "_inflight",)
+        "_budget_in", "_fits_left", "_loop", "started", "_registered", "_stopped", "_inflight",
+        "_iterated",)
 
     def __init__(self, group: Fanotify) -> None:
         self._group = group
@@ -165,6 +166,8 @@ class LoopServer:
         self._stopped = False
         #: The events of the batch being served (see _end_batch).
         self._inflight: list[FanotifyData] | None = None
+        #: A read ahead for the group's own consumer (ReadAhead).
+        self._iterated = False
 
     def _decoder(self, group: Fanotify) -> _fastparse.Decoder:
         return _fastparse.Decoder(_READ)
@@ -399,6 +402,11 @@ class LoopServer:
         own = self._own
         loop = self._loop
         lazy = self._lazy
+        # The events of a read ahead for ``async for`` go to the group's own
+        # queue: lazy too, unless clients or batches() may take them.
+        iterated = lazy and self._iterated and not (
+            self._group._clients.active or self._group._batch_sink is not None
+        )
         rest: list[FanotifyData] | None = None
         for ev in events:
             if ev.pid in own:
@@ -425,7 +433,10 @@ class LoopServer:
                     continue
                 perm.add(ev, loop)
             if lazy:
-                eager_path(ev)  # kept past its close by whoever receives it
+                if iterated and ev._owns & OWN_FD:
+                    _set_class(ev, "__class__", IterPathEvent)  # read when asked (events.py)
+                else:
+                    eager_path(ev)  # kept past its close by whoever receives it
             if rest is None:
                 rest = []
             rest.append(ev)
@@ -452,6 +463,7 @@ class ReadAhead(LoopServer):
         super().__init__(group)
         self._loop = group._reader.loop
         self._fddir = self._args.fddir = self._dec._fddir if self._resolve else -1
+        self._iterated = True
 
     def _decoder(self, group: Fanotify) -> _fastparse.Decoder:
         fast = group._pipeline.fast
@@ -459,7 +471,10 @@ class ReadAhead(LoopServer):
         return fast
 
     def _lazy_paths(self) -> bool:
-        return False  # its events go to a consumer, who may read a path after the close
+        # Its events go to the group's queue as IterPathEvents: read when
+        # asked, or before a close while anyone may still ask (events.py);
+        # receive() reads them as it hands them over.
+        return True
 
     def start(self, loop: LoopLike | None) -> bool:
         return False  # never the group's reader

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -298,6 +299,10 @@ class FanotifyData:
         """
         self._release("released")
 
+    def _moved_past(self) -> None:
+        """What ``async for`` does to the event it moves past: :meth:`close`."""
+        self.close()
+
     def _release(self, reason: str) -> None:
         """:meth:`close`, counting a pending answer under ``reason`` (see :class:`Responder`)."""
         owns = self._owns
@@ -412,3 +417,43 @@ class LazyPathEvent(FanotifyData):
 
 
 LazyPathEvent.__qualname__ = LazyPathEvent.__name__ = "FanotifyData"
+
+#: References to an event that ``async for`` moves past when nobody else
+#: holds it: the caller's, the consumer's loop variable, and the frame's
+#: ``self`` and getrefcount's argument in :meth:`IterPathEvent._moved_past`.
+_MOVED_PAST_REFS = 4
+
+
+class IterPathEvent(LazyPathEvent):
+    """A :class:`LazyPathEvent` that ``async for`` hands out (``_permloop.ReadAhead``).
+
+    Its path is read when first asked, as a handler's event's is, and also
+    before it is closed whenever somebody else may still ask: when its fd
+    is closed by anyone but ``async for`` moving past it, and when ``async
+    for`` moves past it while something besides the loop variable holds it
+    (a list, another name).  Only an event nobody can reach afterwards is
+    closed without reading its path: what lazy then means for ``async for``
+    is the path *when first asked* (or when the loop moved on), and one
+    case of None: the loop variable itself, read after the iteration ended
+    with an error, if its path was never asked.
+    """
+
+    __slots__ = ()
+
+    def close(self) -> None:
+        self._read_path()
+        self.close()
+
+    def _release(self, reason: str) -> None:
+        self._read_path()
+        self._release(reason)
+
+    def _moved_past(self) -> None:
+        if sys.getrefcount(self) > _MOVED_PAST_REFS:
+            self._read_path()
+            self.close()
+            return
+        FanotifyData._release(self, "released")  # nobody can ask for the path any more
+
+
+IterPathEvent.__qualname__ = IterPathEvent.__name__ = "FanotifyData"

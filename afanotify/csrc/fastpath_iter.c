@@ -154,8 +154,9 @@ static long afn_owns_of(PyObject *ev)
     return PyLong_AsLong(owns);
 }
 
-/* What moving past `last` does: FanotifyData.close() (inline for an event
- * that owns only its fd, as the Python step does). */
+/* What moving past `last` does: FanotifyData._moved_past(), which is close()
+ * (inline for an event that owns only its fd, as the Python step does; an
+ * event of another class, such as IterPathEvent, decides in Python). */
 static int afn_iter_release(PyObject *last)
 {
     long owns = afn_owns_of(last);
@@ -360,7 +361,7 @@ static PyObject *afn_events_iter(PyObject *self, PyObject *const *args, Py_ssize
         PyErr_SetString(PyExc_RuntimeError, "_events_iter before _builder_setup");
         return NULL;
     }
-    if (afn_s_close == NULL && (afn_s_close = PyUnicode_InternFromString("close")) == NULL)
+    if (afn_s_close == NULL && (afn_s_close = PyUnicode_InternFromString("_moved_past")) == NULL)
         return NULL;
     if (afn_int_zero == NULL && (afn_int_zero = PyLong_FromLong(0)) == NULL)
         return NULL;
