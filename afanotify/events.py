@@ -194,7 +194,11 @@ class FanotifyData:
         :raises AlreadyAnsweredError: if the event was answered before
         :raises ClosedResourceError: if the group closed (it answered the event then)
         """
-        self._responder_for_answer().answer(self, True, None, audit, audit_rule)
+        responder = self._responder
+        if responder is not None and self.ev_types & _PERM_BITS:
+            responder.answer(self, True, None, audit, audit_rule)
+            return
+        self._responder_for_answer().answer(self, True, None, audit, audit_rule)  # raises
 
     def deny_nowait(
         self, errno: int | None = None, *, audit: bool = False,

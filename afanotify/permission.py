@@ -69,6 +69,8 @@ _EAGER_START: dict[str, Any] = {"eager_start": True}
 _ALLOW = int(Response.ALLOW)
 _DENY = int(Response.DENY)
 _PERM = int(PERM_EVENTS)
+_set_owns = FanotifyData.__dict__["_owns"].__set__
+_respond = _ffi.lib.afn_respond
 
 
 class PermissionStatistics(NamedTuple):
@@ -239,8 +241,15 @@ class PermissionTracker:
         if entry is None or entry.event is not ev:
             return
         watch: Any = None
+        loop = self._loop
         try:
-            task: Any = asyncio.current_task()
+            if loop is not None and getattr(loop, "_thread_id", None) == _get_ident():
+                # The asyncio loop running in this thread (one runs at a time):
+                # its current task, without asyncio.get_running_loop(), whose
+                # fork check costs a getpid() system call on Python 3.11.
+                task: Any = _current_task_of(loop)  # type: ignore[arg-type]
+            else:
+                task = asyncio.current_task()
         except RuntimeError:
             # trio: the task is watched through the loop adapter's exit hook.
             current = getattr(self._loop, "current_task", None)
@@ -299,7 +308,29 @@ class PermissionTracker:
             # Plain allow or deny: valid for every permission group.
             if self.inherited:
                 self._check_owner()
-            write_plain(self, ev, allowed)  # self.write, in one step
+            # write_plain (self.write, in one step), inline for the common case.
+            fd = ev.fd
+            with self.lock:
+                owns = ev._owns
+                entry = self._pending.get(fd)
+                if (
+                    owns & UNANSWERED and self.fd >= 0 and entry is not None
+                    and entry.handler_task is None
+                ):  # fmt: skip
+                    del self._pending[fd]
+                    if entry.task is not None:
+                        fds = self._watched_tasks.get(entry.task)
+                        if fds is not None:
+                            fds.discard(fd)
+                    _set_owns(ev, owns & ~UNANSWERED)
+                    if allowed:
+                        self.allowed += 1
+                    else:
+                        self.denied += 1
+                    if _respond(self.fd, fd, _ALLOW if allowed else _DENY) < 0:
+                        raise _ffi._err("writing the permission response failed")
+                    return
+            write_plain(self, ev, allowed)
             return
         self.respond(ev, Verdict(allowed, errno, audit, audit_rule))
 
@@ -601,6 +632,11 @@ def dispatch_result(perm: PermissionTracker, ev: FanotifyData, result: object) -
         task.add_done_callback(lambda t, ev=ev: perm._handler_done(ev, t))  # type: ignore[misc]
         return
     perm._apply(ev, result)
+
+
+_get_ident = threading.get_ident
+#: asyncio.current_task with its loop given: a dict lookup, no running-loop check.
+_current_task_of = asyncio.current_task
 
 
 def _current_task() -> asyncio.Task[Any] | None:
