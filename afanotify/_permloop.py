@@ -84,6 +84,7 @@ _set_class = object.__setattr__
 _set_path = FanotifyData.__dict__["path"].__set__
 _set_path_resolved = FanotifyData.__dict__["path_resolved"].__set__
 _set_owns = FanotifyData.__dict__["_owns"].__set__
+_OWN_FD_UNANSWERED = OWN_FD | UNANSWERED
 _afp_answer: Any = getattr(lib, "afp_answer", None)
 _ALLOW = int(Response.ALLOW)
 _DENY = int(Response.DENY)
@@ -469,6 +470,54 @@ class ReadAhead(LoopServer):
         fast = group._pipeline.fast
         assert fast is not None  # see supported()
         return fast
+
+    def _serve(self, events: list[FanotifyData], errors: list[Any]) -> None:
+        # The usual read ahead: unanswered permission events with their fds,
+        # none of ours, none malformed, for the group's own queue alone, with
+        # room for all, nobody waiting on it (the consumer reads it itself),
+        # nothing held back, no handler, no process details.  Each is
+        # registered (its deadline) and queued, as the general way does it
+        # through perm.add, _deliver and put_many; anything else goes that way.
+        group = self._group
+        q = group._queue
+        items = q._items
+        perm = self._perm
+        if (
+            errors or self._proc_info or perm.handler is not None
+            or group._clients._clients or group._batch_sink is not None or group._held
+            or q._waiters or q.policy != "block" or len(items) + len(events) > q.maxsize
+        ):  # fmt: skip
+            super()._serve(events, errors)
+            return
+        own = self._own
+        for ev in events:
+            if ev._owns != _OWN_FD_UNANSWERED or ev.pid in own:
+                super()._serve(events, errors)
+                return
+        n = len(events)
+        c = self._counters
+        c.events_read += n
+        deadline = _monotonic() + perm.timeout
+        lazy = self._lazy
+        with perm.lock:
+            pending = perm._pending
+            for ev in events:
+                _set_responder(ev, perm)
+                if lazy:
+                    _set_class(ev, "__class__", IterPathEvent)
+                pending[ev.fd] = _Entry(ev, deadline)
+        loop = self._loop
+        if loop is not None:
+            perm._loop = loop
+            if perm._timer is None:
+                perm._arm(deadline)
+        if self._fdguard._short:
+            self._fdguard.recovered()
+        items.extend(events)
+        q._delivered += n
+        if len(items) > q._high:
+            q._high = len(items)
+        c.events_delivered += n
 
     def _lazy_paths(self) -> bool:
         # Its events go to the group's queue as IterPathEvents: read when
