@@ -66,7 +66,7 @@ def events_iter(group: OwnQueue) -> Any:
     if _C_ITER is None or os.environ.get("AFANOTIFY_PURE_PARSER"):
         return _Last()
     q = group._queue
-    return _C_ITER(group, q, q._items, group._reader, group.__anext__)
+    return _C_ITER(group, q, q._items, group._reader, group._wait_next, group._step)
 
 
 class OwnQueue:
@@ -298,35 +298,15 @@ class OwnQueue:
                 os.close(last.fd)
             elif owns:
                 last._moved_past()  # (an IterPathEvent counts who else holds it)
-        # The common case, once reading has started: an event is already
-        # queued.  Same steps as receive(), without its await and checks.
-        # (The loop check is left to receive(), reached whenever the queue is
-        # empty: on Python 3.11 asyncio.get_running_loop() costs a getpid()
-        # system call, too much to pay per event.)
-        reader = self._reader
-        if self._consuming and (reader.reading or reader.paused) and not self._closed:
-            if not self._queue._items and not self._read_ahead():
-                # Read ahead here, without receive()'s coroutine; when that
-                # found nothing, receive() waits on the loop (no second read).
-                self._direct = _DIRECT_READS
-            try:
-                ev = self._queue.get_nowait()
-            except (WouldBlock, ClosedResourceError):
-                pass
-            else:
-                if ev._owns & UNANSWERED:
-                    self._perm.received_by(ev)
-                # _refill() has work only when held events fit (see there), or
-                # when nothing is held and reading is to resume (or fail).
-                held = self._held
-                if (
-                    len(self._queue) <= self._queue.maxsize // 2 if held
-                    else reader.paused or self._error is not None
-                ):  # fmt: skip
-                    self._refill()
-                self._iter_last = ev
-                self._grant()
-                return ev
+        ev = self._step()
+        if ev is not None:
+            self._iter_last = ev
+            return ev
+        return await self._wait_next()
+
+    async def _wait_next(self) -> FanotifyData:
+        # The step that waits: __anext__'s, and the C iterator's once its
+        # _step found nothing to hand out.
         try:
             ev = await self.receive()
         except ClosedResourceError:
@@ -334,6 +314,44 @@ class OwnQueue:
                 raise  # a failed read ends the iteration loudly, not as if closed
             raise StopAsyncIteration from None
         self._iter_last = ev
+        self._grant()
+        return ev
+
+    def _step(self) -> FanotifyData | None:
+        """The part of ``async for``'s step that never waits: the next event, or None.
+
+        None: the consumer must wait, which :meth:`__anext__` does (through
+        ``receive()``).  Called by ``__anext__`` and, as a plain call with
+        no coroutine, by the C iterator (``csrc/fastpath_iter.c``), each of
+        which holds on to the event as the one handed out last.
+        """
+        # The common case, once reading has started: an event is already
+        # queued.  Same steps as receive(), without its await and checks.
+        # (The loop check is left to receive(), reached whenever the queue is
+        # empty: on Python 3.11 asyncio.get_running_loop() costs a getpid()
+        # system call, too much to pay per event.)
+        reader = self._reader
+        if not (self._consuming and (reader.reading or reader.paused) and not self._closed):
+            return None
+        if not self._queue._items and not self._read_ahead():
+            # Read ahead here, without receive()'s coroutine; when that
+            # found nothing, receive() waits on the loop (no second read).
+            self._direct = _DIRECT_READS
+            return None
+        try:
+            ev = self._queue.get_nowait()
+        except (WouldBlock, ClosedResourceError):
+            return None
+        if ev._owns & UNANSWERED:
+            self._perm.received_by(ev)
+        # _refill() has work only when held events fit (see there), or
+        # when nothing is held and reading is to resume (or fail).
+        held = self._held
+        if (
+            len(self._queue) <= self._queue.maxsize // 2 if held
+            else reader.paused or self._error is not None
+        ):  # fmt: skip
+            self._refill()
         self._grant()
         return ev
 

@@ -456,8 +456,13 @@ class IterPathEvent(LazyPathEvent):
         if sys.getrefcount(self) > _MOVED_PAST_REFS:
             self._read_path()
             self.close()
-            return
-        FanotifyData._release(self, "released")  # nobody can ask for the path any more
+        elif self._owns == OWN_FD:
+            # Nobody can ask for the path any more; FanotifyData.close(),
+            # inline, for an event that owns only its fd (as async for does).
+            object.__setattr__(self, "_owns", 0)
+            os.close(self.fd)
+        else:
+            FanotifyData._release(self, "released")
 
 
 IterPathEvent.__qualname__ = IterPathEvent.__name__ = "FanotifyData"
