@@ -39,6 +39,7 @@ _ALLOW = int(Response.ALLOW)
 _DENY = int(Response.DENY)
 _set_owns = FanotifyData.__dict__["_owns"].__set__
 _set_responder = FanotifyData.__dict__["_responder"].__set__
+_respond = lib.afn_respond
 #: The reason (a ``permission_stats`` field) of the events :func:`unbuilt` answers.
 BUILD_FAILED = "build_failed"
 #: The compiled core has the C call (the pure one does not).
@@ -68,16 +69,28 @@ def write_plain(perm: PermissionTracker, ev: FanotifyData, allowed: bool) -> Non
     :raises OSError: if the kernel rejects the response
     """
     response = _ALLOW if allowed else _DENY
+    fd = ev.fd
     with perm.lock:
         owns = ev._owns
-        if owns & UNANSWERED and perm.fd >= 0 and _forget(perm, ev.fd):
-            _set_owns(ev, owns & ~UNANSWERED)
-            if allowed:
-                perm.allowed += 1
-            else:
-                perm.denied += 1
-            _ffi.respond(perm.fd, ev.fd, response)
-            return
+        if owns & UNANSWERED and perm.fd >= 0:
+            # _forget, inline: this runs for every allow_nowait().
+            pending = perm._pending
+            entry = pending.get(fd)
+            if entry is None or entry.handler_task is None:  # (else write() cancels it)
+                if entry is not None:
+                    del pending[fd]
+                    if entry.task is not None:
+                        fds = perm._watched_tasks.get(entry.task)
+                        if fds is not None:
+                            fds.discard(fd)
+                _set_owns(ev, owns & ~UNANSWERED)
+                if allowed:
+                    perm.allowed += 1
+                else:
+                    perm.denied += 1
+                if _respond(perm.fd, fd, response) < 0:
+                    raise _ffi._err("writing the permission response failed")
+                return
     perm.write(ev, response)
 
 

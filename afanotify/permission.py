@@ -69,8 +69,6 @@ _EAGER_START: dict[str, Any] = {"eager_start": True}
 _ALLOW = int(Response.ALLOW)
 _DENY = int(Response.DENY)
 _PERM = int(PERM_EVENTS)
-_set_owns = FanotifyData.__dict__["_owns"].__set__
-_respond = _ffi.lib.afn_respond
 
 
 class PermissionStatistics(NamedTuple):
@@ -308,29 +306,7 @@ class PermissionTracker:
             # Plain allow or deny: valid for every permission group.
             if self.inherited:
                 self._check_owner()
-            # write_plain (self.write, in one step), inline for the common case.
-            fd = ev.fd
-            with self.lock:
-                owns = ev._owns
-                entry = self._pending.get(fd)
-                if (
-                    owns & UNANSWERED and self.fd >= 0 and entry is not None
-                    and entry.handler_task is None
-                ):  # fmt: skip
-                    del self._pending[fd]
-                    if entry.task is not None:
-                        fds = self._watched_tasks.get(entry.task)
-                        if fds is not None:
-                            fds.discard(fd)
-                    _set_owns(ev, owns & ~UNANSWERED)
-                    if allowed:
-                        self.allowed += 1
-                    else:
-                        self.denied += 1
-                    if _respond(self.fd, fd, _ALLOW if allowed else _DENY) < 0:
-                        raise _ffi._err("writing the permission response failed")
-                    return
-            write_plain(self, ev, allowed)
+            write_plain(self, ev, allowed)  # self.write, in one step
             return
         self.respond(ev, Verdict(allowed, errno, audit, audit_rule))
 
