@@ -16,7 +16,7 @@ import errno
 import logging
 import os
 import struct
-from collections.abc import Container
+from collections.abc import Container, Iterable
 from typing import TYPE_CHECKING, Any
 
 from . import _ffi
@@ -39,6 +39,7 @@ _ALLOW = int(Response.ALLOW)
 _DENY = int(Response.DENY)
 _set_owns = FanotifyData.__dict__["_owns"].__set__
 _set_responder = FanotifyData.__dict__["_responder"].__set__
+_respond = lib.afn_respond
 #: The reason (a ``permission_stats`` field) of the events :func:`unbuilt` answers.
 BUILD_FAILED = "build_failed"
 #: The compiled core has the C call (the pure one does not).
@@ -68,16 +69,28 @@ def write_plain(perm: PermissionTracker, ev: FanotifyData, allowed: bool) -> Non
     :raises OSError: if the kernel rejects the response
     """
     response = _ALLOW if allowed else _DENY
+    fd = ev.fd
     with perm.lock:
         owns = ev._owns
-        if owns & UNANSWERED and perm.fd >= 0 and _forget(perm, ev.fd):
-            _set_owns(ev, owns & ~UNANSWERED)
-            if allowed:
-                perm.allowed += 1
-            else:
-                perm.denied += 1
-            _ffi.respond(perm.fd, ev.fd, response)
-            return
+        if owns & UNANSWERED and perm.fd >= 0:
+            # _forget, inline: this runs for every allow_nowait().
+            pending = perm._pending
+            entry = pending.get(fd)
+            if entry is None or entry.handler_task is None:  # (else write() cancels it)
+                if entry is not None:
+                    del pending[fd]
+                    if entry.task is not None:
+                        fds = perm._watched_tasks.get(entry.task)
+                        if fds is not None:
+                            fds.discard(fd)
+                _set_owns(ev, owns & ~UNANSWERED)
+                if allowed:
+                    perm.allowed += 1
+                else:
+                    perm.denied += 1
+                if _respond(perm.fd, fd, response) < 0:
+                    raise _ffi._err("writing the permission response failed")
+                return
     perm.write(ev, response)
 
 
@@ -190,13 +203,14 @@ class BuildFailed(OSError):
 
 def unbuilt(
     perm: PermissionTracker, view: Any, built: list[FanotifyData], exc: BaseException,
-    *, close_rest: bool = False,
+    *, close_rest: bool = False, released: Iterable[int] = (),
 ) -> int:
     """After building (or serving) a read failed with ``exc``: answer what nobody owns.
 
     The events in ``built`` are released (an unanswered one gets the
     default verdict), then :func:`answer_unbuilt` answers the rest of
-    ``view``; both are counted in ``permission_stats.build_failed`` and
+    ``view`` (``released``: fds of it closed already, malformed events
+    say); both are counted in ``permission_stats.build_failed`` and
     logged.  Returns how many were answered; never raises.
     """
     n = 0
@@ -206,7 +220,9 @@ def unbuilt(
             if ev._responder is None:
                 _set_responder(ev, perm)
         ev._release(BUILD_FAILED)
-    n += answer_unbuilt(perm, view, {ev.fd for ev in built}, close_rest=close_rest)
+    owned = {ev.fd for ev in built}
+    owned.update(released)
+    n += answer_unbuilt(perm, view, owned, close_rest=close_rest)
     log.error(
         "building the events of a read failed (%r): %d permission event(s) of it answered %s",
         exc, n, perm.default.name, exc_info=exc,
@@ -217,17 +233,26 @@ def unbuilt(
 def decode_or_fail(group: Fanotify, view: memoryview, decode: Any) -> list[FanotifyData]:
     """``decode(pipeline, view, loop)`` of the group's general reader (``Fanotify._handle_batch``).
 
-    In a permission group a failure answers the read's events nobody holds
-    (:func:`unbuilt`) and fails the group with :class:`BuildFailed` (a
-    KeyboardInterrupt and the like go on, after the answers).
+    A failure leaves nothing of the read behind: the events decode made
+    (handed to nobody yet) are released, every other event's fd closed and
+    each permission event of the read nobody holds answered with the default
+    verdict (:func:`unbuilt`).  Then a permission group fails with
+    :class:`BuildFailed`; in another the error goes on (as do a
+    KeyboardInterrupt and the like, after the answers).
     """
+    pipeline = group._pipeline
     try:
-        events: list[FanotifyData] = decode(group._pipeline, view, group._reader.loop)
+        events: list[FanotifyData] = decode(pipeline, view, group._reader.loop)
     except BaseException as exc:
-        if not group._perm_class:
-            raise
-        unbuilt(group._perm, view, [], exc)
-        if not isinstance(exc, Exception):
+        seen, built, errors = pipeline.take_failed()
+        for err in errors:
+            pipeline.bad_event(err)  # answered and closed, as in a read that succeeds
+        # Only the read as the decoder saw it names each fd once (the static
+        # rules take out what they answered, closing it); before that, the
+        # other fds may have been closed already.
+        unbuilt(group._perm, view if seen is None else seen, built, exc,
+                close_rest=seen is not None, released=[err.fd for err in errors])
+        if not group._perm_class or not isinstance(exc, Exception):
             raise
         group._fail(BuildFailed(exc))
         return []

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -17,7 +18,7 @@ from . import _answer, _fastparse, _permloop
 from ._pipeline import Counters
 from ._queue import EventQueue
 from ._reader import Reader
-from .events import OWN_FD, UNANSWERED, FanotifyData
+from .events import OWN_FD, UNANSWERED, FanotifyData, IterPathEvent
 from .exceptions import ClosedResourceError, WouldBlock
 from .flags import Response
 from .permission import DROPPED, PermissionTracker
@@ -32,6 +33,7 @@ __all__ = ["OwnQueue", "events_iter"]
 log = logging.getLogger(__name__)
 
 _set_owns = FanotifyData.__dict__["_owns"].__set__
+_getrefcount = sys.getrefcount
 _C_ITER = _fastparse.events_iter_factory()
 #: Reads a consumer may make itself in a row before it waits on the loop
 #: (see OwnQueue._read_ahead).
@@ -64,7 +66,7 @@ def events_iter(group: OwnQueue) -> Any:
     if _C_ITER is None or os.environ.get("AFANOTIFY_PURE_PARSER"):
         return _Last()
     q = group._queue
-    return _C_ITER(group, q, q._items, group._reader, group.__anext__)
+    return _C_ITER(group, q, q._items, group._reader, group._wait_next, group._step)
 
 
 class OwnQueue:
@@ -185,6 +187,8 @@ class OwnQueue:
         if ev._owns & UNANSWERED:
             self._perm.received_by(ev)
         self._refill()
+        if type(ev) is IterPathEvent:
+            ev._read_path()  # read ahead for async for: a receiver may close it before asking
         return ev
 
     async def receive(self) -> FanotifyData:
@@ -200,6 +204,8 @@ class OwnQueue:
                 if ev._owns & UNANSWERED:
                     self._perm.received_by(ev)
                 self._refill()
+                if type(ev) is IterPathEvent:
+                    ev._read_path()  # see receive_nowait
                 return ev
             # The wait below gives the loop its turn (a queue with events in
             # it would not): only then may the consumer read by itself again.
@@ -214,6 +220,8 @@ class OwnQueue:
         if ev._owns & UNANSWERED:
             self._perm.received_by(ev)
         self._refill()
+        if type(ev) is IterPathEvent:
+            ev._read_path()  # see receive_nowait
         return ev
 
     def _read_ahead(self) -> bool:
@@ -279,41 +287,26 @@ class OwnQueue:
         if last is not None:
             self._iter_last = None
             owns = last._owns
-            if owns == OWN_FD:
+            if owns == OWN_FD and (
+                type(last) is FanotifyData
+                # Read ahead (lazy path), and held by no one but `last` and
+                # the consumer's loop variable: nobody can ask for its path.
+                or (type(last) is IterPathEvent and _getrefcount(last) <= 3)
+            ):
                 # FanotifyData.close() for the usual case (only an fd), inline.
                 _set_owns(last, 0)
                 os.close(last.fd)
             elif owns:
-                last.close()
-        # The common case, once reading has started: an event is already
-        # queued.  Same steps as receive(), without its await and checks.
-        # (The loop check is left to receive(), reached whenever the queue is
-        # empty: on Python 3.11 asyncio.get_running_loop() costs a getpid()
-        # system call, too much to pay per event.)
-        reader = self._reader
-        if self._consuming and (reader.reading or reader.paused) and not self._closed:
-            if not self._queue._items and not self._read_ahead():
-                # Read ahead here, without receive()'s coroutine; when that
-                # found nothing, receive() waits on the loop (no second read).
-                self._direct = _DIRECT_READS
-            try:
-                ev = self._queue.get_nowait()
-            except (WouldBlock, ClosedResourceError):
-                pass
-            else:
-                if ev._owns & UNANSWERED:
-                    self._perm.received_by(ev)
-                # _refill() has work only when held events fit (see there), or
-                # when nothing is held and reading is to resume (or fail).
-                held = self._held
-                if (
-                    len(self._queue) <= self._queue.maxsize // 2 if held
-                    else reader.paused or self._error is not None
-                ):  # fmt: skip
-                    self._refill()
-                self._iter_last = ev
-                self._grant()
-                return ev
+                last._moved_past()  # (an IterPathEvent counts who else holds it)
+        ev = self._step()
+        if ev is not None:
+            self._iter_last = ev
+            return ev
+        return await self._wait_next()
+
+    async def _wait_next(self) -> FanotifyData:
+        # The step that waits: __anext__'s, and the C iterator's once its
+        # _step found nothing to hand out.
         try:
             ev = await self.receive()
         except ClosedResourceError:
@@ -321,6 +314,44 @@ class OwnQueue:
                 raise  # a failed read ends the iteration loudly, not as if closed
             raise StopAsyncIteration from None
         self._iter_last = ev
+        self._grant()
+        return ev
+
+    def _step(self) -> FanotifyData | None:
+        """The part of ``async for``'s step that never waits: the next event, or None.
+
+        None: the consumer must wait, which :meth:`__anext__` does (through
+        ``receive()``).  Called by ``__anext__`` and, as a plain call with
+        no coroutine, by the C iterator (``csrc/fastpath_iter.c``), each of
+        which holds on to the event as the one handed out last.
+        """
+        # The common case, once reading has started: an event is already
+        # queued.  Same steps as receive(), without its await and checks.
+        # (The loop check is left to receive(), reached whenever the queue is
+        # empty: on Python 3.11 asyncio.get_running_loop() costs a getpid()
+        # system call, too much to pay per event.)
+        reader = self._reader
+        if not (self._consuming and (reader.reading or reader.paused) and not self._closed):
+            return None
+        if not self._queue._items and not self._read_ahead():
+            # Read ahead here, without receive()'s coroutine; when that
+            # found nothing, receive() waits on the loop (no second read).
+            self._direct = _DIRECT_READS
+            return None
+        try:
+            ev = self._queue.get_nowait()
+        except (WouldBlock, ClosedResourceError):
+            return None
+        if ev._owns & UNANSWERED:
+            self._perm.received_by(ev)
+        # _refill() has work only when held events fit (see there), or
+        # when nothing is held and reading is to resume (or fail).
+        held = self._held
+        if (
+            len(self._queue) <= self._queue.maxsize // 2 if held
+            else reader.paused or self._error is not None
+        ):  # fmt: skip
+            self._refill()
         self._grant()
         return ev
 

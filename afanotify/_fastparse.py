@@ -41,6 +41,8 @@ _META_LEN = FAN_EVENT_METADATA_LEN
 _PERM = int(PERM_EVENTS)
 _DIR_CHANGE = int(DIR_CHANGE_EVENTS)
 _ONDIR = int(Event.ONDIR)
+#: Decoder.partial when no build failed: nothing left over.
+_NO_PARTIAL: tuple[list[FanotifyData], list[ParseError]] = ([], [])
 # The pure core (afanotify._purecore) has no decoder; available() is then False.
 _HAS_DFID, _PATH_NONE, _PATH_RETRY, _MAX_DIRS = (
     (lib.AFN_HAS_DFID, lib.AFN_PATH_NONE, lib.AFN_PATH_RETRY, lib.AFN_MAX_DIRS)
@@ -140,6 +142,9 @@ class Decoder:
         self.resolved_count = 0
         #: Events of the last batch that ``tree`` kept from being built.
         self.skipped = 0
+        #: The events and errors of a build that raised, made before it did
+        #: (nobody holds them: the caller releases them); else empty.
+        self.partial: tuple[list[FanotifyData], list[ParseError]] = _NO_PARTIAL
         self._cap = 0
         self._out: Any = ffi.NULL
         self._out_mv = memoryview(b"")
@@ -321,6 +326,9 @@ class Decoder:
     ) -> tuple[list[FanotifyData], list[ParseError]]:
         events: list[FanotifyData] = []
         errors: list[ParseError] = []
+        # What a build that raises leaves: the caller releases it (see
+        # Pipeline.decode).  Cleared on the way out, not to keep a batch alive.
+        self.partial = (events, errors)
         upto = -1
         filled = skipped = 0
         build: Callable[..., tuple[int, int, int, int, int]] = _BUILD  # type: ignore[assignment]
@@ -387,6 +395,7 @@ class Decoder:
         self.resolved_upto = len(events) if upto < 0 else upto
         self.resolved_count = filled
         self.skipped = skipped
+        self.partial = _NO_PARTIAL
         return events, errors
 
     def _fd_path(self, entry: Any) -> dict[str, object] | None:

@@ -47,7 +47,7 @@ from ._ffi import ffi, lib
 from ._loop import LoopLike
 from ._parser import parse_event
 from ._proc import fd_path, process_info
-from .events import OWN_FD, OWN_PIDFD, UNANSWERED, FanotifyData, LazyPathEvent
+from .events import OWN_FD, OWN_PIDFD, UNANSWERED, FanotifyData, IterPathEvent, LazyPathEvent
 from .exceptions import ParseError
 from .flags import DIR_CHANGE_EVENTS, Event, InitFlag, Response
 from .permission import ABANDONED, AT_CLOSE, PermissionTracker, _Entry, dispatch_result
@@ -84,6 +84,7 @@ _set_class = object.__setattr__
 _set_path = FanotifyData.__dict__["path"].__set__
 _set_path_resolved = FanotifyData.__dict__["path_resolved"].__set__
 _set_owns = FanotifyData.__dict__["_owns"].__set__
+_OWN_FD_UNANSWERED = OWN_FD | UNANSWERED
 _afp_answer: Any = getattr(lib, "afp_answer", None)
 _ALLOW = int(Response.ALLOW)
 _DENY = int(Response.DENY)
@@ -123,7 +124,8 @@ class LoopServer:
     __slots__ = ("_group", "_fd", "_perm", "_pipeline", "_counters", "_fdguard", "_min_read",
         "_capacity", "_lazy", "_resolve", "_proc_info", "_pidfd_reported", "_fd_error", "_own",
         "_dec", "_buf", "_views", "_pybuf", "_cflags", "_fddir", "_size", "_args", "_args_out",
-        "_budget_in", "_fits_left", "_loop", "started", "_registered", "_stopped", "_inflight",)
+        "_budget_in", "_fits_left", "_loop", "started", "_registered", "_stopped", "_inflight",
+        "_iterated",)
 
     def __init__(self, group: Fanotify) -> None:
         self._group = group
@@ -165,6 +167,8 @@ class LoopServer:
         self._stopped = False
         #: The events of the batch being served (see _end_batch).
         self._inflight: list[FanotifyData] | None = None
+        #: A read ahead for the group's own consumer (ReadAhead).
+        self._iterated = False
 
     def _decoder(self, group: Fanotify) -> _fastparse.Decoder:
         return _fastparse.Decoder(_READ)
@@ -399,6 +403,11 @@ class LoopServer:
         own = self._own
         loop = self._loop
         lazy = self._lazy
+        # The events of a read ahead for ``async for`` go to the group's own
+        # queue: lazy too, unless clients or batches() may take them.
+        iterated = lazy and self._iterated and not (
+            self._group._clients.active or self._group._batch_sink is not None
+        )
         rest: list[FanotifyData] | None = None
         for ev in events:
             if ev.pid in own:
@@ -425,7 +434,10 @@ class LoopServer:
                     continue
                 perm.add(ev, loop)
             if lazy:
-                eager_path(ev)  # kept past its close by whoever receives it
+                if iterated and ev._owns & OWN_FD:
+                    _set_class(ev, "__class__", IterPathEvent)  # read when asked (events.py)
+                else:
+                    eager_path(ev)  # kept past its close by whoever receives it
             if rest is None:
                 rest = []
             rest.append(ev)
@@ -452,14 +464,66 @@ class ReadAhead(LoopServer):
         super().__init__(group)
         self._loop = group._reader.loop
         self._fddir = self._args.fddir = self._dec._fddir if self._resolve else -1
+        self._iterated = True
 
     def _decoder(self, group: Fanotify) -> _fastparse.Decoder:
         fast = group._pipeline.fast
         assert fast is not None  # see supported()
         return fast
 
+    def _serve(self, events: list[FanotifyData], errors: list[Any]) -> None:
+        # The usual read ahead: unanswered permission events with their fds,
+        # none of ours, none malformed, for the group's own queue alone, with
+        # room for all, nobody waiting on it (the consumer reads it itself),
+        # nothing held back, no handler, no process details.  Each is
+        # registered (its deadline) and queued, as the general way does it
+        # through perm.add, _deliver and put_many; anything else goes that way.
+        group = self._group
+        q = group._queue
+        items = q._items
+        perm = self._perm
+        if (
+            errors or self._proc_info or perm.handler is not None
+            or group._clients._clients or group._batch_sink is not None or group._held
+            or q._waiters or q.policy != "block" or len(items) + len(events) > q.maxsize
+        ):  # fmt: skip
+            super()._serve(events, errors)
+            return
+        own = self._own
+        for ev in events:
+            if ev._owns != _OWN_FD_UNANSWERED or ev.pid in own:
+                super()._serve(events, errors)
+                return
+        n = len(events)
+        c = self._counters
+        c.events_read += n
+        deadline = _monotonic() + perm.timeout
+        lazy = self._lazy
+        with perm.lock:
+            pending = perm._pending
+            for ev in events:
+                _set_responder(ev, perm)
+                if lazy:
+                    _set_class(ev, "__class__", IterPathEvent)
+                pending[ev.fd] = _Entry(ev, deadline)
+        loop = self._loop
+        if loop is not None:
+            perm._loop = loop
+            if perm._timer is None:
+                perm._arm(deadline)
+        if self._fdguard._short:
+            self._fdguard.recovered()
+        items.extend(events)
+        q._delivered += n
+        if len(items) > q._high:
+            q._high = len(items)
+        c.events_delivered += n
+
     def _lazy_paths(self) -> bool:
-        return False  # its events go to a consumer, who may read a path after the close
+        # Its events go to the group's queue as IterPathEvents: read when
+        # asked, or before a close while anyone may still ask (events.py);
+        # receive() reads them as it hands them over.
+        return True
 
     def start(self, loop: LoopLike | None) -> bool:
         return False  # never the group's reader

@@ -190,6 +190,10 @@ class Pipeline:
         self.fast = _fast_decoder(bufsize)
         #: Static permission rules decided in C before decoding (``_static.py``).
         self.static: StaticRules | None = None
+        #: What the last decode that raised left (see take_failed).
+        self.failed: tuple[memoryview, list[FanotifyData], list[ParseError]] | None = None
+        #: The events and errors of the read being decoded, once made.
+        self._made: tuple[list[FanotifyData], list[ParseError]] | None = None
         if self.fast is not None:
             # Our events are frozen and hold no cycles (see Decoder.untrack).
             self.fast.untrack = True
@@ -201,12 +205,45 @@ class Pipeline:
     def decode(
         self, view: memoryview, loop: LoopLike | None
     ) -> list[FanotifyData]:
-        """The events of one read, filled in, own ones and malformed ones removed."""
+        """The events of one read, filled in, own ones and malformed ones removed.
+
+        If it raises, nothing of the read was handed to anyone: what was
+        made of it is kept in :attr:`failed` (see there) for the caller to
+        release.
+        """
+        self.failed = self._made = None
         if self.static is not None:
             # Answered in C, gone from the buffer: no objects for those.
             view = self.static.apply(self._fd, view)
             if not view:
                 return []
+        try:
+            events = self._decode(view, loop)
+        except BaseException:
+            made = self._made
+            if made is None:  # the decoder raised: what it built so far
+                made = self.fast.partial if self.fast is not None else ([], [])
+            self._made = None
+            self.failed = (view, list(made[0]), list(made[1]))
+            raise
+        self._made = None
+        return events
+
+    def take_failed(self) -> tuple[memoryview | None, list[FanotifyData], list[ParseError]]:
+        """What the last :meth:`decode` that raised left, once: ``(view, built, errors)``.
+
+        ``view`` is the read as the decoder saw it (after the static rules
+        answered theirs and took them out: the part past it holds stale
+        copies), or None if decode never got that far; ``built`` the events
+        it made (handed to nobody), ``errors`` the malformed events it found
+        (not yet released).
+        """
+        failed, self.failed = self.failed, None
+        if failed is None:
+            return None, [], []
+        return failed
+
+    def _decode(self, view: memoryview, loop: LoopLike | None) -> list[FanotifyData]:
         fast = self.fast
         c = self._counters
         fid_paths = self._fid_paths
@@ -253,6 +290,7 @@ class Pipeline:
             resolved_upto = 0
         for err in errors:
             self.bad_event(err)
+        self._made = (events, [])
         c.events_read += len(events)
         if fid_paths:
             complete = fast is not None and fast.resolved_count == resolved_upto > 0

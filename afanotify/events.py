@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -193,7 +194,11 @@ class FanotifyData:
         :raises AlreadyAnsweredError: if the event was answered before
         :raises ClosedResourceError: if the group closed (it answered the event then)
         """
-        self._responder_for_answer().answer(self, True, None, audit, audit_rule)
+        responder = self._responder
+        if responder is not None and self.ev_types & _PERM_BITS:
+            responder.answer(self, True, None, audit, audit_rule)
+            return
+        self._responder_for_answer().answer(self, True, None, audit, audit_rule)  # raises
 
     def deny_nowait(
         self, errno: int | None = None, *, audit: bool = False,
@@ -297,6 +302,10 @@ class FanotifyData:
         default verdict: the response must reach the kernel before the fd goes.
         """
         self._release("released")
+
+    def _moved_past(self) -> None:
+        """What ``async for`` does to the event it moves past: :meth:`close`."""
+        self.close()
 
     def _release(self, reason: str) -> None:
         """:meth:`close`, counting a pending answer under ``reason`` (see :class:`Responder`)."""
@@ -412,3 +421,48 @@ class LazyPathEvent(FanotifyData):
 
 
 LazyPathEvent.__qualname__ = LazyPathEvent.__name__ = "FanotifyData"
+
+#: References to an event that ``async for`` moves past when nobody else
+#: holds it: the caller's, the consumer's loop variable, and the frame's
+#: ``self`` and getrefcount's argument in :meth:`IterPathEvent._moved_past`.
+_MOVED_PAST_REFS = 4
+
+
+class IterPathEvent(LazyPathEvent):
+    """A :class:`LazyPathEvent` that ``async for`` hands out (``_permloop.ReadAhead``).
+
+    Its path is read when first asked, as a handler's event's is, and also
+    before it is closed whenever somebody else may still ask: when its fd
+    is closed by anyone but ``async for`` moving past it, and when ``async
+    for`` moves past it while something besides the loop variable holds it
+    (a list, another name).  Only an event nobody can reach afterwards is
+    closed without reading its path: what lazy then means for ``async for``
+    is the path *when first asked* (or when the loop moved on), and one
+    case of None: the loop variable itself, read after the iteration ended
+    with an error, if its path was never asked.
+    """
+
+    __slots__ = ()
+
+    def close(self) -> None:
+        self._read_path()
+        self.close()
+
+    def _release(self, reason: str) -> None:
+        self._read_path()
+        self._release(reason)
+
+    def _moved_past(self) -> None:
+        if sys.getrefcount(self) > _MOVED_PAST_REFS:
+            self._read_path()
+            self.close()
+        elif self._owns == OWN_FD:
+            # Nobody can ask for the path any more; FanotifyData.close(),
+            # inline, for an event that owns only its fd (as async for does).
+            object.__setattr__(self, "_owns", 0)
+            os.close(self.fd)
+        else:
+            FanotifyData._release(self, "released")
+
+
+IterPathEvent.__qualname__ = IterPathEvent.__name__ = "FanotifyData"

@@ -239,8 +239,15 @@ class PermissionTracker:
         if entry is None or entry.event is not ev:
             return
         watch: Any = None
+        loop = self._loop
         try:
-            task: Any = asyncio.current_task()
+            if loop is not None and getattr(loop, "_thread_id", None) == _get_ident():
+                # The asyncio loop running in this thread (one runs at a time):
+                # its current task, without asyncio.get_running_loop(), whose
+                # fork check costs a getpid() system call on Python 3.11.
+                task: Any = _current_task_of(loop)  # type: ignore[arg-type]
+            else:
+                task = asyncio.current_task()
         except RuntimeError:
             # trio: the task is watched through the loop adapter's exit hook.
             current = getattr(self._loop, "current_task", None)
@@ -601,6 +608,11 @@ def dispatch_result(perm: PermissionTracker, ev: FanotifyData, result: object) -
         task.add_done_callback(lambda t, ev=ev: perm._handler_done(ev, t))  # type: ignore[misc]
         return
     perm._apply(ev, result)
+
+
+_get_ident = threading.get_ident
+#: asyncio.current_task with its loop given: a dict lookup, no running-loop check.
+_current_task_of = asyncio.current_task
 
 
 def _current_task() -> asyncio.Task[Any] | None:

@@ -190,6 +190,39 @@ def check_events_iter():
     assert run(_step(g.iter)) == "slow" and kept._owns == 0
     g.iter.last = None
     assert g.iter.last is None
+    # With a plain step (OwnQueue._step): called when the grant does not
+    # cover the next event; an event it gives is handed out ready (no
+    # coroutine) and held as the last one, None sends the step to `slow`.
+    g = _Group()
+    given = [_event(pid=7), None, RuntimeError("a failing step")]
+    calls = []
+
+    def step():
+        calls.append(1)
+        item = given.pop(0)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    g.iter = _fastparse.events_iter_factory()(
+        g, g._queue, g._queue._items, g._reader, g._slow, step
+    )
+    first = given[0]
+    assert next_value(g.iter.__anext__()) is first and g.iter.last is first
+    assert g.slow_calls == 0 and len(calls) == 1
+    assert run(_step(g.iter)) == "slow" and g.slow_calls == 1 and len(calls) == 2
+    try:
+        g.iter.__anext__()
+    except RuntimeError as exc:
+        assert "a failing step" in str(exc)
+    else:
+        raise AssertionError("a step that raised did not raise from __anext__")
+    try:
+        _fastparse.events_iter_factory()(g, g._queue, g._queue._items, g._reader, g._slow, 1)
+    except TypeError:
+        pass
+    else:
+        raise AssertionError("a step that is not callable was taken")
 
 check_events_iter()
 '''

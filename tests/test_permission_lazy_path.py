@@ -10,14 +10,17 @@ tmpfs; every group closed by the fixture.
 
 from __future__ import annotations
 
+import asyncio
 import errno
+import fcntl
 import os
+import termios
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from _perm_helpers import background, child, drain, group_maker
+from _perm_helpers import background, child, drain, group_maker, wait_for
 
 from afanotify import Event, Fanotify, FanotifyData, _permloop
 from afanotify.events import LazyPathEvent
@@ -177,3 +180,108 @@ def test_lazy_events_compare_and_pickle_as_events(tmp_path: Path) -> None:
     with pytest.raises(OSError) as info:
         os.fstat(fds[0])
     assert info.value.errno == errno.EBADF
+
+
+# -- async for: IterPathEvent ------------------------------------------------
+
+
+def _count_path_reads(monkeypatch: pytest.MonkeyPatch) -> list[str | None]:
+    """Patch LazyPathEvent's path read to note each read (the path it found)."""
+    reads: list[str | None] = []
+    real = LazyPathEvent._read_path
+
+    def counted(self: LazyPathEvent) -> None:
+        real(self)
+        reads.append(FanotifyData.__dict__["path"].__get__(self))
+
+    monkeypatch.setattr(LazyPathEvent, "_read_path", counted)
+    return reads
+
+
+@pytest.mark.parametrize("keep", [True, False], ids=["kept", "dropped"])
+async def test_async_for_reads_a_path_for_whoever_keeps_the_event(
+    tmpfs: Path, make_group: Callable[..., Fanotify], monkeypatch: pytest.MonkeyPatch,
+    keep: bool,
+) -> None:
+    # The opens wait in the kernel before the consumer starts: its first
+    # step reads them all ahead (lazy), then takes them one by one (the C
+    # step, then the Python one).  An event kept past the step that moves on
+    # has its path, read before its fd was closed; one nobody keeps is
+    # closed without a readlink.
+    files = [tmpfs / f"f{i}" for i in range(12)]
+    for f in files:
+        f.write_text("x")
+    reads = _count_path_reads(monkeypatch)
+    fan = make_group()
+    fan.mark(tmpfs, Event.OPEN_PERM | Event.EVENT_ON_CHILD)
+    kept: list[FanotifyData] = []
+    lazy = 0
+
+    async def consume() -> None:
+        nonlocal lazy
+        async for ev in fan:
+            lazy += type(ev) is not FanotifyData
+            if keep:
+                kept.append(ev)
+            ev.allow_nowait()
+
+    opens = [asyncio.ensure_future(child("open", f, timeout=20)) for f in files]
+    try:
+        await _queued_at_least(fan, len(files) * 24)
+        async with background(consume()):
+            results = await asyncio.gather(*opens)
+            # One more open: its event moves the loop past the last of the others.
+            assert (await child("open", files[0], timeout=20)).errno == 0
+    finally:
+        for t in opens:
+            t.cancel()
+    assert [r.errno for r in results] == [0] * len(files)
+    # Read ahead by the consumer's first step: every event but the one that
+    # step takes through receive() (which reads its path as it hands it over).
+    assert lazy >= len(files) - 1
+    if keep:
+        assert all(ev.closed for ev in kept[:-1])
+        assert sorted(ev.path for ev in kept[: len(files)]) == sorted(map(str, files))
+        assert all(ev.path_resolved for ev in kept)
+    else:
+        # That first one, and perhaps the last (held when the group closes).
+        assert len(reads) <= 2
+
+
+async def _queued_at_least(fan: Fanotify, n: int) -> None:
+    """Wait (with a deadline) until the kernel queues ``n`` bytes of events for ``fan``."""
+    buf = bytearray(4)
+    deadline = asyncio.get_running_loop().time() + 20
+    while True:
+        fcntl.ioctl(fan.fileno(), termios.FIONREAD, buf)
+        if int.from_bytes(buf, "little") >= n:
+            return
+        assert asyncio.get_running_loop().time() < deadline, "the events never queued"
+        await asyncio.sleep(0.01)
+
+
+async def test_receive_hands_over_a_read_ahead_event_with_its_path(
+    tmpfs: Path, make_group: Callable[..., Fanotify],
+) -> None:
+    # A receiver owns its event and may close it before asking: the path of
+    # an event read ahead (lazy) is read as receive() hands it over.
+    target = tmpfs / "f"
+    target.write_text("x")
+    fan = make_group()
+    fan.mark(target, Event.OPEN_PERM)
+    got: list[FanotifyData] = []
+
+    async def take_two() -> None:
+        for _ in range(2):
+            ev = await fan.receive()
+            ev.allow_nowait()
+            ev.close()
+            got.append(ev)
+
+    async with background(take_two()):
+        for _ in range(2):
+            assert (await child("open", target, timeout=20)).errno == 0
+        await wait_for(lambda: len(got) == 2)
+    assert [(type(ev), ev.path, ev.path_resolved) for ev in got] == [
+        (FanotifyData, str(target), True)
+    ] * 2

@@ -237,3 +237,96 @@ async def _all_blocked(n: int) -> bool:
         if "fanotify" in wchan:
             blocked += 1
     return blocked >= n
+
+
+def _fds_into(root: Path) -> list[str]:
+    """This process's descriptors open on files under ``root``."""
+    found = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            continue  # the listing's own descriptor, gone by now
+        if target.startswith(str(root) + "/"):
+            found.append(target)
+    return found
+
+
+async def _queued_bytes_at_least(fan: Fanotify, n: int) -> None:
+    """Wait (with a deadline) until the kernel queues ``n`` bytes of events for ``fan``."""
+    import fcntl
+    import termios
+
+    buf = bytearray(4)
+    deadline = asyncio.get_running_loop().time() + CHILD_TIMEOUT
+    while True:
+        fcntl.ioctl(fan.fileno(), termios.FIONREAD, buf)
+        if int.from_bytes(buf, "little") >= n:
+            return
+        assert asyncio.get_running_loop().time() < deadline, "the events never queued"
+        await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize("ok", [0, 1], ids=["nothing-built", "one-built"])
+async def test_general_reader_failure_closes_every_fd_of_the_read(
+    tmpfs: Path, make_group: Callable[..., Fanotify], monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture, ok: int,
+) -> None:
+    # One read of the general reader holds a notification (CLOSE_NOWRITE of
+    # a file opened before) and a permission event; building fails after
+    # ``ok`` events.  The permission event gets the default verdict, and
+    # neither event's fd stays open in this process (a notification's fd
+    # was left open: nobody held it).
+    monkeypatch.setenv("AFANOTIFY_GENERAL_READER", "1")
+    watched, guarded = _file(tmpfs, "watched"), _file(tmpfs, "guarded")
+    fan = make_group(default_response=Response.DENY)
+    fan.mark(watched, Event.CLOSE_NOWRITE)
+    fan.mark(guarded, Event.OPEN_PERM)
+    assert (await child("open", watched, timeout=CHILD_TIMEOUT)).errno == 0
+    opening = asyncio.ensure_future(child("open", guarded, timeout=CHILD_TIMEOUT))
+    try:
+        await _queued_bytes_at_least(fan, 2 * 24)  # both events, before any read
+        fake = FailingBuild(_permloop._BUILD, ok)
+        monkeypatch.setattr(_permloop, "_BUILD", fake)
+        monkeypatch.setattr(_fastparse, "_BUILD", fake)
+        caplog.set_level(logging.ERROR)
+        seen: list[BaseException] = []
+        async with background(_consume(fan, seen)):
+            result = await opening
+            deadline = asyncio.get_running_loop().time() + CHILD_TIMEOUT
+            while not seen:
+                assert asyncio.get_running_loop().time() < deadline, "the group did not fail"
+                await _sleep_a_tick()
+    finally:
+        opening.cancel()
+    assert fake.failed == 1
+    assert result.errno == errno.EPERM
+    assert _fds_into(tmpfs) == []
+    st = fan.permission_stats
+    assert (st.build_failed, st.denied, st.allowed, st.pending) == (1, 1, 0, 0)
+    assert "building the events of a read failed" in str(seen[0])
+
+
+async def test_general_reader_failure_in_a_notification_group_closes_its_fds(
+    tmpfs: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Without permission events the error still goes to the loop, as
+    # before; the read's fds are closed first.
+    target = _file(tmpfs, "f")
+    errors: list[BaseException] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _loop, ctx: errors.append(ctx["exception"]))
+    try:
+        with Fanotify(0) as fan:
+            fan.mark(target, Event.CLOSE_NOWRITE)
+            for _ in range(3):
+                assert (await child("open", target, timeout=CHILD_TIMEOUT)).errno == 0
+            await _queued_bytes_at_least(fan, 3 * 24)
+            fake = FailingBuild(_permloop._BUILD, 1)
+            monkeypatch.setattr(_fastparse, "_BUILD", fake)
+            with pytest.raises(MemoryError):
+                fan._handle_batch(fan._reader.read_once())
+            assert fake.failed == 1
+            assert _fds_into(tmpfs) == []
+    finally:
+        loop.set_exception_handler(None)

@@ -7,8 +7,10 @@
  * frame and a StopIteration per event, which cost more than decoding the
  * event.  Here `__anext__` (am_anext) takes the step itself and returns a
  * ready awaitable (AfnReady: its first send returns the event, no
- * exception); every other step goes, unchanged, to the group's Python
- * `__anext__` coroutine (`slow`).
+ * exception); every other step goes to the group's Python step: first its
+ * part that never waits, a plain call (`step`: the next event, which is
+ * handed out the same way, or None), then, when the consumer must wait,
+ * the `__anext__` coroutine (`slow`).
  *
  * Which steps are common is decided in Python, not here: each Python step
  * sets `grant`, the number of queued events that can be taken with no
@@ -128,6 +130,7 @@ typedef struct {
     PyObject *items;   /* that deque */
     PyObject *reader;  /* the group's Reader */
     PyObject *slow;    /* the group's Python __anext__ (a coroutine function) */
+    PyObject *step;    /* its part that never waits: the next event, or None (NULL: none) */
     PyObject *last;    /* the event handed out last, released on the next step */
     afn_ready *spare;  /* the awaitable handed out last, used again once freed by all */
     Py_ssize_t grant;  /* events it may take before asking the Python step again */
@@ -154,8 +157,9 @@ static long afn_owns_of(PyObject *ev)
     return PyLong_AsLong(owns);
 }
 
-/* What moving past `last` does: FanotifyData.close() (inline for an event
- * that owns only its fd, as the Python step does). */
+/* What moving past `last` does: FanotifyData._moved_past(), which is close()
+ * (inline for an event that owns only its fd, as the Python step does; an
+ * event of another class, such as IterPathEvent, decides in Python). */
 static int afn_iter_release(PyObject *last)
 {
     long owns = afn_owns_of(last);
@@ -242,7 +246,18 @@ static PyObject *afn_iter_anext(afn_iter *it)
     if (ev == NULL) {
         if (PyErr_Occurred())
             return NULL;
-        return PyObject_CallNoArgs(it->slow);
+        if (it->step == NULL)
+            return PyObject_CallNoArgs(it->slow);
+        /* The Python step's bookkeeping, as a plain call (no coroutine): it
+         * hands out an event it found (or read ahead), or None when the
+         * consumer must wait, which the coroutine does. */
+        ev = PyObject_CallNoArgs(it->step);
+        if (ev == NULL)
+            return NULL;
+        if (ev == Py_None) {
+            Py_DECREF(ev);
+            return PyObject_CallNoArgs(it->slow);
+        }
     }
     /* `await` drops the awaitable at once: when only the iterator still
      * holds the last one, it serves again (one allocation less per event). */
@@ -277,6 +292,7 @@ static int afn_iter_traverse(afn_iter *it, visitproc visit, void *arg)
     Py_VISIT(it->items);
     Py_VISIT(it->reader);
     Py_VISIT(it->slow);
+    Py_VISIT(it->step);
     Py_VISIT(it->last);
     return 0;
 }
@@ -289,6 +305,7 @@ static int afn_iter_clear(afn_iter *it)
     Py_CLEAR(it->items);
     Py_CLEAR(it->reader);
     Py_CLEAR(it->slow);
+    Py_CLEAR(it->step);
     Py_CLEAR(it->last);
     Py_CLEAR(it->spare);
     return 0;
@@ -345,22 +362,23 @@ static PyTypeObject afn_iter_type = {
     .tp_members = afn_iter_members,
 };
 
-/* _events_iter(group, queue, items, reader, slow) -> EventIterator */
+/* _events_iter(group, queue, items, reader, slow[, step]) -> EventIterator */
 static PyObject *afn_events_iter(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     afn_iter *it;
     PyObject *popleft;
 
     (void)self;
-    if (nargs != 5 || !PyCallable_Check(args[4])) {
-        PyErr_SetString(PyExc_TypeError, "_events_iter(group, queue, items, reader, slow)");
+    if (nargs < 5 || nargs > 6 || !PyCallable_Check(args[4])
+        || (nargs == 6 && !PyCallable_Check(args[5]))) {
+        PyErr_SetString(PyExc_TypeError, "_events_iter(group, queue, items, reader, slow[, step])");
         return NULL;
     }
     if (afn_b.event_type == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "_events_iter before _builder_setup");
         return NULL;
     }
-    if (afn_s_close == NULL && (afn_s_close = PyUnicode_InternFromString("close")) == NULL)
+    if (afn_s_close == NULL && (afn_s_close = PyUnicode_InternFromString("_moved_past")) == NULL)
         return NULL;
     if (afn_int_zero == NULL && (afn_int_zero = PyLong_FromLong(0)) == NULL)
         return NULL;
@@ -380,6 +398,7 @@ static PyObject *afn_events_iter(PyObject *self, PyObject *const *args, Py_ssize
     it->popleft = popleft;
     it->reader = Py_NewRef(args[3]);
     it->slow = Py_NewRef(args[4]);
+    it->step = nargs == 6 ? Py_NewRef(args[5]) : NULL;
     it->last = NULL;
     it->spare = NULL;
     it->grant = 0;
