@@ -207,18 +207,24 @@ class LoopServer:
     def stop(self) -> None:
         """Unregister for good (idempotent); the loop may already be closed.
 
-        Called first by the group's close, the fd still open: the events of
-        the batch being served (a handler closed the group) that the handler
-        has not been given yet are answered with the default verdict now
-        (``at_close``), and the batch ends there.
+        Called first by the group's close (``perm.closed`` set), the fd still
+        open: the permission events of the batch being served (a handler
+        closed the group) that the handler has not been given yet are
+        answered with the default verdict now (``at_close``).  The serving
+        loop then goes on to the batch's end, finds them answered, and the
+        group, closed, releases every event it is handed (fds closed).
+        Called as the handler is removed or replaced (the group stays open),
+        it leaves the batch alone: its other events go to the new handler or
+        to the consumer.
         """
         self._stopped = True
         self._unregister()
-        self._end_batch()
+        if self._perm.closed:
+            self._end_batch()
         self._dec.close()
 
     def _end_batch(self) -> None:
-        batch, self._inflight = self._inflight, None
+        batch = self._inflight
         if not batch:
             return
         perm = self._perm
@@ -226,10 +232,7 @@ class LoopServer:
         for ev in batch:
             if ev._owns & UNANSWERED and pending.get(ev.fd) is None:
                 _set_responder(ev, perm)
-                ev._release(AT_CLOSE)
-        # The serving loop iterates this very list: emptied, it ends at its
-        # next step (the events before were given out or handed on already).
-        batch.clear()
+                perm.release(ev, AT_CLOSE)
 
     def _unregister(self) -> None:
         if self._registered and self._loop is not None:

@@ -548,6 +548,9 @@ class PermissionTracker:
 
     def close(self) -> list[FanotifyData]:
         """Answer everything pending (the group fd is still open); returns those events."""
+        # Closed from here on: a server stopped next tells the close from a
+        # switch of handlers by it (see LoopServer.stop).
+        self.closed = True
         if self.thread is not None:
             # Before anything is answered here: it reads and answers too.
             self.thread.stop()

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-import os
 import select
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from _perm_helpers import all_blocked as _all_blocked
 from _perm_helpers import background, child, group_maker
 
 from afanotify import (
@@ -216,24 +216,3 @@ async def test_a_read_of_several_events_is_answered_whole(
     assert [r.errno for r in results] == [errno.EPERM] * len(files)
     st = fan.permission_stats
     assert (st.build_failed, st.denied, st.pending) == (len(files), len(files), 0)
-
-
-async def _all_blocked(n: int) -> bool:
-    """True once ``n`` children of this process wait in fanotify's permission wait."""
-    me = os.getpid()
-    blocked = 0
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            if ppid != me:
-                continue
-            with open(f"/proc/{pid}/wchan") as f:
-                wchan = f.read()
-        except (OSError, ValueError, IndexError):
-            continue
-        if "fanotify" in wchan:
-            blocked += 1
-    return blocked >= n
