@@ -54,7 +54,7 @@ from ._proc import process_info
 from .events import UNANSWERED, FanotifyData, LazyPathEvent
 from .exceptions import ParseError
 from .flags import FID_INIT_FLAGS, Event, InitFlag, Response
-from .permission import DROPPED, PermissionHandler, PermissionTracker, _Entry
+from .permission import AT_CLOSE, DROPPED, PermissionHandler, PermissionTracker, _Entry
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -201,7 +201,8 @@ class PermissionThread:
         until then the pipe is readable, so its wait returns before any read
         of a descriptor number that may have been reused.
         """
-        self._stopping = True
+        with self._perm.lock:  # see _register
+            self._stopping = True
         self._perm.threaded = False
         with self._pipe_lock:
             if self._wake_w >= 0:
@@ -336,7 +337,7 @@ class PermissionThread:
         perm = self._perm
         own = self._own
         lazy = self._lazy
-        rest: list[FanotifyData] = []
+        kept: list[FanotifyData] = []
         for ev in events:
             if ev.pid in own:
                 pipeline._drop_own(ev)
@@ -351,25 +352,58 @@ class PermissionThread:
                 exe, cwd = process_info(ev.pid, ev.pidfd, pidfd_reported=self._pidfd_reported)
                 _set_exe(ev, exe)
                 _set_cwd(ev, cwd)
+            kept.append(ev)
+        if not failed:
+            self._fdguard.recovered()
+        if not self._register(kept):
+            return
+        rest: list[FanotifyData] = []
+        for ev in kept:
             handler = perm.handler
-            if ev._owns & UNANSWERED and handler is not None and not self._stopping:
+            if self._stopping:
+                if perm.closed:
+                    # The group closed (its handler closed it, or the loop
+                    # did): the close answered what was pending, this too.
+                    ev._release(AT_CLOSE)
+                    continue
+                handler = None  # the handler was taken away: the loop's consumer answers
+            if ev._owns & UNANSWERED and handler is not None:
                 if lazy:
                     _set_class(ev, "__class__", LazyPathEvent)
-                _set_responder(ev, perm)
-                _add(perm, ev)
                 c.events_delivered += 1
                 self._dispatch(ev, handler)
             else:
-                if ev._owns & UNANSWERED:
-                    _set_responder(ev, perm)
-                    _add(perm, ev)
                 if lazy:
                     _permloop.eager_path(ev)  # for the loop's consumer
                 rest.append(ev)
-        if not failed:
-            self._fdguard.recovered()
         if rest:
             self._hand_on(rest)
+
+    def _register(self, events: list[FanotifyData]) -> bool:
+        """Start the clock of every permission event of a read, before the handler sees one.
+
+        So a close while the read is served (by the handler itself, or from
+        the loop) finds them all pending and answers them with the default
+        verdict while the group fd is still open; none is left for the
+        kernel to allow when the fd closes.  False if the server was stopped
+        before (under the tracker's lock, as :meth:`stop` sets it): the
+        events are answered (AT_CLOSE) and closed here then.
+        """
+        perm = self._perm
+        deadline = time.monotonic() + perm.timeout
+        with perm.lock:
+            if not self._stopping:
+                pending = perm._pending
+                for ev in events:
+                    if ev._owns & UNANSWERED:
+                        _set_responder(ev, perm)
+                        pending[ev.fd] = _Entry(ev, deadline)
+                return True
+            for ev in events:
+                if ev._owns & UNANSWERED:
+                    _set_responder(ev, perm)
+                ev._release(AT_CLOSE)
+        return False
 
     def _dispatch(self, ev: FanotifyData, handler: PermissionHandler) -> None:
         perm = self._perm
@@ -411,13 +445,6 @@ class PermissionThread:
             _release(events, self._perm)
             return
         group._deliver(events)
-
-
-def _add(perm: PermissionTracker, ev: FanotifyData) -> None:
-    """``perm.add`` without a loop timer: the watchdog keeps this thread's deadlines."""
-    entry = _Entry(ev, time.monotonic() + perm.timeout)
-    with perm.lock:
-        perm._pending[ev.fd] = entry
 
 
 def _release(events: list[FanotifyData], perm: PermissionTracker) -> None:

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
+import logging
+import os
+import termios
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -275,3 +279,62 @@ async def test_a_failed_thread_answers_its_event_and_gives_reading_back(
     assert fan.permission_stats.abandoned == 1
     assert result.errno == 0  # the handler's verdict, from the loop now
     assert on == [threading.get_ident()]
+
+
+def _queued_bytes(fan: Fanotify) -> int:
+    buf = bytearray(4)
+    fcntl.ioctl(fan.fileno(), termios.FIONREAD, buf)
+    return int.from_bytes(buf, "little")
+
+
+def _fds_into(root: Path) -> list[str]:
+    found = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            continue  # the listing's own descriptor, gone by now
+        if target.startswith(str(root) + "/"):
+            found.append(target)
+    return found
+
+
+async def test_a_handler_that_closes_the_group_leaves_nothing_of_its_batch(
+    tmpfs: Path, make_group: Callable[..., Fanotify], caplog: pytest.LogCaptureFixture
+) -> None:
+    # The first call waits (with a deadline) until the other opens are
+    # queued, so the next read holds them all; the second call closes the
+    # group.  The events of that read not yet given to the handler get the
+    # default verdict (DENY) from the close, not the kernel's allow when the
+    # fd closes; their fds are closed, and the thread ends.
+    files = [_file(tmpfs, f"f{i}") for i in range(6)]
+    fan = make_group(permission_timeout=30, default_response=Response.DENY)
+    fan.mark(tmpfs, Event.OPEN_PERM | Event.EVENT_ON_CHILD)
+    calls = 0
+
+    def handler(ev: FanotifyData) -> bool:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            deadline = time.monotonic() + 20
+            while _queued_bytes(fan) < (len(files) - 1) * 24:
+                assert time.monotonic() < deadline, "the other opens never queued"
+                time.sleep(0.005)  # polling the queue, on the handler's thread
+        elif calls == 2:
+            fan.close()
+        return True
+
+    fan.on_permission(handler, thread=True)
+    server = fan._perm.thread
+    assert server is not None
+    caplog.set_level(logging.WARNING)
+    async with background(drain(fan)):
+        results = await asyncio.gather(*(child("open", p, timeout=20) for p in files))
+    await wait_for(lambda: not server._thread.is_alive())
+    assert calls == 2
+    assert sorted(r.errno for r in results) == [0] + [errno.EPERM] * (len(files) - 1)
+    assert _fds_into(tmpfs) == []
+    st = fan.permission_stats
+    assert (st.allowed, st.denied, st.pending, st.late) == (1, len(files) - 1, 0, 1)
+    assert st.abandoned == 0  # the thread did not fail on the way
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
