@@ -23,6 +23,7 @@ import asyncio
 import errno
 import os
 import subprocess
+import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -175,8 +176,9 @@ async def test_a_handler_closing_the_group_closes_the_other_events_of_its_read(
     assert (st.denied, st.allowed, st.at_close, st.late) == (1, 0, 1, 1)
 
 
+@pytest.mark.parametrize("thread", [False, True], ids=["loop", "thread"])
 async def test_a_handler_closing_the_group_gives_the_rest_of_its_read_the_default(
-    tmpfs: Path, make_group: Callable[..., Fanotify],
+    tmpfs: Path, make_group: Callable[..., Fanotify], thread: bool,
 ) -> None:
     # DENY by default: the open in the handler and the three after it in the
     # same read are denied (the close answers them), never allowed by the
@@ -192,7 +194,7 @@ async def test_a_handler_closing_the_group_gives_the_rest_of_its_read_the_defaul
         fan.close()
         return True
 
-    fan.on_permission(handler)
+    fan.on_permission(handler, thread=thread)
     opens = [asyncio.ensure_future(child("open", p, timeout=CHILD_TIMEOUT)) for p in files]
     await wait_queued(fan, len(files))
     async with background(drain(fan)):
@@ -203,3 +205,34 @@ async def test_a_handler_closing_the_group_gives_the_rest_of_its_read_the_defaul
     assert (st.denied, st.allowed, st.at_close, st.defaulted) == (4, 0, 4, 4)
     assert (st.late, st.dropped, st.pending) == (1, 0, 0)
 
+
+async def test_closing_the_group_while_a_thread_handler_runs_denies_the_rest_of_its_read(
+    tmpfs: Path, make_group: Callable[..., Fanotify],
+) -> None:
+    # The loop closes the group while the thread's handler is still running
+    # (longer than the close waits for the thread): the read's other events
+    # get the default verdict then, not the kernel's allow after the close.
+    files = _files(tmpfs, 4)
+    fan = make_group(default_response=Response.DENY)
+    fan.mark(tmpfs, Event.OPEN_PERM | Event.EVENT_ON_CHILD)
+    inside = threading.Event()
+    release = threading.Event()
+
+    def handler(ev: FanotifyData) -> bool:
+        inside.set()
+        release.wait(CHILD_TIMEOUT)
+        return True
+
+    fan.on_permission(handler, thread=True)
+    opens = [asyncio.ensure_future(child("open", p, timeout=CHILD_TIMEOUT)) for p in files]
+    await wait_queued(fan, len(files))
+    try:
+        async with background(drain(fan)):
+            assert await asyncio.to_thread(inside.wait, CHILD_TIMEOUT)
+            fan.close()  # application shutdown, from the loop
+            results = await asyncio.gather(*opens)
+    finally:
+        release.set()
+    assert [r.errno for r in results] == [errno.EPERM] * len(files)
+    st = fan.permission_stats
+    assert (st.denied, st.allowed, st.at_close, st.defaulted) == (4, 0, 4, 4)
