@@ -272,6 +272,14 @@ class LoopServer:
         """Read the group once and serve the batch; returns the bytes read (0: none)."""
         group = self._group
         if self._stopped or group._closed or group._error is not None:
+            if group._error is not None:
+                # The group failed (a read built by its general pipeline,
+                # _handle_batch, with static rules): it stops reading, as its
+                # general reader does, and the watchdog answers what waits.
+                # Left registered, the level-triggered fd would call us again
+                # at once, for ever.
+                self._unregister()
+                self._stopped = True
             return 0
         # Also once the events read since the last look could have used the
         # room it found (an async handler holds its events' descriptors).

@@ -216,3 +216,37 @@ async def test_a_read_of_several_events_is_answered_whole(
     assert [r.errno for r in results] == [errno.EPERM] * len(files)
     st = fan.permission_stats
     assert (st.build_failed, st.denied, st.pending) == (len(files), len(files), 0)
+
+
+async def test_guard_loop_path_stops_reading_after_a_read_fails_to_build(
+    tmpfs: Path, make_group: Callable[..., Fanotify], failing_build: FailingBuild,
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # After the failure the group has failed: the loop server unregisters
+    # the fd (as the general reader pauses), and the next open waits for the
+    # watchdog (stalled, DENY), with the loop idle meanwhile.  The server
+    # left registered is called back at once for ever, the loop spinning.
+    reads = 0
+    real_read_once = LoopServer.read_once
+
+    def counted(self: LoopServer) -> int:
+        nonlocal reads
+        reads += 1
+        return real_read_once(self)
+
+    monkeypatch.setattr(LoopServer, "read_once", counted)
+    first, second = _file(tmpfs, "a.txt"), _file(tmpfs, "b.txt")
+    fan = make_group(default_response=Response.DENY, permission_timeout=1.0)
+    fan.mark(tmpfs, Event.OPEN_PERM | Event.EVENT_ON_CHILD)
+    if not fan.decide_statically(StaticRules([StaticRule(False, "keys", path="*.key")], None)):
+        pytest.fail("this core has no C path (AFANOTIFY_PURE_PARSER set?)")
+    fan.on_permission(lambda ev: True)
+    server = fan._perm.thread
+    assert isinstance(server, LoopServer)
+    await _run_one_open(fan, first, failing_build, caplog)
+    before = reads
+    result = await child("open", second, timeout=CHILD_TIMEOUT)
+    assert result.errno == errno.EPERM
+    assert fan.permission_stats.stalled == 1, "the watchdog answered it"
+    assert reads - before <= 2, f"the loop server was called {reads - before} times meanwhile"
+    assert not server._registered
