@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 import select
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -29,13 +30,14 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from _perm_helpers import all_blocked as _all_blocked
-from _perm_helpers import background, child, group_maker
+from _perm_helpers import background, child, group_maker, wait_queued
 
 from afanotify import (
     ClosedResourceError,
     Event,
     Fanotify,
     FanotifyData,
+    InitFlag,
     Response,
     _fastparse,
     _permloop,
@@ -250,3 +252,38 @@ async def test_guard_loop_path_stops_reading_after_a_read_fails_to_build(
     assert fan.permission_stats.stalled == 1, "the watchdog answered it"
     assert reads - before <= 2, f"the loop server was called {reads - before} times meanwhile"
     assert not server._registered
+
+
+def _pidfds() -> int:
+    """How many pidfds this process holds."""
+    n = 0
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{name}") == "anon_inode:[pidfd]":
+                n += 1
+        except OSError:
+            pass
+    return n
+
+
+@pytest.mark.parametrize("thread", [False, True], ids=["loop", "thread"])
+async def test_a_read_that_fails_to_build_closes_its_events_pidfds(
+    tmpfs: Path, make_group: Callable[..., Fanotify], failing_build: FailingBuild, thread: bool,
+) -> None:
+    # REPORT_PIDFD: each event of the read carries a pidfd besides its fd.
+    # The events never built are answered from the read's bytes: their
+    # pidfds, like their fds, are closed there (nothing else knows them).
+    files = [_file(tmpfs, f"f{i}") for i in range(3)]
+    before = _pidfds()
+    fan = make_group(InitFlag.CLASS_CONTENT | InitFlag.REPORT_PIDFD, default_response=Response.DENY)
+    fan.mark(tmpfs, Event.OPEN_PERM | Event.EVENT_ON_CHILD)
+    fan.on_permission(lambda ev: True, thread=thread)
+    opens = [asyncio.ensure_future(child("open", p, timeout=CHILD_TIMEOUT)) for p in files]
+    await wait_queued(fan, len(files))
+    seen: list[BaseException] = []
+    async with background(_consume(fan, seen)):
+        results = await asyncio.gather(*opens)
+    assert [r.errno for r in results] == [errno.EPERM] * len(files)
+    assert failing_build.failed == 1
+    assert fan.permission_stats.build_failed == len(files)
+    assert _pidfds() - before == 0, "pidfds of the read left open"
