@@ -19,9 +19,9 @@ import struct
 from collections.abc import Container
 from typing import TYPE_CHECKING, Any
 
-from . import _ffi
+from . import _ffi, events
 from ._ffi import lib
-from .events import OWN_FD, OWN_PIDFD, UNANSWERED, FanotifyData
+from .events import OWN_FD, OWN_PIDFD, UNANSWERED, FanotifyData, LazyPathEvent
 from .flags import FAN_EVENT_INFO_TYPE_PIDFD, PERM_EVENTS, Response
 
 if TYPE_CHECKING:
@@ -96,7 +96,10 @@ def answer_and_close(perm: PermissionTracker, ev: FanotifyData, allowed: bool) -
         if not _forget(perm, ev.fd):
             return False
         # The fd is closed by the C call, right after the write.
-        _set_owns(ev, owns & ~(UNANSWERED | OWN_FD))
+        if ev.__class__ is LazyPathEvent:
+            owns = give_up_fd(ev)
+        else:
+            _set_owns(ev, owns & ~(UNANSWERED | OWN_FD))
         if allowed:
             perm.allowed += 1
         else:
@@ -107,6 +110,20 @@ def answer_and_close(perm: PermissionTracker, ev: FanotifyData, allowed: bool) -
     if owns & OWN_PIDFD:
         ev.close()
     return True
+
+
+def give_up_fd(ev: FanotifyData) -> int:
+    """Clear ``ev``'s UNANSWERED and OWN_FD for a close in C; returns its bits before.
+
+    Under the lock a lazy path read holds while it reads the fd
+    (:meth:`LazyPathEvent._read_path`, on any thread): the read either ends
+    before the fd is closed or finds it given up, never reads a number that
+    another file took meanwhile.
+    """
+    with events._RELEASE_LOCK:  # the module's: made anew in a forked child
+        owns: int = ev._owns
+        _set_owns(ev, owns & ~(UNANSWERED | OWN_FD))
+    return owns
 
 
 def _not_in_c(perm: PermissionTracker, ev: FanotifyData, allowed: bool) -> bool:

@@ -598,7 +598,10 @@ def add_and_dispatch(perm: PermissionTracker, ev: FanotifyData, loop: LoopLike |
             )  # fmt: skip
             if done:
                 del pending[fd]
-                _set_owns(ev, owns & ~(UNANSWERED | OWN_FD))
+                if ev.__class__ is LazyPathEvent:
+                    owns = _answer.give_up_fd(ev)  # a path read on another thread
+                else:
+                    _set_owns(ev, owns & ~(UNANSWERED | OWN_FD))
                 if result:
                     perm.allowed += 1
                 else:

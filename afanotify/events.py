@@ -358,6 +358,8 @@ class LazyPathEvent(FanotifyData):
         path: str | None = None
         resolved = False
         with _RELEASE_LOCK:  # the fd cannot be closed meanwhile
+            if self.__class__ is not LazyPathEvent:
+                return  # read meanwhile by another thread: keep what it read
             if self._owns & OWN_FD:
                 try:
                     path = os.readlink(f"/proc/self/fd/{self.fd}")

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
+import time
+import types
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -19,7 +22,8 @@ import pytest
 import pytest_asyncio
 from _perm_helpers import background, child, drain, group_maker
 
-from afanotify import Event, Fanotify, FanotifyData, _permloop
+from afanotify import Event, Fanotify, FanotifyData, _answer, _permloop, events
+from afanotify._ffi import lib
 from afanotify.events import LazyPathEvent
 
 pytestmark = [
@@ -177,3 +181,89 @@ def test_lazy_events_compare_and_pickle_as_events(tmp_path: Path) -> None:
     with pytest.raises(OSError) as info:
         os.fstat(fds[0])
     assert info.value.errno == errno.EBADF
+
+
+class _WatchedLock:
+    """The events' release lock, telling when a second thread waits for it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self.contended = threading.Event()
+
+    def __enter__(self) -> None:
+        if not self._lock.acquire(blocking=False):
+            self.contended.set()
+            self._lock.acquire()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._lock.release()
+
+
+@pytest.mark.parametrize("thread", [False, True], ids=["loop", "thread"])
+async def test_a_path_read_on_another_thread_is_never_another_files(
+    tmpfs: Path, make_group: Callable[..., Fanotify], monkeypatch: pytest.MonkeyPatch,
+    thread: bool,
+) -> None:
+    # The handler hands the event to a worker thread, which reads ev.path
+    # while the handler returns True: the verdict's C call closes the fd.
+    # The worker's readlink is held until the verdict is written (and the
+    # fd's number given to another file, as another thread's open would) or
+    # until the verdict waits for the lock the path read holds.  The path
+    # read must be the event's file's, never the other file's.
+    target, decoy = tmpfs / "target", tmpfs / "decoy"
+    target.write_text("t\n")
+    decoy.write_text("d\n")
+    lock = _WatchedLock()
+    monkeypatch.setattr(events, "_RELEASE_LOCK", lock)
+    inside = threading.Event()
+    answered = threading.Event()
+    reused: list[int] = []
+
+    def slow_readlink(path: str) -> str:
+        inside.set()
+        deadline = time.monotonic() + 10
+        while not (answered.is_set() or lock.contended.is_set()):
+            assert time.monotonic() < deadline, "the verdict was never written"
+            time.sleep(0.001)
+        return os.readlink(path)
+
+    def reuse(real: Callable[..., int]) -> Callable[..., int]:
+        def answer(group_fd: int, fd: int, response: int, close: int) -> int:
+            err = real(group_fd, fd, response, close)  # writes, then closes fd
+            d = os.open(decoy, os.O_RDONLY)
+            if d != fd:
+                os.dup2(d, fd)
+                os.close(d)
+            reused.append(fd)
+            answered.set()
+            return err
+        return answer
+
+    fake_os = types.SimpleNamespace(**{**vars(os), "readlink": slow_readlink})
+    monkeypatch.setattr(events, "os", fake_os)
+    monkeypatch.setattr(_permloop, "_afp_answer", reuse(_permloop._afp_answer))
+    monkeypatch.setattr(_answer, "lib", types.SimpleNamespace(afp_answer=reuse(lib.afp_answer)))
+    fan = make_group()
+    fan.mark(target, Event.OPEN_PERM)
+    seen: list[tuple[str | None, bool]] = []
+    workers: list[threading.Thread] = []
+
+    def handler(ev: FanotifyData) -> bool:
+        assert type(ev) is LazyPathEvent
+        worker = threading.Thread(target=lambda: seen.append((ev.path, ev.path_resolved)))
+        worker.start()
+        workers.append(worker)
+        assert inside.wait(10)
+        return True
+
+    fan.on_permission(handler, thread=thread)
+    try:
+        async with background(drain(fan)):
+            result = await child("open", target, timeout=20)
+        workers[0].join(10)
+    finally:
+        for fd in reused:
+            os.close(fd)
+    assert result.errno == 0
+    assert reused, "the verdict was not written in C"
+    assert seen == [(str(target), True)]
