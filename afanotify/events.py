@@ -345,7 +345,9 @@ class LazyPathEvent(FanotifyData):
 
     * the path is the file's path *when first asked*, not when the event was
       read: a file renamed in between gives its new path, one deleted in
-      between its last name with ``path_resolved`` False;
+      between its last name with ``path_resolved`` False.  An async handler's
+      event is read as the handler returns its coroutine, before the body
+      runs (``dispatch_result``): after an ``await`` the file may be anywhere;
     * it can be read only while the event holds its fd: asked first after
       the event was closed (``close()``, its verdict written and released,
       ``async for`` moving on), ``path`` is None and ``path_resolved`` False.

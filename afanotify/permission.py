@@ -46,7 +46,7 @@ from ._verdict import Verdict as Verdict
 from ._verdict import VerdictLike as VerdictLike
 from ._verdict import encode_verdict as encode_verdict
 from ._verdict import to_verdict as to_verdict
-from .events import UNANSWERED, FanotifyData
+from .events import UNANSWERED, FanotifyData, LazyPathEvent
 from .exceptions import AlreadyAnsweredError, ClosedResourceError, InheritedGroupError
 from .flags import PERM_EVENTS, Response
 
@@ -585,6 +585,12 @@ def dispatch_result(perm: PermissionTracker, ev: FanotifyData, result: object) -
             _close_awaitable(result)
             ev.close()
             return
+        if ev.__class__ is LazyPathEvent:
+            # An async handler's path is read now, before its body runs: read
+            # at its first ask, it would be the file's path after every await
+            # up to the deadline (a file renamed meanwhile, e.g. from a
+            # denied directory into an allowed one, would be allowed by name).
+            ev._read_path()
         task: TaskLike
         loop = perm._loop
         if loop is not None and not isinstance(loop, asyncio.AbstractEventLoop):

@@ -10,6 +10,7 @@ tmpfs; every group closed by the fixture.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import threading
@@ -266,4 +267,36 @@ async def test_a_path_read_on_another_thread_is_never_another_files(
             os.close(fd)
     assert result.errno == 0
     assert reused, "the verdict was not written in C"
+    assert seen == [(str(target), True)]
+
+
+async def test_an_async_handlers_path_is_read_before_it_awaits(
+    tmpfs: Path, make_group: Callable[..., Fanotify],
+) -> None:
+    # The file is renamed (secret/ -> public/) while the async handler
+    # awaits; the path it then asks for is the one opened, not the new one.
+    (tmpfs / "secret").mkdir()
+    (tmpfs / "public").mkdir()
+    target = tmpfs / "secret" / "x"
+    target.write_text("x")
+    fan = make_group()
+    fan.mark(tmpfs / "secret", Event.OPEN_PERM | Event.EVENT_ON_CHILD)
+    started = asyncio.Event()
+    go = asyncio.Event()
+    seen: list[tuple[str | None, bool]] = []
+
+    async def handler(ev: FanotifyData) -> bool:
+        started.set()
+        await go.wait()
+        seen.append((ev.path, ev.path_resolved))
+        return True
+
+    fan.on_permission(handler)
+    async with background(drain(fan)):
+        opened = asyncio.ensure_future(child("open", target, timeout=20))
+        await asyncio.wait_for(started.wait(), 20)
+        target.rename(tmpfs / "public" / "x")
+        go.set()
+        result = await opened
+    assert result.errno == 0
     assert seen == [(str(target), True)]
