@@ -176,6 +176,9 @@ class PermissionTracker:
         #: (deadlines are then the watchdog's): see _permthread.py.
         self.thread: Any = None
         self.threaded = False
+        #: A loop server replaced in the middle of its read, which it still
+        #: serves: the close ends that read too (see _permthread.use).
+        self.retired: Any = None
 
     def disown(self) -> None:
         """In a forked child: write no answer from now on (see docs/group.md, fork).
@@ -185,6 +188,7 @@ class PermissionTracker:
         self.fd = -1
         self.thread = None  # not copied by fork
         self.threaded = False
+        self.retired = None
         # A thread of the parent (the watchdog) may have held the lock at the
         # fork; in the child that thread does not exist to release it.
         self.lock = threading.RLock()
@@ -551,6 +555,9 @@ class PermissionTracker:
         # Closed from here on: a server stopped next tells the close from a
         # switch of handlers by it (see LoopServer.stop).
         self.closed = True
+        if self.retired is not None:
+            self.retired.stop()
+            self.retired = None
         if self.thread is not None:
             # Before anything is answered here: it reads and answers too.
             self.thread.stop()

@@ -236,3 +236,37 @@ async def test_closing_the_group_while_a_thread_handler_runs_denies_the_rest_of_
     assert [r.errno for r in results] == [errno.EPERM] * len(files)
     st = fan.permission_stats
     assert (st.denied, st.allowed, st.at_close, st.defaulted) == (4, 0, 4, 4)
+
+
+@pytest.mark.parametrize("thread", [False, True], ids=["new-on-loop", "new-on-thread"])
+async def test_a_handler_replaced_mid_read_whose_successor_closes_the_group_denies_the_rest(
+    tmpfs: Path, make_group: Callable[..., Fanotify], thread: bool,
+) -> None:
+    # The first handler replaces itself; its server goes on with the read
+    # and gives the next event to the new handler, which closes the group.
+    # The read's two other events get the default verdict from that close,
+    # as they would from the current server's.
+    files = _files(tmpfs, 4)
+    fan = make_group(default_response=Response.DENY)
+    fan.mark(tmpfs, Event.OPEN_PERM | Event.EVENT_ON_CHILD)
+    calls: list[str] = []
+
+    def closing(ev: FanotifyData) -> bool:
+        calls.append("closing")
+        fan.close()
+        return True
+
+    def first(ev: FanotifyData) -> bool:
+        calls.append("first")
+        fan.on_permission(closing, thread=thread)
+        return True
+
+    fan.on_permission(first)
+    opens = [asyncio.ensure_future(child("open", p, timeout=CHILD_TIMEOUT)) for p in files]
+    await wait_queued(fan, len(files))
+    async with background(drain(fan)):
+        results = await asyncio.gather(*opens)
+    assert calls == ["first", "closing"]
+    assert sorted(r.errno for r in results) == [0] + [errno.EPERM] * 3
+    st = fan.permission_stats
+    assert (st.allowed, st.denied, st.at_close, st.late) == (1, 3, 3, 1)
