@@ -19,10 +19,10 @@ import struct
 from collections.abc import Container, Iterable
 from typing import TYPE_CHECKING, Any
 
-from . import _ffi
+from . import _ffi, events
 from ._ffi import lib
-from .events import OWN_FD, OWN_PIDFD, UNANSWERED, FanotifyData
-from .flags import PERM_EVENTS, Response
+from .events import OWN_FD, OWN_PIDFD, UNANSWERED, FanotifyData, LazyPathEvent
+from .flags import FAN_EVENT_INFO_TYPE_PIDFD, PERM_EVENTS, Response
 
 if TYPE_CHECKING:
     from .group import Fanotify
@@ -109,7 +109,10 @@ def answer_and_close(perm: PermissionTracker, ev: FanotifyData, allowed: bool) -
         if not _forget(perm, ev.fd):
             return False
         # The fd is closed by the C call, right after the write.
-        _set_owns(ev, owns & ~(UNANSWERED | OWN_FD))
+        if isinstance(ev, LazyPathEvent):
+            owns = give_up_fd(ev)
+        else:
+            _set_owns(ev, owns & ~(UNANSWERED | OWN_FD))
         if allowed:
             perm.allowed += 1
         else:
@@ -120,6 +123,20 @@ def answer_and_close(perm: PermissionTracker, ev: FanotifyData, allowed: bool) -
     if owns & OWN_PIDFD:
         ev.close()
     return True
+
+
+def give_up_fd(ev: FanotifyData) -> int:
+    """Clear ``ev``'s UNANSWERED and OWN_FD for a close in C; returns its bits before.
+
+    Under the lock a lazy path read holds while it reads the fd
+    (:meth:`LazyPathEvent._read_path`, on any thread): the read either ends
+    before the fd is closed or finds it given up, never reads a number that
+    another file took meanwhile.
+    """
+    with events._RELEASE_LOCK:  # the module's: made anew in a forked child
+        owns: int = ev._owns
+        _set_owns(ev, owns & ~(UNANSWERED | OWN_FD))
+    return owns
 
 
 def _not_in_c(perm: PermissionTracker, ev: FanotifyData, allowed: bool) -> bool:
@@ -134,7 +151,24 @@ answer_and_close_or_false = answer_and_close if AVAILABLE else _not_in_c
 
 #: struct fanotify_event_metadata: event_len, vers, reserved, metadata_len, mask, fd, pid.
 _META = struct.Struct("=IBBHQii")
+#: struct fanotify_event_info_header: info_type, pad, len; a PIDFD record's s32 after it.
+_INFO = struct.Struct("=BBH")
+_S32 = struct.Struct("=i")
 _PERM = int(PERM_EVENTS)
+
+
+def _pidfd(mv: memoryview, start: int, end: int) -> int:
+    """The pidfd of the event whose info records are ``mv[start:end]`` (-1: none)."""
+    pos = start
+    while pos + _INFO.size <= end:
+        info_type, _, rlen = _INFO.unpack_from(mv, pos)
+        if rlen < _INFO.size or pos + rlen > end:
+            break  # malformed: the parser reports it where the event is built
+        if info_type == FAN_EVENT_INFO_TYPE_PIDFD and rlen >= _INFO.size + _S32.size:
+            pidfd: int = _S32.unpack_from(mv, pos + _INFO.size)[0]
+            return pidfd  # FAN_NOPIDFD and FAN_EPIDFD are negative
+        pos += rlen
+    return -1
 
 
 def answer_unbuilt(
@@ -146,13 +180,15 @@ def answer_unbuilt(
     holds the kernel's records as read.  A permission event is owned when
     its fd is in ``owned`` (the events built, which the caller releases) or
     pending in ``perm`` (its deadline, the watchdog or the group's close
-    answer it); every other one is answered here and its fd closed.  The fd
+    answer it); every other one is answered here and its fd closed, with
+    its pidfd (``REPORT_PIDFD``), which nobody holds either.  The fd
     is closed only if the kernel took the response: it matches a response to
     a pending event by fd number and refuses one (ENOENT) for an event
     answered already (by the static rules in C, or as the group's own),
     whose fd is closed and whose number may name another file by now.  With
     ``close_rest`` (the caller knows that nothing else took any fd of the
-    read) the fds of the other events not in ``owned`` are closed too.
+    read) the fds (and pidfds) of the other events not in ``owned`` are
+    closed too.
     Returns how many events were answered; never raises (failed writes are
     logged).
     """
@@ -163,15 +199,18 @@ def answer_unbuilt(
     with perm.lock:
         group_fd = perm.fd
         while off + _META.size <= n:
-            event_len, _, _, _, mask, fd, _ = _META.unpack_from(mv, off)
+            event_len, _, _, meta_len, mask, fd, _ = _META.unpack_from(mv, off)
             if event_len < _META.size or off + event_len > n:
                 break  # malformed: nothing after it can be trusted
-            off += event_len
+            start, off = off, off + event_len
             if fd < 0 or fd in owned:
                 continue
+            pidfd = _pidfd(mv, start + meta_len, off)
             if not mask & _PERM:
                 if close_rest:
                     os.close(fd)
+                    if pidfd >= 0:
+                        os.close(pidfd)
                 continue
             if fd in perm._pending or group_fd < 0:
                 continue  # owned by the tracker; or the kernel allowed it as the group closed
@@ -182,6 +221,8 @@ def answer_unbuilt(
                     log.error("could not answer permission event fd=%d: %s", fd, exc)
                 continue
             os.close(fd)
+            if pidfd >= 0:
+                os.close(pidfd)
             perm.count_unbuilt(response)
             answered += 1
     return answered

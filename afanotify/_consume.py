@@ -21,7 +21,7 @@ from ._reader import Reader
 from .events import OWN_FD, UNANSWERED, FanotifyData, IterPathEvent
 from .exceptions import ClosedResourceError, WouldBlock
 from .flags import Response
-from .permission import DROPPED, PermissionTracker
+from .permission import AT_CLOSE, DROPPED, PermissionTracker
 
 if TYPE_CHECKING:
     from ._batches import BatchSink
@@ -118,6 +118,12 @@ class OwnQueue:
     # -- delivering --------------------------------------------------------
 
     def _deliver(self, events: list[FanotifyData]) -> None:
+        if self._closed:
+            # Read before the close (a handler closed the group in the middle
+            # of its read's batch): nobody takes them now.
+            for ev in events:
+                ev._release(AT_CLOSE)
+            return
         if self._perm.handler is not None:
             events = self._dispatch_permission(events)
             if not events:

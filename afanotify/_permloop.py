@@ -211,18 +211,24 @@ class LoopServer:
     def stop(self) -> None:
         """Unregister for good (idempotent); the loop may already be closed.
 
-        Called first by the group's close, the fd still open: the events of
-        the batch being served (a handler closed the group) that the handler
-        has not been given yet are answered with the default verdict now
-        (``at_close``), and the batch ends there.
+        Called first by the group's close (``perm.closed`` set), the fd still
+        open: the permission events of the batch being served (a handler
+        closed the group) that the handler has not been given yet are
+        answered with the default verdict now (``at_close``).  The serving
+        loop then goes on to the batch's end, finds them answered, and the
+        group, closed, releases every event it is handed (fds closed).
+        Called as the handler is removed or replaced (the group stays open),
+        it leaves the batch alone: its other events go to the new handler or
+        to the consumer.
         """
         self._stopped = True
         self._unregister()
-        self._end_batch()
+        if self._perm.closed:
+            self._end_batch()
         self._dec.close()
 
     def _end_batch(self) -> None:
-        batch, self._inflight = self._inflight, None
+        batch = self._inflight
         if not batch:
             return
         perm = self._perm
@@ -230,10 +236,7 @@ class LoopServer:
         for ev in batch:
             if ev._owns & UNANSWERED and pending.get(ev.fd) is None:
                 _set_responder(ev, perm)
-                ev._release(AT_CLOSE)
-        # The serving loop iterates this very list: emptied, it ends at its
-        # next step (the events before were given out or handed on already).
-        batch.clear()
+                perm.release(ev, AT_CLOSE)
 
     def _unregister(self) -> None:
         if self._registered and self._loop is not None:
@@ -273,6 +276,14 @@ class LoopServer:
         """Read the group once and serve the batch; returns the bytes read (0: none)."""
         group = self._group
         if self._stopped or group._closed or group._error is not None:
+            if group._error is not None:
+                # The group failed (a read built by its general pipeline,
+                # _handle_batch, with static rules): it stops reading, as its
+                # general reader does, and the watchdog answers what waits.
+                # Left registered, the level-triggered fd would call us again
+                # at once, for ever.
+                self._unregister()
+                self._stopped = True
             return 0
         # Also once the events read since the last look could have used the
         # room it found (an async handler holds its events' descriptors).
@@ -651,7 +662,10 @@ def add_and_dispatch(perm: PermissionTracker, ev: FanotifyData, loop: LoopLike |
             )  # fmt: skip
             if done:
                 del pending[fd]
-                _set_owns(ev, owns & ~(UNANSWERED | OWN_FD))
+                if isinstance(ev, LazyPathEvent):
+                    owns = _answer.give_up_fd(ev)  # a path read on another thread
+                else:
+                    _set_owns(ev, owns & ~(UNANSWERED | OWN_FD))
                 if result:
                     perm.allowed += 1
                 else:

@@ -130,6 +130,11 @@ def use(group: Fanotify, handler: PermissionHandler | None, thread: bool) -> Non
     if old is not None:
         old.stop()
         group._perm.thread = None
+        if isinstance(old, _permloop.LoopServer) and old._inflight is not None:
+            # Replaced by its own handler: it serves the rest of its read (to
+            # the new handler or the consumer), and a close meanwhile must
+            # answer that read's events as it answers the current server's.
+            group._perm.retired = old
     if handler is None or (not thread and not _permloop.supported(group)):
         if reader.delegate is not None:
             reader.delegate = None

@@ -113,6 +113,20 @@ class Counters:
 join = _dirmap.join
 
 
+def _moved_to(ev: FanotifyData, prev: FanotifyData | None) -> str | None:
+    """For a MOVE_SELF right after a file's rename by the same process, the rename's new path.
+
+    See ``moved_to`` of :meth:`DirMap.object_at`: it is taken only if the
+    object is there now.
+    """
+    if (
+        ev.ev_types == _MOVE_SELF and prev is not None and prev.ev_types == _RENAME
+        and prev.pid == ev.pid and prev.path_resolved
+    ):
+        return prev.new_path or None
+    return None
+
+
 def _object_only(ev: FanotifyData) -> bool:
     """A FID record and no other (the shape the C builder names with ``object_path``)."""
     return (
@@ -419,11 +433,7 @@ class Pipeline:
         return out
 
     def _resolve_fid(self, ev: FanotifyData, i: int, prev: FanotifyData | None = None) -> None:
-        """Set the paths of a fresh FID event (event ``i`` of its batch) from its handles.
-
-        ``prev``: the event before it in the batch, which may name a file's
-        MOVE_SELF: its rename (see ``moved_to`` of :meth:`DirMap.object_at`).
-        """
+        """Set the paths of a fresh FID event (event ``i`` of its batch, after ``prev``)."""
         dm = self.dirmap
         old_dfid = ev.old_dfid
         new_dfid = ev.new_dfid
@@ -462,13 +472,8 @@ class Pipeline:
             return
         fid = ev.fid
         if fid is not None:
-            moved_to = None
-            if (
-                ev.ev_types == _MOVE_SELF and prev is not None and prev.ev_types == _RENAME
-                and prev.pid == ev.pid and prev.path_resolved
-            ):
-                moved_to = prev.new_path or None
-            p = dm.object_at(fid, i, gone=bool(ev.ev_types & _DELETE_SELF), moved_to=moved_to)
+            gone = bool(ev.ev_types & _DELETE_SELF)
+            p = dm.object_at(fid, i, gone=gone, moved_to=_moved_to(ev, prev))
             _set_path(ev, p)
             _set_path_resolved(ev, p is not None)
 

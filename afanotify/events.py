@@ -354,7 +354,9 @@ class LazyPathEvent(FanotifyData):
 
     * the path is the file's path *when first asked*, not when the event was
       read: a file renamed in between gives its new path, one deleted in
-      between its last name with ``path_resolved`` False;
+      between its last name with ``path_resolved`` False.  An async handler's
+      event is read as the handler returns its coroutine, before the body
+      runs (``dispatch_result``): after an ``await`` the file may be anywhere;
     * it can be read only while the event holds its fd: asked first after
       the event was closed (``close()``, its verdict written and released,
       ``async for`` moving on), ``path`` is None and ``path_resolved`` False.
@@ -367,6 +369,8 @@ class LazyPathEvent(FanotifyData):
         path: str | None = None
         resolved = False
         with _RELEASE_LOCK:  # the fd cannot be closed meanwhile
+            if not isinstance(self, LazyPathEvent):
+                return  # read meanwhile by another thread: keep what it read
             if self._owns & OWN_FD:
                 try:
                     path = os.readlink(f"/proc/self/fd/{self.fd}")

@@ -46,7 +46,7 @@ from ._verdict import Verdict as Verdict
 from ._verdict import VerdictLike as VerdictLike
 from ._verdict import encode_verdict as encode_verdict
 from ._verdict import to_verdict as to_verdict
-from .events import UNANSWERED, FanotifyData
+from .events import UNANSWERED, FanotifyData, LazyPathEvent
 from .exceptions import AlreadyAnsweredError, ClosedResourceError, InheritedGroupError
 from .flags import PERM_EVENTS, Response
 
@@ -176,6 +176,8 @@ class PermissionTracker:
         #: (deadlines are then the watchdog's): see _permthread.py.
         self.thread: Any = None
         self.threaded = False
+        #: A loop server replaced mid-read, which still serves it (_permthread.use).
+        self.retired: Any = None
 
     def disown(self) -> None:
         """In a forked child: write no answer from now on (see docs/group.md, fork).
@@ -183,7 +185,7 @@ class PermissionTracker:
         Events still released here are marked answered without a write (their fds closed)."""
         self.inherited = True
         self.fd = -1
-        self.thread = None  # not copied by fork
+        self.thread = self.retired = None  # not copied by fork
         self.threaded = False
         # A thread of the parent (the watchdog) may have held the lock at the
         # fork; in the child that thread does not exist to release it.
@@ -242,9 +244,8 @@ class PermissionTracker:
         loop = self._loop
         try:
             if loop is not None and getattr(loop, "_thread_id", None) == _get_ident():
-                # The asyncio loop running in this thread (one runs at a time):
-                # its current task, without asyncio.get_running_loop(), whose
-                # fork check costs a getpid() system call on Python 3.11.
+                # This thread's running asyncio loop: its task, without the
+                # getpid() of get_running_loop()'s fork check (Python 3.11).
                 task: Any = _current_task_of(loop)  # type: ignore[arg-type]
             else:
                 task = asyncio.current_task()
@@ -555,6 +556,11 @@ class PermissionTracker:
 
     def close(self) -> list[FanotifyData]:
         """Answer everything pending (the group fd is still open); returns those events."""
+        # From here on a server stopped tells a close from a switch (LoopServer.stop).
+        self.closed = True
+        retired, self.retired = self.retired, None
+        if retired is not None:
+            retired.stop()
         if self.thread is not None:
             # Before anything is answered here: it reads and answers too.
             self.thread.stop()
@@ -589,6 +595,12 @@ def dispatch_result(perm: PermissionTracker, ev: FanotifyData, result: object) -
             _close_awaitable(result)
             ev.close()
             return
+        if ev.__class__ is LazyPathEvent:
+            # An async handler's path is read now, before its body runs: read
+            # at its first ask, it would be the file's path after every await
+            # up to the deadline (a file renamed meanwhile, e.g. from a
+            # denied directory into an allowed one, would be allowed by name).
+            ev._read_path()
         task: TaskLike
         loop = perm._loop
         if loop is not None and not isinstance(loop, asyncio.AbstractEventLoop):

@@ -8,6 +8,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import os
+import select
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
@@ -74,6 +76,39 @@ async def wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> None:
     while not cond():
         if anyio.current_time() > deadline:
             raise AssertionError("condition not met before the deadline")
+        await anyio.sleep(0.01)
+
+
+async def all_blocked(n: int) -> bool:
+    """True once ``n`` children of this process wait in fanotify's permission wait."""
+    me = os.getpid()
+    blocked = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            if ppid != me:
+                continue
+            with open(f"/proc/{pid}/wchan") as f:
+                wchan = f.read()
+        except (OSError, ValueError, IndexError):
+            continue
+        if "fanotify" in wchan:
+            blocked += 1
+    return blocked >= n
+
+
+async def wait_queued(fan: Fanotify, n: int, timeout: float = 10.0) -> None:
+    """Wait until ``n`` children wait on ``fan`` and nothing has read it yet: the
+    group's first read then holds all of their events."""
+    poll = select.poll()
+    poll.register(fan.fileno(), select.POLLIN)
+    deadline = anyio.current_time() + timeout
+    while not poll.poll(0) or not await all_blocked(n):
+        if anyio.current_time() > deadline:
+            raise AssertionError(f"{n} opens never waited on the group")
         await anyio.sleep(0.01)
 
 

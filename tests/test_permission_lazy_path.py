@@ -15,6 +15,9 @@ import errno
 import fcntl
 import os
 import termios
+import threading
+import time
+import types
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -22,7 +25,8 @@ import pytest
 import pytest_asyncio
 from _perm_helpers import background, child, drain, group_maker, wait_for
 
-from afanotify import Event, Fanotify, FanotifyData, _permloop
+from afanotify import Event, Fanotify, FanotifyData, _answer, _permloop, events
+from afanotify._ffi import lib
 from afanotify.events import LazyPathEvent
 
 pytestmark = [
@@ -285,3 +289,121 @@ async def test_receive_hands_over_a_read_ahead_event_with_its_path(
     assert [(type(ev), ev.path, ev.path_resolved) for ev in got] == [
         (FanotifyData, str(target), True)
     ] * 2
+
+
+class _WatchedLock:
+    """The events' release lock, telling when a second thread waits for it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self.contended = threading.Event()
+
+    def __enter__(self) -> None:
+        if not self._lock.acquire(blocking=False):
+            self.contended.set()
+            self._lock.acquire()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._lock.release()
+
+
+@pytest.mark.parametrize("thread", [False, True], ids=["loop", "thread"])
+async def test_a_path_read_on_another_thread_is_never_another_files(
+    tmpfs: Path, make_group: Callable[..., Fanotify], monkeypatch: pytest.MonkeyPatch,
+    thread: bool,
+) -> None:
+    # The handler hands the event to a worker thread, which reads ev.path
+    # while the handler returns True: the verdict's C call closes the fd.
+    # The worker's readlink is held until the verdict is written (and the
+    # fd's number given to another file, as another thread's open would) or
+    # until the verdict waits for the lock the path read holds.  The path
+    # read must be the event's file's, never the other file's.
+    target, decoy = tmpfs / "target", tmpfs / "decoy"
+    target.write_text("t\n")
+    decoy.write_text("d\n")
+    lock = _WatchedLock()
+    monkeypatch.setattr(events, "_RELEASE_LOCK", lock)
+    inside = threading.Event()
+    answered = threading.Event()
+    reused: list[int] = []
+
+    def slow_readlink(path: str) -> str:
+        inside.set()
+        deadline = time.monotonic() + 10
+        while not (answered.is_set() or lock.contended.is_set()):
+            assert time.monotonic() < deadline, "the verdict was never written"
+            time.sleep(0.001)
+        return os.readlink(path)
+
+    def reuse(real: Callable[..., int]) -> Callable[..., int]:
+        def answer(group_fd: int, fd: int, response: int, close: int) -> int:
+            err = real(group_fd, fd, response, close)  # writes, then closes fd
+            d = os.open(decoy, os.O_RDONLY)
+            if d != fd:
+                os.dup2(d, fd)
+                os.close(d)
+            reused.append(fd)
+            answered.set()
+            return err
+        return answer
+
+    fake_os = types.SimpleNamespace(**{**vars(os), "readlink": slow_readlink})
+    monkeypatch.setattr(events, "os", fake_os)
+    monkeypatch.setattr(_permloop, "_afp_answer", reuse(_permloop._afp_answer))
+    monkeypatch.setattr(_answer, "lib", types.SimpleNamespace(afp_answer=reuse(lib.afp_answer)))
+    fan = make_group()
+    fan.mark(target, Event.OPEN_PERM)
+    seen: list[tuple[str | None, bool]] = []
+    workers: list[threading.Thread] = []
+
+    def handler(ev: FanotifyData) -> bool:
+        assert type(ev) is LazyPathEvent
+        worker = threading.Thread(target=lambda: seen.append((ev.path, ev.path_resolved)))
+        worker.start()
+        workers.append(worker)
+        assert inside.wait(10)
+        return True
+
+    fan.on_permission(handler, thread=thread)
+    try:
+        async with background(drain(fan)):
+            result = await child("open", target, timeout=20)
+        workers[0].join(10)
+    finally:
+        for fd in reused:
+            os.close(fd)
+    assert result.errno == 0
+    assert reused, "the verdict was not written in C"
+    assert seen == [(str(target), True)]
+
+
+async def test_an_async_handlers_path_is_read_before_it_awaits(
+    tmpfs: Path, make_group: Callable[..., Fanotify],
+) -> None:
+    # The file is renamed (secret/ -> public/) while the async handler
+    # awaits; the path it then asks for is the one opened, not the new one.
+    (tmpfs / "secret").mkdir()
+    (tmpfs / "public").mkdir()
+    target = tmpfs / "secret" / "x"
+    target.write_text("x")
+    fan = make_group()
+    fan.mark(tmpfs / "secret", Event.OPEN_PERM | Event.EVENT_ON_CHILD)
+    started = asyncio.Event()
+    go = asyncio.Event()
+    seen: list[tuple[str | None, bool]] = []
+
+    async def handler(ev: FanotifyData) -> bool:
+        started.set()
+        await go.wait()
+        seen.append((ev.path, ev.path_resolved))
+        return True
+
+    fan.on_permission(handler)
+    async with background(drain(fan)):
+        opened = asyncio.ensure_future(child("open", target, timeout=20))
+        await asyncio.wait_for(started.wait(), 20)
+        target.rename(tmpfs / "public" / "x")
+        go.set()
+        result = await opened
+    assert result.errno == 0
+    assert seen == [(str(target), True)]

@@ -29,13 +29,15 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from _perm_helpers import background, child, group_maker
+from _perm_helpers import all_blocked as _all_blocked
+from _perm_helpers import background, child, group_maker, wait_queued
 
 from afanotify import (
     ClosedResourceError,
     Event,
     Fanotify,
     FanotifyData,
+    InitFlag,
     Response,
     _fastparse,
     _permloop,
@@ -218,27 +220,6 @@ async def test_a_read_of_several_events_is_answered_whole(
     assert (st.build_failed, st.denied, st.pending) == (len(files), len(files), 0)
 
 
-async def _all_blocked(n: int) -> bool:
-    """True once ``n`` children of this process wait in fanotify's permission wait."""
-    me = os.getpid()
-    blocked = 0
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            if ppid != me:
-                continue
-            with open(f"/proc/{pid}/wchan") as f:
-                wchan = f.read()
-        except (OSError, ValueError, IndexError):
-            continue
-        if "fanotify" in wchan:
-            blocked += 1
-    return blocked >= n
-
-
 def _fds_into(root: Path) -> list[str]:
     """This process's descriptors open on files under ``root``."""
     found = []
@@ -330,3 +311,72 @@ async def test_general_reader_failure_in_a_notification_group_closes_its_fds(
             assert _fds_into(tmpfs) == []
     finally:
         loop.set_exception_handler(None)
+
+
+async def test_guard_loop_path_stops_reading_after_a_read_fails_to_build(
+    tmpfs: Path, make_group: Callable[..., Fanotify], failing_build: FailingBuild,
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # After the failure the group has failed: the loop server unregisters
+    # the fd (as the general reader pauses), and the next open waits for the
+    # watchdog (stalled, DENY), with the loop idle meanwhile.  The server
+    # left registered is called back at once for ever, the loop spinning.
+    reads = 0
+    real_read_once = LoopServer.read_once
+
+    def counted(self: LoopServer) -> int:
+        nonlocal reads
+        reads += 1
+        return real_read_once(self)
+
+    monkeypatch.setattr(LoopServer, "read_once", counted)
+    first, second = _file(tmpfs, "a.txt"), _file(tmpfs, "b.txt")
+    fan = make_group(default_response=Response.DENY, permission_timeout=1.0)
+    fan.mark(tmpfs, Event.OPEN_PERM | Event.EVENT_ON_CHILD)
+    if not fan.decide_statically(StaticRules([StaticRule(False, "keys", path="*.key")], None)):
+        pytest.fail("this core has no C path (AFANOTIFY_PURE_PARSER set?)")
+    fan.on_permission(lambda ev: True)
+    server = fan._perm.thread
+    assert isinstance(server, LoopServer)
+    await _run_one_open(fan, first, failing_build, caplog)
+    before = reads
+    result = await child("open", second, timeout=CHILD_TIMEOUT)
+    assert result.errno == errno.EPERM
+    assert fan.permission_stats.stalled == 1, "the watchdog answered it"
+    assert reads - before <= 2, f"the loop server was called {reads - before} times meanwhile"
+    assert not server._registered
+
+
+def _pidfds() -> int:
+    """How many pidfds this process holds."""
+    n = 0
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{name}") == "anon_inode:[pidfd]":
+                n += 1
+        except OSError:
+            pass
+    return n
+
+
+@pytest.mark.parametrize("thread", [False, True], ids=["loop", "thread"])
+async def test_a_read_that_fails_to_build_closes_its_events_pidfds(
+    tmpfs: Path, make_group: Callable[..., Fanotify], failing_build: FailingBuild, thread: bool,
+) -> None:
+    # REPORT_PIDFD: each event of the read carries a pidfd besides its fd.
+    # The events never built are answered from the read's bytes: their
+    # pidfds, like their fds, are closed there (nothing else knows them).
+    files = [_file(tmpfs, f"f{i}") for i in range(3)]
+    before = _pidfds()
+    fan = make_group(InitFlag.CLASS_CONTENT | InitFlag.REPORT_PIDFD, default_response=Response.DENY)
+    fan.mark(tmpfs, Event.OPEN_PERM | Event.EVENT_ON_CHILD)
+    fan.on_permission(lambda ev: True, thread=thread)
+    opens = [asyncio.ensure_future(child("open", p, timeout=CHILD_TIMEOUT)) for p in files]
+    await wait_queued(fan, len(files))
+    seen: list[BaseException] = []
+    async with background(_consume(fan, seen)):
+        results = await asyncio.gather(*opens)
+    assert [r.errno for r in results] == [errno.EPERM] * len(files)
+    assert failing_build.failed == 1
+    assert fan.permission_stats.build_failed == len(files)
+    assert _pidfds() - before == 0, "pidfds of the read left open"
