@@ -326,6 +326,50 @@ def test_a_new_holder_of_the_pid_is_not_taken_for_the_writer(
             drain.close()
 
 
+def test_a_pid_with_events_of_a_reaped_and_a_live_process_in_one_read_is_unnamed(
+    tmpfs: Path, pid_at: Path
+) -> None:
+    # The writer is reaped, and the next holder of its pid writes too and
+    # lives on; both events come in one read.  The writer's has no pidfd,
+    # the holder's has one: the pid stands for two processes there, and one
+    # name (the writer's record, or /proc's "sleep") would be wrong for one.
+    with Fanotify(FLAGS) as fan:
+        fan.mark(str(tmpfs), Event.CREATE, "filesystem")
+        drain = _drain.Drain(fan, paths=True)
+        holder = None
+        try:
+            for _ in range(5):
+                pid = _reaped(["touch", "w"], tmpfs)
+                holder = subprocess.Popen(
+                    [str(pid_at), str(pid), "--hold", "sh", "-c", ": > q; exec sleep 30"],
+                    cwd=tmpfs, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+                assert holder.stdout is not None and holder.stdin is not None
+                line = holder.stdout.readline()
+                if line:
+                    break
+                assert holder.wait(timeout=20) == 3
+                holder.stdout.close()
+                holder.stdin.close()
+                holder = None
+            assert holder is not None and int(line) == pid
+            deadline = time.monotonic() + 20
+            while Path(f"/proc/{pid}/comm").read_text().strip() != "sleep":
+                assert time.monotonic() < deadline
+                time.sleep(0.002)
+            assert (tmpfs / "q").exists()  # written before the exec
+            drain.start()
+            _seen, procs = _batches_until(drain, {"w", "q"})
+            assert procs[pid] == NO_PROCESS
+            assert drain.exit_log.named == 0
+        finally:
+            if holder is not None:
+                assert holder.stdin is not None and holder.stdout is not None
+                holder.stdin.close()
+                holder.wait(timeout=20)
+                holder.stdout.close()
+            drain.close()
+
+
 def test_in_another_network_namespace_the_log_is_off() -> None:
     # The kernel takes the registration there but sends the records to the
     # initial namespace: the drain hears its own test child's exit or stays off.

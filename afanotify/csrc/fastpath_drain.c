@@ -183,9 +183,10 @@ static unsigned char *afd_pidfd_slot(unsigned char *ev, uint32_t len)
     return NULL;
 }
 
-/* Walk the events of buf: count them, collect each pid's first pidfd, and
- * take every pidfd out of its record (written FAN_NOPIDFD): all of them go to
- * fds[] (*nfds of them), to be closed at once after the naming. */
+/* Walk the events of buf: count them, collect each pid's first pidfd (in
+ * pidfds[i]) and last one (in pidfds[AFD_MAX_PIDS + i]), and take every
+ * pidfd out of its record (written FAN_NOPIDFD): all of them go to fds[]
+ * (*nfds of them), to be closed at once after the naming. */
 static uint32_t afd_walk(unsigned char *buf, uint32_t n, int32_t *pids, int32_t *pidfds,
                          uint32_t *npids, int own_pid, int32_t *fds, uint32_t *nfds)
 {
@@ -213,6 +214,7 @@ static uint32_t afd_walk(unsigned char *buf, uint32_t n, int32_t *pids, int32_t 
                 pidfds[i] = pidfd;   /* the first event's: open until fds[] is closed */
                 (*npids)++;
             }
+            pidfds[AFD_MAX_PIDS + i] = pidfd;  /* and the last event's (afd_reused) */
         }
         off += event_len;
     }
@@ -263,6 +265,20 @@ static int afd_alive(struct afd_drain *d, int32_t pidfd, int32_t pid, uint64_t s
     (void)pid;
     (void)since;
     return !d->pidfd_reported;  /* no pidfd: gone at the read; no pidfds: unchecked */
+}
+
+/* Whether the i-th pid of a read stands for a second process too: its last
+ * event's pidfd is another than its first event's, and alive.  The kernel
+ * makes each pidfd at the read, of the event's own process, so when the
+ * first event's process is reaped (the case the exit log names) a live one
+ * later in the read is the pid's next holder: one name from the log would
+ * be the writer's for the holder's events too.  The case of a process
+ * reaped during the read itself (pidfds, then none) is not one. */
+static int afd_reused(const int32_t *pidfds, uint32_t i)
+{
+    int32_t last = pidfds[AFD_MAX_PIDS + i];
+    return last >= 0 && last != pidfds[i]
+           && (syscall(SYS_pidfd_send_signal, last, 0, NULL, 0) == 0 || errno == EPERM);
 }
 
 /* Whether the exit log may name the process of a pid not named from /proc:
@@ -349,7 +365,8 @@ static uint32_t afd_name(struct afd_drain *d, int32_t *pids, int32_t *pidfds, ui
         afx_pump(d->exits);
     for (uint32_t i = 0; look && since != UINT64_MAX && i < npids; i++) {
         struct afd_proc *p = &procs[i];
-        if (p->trusted || AFD_SINCE(d, i, since) == UINT64_MAX || !afd_gone(d, pidfds[i]))
+        if (p->trusted || AFD_SINCE(d, i, since) == UINT64_MAX || !afd_gone(d, pidfds[i])
+                || afd_reused(pidfds, i))
             continue;
         int n = afx_find(d->exits, pids[i], since, tmp);
         if (n > 0 && used + n <= cap) {
@@ -766,7 +783,7 @@ int afd_run(struct afd_drain *d)
     d->exit_mark = 0;
     int32_t *pids = malloc(AFD_MAX_PIDS * sizeof(int32_t));
     d->early = calloc(AFD_MAX_PIDS, 1);
-    int32_t *pidfds = malloc(AFD_MAX_PIDS * sizeof(int32_t));
+    int32_t *pidfds = malloc(2 * AFD_MAX_PIDS * sizeof(int32_t)); /* first, last: afd_walk */
     /* a pidfd per event at most, an event at least its metadata */
     int32_t *fds = malloc((d->read_size / sizeof(struct fanotify_event_metadata) + 1)
                           * sizeof(int32_t));
