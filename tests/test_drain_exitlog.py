@@ -9,12 +9,14 @@ names them is the log.  The same run without the log shows them unnamed.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -214,6 +216,13 @@ def pid_at(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return exe
 
 
+def _wait_comm(pid: int, comm: str) -> None:
+    deadline = time.monotonic() + 20
+    while Path(f"/proc/{pid}/comm").read_text().strip() != comm:
+        assert time.monotonic() < deadline, f"pid {pid} never ran {comm}"
+        time.sleep(0.002)
+
+
 def _writer_then_reuse(pid_at: Path, root: Path, name: str,
                        *argv: str) -> int:
     """A reaped ``touch name``, whose pid then runs argv to its end; the pid."""
@@ -225,6 +234,33 @@ def _writer_then_reuse(pid_at: Path, root: Path, name: str,
             return pid
         name += "x"
     pytest.fail("the freed pid was taken five times")
+
+
+@contextlib.contextmanager
+def _held_reuse(pid_at: Path, root: Path, name: str, *argv: str) -> Iterator[int]:
+    """A reaped ``touch name`` whose pid then runs argv, alive until the block ends: the pid."""
+    holder = None
+    try:
+        for _ in range(5):  # another process may take the freed pid first
+            pid = _reaped(["touch", name], root)
+            holder = subprocess.Popen([str(pid_at), str(pid), "--hold", *argv], cwd=root,
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            assert holder.stdout is not None and holder.stdin is not None
+            line = holder.stdout.readline()
+            if line:
+                break
+            assert holder.wait(timeout=20) == 3
+            holder.stdout.close()
+            holder.stdin.close()
+            holder = None
+        assert holder is not None and int(line) == pid
+        yield pid
+    finally:
+        if holder is not None:
+            assert holder.stdin is not None and holder.stdout is not None
+            holder.stdin.close()
+            holder.wait(timeout=20)
+            holder.stdout.close()
 
 
 @pytest.mark.parametrize("flags", [FLAGS, NO_PIDFD], ids=["pidfd", "no-pidfd"])
@@ -293,36 +329,14 @@ def test_a_new_holder_of_the_pid_is_not_taken_for_the_writer(
     with Fanotify(FLAGS) as fan:
         fan.mark(str(tmpfs), Event.CREATE, "filesystem")
         drain = _drain.Drain(fan, paths=True)
-        holder = None
         try:
-            for _ in range(5):
-                pid = _reaped(["touch", "n"], tmpfs)
-                holder = subprocess.Popen([str(pid_at), str(pid), "--hold", "sleep", "30"],
-                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-                assert holder.stdout is not None
-                line = holder.stdout.readline()
-                if line:
-                    break
-                assert holder.wait(timeout=20) == 3
-                holder.stdout.close()
-                assert holder.stdin is not None
-                holder.stdin.close()
-                holder = None
-            assert holder is not None and int(line) == pid
-            deadline = time.monotonic() + 20
-            while Path(f"/proc/{pid}/comm").read_text().strip() != "sleep":
-                assert time.monotonic() < deadline
-                time.sleep(0.002)
-            drain.start()
-            _seen, procs = _batches_until(drain, {"n"})
-            assert procs[pid] == ("touch", None, None)
-            assert drain.exit_log.named == 1
+            with _held_reuse(pid_at, tmpfs, "n", "sleep", "30") as pid:
+                _wait_comm(pid, "sleep")
+                drain.start()
+                _seen, procs = _batches_until(drain, {"n"})
+                assert procs[pid] == ("touch", None, None)
+                assert drain.exit_log.named == 1
         finally:
-            if holder is not None:
-                assert holder.stdin is not None and holder.stdout is not None
-                holder.stdin.close()
-                holder.wait(timeout=20)
-                holder.stdout.close()
             drain.close()
 
 
@@ -336,37 +350,15 @@ def test_a_pid_with_events_of_a_reaped_and_a_live_process_in_one_read_is_unnamed
     with Fanotify(FLAGS) as fan:
         fan.mark(str(tmpfs), Event.CREATE, "filesystem")
         drain = _drain.Drain(fan, paths=True)
-        holder = None
         try:
-            for _ in range(5):
-                pid = _reaped(["touch", "w"], tmpfs)
-                holder = subprocess.Popen(
-                    [str(pid_at), str(pid), "--hold", "sh", "-c", ": > q; exec sleep 30"],
-                    cwd=tmpfs, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-                assert holder.stdout is not None and holder.stdin is not None
-                line = holder.stdout.readline()
-                if line:
-                    break
-                assert holder.wait(timeout=20) == 3
-                holder.stdout.close()
-                holder.stdin.close()
-                holder = None
-            assert holder is not None and int(line) == pid
-            deadline = time.monotonic() + 20
-            while Path(f"/proc/{pid}/comm").read_text().strip() != "sleep":
-                assert time.monotonic() < deadline
-                time.sleep(0.002)
-            assert (tmpfs / "q").exists()  # written before the exec
-            drain.start()
-            _seen, procs = _batches_until(drain, {"w", "q"})
-            assert procs[pid] == NO_PROCESS
-            assert drain.exit_log.named == 0
+            with _held_reuse(pid_at, tmpfs, "w", "sh", "-c", ": > q; exec sleep 30") as pid:
+                _wait_comm(pid, "sleep")
+                assert (tmpfs / "q").exists()  # written before the exec
+                drain.start()
+                _seen, procs = _batches_until(drain, {"w", "q"})
+                assert procs[pid] == NO_PROCESS
+                assert drain.exit_log.named == 0
         finally:
-            if holder is not None:
-                assert holder.stdin is not None and holder.stdout is not None
-                holder.stdin.close()
-                holder.wait(timeout=20)
-                holder.stdout.close()
             drain.close()
 
 
