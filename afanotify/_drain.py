@@ -66,7 +66,7 @@ CHUNK_SIZE = 256 << 10
 #: against 2 ms cut the watcher's CPU by 22%, 20% and 10% (text; JSON at 300
 #: and 3,000: 22%, 24%).  Every short-lived process of the naming scripts
 #: was still named (the exit log names them).  With the main loop's round at
-#: most every ``PACE_S`` (20 ms, _cli_watch.py), a line waits 30 ms at most.
+#: most every ``PACE_S`` (50 ms, _cli_watch.py), a line waits 60 ms at most.
 SETTLE = 0.01
 #: The most ``settle`` may be (it delays events by up to that much).
 MAX_SETTLE = 0.5
