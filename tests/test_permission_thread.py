@@ -302,7 +302,8 @@ def _fds_into(root: Path) -> list[str]:
 async def test_a_handler_that_closes_the_group_leaves_nothing_of_its_batch(
     tmpfs: Path, make_group: Callable[..., Fanotify], caplog: pytest.LogCaptureFixture
 ) -> None:
-    # The first call waits (with a deadline) until the other opens are
+    # The first open is read alone (the others start once the handler has
+    # it); the first call waits (with a deadline) until the other opens are
     # queued, so the next read holds them all; the second call closes the
     # group.  The events of that read not yet given to the handler get the
     # default verdict (DENY) from the close, not the kernel's allow when the
@@ -311,11 +312,13 @@ async def test_a_handler_that_closes_the_group_leaves_nothing_of_its_batch(
     fan = make_group(permission_timeout=30, default_response=Response.DENY)
     fan.mark(tmpfs, Event.OPEN_PERM | Event.EVENT_ON_CHILD)
     calls = 0
+    first_call = threading.Event()
 
     def handler(ev: FanotifyData) -> bool:
         nonlocal calls
         calls += 1
         if calls == 1:
+            first_call.set()
             deadline = time.monotonic() + 20
             while _queued_bytes(fan) < (len(files) - 1) * 24:
                 assert time.monotonic() < deadline, "the other opens never queued"
@@ -329,7 +332,9 @@ async def test_a_handler_that_closes_the_group_leaves_nothing_of_its_batch(
     assert server is not None
     caplog.set_level(logging.WARNING)
     async with background(drain(fan)):
-        results = await asyncio.gather(*(child("open", p, timeout=20) for p in files))
+        first = asyncio.ensure_future(child("open", files[0], timeout=20))
+        assert await asyncio.to_thread(first_call.wait, 20), "the first open never came"
+        results = await asyncio.gather(first, *(child("open", p, timeout=20) for p in files[1:]))
     await wait_for(lambda: not server._thread.is_alive())
     assert calls == 2
     assert sorted(r.errno for r in results) == [0] + [errno.EPERM] * (len(files) - 1)
