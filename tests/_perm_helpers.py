@@ -100,6 +100,19 @@ async def all_blocked(n: int) -> bool:
     return blocked >= n
 
 
+def fds_into(root: Path) -> list[str]:
+    """This process's descriptors open on files under ``root``."""
+    found = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            continue  # the listing's own descriptor, gone by now
+        if target.startswith(str(root) + "/"):
+            found.append(target)
+    return found
+
+
 async def wait_queued(fan: Fanotify, n: int, timeout: float = 10.0) -> None:
     """Wait until ``n`` children wait on ``fan`` and nothing has read it yet: the
     group's first read then holds all of their events."""

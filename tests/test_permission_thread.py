@@ -10,7 +10,6 @@ import asyncio
 import errno
 import fcntl
 import logging
-import os
 import termios
 import threading
 import time
@@ -22,7 +21,7 @@ import anyio
 import pytest
 import pytest_asyncio
 from _backends import ON_BOTH, open_in_child, run, wait_until
-from _perm_helpers import background, child, drain, group_maker, wait_for
+from _perm_helpers import background, child, drain, fds_into, group_maker, wait_for
 
 from afanotify import Event, Fanotify, FanotifyData, InitFlag, Response, Verdict
 
@@ -287,18 +286,6 @@ def _queued_bytes(fan: Fanotify) -> int:
     return int.from_bytes(buf, "little")
 
 
-def _fds_into(root: Path) -> list[str]:
-    found = []
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{name}")
-        except OSError:
-            continue  # the listing's own descriptor, gone by now
-        if target.startswith(str(root) + "/"):
-            found.append(target)
-    return found
-
-
 async def test_a_handler_that_closes_the_group_leaves_nothing_of_its_batch(
     tmpfs: Path, make_group: Callable[..., Fanotify], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -338,7 +325,7 @@ async def test_a_handler_that_closes_the_group_leaves_nothing_of_its_batch(
     await wait_for(lambda: not server._thread.is_alive())
     assert calls == 2
     assert sorted(r.errno for r in results) == [0] + [errno.EPERM] * (len(files) - 1)
-    assert _fds_into(tmpfs) == []
+    assert fds_into(tmpfs) == []
     st = fan.permission_stats
     assert (st.allowed, st.denied, st.pending, st.late) == (1, len(files) - 1, 0, 1)
     assert st.abandoned == 0  # the thread did not fail on the way

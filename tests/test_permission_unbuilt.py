@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from _perm_helpers import all_blocked as _all_blocked
-from _perm_helpers import background, child, group_maker, wait_queued
+from _perm_helpers import background, child, fds_into, group_maker, wait_queued
 
 from afanotify import (
     ClosedResourceError,
@@ -220,19 +220,6 @@ async def test_a_read_of_several_events_is_answered_whole(
     assert (st.build_failed, st.denied, st.pending) == (len(files), len(files), 0)
 
 
-def _fds_into(root: Path) -> list[str]:
-    """This process's descriptors open on files under ``root``."""
-    found = []
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{name}")
-        except OSError:
-            continue  # the listing's own descriptor, gone by now
-        if target.startswith(str(root) + "/"):
-            found.append(target)
-    return found
-
-
 async def _queued_bytes_at_least(fan: Fanotify, n: int) -> None:
     """Wait (with a deadline) until the kernel queues ``n`` bytes of events for ``fan``."""
     import fcntl
@@ -282,7 +269,7 @@ async def test_general_reader_failure_closes_every_fd_of_the_read(
         opening.cancel()
     assert fake.failed == 1
     assert result.errno == errno.EPERM
-    assert _fds_into(tmpfs) == []
+    assert fds_into(tmpfs) == []
     st = fan.permission_stats
     assert (st.build_failed, st.denied, st.allowed, st.pending) == (1, 1, 0, 0)
     assert "building the events of a read failed" in str(seen[0])
@@ -308,7 +295,7 @@ async def test_general_reader_failure_in_a_notification_group_closes_its_fds(
             with pytest.raises(MemoryError):
                 fan._handle_batch(fan._reader.read_once())
             assert fake.failed == 1
-            assert _fds_into(tmpfs) == []
+            assert fds_into(tmpfs) == []
     finally:
         loop.set_exception_handler(None)
 
