@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import select
 import sys
+import termios
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -111,6 +113,21 @@ def fds_into(root: Path) -> list[str]:
         if target.startswith(str(root) + "/"):
             found.append(target)
     return found
+
+
+def queued_bytes(fan: Fanotify) -> int:
+    """Bytes of events the kernel holds for ``fan``, not yet read (FIONREAD: 24 an event)."""
+    buf = bytearray(4)
+    fcntl.ioctl(fan.fileno(), termios.FIONREAD, buf)
+    return int.from_bytes(buf, "little")
+
+
+async def queued_at_least(fan: Fanotify, n: int, timeout: float = 10.0) -> None:
+    """Wait (with a deadline) until the kernel queues ``n`` bytes of events for ``fan``."""
+    deadline = anyio.current_time() + timeout
+    while queued_bytes(fan) < n:
+        assert anyio.current_time() < deadline, "the events never queued"
+        await anyio.sleep(0.01)
 
 
 async def wait_queued(fan: Fanotify, n: int, timeout: float = 10.0) -> None:

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import fcntl
 import os
-import termios
 import threading
 import time
 import types
@@ -23,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from _perm_helpers import background, child, drain, group_maker, wait_for
+from _perm_helpers import background, child, drain, group_maker, queued_at_least, wait_for
 
 from afanotify import Event, Fanotify, FanotifyData, _answer, _permloop, events
 from afanotify._ffi import lib
@@ -231,7 +229,7 @@ async def test_async_for_reads_a_path_for_whoever_keeps_the_event(
 
     opens = [asyncio.ensure_future(child("open", f, timeout=20)) for f in files]
     try:
-        await _queued_at_least(fan, len(files) * 24)
+        await queued_at_least(fan, len(files) * 24, timeout=20)
         async with background(consume()):
             results = await asyncio.gather(*opens)
             # One more open: its event moves the loop past the last of the others.
@@ -250,18 +248,6 @@ async def test_async_for_reads_a_path_for_whoever_keeps_the_event(
     else:
         # That first one, and perhaps the last (held when the group closes).
         assert len(reads) <= 2
-
-
-async def _queued_at_least(fan: Fanotify, n: int) -> None:
-    """Wait (with a deadline) until the kernel queues ``n`` bytes of events for ``fan``."""
-    buf = bytearray(4)
-    deadline = asyncio.get_running_loop().time() + 20
-    while True:
-        fcntl.ioctl(fan.fileno(), termios.FIONREAD, buf)
-        if int.from_bytes(buf, "little") >= n:
-            return
-        assert asyncio.get_running_loop().time() < deadline, "the events never queued"
-        await asyncio.sleep(0.01)
 
 
 async def test_receive_hands_over_a_read_ahead_event_with_its_path(

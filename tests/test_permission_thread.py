@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import fcntl
 import logging
-import termios
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -21,7 +19,7 @@ import anyio
 import pytest
 import pytest_asyncio
 from _backends import ON_BOTH, open_in_child, run, wait_until
-from _perm_helpers import background, child, drain, fds_into, group_maker, wait_for
+from _perm_helpers import background, child, drain, fds_into, group_maker, queued_bytes, wait_for
 
 from afanotify import Event, Fanotify, FanotifyData, InitFlag, Response, Verdict
 
@@ -280,12 +278,6 @@ async def test_a_failed_thread_answers_its_event_and_gives_reading_back(
     assert on == [threading.get_ident()]
 
 
-def _queued_bytes(fan: Fanotify) -> int:
-    buf = bytearray(4)
-    fcntl.ioctl(fan.fileno(), termios.FIONREAD, buf)
-    return int.from_bytes(buf, "little")
-
-
 async def test_a_handler_that_closes_the_group_leaves_nothing_of_its_batch(
     tmpfs: Path, make_group: Callable[..., Fanotify], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -307,7 +299,7 @@ async def test_a_handler_that_closes_the_group_leaves_nothing_of_its_batch(
         if calls == 1:
             first_call.set()
             deadline = time.monotonic() + 20
-            while _queued_bytes(fan) < (len(files) - 1) * 24:
+            while queued_bytes(fan) < (len(files) - 1) * 24:
                 assert time.monotonic() < deadline, "the other opens never queued"
                 time.sleep(0.005)  # polling the queue, on the handler's thread
         elif calls == 2:

@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from _perm_helpers import all_blocked as _all_blocked
-from _perm_helpers import background, child, fds_into, group_maker, wait_queued
+from _perm_helpers import background, child, fds_into, group_maker, queued_at_least, wait_queued
 
 from afanotify import (
     ClosedResourceError,
@@ -220,21 +220,6 @@ async def test_a_read_of_several_events_is_answered_whole(
     assert (st.build_failed, st.denied, st.pending) == (len(files), len(files), 0)
 
 
-async def _queued_bytes_at_least(fan: Fanotify, n: int) -> None:
-    """Wait (with a deadline) until the kernel queues ``n`` bytes of events for ``fan``."""
-    import fcntl
-    import termios
-
-    buf = bytearray(4)
-    deadline = asyncio.get_running_loop().time() + CHILD_TIMEOUT
-    while True:
-        fcntl.ioctl(fan.fileno(), termios.FIONREAD, buf)
-        if int.from_bytes(buf, "little") >= n:
-            return
-        assert asyncio.get_running_loop().time() < deadline, "the events never queued"
-        await asyncio.sleep(0.01)
-
-
 @pytest.mark.parametrize("ok", [0, 1], ids=["nothing-built", "one-built"])
 async def test_general_reader_failure_closes_every_fd_of_the_read(
     tmpfs: Path, make_group: Callable[..., Fanotify], monkeypatch: pytest.MonkeyPatch,
@@ -253,7 +238,7 @@ async def test_general_reader_failure_closes_every_fd_of_the_read(
     assert (await child("open", watched, timeout=CHILD_TIMEOUT)).errno == 0
     opening = asyncio.ensure_future(child("open", guarded, timeout=CHILD_TIMEOUT))
     try:
-        await _queued_bytes_at_least(fan, 2 * 24)  # both events, before any read
+        await queued_at_least(fan, 2 * 24, timeout=CHILD_TIMEOUT)  # both events, before any read
         fake = FailingBuild(_permloop._BUILD, ok)
         monkeypatch.setattr(_permloop, "_BUILD", fake)
         monkeypatch.setattr(_fastparse, "_BUILD", fake)
@@ -289,7 +274,7 @@ async def test_general_reader_failure_in_a_notification_group_closes_its_fds(
             fan.mark(target, Event.CLOSE_NOWRITE)
             for _ in range(3):
                 assert (await child("open", target, timeout=CHILD_TIMEOUT)).errno == 0
-            await _queued_bytes_at_least(fan, 3 * 24)
+            await queued_at_least(fan, 3 * 24, timeout=CHILD_TIMEOUT)
             fake = FailingBuild(_permloop._BUILD, 1)
             monkeypatch.setattr(_fastparse, "_BUILD", fake)
             with pytest.raises(MemoryError):
