@@ -93,7 +93,9 @@ def _grow_fd_table(fd: int, read_size: int) -> None:
     the table in one step before the thread starts; it never shrinks.
     """
     soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    top = min(read_size // _MIN_PIDFD_EVENT + 64, soft - 1)
+    top = read_size // _MIN_PIDFD_EVENT + 64
+    if soft != resource.RLIM_INFINITY:  # (-1: min() would give no table at all)
+        top = min(top, soft - 1)
     try:
         high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, top)
     except OSError:
