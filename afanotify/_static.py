@@ -108,15 +108,16 @@ class StaticRule:
 
 
 def process_uid(pid: int) -> int | None:
-    """The effective uid of ``pid`` (the second ``Uid:`` field of /proc/PID/status)."""
+    """The effective uid of ``pid``: the owner of its /proc/PID directory.
+
+    The kernel gives that directory the task's euid even when the process is
+    not dumpable (its other files then belong to root), so it is the second
+    ``Uid:`` field of /proc/PID/status, for one stat instead of that file.
+    """
     try:
-        with open(f"/proc/{pid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"Uid:"):
-                    return int(line.split()[2])
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
+        return os.stat(f"/proc/{pid}").st_uid if pid > 0 else None
+    except OSError:
+        return None
 
 
 class Decision(NamedTuple):

@@ -158,6 +158,28 @@ def test_rules_file_first_match_decides(
     )
 
 
+# Prints whether this process is dumpable (prctl PR_GET_DUMPABLE), then opens.
+DUMPABLE_OPENER = (
+    "import ctypes; print('dumpable', ctypes.CDLL(None).prctl(3, 0, 0, 0, 0))\n" + OPENER
+)
+
+
+def test_uid_rules_see_the_effective_uid_of_a_process_that_is_not_dumpable(
+    tmpfs: Path, tmp_path: Path, start_guard: StartGuard
+) -> None:
+    # Real uid 0, effective 65534: the kernel makes such a process not
+    # dumpable, and then gives most of its /proc files to root.  The rule
+    # must still see 65534 (the Uid: line's second field).
+    _, txt = files(tmpfs)
+    rules = write_rules(tmp_path, "deny uid=65534\n")
+    start_guard("--rules", str(rules), "--default", "allow", str(tmpfs))
+    opener = (nobody_python(), "-c", DUMPABLE_OPENER)
+    out = try_open(txt, prefix=["setpriv", "--euid=65534"], exe=opener).splitlines()
+    assert out == ["dumpable 0", "denied 1"], out
+    assert try_open(txt, exe=(sys.executable, "-c", DUMPABLE_OPENER)).splitlines() == [
+        "dumpable 1", "ok public"]
+
+
 def test_event_rules_mark_what_they_name(
     tmpfs: Path, tmp_path: Path, start_guard: StartGuard
 ) -> None:

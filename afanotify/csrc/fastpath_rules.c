@@ -15,7 +15,7 @@
  * What the rules look at is read lazily, once per event and only if a rule
  * asks: the file's path (readlink of /proc/self/fd/N, " (deleted)" removed),
  * the process's executable (readlink of /proc/PID/exe) and its effective uid
- * (the second Uid: field of /proc/PID/status).  A value that cannot be read
+ * (the owner of /proc/PID, as in the Uid: line of /proc/PID/status).  A value that cannot be read
  * matches no rule that needs it, as for afanotify.FanoRule.
  *
  * The response is written before anything is recorded, except the
@@ -27,20 +27,8 @@
  */
 #include <poll.h>
 #include <stdio.h>
-#include <sys/ioctl.h>
-#include <sys/syscall.h>
+#include <sys/stat.h>
 #include <time.h>
-
-/* PIDFD_GET_INFO (Linux 6.13): a process's credentials in one ioctl, newer
- * than the build headers.  The layout is the uapi's first version (64 bytes). */
-struct afr_pidfd_info {
-    uint64_t mask;
-    uint64_t cgroupid;
-    uint32_t pid, tgid, ppid, ruid, rgid, euid, egid, suid, sgid, fsuid, fsgid;
-    uint32_t spare0;
-};
-#define AFR_PIDFD_INFO_CREDS 2u
-#define AFR_PIDFD_GET_INFO _IOWR(0xFF, 11, struct afr_pidfd_info)
 
 #define AFR_DELETED " (deleted)"
 #define AFR_DELETED_LEN 10
@@ -154,47 +142,22 @@ static const char *afr_exe(struct afr_facts *f)
     return f->exe_len >= 0 ? f->exe : NULL;
 }
 
-/* The effective uid: from a pidfd (PIDFD_GET_INFO, a few syscalls), else the
- * second number of the "Uid:" line of /proc/PID/status (which the kernel
- * formats in full, a dozen microseconds). */
+/* The effective uid: the owner of the /proc/PID directory, one stat(2).
+ * The kernel gives that directory (and only the per-process directories of
+ * mode 0555) the task's euid even when the process is not dumpable, so it is
+ * the second Uid: field of /proc/PID/status without formatting that file
+ * (5-11 us here, against about 1.4 for the stat). */
 static int afr_uid(struct afr_facts *f)
 {
     if (f->uid == AFR_NOT_READ) {
-        char name[40], buf[1024];
-        int sfd;
-        ssize_t n;
+        char name[32];
+        struct stat st;
         f->uid = AFR_UNKNOWN;
         if (f->pid <= 0)
             return f->uid;
-#ifdef SYS_pidfd_open
-        sfd = (int)syscall(SYS_pidfd_open, f->pid, 0);
-        if (sfd >= 0) {
-            struct afr_pidfd_info info;
-            int r;
-            memset(&info, 0, sizeof info);
-            info.mask = AFR_PIDFD_INFO_CREDS;
-            r = ioctl(sfd, AFR_PIDFD_GET_INFO, &info);
-            close(sfd);
-            if (r == 0 && info.pid == (uint32_t)f->pid && info.euid <= INT32_MAX) {
-                f->uid = (int)info.euid;
-                return f->uid;
-            }
-        }
-#endif
-        snprintf(name, sizeof name, "/proc/%d/status", f->pid);
-        sfd = f->pid > 0 ? open(name, O_RDONLY | O_CLOEXEC) : -1;
-        if (sfd >= 0) {
-            n = read(sfd, buf, sizeof buf - 1);
-            close(sfd);
-            if (n > 0) {
-                char *line;
-                unsigned long real, eff;
-                buf[n] = '\0';
-                line = strstr(buf, "\nUid:");
-                if (line && sscanf(line + 5, "%lu %lu", &real, &eff) == 2 && eff <= INT32_MAX)
-                    f->uid = (int)eff;
-            }
-        }
+        snprintf(name, sizeof name, "/proc/%d", f->pid);
+        if (stat(name, &st) == 0 && S_ISDIR(st.st_mode) && st.st_uid <= INT32_MAX)
+            f->uid = (int)st.st_uid;
     }
     return f->uid;
 }
