@@ -9,6 +9,9 @@ each open(2).  The file is watched for FAN_OPEN_PERM by, in turn:
 
 * nobody (the baseline cost of open(2));
 * the same C program in responder mode: read, write FAN_ALLOW, close (the floor);
+* the C responder again, reading for each event the file's path, the
+  process's executable and its uid (what the guard's path+exe+uid rules
+  read) before it allows: the floor for that row, shown in a closing table;
 * afanotify, in this process, in several styles (``async for`` + allow_nowait,
   a plain ``on_permission`` handler on the loop and on the group's thread
   (``thread=True``), an async one);
@@ -104,9 +107,9 @@ async def baseline(exe: Path, target: Path, n: int) -> Result:
     return (*await run_opener(exe, target, n), 0.0)
 
 
-async def c_responder(exe: Path, target: Path, n: int) -> Result:
+async def c_responder(exe: Path, target: Path, n: int, mode: str = "respond") -> Result:
     proc = await asyncio.create_subprocess_exec(
-        str(exe), "respond", str(target), stdout=asyncio.subprocess.PIPE
+        str(exe), mode, str(target), stdout=asyncio.subprocess.PIPE
     )
     try:
         assert proc.stdout is not None
@@ -200,9 +203,15 @@ async def _allow_async(ev: FanotifyData) -> bool:
     return True
 
 
+#: The C responder that also reads what the guard's path+exe+uid rules read.
+FACTS_FLOOR = "C responder, reading path+exe+uid"
+#: Each setup whose work includes reading those facts, and its same-work floor.
+SAME_WORK = {"afanotify guard, path+exe+uid rules (C)": FACTS_FLOOR}
+
 SETUPS: dict[str, Setup] = {
     "baseline (no listener)": baseline,
     "C responder": c_responder,
+    FACTS_FLOOR: lambda exe, target, n: c_responder(exe, target, n, "respond-facts"),
     "afanotify async for + allow_nowait()": afanotify_setup("iter"),
     "afanotify async for, resolve_paths=False": afanotify_setup("iter", resolve_paths=False),
     "afanotify on_permission(sync fn)": afanotify_setup("handler"),
@@ -320,6 +329,15 @@ async def main_async(opens: int, rounds: int, only: list[str] | None = None,
         per = sorted(r[3] / max(c, 1e-9) for r, c in zip(rs, floor_cpu, strict=True))
         print(f"{name:42} {statistics.median(us):7.1f} ({us[0]:.1f}-{us[-1]:.1f})  "
               f"{statistics.median(per):6.2f}x ({per[0]:.2f}-{per[-1]:.2f})")
+    same = [(name, floor_name) for name, floor_name in SAME_WORK.items() if name in results]
+    if same:
+        print()
+        print("p50 ratio to a C responder that reads the same facts, same round")
+        for name, floor_name in same:
+            per = sorted(r[0] / c[0] for r, c in zip(results[name], results[floor_name],
+                                                     strict=True))
+            print(f"{name:42} {statistics.median(per):6.2f}x  ({per[0]:.2f}-{per[-1]:.2f})"
+                  f"  over {floor_name!r}")
     return 0
 
 

@@ -5,6 +5,12 @@
  *                                 event, as fast as C can (the floor); prints
  *                                 "ready" once the mark is in place, exits on
  *                                 SIGTERM.
+ *   perm_responder respond-facts PATH
+ *                                 the same, but reads for each event what the
+ *                                 guard's path+exe+uid rules read first: the
+ *                                 file's path (readlink /proc/self/fd/N), the
+ *                                 process's executable (readlink /proc/PID/exe)
+ *                                 and its effective uid (stat /proc/PID).
  *   perm_responder open PATH N    open(2) PATH N times, timing each open with
  *                                 CLOCK_MONOTONIC; prints "p50 p99 mean" in ns.
  */
@@ -18,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/fanotify.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -25,7 +32,20 @@ static volatile sig_atomic_t stop;
 
 static void on_term(int sig) { (void)sig; stop = 1; }
 
-static int respond(const char *path)
+/* What a rule on path, executable and uid needs, read the cheapest way. */
+static void read_facts(const struct fanotify_event_metadata *m)
+{
+    char link[64], out[4096];
+    struct stat st;
+    snprintf(link, sizeof link, "/proc/self/fd/%d", m->fd);
+    if (readlink(link, out, sizeof out) < 0) perror("readlink fd");
+    snprintf(link, sizeof link, "/proc/%d/exe", m->pid);
+    if (readlink(link, out, sizeof out) < 0) perror("readlink exe");
+    snprintf(link, sizeof link, "/proc/%d", m->pid);
+    if (stat(link, &st) < 0) perror("stat");
+}
+
+static int respond(const char *path, int facts)
 {
     int fan = fanotify_init(FAN_CLOEXEC | FAN_CLASS_CONTENT, O_RDONLY | O_LARGEFILE);
     if (fan < 0) { perror("fanotify_init"); return 1; }
@@ -49,6 +69,7 @@ static int respond(const char *path)
         for (; FAN_EVENT_OK(m, n); m = FAN_EVENT_NEXT(m, n)) {
             if (m->fd < 0) continue;
             if (m->mask & FAN_OPEN_PERM) {
+                if (facts) read_facts(m);
                 struct fanotify_response r = { .fd = m->fd, .response = FAN_ALLOW };
                 if (write(fan, &r, sizeof r) < 0) perror("write");
             }
@@ -96,9 +117,11 @@ static int opener(const char *path, long n)
 int main(int argc, char **argv)
 {
     if (argc == 3 && strcmp(argv[1], "respond") == 0)
-        return respond(argv[2]);
+        return respond(argv[2], 0);
+    if (argc == 3 && strcmp(argv[1], "respond-facts") == 0)
+        return respond(argv[2], 1);
     if (argc == 4 && strcmp(argv[1], "open") == 0)
         return opener(argv[2], atol(argv[3]));
-    fprintf(stderr, "usage: %s respond PATH | open PATH N\n", argv[0]);
+    fprintf(stderr, "usage: %s respond PATH | respond-facts PATH | open PATH N\n", argv[0]);
     return 2;
 }
