@@ -6,17 +6,21 @@ Run as root from the repository root (after ``python build_ffi.py``)::
     python bench/bench_cli.py --fs ext4 --reps 3
     python bench/bench_cli.py --quick         # 50 x 100 files, 2 reps
     python bench/bench_cli.py --rate 1000 --seconds 6   # a steady writer instead
+    python bench/bench_cli.py --tree 30 --dirs 300 --files 1   # directory-heavy
 
 Also run by ``python bench/run.py`` (scenario ``cli``).
 
 The burst, from one Python child: 200 directories x 100 files; each file is
 created and written, then renamed, then deleted; then the directories are
-removed (about 100,000 events).  Each watcher runs alone against its own
-burst on a fresh private mount (tmpfs, or a loop-mounted ext4 image), and
-the watchers take turns within each repetition, so every ratio compares
-runs made seconds apart.  A watcher has caught up when the line for a
-sentinel file written after the burst is in its output; then it is stopped
-with SIGINT and its CPU time and peak RSS come from wait4(2).
+removed (about 100,000 events). ``--tree K`` makes it directory-heavy: each
+directory holds K subdirectories with the files in them, and each directory
+is removed with ``shutil.rmtree`` (the order ``rm -r`` uses). Each watcher
+runs alone against its own burst on a fresh private mount (tmpfs, or a
+loop-mounted ext4 image), and the watchers take turns within each
+repetition, so every ratio compares runs made seconds apart. A watcher has
+caught up when the line for a sentinel file written after the burst is in
+its output; then it is stopped with SIGINT and its CPU time and peak RSS
+come from wait4(2).
 
 Watchers: ``afanotify watch --filesystem --json --output FILE DIR`` (and the
 same without ``--json``), ``fatrace -c -o FILE`` (run in DIR: its mount), and
@@ -51,13 +55,19 @@ ROOT = BENCH.parent
 SENTINEL = "zz-bench-sentinel"
 
 BURST = r"""
-import os, sys, time
+import os, shutil, sys, time
 root, ndirs, nfiles = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 rate = float(sys.argv[5]) if len(sys.argv) > 5 else 0.0
-dirs = [os.path.join(root, f"d{i:03d}") for i in range(ndirs)]
+tree = int(sys.argv[6]) if len(sys.argv) > 6 else 0
+tops = [os.path.join(root, f"d{i:03d}") for i in range(ndirs)]
+# With ``tree``, each top directory holds ``tree`` subdirectories and the
+# files are in those: a directory-heavy load, removed as ``rm -r`` does.
+dirs = [os.path.join(t, f"s{k:02d}") for t in tops for k in range(tree)] if tree else tops
 names = [(f"f{j:03d}", f"g{j:03d}") for j in range(nfiles)]
-for d in dirs:
-    os.mkdir(d)
+for t in tops:
+    os.mkdir(t)
+    for k in range(tree):
+        os.mkdir(os.path.join(t, f"s{k:02d}"))
 if rate:
     # A steady writer: each file created and written, renamed and deleted at
     # once, ``rate`` files a second (never ahead of time; behind it, at once).
@@ -80,11 +90,16 @@ else:
     for d in dirs:
         for f, g in names:
             os.rename(os.path.join(d, f), os.path.join(d, g))
+    if not tree:
+        for d in dirs:
+            for _, g in names:
+                os.unlink(os.path.join(d, g))
+if tree:
+    for t in tops:
+        shutil.rmtree(t)
+else:
     for d in dirs:
-        for _, g in names:
-            os.unlink(os.path.join(d, g))
-for d in dirs:
-    os.rmdir(d)
+        os.rmdir(d)
 with open(os.path.join(root, sys.argv[4]), "w") as f:
     f.write("end")
 """
@@ -274,6 +289,8 @@ touch "$2"
 }
 #: ``--rate``: files a second of a steady writer instead of the burst (0: the burst).
 RATE = 0.0
+#: ``--tree``: subdirectories per directory of the burst, holding its files (0: none).
+TREE = 0
 #: ``--pattern``: which of :data:`NAMING` the naming runs use.
 PATTERN = "tmv"
 
@@ -305,7 +322,7 @@ def run_one(tool: str, fs: str, ndirs: int, nfiles: int,
             t0 = time.monotonic()
             if rounds is None:
                 subprocess.run([sys.executable, "-c", BURST, str(d), str(ndirs), str(nfiles),
-                                SENTINEL, str(RATE)], check=True, cwd="/",
+                                SENTINEL, str(RATE), str(TREE)], check=True, cwd="/",
                                preexec_fn=_pinned(1) if CONTEND else None)
             else:
                 pidlog.write_text("")
@@ -499,7 +516,7 @@ def measure(fs: str, reps: int, ndirs: int, nfiles: int,
             order = tools if rep % 2 == 0 else tuple(reversed(tools))
             for tool in order:
                 runs[tool].append(run_one(tool, fs, ndirs, nfiles))
-    files = ndirs * nfiles
+    files = ndirs * nfiles * (TREE or 1)
     ratios: dict[str, dict[str, float]] = {}
     for tool in [t for t in tools if t != "fatrace"]:
         per = [a["lines_per_cpu_s"] / f["lines_per_cpu_s"]
@@ -562,6 +579,8 @@ def render_naming(res: dict[str, Any]) -> str:
 def render(res: dict[str, Any]) -> str:
     files = res["files"]
     load = f"{RATE:g} files/s" if RATE else "burst"
+    if TREE:
+        load += f" in {TREE} subdirectories per directory, removed with rmtree"
     out = [f"{load} on {res['fs']}: {files:,} files (create+write, rename, delete), "
            f"{res['reps']} reps; median (min-max)"]
     out.append(f"{'tool':15s} {'creates':>22s} {'renames':>22s} {'deletes':>22s} "
@@ -617,6 +636,10 @@ def main(argv: list[str] | None = None) -> int:
                    "with --rate, --seconds S sets --dirs 1 --files RATE x S)")
     p.add_argument("--seconds", type=float, default=0.0,
                    help="with --rate: how long the writer runs")
+    p.add_argument("--tree", type=int, default=0, metavar="K",
+                   help="a directory-heavy burst: each of --dirs directories holds K "
+                   "subdirectories, each with --files files (created and written, renamed); "
+                   "then each directory is removed with shutil.rmtree, as rm -r does")
     p.add_argument("--contend", type=int, default=0, metavar="N",
                    help="a loaded machine: each watcher shares CPU 0 with N busy loops while "
                    "the burst runs on CPU 1")
@@ -632,6 +655,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.quick:
         args.reps, args.dirs = 2, 50
+    if args.tree:
+        global TREE
+        TREE = args.tree
     if args.rate:
         global RATE
         RATE = args.rate
