@@ -390,14 +390,16 @@ class PermissionThread:
         So a close while the read is served (by the handler itself, or from
         the loop) finds them all pending and answers them with the default
         verdict while the group fd is still open; none is left for the
-        kernel to allow when the fd closes.  False if the server was stopped
-        before (under the tracker's lock, as :meth:`stop` sets it): the
-        events are answered (AT_CLOSE) and closed here then.
+        kernel to allow when the fd closes.  False if the group closed while
+        the server was stopping (under the tracker's lock, as :meth:`stop`
+        sets it): the events are answered (AT_CLOSE) and closed here then.
+        A server stopped because its handler was removed or replaced
+        registers them as usual: the caller hands them to the loop.
         """
         perm = self._perm
         deadline = time.monotonic() + perm.timeout
         with perm.lock:
-            if not self._stopping:
+            if not (self._stopping and perm.closed):
                 pending = perm._pending
                 for ev in events:
                     if ev._owns & UNANSWERED:

@@ -187,6 +187,45 @@ async def test_removing_the_handler_gives_reading_back_to_the_loop(
     assert (st.allowed, st.defaulted) == (2, 0)
 
 
+async def test_a_read_in_flight_when_the_handler_is_removed_goes_to_the_loop(
+    tmpfs: Path, make_group: Callable[..., Fanotify], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The thread has read the event but not served it when on_permission(None)
+    # stops it: the group stays open, so the event is the loop's consumer's
+    # to answer, not the default's (DENY here).
+    from afanotify import _permthread
+
+    target = _file(tmpfs, "f")
+    in_batch, go = threading.Event(), threading.Event()
+    real = _permthread.PermissionThread._batch
+
+    def held_batch(self: Any, dec: Any, src: Any, count: int) -> None:
+        in_batch.set()
+        go.wait(20)
+        real(self, dec, src, count)
+
+    monkeypatch.setattr(_permthread.PermissionThread, "_batch", held_batch)
+    fan = make_group(permission_timeout=30, default_response=Response.DENY)
+    fan.mark(target, Event.OPEN_PERM)
+    fan.on_permission(lambda ev: True, thread=True)
+    seen: list[str | None] = []
+
+    async def consume() -> None:
+        async for ev in fan:
+            seen.append(ev.path)
+            ev.allow_nowait()
+
+    async with background(consume()):
+        opener = asyncio.ensure_future(child("open", target))
+        await wait_for(in_batch.is_set, 20)
+        threading.Timer(0.2, go.set).start()  # lets the thread go once it is told to stop
+        fan.on_permission(None)
+        assert (await opener).errno == 0
+    assert seen == [str(target)]
+    st = fan.permission_stats
+    assert (st.allowed, st.defaulted, st.at_close) == (1, 0, 0)
+
+
 async def test_close_with_a_handler_running_answers_its_event(
     tmpfs: Path, make_group: Callable[..., Fanotify]
 ) -> None:
