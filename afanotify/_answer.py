@@ -208,9 +208,7 @@ def answer_unbuilt(
             pidfd = _pidfd(mv, start + meta_len, off)
             if not mask & _PERM:
                 if close_rest:
-                    os.close(fd)
-                    if pidfd >= 0:
-                        os.close(pidfd)
+                    _close_quietly(fd, pidfd)
                 continue
             if fd in perm._pending or group_fd < 0:
                 continue  # owned by the tracker; or the kernel allowed it as the group closed
@@ -220,12 +218,20 @@ def answer_unbuilt(
                 if exc.errno != errno.ENOENT:
                     log.error("could not answer permission event fd=%d: %s", fd, exc)
                 continue
-            os.close(fd)
-            if pidfd >= 0:
-                os.close(pidfd)
+            _close_quietly(fd, pidfd)
             perm.count_unbuilt(response)
             answered += 1
     return answered
+
+
+def _close_quietly(fd: int, pidfd: int) -> None:
+    """Close a read's fd and pidfd (if any) on a failure path, which must not raise."""
+    for n in (fd, pidfd):
+        if n >= 0:
+            try:
+                os.close(n)
+            except OSError as exc:
+                log.error("could not close fd %d of a failed read: %s", n, exc)
 
 
 class BuildFailed(OSError):
@@ -285,14 +291,14 @@ def decode_or_fail(group: Fanotify, view: memoryview, decode: Any) -> list[Fanot
     try:
         events: list[FanotifyData] = decode(pipeline, view, group._reader.loop)
     except BaseException as exc:
-        seen, built, errors = pipeline.take_failed()
+        seen, built, errors, released = pipeline.take_failed()
         for err in errors:
             pipeline.bad_event(err)  # answered and closed, as in a read that succeeds
         # Only the read as the decoder saw it names each fd once (the static
         # rules take out what they answered, closing it); before that, the
         # other fds may have been closed already.
         unbuilt(group._perm, view if seen is None else seen, built, exc,
-                close_rest=seen is not None, released=[err.fd for err in errors])
+                close_rest=seen is not None, released=[*released, *(err.fd for err in errors)])
         if not group._perm_class or not isinstance(exc, Exception):
             raise
         group._fail(BuildFailed(exc))

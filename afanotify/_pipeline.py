@@ -146,6 +146,12 @@ def _fast_decoder(bufsize: int) -> _fastparse.Decoder | None:
     return _fastparse.Decoder(bufsize)
 
 
+#: Pipeline._made: the events made, the errors not yet released, the fds released.
+_Made = tuple[list[FanotifyData], list[ParseError], list[int]]
+#: Pipeline.failed: the read as decoded, then as :data:`_Made`.
+_Failed = tuple[memoryview, list[FanotifyData], list[ParseError], list[int]]
+
+
 class Pipeline:
     """Decode and enrich the batches of one group (see the module docstring).
 
@@ -205,9 +211,11 @@ class Pipeline:
         #: Static permission rules decided in C before decoding (``_static.py``).
         self.static: StaticRules | None = None
         #: What the last decode that raised left (see take_failed).
-        self.failed: tuple[memoryview, list[FanotifyData], list[ParseError]] | None = None
-        #: The events and errors of the read being decoded, once made.
-        self._made: tuple[list[FanotifyData], list[ParseError]] | None = None
+        self.failed: _Failed | None = None
+        #: The events of the read being decoded once made, the errors not yet
+        #: released (none: they are released as soon as they are known), and
+        #: the fds of the malformed events released already.
+        self._made: _Made | None = None
         if self.fast is not None:
             # Our events are frozen and hold no cycles (see Decoder.untrack).
             self.fast.untrack = True
@@ -226,6 +234,8 @@ class Pipeline:
         release.
         """
         self.failed = self._made = None
+        if self.fast is not None:
+            self.fast.partial = _fastparse._NO_PARTIAL  # not a left-over of an earlier read
         if self.static is not None:
             # Answered in C, gone from the buffer: no objects for those.
             view = self.static.apply(self._fd, view)
@@ -234,27 +244,31 @@ class Pipeline:
         try:
             events = self._decode(view, loop)
         except BaseException:
-            made = self._made
+            made: _Made | None = self._made
             if made is None:  # the decoder raised: what it built so far
-                made = self.fast.partial if self.fast is not None else ([], [])
+                built, errors = self.fast.partial if self.fast is not None else ([], [])
+                made = (built, errors, [])
             self._made = None
-            self.failed = (view, list(made[0]), list(made[1]))
+            self.failed = (view, list(made[0]), list(made[1]), list(made[2]))
             raise
         self._made = None
         return events
 
-    def take_failed(self) -> tuple[memoryview | None, list[FanotifyData], list[ParseError]]:
-        """What the last :meth:`decode` that raised left, once: ``(view, built, errors)``.
+    def take_failed(
+        self,
+    ) -> tuple[memoryview | None, list[FanotifyData], list[ParseError], list[int]]:
+        """What the last :meth:`decode` that raised left, once: ``(view, built, errors, released)``.
 
         ``view`` is the read as the decoder saw it (after the static rules
         answered theirs and took them out: the part past it holds stale
         copies), or None if decode never got that far; ``built`` the events
         it made (handed to nobody), ``errors`` the malformed events it found
-        (not yet released).
+        (not yet released), ``released`` the fds of malformed events it
+        released already (their fds and pidfds closed: not to be closed again).
         """
         failed, self.failed = self.failed, None
         if failed is None:
-            return None, [], []
+            return None, [], [], []
         return failed
 
     def _decode(self, view: memoryview, loop: LoopLike | None) -> list[FanotifyData]:
@@ -304,7 +318,7 @@ class Pipeline:
             resolved_upto = 0
         for err in errors:
             self.bad_event(err)
-        self._made = (events, [])
+        self._made = (events, [], [err.fd for err in errors if err.fd >= 0])
         c.events_read += len(events)
         if fid_paths:
             complete = fast is not None and fast.resolved_count == resolved_upto > 0

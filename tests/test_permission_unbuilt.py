@@ -352,3 +352,42 @@ async def test_a_read_that_fails_to_build_closes_its_events_pidfds(
     assert failing_build.failed == 1
     assert fan.permission_stats.build_failed == len(files)
     assert _pidfds() - before == 0, "pidfds of the read left open"
+
+
+def test_a_late_failure_does_not_close_a_malformed_events_fd_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A read of one malformed event (an info record 2 bytes long) and one good
+    # event, in a notification group; decoding fails after the malformed one
+    # was released (fd closed).  The failure path closes the good event's fd
+    # and leaves the malformed one's alone: closed twice, its number might
+    # name another file by then (and the second close raised EBADF, hiding
+    # the error).
+    import struct
+
+    from afanotify import _answer
+
+    bad_fd = os.open("/dev/null", os.O_RDONLY)
+    good_fd = os.open("/dev/null", os.O_RDONLY)
+    meta = struct.Struct("=IBBHQii")
+    bad = meta.pack(24 + 4, 3, 0, 24, int(Event.OPEN), bad_fd, 1) + struct.pack("=BBH", 1, 0, 2)
+    good = meta.pack(24, 3, 0, 24, int(Event.OPEN), good_fd, 1)
+    closed: list[int] = []
+    real_close = os.close
+
+    def counting_close(fd: int) -> None:
+        closed.append(fd)
+        real_close(fd)
+
+    with Fanotify() as fan:
+
+        def late_failure() -> None:
+            raise RuntimeError("a late failure")
+
+        monkeypatch.setattr(fan._pipeline.fdguard, "recovered", late_failure)
+        monkeypatch.setattr(os, "close", counting_close)
+        with pytest.raises(RuntimeError, match="a late failure"):
+            _answer.decode_or_fail(fan, memoryview(bytearray(bad + good)),
+                                   lambda pl, view, loop: pl.decode(view, loop))
+        monkeypatch.undo()
+    assert sorted(closed) == sorted([bad_fd, good_fd])
