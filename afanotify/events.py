@@ -441,9 +441,11 @@ class IterPathEvent(LazyPathEvent):
     for`` moves past it while something besides the loop variable holds it
     (a list, another name).  Only an event nobody can reach afterwards is
     closed without reading its path: what lazy then means for ``async for``
-    is the path *when first asked* (or when the loop moved on), and one
-    case of None: the loop variable itself, read after the iteration ended
-    with an error, if its path was never asked.
+    is the path *when first asked* (or when the loop moved on), and two
+    cases of None for a path never asked: the loop variable itself, read
+    after the iteration ended with an error; and an event that one name
+    holds when the iterator is stepped by hand (``anext(it)`` again), which
+    looks the same as the loop variable.
     """
 
     __slots__ = ()
