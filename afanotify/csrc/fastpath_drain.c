@@ -267,18 +267,19 @@ static int afd_alive(struct afd_drain *d, int32_t pidfd, int32_t pid, uint64_t s
     return !d->pidfd_reported;  /* no pidfd: gone at the read; no pidfds: unchecked */
 }
 
-/* Whether the i-th pid of a read stands for a second process too: its last
- * event's pidfd is another than its first event's, and alive.  The kernel
- * makes each pidfd at the read, of the event's own process, so when the
- * first event's process is reaped (the case the exit log names) a live one
- * later in the read is the pid's next holder: one name from the log would
- * be the writer's for the holder's events too.  The case of a process
- * reaped during the read itself (pidfds, then none) is not one. */
+/* Whether the i-th pid of a read stands for a second process too.  Each
+ * event holds its own process (a struct pid, not a number), and the kernel
+ * makes each pidfd at the read: FAN_NOPIDFD exactly for a process reaped by
+ * then.  So when the first event's process was reaped before the read (the
+ * case the exit log names) and a later event of the same pid number got a
+ * pidfd, or an error making one (FAN_EPIDFD), that event is the number's
+ * next holder's, whether or not it is still alive now: one name from the log
+ * would be the reaped writer's for the holder's events too.  A first event
+ * with a pidfd means the number was not free before the read: every event of
+ * it in the read is that one process's. */
 static int afd_reused(const int32_t *pidfds, uint32_t i)
 {
-    int32_t last = pidfds[AFD_MAX_PIDS + i];
-    return last >= 0 && last != pidfds[i]
-           && (syscall(SYS_pidfd_send_signal, last, 0, NULL, 0) == 0 || errno == EPERM);
+    return pidfds[i] == FAN_NOPIDFD && pidfds[AFD_MAX_PIDS + i] != FAN_NOPIDFD;
 }
 
 /* Whether the exit log may name the process of a pid not named from /proc:
