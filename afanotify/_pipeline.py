@@ -150,6 +150,8 @@ def _fast_decoder(bufsize: int) -> _fastparse.Decoder | None:
 _Made = tuple[list[FanotifyData], list[ParseError], list[int]]
 #: Pipeline.failed: the read as decoded, then as :data:`_Made`.
 _Failed = tuple[memoryview, list[FanotifyData], list[ParseError], list[int]]
+#: Pipeline.take_failed: as :data:`_Failed`, the view None if decode never got to it.
+_Taken = tuple[memoryview | None, list[FanotifyData], list[ParseError], list[int]]
 
 
 class Pipeline:
@@ -212,10 +214,7 @@ class Pipeline:
         self.static: StaticRules | None = None
         #: What the last decode that raised left (see take_failed).
         self.failed: _Failed | None = None
-        #: The events of the read being decoded once made, the errors not yet
-        #: released (none: they are released as soon as they are known), and
-        #: the fds of the malformed events released already.
-        self._made: _Made | None = None
+        self._made: _Made | None = None  # the read being decoded, once made
         if self.fast is not None:
             # Our events are frozen and hold no cycles (see Decoder.untrack).
             self.fast.untrack = True
@@ -246,17 +245,14 @@ class Pipeline:
         except BaseException:
             made: _Made | None = self._made
             if made is None:  # the decoder raised: what it built so far
-                built, errors = self.fast.partial if self.fast is not None else ([], [])
-                made = (built, errors, [])
+                made = (*(self.fast.partial if self.fast is not None else ([], [])), [])
             self._made = None
             self.failed = (view, list(made[0]), list(made[1]), list(made[2]))
             raise
         self._made = None
         return events
 
-    def take_failed(
-        self,
-    ) -> tuple[memoryview | None, list[FanotifyData], list[ParseError], list[int]]:
+    def take_failed(self) -> _Taken:
         """What the last :meth:`decode` that raised left, once: ``(view, built, errors, released)``.
 
         ``view`` is the read as the decoder saw it (after the static rules
