@@ -18,7 +18,6 @@ the reads, and so the batches, are the ones the loop would make itself.
 
 from __future__ import annotations
 
-import asyncio
 from collections import deque
 from collections.abc import AsyncIterator
 from types import TracebackType
@@ -29,6 +28,8 @@ from .exceptions import ClosedResourceError
 from .flags import InitFlag
 
 if TYPE_CHECKING:
+    import asyncio
+
     from .group import Fanotify
 
 __all__ = ["BatchSink", "Batches", "batches"]
@@ -121,6 +122,8 @@ class Batches(AsyncIterator[list[FanotifyData]]):
                 raise StopAsyncIteration
             if g._error is not None:
                 raise ClosedResourceError(f"the group failed: {g._error}") from g._error
+            import asyncio
+
             fut = sink.waiter = asyncio.get_running_loop().create_future()
             try:
                 await fut

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import signal
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import asyncio
 
 
 def _check_paths(parser: argparse.ArgumentParser, paths: Sequence[str]) -> None:
@@ -30,6 +32,8 @@ async def _run_until_stopped(
     ``announce()`` runs once the signal handlers are in place, so a signal
     sent after the announcement always gets a clean stop.
     """
+    import asyncio  # here: ``watch`` imports this module and runs no asyncio loop
+
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     caught: list[str] = []

@@ -14,7 +14,6 @@ a terminal is written with plain blocking writes.
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import os
 import select
@@ -22,6 +21,8 @@ import stat
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
+from typing import Protocol
 
 #: How many bytes of lines the sink gathers before it writes them.
 WRITE_AT = 1 << 20
@@ -29,6 +30,14 @@ WRITE_AT = 1 << 20
 PENDING_MAX = 64 << 20
 #: How long the last lines may wait for a slow reader at exit.
 CLOSE_WAIT_S = 5.0
+
+
+class WriterLoop(Protocol):
+    """What the sink uses of a loop: an asyncio loop, or ``watch``'s own (_cli_loop.py)."""
+
+    def add_writer(self, fd: int, callback: Callable[[], object]) -> None: ...
+
+    def remove_writer(self, fd: int) -> bool: ...
 
 
 class Sink:
@@ -65,7 +74,7 @@ class Sink:
         self._pending: deque[tuple[memoryview, int, list[int]]] = deque()
         self._pending_bytes = 0
         self._pending_max = pending_max
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop: WriterLoop | None = None
         self._writer = False
         self._fd = self._open() if path is not None else sys.stdout.fileno()
         self._restore_blocking = False
@@ -89,7 +98,7 @@ class Sink:
         """Bytes waiting for a slow reader."""
         return self._pending_bytes
 
-    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+    def attach(self, loop: WriterLoop) -> None:
         """Write what waits whenever the output can take more, from ``loop``."""
         self._loop = loop
 

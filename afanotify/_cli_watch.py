@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import errno
 import fcntl
 import gc
@@ -16,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from . import _ffi
+from ._cli_loop import Handle, WatchLoop, run_watch
 from ._cli_output import (
     _OVERFLOW,
     DEFAULT_TIME_FORMAT,
@@ -24,7 +24,7 @@ from ._cli_output import (
     _action_names,
     _err,
 )
-from ._cli_run import _check_paths, _run_until_stopped
+from ._cli_run import _check_paths
 from ._cli_sink import PENDING_MAX
 from ._cli_sink import Sink as _Sink
 from ._drain import DEFAULT_LIMIT, Drain, PolledReader
@@ -300,41 +300,51 @@ class _Watch:
         self.owning = not isinstance(self.source, Drain)
         self.stopped = False
         self.interval: float | None = getattr(args, "stats_interval", None)
-        self._timer: asyncio.TimerHandle | None = None
-        self.done: asyncio.Future[None] | None = None
+        self._timer: Handle | None = None
+        #: Set once the watch ended by itself (``--count``, a closed output, a failure).
+        self.done = False
+        #: What it failed with, raised by :meth:`finish`.
+        self.failure: BaseException | None = None
         #: The next round of :meth:`_take` when one is due (see :data:`PACE_S`).
-        self._due: asyncio.TimerHandle | None = None
+        self._due: Handle | None = None
         self._last_round = float("-inf")
+        self._loop: WatchLoop  # set by start()
 
-    async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        self.done = loop.create_future()
+    def start(self, loop: WatchLoop) -> None:
+        """Start reading, on ``loop``; :meth:`finish` ends it (after ``loop.run()``)."""
         self._loop = loop
         source = self.source
-        fd = source.fileno()
         self.sink.attach(loop)
         if isinstance(source, Drain):
             source.start()
-        loop.add_reader(fd, self._on_readable)
+        loop.add_reader(source.fileno(), self._on_readable)
         loop.add_signal_handler(signal.SIGHUP, self._reopen)
-        timer = None
         if self.interval:
-            timer = loop.call_later(self.interval, self._tick, loop)
-        self._timer = timer
-        try:
-            self._on_readable()  # what queued before the loop started
-            await self.done
-        finally:
-            loop.remove_reader(fd)
-            loop.remove_signal_handler(signal.SIGHUP)
-            if self._timer is not None:
-                self._timer.cancel()
-            if self._due is not None:
-                self._due.cancel()
-            if isinstance(source, Drain):
-                self._finish_drain(source)
-            self.sink.detach()
-            self.sink.flush()
+            self._timer = loop.call_later(self.interval, self._tick, loop)
+
+    def read_queued(self) -> None:
+        """Take what queued before the loop started (once :meth:`start` returned)."""
+        self._on_readable()
+
+    def finish(self) -> None:
+        """Stop reading; write what was read.
+
+        :raises Exception: what the watch failed with, if it did
+        """
+        loop = self._loop
+        source = self.source
+        loop.remove_reader(source.fileno())
+        loop.remove_signal_handler(signal.SIGHUP)
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._due is not None:
+            self._due.cancel()
+        if isinstance(source, Drain):
+            self._finish_drain(source)
+        self.sink.detach()
+        self.sink.flush()
+        if self.failure is not None:
+            raise self.failure
 
     def _finish_drain(self, drain: Drain) -> None:
         """Stop the thread; write what it read, unless the command was told to stop.
@@ -372,19 +382,18 @@ class _Watch:
             _err(f"watch: cannot reopen {self.sink.path!r}: {exc.strerror}; "
                  "still writing to the file it had open")
 
-    def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _tick(self, loop: WatchLoop) -> None:
         _err(_progress(self.counts, self.sink, self.fan))
         if self.interval:
             self._timer = loop.call_later(self.interval, self._tick, loop)
 
     def _stop(self, exc: BaseException | None = None) -> None:
         self.stopped = True
-        done = self.done
-        if done is not None and not done.done():
-            if exc is None:
-                done.set_result(None)
-            else:
-                done.set_exception(exc)
+        if self.done:
+            return
+        self.done = True
+        self.failure = exc
+        self._loop.stop()
 
     def _on_readable(self) -> None:
         source = self.source
@@ -639,18 +648,13 @@ def _cmd_watch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         fan, desc, wanted = _setup_watch(args, parser, known)
         watch = _Watch(fan, args, sink, counts, rule, known, wanted)
 
-        async def run() -> str:
-            return await _run_until_stopped(
-                watch.run, args.timeout,
-                lambda: _err(f"watching {len(args.paths)} path(s): {desc}"),
-            )
-
         # What was made so far (modules, classes, the group) lives until
         # exit: frozen, the collections the event loop still triggers
         # between rounds walk none of it (about 4% of the CPU at a steady
         # 1,000 files a second; see _Watch._take for the rounds themselves).
         gc.freeze()
-        asyncio.run(run())
+        run_watch(watch, args.timeout,
+                   lambda: _err(f"watching {len(args.paths)} path(s): {desc}"))
     finally:
         try:
             sink.finish()

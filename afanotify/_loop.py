@@ -16,7 +16,6 @@ first read, a client's first ``get()``), never per event.
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
@@ -69,6 +68,10 @@ def running_loop() -> LoopLike:
 
     :raises RuntimeError: if neither runs here
     """
+    # asyncio is imported here, not with the module: a group read without a
+    # loop (``afanotify watch``, read_batch()) never needs it.
+    import asyncio
+
     try:
         return asyncio.get_running_loop()
     except RuntimeError:

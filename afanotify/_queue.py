@@ -8,13 +8,15 @@ anywhere else (trio).
 
 from __future__ import annotations
 
-import asyncio
 from collections import deque
 from collections.abc import Callable
-from typing import Literal, NamedTuple, Union
+from typing import TYPE_CHECKING, Literal, NamedTuple, Union
 
 from .events import FanotifyData
 from .exceptions import ClosedResourceError, WouldBlock
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = ["OverflowPolicy", "QueueStatistics", "EventQueue", "POLICIES"]
 
@@ -205,6 +207,8 @@ class EventQueue:
         while True:
             if self._items or self._closed:
                 return self.get_nowait()
+            import asyncio
+
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:

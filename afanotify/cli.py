@@ -14,13 +14,11 @@ itself; ``watch`` lives in :mod:`afanotify._cli_watch`, ``guard`` in
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
-from ._cli_guard import GuardPolicy as GuardPolicy
-from ._cli_guard import _cmd_guard
 from ._cli_output import ECS_VERSION as ECS_VERSION
 from ._cli_output import FORMAT_FIELDS, Template, _err
 from ._cli_output import PROG as PROG
@@ -32,11 +30,23 @@ from ._cli_watch import FID_ONLY as FID_ONLY
 from ._cli_watch import WATCH_EVENTS as WATCH_EVENTS
 from ._cli_watch import MarkedPaths as MarkedPaths
 from ._cli_watch import _cmd_watch
-from ._features import features
 from ._patterns import PatternError, check_pattern
 from .exceptions import AfanotifyError
 
+if TYPE_CHECKING:
+    from ._cli_guard import GuardPolicy as GuardPolicy
+
 __all__ = ["main"]
+
+
+def __getattr__(name: str) -> Any:
+    # ``guard`` is imported when it runs (or its policy is asked for): ``watch``
+    # and ``features`` do not pay for its modules.
+    if name == "GuardPolicy":
+        from ._cli_guard import GuardPolicy
+
+        return GuardPolicy
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 _NEEDS_CAP = (
     "needs CAP_SYS_ADMIN, which this process lacks: run it as root (or grant the "
@@ -364,6 +374,12 @@ def _build() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser
     return parser, {"watch": w, "features": f, "guard": g}
 
 
+def _guard(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from ._cli_guard import _cmd_guard
+
+    return _cmd_guard(args, parser)
+
+
 class _Terminated(Exception):
     """SIGTERM arrived outside the event loop (while setting up or closing)."""
 
@@ -376,6 +392,10 @@ def _on_sigterm(signum: int, frame: object) -> None:
 
 
 def _cmd_features(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import json
+
+    from ._features import features
+
     feats = features()
     sink = _Sink(None)
     if args.json:
@@ -418,7 +438,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands: dict[str, Callable[[argparse.Namespace, argparse.ArgumentParser], int]] = {
         "watch": _cmd_watch,
         "features": _cmd_features,
-        "guard": _cmd_guard,
+        "guard": _guard,
     }
     # Until the event loop takes over, SIGTERM unwinds like an exception, so
     # the group is still closed and the summary written.

@@ -24,14 +24,14 @@ the loop's thread, and a lock serialises answering between the two.
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import logging
 import sys
 import threading
 import time
-from collections.abc import Awaitable
-from typing import Any, NamedTuple
+from collections.abc import Awaitable, Callable
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import _ffi
 from ._answer import BUILD_FAILED as BUILD_FAILED
@@ -49,6 +49,9 @@ from ._verdict import to_verdict as to_verdict
 from .events import UNANSWERED, FanotifyData, LazyPathEvent
 from .exceptions import AlreadyAnsweredError, ClosedResourceError, InheritedGroupError
 from .flags import PERM_EVENTS, Response
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = [
     "AuditRule",
@@ -248,7 +251,7 @@ class PermissionTracker:
                 # getpid() of get_running_loop()'s fork check (Python 3.11).
                 task: Any = _current_task_of(loop)  # type: ignore[arg-type]
             else:
-                task = asyncio.current_task()
+                task = _asyncio().current_task()
         except RuntimeError:
             # trio: the task is watched through the loop adapter's exit hook.
             current = getattr(self._loop, "current_task", None)
@@ -329,10 +332,10 @@ class PermissionTracker:
             if task.done():
                 return
             loop = self._loop
-            if asyncio._get_running_loop() is loop:
+            if _asyncio()._get_running_loop() is loop:
                 if task is not _current_task():
                     task.cancel()
-            elif isinstance(loop, asyncio.AbstractEventLoop):
+            elif isinstance(loop, _asyncio().AbstractEventLoop):
                 if not loop.is_closed():
                     loop.call_soon_threadsafe(task.cancel)  # from the watchdog
             else:
@@ -603,6 +606,7 @@ def dispatch_result(perm: PermissionTracker, ev: FanotifyData, result: object) -
             ev._read_path()
         task: TaskLike
         loop = perm._loop
+        asyncio = _asyncio()  # imported already: the handler's loop runs
         if loop is not None and not isinstance(loop, asyncio.AbstractEventLoop):
             # trio: a system task, started on the next scheduling round
             coro = result if inspect.iscoroutine(result) else _awaited(result)
@@ -623,11 +627,34 @@ def dispatch_result(perm: PermissionTracker, ev: FanotifyData, result: object) -
 
 
 _get_ident = threading.get_ident
+
+
+def _asyncio() -> ModuleType:
+    """asyncio, imported at its first use: ``afanotify watch`` runs no asyncio loop."""
+    import asyncio
+
+    return asyncio
+
+
+def _first_current_task_of(loop: asyncio.AbstractEventLoop) -> asyncio.Task[Any] | None:
+    global _current_task_of
+    import asyncio
+
+    _current_task_of = asyncio.current_task
+    return asyncio.current_task(loop)
+
+
 #: asyncio.current_task with its loop given: a dict lookup, no running-loop check.
-_current_task_of = asyncio.current_task
+#: asyncio's own from the first call on: the module imports asyncio only once a
+#: loop needs it (``afanotify watch`` runs none).
+_current_task_of: Callable[[asyncio.AbstractEventLoop], asyncio.Task[Any] | None] = (
+    _first_current_task_of
+)
 
 
 def _current_task() -> asyncio.Task[Any] | None:
+    import asyncio
+
     try:
         return asyncio.current_task()
     except RuntimeError:

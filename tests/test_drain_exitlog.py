@@ -170,6 +170,46 @@ def test_a_settle_out_of_range_is_refused(tmpfs: Path, settle: float) -> None:
             _drain.Drain(fan, settle=settle)
 
 
+@pytest.mark.parametrize("slow", [-0.001, 0.6, float("nan")])
+def test_a_slow_settle_out_of_range_is_refused(tmpfs: Path, slow: float) -> None:
+    with Fanotify(FLAGS) as fan:
+        with pytest.raises(ValueError, match=r"slow_settle must be 0 to 0\.5 seconds"):
+            _drain.Drain(fan, slow_settle=slow)
+
+
+def _slow_writer_reads(tmpfs: Path, slow: float) -> tuple[int, int]:
+    """Reads and events of a drain while 60 files are made 10 ms apart."""
+    (tmpfs / str(slow)).mkdir()  # new names each time: CREATE events
+    with Fanotify(FLAGS) as fan:
+        fan.mark(str(tmpfs), Event.CREATE, "filesystem")
+        drain = _drain.Drain(fan, settle=0.005, slow_settle=slow)
+        drain.start()
+        try:
+            # (from a child: the drain leaves out this process's own events)
+            subprocess.run(["sh", "-c", "for i in $(seq 60); do : > f$i; sleep 0.01; done"],
+                           cwd=tmpfs / str(slow), check=True, timeout=20)
+            deadline = time.monotonic() + 20
+            while drain.stats.events_read < 60:
+                assert time.monotonic() < deadline, drain.stats
+                time.sleep(0.01)
+            return drain.stats.reads, drain.stats.events_read
+        finally:
+            drain.stop()
+            drain.close()
+
+
+def test_a_slow_writer_is_read_in_fewer_reads(tmpfs: Path) -> None:
+    # A file every 10 ms: read after a 5 ms settle, nearly a read per file;
+    # after a 200 ms one (a few events a read: slow), a read or two per 200 ms.
+    if not _drain.exit_log_available():
+        pytest.skip("the settle applies with the exit log only (CAP_NET_ADMIN)")
+    reads, events = _slow_writer_reads(tmpfs, 0.2)
+    assert events == 60
+    fast_reads, fast_events = _slow_writer_reads(tmpfs, 0.0)  # 0: settle alone
+    assert fast_events == 60
+    assert reads * 3 <= fast_reads, (reads, fast_reads)
+
+
 def _zombie(argv: list[str], cwd: Path) -> subprocess.Popen[bytes]:
     """Run argv to its end but do not reap it (its /proc entry stays)."""
     p = subprocess.Popen(argv, cwd=cwd)

@@ -37,7 +37,8 @@
  * a short-lived process is named is how soon the thread reads after it is
  * woken (see afd_hint).  With it, the thread waits settle_ns after a read
  * that emptied the queue before it polls again, so that a busy writer's
- * events are read many at a time.
+ * events are read many at a time, and slow_settle_ns instead while the
+ * events come slowly (afd_settle_for).
  */
 #include <poll.h>
 #include <pthread.h>
@@ -109,8 +110,12 @@ struct afd_drain {
     uint32_t read_size;
     uint32_t chunk_size;
     uint32_t settle_ns;  /* the wait after a read that emptied the queue (exit log on) */
+    uint32_t slow_settle_ns;  /* the wait instead while events come slowly (afd_settle_for) */
     uint64_t limit;
     uint32_t last_read;  /* bytes of the last read that got any */
+    uint32_t last_events;    /* its events */
+    uint64_t last_read_ns;   /* when it was made (CLOCK_MONOTONIC; exit log on) */
+    uint64_t prev_read_ns;   /* and the one before it (0: none) */
     pthread_mutex_t lock;
     struct afd_chunk *head;
     struct afd_chunk *tail;
@@ -598,6 +603,8 @@ static int afd_read_one(struct afd_drain *d, int32_t *pids, int32_t *pidfds,
         return 0;
     }
     d->last_read = (uint32_t)n;
+    d->prev_read_ns = d->last_read_ns;
+    d->last_read_ns = now;
     if ((uint32_t)n + AFD_EVENT_MAX <= d->read_size) {  /* it emptied the queue */
         d->exit_mark = mark;
         d->exit_mark_ns = now;
@@ -606,6 +613,7 @@ static int afd_read_one(struct afd_drain *d, int32_t *pids, int32_t *pidfds,
     uint32_t npids = 0, nfds = 0;
     uint32_t nev = afd_walk(d->scratch, (uint32_t)n, pids, pidfds, &npids, d->own_pid,
                             fds, &nfds);
+    d->last_events = nev;
     /* Counted off even for a read dropped below. */
     int early = d->exits != NULL && d->exit_early > 0;
     if (early)
@@ -711,6 +719,35 @@ static int afd_read_one(struct afd_drain *d, int32_t *pids, int32_t *pidfds,
     if (was_empty)
         afd_wake(d->wake_fd);
     return 1;
+}
+
+/* At most this many events are expected to queue during slow_settle_ns. */
+#define AFD_SLOW_EVENTS 256
+
+/* The wait after a read that emptied the queue.
+ *
+ * Each read costs about the same whatever it brings (the wakeups, the read,
+ * /proc for its processes, the exit log): at 300 files a second a 10 ms
+ * settle made ~100 reads a second of a few files each, and the thread's CPU
+ * was mostly that.  So while the events come slowly the thread waits
+ * slow_settle_ns instead: when the last read's events, at the rate they came
+ * since the read before it, would fill fewer than AFD_SLOW_EVENTS in that
+ * wait.  A busy writer (or a burst, whose reads come back full and so wait
+ * not at all) keeps settle_ns, and the kernel's queue (16384 events unless
+ * unlimited) never gets near full in the longer wait: a burst that starts
+ * in one queues what it writes in slow_settle_ns.  The first read after a
+ * quiet spell is made at once, as before (it is the poll's). */
+static uint64_t afd_settle_for(const struct afd_drain *d)
+{
+    uint64_t slow = d->slow_settle_ns;
+    if (slow <= d->settle_ns)
+        return d->settle_ns;
+    if (d->prev_read_ns == 0)
+        return slow;
+    uint64_t gap = d->last_read_ns - d->prev_read_ns;
+    if ((uint64_t)d->last_events * slow <= (uint64_t)AFD_SLOW_EVENTS * gap)
+        return slow;
+    return d->settle_ns;
 }
 
 /* sched_setattr(2)'s argument, as far as SCHED_ATTR_SIZE_VER0. */
@@ -838,7 +875,7 @@ int afd_run(struct afd_drain *d)
             if (d->last_read + AFD_EVENT_MAX <= d->read_size) {
                 if (d->exits != NULL && d->settle_ns > 0) {
                     struct pollfd s = {d->stop_fd, POLLIN, 0};
-                    struct timespec t = {0, (long)d->settle_ns};
+                    struct timespec t = {0, (long)afd_settle_for(d)};
                     if (ppoll(&s, 1, &t, NULL) > 0)
                         goto out;
                 }
