@@ -476,12 +476,7 @@ class DirMap:
         if dfid is None or not name:
             return None
         k = self._child.get((dfid, name))
-        if k is None and self._flat_at:
-            # A root of a flat batch (see _fresh) is no child of its parent.
-            d = self.path(dfid)
-            if d is not None:
-                k = self._flat_at.pop(join(d, name), None)
-        return k
+        return k if k is not None or not self._flat_at else _flat_entry(self, dfid, name)
 
     def _moved(self, k: FileHandle | None, dfid: FileHandle | None, name: str | None) -> None:
         """A directory left ``dfid/name``: every computed path may change."""
@@ -642,6 +637,21 @@ def fs_top(path: str | bytes, dont_follow: bool) -> str:
 def move_mask(dm: DirMap) -> int:
     """With ONDIR, the events after which a path looked up now may be wrong (C's walk)."""
     return MOVES if dm.tracking else MOVES | _MOVE_SELF
+
+
+def _flat_entry(dm: DirMap, dfid: FileHandle, name: str) -> FileHandle | None:
+    """The root of a flat batch (see ``DirMap._fresh``) at ``dfid/name``: no child of its parent.
+
+    With ``dfid``'s path unknown it cannot be told which: every root of that
+    name is dropped, to be looked up again if an event needs it (in a batch
+    without directory moves, a lookup now names it as it was).
+    """
+    d = dm.path(dfid)
+    if d is not None:
+        return dm._flat_at.pop(join(d, name), None)
+    for p in [p for p in dm._flat_at if p.rpartition("/")[2] == name]:
+        dm._drop(dm._flat_at.pop(p))
+    return None
 
 
 def _safe(dm: DirMap, fsid: tuple[int, int], p: str, i: int) -> bool:

@@ -83,3 +83,24 @@ def test_a_directory_deleted_in_a_flat_batch_leaves_the_map(
     # Its handle names nothing any more (not even its old path).
     assert dm.path(hb) is None
     assert dm.path(ha) == str(tmpfs / "a")
+
+
+def test_a_flat_root_deleted_from_a_directory_the_map_cannot_name_leaves_it_too(
+    tmpfs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmpfs / "p" / "b").mkdir(parents=True)
+    (tmpfs / "q" / "c").mkdir(parents=True)
+    hp, hb = _handle(tmpfs, tmpfs / "p"), _handle(tmpfs, tmpfs / "p" / "b")
+    hc = _handle(tmpfs, tmpfs / "q" / "c")
+    dm, _asked = _map(tmpfs, monkeypatch)
+    dm.begin()
+    dm.walked(0)
+    assert dm.c_lookup(hb) == str(tmpfs / "p" / "b")
+    assert dm.c_lookup(hc) == str(tmpfs / "q" / "c")
+    (tmpfs / "p" / "b").rmdir()
+    (tmpfs / "p").rmdir()
+    # The DELETE of b, from p, which the map does not know (gone when read).
+    dm.apply(FanotifyData(ev_types=_DELETE_DIR, dfid=hp, name="b"), 1)
+    assert dm.path(hb) is None
+    assert dm.path(hc) == str(tmpfs / "q" / "c")  # another name: kept
+    assert dm.dir_at(hb, 2) is None  # looked up again: gone
