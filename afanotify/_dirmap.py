@@ -61,7 +61,7 @@ from .events import FanotifyData, FileHandle
 from .flags import Event, InitFlag, MarkFlag
 
 __all__ = [
-    "CHANGES", "DEFAULT_SIZE", "MOVES", "DirMap", "fs_top", "learn_tree", "move_mask", "scan",
+    "CHANGES", "DEFAULT_SIZE", "MOVES", "DirMap", "fs_top", "move_mask", "scan",
 ]
 
 #: Directories kept by default (``Fanotify(handle_cache_size=...)``).
@@ -126,6 +126,10 @@ class DirMap:
         self._selfs: dict[FileHandle, int] = {}  # object -> its last MOVE_SELF/DELETE_SELF
         self._blinds: Blinds = {}  # directories moved where the batch does not say
         self._moving: FileHandle | None = None
+        #: A batch without directory moves in a map that forgets it (see
+        #: _fresh); the directories it looked up, by path.
+        self._flat = False
+        self._flat_at: dict[str, FileHandle] = {}
         self.hits = 0
         self.misses = 0
 
@@ -262,6 +266,9 @@ class DirMap:
         self._targets = {}
         self._selfs = {}
         self._blinds = {}
+        self._flat = False
+        if self._flat_at:
+            self._flat_at = {}
 
     def set_batch(self, batch: Batch) -> None:
         """What :func:`scan` found in the batch being decoded."""
@@ -270,31 +277,6 @@ class DirMap:
         self._blinds = {} if self.tracking else blinds
         self.last_move = max(self.last_move, *self._blinds.values(), -1)
 
-    def _safe(self, fsid: tuple[int, int], p: str, i: int) -> bool:
-        """Whether ``p``, a path looked up now, was already the path at event ``i``.
-
-        It was, unless a later event of the batch moved a directory above it
-        (or it): the last such move put that directory where it is now, so
-        no ancestor of ``p`` as they are now, with the name below it on the
-        way to ``p``, may be the place a later move went to.
-        """
-        return i >= self.last_move or i >= self._since(fsid, p)
-
-    def _since(self, fsid: tuple[int, int], p: str) -> int:
-        """The index of the batch's last move onto ``p``'s way (-1: none): see :meth:`_safe`."""
-        targets = self._targets
-        if not targets:
-            return _blind_since(self, p, -1)
-        top = self._tops.get(fsid)
-        last = -1
-        while top is not None and p != top and p.startswith(top):
-            p, name = os.path.split(p)
-            a = _handle_at(fsid, p)
-            if a is None:
-                return self.last_move
-            last = max(last, targets.get((a, name), -1))
-        return _blind_since(self, p, last)
-
     def walked(self, flags: int) -> None:
         """The C walk's verdict on the batch (``Decoder.decode``'s ``on_walk``)."""
         # A directory moved somewhere in the batch: no path looked up now is
@@ -302,6 +284,7 @@ class DirMap:
         # knows is sure past it, so C names nothing and the events go in order.
         self.live = not flags & 1
         self.c_off = bool(flags & 2)
+        self._flat = self.live and not self.tracking
 
     def object_at(self, h: FileHandle, i: int, *, gone: bool = False,
                   moved_to: str | None = None) -> str | None:
@@ -385,7 +368,7 @@ class DirMap:
     def _fresh(self, h: FileHandle, *, learn: bool = True, i: int = -1) -> str | None:
         """``h``'s path from ``open_by_handle_at`` (or its mark), learned into the map.
 
-        ``i``: for event ``i`` of the batch, None unless :meth:`_safe` says
+        ``i``: for event ``i`` of the batch, None unless :func:`_safe` says
         the path now was its path then.
         """
         if h in self._dead:
@@ -407,13 +390,21 @@ class DirMap:
                 self._dead.add(h)
                 return None
             if 0 <= i < self.last_move:
-                since = self._since(h.fsid, p)
+                since = _since(self, h.fsid, p)
                 if i < since:
                     self._looked[h] = (p, since)
                     return None
         assert p is not None
         if learn and self.size:
-            self._link(h, p)
+            if self._flat:
+                # Linked under its parent, it would follow a move of an
+                # ancestor; this batch has none, and the map is forgotten
+                # after it: a root with its absolute path saves the parents'
+                # name_to_handle_at calls (one per level, every batch).
+                self._put(h, None, p)
+                self._flat_at[p] = h
+            else:
+                self._link(h, p)
         return p
 
     def _link(self, h: FileHandle, p: str, depth: int = 0) -> None:
@@ -484,7 +475,8 @@ class DirMap:
             return fid
         if dfid is None or not name:
             return None
-        return self._child.get((dfid, name))
+        k = self._child.get((dfid, name))
+        return k if k is not None or not self._flat_at else _flat_entry(self, dfid, name)
 
     def _moved(self, k: FileHandle | None, dfid: FileHandle | None, name: str | None) -> None:
         """A directory left ``dfid/name``: every computed path may change."""
@@ -524,7 +516,7 @@ class DirMap:
             # Looked up by name now: the directory there may have come later.
             p = join(d, name)
             fid = _handle_at(dfid.fsid, p)
-            if fid is None or not self._safe(dfid.fsid, p, i):
+            if fid is None or not _safe(self, dfid.fsid, p, i):
                 return
         self._put(fid, dfid, name)
 
@@ -615,42 +607,6 @@ def _add_mount(dm: DirMap, path: str | bytes, dont_follow: bool) -> None:
         dm._link(h, p)
 
 
-def learn_tree(dm: DirMap, root: str) -> int:
-    """Teach ``dm`` every directory under ``root`` (same filesystem); returns how many."""
-    fd = os.open(root, os.O_PATH | os.O_CLOEXEC)
-    try:
-        fsid = _ffi.fsid_of_fd(fd)
-        dev = os.fstat(fd).st_dev
-    finally:
-        os.close(fd)
-    h = _handle_at(fsid, root)
-    if h is None or not dm.size:
-        return 0
-    dm._link(h, root)
-    stack = [(h, root)]
-    n = 0
-    while stack:
-        h, p = stack.pop()
-        try:
-            entries = list(os.scandir(p))
-        except OSError:
-            continue  # gone or unreadable: learned later, or not at all
-        for entry in entries:
-            try:
-                if not entry.is_dir(follow_symlinks=False) or entry.stat(
-                    follow_symlinks=False
-                ).st_dev != dev:
-                    continue
-            except OSError:
-                continue
-            ch = _handle_at(fsid, entry.path)
-            if ch is not None:
-                dm._put(ch, h, entry.name)
-                stack.append((ch, entry.path))
-                n += 1
-    return n
-
-
 def _handle_at(fsid: tuple[int, int], path: str) -> FileHandle | None:
     """The handle of ``path`` (``name_to_handle_at``, no privilege needed), or None."""
     try:
@@ -681,6 +637,48 @@ def fs_top(path: str | bytes, dont_follow: bool) -> str:
 def move_mask(dm: DirMap) -> int:
     """With ONDIR, the events after which a path looked up now may be wrong (C's walk)."""
     return MOVES if dm.tracking else MOVES | _MOVE_SELF
+
+
+def _flat_entry(dm: DirMap, dfid: FileHandle, name: str) -> FileHandle | None:
+    """The root of a flat batch (see ``DirMap._fresh``) at ``dfid/name``: no child of its parent.
+
+    With ``dfid``'s path unknown it cannot be told which: every root of that
+    name is dropped, to be looked up again if an event needs it (in a batch
+    without directory moves, a lookup now names it as it was).
+    """
+    d = dm.path(dfid)
+    if d is not None:
+        return dm._flat_at.pop(join(d, name), None)
+    for p in [p for p in dm._flat_at if p.rpartition("/")[2] == name]:
+        dm._drop(dm._flat_at.pop(p))
+    return None
+
+
+def _safe(dm: DirMap, fsid: tuple[int, int], p: str, i: int) -> bool:
+    """Whether ``p``, a path looked up now, was already the path at event ``i``.
+
+    It was, unless a later event of the batch moved a directory above it
+    (or it): the last such move put that directory where it is now, so
+    no ancestor of ``p`` as they are now, with the name below it on the
+    way to ``p``, may be the place a later move went to.
+    """
+    return i >= dm.last_move or i >= _since(dm, fsid, p)
+
+
+def _since(dm: DirMap, fsid: tuple[int, int], p: str) -> int:
+    """The index of the batch's last move onto ``p``'s way (-1: none): see :func:`_safe`."""
+    targets = dm._targets
+    if not targets:
+        return _blind_since(dm, p, -1)
+    top = dm._tops.get(fsid)
+    last = -1
+    while top is not None and p != top and p.startswith(top):
+        p, name = os.path.split(p)
+        a = _handle_at(fsid, p)
+        if a is None:
+            return dm.last_move
+        last = max(last, targets.get((a, name), -1))
+    return _blind_since(dm, p, last)
 
 
 def _blind_since(dm: DirMap, p: str, last: int) -> int:

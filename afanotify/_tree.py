@@ -17,7 +17,7 @@ import os
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
-from ._dirmap import learn_tree
+from . import _dirmap, _ffi
 from ._marks import PathArg
 from .events import FanotifyData
 from .flags import Event, InitFlag
@@ -25,11 +25,46 @@ from .flags import Event, InitFlag
 if TYPE_CHECKING:
     from .group import Fanotify
 
-__all__ = ["watch_tree", "MAP_EVENTS"]
+__all__ = ["watch_tree", "MAP_EVENTS", "learn_tree"]
 
 #: What the group adds to the mark so that its directory map follows the tree.
 MAP_EVENTS = Event.CREATE | Event.DELETE | Event.MOVED_FROM | Event.MOVED_TO | Event.ONDIR
 
+
+def learn_tree(dm: _dirmap.DirMap, root: str) -> int:
+    """Teach ``dm`` every directory under ``root`` (same filesystem); returns how many."""
+    fd = os.open(root, os.O_PATH | os.O_CLOEXEC)
+    try:
+        fsid = _ffi.fsid_of_fd(fd)
+        dev = os.fstat(fd).st_dev
+    finally:
+        os.close(fd)
+    h = _dirmap._handle_at(fsid, root)
+    if h is None or not dm.size:
+        return 0
+    dm._link(h, root)
+    stack = [(h, root)]
+    n = 0
+    while stack:
+        h, p = stack.pop()
+        try:
+            entries = list(os.scandir(p))
+        except OSError:
+            continue  # gone or unreadable: learned later, or not at all
+        for entry in entries:
+            try:
+                if not entry.is_dir(follow_symlinks=False) or entry.stat(
+                    follow_symlinks=False
+                ).st_dev != dev:
+                    continue
+            except OSError:
+                continue
+            ch = _dirmap._handle_at(fsid, entry.path)
+            if ch is not None:
+                dm._put(ch, h, entry.name)
+                stack.append((ch, entry.path))
+                n += 1
+    return n
 
 def watch_tree(
     group: Fanotify, path: PathArg, events: int, *, scan: bool = False
