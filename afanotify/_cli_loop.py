@@ -36,6 +36,10 @@ __all__ = ["Handle", "Watch", "WatchLoop", "run_watch"]
 log = logging.getLogger(__name__)
 
 
+#: The longest wait of one round, in seconds (asyncio's cap too): a longer
+#: --timeout or --stats-interval is waited in rounds of this.
+_MAX_WAIT = 86400.0
+
 class Watch(Protocol):
     """What :func:`run_watch` runs (``afanotify._cli_watch._Watch``)."""
 
@@ -154,10 +158,13 @@ class WatchLoop:
         self._signals[sig] = Handle(0.0, callback, args)
         signal.signal(sig, _noop)
 
-    def remove_signal_handler(self, sig: int) -> bool:
+    def remove_signal_handler(self, sig: int, restore: Any = None) -> bool:
+        """Stop handling ``sig``; its handler becomes ``restore`` (None: the default)."""
         if self._signals.pop(sig, None) is None:
             return False
-        signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL)
+        if restore is None:
+            restore = signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
+        signal.signal(sig, restore)
         return True
 
     def _read_signals(self) -> None:
@@ -178,10 +185,14 @@ class WatchLoop:
     def run(self, timeout: float | None = None) -> bool:
         """Run rounds until :meth:`stop`; False if ``timeout`` seconds passed first."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        self._stopping = False
         ready = self._ready
         timers = self._timers
         while True:
+            if self._stopping:
+                # Also a stop asked for before run(): by a first read that
+                # reached --count, found the output closed, or failed.
+                self._stopping = False
+                return True
             if ready:
                 wait: float | None = 0.0
             else:
@@ -189,6 +200,8 @@ class WatchLoop:
                 if deadline is not None and until is not None and deadline < until:
                     until = deadline
                 wait = None if until is None else max(0.0, until - time.monotonic())
+                if wait is not None and wait > _MAX_WAIT:
+                    wait = _MAX_WAIT  # epoll takes at most INT_MAX milliseconds
             for key, mask in self._selector.select(wait):
                 fd = key.fd
                 if fd == self._wake_r:
@@ -210,9 +223,6 @@ class WatchLoop:
                 h = ready.popleft()
                 if not h.cancelled:
                     h._run()
-            if self._stopping:
-                self._stopping = False
-                return True
             if deadline is not None and time.monotonic() >= deadline:
                 return False
 
@@ -265,27 +275,38 @@ def run_watch(watch: Watch, timeout: float | None, announce: Callable[[], None])
             watch.read_queued()
             loop.run(timeout)
         finally:
+            # A Ctrl-C while what was read is written is caught (below) from
+            # the moment the loop lets go of SIGINT: no default handler in
+            # between to raise out of here before that is written.
+            catch = started and previous[signal.SIGINT] is signal.default_int_handler
+            interrupted: list[int] = []
             for sig in sigs:
-                loop.remove_signal_handler(sig)
-                signal.signal(sig, previous[sig] or signal.SIG_DFL)
+                if catch and sig == signal.SIGINT:
+                    loop.remove_signal_handler(sig, _catching(interrupted))
+                else:
+                    loop.remove_signal_handler(sig, previous[sig] or signal.SIG_DFL)
             if started:
-                _finish_interruptibly(watch, previous[signal.SIGINT])
+                _finish_interruptibly(watch, interrupted if catch else None)
     finally:
         loop.close()
 
 
-def _finish_interruptibly(watch: Watch, sigint: object) -> None:
-    if sigint is not signal.default_int_handler:
-        watch.finish()  # SIGINT is ignored, or someone else's
-        return
-    interrupted: list[int] = []
+def _catching(interrupted: list[int]) -> Callable[[int, object], None]:
+    """A SIGINT handler that notes the first Ctrl-C and raises on the second."""
 
     def on_sigint(signum: int, frame: object) -> None:
         if interrupted:
             raise KeyboardInterrupt
         interrupted.append(signum)
 
-    signal.signal(signal.SIGINT, on_sigint)
+    return on_sigint
+
+
+def _finish_interruptibly(watch: Watch, interrupted: list[int] | None) -> None:
+    """``watch.finish()``; then, if a Ctrl-C came meanwhile (``interrupted``), KeyboardInterrupt."""
+    if interrupted is None:
+        watch.finish()  # SIGINT is ignored, or someone else's
+        return
     try:
         watch.finish()
     finally:

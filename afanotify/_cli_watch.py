@@ -414,8 +414,10 @@ class _Watch:
 
     def _take(self) -> None:
         self._due = None
-        if isinstance(self.source, Drain) and self.source.closed:
-            return  # a round queued (call_soon) before run() closed the drain
+        if self.done or (isinstance(self.source, Drain) and self.source.closed):
+            # Stopped (--count reached, the output closed, a failure), or a
+            # round queued (call_soon) before run() closed the drain.
+            return
         self._last_round = self._loop.time()
         # Each batch is thousands of new objects without cycles, freed when
         # it is written: the cyclic GC would only walk them (see

@@ -396,6 +396,49 @@ def test_watch_signal_prints_summary_without_traceback(tmpfs: Path, sig: int) ->
     assert "1 events seen, 1 shown, 0 filtered out, 0 dropped, 0 overflows" in err
 
 
+@pytest.mark.parametrize("flags", [["--events", "open,modify,close_write"], ["--filesystem"]])
+def test_watch_count_reached_by_the_first_read_ends_the_command(
+    tmpfs: Path, flags: list[str]
+) -> None:
+    # A writer busy before the watch starts: the read of what queued before
+    # the loop runs already reaches --count, and the command must end then
+    # (not at --timeout), with exactly that many lines.
+    writer = subprocess.Popen(["sh", "-c", f"while :; do echo x > {tmpfs}/f; done"],
+                              cwd=CHILD_CWD, env=child_env())
+    try:
+        started = time.monotonic()
+        with cli("watch", *flags, "--count", "1", "--timeout", "60", str(tmpfs)) as p:
+            code, out, err = p.finish(timeout=30)
+    finally:
+        writer.kill()
+        writer.wait()
+    assert code == 0, err
+    assert time.monotonic() - started < 30
+    assert len(out.splitlines()) == 1, out[:500]
+    assert "1 shown" in err
+
+
+@pytest.mark.parametrize("option", ["--timeout", "--stats-interval"])
+def test_watch_takes_a_wait_longer_than_the_loops_longest(
+    tmpfs: Path, tmp_path: Path, option: str
+) -> None:
+    # 3,000,000 s is more milliseconds than epoll takes (INT_MAX): waited in
+    # rounds, not an OverflowError.
+    log = tmp_path / "events.log"
+    with cli("watch", option, "3000000", "--events", "create", "--output", str(log),
+             str(tmpfs)) as p:
+        p.wait_stderr("watching")
+        child("import sys\nopen(sys.argv[1], 'w').close()\n", str(tmpfs / "a"))
+        deadline = time.monotonic() + 20
+        while str(tmpfs / "a") not in _read(log):
+            assert time.monotonic() < deadline, p.err
+            time.sleep(0.02)
+        p.popen.send_signal(signal.SIGTERM)
+        code, _, err = p.finish()
+    assert code == 0, err
+    assert "Traceback" not in err
+
+
 def test_watch_exclude_self_drops_the_pipeline(tmpfs: Path) -> None:
     # `afanotify ... | tee FILE`: tee shares the command's process group, and
     # its writes to FILE are on the watched directory.
