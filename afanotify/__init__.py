@@ -122,20 +122,24 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    if module:
-        value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    else:
-        value = importlib.import_module(f"{__name__}.{name}")
-    globals()[name] = value
-    return value
+# Outside type checking only: seen by a type checker, a module __getattr__
+# makes every unknown name of the package Any (a misspelt import passes).
+if not TYPE_CHECKING:
+
+    def __getattr__(name: str) -> Any:
+        module = _LAZY.get(name)
+        if module is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        if module:
+            value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+        else:
+            value = importlib.import_module(f"{__name__}.{name}")
+        globals()[name] = value
+        return value
 
 
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    def __dir__() -> list[str]:
+        return sorted(set(globals()) | set(_LAZY))
 
 
 __version__ = "0.1.0"

@@ -39,14 +39,17 @@ if TYPE_CHECKING:
 __all__ = ["main"]
 
 
-def __getattr__(name: str) -> Any:
-    # ``guard`` is imported when it runs (or its policy is asked for): ``watch``
-    # and ``features`` do not pay for its modules.
-    if name == "GuardPolicy":
-        from ._cli_guard import GuardPolicy
+if not TYPE_CHECKING:  # (as in afanotify/__init__.py)
 
-        return GuardPolicy
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    def __getattr__(name: str) -> Any:
+        # ``guard`` is imported when it runs (or its policy is asked for): ``watch``
+        # and ``features`` do not pay for its modules.
+        if name == "GuardPolicy":
+            from ._cli_guard import GuardPolicy
+
+            return GuardPolicy
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 _NEEDS_CAP = (
     "needs CAP_SYS_ADMIN, which this process lacks: run it as root (or grant the "
