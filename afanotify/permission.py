@@ -331,11 +331,11 @@ class PermissionTracker:
             task, entry.handler_task = entry.handler_task, None
             if task.done():
                 return
-            loop = self._loop
-            if _asyncio()._get_running_loop() is loop:
+            loop, aio = self._loop, sys.modules.get("asyncio")  # no asyncio: trio's loop
+            if aio and aio._get_running_loop() is loop:
                 if task is not _current_task():
                     task.cancel()
-            elif isinstance(loop, _asyncio().AbstractEventLoop):
+            elif aio and isinstance(loop, aio.AbstractEventLoop):
                 if not loop.is_closed():
                     loop.call_soon_threadsafe(task.cancel)  # from the watchdog
             else:
@@ -606,20 +606,21 @@ def dispatch_result(perm: PermissionTracker, ev: FanotifyData, result: object) -
             ev._read_path()
         task: TaskLike
         loop = perm._loop
-        asyncio = _asyncio()  # imported already: the handler's loop runs
-        if loop is not None and not isinstance(loop, asyncio.AbstractEventLoop):
+        aio = sys.modules.get("asyncio")  # imported by its loop, if the loop is asyncio's
+        if loop is not None and (aio is None or not isinstance(loop, aio.AbstractEventLoop)):
             # trio: a system task, started on the next scheduling round
             coro = result if inspect.iscoroutine(result) else _awaited(result)
             task = loop.create_task(coro)
         elif _EAGER and inspect.iscoroutine(result):
             # Python 3.12+: run the handler up to its first real suspension
             # now, so one that never awaits costs no trip through the loop.
+            asyncio = _asyncio()
             task = asyncio.Task(result, loop=asyncio.get_running_loop(), **_EAGER_START)
             if task.done():
                 perm._handler_done(ev, task)
                 return
         else:
-            task = asyncio.ensure_future(result)
+            task = _asyncio().ensure_future(result)
         entry.handler_task = task
         task.add_done_callback(lambda t, ev=ev: perm._handler_done(ev, t))  # type: ignore[misc]
         return

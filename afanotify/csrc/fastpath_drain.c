@@ -723,6 +723,8 @@ static int afd_read_one(struct afd_drain *d, int32_t *pids, int32_t *pidfds,
 
 /* At most this many events are expected to queue during slow_settle_ns. */
 #define AFD_SLOW_EVENTS 256
+/* Bytes of a small FID event (metadata, one record with a short name). */
+#define AFD_SMALL_EVENT 64
 
 /* The wait after a read that emptied the queue.
  *
@@ -748,6 +750,30 @@ static uint64_t afd_settle_for(const struct afd_drain *d)
     if ((uint64_t)d->last_events * slow <= (uint64_t)AFD_SLOW_EVENTS * gap)
         return slow;
     return d->settle_ns;
+}
+
+/* The wait after a read that emptied the queue: afd_settle_for's, in steps
+ * of settle_ns.  After each step but the last, the queue is looked at
+ * (FIONREAD): a burst that starts during a slow wait is read at once once
+ * AFD_SLOW_EVENTS small events' worth has queued, so the longer wait never
+ * leaves the kernel's queue (16,384 events) less room than settle_ns does.
+ * Returns 1 if a stop was asked for. */
+static int afd_settle(const struct afd_drain *d)
+{
+    uint64_t left = afd_settle_for(d);
+    while (left > 0) {
+        uint64_t step = left < d->settle_ns ? left : d->settle_ns;
+        struct pollfd s = {d->stop_fd, POLLIN, 0};
+        struct timespec t = {(time_t)(step / 1000000000u), (long)(step % 1000000000u)};
+        if (ppoll(&s, 1, &t, NULL) > 0)
+            return 1;
+        left -= step;
+        int queued = 0;
+        if (left > 0 && ioctl(d->fd, FIONREAD, &queued) == 0
+                && queued >= AFD_SLOW_EVENTS * AFD_SMALL_EVENT)
+            break;
+    }
+    return 0;
 }
 
 /* sched_setattr(2)'s argument, as far as SCHED_ATTR_SIZE_VER0. */
@@ -873,12 +899,8 @@ int afd_run(struct afd_drain *d)
             /* A read that left room for the largest event emptied the
              * queue: the next is the poll's (it would find nothing). */
             if (d->last_read + AFD_EVENT_MAX <= d->read_size) {
-                if (d->exits != NULL && d->settle_ns > 0) {
-                    struct pollfd s = {d->stop_fd, POLLIN, 0};
-                    struct timespec t = {0, (long)afd_settle_for(d)};
-                    if (ppoll(&s, 1, &t, NULL) > 0)
-                        goto out;
-                }
+                if (d->exits != NULL && d->settle_ns > 0 && afd_settle(d))
+                    goto out;
                 break;
             }
             /* Look at the stop request between reads of a long backlog. */
