@@ -228,9 +228,8 @@ class Pipeline:
     ) -> list[FanotifyData]:
         """The events of one read, filled in, own ones and malformed ones removed.
 
-        If it raises, nothing of the read was handed to anyone: what was
-        made of it is kept in :attr:`failed` (see there) for the caller to
-        release.
+        If it raises, nothing of the read was handed to anyone: what was made
+        of it is kept in :attr:`failed` (see there) for the caller to release.
         """
         self.failed = self._made = None
         if self.fast is not None:
@@ -245,7 +244,8 @@ class Pipeline:
         except BaseException:
             made: _Made | None = self._made
             if made is None:  # the decoder raised: what it built so far
-                made = (*(self.fast.partial if self.fast is not None else ([], [])), [])
+                built, errors = self.fast.partial if self.fast is not None else ([], [])
+                made = (built, errors, [])
             self._made = None
             self.failed = (view, list(made[0]), list(made[1]), list(made[2]))
             raise
