@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 #: --timeout or --stats-interval is waited in rounds of this.
 _MAX_WAIT = 86400.0
 
+
 class Watch(Protocol):
     """What :func:`run_watch` runs (``afanotify._cli_watch._Watch``)."""
 

@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -359,6 +359,25 @@ def test_a_pid_reused_after_an_event_queued_before_the_log_is_not_its_name(
             drain.close()
 
 
+def _read_across_a_held_reuse(
+    tmpfs: Path, pid_at: Path, name: str, argv: Sequence[str], names: set[str]
+) -> tuple[object, int]:
+    """A reaped ``touch name`` whose pid then runs ``argv`` (up to an exec of
+    ``sleep``), both read by a drain started only then, until ``names``:
+    ``(what the batch says of the pid, processes named by the exit log)``."""
+    with Fanotify(FLAGS) as fan:
+        fan.mark(str(tmpfs), Event.CREATE, "filesystem")
+        drain = _drain.Drain(fan, paths=True)
+        try:
+            with _held_reuse(pid_at, tmpfs, name, *argv) as pid:
+                _wait_comm(pid, "sleep")
+                drain.start()
+                _seen, procs = _batches_until(drain, names)
+                return procs[pid], drain.exit_log.named
+        finally:
+            drain.close()
+
+
 def test_a_new_holder_of_the_pid_is_not_taken_for_the_writer(
     tmpfs: Path, pid_at: Path
 ) -> None:
@@ -366,18 +385,9 @@ def test_a_new_holder_of_the_pid_is_not_taken_for_the_writer(
     # /proc/PID says "sleep", but the event has no pidfd (its process was
     # reaped), so /proc is not read and the record names the writer.  (A
     # group without pidfds cannot tell: it trusts /proc, as fatrace does.)
-    with Fanotify(FLAGS) as fan:
-        fan.mark(str(tmpfs), Event.CREATE, "filesystem")
-        drain = _drain.Drain(fan, paths=True)
-        try:
-            with _held_reuse(pid_at, tmpfs, "n", "sleep", "30") as pid:
-                _wait_comm(pid, "sleep")
-                drain.start()
-                _seen, procs = _batches_until(drain, {"n"})
-                assert procs[pid] == ("touch", None, None)
-                assert drain.exit_log.named == 1
-        finally:
-            drain.close()
+    proc, named = _read_across_a_held_reuse(tmpfs, pid_at, "n", ["sleep", "30"], {"n"})
+    assert proc == ("touch", None, None)
+    assert named == 1
 
 
 def test_a_pid_with_events_of_a_reaped_and_a_live_process_in_one_read_is_unnamed(
@@ -387,19 +397,12 @@ def test_a_pid_with_events_of_a_reaped_and_a_live_process_in_one_read_is_unnamed
     # lives on; both events come in one read.  The writer's has no pidfd,
     # the holder's has one: the pid stands for two processes there, and one
     # name (the writer's record, or /proc's "sleep") would be wrong for one.
-    with Fanotify(FLAGS) as fan:
-        fan.mark(str(tmpfs), Event.CREATE, "filesystem")
-        drain = _drain.Drain(fan, paths=True)
-        try:
-            with _held_reuse(pid_at, tmpfs, "w", "sh", "-c", ": > q; exec sleep 30") as pid:
-                _wait_comm(pid, "sleep")
-                assert (tmpfs / "q").exists()  # written before the exec
-                drain.start()
-                _seen, procs = _batches_until(drain, {"w", "q"})
-                assert procs[pid] == NO_PROCESS
-                assert drain.exit_log.named == 0
-        finally:
-            drain.close()
+    proc, named = _read_across_a_held_reuse(
+        tmpfs, pid_at, "w", ["sh", "-c", ": > q; exec sleep 30"], {"w", "q"}
+    )
+    assert (tmpfs / "q").exists()  # written before the exec (so in the same read)
+    assert proc == NO_PROCESS
+    assert named == 0
 
 
 def test_in_another_network_namespace_the_log_is_off() -> None:
