@@ -142,6 +142,10 @@ class Decoder:
         self.resolved_count = 0
         #: Events of the last batch that ``tree`` kept from being built.
         self.skipped = 0
+        #: The last batch's directories outside ``tree``, each as the C
+        #: builder's entry: [handle, path, path + "/", decision, events kept
+        #: out (at most 255)], for those with events kept out.
+        self.outside: list[list[Any]] = []
         #: The events and errors of a build that raised, made before it did
         #: (nobody holds them: the caller releases them); else empty.
         self.partial: tuple[list[FanotifyData], list[ParseError]] = _NO_PARTIAL
@@ -333,8 +337,9 @@ class Decoder:
         filled = skipped = 0
         build: Callable[..., tuple[int, int, int, int, int]] = _BUILD  # type: ignore[assignment]
         # Per distinct directory record: [its FileHandle, its path or None,
-        # that path with a trailing slash], by the record's bytes, or by its
-        # number from the C walk.  Shared by every builder call of the batch.
+        # that path with a trailing slash, its tree decision, its events kept
+        # out] (see ``outside``), by the record's bytes, or by its number
+        # from the C walk.  Shared by every builder call of the batch.
         dirs: dict[bytes, list[Any]] = {}
         numbered: list[Any] = [None] * _MAX_DIRS
         cflags = (
@@ -395,6 +400,9 @@ class Decoder:
         self.resolved_upto = len(events) if upto < 0 else upto
         self.resolved_count = filled
         self.skipped = skipped
+        self.outside = (
+            [e for e in (*numbered, *dirs.values()) if e is not None and e[4]] if skipped else []
+        )
         self.partial = _NO_PARTIAL
         return events, errors
 

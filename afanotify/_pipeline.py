@@ -29,7 +29,7 @@ import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from . import _dirmap, _fastparse, _ffi, _threads
+from . import _dirmap, _fastparse, _ffi, _threads, _tree
 from ._dirmap import DirMap
 from ._fdlimit import FdGuard, retryable
 from ._loop import LoopLike
@@ -205,6 +205,8 @@ class Pipeline:
         #: ``watch_tree``: (root, its parent, its name, wanted events); only
         #: events under root with a wanted bit are delivered.
         self.tree: tuple[str, str, str, int] | None = None
+        #: ``watch_tree``'s ignore marks on busy directories outside the tree.
+        self.pruner: _tree.Pruner | None = None
         #: Events the tree kept out (in C, or here), and those of them in C.
         self.filtered = self.c_filtered = 0
         if ignore_own and self._pid_is_tid:
@@ -290,6 +292,8 @@ class Pipeline:
                 on_cut=self._on_cut, renames=True,
                 object_path=self.dirmap.c_object if dir_path else None,
             )  # fmt: skip
+            if fast.outside and self.pruner is not None:
+                self.pruner.note(fast.outside)
             if fast.skipped:
                 c.events_read += fast.skipped
                 self.filtered += fast.skipped
@@ -320,8 +324,8 @@ class Pipeline:
             complete = fast is not None and fast.resolved_count == resolved_upto > 0
             self._fid_pass(events, resolved_upto, complete)
             if self.tree is not None:
-                head = self._tree_filter(events[:done]) if done else []
-                events = head + self._tree_filter(events[done:])
+                head = _tree.tree_filter(self, events[:done]) if done else []
+                events = head + _tree.tree_filter(self, events[done:])
                 done = len(head)
         if done == len(events):
             return events
@@ -338,6 +342,9 @@ class Pipeline:
             ev = events[idx]
             mask = ev.ev_types
             if mask & _OVERFLOW:
+                if ev.pid == _tree.GAP_PID:  # watch_tree's own, counted there
+                    append(ev)
+                    continue
                 c.overflows += 1
                 if ev.pid != DRAIN_GAP_PID:
                     log.warning(_OVERFLOW_WORDS[0])
@@ -413,34 +420,6 @@ class Pipeline:
         dm.apply(ev, i)
         if not ev.path_resolved:
             dm.missed += 1  # tried again once the whole batch is known
-
-    def _tree_filter(self, events: list[FanotifyData]) -> list[FanotifyData]:
-        """The events of ``watch_tree``'s root (and those that cannot be placed)."""
-        assert self.tree is not None
-        root, _parent, _name, want = self.tree
-        below = root.rstrip("/") + "/"
-        out = []
-        for ev in events:
-            mask = ev.ev_types
-            if mask & _OVERFLOW:
-                out.append(ev)
-                continue
-            # ONDIR says what the event is on, not what kind it is: a wanted
-            # kind is one of the other bits.
-            if mask & want & ~_ONDIR and (want & _ONDIR or not mask & _ONDIR):
-                if not ev.path_resolved:
-                    out.append(ev)  # unknown place: it may be inside
-                    continue
-                for p in (ev.path, ev.old_path, ev.new_path):
-                    if p is not None and (p == root or p.startswith(below)):
-                        out.append(ev)
-                        break
-                else:
-                    ev.close()
-                continue
-            ev.close()
-        self.filtered += len(events) - len(out)
-        return out
 
     def _resolve_fid(self, ev: FanotifyData, i: int, prev: FanotifyData | None = None) -> None:
         """Set the paths of a fresh FID event (event ``i`` of its batch, after ``prev``)."""

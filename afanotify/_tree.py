@@ -13,22 +13,48 @@ shapes the C builder leaves, are filtered in Python after they are resolved
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
+import time
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import _dirmap, _ffi
 from ._marks import PathArg
-from .events import FanotifyData
-from .flags import Event, InitFlag
+from .events import FanotifyData, FileHandle
+from .flags import CLASS_BITS, PERM_EVENTS, Event, InitFlag, MarkFlag
 
 if TYPE_CHECKING:
+    from ._pipeline import Pipeline
     from .group import Fanotify
 
-__all__ = ["watch_tree", "MAP_EVENTS", "learn_tree"]
+__all__ = [
+    "watch_tree", "MAP_EVENTS", "learn_tree", "tree_filter", "tree_stats", "Pruner",
+    "TreeStatistics",
+]
+
+log = logging.getLogger(__name__)
 
 #: What the group adds to the mark so that its directory map follows the tree.
 MAP_EVENTS = Event.CREATE | Event.DELETE | Event.MOVED_FROM | Event.MOVED_TO | Event.ONDIR
+#: Events of one directory outside the tree after which it is pruned (at most
+#: 255: the C builder counts up to that).
+PRUNE_AFTER = 32
+#: Directories pruned at most at once (each is one inode mark in the kernel).
+PRUNE_LIMIT = 4096
+#: Seconds after its mark before a pruned directory's events make it marked
+#: again (the kernel may evict the mark with the inode).
+REMARK_AFTER = 1.0
+#: The pid of the Q_OVERFLOW event that marks a tree gap (see Pruner); the
+#: kernel's have pid 0, a drain thread's gaps -1.
+GAP_PID = -2
+
+_OVERFLOW = int(Event.Q_OVERFLOW)
+_ONDIR = int(Event.ONDIR)
+_RENAME = int(Event.RENAME)
+_DELETE = int(Event.DELETE)
+_PERM = int(PERM_EVENTS)
 
 
 def learn_tree(dm: _dirmap.DirMap, root: str) -> int:
@@ -67,7 +93,7 @@ def learn_tree(dm: _dirmap.DirMap, root: str) -> int:
     return n
 
 def watch_tree(
-    group: Fanotify, path: PathArg, events: int, *, scan: bool = False
+    group: Fanotify, path: PathArg, events: int, *, scan: bool = False, prune: bool = True
 ) -> AsyncIterator[FanotifyData]:
     """Watch the directory tree at ``path``: ``async for ev in fan.watch_tree(path, events)``.
 
@@ -82,6 +108,17 @@ def watch_tree(
     instance when it is deleted before the group reads.  Without ONDIR in
     ``events``, events on directories themselves are not delivered, as
     fanotify would not report them.
+
+    ``prune`` (the default) lets the kernel stop queueing the file events of
+    busy directories outside the tree, with an ignore mark each (see
+    :class:`Pruner`): a busy filesystem then costs the reader nothing
+    elsewhere.  The one price: a pruned directory that moves into the tree
+    may lose its events between the move and the reader's next read, and a
+    Q_OVERFLOW event whose ``path`` is that directory (pid :data:`GAP_PID`)
+    comes before that read's events to say so.  ``prune=False`` reads and
+    drops every event elsewhere, and never has such a gap.  Pruning is off
+    for permission events, and on kernels without FAN_RENAME (5.17) or
+    FAN_MARK_IGNORE (6.0).
 
     Returns the group itself (its ``async for``); one tree per group.
 
@@ -103,9 +140,279 @@ def watch_tree(
     root = os.path.realpath(os.fsdecode(os.fspath(path)))
     if not os.path.isdir(root):
         raise NotADirectoryError(f"watch_tree: {root!r} is not a directory")
-    group.mark(root, int(events) | MAP_EVENTS, "filesystem")
+    mask = int(events) | MAP_EVENTS
+    prune = prune and not (mask & _PERM or group.flags & CLASS_BITS)
+    if prune:
+        try:  # a directory's rename says where its pruned places went
+            group.mark(root, mask | _RENAME, "filesystem")
+            mask |= _RENAME
+        except (OSError, ValueError):
+            prune = False
+    if not prune:
+        group.mark(root, mask, "filesystem")
     parent, name = os.path.split(root)
     pipeline.tree = (root, parent, name, int(events))
+    if prune:
+        pipeline.pruner = Pruner(group.fileno(), pipeline.dirmap, root, mask)
     if scan:
         learn_tree(pipeline.dirmap, root)
     return group
+
+
+class TreeStatistics(NamedTuple):
+    """What ``watch_tree``'s pruning did (:attr:`Fanotify.tree_stats`)."""
+
+    #: Directories outside the tree pruned now (an ignore mark each).
+    pruned: int
+    #: Ignore marks added since the watch began (a mark the kernel evicted
+    #: with its inode is added again once its directory is busy again).
+    marks_added: int
+    #: Ignore marks removed: a pruned directory moved into the tree, or an
+    #: overflow made the pruned places unsure.
+    marks_removed: int
+    #: Q_OVERFLOW events put in where events under a directory that moved in
+    #: from a pruned place may be missing (see the docs: rescan it).
+    gaps: int
+    #: Prunes the kernel refused (mark limit reached, no support).
+    refused: int
+    #: False once pruning is off: asked so, unsupported, or refused.
+    enabled: bool
+
+
+class Pruner:
+    """Ignore marks on busy directories outside a watched tree.
+
+    The filesystem mark makes the kernel queue every event of the filesystem,
+    and reading one costs about as much as the C walk's whole decision, so
+    a busy directory elsewhere would cost the tree's reader for every event.
+    A directory whose events the walk kept out :data:`PRUNE_AFTER` times gets
+    an evictable ignore mark (FAN_MARK_IGNORE with EVENT_ON_CHILD, Linux 6.0)
+    for everything but directory events (ONDIR) and FAN_RENAME, so the kernel
+    stops queueing its files' events while every directory move and removal
+    still comes.  Those keep the record of pruned places right:
+
+    - a rename moves the pruned directories under its old path to the new;
+    - one that moves into the tree has its marks removed, and the events
+      under it between the move and the removal are lost: a Q_OVERFLOW event
+      with ``path`` the moved directory (pid :data:`GAP_PID`) says so;
+    - an unresolved rename, or a Q_OVERFLOW from the kernel, removes every
+      mark (the record may be wrong then), with a gap for the former.
+
+    A directory is marked through an fd from ``open_by_handle_at``, never by
+    path, and its path is read from that fd: what the map said may be older.
+    """
+
+    def __init__(
+        self, fd: int, dm: _dirmap.DirMap, root: str, mask: int, *,
+        after: int = PRUNE_AFTER, limit: int = PRUNE_LIMIT,
+    ) -> None:  # fmt: skip
+        self._fd = fd
+        self._dm = dm
+        self._root = root
+        self._below = root.rstrip("/") + "/"
+        #: Everything marked but directory events and renames, for children
+        #: too (and but the events only a filesystem or namespace mark takes).
+        keep = _ONDIR | _RENAME | int(Event.FS_ERROR | Event.MNT_ATTACH | Event.MNT_DETACH)
+        self._mask = (int(mask) & ~keep) | int(Event.EVENT_ON_CHILD)
+        self.after = after
+        self.limit = limit
+        self.enabled = True
+        self._counts: dict[FileHandle, int] = {}
+        #: The pruned directories: path -> handle, and handle -> path.
+        self._by_path: dict[str, FileHandle] = {}
+        self._paths: dict[FileHandle, str] = {}
+        self._when: dict[FileHandle, float] = {}  # when each was marked
+        self.added = self.removed = self.gaps = self.refused = 0
+
+    def statistics(self) -> TreeStatistics:
+        return TreeStatistics(
+            len(self._paths), self.added, self.removed, self.gaps, self.refused, self.enabled
+        )
+
+    def inside(self, p: str) -> bool:
+        return p == self._root or p.startswith(self._below)
+
+    def _above(self, p: str) -> bool:
+        return self._root.startswith(p.rstrip("/") + "/")
+
+    # -- pruning -----------------------------------------------------------
+
+    def note(self, outside: list[list[Any]]) -> None:
+        """The directories the C walk kept events of out, with how many (Decoder.outside)."""
+        if not self.enabled:
+            return
+        # After a directory moved in this read, the walk's paths before the
+        # move may be old ones: only counted then.
+        sure = self._dm.live
+        counts = self._counts
+        for entry in outside:
+            h, n = entry[0], entry[4]
+            c = counts.get(h, 0) + n
+            if c < self.after or not sure:
+                if len(counts) >= 4 * self.limit:
+                    counts.clear()  # a bound; busy directories count up again
+                counts[h] = c
+                continue
+            counts.pop(h, None)
+            if h in self._paths:
+                # Its events queued before the mark are still read for a
+                # while; a mark the kernel evicted is added again after that.
+                if time.monotonic() - self._when[h] >= REMARK_AFTER:
+                    self._prune(h)
+            elif len(self._paths) < self.limit:
+                self._prune(h)
+
+    def _prune(self, h: FileHandle) -> None:
+        mount_fd = self._dm._mounts.get(h.fsid)
+        if mount_fd is None:
+            return
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NONBLOCK
+        try:
+            dfd = _ffi.open_by_handle(mount_fd, h.handle, h.handle_type, flags)
+        except OSError as exc:
+            if exc.errno in (errno.EPERM, errno.EACCES):
+                self._refuse(exc)  # no CAP_DAC_READ_SEARCH: never will
+            return  # else gone meanwhile: nothing of it to prune
+        try:
+            p = os.readlink(f"/proc/self/fd/{dfd}")
+            if p.endswith(" (deleted)") or self.inside(p) or self._above(p):
+                return  # gone, inside, or above the tree: not pruned
+            _ffi.fanotify_mark(
+                self._fd, _ffi.lib.FAN_MARK_ADD | int(MarkFlag.IGNORE_SURV | MarkFlag.EVICTABLE),
+                self._mask, dfd, None,
+            )  # fmt: skip
+        except OSError as exc:
+            self._refuse(exc)
+            return
+        finally:
+            os.close(dfd)
+        old = self._paths.pop(h, None)
+        if old is not None:
+            self._by_path.pop(old, None)
+        self._paths[h] = p
+        self._by_path[p] = h
+        self._when[h] = time.monotonic()
+        self.added += 1
+
+    def _refuse(self, exc: OSError) -> None:
+        self.refused += 1
+        self.enabled = False
+        fix = {
+            errno.ENOSPC: "; raise fs.fanotify.max_user_marks, or use InitFlag.UNLIMITED_MARKS",
+            errno.EINVAL: "; pruning needs FAN_MARK_IGNORE and FAN_MARK_EVICTABLE (Linux 6.0)",
+        }.get(exc.errno or 0, "")
+        log.warning(
+            "watch_tree stopped pruning busy directories outside %s (%s): their events are "
+            "read and dropped from now on%s", self._root, exc, fix,
+        )  # fmt: skip
+
+    def _unprune(self, paths: list[str]) -> None:
+        for p in paths:
+            h = self._by_path.pop(p)
+            del self._paths[h], self._when[h]
+            mount_fd = self._dm._mounts.get(h.fsid)
+            if mount_fd is None:
+                continue
+            flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NONBLOCK
+            try:
+                dfd = _ffi.open_by_handle(mount_fd, h.handle, h.handle_type, flags)
+            except OSError:
+                continue  # gone, and its mark with it
+            try:
+                _ffi.fanotify_mark(
+                    self._fd, _ffi.lib.FAN_MARK_REMOVE | int(MarkFlag.IGNORE_SURV),
+                    self._mask, dfd, None,
+                )  # fmt: skip
+                self.removed += 1
+            except OSError:
+                pass  # evicted by the kernel already: nothing to remove
+            finally:
+                os.close(dfd)
+
+    # -- what a read says of the pruned places ------------------------------
+
+    def seen(self, ev: FanotifyData) -> FanotifyData | None:
+        """Follow a directory event (or an overflow); a gap event if one must go before it."""
+        if not self._paths:
+            return None
+        mask = ev.ev_types
+        if mask & _OVERFLOW:
+            self._unprune(list(self._by_path))
+            return None
+        if mask & _DELETE and ev.path_resolved and ev.path in self._by_path:
+            h = self._by_path.pop(ev.path)
+            del self._paths[h], self._when[h]  # its mark goes with the directory
+            return None
+        if not mask & _RENAME:
+            return None
+        old, new = ev.old_path, ev.new_path
+        if not ev.path_resolved or old is None or new is None:
+            self._unprune(list(self._by_path))
+            return self._gap(new)
+        under = old.rstrip("/") + "/"
+        moved = [p for p in self._by_path if p == old or p.startswith(under)]
+        if not moved:
+            return None
+        if self.inside(new):
+            self._unprune(moved)
+            return self._gap(new)
+        for p in moved:
+            h = self._by_path.pop(p)
+            q = new + p[len(old):]
+            self._by_path[q] = h
+            self._paths[h] = q
+        return None
+
+    def _gap(self, path: str | None) -> FanotifyData:
+        self.gaps += 1
+        log.warning(
+            "watch_tree: %s moved into %s from a pruned place: events under it between the "
+            "move and now may be missing (a Q_OVERFLOW event with its path says so)",
+            path or "a directory", self._root,
+        )  # fmt: skip
+        return FanotifyData(
+            pid=GAP_PID, ev_types=_OVERFLOW, path=path, path_resolved=path is not None
+        )
+
+
+def tree_stats(group: Fanotify) -> TreeStatistics | None:
+    """What :meth:`Fanotify.watch_tree`'s pruning did, or None without it."""
+    pruner = group._pipeline.pruner
+    return None if pruner is None else pruner.statistics()
+
+
+def tree_filter(pipeline: Pipeline, events: list[FanotifyData]) -> list[FanotifyData]:
+    """The events of ``watch_tree``'s root (and those that cannot be placed)."""
+    assert pipeline.tree is not None
+    root, _parent, _name, want = pipeline.tree
+    below = root.rstrip("/") + "/"
+    pruner = pipeline.pruner
+    out = []
+    dropped = 0
+    for ev in events:
+        mask = ev.ev_types
+        if pruner is not None and mask & (_ONDIR | _OVERFLOW):
+            gap = pruner.seen(ev)
+            if gap is not None:
+                out.append(gap)
+        if mask & _OVERFLOW:
+            out.append(ev)
+            continue
+        # ONDIR says what the event is on, not what kind it is: a wanted
+        # kind is one of the other bits.
+        if mask & want & ~_ONDIR and (want & _ONDIR or not mask & _ONDIR):
+            if not ev.path_resolved:
+                out.append(ev)  # unknown place: it may be inside
+                continue
+            for p in (ev.path, ev.old_path, ev.new_path):
+                if p is not None and (p == root or p.startswith(below)):
+                    out.append(ev)
+                    break
+            else:
+                ev.close()
+                dropped += 1
+            continue
+        ev.close()
+        dropped += 1
+    pipeline.filtered += dropped
+    return out

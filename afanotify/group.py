@@ -505,6 +505,7 @@ class Fanotify(OwnQueue, _fork.ForkGuard, AsyncClosingContext):
 
     batches = _batches.batches
     watch_tree = _tree.watch_tree
+    tree_stats = property(_tree.tree_stats)
 
     # -- clients ---------------------------------------------------------
 
@@ -518,9 +519,8 @@ class Fanotify(OwnQueue, _fork.ForkGuard, AsyncClosingContext):
         """Connect ``rule``; returns a :class:`~afanotify.FanotifyClient` for its events.
 
         ``overflow`` defaults to ``"block"`` (``"drop_newest"`` in a
-        CLASS_CONTENT/PRE_CONTENT group, which never stops reading).
-
-        See :mod:`afanotify.client` for fan-out, descriptors and overflow.
+        CLASS_CONTENT/PRE_CONTENT group, which never stops reading). See
+        :mod:`afanotify.client` for fan-out, descriptors and overflow.
 
         :raises ClosedResourceError: if the group is closed
         :raises TypeError, ValueError: for bad arguments

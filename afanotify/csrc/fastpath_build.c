@@ -50,7 +50,9 @@ static const char *const afn_field_names[AFN_F_COUNT] = {
 _Static_assert(AFN_F_COUNT <= 32, "a bit per field");
 
 #define AFN_MAX_SLOTS 64
-#define AFN_ENTRY_LEN 4 /* see afn_dir_entry */
+#define AFN_ENTRY_LEN 5 /* see afn_dir_entry */
+/* An entry counts the events it kept out as outside the tree up to this. */
+#define AFN_OUT_COUNT_MAX 255
 
 /* Tree decisions (watch_tree): where a directory is against the watched root. */
 #define AFN_T_OUT 0     /* outside: its events are not built */
@@ -871,8 +873,9 @@ static int afn_name_is(const unsigned char *src, const struct afn_fidref *ref, P
 }
 
 /* The per-directory entry the Python builder keeps: [FileHandle, path or
- * None, path with a trailing slash, tree decision (AFN_T_*) or None], for
- * the directory of record `ref`. */
+ * None, path with a trailing slash, tree decision (AFN_T_*) or None, the
+ * events not built as outside the tree (an int, up to AFN_OUT_COUNT_MAX)],
+ * for the directory of record `ref`. */
 static PyObject *afn_dir_entry(const unsigned char *src, const struct afn_fidref *ref,
                                unsigned flags)
 {
@@ -888,8 +891,9 @@ static PyObject *afn_dir_entry(const unsigned char *src, const struct afn_fidref
     PyList_SET_ITEM(e, 0, h);
     PyList_SET_ITEM(e, 1, Py_NewRef(Py_None));
     PyList_SET_ITEM(e, 3, Py_NewRef(Py_None));
+    PyList_SET_ITEM(e, 4, PyLong_FromLong(0));
     PyList_SET_ITEM(e, 2, PyUnicode_FromStringAndSize("", 0));
-    if (PyList_GET_ITEM(e, 2) == NULL) {
+    if (PyList_GET_ITEM(e, 2) == NULL || PyList_GET_ITEM(e, 4) == NULL) {
         Py_DECREF(e);
         return NULL;
     }
@@ -1095,6 +1099,21 @@ static int afn_rename_paths(PyObject **v, unsigned *present, PyObject *old_entry
         v[AFN_F_PATH_RESOLVED] = Py_NewRef(Py_True);
         *present |= 1u << AFN_F_PATH_RESOLVED;
     }
+    return 0;
+}
+
+/* One more event of the entry's directory kept out as outside the tree
+ * (watch_tree prunes busy ones, afanotify/_tree.py); small ints are cached,
+ * so the count up to AFN_OUT_COUNT_MAX allocates nothing.  -1 on error. */
+static int afn_count_out(PyObject *entry)
+{
+    long n = PyLong_AsLong(PyList_GET_ITEM(entry, 4));
+    PyObject *o;
+    if (n < 0 || n >= AFN_OUT_COUNT_MAX)
+        return PyErr_Occurred() ? -1 : 0;
+    if ((o = PyLong_FromLong(n + 1)) == NULL)
+        return -1;
+    PyList_SetItem(entry, 4, o);
     return 0;
 }
 
@@ -1542,6 +1561,8 @@ static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nar
                  * (a FID group's events carry no fd). */
                 if ((has & AFN_HAS_PIDFD) && ev->pidfd >= 0 && (flags & AFN_B_OWNED))
                     close(ev->pidfd);
+                if (t == AFN_T_OUT && afn_count_out(e) < 0)
+                    goto done;
                 skipped++;
                 continue;
             }

@@ -1,0 +1,250 @@
+"""``watch_tree`` pruning: ignore marks on busy directories outside the tree.
+
+The kernel tests check what the kernel queues (``stats.events_read``), so a
+pruned directory is shown to cost nothing, and that a pruned directory moved
+into the tree (directly, or after its parent moved elsewhere first) has its
+mark removed and a gap event said.  The unit tests check the record of
+pruned places against synthetic events.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from helpers import collect, sh
+
+from afanotify import Event, Fanotify, FanotifyData, InitFlag, features
+from afanotify._tree import GAP_PID, PRUNE_AFTER, Pruner
+from afanotify.events import FileHandle
+from afanotify.flags import MarkFlag
+
+DFID_NAME = InitFlag.REPORT_DFID_NAME
+END = "zz_end"
+#: More events than make a directory busy.
+BUSY = PRUNE_AFTER + 8
+
+
+def _can_prune() -> bool:
+    f = features()
+    return (
+        MarkFlag.IGNORE in f.mark_flags and MarkFlag.EVICTABLE in f.mark_flags
+        and Event.RENAME in f.events
+    )  # fmt: skip
+
+
+async def _step(fan: Fanotify, w: Path, script: str, tag: str) -> list[FanotifyData]:
+    """Run ``script`` in a child (from ``w``'s parent), then a sentinel in ``w``: events to it."""
+    end = f"{END}{tag}"
+    r = sh(f"cd {w.parent} && {script} && touch {w}/{end}")
+    assert r.returncode == 0, r.stderr
+    return await collect(fan, lambda g: any(e.name == end for e in g))
+
+
+def _busy(d: str, tag: str = "f") -> str:
+    return f"for i in $(seq {BUSY}); do : > {d}/{tag}$i; done"
+
+
+def _mine(evs: list[FanotifyData]) -> list[tuple[int, int, str | None]]:
+    return [
+        (e.ev_types, e.pid, e.path) for e in evs if not (e.name or "").startswith(END)
+    ]
+
+
+def _prepared(root: Path, *dirs: str) -> Path:
+    (root / "w").mkdir()
+    for d in dirs:
+        (root / d).mkdir(parents=True)
+    return root / "w"
+
+
+@pytest.mark.kernel
+async def test_a_busy_directory_elsewhere_is_pruned_and_the_kernel_stops_queueing_it(
+    anyfs: Path,
+) -> None:
+    w = _prepared(anyfs, "other")
+    async with Fanotify(DFID_NAME) as fan:
+        fan.watch_tree(w, Event.CREATE | Event.DELETE)
+        await _step(fan, w, _busy("other"), "0")
+        st = fan.tree_stats
+        assert st is not None
+        if not _can_prune():
+            assert st.pruned == 0
+            return
+        assert (st.pruned, st.marks_added, st.refused, st.enabled) == (1, 1, 0, True)
+        read = fan.stats.events_read
+        evs = await _step(fan, w, f"rm other/f* && {_busy('other', 'g')} && : > w/in1", "1")
+        # The 2 * BUSY events in other/ were never queued: only w's two.
+        assert fan.stats.events_read - read == 2
+        assert [e.path for e in evs] == [f"{w}/in1", f"{w}/{END}1"]
+
+
+@pytest.mark.kernel
+async def test_prune_false_reads_every_event_elsewhere(tmpfs: Path) -> None:
+    w = _prepared(tmpfs, "other")
+    async with Fanotify(DFID_NAME) as fan:
+        fan.watch_tree(w, Event.CREATE | Event.DELETE, prune=False)
+        await _step(fan, w, _busy("other"), "0")
+        read = fan.stats.events_read
+        evs = await _step(fan, w, "rm other/f* && : > w/in1", "1")
+        assert fan.tree_stats is None
+        assert fan.stats.events_read - read == BUSY + 2
+        assert [e.path for e in evs] == [f"{w}/in1", f"{w}/{END}1"]
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("via", ["direct", "parent renamed first"])
+async def test_a_pruned_directory_moved_into_the_tree_is_unpruned_with_a_gap_event(
+    anyfs: Path, via: str
+) -> None:
+    if not _can_prune():
+        pytest.skip("the kernel has no FAN_MARK_IGNORE, FAN_MARK_EVICTABLE or FAN_RENAME")
+    w = _prepared(anyfs, "other/a/p")
+    async with Fanotify(DFID_NAME) as fan:
+        fan.watch_tree(w, Event.CREATE | Event.MOVED_TO | Event.ONDIR)
+        await _step(fan, w, _busy("other/a/p"), "0")
+        assert fan.tree_stats is not None and fan.tree_stats.pruned == 1
+        src = "other/a"
+        if via != "direct":
+            # Out of sight of the tree: the record of the pruned place follows.
+            evs = await _step(fan, w, "mv other/a other/b", "1")
+            assert _mine(evs) == []
+            assert fan.tree_stats.pruned == 1 and fan.tree_stats.gaps == 0
+            src = "other/b"
+        evs = await _step(fan, w, f"mv {src} w/a", "2")
+        assert _mine(evs) == [
+            (Event.Q_OVERFLOW, GAP_PID, f"{w}/a"),
+            (Event.MOVED_TO | Event.ONDIR, evs[1].pid, f"{w}/a"),
+        ]
+        st = fan.tree_stats
+        assert (st.pruned, st.marks_removed, st.gaps) == (0, 1, 1)
+        assert fan.stats.overflows == 0  # the gap is not the kernel's overflow
+        # The mark is gone: the moved directory's events come again.
+        evs = await _step(fan, w, ": > w/a/p/in1", "3")
+        assert _mine(evs) == [(Event.CREATE, evs[0].pid, f"{w}/a/p/in1")]
+
+
+@pytest.mark.kernel
+async def test_a_pruned_directory_removed_is_dropped_from_the_record(tmpfs: Path) -> None:
+    if not _can_prune():
+        pytest.skip("the kernel has no FAN_MARK_IGNORE, FAN_MARK_EVICTABLE or FAN_RENAME")
+    w = _prepared(tmpfs, "other/p")
+    async with Fanotify(DFID_NAME) as fan:
+        fan.watch_tree(w, Event.CREATE)
+        await _step(fan, w, _busy("other/p"), "0")
+        assert fan.tree_stats is not None and fan.tree_stats.pruned == 1
+        await _step(fan, w, "rm -r other/p", "1")
+        st = fan.tree_stats
+        assert (st.pruned, st.marks_removed, st.gaps) == (0, 0, 0)
+
+
+@pytest.mark.kernel
+async def test_a_kernel_overflow_removes_every_prune_mark(tmpfs: Path) -> None:
+    if not _can_prune():
+        pytest.skip("the kernel has no FAN_MARK_IGNORE, FAN_MARK_EVICTABLE or FAN_RENAME")
+    w = _prepared(tmpfs, "other/p", "other/q")
+    # The default queue (16,384 events): the flood below overflows it while
+    # the loop is blocked in sh().
+    async with Fanotify(DFID_NAME) as fan:
+        fan.watch_tree(w, Event.CREATE)
+        await _step(fan, w, _busy("other/p"), "0")
+        assert fan.tree_stats is not None and fan.tree_stats.pruned == 1
+        r = sh(f"cd {tmpfs} && for i in $(seq 17000); do : > other/q/f$i; done", timeout=60)
+        assert r.returncode == 0, r.stderr
+        evs = await collect(fan, lambda g: any(e.ev_types & Event.Q_OVERFLOW for e in g))
+        assert [e.pid for e in evs if e.ev_types & Event.Q_OVERFLOW] == [0]
+        st = fan.tree_stats
+        # other/q may have been pruned too, while its queued events were read.
+        assert st.pruned == 0 and st.marks_removed == st.marks_added >= 1
+        read = fan.stats.events_read
+        await _step(fan, w, ": > other/p/again", "1")
+        assert fan.stats.events_read - read == 2  # other/p/again was queued
+
+
+# -- the record of pruned places (no kernel) --------------------------------
+
+
+def _pruner(root: str = "/m/w") -> Pruner:
+    dm = SimpleNamespace(_mounts={}, live=True)
+    return Pruner(-1, dm, root, int(Event.CREATE))  # type: ignore[arg-type]
+
+
+def _handle(n: int) -> FileHandle:
+    return FileHandle((1, 2), 1, bytes([n]) * 8)
+
+
+def _with(p: Pruner, *paths: str) -> Pruner:
+    for n, path in enumerate(paths):
+        p._paths[_handle(n)] = path
+        p._by_path[path] = _handle(n)
+        p._when[_handle(n)] = 0.0
+    return p
+
+
+def _rename(old: str | None, new: str | None, resolved: bool = True) -> FanotifyData:
+    return FanotifyData(
+        ev_types=int(Event.RENAME | Event.ONDIR), old_path=old, new_path=new,
+        path=new, path_resolved=resolved,
+    )  # fmt: skip
+
+
+def test_a_rename_elsewhere_moves_the_pruned_places_below_it() -> None:
+    p = _with(_pruner(), "/m/o/a", "/m/o/a/b", "/m/o/ab", "/m/x")
+    assert p.seen(_rename("/m/o/a", "/m/z")) is None
+    assert sorted(p._by_path) == ["/m/o/ab", "/m/x", "/m/z", "/m/z/b"]
+    assert p._paths[_handle(1)] == "/m/z/b"
+    assert p.statistics().gaps == 0
+
+
+def test_a_rename_into_the_tree_drops_the_places_below_it_and_says_a_gap() -> None:
+    p = _with(_pruner(), "/m/o/a", "/m/o/a/b", "/m/x")
+    gap = p.seen(_rename("/m/o", "/m/w/o"))
+    assert gap is not None
+    assert (gap.ev_types, gap.pid, gap.path, gap.path_resolved) == (
+        Event.Q_OVERFLOW, GAP_PID, "/m/w/o", True,
+    )  # fmt: skip
+    assert list(p._by_path) == ["/m/x"] and list(p._paths.values()) == ["/m/x"]
+    assert p.statistics().gaps == 1
+
+
+def test_a_rename_into_the_tree_of_nothing_pruned_says_nothing() -> None:
+    p = _with(_pruner(), "/m/x")
+    assert p.seen(_rename("/m/o", "/m/w/o")) is None
+    assert list(p._by_path) == ["/m/x"]
+
+
+def test_an_unresolved_rename_drops_every_place() -> None:
+    p = _with(_pruner(), "/m/x", "/m/y")
+    gap = p.seen(_rename(None, "/m/w/o", resolved=False))
+    assert gap is not None and gap.path == "/m/w/o"
+    assert p._by_path == {} and p._paths == {}
+
+
+def test_an_overflow_drops_every_place_without_a_gap() -> None:
+    p = _with(_pruner(), "/m/x", "/m/y")
+    assert p.seen(FanotifyData(ev_types=int(Event.Q_OVERFLOW))) is None
+    assert p._by_path == {} and p.statistics().gaps == 0
+
+
+def test_a_removed_directory_is_dropped() -> None:
+    p = _with(_pruner(), "/m/x", "/m/y")
+    ev = FanotifyData(ev_types=int(Event.DELETE | Event.ONDIR), path="/m/x", path_resolved=True)
+    assert p.seen(ev) is None
+    assert list(p._by_path) == ["/m/y"]
+
+
+def test_a_directory_is_pruned_after_enough_events_and_not_when_a_move_makes_paths_unsure(
+) -> None:
+    p = _pruner()
+    tried: list[FileHandle] = []
+    p._prune = tried.append  # type: ignore[method-assign]
+    h = _handle(1)
+    p.note([[h, "/m/x", "/m/x/", 0, PRUNE_AFTER - 1]])
+    assert tried == []
+    p._dm.live = False  # type: ignore[attr-defined]
+    p.note([[h, "/m/x", "/m/x/", 0, 1]])
+    assert tried == []  # counted, not pruned, in a read with a directory move
+    p._dm.live = True  # type: ignore[attr-defined]
+    p.note([[h, "/m/x", "/m/x/", 0, 1]])
+    assert tried == [h]
