@@ -292,8 +292,6 @@ class Pipeline:
                 on_cut=self._on_cut, renames=True,
                 object_path=self.dirmap.c_object if dir_path else None,
             )  # fmt: skip
-            if fast.outside and self.pruner is not None:
-                self.pruner.note(fast.outside)
             if fast.skipped:
                 c.events_read += fast.skipped
                 self.filtered += fast.skipped
@@ -327,6 +325,8 @@ class Pipeline:
                 head = _tree.tree_filter(self, events[:done]) if done else []
                 events = head + _tree.tree_filter(self, events[done:])
                 done = len(head)
+                if self.pruner is not None and fast is not None and fast.outside:
+                    self.pruner.note(fast.outside)  # after the read's moves (seen)
         if done == len(events):
             return events
         out = events[:done]

@@ -50,8 +50,15 @@ REMARK_AFTER = 1.0
 #: kernel's have pid 0, a drain thread's gaps -1.
 GAP_PID = -2
 
+#: Seconds a directory found inside the tree or above its root when it was to
+#: be pruned is not tried again.
+SKIP_FOR = 10.0
+
 _OVERFLOW = int(Event.Q_OVERFLOW)
 _ONDIR = int(Event.ONDIR)
+#: A directory is marked through a real open (fanotify_mark refuses O_PATH).
+_OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NONBLOCK
+_ADD_IGNORE = _ffi.lib.FAN_MARK_ADD | int(MarkFlag.IGNORE_SURV | MarkFlag.EVICTABLE)
 _RENAME = int(Event.RENAME)
 _DELETE = int(Event.DELETE)
 _PERM = int(PERM_EVENTS)
@@ -222,6 +229,7 @@ class Pruner:
         self._by_path: dict[str, FileHandle] = {}
         self._paths: dict[FileHandle, str] = {}
         self._when: dict[FileHandle, float] = {}  # when each was marked
+        self._skip: dict[FileHandle, float] = {}  # not tried until then
         self.added = self.removed = self.gaps = self.refused = 0
 
     def statistics(self) -> TreeStatistics:
@@ -238,61 +246,85 @@ class Pruner:
     # -- pruning -----------------------------------------------------------
 
     def note(self, outside: list[list[Any]]) -> None:
-        """The directories the C walk kept events of out, with how many (Decoder.outside)."""
+        """The directories the C walk kept events of out, with how many (Decoder.outside).
+
+        Called once the read's directory events went through :meth:`seen`.
+        """
         if not self.enabled:
             return
         # After a directory moved in this read, the walk's paths before the
         # move may be old ones: only counted then.
         sure = self._dm.live
         counts = self._counts
+        now = time.monotonic()
         for entry in outside:
-            h, n = entry[0], entry[4]
+            h, p, n = entry[0], entry[1], entry[4]
             c = counts.get(h, 0) + n
-            if c < self.after or not sure:
+            if c < self.after or not sure or p is None:
                 if len(counts) >= 4 * self.limit:
                     counts.clear()  # a bound; busy directories count up again
                 counts[h] = c
                 continue
             counts.pop(h, None)
+            if now < self._skip.get(h, 0.0):
+                continue  # refused lately
             if h in self._paths:
                 # Its events queued before the mark are still read for a
                 # while; a mark the kernel evicted is added again after that.
-                if time.monotonic() - self._when[h] >= REMARK_AFTER:
-                    self._prune(h)
-            elif len(self._paths) < self.limit:
-                self._prune(h)
+                if now - self._when[h] < REMARK_AFTER:
+                    continue
+            elif len(self._paths) >= self.limit:
+                continue
+            self._prune(h, p, now)
 
-    def _prune(self, h: FileHandle) -> None:
+    def _prune(self, h: FileHandle, p: str, now: float) -> None:
+        """Mark ``h``, which the read placed at ``p``, if it is there now."""
         mount_fd = self._dm._mounts.get(h.fsid)
         if mount_fd is None:
             return
-        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NONBLOCK
         try:
-            dfd = _ffi.open_by_handle(mount_fd, h.handle, h.handle_type, flags)
+            dfd = _ffi.open_by_handle(mount_fd, h.handle, h.handle_type, _OPEN_DIR)
         except OSError as exc:
             if exc.errno in (errno.EPERM, errno.EACCES):
                 self._refuse(exc)  # no CAP_DAC_READ_SEARCH: never will
             return  # else gone meanwhile: nothing of it to prune
         try:
-            p = os.readlink(f"/proc/self/fd/{dfd}")
-            if p.endswith(" (deleted)") or self.inside(p) or self._above(p):
-                return  # gone, inside, or above the tree: not pruned
-            _ffi.fanotify_mark(
-                self._fd, _ffi.lib.FAN_MARK_ADD | int(MarkFlag.IGNORE_SURV | MarkFlag.EVICTABLE),
-                self._mask, dfd, None,
-            )  # fmt: skip
-        except OSError as exc:
-            self._refuse(exc)
-            return
+            try:
+                here = os.readlink(f"/proc/self/fd/{dfd}")
+            except OSError:
+                return
+            # The record is where the read placed it, and the renames read
+            # later move it: a directory moved since the read is not marked
+            # now (its next events count again, from its new place).
+            if here != p:
+                return
+            if self.inside(p) or self._above(p):
+                self._skip_for(h, now + SKIP_FOR)
+                return
+            try:
+                _ffi.fanotify_mark(self._fd, _ADD_IGNORE, self._mask, dfd, None)
+            except OSError as exc:
+                if exc.errno != errno.EEXIST:
+                    self._refuse(exc)
+                else:  # a mark of the group's own that is not evictable
+                    self._skip_for(h, now + 10 * SKIP_FOR)
+                return
         finally:
             os.close(dfd)
         old = self._paths.pop(h, None)
         if old is not None:
-            self._by_path.pop(old, None)
+            del self._by_path[old]
+        if p in self._by_path:
+            self._unprune([p])  # another directory recorded there is not
         self._paths[h] = p
         self._by_path[p] = h
-        self._when[h] = time.monotonic()
+        self._when[h] = now
         self.added += 1
+
+    def _skip_for(self, h: FileHandle, until: float) -> None:
+        if len(self._skip) >= self.limit:
+            self._skip.clear()
+        self._skip[h] = until
 
     def _refuse(self, exc: OSError) -> None:
         self.refused += 1
@@ -306,16 +338,19 @@ class Pruner:
             "read and dropped from now on%s", self._root, exc, fix,
         )  # fmt: skip
 
+    def _forget(self, p: str) -> FileHandle:
+        h = self._by_path.pop(p)
+        del self._paths[h], self._when[h]
+        return h
+
     def _unprune(self, paths: list[str]) -> None:
         for p in paths:
-            h = self._by_path.pop(p)
-            del self._paths[h], self._when[h]
+            h = self._forget(p)
             mount_fd = self._dm._mounts.get(h.fsid)
             if mount_fd is None:
                 continue
-            flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NONBLOCK
             try:
-                dfd = _ffi.open_by_handle(mount_fd, h.handle, h.handle_type, flags)
+                dfd = _ffi.open_by_handle(mount_fd, h.handle, h.handle_type, _OPEN_DIR)
             except OSError:
                 continue  # gone, and its mark with it
             try:
@@ -340,28 +375,32 @@ class Pruner:
             self._unprune(list(self._by_path))
             return None
         if mask & _DELETE and ev.path_resolved and ev.path in self._by_path:
-            h = self._by_path.pop(ev.path)
-            del self._paths[h], self._when[h]  # its mark goes with the directory
+            self._forget(ev.path)  # its mark goes with the directory
             return None
         if not mask & _RENAME:
             return None
         old, new = ev.old_path, ev.new_path
         if not ev.path_resolved or old is None or new is None:
+            # Where the pruned places below ``old`` went is not known.
             self._unprune(list(self._by_path))
-            return self._gap(new)
+            return self._gap(new) if new is None or self.inside(new) or self._above(new) else None
         under = old.rstrip("/") + "/"
         moved = [p for p in self._by_path if p == old or p.startswith(under)]
-        if not moved:
-            return None
-        if self.inside(new):
-            self._unprune(moved)
-            return self._gap(new)
+        if new in self._by_path and new not in moved:
+            self._forget(new)  # an empty directory renamed over: gone
+        gap = False
         for p in moved:
+            q = new + p[len(old) :]
+            if self.inside(q) or self._above(q):
+                self._unprune([p])
+                gap = True
+                continue
             h = self._by_path.pop(p)
-            q = new + p[len(old):]
+            if q in self._by_path:
+                self._forget(q)
             self._by_path[q] = h
             self._paths[h] = q
-        return None
+        return self._gap(new) if gap else None
 
     def _gap(self, path: str | None) -> FanotifyData:
         self.gaps += 1

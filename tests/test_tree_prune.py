@@ -9,15 +9,18 @@ pruned places against synthetic events.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
+import anyio
 import pytest
 from helpers import collect, sh
 
 from afanotify import Event, Fanotify, FanotifyData, InitFlag, features
 from afanotify._tree import GAP_PID, PRUNE_AFTER, Pruner
 from afanotify.events import FileHandle
+from afanotify.exceptions import WouldBlock
 from afanotify.flags import MarkFlag
 
 DFID_NAME = InitFlag.REPORT_DFID_NAME
@@ -34,10 +37,12 @@ def _can_prune() -> bool:
     )  # fmt: skip
 
 
-async def _step(fan: Fanotify, w: Path, script: str, tag: str) -> list[FanotifyData]:
-    """Run ``script`` in a child (from ``w``'s parent), then a sentinel in ``w``: events to it."""
+async def _step(
+    fan: Fanotify, w: Path, script: str, tag: str, cwd: Path | None = None
+) -> list[FanotifyData]:
+    """Run ``script`` in a child (from ``cwd``, else ``w``'s parent), then a sentinel in ``w``."""
     end = f"{END}{tag}"
-    r = sh(f"cd {w.parent} && {script} && touch {w}/{end}")
+    r = sh(f"cd {cwd or w.parent} && {script} && touch {w}/{end}")
     assert r.returncode == 0, r.stderr
     return await collect(fan, lambda g: any(e.name == end for e in g))
 
@@ -78,6 +83,23 @@ async def test_a_busy_directory_elsewhere_is_pruned_and_the_kernel_stops_queuein
         # The 2 * BUSY events in other/ were never queued: only w's two.
         assert fan.stats.events_read - read == 2
         assert [e.path for e in evs] == [f"{w}/in1", f"{w}/{END}1"]
+
+
+@pytest.mark.kernel
+async def test_busy_directories_past_the_walks_numbered_ones_are_counted_too(
+    tmpfs: Path,
+) -> None:
+    # The C walk numbers the first 64 directories of a read; the rest are
+    # counted through their entries.  One read holds all 70 here.
+    dirs = [f"other/d{n}" for n in range(70)]
+    w = _prepared(tmpfs, *dirs)
+    async with Fanotify(DFID_NAME, buffer_size=1 << 20) as fan:
+        fan.watch_tree(w, Event.CREATE)
+        await _step(fan, w, " && ".join(_busy(d) for d in dirs), "0")
+        assert fan.stats.reads == 1
+        st = fan.tree_stats
+        assert st is not None
+        assert st.pruned == (70 if _can_prune() else 0)
 
 
 @pytest.mark.kernel
@@ -123,6 +145,81 @@ async def test_a_pruned_directory_moved_into_the_tree_is_unpruned_with_a_gap_eve
         # The mark is gone: the moved directory's events come again.
         evs = await _step(fan, w, ": > w/a/p/in1", "3")
         assert _mine(evs) == [(Event.CREATE, evs[0].pid, f"{w}/a/p/in1")]
+
+
+async def _read_until(fan: Fanotify, check: Callable[[], bool]) -> None:
+    """Read batches until ``check()`` holds (5 s deadline), for reads with nothing inside."""
+    with anyio.fail_after(5):
+        while not check():
+            try:
+                for ev in fan.read_batch():
+                    ev.close()
+            except WouldBlock:
+                await anyio.sleep(0.01)
+
+
+@pytest.mark.kernel
+async def test_a_directory_removed_and_made_again_in_one_read_stays_recorded(
+    tmpfs: Path,
+) -> None:
+    # The removal of the old other/d is seen before the new one is pruned.
+    if not _can_prune():
+        pytest.skip("the kernel has no FAN_MARK_IGNORE, FAN_MARK_EVICTABLE or FAN_RENAME")
+    w = _prepared(tmpfs, "other/d")
+    async with Fanotify(DFID_NAME) as fan:
+        fan.watch_tree(w, Event.CREATE | Event.MOVED_TO | Event.ONDIR)
+        await _step(fan, w, f"rmdir other/d && mkdir other/d && {_busy('other/d')}", "0")
+        assert fan.tree_stats is not None and fan.tree_stats.pruned == 1
+        evs = await _step(fan, w, "mv other/d w/d", "1")
+        assert [(e.ev_types, e.path) for e in evs][:2] == [
+            (Event.Q_OVERFLOW, f"{w}/d"), (Event.MOVED_TO | Event.ONDIR, f"{w}/d"),
+        ]  # fmt: skip
+        evs = await _step(fan, w, ": > w/d/in1", "2")
+        assert _mine(evs) == [(Event.CREATE, evs[0].pid, f"{w}/d/in1")]
+
+
+@pytest.mark.kernel
+async def test_a_rename_that_brings_a_pruned_directory_back_under_the_root_unprunes_it(
+    tmpfs: Path,
+) -> None:
+    # The root's parent renamed away and back: nothing moved *into* the
+    # root, yet a directory pruned meanwhile is inside again.
+    if not _can_prune():
+        pytest.skip("the kernel has no FAN_MARK_IGNORE, FAN_MARK_EVICTABLE or FAN_RENAME")
+    (tmpfs / "a" / "w" / "sub").mkdir(parents=True)
+    w = tmpfs / "a" / "w"
+    async with Fanotify(DFID_NAME) as fan:
+        fan.watch_tree(w, Event.CREATE)
+        assert sh(f"cd {tmpfs} && mv a b").returncode == 0
+        # The rename's RENAME, MOVED_FROM and MOVED_TO, read first: a read
+        # with a directory move prunes nothing.
+        await _read_until(fan, lambda: fan.stats.events_read >= 3)
+        assert sh(f"cd {tmpfs} && {_busy('b/w/sub')}").returncode == 0
+        await _read_until(fan, lambda: fan.tree_stats is not None and fan.tree_stats.pruned == 1)
+        evs = await _step(fan, w, "mv b a", "0", cwd=tmpfs)
+        assert [(e.ev_types, e.pid, e.path) for e in evs][:1] == [
+            (Event.Q_OVERFLOW, GAP_PID, f"{tmpfs}/a")
+        ]
+        assert fan.tree_stats.pruned == 0
+        evs = await _step(fan, w, ": > w/sub/in1", "1")
+        assert _mine(evs) == [(Event.CREATE, evs[0].pid, f"{w}/sub/in1")]
+
+
+@pytest.mark.kernel
+async def test_a_directory_the_group_marked_itself_is_skipped_not_the_pruning(
+    tmpfs: Path,
+) -> None:
+    if not _can_prune():
+        pytest.skip("the kernel has no FAN_MARK_IGNORE, FAN_MARK_EVICTABLE or FAN_RENAME")
+    w = _prepared(tmpfs, "other/d", "other/e")
+    async with Fanotify(DFID_NAME) as fan:
+        fan.watch_tree(w, Event.CREATE)
+        fan.mark(tmpfs / "other/d", Event.CLOSE_WRITE)  # not evictable: EEXIST for ours
+        await _step(fan, w, _busy("other/d"), "0")
+        st = fan.tree_stats
+        assert st is not None and (st.pruned, st.refused, st.enabled) == (0, 0, True)
+        await _step(fan, w, _busy("other/e"), "1")
+        assert fan.tree_stats.pruned == 1
 
 
 @pytest.mark.kernel
@@ -214,6 +311,19 @@ def test_a_rename_into_the_tree_of_nothing_pruned_says_nothing() -> None:
     assert list(p._by_path) == ["/m/x"]
 
 
+def test_a_rename_that_puts_a_pruned_place_above_the_root_drops_it_with_a_gap() -> None:
+    p = _with(_pruner("/m/a/w"), "/m/o/p", "/m/x")
+    gap = p.seen(_rename("/m/o/p", "/m/a"))
+    assert gap is not None and gap.path == "/m/a"
+    assert list(p._by_path) == ["/m/x"]
+
+
+def test_a_rename_over_a_pruned_empty_directory_forgets_it() -> None:
+    p = _with(_pruner(), "/m/o/y", "/m/x")
+    assert p.seen(_rename("/m/o/z", "/m/o/y")) is None
+    assert list(p._by_path) == ["/m/x"] and list(p._paths.values()) == ["/m/x"]
+
+
 def test_an_unresolved_rename_drops_every_place() -> None:
     p = _with(_pruner(), "/m/x", "/m/y")
     gap = p.seen(_rename(None, "/m/w/o", resolved=False))
@@ -238,7 +348,7 @@ def test_a_directory_is_pruned_after_enough_events_and_not_when_a_move_makes_pat
 ) -> None:
     p = _pruner()
     tried: list[FileHandle] = []
-    p._prune = tried.append  # type: ignore[method-assign]
+    p._prune = lambda h, path, now: tried.append(h)  # type: ignore[method-assign]
     h = _handle(1)
     p.note([[h, "/m/x", "/m/x/", 0, PRUNE_AFTER - 1]])
     assert tried == []

@@ -1102,16 +1102,18 @@ static int afn_rename_paths(PyObject **v, unsigned *present, PyObject *old_entry
     return 0;
 }
 
-/* One more event of the entry's directory kept out as outside the tree
- * (watch_tree prunes busy ones, afanotify/_tree.py); small ints are cached,
- * so the count up to AFN_OUT_COUNT_MAX allocates nothing.  -1 on error. */
-static int afn_count_out(PyObject *entry)
+/* `more` events of the entry's directory kept out as outside the tree
+ * (watch_tree prunes busy ones, afanotify/_tree.py), counted up to
+ * AFN_OUT_COUNT_MAX (small ints are cached: nothing is allocated).  -1 on
+ * error. */
+static int afn_count_out(PyObject *entry, long more)
 {
     long n = PyLong_AsLong(PyList_GET_ITEM(entry, 4));
     PyObject *o;
     if (n < 0 || n >= AFN_OUT_COUNT_MAX)
         return PyErr_Occurred() ? -1 : 0;
-    if ((o = PyLong_FromLong(n + 1)) == NULL)
+    n = n + more < AFN_OUT_COUNT_MAX ? n + more : AFN_OUT_COUNT_MAX;
+    if ((o = PyLong_FromLong(n)) == NULL)
         return -1;
     PyList_SetItem(entry, 4, o);
     return 0;
@@ -1415,6 +1417,9 @@ static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nar
     int last_skip = -1; /* last_pid_obj in skip_pids (-1: not asked yet) */
     uint64_t last_mask = 0;
     Py_ssize_t skipped = 0;
+    /* Events kept out as outside the tree, by numbered directory. */
+    uint16_t nout[AFN_MAX_DIRS];
+    int any_out = 0, k;
     int stopped = 0; /* left at a cut with AFN_B_STOP_AT_CUT */
     uint64_t want = 0;
     PyObject *v[AFN_F_COUNT];
@@ -1433,6 +1438,7 @@ static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nar
 
     (void)self;
     memset(v, 0, sizeof v);
+    memset(nout, 0, sizeof nout);
     if (afn_b.event_type == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "_build before _builder_setup");
         return NULL;
@@ -1548,24 +1554,40 @@ static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nar
                 PyErr_SetString(PyExc_TypeError, "_build: a malformed directory entry");
                 goto done;
             }
+            /* Held: dir_path runs Python code, which may change dirs. */
             Py_INCREF(e);
             t = afn_tree_decision(e, dir_path, tree);
-            Py_DECREF(e);
-            if (t < 0)
+            if (t < 0) {
+                Py_DECREF(e);
                 goto done;
+            }
             if (!(ev->mask & want & ~(uint64_t)FAN_ONDIR)
                 || ((ev->mask & FAN_ONDIR) && !(want & FAN_ONDIR))
                 || t == AFN_T_OUT
                 || (t == AFN_T_PARENT && !afn_name_is(src, &ev->dfid, PyTuple_GET_ITEM(tree, 2)))) {
+                int failed = 0;
+                if (t == AFN_T_OUT) {
+                    /* Numbered directories are counted here and added to
+                     * their entries once, after the loop. */
+                    if (ev->dir_idx < AFN_MAX_DIRS) {
+                        if (nout[ev->dir_idx] < UINT16_MAX)
+                            nout[ev->dir_idx]++;
+                        any_out = 1;
+                    } else {
+                        failed = afn_count_out(e, 1) < 0;
+                    }
+                }
+                Py_DECREF(e);
+                if (failed)
+                    goto done; /* as for an error above: the pidfd is left as it is */
                 /* Not built, so nobody else would close the event's pidfd
                  * (a FID group's events carry no fd). */
                 if ((has & AFN_HAS_PIDFD) && ev->pidfd >= 0 && (flags & AFN_B_OWNED))
                     close(ev->pidfd);
-                if (t == AFN_T_OUT && afn_count_out(e) < 0)
-                    goto done;
                 skipped++;
                 continue;
             }
+            Py_DECREF(e);
         }
         /* A burst repeats the same process and mask: one int object each
          * while they stay the same (ints are immutable). */
@@ -1768,6 +1790,10 @@ static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nar
         }
     }
 #undef AFN_SET
+    for (k = 0; any_out && k < AFN_MAX_DIRS; k++) {
+        if (nout[k] && afn_count_out(PyList_GET_ITEM(dirs, k), nout[k]) < 0)
+            goto done;
+    }
     result = Py_BuildValue("(nnnni)", i, filled, upto, skipped, stopped);
 done:
     for (i = 0; i < AFN_F_COUNT; i++)
