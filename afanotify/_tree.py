@@ -56,9 +56,15 @@ SKIP_FOR = 10.0
 
 _OVERFLOW = int(Event.Q_OVERFLOW)
 _ONDIR = int(Event.ONDIR)
-#: A directory is marked through a real open (fanotify_mark refuses O_PATH).
-_OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NONBLOCK
+_OPEN_DIR = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+_AT_FDCWD = _ffi.lib.AT_FDCWD
+_ONLYDIR = int(MarkFlag.ONLYDIR)
 _ADD_IGNORE = _ffi.lib.FAN_MARK_ADD | int(MarkFlag.IGNORE_SURV | MarkFlag.EVICTABLE)
+_REMOVE_IGNORE = _ffi.lib.FAN_MARK_REMOVE | int(MarkFlag.IGNORE_SURV)
+#: A directory's handle that no longer opens: it is gone.
+_GONE = (errno.ESTALE, errno.ENOENT, errno.ENOTDIR)
+#: fanotify_mark errors that say no directory will be pruned (others skip one).
+_GIVE_UP = (errno.EINVAL, errno.ENOSPC, errno.EPERM, errno.EACCES, errno.ENOSYS)
 _RENAME = int(Event.RENAME)
 _DELETE = int(Event.DELETE)
 _PERM = int(PERM_EVENTS)
@@ -184,6 +190,9 @@ class TreeStatistics(NamedTuple):
     refused: int
     #: False once pruning is off: asked so, unsupported, or refused.
     enabled: bool
+    #: Marks that could not be taken off yet (tried again at each read; the
+    #: events under those directories stay missing until then, and logged).
+    pending: int = 0
 
 
 class Pruner:
@@ -230,12 +239,15 @@ class Pruner:
         self._paths: dict[FileHandle, str] = {}
         self._when: dict[FileHandle, float] = {}  # when each was marked
         self._skip: dict[FileHandle, float] = {}  # not tried until then
+        #: Marks that could not be taken off yet (no fd to spare, say).
+        self.pending: dict[FileHandle, bool] = {}
         self.added = self.removed = self.gaps = self.refused = 0
 
     def statistics(self) -> TreeStatistics:
         return TreeStatistics(
-            len(self._paths), self.added, self.removed, self.gaps, self.refused, self.enabled
-        )
+            len(self._paths), self.added, self.removed, self.gaps, self.refused, self.enabled,
+            len(self.pending),
+        )  # fmt: skip
 
     def inside(self, p: str) -> bool:
         return p == self._root or p.startswith(self._below)
@@ -277,17 +289,27 @@ class Pruner:
                 continue
             self._prune(h, p, now)
 
-    def _prune(self, h: FileHandle, p: str, now: float) -> None:
-        """Mark ``h``, which the read placed at ``p``, if it is there now."""
+    def _open(self, h: FileHandle) -> int:
+        """An O_PATH fd on ``h`` (opening it so makes no event); raises OSError."""
         mount_fd = self._dm._mounts.get(h.fsid)
         if mount_fd is None:
-            return
+            raise OSError(errno.ESTALE, "no mount fd for its filesystem")
+        return _ffi.open_by_handle(mount_fd, h.handle, h.handle_type, _OPEN_DIR)
+
+    def _mark(self, flags: int, dfd: int) -> None:
+        # fanotify_mark() refuses an O_PATH fd as the object, but takes the
+        # path of its /proc link (ONLYDIR: it must still be a directory).
+        link = f"/proc/self/fd/{dfd}"
+        _ffi.fanotify_mark(self._fd, flags | _ONLYDIR, self._mask, _AT_FDCWD, link)
+
+    def _prune(self, h: FileHandle, p: str, now: float) -> None:
+        """Mark ``h``, which the read placed at ``p``, if it is there now."""
         try:
-            dfd = _ffi.open_by_handle(mount_fd, h.handle, h.handle_type, _OPEN_DIR)
+            dfd = self._open(h)
         except OSError as exc:
             if exc.errno in (errno.EPERM, errno.EACCES):
                 self._refuse(exc)  # no CAP_DAC_READ_SEARCH: never will
-            return  # else gone meanwhile: nothing of it to prune
+            return  # else gone meanwhile (or no fd to spare): not pruned now
         try:
             try:
                 here = os.readlink(f"/proc/self/fd/{dfd}")
@@ -302,11 +324,11 @@ class Pruner:
                 self._skip_for(h, now + SKIP_FOR)
                 return
             try:
-                _ffi.fanotify_mark(self._fd, _ADD_IGNORE, self._mask, dfd, None)
+                self._mark(_ADD_IGNORE, dfd)
             except OSError as exc:
-                if exc.errno != errno.EEXIST:
+                if exc.errno in _GIVE_UP:
                     self._refuse(exc)
-                else:  # a mark of the group's own that is not evictable
+                else:  # EEXIST: a mark of the group's own that is not evictable
                     self._skip_for(h, now + 10 * SKIP_FOR)
                 return
         finally:
@@ -345,29 +367,52 @@ class Pruner:
 
     def _unprune(self, paths: list[str]) -> None:
         for p in paths:
-            h = self._forget(p)
-            mount_fd = self._dm._mounts.get(h.fsid)
-            if mount_fd is None:
-                continue
-            try:
-                dfd = _ffi.open_by_handle(mount_fd, h.handle, h.handle_type, _OPEN_DIR)
-            except OSError:
-                continue  # gone, and its mark with it
-            try:
-                _ffi.fanotify_mark(
-                    self._fd, _ffi.lib.FAN_MARK_REMOVE | int(MarkFlag.IGNORE_SURV),
-                    self._mask, dfd, None,
-                )  # fmt: skip
-                self.removed += 1
-            except OSError:
-                pass  # evicted by the kernel already: nothing to remove
-            finally:
-                os.close(dfd)
+            self._remove_mark(self._forget(p))
+
+    def _remove_mark(self, h: FileHandle) -> None:
+        """Take the ignore mark off ``h``; kept in :attr:`pending` until that works."""
+        try:
+            dfd = self._open(h)
+        except OSError as exc:
+            if exc.errno not in _GONE:
+                self._stuck(h, exc)
+            else:
+                self.pending.pop(h, None)  # gone, and its mark with it
+            return
+        try:
+            self._mark(_REMOVE_IGNORE, dfd)
+            self.removed += 1
+        except OSError as exc:
+            if exc.errno not in (errno.ENOENT, *_GONE):
+                self._stuck(h, exc)
+                return
+            # ENOENT: no such mark, the kernel evicted it already
+        finally:
+            os.close(dfd)
+        self.pending.pop(h, None)
+
+    def _stuck(self, h: FileHandle, exc: OSError) -> None:
+        if h not in self.pending:
+            log.warning(
+                "watch_tree could not take the prune mark off a directory (%s): its events "
+                "stay missing until it can; tried again at each read", exc,
+            )  # fmt: skip
+        self.pending[h] = True
+
+    def retry(self) -> None:
+        """Try again the marks :meth:`_remove_mark` could not take off."""
+        for h in list(self.pending):
+            self._remove_mark(h)
 
     # -- what a read says of the pruned places ------------------------------
 
     def seen(self, ev: FanotifyData) -> FanotifyData | None:
-        """Follow a directory event (or an overflow); a gap event if one must go before it."""
+        """Follow a directory event (or an overflow); a gap event if one must go before it.
+
+        A record is checked against the directory found at its path
+        (``name_to_handle_at``) whenever an event names that path: a record
+        found wrong is unpruned, as one that moved in would be.
+        """
         if not self._paths:
             return None
         mask = ev.ev_types
@@ -375,7 +420,7 @@ class Pruner:
             self._unprune(list(self._by_path))
             return None
         if mask & _DELETE and ev.path_resolved and ev.path in self._by_path:
-            self._forget(ev.path)  # its mark goes with the directory
+            self._recheck(ev.path)  # gone, its mark with it; or another was removed there
             return None
         if not mask & _RENAME:
             return None
@@ -387,7 +432,7 @@ class Pruner:
         under = old.rstrip("/") + "/"
         moved = [p for p in self._by_path if p == old or p.startswith(under)]
         if new in self._by_path and new not in moved:
-            self._forget(new)  # an empty directory renamed over: gone
+            self._recheck(new)  # an empty directory renamed over
         gap = False
         for p in moved:
             q = new + p[len(old) :]
@@ -397,10 +442,19 @@ class Pruner:
                 continue
             h = self._by_path.pop(p)
             if q in self._by_path:
-                self._forget(q)
+                self._unprune([q])
             self._by_path[q] = h
             self._paths[h] = q
+            # Not there (a swap, RENAME_EXCHANGE, reads as two renames that
+            # cancel out; or a later rename already moved it): unsure.
+            self._recheck(q)
         return self._gap(new) if gap else None
+
+    def _recheck(self, p: str) -> None:
+        """Keep the record at ``p`` only if its directory is there now."""
+        h = self._by_path[p]
+        if _dirmap._handle_at(h.fsid, p) != h:
+            self._unprune([p])
 
     def _gap(self, path: str | None) -> FanotifyData:
         self.gaps += 1
@@ -426,6 +480,8 @@ def tree_filter(pipeline: Pipeline, events: list[FanotifyData]) -> list[Fanotify
     root, _parent, _name, want = pipeline.tree
     below = root.rstrip("/") + "/"
     pruner = pipeline.pruner
+    if pruner is not None and pruner.pending:
+        pruner.retry()
     out = []
     dropped = 0
     for ev in events:

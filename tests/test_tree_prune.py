@@ -1,25 +1,25 @@
 """``watch_tree`` pruning: ignore marks on busy directories outside the tree.
 
-The kernel tests check what the kernel queues (``stats.events_read``), so a
+These kernel tests check what the kernel queues (``stats.events_read``), so a
 pruned directory is shown to cost nothing, and that a pruned directory moved
 into the tree (directly, or after its parent moved elsewhere first) has its
-mark removed and a gap event said.  The unit tests check the record of
-pruned places against synthetic events.
+mark removed and a gap event said.  tests/test_tree_prune_record.py checks
+the record of pruned places against synthetic events.
 """
 
 from __future__ import annotations
 
+import errno
+import sys
 from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
 
 import anyio
 import pytest
 from helpers import collect, sh
 
 from afanotify import Event, Fanotify, FanotifyData, InitFlag, features
-from afanotify._tree import GAP_PID, PRUNE_AFTER, Pruner
-from afanotify.events import FileHandle
+from afanotify._tree import GAP_PID, PRUNE_AFTER
 from afanotify.exceptions import WouldBlock
 from afanotify.flags import MarkFlag
 
@@ -205,6 +205,61 @@ async def test_a_rename_that_brings_a_pruned_directory_back_under_the_root_unpru
         assert _mine(evs) == [(Event.CREATE, evs[0].pid, f"{w}/sub/in1")]
 
 
+#: Swaps two paths with renameat2(RENAME_EXCHANGE), in a child.
+EXCHANGE = (
+    "import ctypes, sys; libc = ctypes.CDLL(None, use_errno=True); "
+    "a, b = (p.encode() for p in sys.argv[1:]); "
+    "sys.exit(libc.renameat2(-100, a, -100, b, 2) and ctypes.get_errno())"
+)
+
+
+@pytest.mark.kernel
+async def test_a_pruned_directory_swapped_with_another_is_unpruned(tmpfs: Path) -> None:
+    # A swap reads as two renames that cancel out: a->c, c->a.
+    if not _can_prune():
+        pytest.skip("the kernel has no FAN_MARK_IGNORE, FAN_MARK_EVICTABLE or FAN_RENAME")
+    w = _prepared(tmpfs, "other/a", "other/c")
+    async with Fanotify(DFID_NAME) as fan:
+        fan.watch_tree(w, Event.CREATE | Event.MOVED_TO | Event.ONDIR)
+        await _step(fan, w, _busy("other/a"), "0")
+        assert fan.tree_stats is not None and fan.tree_stats.pruned == 1
+        swap = f"{sys.executable} -c '{EXCHANGE}' other/a other/c"
+        await _step(fan, w, swap, "1")
+        assert fan.tree_stats.pruned == 0  # unsure where it is: unpruned
+        await _step(fan, w, "mv other/c w/x", "2")  # the busy one, after the swap
+        evs = await _step(fan, w, ": > w/x/in1", "3")
+        assert _mine(evs) == [(Event.CREATE, evs[0].pid, f"{w}/x/in1")]
+
+
+@pytest.mark.kernel
+async def test_a_mark_that_cannot_come_off_yet_is_tried_again_at_the_next_read(
+    tmpfs: Path,
+) -> None:
+    if not _can_prune():
+        pytest.skip("the kernel has no FAN_MARK_IGNORE, FAN_MARK_EVICTABLE or FAN_RENAME")
+    w = _prepared(tmpfs, "other/p")
+    async with Fanotify(DFID_NAME) as fan:
+        fan.watch_tree(w, Event.CREATE | Event.MOVED_TO | Event.ONDIR)
+        await _step(fan, w, _busy("other/p"), "0")
+        pruner = fan._pipeline.pruner
+        assert pruner is not None and pruner.statistics().pruned == 1
+
+        def no_fd_left(h: object) -> int:
+            raise OSError(errno.EMFILE, "Too many open files")
+
+        pruner._open = no_fd_left  # type: ignore[method-assign,assignment]
+        evs = await _step(fan, w, "mv other/p w/p", "1")
+        assert (evs[0].ev_types, evs[0].pid) == (Event.Q_OVERFLOW, GAP_PID)
+        st = pruner.statistics()
+        assert (st.pruned, st.pending, st.marks_removed) == (0, 1, 0)
+        del pruner._open  # descriptors again
+        await _step(fan, w, ": > w/p/lost", "2")  # the read that takes the mark off
+        st = pruner.statistics()
+        assert (st.pending, st.marks_removed) == (0, 1)
+        evs = await _step(fan, w, ": > w/p/in1", "3")
+        assert _mine(evs) == [(Event.CREATE, evs[0].pid, f"{w}/p/in1")]
+
+
 @pytest.mark.kernel
 async def test_a_directory_the_group_marked_itself_is_skipped_not_the_pruning(
     tmpfs: Path,
@@ -257,104 +312,3 @@ async def test_a_kernel_overflow_removes_every_prune_mark(tmpfs: Path) -> None:
         read = fan.stats.events_read
         await _step(fan, w, ": > other/p/again", "1")
         assert fan.stats.events_read - read == 2  # other/p/again was queued
-
-
-# -- the record of pruned places (no kernel) --------------------------------
-
-
-def _pruner(root: str = "/m/w") -> Pruner:
-    dm = SimpleNamespace(_mounts={}, live=True)
-    return Pruner(-1, dm, root, int(Event.CREATE))  # type: ignore[arg-type]
-
-
-def _handle(n: int) -> FileHandle:
-    return FileHandle((1, 2), 1, bytes([n]) * 8)
-
-
-def _with(p: Pruner, *paths: str) -> Pruner:
-    for n, path in enumerate(paths):
-        p._paths[_handle(n)] = path
-        p._by_path[path] = _handle(n)
-        p._when[_handle(n)] = 0.0
-    return p
-
-
-def _rename(old: str | None, new: str | None, resolved: bool = True) -> FanotifyData:
-    return FanotifyData(
-        ev_types=int(Event.RENAME | Event.ONDIR), old_path=old, new_path=new,
-        path=new, path_resolved=resolved,
-    )  # fmt: skip
-
-
-def test_a_rename_elsewhere_moves_the_pruned_places_below_it() -> None:
-    p = _with(_pruner(), "/m/o/a", "/m/o/a/b", "/m/o/ab", "/m/x")
-    assert p.seen(_rename("/m/o/a", "/m/z")) is None
-    assert sorted(p._by_path) == ["/m/o/ab", "/m/x", "/m/z", "/m/z/b"]
-    assert p._paths[_handle(1)] == "/m/z/b"
-    assert p.statistics().gaps == 0
-
-
-def test_a_rename_into_the_tree_drops_the_places_below_it_and_says_a_gap() -> None:
-    p = _with(_pruner(), "/m/o/a", "/m/o/a/b", "/m/x")
-    gap = p.seen(_rename("/m/o", "/m/w/o"))
-    assert gap is not None
-    assert (gap.ev_types, gap.pid, gap.path, gap.path_resolved) == (
-        Event.Q_OVERFLOW, GAP_PID, "/m/w/o", True,
-    )  # fmt: skip
-    assert list(p._by_path) == ["/m/x"] and list(p._paths.values()) == ["/m/x"]
-    assert p.statistics().gaps == 1
-
-
-def test_a_rename_into_the_tree_of_nothing_pruned_says_nothing() -> None:
-    p = _with(_pruner(), "/m/x")
-    assert p.seen(_rename("/m/o", "/m/w/o")) is None
-    assert list(p._by_path) == ["/m/x"]
-
-
-def test_a_rename_that_puts_a_pruned_place_above_the_root_drops_it_with_a_gap() -> None:
-    p = _with(_pruner("/m/a/w"), "/m/o/p", "/m/x")
-    gap = p.seen(_rename("/m/o/p", "/m/a"))
-    assert gap is not None and gap.path == "/m/a"
-    assert list(p._by_path) == ["/m/x"]
-
-
-def test_a_rename_over_a_pruned_empty_directory_forgets_it() -> None:
-    p = _with(_pruner(), "/m/o/y", "/m/x")
-    assert p.seen(_rename("/m/o/z", "/m/o/y")) is None
-    assert list(p._by_path) == ["/m/x"] and list(p._paths.values()) == ["/m/x"]
-
-
-def test_an_unresolved_rename_drops_every_place() -> None:
-    p = _with(_pruner(), "/m/x", "/m/y")
-    gap = p.seen(_rename(None, "/m/w/o", resolved=False))
-    assert gap is not None and gap.path == "/m/w/o"
-    assert p._by_path == {} and p._paths == {}
-
-
-def test_an_overflow_drops_every_place_without_a_gap() -> None:
-    p = _with(_pruner(), "/m/x", "/m/y")
-    assert p.seen(FanotifyData(ev_types=int(Event.Q_OVERFLOW))) is None
-    assert p._by_path == {} and p.statistics().gaps == 0
-
-
-def test_a_removed_directory_is_dropped() -> None:
-    p = _with(_pruner(), "/m/x", "/m/y")
-    ev = FanotifyData(ev_types=int(Event.DELETE | Event.ONDIR), path="/m/x", path_resolved=True)
-    assert p.seen(ev) is None
-    assert list(p._by_path) == ["/m/y"]
-
-
-def test_a_directory_is_pruned_after_enough_events_and_not_when_a_move_makes_paths_unsure(
-) -> None:
-    p = _pruner()
-    tried: list[FileHandle] = []
-    p._prune = lambda h, path, now: tried.append(h)  # type: ignore[method-assign]
-    h = _handle(1)
-    p.note([[h, "/m/x", "/m/x/", 0, PRUNE_AFTER - 1]])
-    assert tried == []
-    p._dm.live = False  # type: ignore[attr-defined]
-    p.note([[h, "/m/x", "/m/x/", 0, 1]])
-    assert tried == []  # counted, not pruned, in a read with a directory move
-    p._dm.live = True  # type: ignore[attr-defined]
-    p.note([[h, "/m/x", "/m/x/", 0, 1]])
-    assert tried == [h]
