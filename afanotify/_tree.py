@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 MAP_EVENTS = Event.CREATE | Event.DELETE | Event.MOVED_FROM | Event.MOVED_TO | Event.ONDIR
 #: Events of one directory outside the tree after which it is pruned (at most
 #: 255: the C builder counts up to that).
-PRUNE_AFTER = 32
+PRUNE_AFTER = 8
 #: Directories pruned at most at once (each is one inode mark in the kernel).
 PRUNE_LIMIT = 4096
 #: Seconds after its mark before a pruned directory's events make it marked

@@ -50,6 +50,10 @@ FIGURES: dict[str, list[tuple[str, str, bool]]] = {
         ("ratio_to_prefix_check", "ratio_to_c", True),
         ("cpu_ratio_to_prefix_check", "cpu_ratio_to_c", True),
     ],
+    "watch_tree_spread": [
+        ("ratio_to_prefix_check", "ratio_to_c", True),
+        ("cpu_ratio_to_prefix_check", "cpu_ratio_to_c", True),
+    ],
     "watch_tree_live": [
         ("ratio_to_prefix_check", "ratio_to_c", True),
         ("cpu_ratio_to_prefix_check", "cpu_ratio_to_c", True),

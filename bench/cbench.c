@@ -15,6 +15,8 @@
  *                              written, then each chmod-ed, renamed, unlinked; then the
  *                              sentinel file DIR/zz-end
  *   cbench pace DIR N RATE     create N files at RATE per second; "index sent_ns" on stdout
+ *   cbench spread DIR N DIRS   DIRS directories DIR/dK, N files spread over them, each
+ *                              directory's files created, then unlinked, then it is removed
  *
  * The drain readers set up their group (UNLIMITED_QUEUE, so a pre-filled
  * backlog is not cut at 16384 events), print "ready", wait for a line on
@@ -335,6 +337,23 @@ static int create(const char *dir, long n, int unlink_after)
     return 0;
 }
 
+static int spread(const char *dir, long n, long dirs)
+{
+    char sub[PATH_MAX];
+    if (dirs < 1)
+        dirs = 1;
+    for (long d = 0; d < dirs; d++) {
+        long files = n / dirs + (d < n % dirs);
+        snprintf(sub, sizeof sub, "%s/d%05ld", dir, d);
+        if (mkdir(sub, 0755) < 0)
+            die(sub);
+        create(sub, files, 1);
+        if (rmdir(sub) < 0)
+            die(sub);
+    }
+    return 0;
+}
+
 static int pace(const char *dir, long n, long rate)
 {
     int64_t *sent = calloc((size_t)n, sizeof *sent);
@@ -376,6 +395,8 @@ int main(int argc, char **argv)
         return create(path, n, 0);
     if (!strcmp(mode, "create-unlink"))
         return create(path, n, 1);
+    if (!strcmp(mode, "spread") && argc >= 5)
+        return spread(path, n, atol(argv[4]));
     if (!strcmp(mode, "pace") && argc >= 5)
         return pace(path, n, atol(argv[4]));
     fprintf(stderr, "cbench: unknown mode %s\n", mode);
