@@ -15,7 +15,10 @@ Prints one line per event under the tree, flushed at once::
 inotify needs a watch per directory (and a walk to place them); here the
 whole tree costs one ``fanotify_mark(2)`` on the filesystem that holds it,
 however deep it is, and events elsewhere on that filesystem are dropped in C
-before Python sees them.  A path printed is the one the object had when the
+before Python sees them (a busy directory elsewhere is pruned: the kernel
+stops queueing its events).  A ``LOST`` line says where events may be
+missing: after a queue overflow, or under a pruned directory moved into the
+tree.  A path printed is the one the object had when the
 event happened; ``?`` marks a path the group could not name (a directory it
 never saw, removed before the read: ``--scan`` learns the existing tree so
 that those, too, get full paths).
@@ -37,6 +40,10 @@ EVENTS = Event.CREATE | Event.DELETE | Event.RENAME | Event.CLOSE_WRITE | Event.
 
 def describe(ev: FanotifyData) -> str:
     """``KIND PATH`` (``KIND OLD -> NEW`` for a rename), ``?`` after an unnamed path."""
+    if ev.ev_types & Event.Q_OVERFLOW:
+        # The kernel's (no path: the whole tree), or a pruned directory that
+        # moved in (its path): events there may be missing.
+        return f"LOST events under {ev.path or 'the tree'}: rescan it"
     kind = evt_to_str(ev.ev_types & ~Event.ONDIR)
     mark = "" if ev.path_resolved else " ?"
     if ev.ev_types & Event.RENAME:
