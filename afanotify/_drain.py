@@ -68,15 +68,18 @@ CHUNK_SIZE = 256 << 10
 #: was still named (the exit log names them).  With the main loop's round at
 #: most every ``PACE_S`` (50 ms, _cli_watch.py), a line waits 60 ms at most.
 SETTLE = 0.01
-#: :class:`Drain`'s default ``slow_settle``: 40 ms, the wait instead of
-#: ``settle`` while events come slowly (fewer than 256 would queue in it, at
-#: the last read's rate: ``afd_settle_for`` in fastpath_drain.c).  Each read
-#: costs about the same whatever it brings; at 300 files a second (bench_cli.py
-#: --rate) 10 ms made ~100 reads a second and 40 ms ~25, which cut the drain
-#: thread's CPU from 0.04-0.05 s to 0.02 s in a 6 s run.  A line then waits
-#: 90 ms at most (with the loop's ``PACE_S``); a writer of 3,000 files a
-#: second, or a burst, keeps ``settle``.
-SLOW_SETTLE = 0.04
+#: :class:`Drain`'s default ``slow_settle``: 100 ms, the wait instead of
+#: ``settle`` while events come slowly (under 6,400 a second at the last
+#: read's rate: ``afd_settle_for`` in fastpath_drain.c).  Each read costs
+#: about the same whatever it brings, and each one wakes the loop for a
+#: round (see ``PACE_S`` in _cli_watch.py); at 300 files a second
+#: (bench_cli.py --rate) 10 ms made ~100 reads a second, 40 ms ~25 and
+#: 100 ms ~10.  10 ms -> 40 ms cut the drain thread's CPU from 0.04-0.05 s
+#: to 0.02 s in a 6 s run; 40 ms -> 100 ms cut the whole watch's from 0.177
+#: to 0.140 s (JSON, medians of 3; the loop's pacing alone at 100 ms: 0.155,
+#: both: 0.145).  A line then waits 150 ms at most (with ``PACE_S``); a
+#: writer of 3,000 files a second, or a burst, keeps ``settle``.
+SLOW_SETTLE = 0.1
 #: The most ``settle`` may be (it delays events by up to that much).
 MAX_SETTLE = 0.5
 

@@ -721,8 +721,10 @@ static int afd_read_one(struct afd_drain *d, int32_t *pids, int32_t *pidfds,
     return 1;
 }
 
-/* At most this many events are expected to queue during slow_settle_ns. */
+/* Events come slowly below AFD_SLOW_EVENTS per AFD_SLOW_SPAN_NS (6,400 a
+ * second): a rate, whatever slow_settle_ns is. */
 #define AFD_SLOW_EVENTS 256
+#define AFD_SLOW_SPAN_NS 40000000u
 /* Bytes of a small FID event (metadata, one record with a short name). */
 #define AFD_SMALL_EVENT 64
 
@@ -733,12 +735,14 @@ static int afd_read_one(struct afd_drain *d, int32_t *pids, int32_t *pidfds,
  * settle made ~100 reads a second of a few files each, and the thread's CPU
  * was mostly that.  So while the events come slowly the thread waits
  * slow_settle_ns instead: when the last read's events, at the rate they came
- * since the read before it, would fill fewer than AFD_SLOW_EVENTS in that
- * wait.  A busy writer (or a burst, whose reads come back full and so wait
- * not at all) keeps settle_ns, and the kernel's queue (16384 events unless
- * unlimited) never gets near full in the longer wait: a burst that starts
- * in one queues what it writes in slow_settle_ns.  The first read after a
- * quiet spell is made at once, as before (it is the poll's). */
+ * since the read before it, are fewer than AFD_SLOW_EVENTS per
+ * AFD_SLOW_SPAN_NS (the rate, not the wait: a longer slow_settle_ns leaves
+ * the writers it applies to as they were, 1,000 files a second among them).
+ * A busy writer (or a burst, whose reads come back full and so wait not at
+ * all) keeps settle_ns, and the kernel's queue (16384 events unless
+ * unlimited) never gets near full in the longer wait: afd_settle ends it
+ * once AFD_SLOW_EVENTS small events' worth has queued.  The first read
+ * after a quiet spell is made at once, as before (it is the poll's). */
 static uint64_t afd_settle_for(const struct afd_drain *d)
 {
     uint64_t slow = d->slow_settle_ns;
@@ -747,7 +751,7 @@ static uint64_t afd_settle_for(const struct afd_drain *d)
     if (d->prev_read_ns == 0)
         return slow;
     uint64_t gap = d->last_read_ns - d->prev_read_ns;
-    if ((uint64_t)d->last_events * slow <= (uint64_t)AFD_SLOW_EVENTS * gap)
+    if ((uint64_t)d->last_events * AFD_SLOW_SPAN_NS <= (uint64_t)AFD_SLOW_EVENTS * gap)
         return slow;
     return d->settle_ns;
 }
