@@ -111,6 +111,21 @@ def _readlink_fd(fd: int) -> str | None:
         return None
 
 
+def _take_outside(numbered: list[Any], dirs: dict[bytes, list[Any]]) -> list[list[Any]]:
+    """Decoder.outside of a batch: a copy of each entry with events kept out, once.
+
+    The entries' own counts go back to 0: an entry kept for later batches
+    (Decoder.decode's ``dir_version``) must start each with none, and one
+    entry may be both numbered and in ``dirs`` (it is kept by its bytes).
+    """
+    out = []
+    for e in (*numbered, *dirs.values()):
+        if e is not None and e[4]:
+            out.append(e.copy())
+            e[4] = 0
+    return out
+
+
 class Decoder:
     """The C decoder with its cffi buffers, allocated once and reused per batch.
 
@@ -146,7 +161,8 @@ class Decoder:
         self.skipped = 0
         #: The last batch's directories outside ``tree``, each as the C
         #: builder's entry: [handle, path, path + "/", decision, events kept
-        #: out (at most 255)], for those with events kept out.
+        #: out in that batch (at most 255)], for those with events kept out
+        #: (copies: see _take_outside).
         self.outside: list[list[Any]] = []
         #: The events and errors of a build that raised, made before it did
         #: (nobody holds them: the caller releases them); else empty.
@@ -327,10 +343,16 @@ class Decoder:
                 self._kept, self._kept_for = {}, (dir_version, tree)
             kept = self._kept
         src = ffi.buffer(cbuf, nbytes) if nbytes else b""
-        return self._build(
-            src, count, owned, pid_is_tid, fd_error, resolve_fd_paths, dir_path, skip_pids,
-            dir_change, tree, on_cut, renames, object_path, kept,
-        )
+        try:
+            return self._build(
+                src, count, owned, pid_is_tid, fd_error, resolve_fd_paths, dir_path, skip_pids,
+                dir_change, tree, on_cut, renames, object_path, kept,
+            )
+        except BaseException:
+            # Kept entries may hold this batch's counts of events kept out
+            # (see _take_outside), which no later batch must see.
+            self._kept, self._kept_for = {}, (-1, None)
+            raise
 
     def _build(
         self,
@@ -421,9 +443,7 @@ class Decoder:
         self.resolved_upto = len(events) if upto < 0 else upto
         self.resolved_count = filled
         self.skipped = skipped
-        self.outside = (
-            [e for e in (*numbered, *dirs.values()) if e is not None and e[4]] if skipped else []
-        )
+        self.outside = _take_outside(numbered, dirs) if skipped else []
         self.partial = _NO_PARTIAL
         return events, errors
 

@@ -114,6 +114,22 @@ def test_a_batch_with_an_overflow_asks_again() -> None:
     assert walks == [0, 2] and paths.asked == [1, 1]
 
 
+@pytest.mark.parametrize("ndirs", [3, 600], ids=["numbered", "past_the_numbered"])
+def test_a_kept_directory_counts_only_this_batchs_events_kept_out(ndirs: int) -> None:
+    # watch_tree's Pruner adds the counts of every batch up: an entry kept
+    # from the batch before must not bring that batch's count along.
+    tree = ("/in", "/", "in", int(Event.CREATE))
+    dirs = [k % ndirs for k in range(5 * ndirs)]
+    buf = b"".join(named(d, b"f%d" % k) for k, d in enumerate(dirs))
+    dec, paths = Decoder(), Paths()
+    for _ in range(3):
+        assert decode(dec, buf, paths, 4, tree=tree) == []
+        assert dec.skipped == len(dirs)
+        got = sorted((struct.unpack("=Q", e[0].handle)[0] - 0xD1D0000, e[4]) for e in dec.outside)
+        assert got == [(d, 5) for d in range(ndirs)]
+    assert sorted(paths.asked) == list(range(ndirs))  # kept all along
+
+
 def test_every_change_to_the_map_changes_its_version() -> None:
     dm = DirMap(flags=InitFlag.REPORT_DFID_NAME)
     top, sub = FileHandle((1, 2), 1, b"top"), FileHandle((1, 2), 1, b"sub")

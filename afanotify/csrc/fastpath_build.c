@@ -1457,9 +1457,11 @@ static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nar
     int last_skip = -1; /* last_pid_obj in skip_pids (-1: not asked yet) */
     uint64_t last_mask = 0;
     Py_ssize_t skipped = 0;
-    /* Events kept out as outside the tree, by numbered directory. */
+    /* Events kept out as outside the tree, by numbered directory: only
+     * nout[:nout_n] is set (zeroed as it grows), as clearing all of it at
+     * every call (1 KiB with AFN_MAX_DIRS 512) would cost each read. */
     uint16_t nout[AFN_MAX_DIRS];
-    int any_out = 0, k;
+    uint32_t nout_n = 0, k;
     int stopped = 0; /* left at a cut with AFN_B_STOP_AT_CUT */
     uint64_t want = 0;
     PyObject *v[AFN_F_COUNT];
@@ -1478,7 +1480,6 @@ static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nar
 
     (void)self;
     memset(v, 0, sizeof v);
-    memset(nout, 0, sizeof nout);
     if (afn_b.event_type == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "_build before _builder_setup");
         return NULL;
@@ -1617,9 +1618,12 @@ static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nar
                     /* Numbered directories are counted here and added to
                      * their entries once, after the loop. */
                     if (ev->dir_idx < AFN_MAX_DIRS) {
+                        if (ev->dir_idx >= nout_n) {
+                            memset(nout + nout_n, 0, (ev->dir_idx + 1 - nout_n) * sizeof *nout);
+                            nout_n = ev->dir_idx + 1;
+                        }
                         if (nout[ev->dir_idx] < UINT16_MAX)
                             nout[ev->dir_idx]++;
-                        any_out = 1;
                     } else {
                         failed = afn_count_out(e, 1) < 0;
                     }
@@ -1837,7 +1841,7 @@ static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nar
         }
     }
 #undef AFN_SET
-    for (k = 0; any_out && k < AFN_MAX_DIRS; k++) {
+    for (k = 0; k < nout_n; k++) {
         if (nout[k] && afn_count_out(PyList_GET_ITEM(dirs, k), nout[k]) < 0)
             goto done;
     }
