@@ -21,6 +21,7 @@ caller's ``dir_path``, once per distinct directory of the batch).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import os
 from collections.abc import Callable, Container
@@ -119,8 +120,9 @@ def _take_outside(numbered: list[Any], dirs: dict[bytes, list[Any]]) -> list[lis
     entry may be both numbered and in ``dirs`` (it is kept by its bytes).
     """
     out = []
-    for e in (*numbered, *dirs.values()):
-        if e is not None and e[4]:
+    # filter(None, ...): most of the AFN_MAX_DIRS (512) numbered are None.
+    for e in itertools.chain(filter(None, numbered), dirs.values()):
+        if e[4]:
             out.append(e.copy())
             e[4] = 0
     return out
