@@ -21,7 +21,6 @@ caller's ``dir_path``, once per distinct directory of the batch).
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import logging
 import os
 from collections.abc import Callable, Container
@@ -112,16 +111,16 @@ def _readlink_fd(fd: int) -> str | None:
         return None
 
 
-def _take_outside(numbered: list[Any], dirs: dict[bytes, list[Any]]) -> list[list[Any]]:
-    """Decoder.outside of a batch: a copy of each entry with events kept out, once.
+def _take_outside(counted: list[list[Any]]) -> list[list[Any]]:
+    """Decoder.outside of a batch: a copy of each entry the C builder counted, once.
 
     The entries' own counts go back to 0: an entry kept for later batches
     (Decoder.decode's ``dir_version``) must start each with none, and one
-    entry may be both numbered and in ``dirs`` (it is kept by its bytes).
+    entry may be both numbered and by its bytes (kept by its bytes), so met
+    again here.
     """
     out = []
-    # filter(None, ...): most of the AFN_MAX_DIRS (512) numbered are None.
-    for e in itertools.chain(filter(None, numbered), dirs.values()):
+    for e in counted:
         if e[4]:
             out.append(e.copy())
             e[4] = 0
@@ -387,6 +386,7 @@ class Decoder:
         # from the C walk.  Shared by every builder call of the batch.
         dirs: dict[bytes, list[Any]] = {}
         numbered: list[Any] = [None] * _MAX_DIRS
+        counted: list[list[Any]] = []  # entries with events kept out (see outside)
         cflags = (
             (lib.AFN_B_PID_IS_TID if pid_is_tid else 0)
             | (lib.AFN_B_OWNED if owned else 0)
@@ -404,7 +404,7 @@ class Decoder:
             # back; the reference parser decodes that one; then C again.
             i, nfilled, cut, nskipped, stopped = build(
                 self._out_mv, i, count, src, self._arena_buf, events, numbered, dirs, dir_path,
-                skip_pids, cflags, _PERM, dir_change, tree, object_path, kept,
+                skip_pids, cflags, _PERM, dir_change, tree, object_path, kept, counted,
             )  # fmt: skip
             filled += nfilled
             skipped += nskipped
@@ -445,7 +445,7 @@ class Decoder:
         self.resolved_upto = len(events) if upto < 0 else upto
         self.resolved_count = filled
         self.skipped = skipped
-        self.outside = _take_outside(numbered, dirs) if skipped else []
+        self.outside = _take_outside(counted) if counted else []
         self.partial = _NO_PARTIAL
         return events, errors
 

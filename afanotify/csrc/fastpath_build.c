@@ -1139,14 +1139,18 @@ static int afn_rename_paths(PyObject **v, unsigned *present, PyObject *old_entry
 
 /* `more` events of the entry's directory kept out as outside the tree
  * (watch_tree prunes busy ones, afanotify/_tree.py), counted up to
- * AFN_OUT_COUNT_MAX (small ints are cached: nothing is allocated).  -1 on
- * error. */
-static int afn_count_out(PyObject *entry, long more)
+ * AFN_OUT_COUNT_MAX (small ints are cached: nothing is allocated).  An
+ * entry counted from 0 is appended to `outside` (NULL: none), so the
+ * caller finds the batch's counted entries without looking through all
+ * AFN_MAX_DIRS numbered ones.  -1 on error. */
+static int afn_count_out(PyObject *entry, long more, PyObject *outside)
 {
     long n = PyLong_AsLong(PyList_GET_ITEM(entry, 4));
     PyObject *o;
     if (n < 0 || n >= AFN_OUT_COUNT_MAX)
         return PyErr_Occurred() ? -1 : 0;
+    if (n == 0 && outside != NULL && PyList_Append(outside, entry) < 0)
+        return -1;
     n = n + more < AFN_OUT_COUNT_MAX ? n + more : AFN_OUT_COUNT_MAX;
     if ((o = PyLong_FromLong(n)) == NULL)
         return -1;
@@ -1409,7 +1413,7 @@ static PyObject *afn_handle_path(PyObject *self, PyObject *const *args, Py_ssize
 
 /*
  * _build(out, start, count, src, arena, events, dirs, by_record, dir_path,
- *        skip_pids, flags, perm_mask, dir_change_mask[, tree[, obj_path[, kept]]])
+ *        skip_pids, flags, perm_mask, dir_change_mask[, tree[, obj_path[, kept[, outside]]]])
  *   -> (stop, filled, upto, skipped, stopped)
  *
  * Builds events for out[start:count] (struct afn_event entries, in the
@@ -1440,6 +1444,8 @@ static PyObject *afn_handle_path(PyObject *self, PyObject *const *args, Py_ssize
  * `kept` (a dict, or None) holds the directory entries of earlier calls by
  * the bytes of their records: a directory first seen in this batch takes
  * its entry from there, and a new entry is put there (see afn_kept_entry).
+ * `outside` (a list, or None) gets each entry whose count of events kept
+ * out as outside the tree went up from 0 (see afn_count_out).
  */
 static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -1447,7 +1453,7 @@ static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nar
     Py_ssize_t start, count, i, filled = 0, upto = -1;
     PyObject *events, *dirs, *by_record, *dir_path, *skip_pids, *result = NULL, *held = NULL;
     PyObject *tree = NULL, *last_pid_obj = NULL, *last_mask_obj = NULL, *obj_path = NULL;
-    PyObject *kept = NULL;
+    PyObject *kept = NULL, *outside = NULL;
     PyObject *held_old = NULL, *held_new = NULL, *nofd_obj = NULL;
     /* The new path of the file the event before renamed (see afn_is_at). */
     PyObject *moved_to = NULL;
@@ -1484,11 +1490,11 @@ static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nar
         PyErr_SetString(PyExc_RuntimeError, "_build before _builder_setup");
         return NULL;
     }
-    if (nargs < 13 || nargs > 16 || !PyList_CheckExact(args[5]) || !PyList_CheckExact(args[6])
+    if (nargs < 13 || nargs > 17 || !PyList_CheckExact(args[5]) || !PyList_CheckExact(args[6])
         || PyList_GET_SIZE(args[6]) != AFN_MAX_DIRS || !PyDict_CheckExact(args[7])) {
         PyErr_SetString(PyExc_TypeError, "_build(out, start, count, src, arena, events, dirs, "
                                          "by_record, dir_path, skip_pids, flags, perm_mask, "
-                                         "dir_change_mask[, tree[, obj_path[, kept]]])");
+                                         "dir_change_mask[, tree[, obj_path[, kept[, outside]]]])");
         return NULL;
     }
     start = PyLong_AsSsize_t(args[1]);
@@ -1503,7 +1509,14 @@ static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nar
     by_record = args[7];
     dir_path = args[8] == Py_None ? NULL : args[8];
     skip_pids = args[9];
-    if (nargs == 16 && args[15] != Py_None) {
+    if (nargs == 17 && args[16] != Py_None) {
+        if (!PyList_CheckExact(args[16])) {
+            PyErr_SetString(PyExc_TypeError, "_build: outside must be a list or None");
+            return NULL;
+        }
+        outside = args[16];
+    }
+    if (nargs >= 16 && args[15] != Py_None) {
         if (!PyDict_CheckExact(args[15])) {
             PyErr_SetString(PyExc_TypeError, "_build: kept must be a dict or None");
             return NULL;
@@ -1625,7 +1638,7 @@ static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nar
                         if (nout[ev->dir_idx] < UINT16_MAX)
                             nout[ev->dir_idx]++;
                     } else {
-                        failed = afn_count_out(e, 1) < 0;
+                        failed = afn_count_out(e, 1, outside) < 0;
                     }
                 }
                 Py_DECREF(e);
@@ -1842,7 +1855,7 @@ static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nar
     }
 #undef AFN_SET
     for (k = 0; k < nout_n; k++) {
-        if (nout[k] && afn_count_out(PyList_GET_ITEM(dirs, k), nout[k]) < 0)
+        if (nout[k] && afn_count_out(PyList_GET_ITEM(dirs, k), nout[k], outside) < 0)
             goto done;
     }
     result = Py_BuildValue("(nnnni)", i, filled, upto, skipped, stopped);
@@ -1872,8 +1885,8 @@ static PyMethodDef afn_builder_methods[] = {
      "own_pidfd, unanswered)"},
     {"_build", (PyCFunction)(void (*)(void))afn_build, METH_FASTCALL,
      "_build(out, start, count, src, arena, events, dirs, by_record, dir_path, skip_pids, flags, "
-     "perm_mask, dir_change_mask[, tree[, obj_path[, kept]]]) -> (stop, filled, upto, skipped, "
-     "stopped)"},
+     "perm_mask, dir_change_mask[, tree[, obj_path[, kept[, outside]]]]) -> (stop, filled, upto, "
+     "skipped, stopped)"},
     {"_handle_path", (PyCFunction)(void (*)(void))afn_handle_path, METH_FASTCALL,
      "_handle_path(mount_fd, handle, handle_type) -> str | None"},
     {"_events_iter", (PyCFunction)(void (*)(void))afn_events_iter, METH_FASTCALL,
