@@ -57,11 +57,12 @@ from ._dirbatch import (
     Blinds,
     scan,
 )
+from ._marks import fs_top
 from .events import FanotifyData, FileHandle
 from .flags import Event, InitFlag, MarkFlag
 
 __all__ = [
-    "CHANGES", "DEFAULT_SIZE", "MOVES", "DirMap", "fs_top", "move_mask", "scan",
+    "CHANGES", "DEFAULT_SIZE", "MOVES", "DirMap", "move_mask", "scan",
 ]
 
 #: Directories kept by default (``Fanotify(handle_cache_size=...)``).
@@ -132,6 +133,9 @@ class DirMap:
         self._flat_at: dict[str, FileHandle] = {}
         self.hits = 0
         self.misses = 0
+        #: Changed by every change to the map: while it is the same, so is
+        #: each answer of path() (the C builder keeps directories by it).
+        self.version = 0
 
     # -- setup -------------------------------------------------------------
 
@@ -202,6 +206,7 @@ class DirMap:
         return p
 
     def _put(self, h: FileHandle, parent: FileHandle | None, name: str) -> None:
+        self.version += 1
         nodes = self._nodes
         old = nodes.get(h)
         if old is not None and old[0] is not None and old[0] is not _IN_FLIGHT:
@@ -228,6 +233,7 @@ class DirMap:
             self._unlink(h, node)
 
     def _unlink(self, h: FileHandle, node: list[Any]) -> None:
+        self.version += 1
         self._roots.discard(h)
         parent = node[0]
         if parent is not None and parent is not _IN_FLIGHT:
@@ -239,6 +245,7 @@ class DirMap:
 
     def forget(self) -> None:
         """Forget every directory learned (an overflow lost events; marks changed)."""
+        self.version += 1
         self._nodes.clear()
         self._child.clear()
         self._paths.clear()
@@ -452,6 +459,7 @@ class DirMap:
                 self._nodes[k][0] = _IN_FLIGHT
                 self._moving = k
         elif mask & _MOVED_TO:
+            self.version += 1
             self._paths.clear()
             k, self._moving = self._moving, None
             if k is not None and (fid is None or fid == k) and k in self._nodes:
@@ -484,6 +492,7 @@ class DirMap:
         if dfid is not None and name:
             d = self.path(dfid)
             old = None if d is None else join(d, name)
+        self.version += 1
         self._paths.clear()
         if k is not None:
             node = self._nodes[k]
@@ -614,24 +623,6 @@ def _handle_at(fsid: tuple[int, int], path: str) -> FileHandle | None:
     except OSError:
         return None
     return FileHandle(fsid, htype, raw)
-
-
-def fs_top(path: str | bytes, dont_follow: bool) -> str:
-    """The highest directory above ``path`` on the same device (its mount's root)."""
-    p = os.path.abspath(os.fsdecode(path))
-    if (dont_follow and os.path.islink(p)) or not os.path.isdir(p):
-        p = os.path.dirname(p)
-    p = os.path.realpath(p)
-    dev = os.stat(p).st_dev
-    while p != "/":
-        parent = os.path.dirname(p)
-        try:
-            if os.stat(parent).st_dev != dev:
-                break
-        except OSError:
-            break
-        p = parent
-    return p
 
 
 def move_mask(dm: DirMap) -> int:

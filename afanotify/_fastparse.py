@@ -49,6 +49,8 @@ _HAS_DFID, _PATH_NONE, _PATH_RETRY, _MAX_DIRS = (
     if _ffi.CORE == "c"
     else (0, 0, 0, 0)
 )
+#: Directory entries kept across decodes at most (see Decoder.decode's dir_version).
+_KEPT_MAX = 4096
 #: What the kernel appends to the link of an unlinked file.
 DELETED_SUFFIX = " (deleted)"
 
@@ -109,6 +111,22 @@ def _readlink_fd(fd: int) -> str | None:
         return None
 
 
+def _take_outside(counted: list[list[Any]]) -> list[list[Any]]:
+    """Decoder.outside of a batch: a copy of each entry the C builder counted, once.
+
+    The entries' own counts go back to 0: an entry kept for later batches
+    (Decoder.decode's ``dir_version``) must start each with none, and one
+    entry may be both numbered and by its bytes (kept by its bytes), so met
+    again here.
+    """
+    out = []
+    for e in counted:
+        if e[4]:
+            out.append(e.copy())
+            e[4] = 0
+    return out
+
+
 class Decoder:
     """The C decoder with its cffi buffers, allocated once and reused per batch.
 
@@ -144,11 +162,16 @@ class Decoder:
         self.skipped = 0
         #: The last batch's directories outside ``tree``, each as the C
         #: builder's entry: [handle, path, path + "/", decision, events kept
-        #: out (at most 255)], for those with events kept out.
+        #: out in that batch (at most 255)], for those with events kept out
+        #: (copies: see _take_outside).
         self.outside: list[list[Any]] = []
         #: The events and errors of a build that raised, made before it did
         #: (nobody holds them: the caller releases them); else empty.
         self.partial: tuple[list[FanotifyData], list[ParseError]] = _NO_PARTIAL
+        # The directory entries of earlier decodes (record bytes -> entry),
+        # and the (dir_version, tree) they hold for.
+        self._kept: dict[bytes, list[Any]] = {}
+        self._kept_for: tuple[int, object] = (-1, None)
         self._cap = 0
         self._out: Any = ffi.NULL
         self._out_mv = memoryview(b"")
@@ -223,6 +246,7 @@ class Decoder:
         on_cut: Callable[[FanotifyData, int], None] | None = None,
         renames: bool = False,
         object_path: Callable[[FileHandle, bool], str | None] | None = None,
+        dir_version: int = -1,
     ) -> tuple[list[FanotifyData], list[ParseError]]:
         """Decode the first ``nbytes`` of ``buf``, as :func:`afanotify._parser.parse_lenient`.
 
@@ -274,6 +298,12 @@ class Decoder:
             or when a MOVE_SELF or DELETE_SELF later in the same batch has the
             same FID record: after it, ``open_by_handle_at`` could not name
             the object, or would name its later place
+        :param dir_version: with ``dir_path``, a number that changes whenever
+            an answer of ``dir_path`` may (-1: at any time).  While it stays
+            the same from one decode to the next (and ``tree`` too), the
+            directories of earlier decodes keep their handle and path, and
+            ``dir_path`` is asked only about the others (and about those it
+            answered None); not in a batch with a Q_OVERFLOW (see ``on_walk``)
         :raises ValueError: for an ``nbytes`` outside the buffer
         """
         if isinstance(buf, ffi.CData):
@@ -306,11 +336,24 @@ class Decoder:
             on_walk(walk)
         if walk or dir_path is None:
             on_cut = None
+        kept = None
+        if dir_path is not None and dir_version >= 0 and not walk & 2:
+            # A directory named in every batch costs one dict lookup a batch,
+            # not a FileHandle, a dir_path call and its path with a slash.
+            if self._kept_for != (dir_version, tree) or len(self._kept) > _KEPT_MAX:
+                self._kept, self._kept_for = {}, (dir_version, tree)
+            kept = self._kept
         src = ffi.buffer(cbuf, nbytes) if nbytes else b""
-        return self._build(
-            src, count, owned, pid_is_tid, fd_error, resolve_fd_paths, dir_path, skip_pids,
-            dir_change, tree, on_cut, renames, object_path,
-        )
+        try:
+            return self._build(
+                src, count, owned, pid_is_tid, fd_error, resolve_fd_paths, dir_path, skip_pids,
+                dir_change, tree, on_cut, renames, object_path, kept,
+            )
+        except BaseException:
+            # Kept entries may hold this batch's counts of events kept out
+            # (see _take_outside), which no later batch must see.
+            self._kept, self._kept_for = {}, (-1, None)
+            raise
 
     def _build(
         self,
@@ -327,6 +370,7 @@ class Decoder:
         on_cut: Callable[[FanotifyData, int], None] | None,
         renames: bool = False,
         object_path: Callable[[FileHandle, bool], str | None] | None = None,
+        kept: dict[bytes, list[Any]] | None = None,
     ) -> tuple[list[FanotifyData], list[ParseError]]:
         events: list[FanotifyData] = []
         errors: list[ParseError] = []
@@ -342,6 +386,7 @@ class Decoder:
         # from the C walk.  Shared by every builder call of the batch.
         dirs: dict[bytes, list[Any]] = {}
         numbered: list[Any] = [None] * _MAX_DIRS
+        counted: list[list[Any]] = []  # entries with events kept out (see outside)
         cflags = (
             (lib.AFN_B_PID_IS_TID if pid_is_tid else 0)
             | (lib.AFN_B_OWNED if owned else 0)
@@ -359,7 +404,7 @@ class Decoder:
             # back; the reference parser decodes that one; then C again.
             i, nfilled, cut, nskipped, stopped = build(
                 self._out_mv, i, count, src, self._arena_buf, events, numbered, dirs, dir_path,
-                skip_pids, cflags, _PERM, dir_change, tree, object_path,
+                skip_pids, cflags, _PERM, dir_change, tree, object_path, kept, counted,
             )  # fmt: skip
             filled += nfilled
             skipped += nskipped
@@ -400,9 +445,7 @@ class Decoder:
         self.resolved_upto = len(events) if upto < 0 else upto
         self.resolved_count = filled
         self.skipped = skipped
-        self.outside = (
-            [e for e in (*numbered, *dirs.values()) if e is not None and e[4]] if skipped else []
-        )
+        self.outside = _take_outside(counted) if counted else []
         self.partial = _NO_PARTIAL
         return events, errors
 

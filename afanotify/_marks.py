@@ -19,8 +19,8 @@ from .flags import (
 )
 
 __all__ = [
-    "MarkKind", "PathArg", "check_events", "check_int", "check_path", "do_mark", "kind_flag",
-    "mark_flags",
+    "MarkKind", "PathArg", "check_events", "check_int", "check_path", "do_mark", "fs_top",
+    "kind_flag", "mark_flags",
 ]
 
 PathArg = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
@@ -237,3 +237,21 @@ def _fstype(path: str | bytes) -> str:
         return found
     except (OSError, IndexError):
         return "?"
+
+
+def fs_top(path: str | bytes, dont_follow: bool) -> str:
+    """The highest directory above ``path`` on the same device (its mount's root)."""
+    p = os.path.abspath(os.fsdecode(path))
+    if (dont_follow and os.path.islink(p)) or not os.path.isdir(p):
+        p = os.path.dirname(p)
+    p = os.path.realpath(p)
+    dev = os.stat(p).st_dev
+    while p != "/":
+        parent = os.path.dirname(p)
+        try:
+            if os.stat(parent).st_dev != dev:
+                break
+        except OSError:
+            break
+        p = parent
+    return p

@@ -289,7 +289,7 @@ class Pipeline:
                 moves=_dirmap.move_mask(self.dirmap),
                 on_walk=self.dirmap.walked if dir_path else None,
                 dir_change=_CUT, tree=self.tree if dir_path else None,
-                on_cut=self._on_cut, renames=True,
+                on_cut=self._on_cut, renames=True, dir_version=self.dirmap.version,
                 object_path=self.dirmap.c_object if dir_path else None,
             )  # fmt: skip
             if fast.skipped:

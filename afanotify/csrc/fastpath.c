@@ -46,7 +46,7 @@
  * numbered (the table is full); name_text is always this. */
 #define AFN_NONE UINT32_MAX
 /* Distinct directory records numbered per batch (see afn_dir_index). */
-#define AFN_MAX_DIRS 64
+#define AFN_MAX_DIRS 512
 
 #define AFN_PATH_NONE (-1)    /* not asked for, or the event has no fd */
 #define AFN_PATH_RETRY (-2)   /* did not fit in the arena: the caller resolves it */
@@ -314,14 +314,14 @@ static void afn_resolve(struct afn_event *ev, int fddir, char *arena, size_t are
  * record with every directory seen: on a burst over many directories the
  * linear search was 52 memcmp calls per event, a quarter of a mixed
  * drain's instructions. */
-#define AFN_DIR_SLOTS 256
-_Static_assert(AFN_MAX_DIRS * 4 <= AFN_DIR_SLOTS && AFN_MAX_DIRS < 255, "dir table size");
+#define AFN_DIR_SLOTS 2048
+_Static_assert(AFN_MAX_DIRS * 4 <= AFN_DIR_SLOTS && AFN_MAX_DIRS < UINT16_MAX, "dir table size");
 _Static_assert((AFN_DIR_SLOTS & (AFN_DIR_SLOTS - 1)) == 0, "a power of two");
 struct afn_dirs {
     const unsigned char *rec[AFN_MAX_DIRS];
     size_t len[AFN_MAX_DIRS];
     unsigned n, last;
-    unsigned char slot[AFN_DIR_SLOTS];
+    uint16_t slot[AFN_DIR_SLOTS];
 };
 
 /* A hash of the record's bytes (len >= AFN_FID_FIXED >= 8: 8-byte words,
@@ -341,7 +341,7 @@ static unsigned afn_dir_hash(const unsigned char *rec, size_t len)
         h = (h ^ w) * 0x9E3779B97F4A7C15ull;
     }
     h *= 0xBF58476D1CE4E5B9ull;
-    return (unsigned)(h >> 56) & (AFN_DIR_SLOTS - 1);
+    return (unsigned)(h >> 53) & (AFN_DIR_SLOTS - 1);
 }
 
 /* Whether the len bytes at a and b are equal (len >= 8, as in afn_dir_hash):
@@ -383,7 +383,7 @@ static uint32_t afn_dir_index(struct afn_dirs *d, const unsigned char *rec, size
         return AFN_NONE;
     d->rec[d->n] = rec;
     d->len[d->n] = len;
-    d->slot[at] = (unsigned char)(d->n + 1);
+    d->slot[at] = (uint16_t)(d->n + 1);
     d->last = d->n;
     return d->n++;
 }

@@ -927,12 +927,46 @@ static int afn_append(PyObject *events, PyObject *o)
     return r;
 }
 
+/* A new reference to the entry of record `ref`: the one `kept` holds for
+ * its bytes (`key`, made here when NULL), else a new one, which `kept`
+ * then holds.  `kept` (NULL: none) is the caller's dict of the entries of
+ * earlier batches, valid while its map has not changed (see
+ * DirMap.c_kept): a directory every batch names then costs one dict lookup
+ * a batch, not a FileHandle, a dir_path call and its slashed path. */
+static PyObject *afn_kept_entry(const unsigned char *src, const struct afn_fidref *ref,
+                                PyObject *kept, PyObject *key, unsigned flags)
+{
+    PyObject *entry;
+    int r;
+
+    if (kept == NULL)
+        return afn_dir_entry(src, ref, flags);
+    if (key != NULL)
+        Py_INCREF(key);
+    else if ((key = PyBytes_FromStringAndSize((const char *)src + ref->rec,
+                                              (Py_ssize_t)(AFN_FID_FIXED + ref->handle_len)))
+             == NULL)
+        return NULL;
+    entry = PyDict_GetItemWithError(kept, key);
+    if (entry != NULL) {
+        Py_DECREF(key);
+        return Py_NewRef(entry);
+    }
+    entry = PyErr_Occurred() ? NULL : afn_dir_entry(src, ref, flags);
+    r = entry != NULL ? PyDict_SetItem(kept, key, entry) : -1;
+    Py_DECREF(key);
+    if (r < 0)
+        Py_CLEAR(entry);
+    return entry;
+}
+
 /* The directory entry of record `ref` (borrowed: dirs or by_record holds
- * it), made the first time a directory is seen: by `idx`, its number from
- * the C walk (AFN_NONE: not numbered), else by the record's bytes. */
+ * it), made the first time a directory is seen in the batch (or taken from
+ * `kept`, see afn_kept_entry): by `idx`, its number from the C walk
+ * (AFN_NONE: not numbered), else by the record's bytes. */
 static PyObject *afn_ref_entry(const unsigned char *src, const struct afn_fidref *ref,
                                uint32_t idx, PyObject *dirs, PyObject *by_record,
-                               unsigned flags)
+                               PyObject *kept, unsigned flags)
 {
     PyObject *entry, *key;
 
@@ -943,7 +977,7 @@ static PyObject *afn_ref_entry(const unsigned char *src, const struct afn_fidref
             return entry;
         if (PyList_GetItem(dirs, idx) == NULL)
             return NULL;
-        entry = afn_dir_entry(src, ref, flags);
+        entry = afn_kept_entry(src, ref, kept, NULL, flags);
         if (entry == NULL || PyList_SetItem(dirs, idx, entry) < 0)
             return NULL;
         return entry;
@@ -955,7 +989,7 @@ static PyObject *afn_ref_entry(const unsigned char *src, const struct afn_fidref
         return NULL;
     entry = PyDict_GetItemWithError(by_record, key);
     if (entry == NULL && !PyErr_Occurred()) {
-        entry = afn_dir_entry(src, ref, flags);
+        entry = afn_kept_entry(src, ref, kept, key, flags);
         if (entry != NULL) {
             int r = PyDict_SetItem(by_record, key, entry);
             Py_DECREF(entry); /* the dict holds it */
@@ -969,17 +1003,18 @@ static PyObject *afn_ref_entry(const unsigned char *src, const struct afn_fidref
 
 /* The directory entry of an FID-shape event's dfid record (borrowed). */
 static PyObject *afn_dir_of(const unsigned char *src, const struct afn_event *ev,
-                            PyObject *dirs, PyObject *by_record, unsigned flags)
+                            PyObject *dirs, PyObject *by_record, PyObject *kept,
+                            unsigned flags)
 {
-    return afn_ref_entry(src, &ev->dfid, ev->dir_idx, dirs, by_record, flags);
+    return afn_ref_entry(src, &ev->dfid, ev->dir_idx, dirs, by_record, kept, flags);
 }
 
 /* A checked entry of afn_ref_entry, held (a new reference), or NULL. */
 static PyObject *afn_held_entry(const unsigned char *src, const struct afn_fidref *ref,
                                 uint32_t idx, PyObject *dirs, PyObject *by_record,
-                                unsigned flags)
+                                PyObject *kept, unsigned flags)
 {
-    PyObject *e = afn_ref_entry(src, ref, idx, dirs, by_record, flags);
+    PyObject *e = afn_ref_entry(src, ref, idx, dirs, by_record, kept, flags);
     if (e == NULL)
         return NULL;
     if (!PyList_CheckExact(e) || PyList_GET_SIZE(e) != AFN_ENTRY_LEN) {
@@ -1104,14 +1139,18 @@ static int afn_rename_paths(PyObject **v, unsigned *present, PyObject *old_entry
 
 /* `more` events of the entry's directory kept out as outside the tree
  * (watch_tree prunes busy ones, afanotify/_tree.py), counted up to
- * AFN_OUT_COUNT_MAX (small ints are cached: nothing is allocated).  -1 on
- * error. */
-static int afn_count_out(PyObject *entry, long more)
+ * AFN_OUT_COUNT_MAX (small ints are cached: nothing is allocated).  An
+ * entry counted from 0 is appended to `outside` (NULL: none), so the
+ * caller finds the batch's counted entries without looking through all
+ * AFN_MAX_DIRS numbered ones.  -1 on error. */
+static int afn_count_out(PyObject *entry, long more, PyObject *outside)
 {
     long n = PyLong_AsLong(PyList_GET_ITEM(entry, 4));
     PyObject *o;
     if (n < 0 || n >= AFN_OUT_COUNT_MAX)
         return PyErr_Occurred() ? -1 : 0;
+    if (n == 0 && outside != NULL && PyList_Append(outside, entry) < 0)
+        return -1;
     n = n + more < AFN_OUT_COUNT_MAX ? n + more : AFN_OUT_COUNT_MAX;
     if ((o = PyLong_FromLong(n)) == NULL)
         return -1;
@@ -1374,7 +1413,7 @@ static PyObject *afn_handle_path(PyObject *self, PyObject *const *args, Py_ssize
 
 /*
  * _build(out, start, count, src, arena, events, dirs, by_record, dir_path,
- *        skip_pids, flags, perm_mask, dir_change_mask[, tree[, obj_path]])
+ *        skip_pids, flags, perm_mask, dir_change_mask[, tree[, obj_path[, kept[, outside]]]])
  *   -> (stop, filled, upto, skipped, stopped)
  *
  * Builds events for out[start:count] (struct afn_event entries, in the
@@ -1401,6 +1440,12 @@ static PyObject *afn_handle_path(PyObject *self, PyObject *const *args, Py_ssize
  * above); with `obj_path` (a callable, or None), an event with a FID record
  * and no directory record (MOVE_SELF, DELETE_SELF) gets path and
  * path_resolved from obj_path(handle, gone), see afn_object_path.
+ *
+ * `kept` (a dict, or None) holds the directory entries of earlier calls by
+ * the bytes of their records: a directory first seen in this batch takes
+ * its entry from there, and a new entry is put there (see afn_kept_entry).
+ * `outside` (a list, or None) gets each entry whose count of events kept
+ * out as outside the tree went up from 0 (see afn_count_out).
  */
 static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -1408,6 +1453,7 @@ static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nar
     Py_ssize_t start, count, i, filled = 0, upto = -1;
     PyObject *events, *dirs, *by_record, *dir_path, *skip_pids, *result = NULL, *held = NULL;
     PyObject *tree = NULL, *last_pid_obj = NULL, *last_mask_obj = NULL, *obj_path = NULL;
+    PyObject *kept = NULL, *outside = NULL;
     PyObject *held_old = NULL, *held_new = NULL, *nofd_obj = NULL;
     /* The new path of the file the event before renamed (see afn_is_at). */
     PyObject *moved_to = NULL;
@@ -1417,9 +1463,11 @@ static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nar
     int last_skip = -1; /* last_pid_obj in skip_pids (-1: not asked yet) */
     uint64_t last_mask = 0;
     Py_ssize_t skipped = 0;
-    /* Events kept out as outside the tree, by numbered directory. */
+    /* Events kept out as outside the tree, by numbered directory: only
+     * nout[:nout_n] is set (zeroed as it grows), as clearing all of it at
+     * every call (1 KiB with AFN_MAX_DIRS 512) would cost each read. */
     uint16_t nout[AFN_MAX_DIRS];
-    int any_out = 0, k;
+    uint32_t nout_n = 0, k;
     int stopped = 0; /* left at a cut with AFN_B_STOP_AT_CUT */
     uint64_t want = 0;
     PyObject *v[AFN_F_COUNT];
@@ -1438,16 +1486,15 @@ static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nar
 
     (void)self;
     memset(v, 0, sizeof v);
-    memset(nout, 0, sizeof nout);
     if (afn_b.event_type == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "_build before _builder_setup");
         return NULL;
     }
-    if (nargs < 13 || nargs > 15 || !PyList_CheckExact(args[5]) || !PyList_CheckExact(args[6])
+    if (nargs < 13 || nargs > 17 || !PyList_CheckExact(args[5]) || !PyList_CheckExact(args[6])
         || PyList_GET_SIZE(args[6]) != AFN_MAX_DIRS || !PyDict_CheckExact(args[7])) {
         PyErr_SetString(PyExc_TypeError, "_build(out, start, count, src, arena, events, dirs, "
                                          "by_record, dir_path, skip_pids, flags, perm_mask, "
-                                         "dir_change_mask[, tree[, obj_path]])");
+                                         "dir_change_mask[, tree[, obj_path[, kept[, outside]]]])");
         return NULL;
     }
     start = PyLong_AsSsize_t(args[1]);
@@ -1462,7 +1509,21 @@ static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nar
     by_record = args[7];
     dir_path = args[8] == Py_None ? NULL : args[8];
     skip_pids = args[9];
-    if (nargs == 15 && args[14] != Py_None) {
+    if (nargs == 17 && args[16] != Py_None) {
+        if (!PyList_CheckExact(args[16])) {
+            PyErr_SetString(PyExc_TypeError, "_build: outside must be a list or None");
+            return NULL;
+        }
+        outside = args[16];
+    }
+    if (nargs >= 16 && args[15] != Py_None) {
+        if (!PyDict_CheckExact(args[15])) {
+            PyErr_SetString(PyExc_TypeError, "_build: kept must be a dict or None");
+            return NULL;
+        }
+        kept = args[15];
+    }
+    if (nargs >= 15 && args[14] != Py_None) {
         if (!PyCallable_Check(args[14])) {
             PyErr_SetString(PyExc_TypeError, "_build: obj_path must be callable or None");
             return NULL;
@@ -1546,7 +1607,7 @@ static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nar
             && !((ev->mask & dir_change) && (ev->mask & FAN_ONDIR))) {
             /* watch_tree: an event outside the root, or of no wanted kind
              * (the group marks moves for its map), is not built at all. */
-            PyObject *e = afn_dir_of(src, ev, dirs, by_record, (unsigned)flags);
+            PyObject *e = afn_dir_of(src, ev, dirs, by_record, kept, (unsigned)flags);
             int t;
             if (e == NULL)
                 goto done;
@@ -1570,11 +1631,14 @@ static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nar
                     /* Numbered directories are counted here and added to
                      * their entries once, after the loop. */
                     if (ev->dir_idx < AFN_MAX_DIRS) {
+                        if (ev->dir_idx >= nout_n) {
+                            memset(nout + nout_n, 0, (ev->dir_idx + 1 - nout_n) * sizeof *nout);
+                            nout_n = ev->dir_idx + 1;
+                        }
                         if (nout[ev->dir_idx] < UINT16_MAX)
                             nout[ev->dir_idx]++;
-                        any_out = 1;
                     } else {
-                        failed = afn_count_out(e, 1) < 0;
+                        failed = afn_count_out(e, 1, outside) < 0;
                     }
                 }
                 Py_DECREF(e);
@@ -1633,7 +1697,7 @@ static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nar
                     /* One FileHandle per distinct directory of the batch, so
                      * that equal handles are the same object (the group's
                      * resolver relies on that). */
-                    entry = afn_dir_of(src, ev, dirs, by_record, (unsigned)flags);
+                    entry = afn_dir_of(src, ev, dirs, by_record, kept, (unsigned)flags);
                     if (entry == NULL)
                         goto done;
                     if (!PyList_CheckExact(entry) || PyList_GET_SIZE(entry) != AFN_ENTRY_LEN) {
@@ -1654,7 +1718,7 @@ static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nar
                 if (renamed) {
                     /* Held for this event, as `held` above. */
                     held_old = afn_held_entry(src, &ev->old, AFN_NONE, dirs, by_record,
-                                              (unsigned)flags);
+                                              kept, (unsigned)flags);
                     if (held_old == NULL)
                         goto done;
                     AFN_SET(AFN_F_OLD_DFID, Py_NewRef(PyList_GET_ITEM(held_old, 0)));
@@ -1667,7 +1731,7 @@ static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nar
             if (has & AFN_HAS_NEW) {
                 if (renamed) {
                     held_new = afn_held_entry(src, &ev->new, AFN_NONE, dirs, by_record,
-                                              (unsigned)flags);
+                                              kept, (unsigned)flags);
                     if (held_new == NULL)
                         goto done;
                     AFN_SET(AFN_F_NEW_DFID, Py_NewRef(PyList_GET_ITEM(held_new, 0)));
@@ -1790,8 +1854,8 @@ static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nar
         }
     }
 #undef AFN_SET
-    for (k = 0; any_out && k < AFN_MAX_DIRS; k++) {
-        if (nout[k] && afn_count_out(PyList_GET_ITEM(dirs, k), nout[k]) < 0)
+    for (k = 0; k < nout_n; k++) {
+        if (nout[k] && afn_count_out(PyList_GET_ITEM(dirs, k), nout[k], outside) < 0)
             goto done;
     }
     result = Py_BuildValue("(nnnni)", i, filled, upto, skipped, stopped);
@@ -1821,7 +1885,8 @@ static PyMethodDef afn_builder_methods[] = {
      "own_pidfd, unanswered)"},
     {"_build", (PyCFunction)(void (*)(void))afn_build, METH_FASTCALL,
      "_build(out, start, count, src, arena, events, dirs, by_record, dir_path, skip_pids, flags, "
-     "perm_mask, dir_change_mask[, tree[, obj_path]]) -> (stop, filled, upto, skipped, stopped)"},
+     "perm_mask, dir_change_mask[, tree[, obj_path[, kept[, outside]]]]) -> (stop, filled, upto, "
+     "skipped, stopped)"},
     {"_handle_path", (PyCFunction)(void (*)(void))afn_handle_path, METH_FASTCALL,
      "_handle_path(mount_fd, handle, handle_type) -> str | None"},
     {"_events_iter", (PyCFunction)(void (*)(void))afn_events_iter, METH_FASTCALL,
