@@ -241,6 +241,12 @@ class Pruner:
         self._skip: dict[FileHandle, float] = {}  # not tried until then
         #: Marks that could not be taken off yet (no fd to spare, say).
         self.pending: dict[FileHandle, bool] = {}
+        #: Directories found inside the tree or above its root as their marks
+        #: came off, since the last gaps were made.
+        self._found: list[str] = []
+        #: Places records were found not to be, by the read that found it.
+        self._ghosts: dict[str, int] = {}
+        self._reads = 0
         self.added = self.removed = self.gaps = self.refused = 0
 
     def statistics(self) -> TreeStatistics:
@@ -341,6 +347,7 @@ class Pruner:
         self._paths[h] = p
         self._by_path[p] = h
         self._when[h] = now
+        self.pending.pop(h, None)  # marked again where it is now: this one stays
         self.added += 1
 
     def _skip_for(self, h: FileHandle, until: float) -> None:
@@ -387,6 +394,15 @@ class Pruner:
                 self._stuck(h, exc)
                 return
             # ENOENT: no such mark, the kernel evicted it already
+        else:
+            # Where it is now: inside the tree or above its root, its events
+            # since it got there were ignored (whatever the record said).
+            try:
+                here = os.readlink(f"/proc/self/fd/{dfd}")
+            except OSError:
+                here = None
+            if here is not None and (self.inside(here) or self._above(here)):
+                self._found.append(here)
         finally:
             os.close(dfd)
         self.pending.pop(h, None)
@@ -399,22 +415,47 @@ class Pruner:
             )  # fmt: skip
         self.pending[h] = True
 
-    def retry(self) -> None:
-        """Try again the marks :meth:`_remove_mark` could not take off."""
+    def retry(self) -> list[FanotifyData]:
+        """Try again the marks :meth:`_remove_mark` could not take off; the gaps they make."""
         for h in list(self.pending):
             self._remove_mark(h)
+        return self._gaps(None)
+
+    def _gaps(self, path: str | None) -> list[FanotifyData]:
+        """A gap at ``path`` (if any), then at each directory found in the tree unpruning."""
+        out = [] if path is None else [self._gap(path or None)]
+        under = path.rstrip("/") + "/" if path else None
+        for p in self._found:
+            if under is None or not (p == path or p.startswith(under)):
+                out.append(self._gap(p))
+        self._found.clear()
+        return out
 
     # -- what a read says of the pruned places ------------------------------
 
-    def seen(self, ev: FanotifyData) -> FanotifyData | None:
-        """Follow a directory event (or an overflow); a gap event if one must go before it.
+    def seen(self, ev: FanotifyData) -> list[FanotifyData]:
+        """Follow a directory event (or an overflow); the gap events to go before it.
 
         A record is checked against the directory found at its path
         (``name_to_handle_at``) whenever an event names that path: a record
-        found wrong is unpruned, as one that moved in would be.
+        found wrong is unpruned, as one that moved in would be, and a
+        directory found inside the tree or above its root as its mark comes
+        off gets a gap at the place it is now (a later rename in the same
+        read may have taken it there already).
         """
-        if not self._paths:
-            return None
+        if not self._paths and not self._ghosts:
+            return []
+        gap = self._seen(ev)
+        return self._gaps(gap)
+
+    def begin_read(self) -> None:
+        """A read begins: ghosts older than the read before are dropped."""
+        self._reads += 1
+        if self._ghosts:
+            keep = self._reads - 1
+            self._ghosts = {p: n for p, n in self._ghosts.items() if n >= keep}
+
+    def _seen(self, ev: FanotifyData) -> str | None:
         mask = ev.ev_types
         if mask & _OVERFLOW:
             self._unprune(list(self._by_path))
@@ -428,8 +469,21 @@ class Pruner:
         if not ev.path_resolved or old is None or new is None:
             # Where the pruned places below ``old`` went is not known.
             self._unprune(list(self._by_path))
-            return self._gap(new) if new is None or self.inside(new) or self._above(new) else None
+            unsure = new is None or self.inside(new) or self._above(new)
+            return (new or "") if unsure else None
         under = old.rstrip("/") + "/"
+        ghost_gap = False
+        if self._ghosts:
+            # A place a record was found not to be (see _recheck): the rename
+            # that took its directory away may come after, in this read or
+            # the next, and a move of it into the tree is a gap all the same.
+            for g in [g for g in self._ghosts if g == old or g.startswith(under)]:
+                n = self._ghosts.pop(g)
+                q = new + g[len(old) :]
+                if self.inside(q) or self._above(q):
+                    ghost_gap = True
+                else:
+                    self._ghosts[q] = n
         moved = [p for p in self._by_path if p == old or p.startswith(under)]
         if new in self._by_path and new not in moved:
             self._recheck(new)  # an empty directory renamed over
@@ -448,13 +502,17 @@ class Pruner:
             # Not there (a swap, RENAME_EXCHANGE, reads as two renames that
             # cancel out; or a later rename already moved it): unsure.
             self._recheck(q)
-        return self._gap(new) if gap else None
+        return new if gap or ghost_gap else None
 
     def _recheck(self, p: str) -> None:
-        """Keep the record at ``p`` only if its directory is there now."""
+        """Keep the record at ``p`` only if its directory is there now (else a ghost)."""
         h = self._by_path[p]
         if _dirmap._handle_at(h.fsid, p) != h:
+            found = len(self._found)
             self._unprune([p])
+            # Found inside (a gap is made) or not: then its way may go there.
+            if len(self._found) == found and len(self._ghosts) < self.limit:
+                self._ghosts[p] = self._reads
 
     def _gap(self, path: str | None) -> FanotifyData:
         self.gaps += 1
@@ -480,16 +538,16 @@ def tree_filter(pipeline: Pipeline, events: list[FanotifyData]) -> list[Fanotify
     root, _parent, _name, want = pipeline.tree
     below = root.rstrip("/") + "/"
     pruner = pipeline.pruner
-    if pruner is not None and pruner.pending:
-        pruner.retry()
     out = []
+    if pruner is not None:
+        pruner.begin_read()
+        if pruner.pending:
+            out.extend(pruner.retry())
     dropped = 0
     for ev in events:
         mask = ev.ev_types
         if pruner is not None and mask & (_ONDIR | _OVERFLOW):
-            gap = pruner.seen(ev)
-            if gap is not None:
-                out.append(gap)
+            out.extend(pruner.seen(ev))
         if mask & _OVERFLOW:
             out.append(ev)
             continue
