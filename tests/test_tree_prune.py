@@ -51,6 +51,18 @@ def _busy(d: str, tag: str = "f") -> str:
     return f"for i in $(seq {BUSY}); do : > {d}/{tag}$i; done"
 
 
+def _need_pruning() -> None:
+    if not _can_prune():
+        pytest.skip("the kernel has no FAN_MARK_IGNORE, FAN_MARK_EVICTABLE or FAN_RENAME")
+
+
+async def _watch_pruned(fan: Fanotify, w: Path, busy: str, events: int) -> None:
+    """``fan.watch_tree(w, events)``, and the directory ``busy`` (outside ``w``) pruned."""
+    fan.watch_tree(w, events)
+    await _step(fan, w, _busy(busy), "0")
+    assert fan.tree_stats is not None and fan.tree_stats.pruned == 1
+
+
 def _mine(evs: list[FanotifyData]) -> list[tuple[int, int, str | None]]:
     return [
         (e.ev_types, e.pid, e.path) for e in evs if not (e.name or "").startswith(END)
@@ -120,13 +132,10 @@ async def test_prune_false_reads_every_event_elsewhere(tmpfs: Path) -> None:
 async def test_a_pruned_directory_moved_into_the_tree_is_unpruned_with_a_gap_event(
     anyfs: Path, via: str
 ) -> None:
-    if not _can_prune():
-        pytest.skip("the kernel has no FAN_MARK_IGNORE, FAN_MARK_EVICTABLE or FAN_RENAME")
+    _need_pruning()
     w = _prepared(anyfs, "other/a/p")
     async with Fanotify(DFID_NAME) as fan:
-        fan.watch_tree(w, Event.CREATE | Event.MOVED_TO | Event.ONDIR)
-        await _step(fan, w, _busy("other/a/p"), "0")
-        assert fan.tree_stats is not None and fan.tree_stats.pruned == 1
+        await _watch_pruned(fan, w, "other/a/p", Event.CREATE | Event.MOVED_TO | Event.ONDIR)
         src = "other/a"
         if via != "direct":
             # Out of sight of the tree: the record of the pruned place follows.
@@ -163,8 +172,7 @@ async def test_a_directory_removed_and_made_again_in_one_read_stays_recorded(
     tmpfs: Path,
 ) -> None:
     # The removal of the old other/d is seen before the new one is pruned.
-    if not _can_prune():
-        pytest.skip("the kernel has no FAN_MARK_IGNORE, FAN_MARK_EVICTABLE or FAN_RENAME")
+    _need_pruning()
     w = _prepared(tmpfs, "other/d")
     async with Fanotify(DFID_NAME) as fan:
         fan.watch_tree(w, Event.CREATE | Event.MOVED_TO | Event.ONDIR)
@@ -184,8 +192,7 @@ async def test_a_rename_that_brings_a_pruned_directory_back_under_the_root_unpru
 ) -> None:
     # The root's parent renamed away and back: nothing moved *into* the
     # root, yet a directory pruned meanwhile is inside again.
-    if not _can_prune():
-        pytest.skip("the kernel has no FAN_MARK_IGNORE, FAN_MARK_EVICTABLE or FAN_RENAME")
+    _need_pruning()
     (tmpfs / "a" / "w" / "sub").mkdir(parents=True)
     w = tmpfs / "a" / "w"
     async with Fanotify(DFID_NAME) as fan:
@@ -213,13 +220,10 @@ async def test_a_pruned_directory_renamed_twice_in_one_read_into_the_tree_says_a
     # When the first rename is replayed the directory is at its second place
     # already: the record's check fails, and its mark comes off with a gap
     # where it is found, not silently.
-    if not _can_prune():
-        pytest.skip("the kernel has no FAN_MARK_IGNORE, FAN_MARK_EVICTABLE or FAN_RENAME")
+    _need_pruning()
     w = _prepared(tmpfs, "other/a")
     async with Fanotify(DFID_NAME) as fan:
-        fan.watch_tree(w, Event.CREATE | Event.MOVED_TO | Event.ONDIR)
-        await _step(fan, w, _busy("other/a"), "0")
-        assert fan.tree_stats is not None and fan.tree_stats.pruned == 1
+        await _watch_pruned(fan, w, "other/a", Event.CREATE | Event.MOVED_TO | Event.ONDIR)
         script = "mv other/a other/b && mv other/b w/b && : > w/b/x1"
         if end != "inside":
             script += " && mv w/b other/c"
@@ -249,13 +253,10 @@ EXCHANGE = (
 @pytest.mark.kernel
 async def test_a_pruned_directory_swapped_with_another_is_unpruned(tmpfs: Path) -> None:
     # A swap reads as two renames that cancel out: a->c, c->a.
-    if not _can_prune():
-        pytest.skip("the kernel has no FAN_MARK_IGNORE, FAN_MARK_EVICTABLE or FAN_RENAME")
+    _need_pruning()
     w = _prepared(tmpfs, "other/a", "other/c")
     async with Fanotify(DFID_NAME) as fan:
-        fan.watch_tree(w, Event.CREATE | Event.MOVED_TO | Event.ONDIR)
-        await _step(fan, w, _busy("other/a"), "0")
-        assert fan.tree_stats is not None and fan.tree_stats.pruned == 1
+        await _watch_pruned(fan, w, "other/a", Event.CREATE | Event.MOVED_TO | Event.ONDIR)
         swap = f"{sys.executable} -c '{EXCHANGE}' other/a other/c"
         await _step(fan, w, swap, "1")
         assert fan.tree_stats.pruned == 0  # unsure where it is: unpruned
@@ -268,8 +269,7 @@ async def test_a_pruned_directory_swapped_with_another_is_unpruned(tmpfs: Path) 
 async def test_a_mark_that_cannot_come_off_yet_is_tried_again_at_the_next_read(
     tmpfs: Path,
 ) -> None:
-    if not _can_prune():
-        pytest.skip("the kernel has no FAN_MARK_IGNORE, FAN_MARK_EVICTABLE or FAN_RENAME")
+    _need_pruning()
     w = _prepared(tmpfs, "other/p")
     async with Fanotify(DFID_NAME) as fan:
         fan.watch_tree(w, Event.CREATE | Event.MOVED_TO | Event.ONDIR)
@@ -280,7 +280,7 @@ async def test_a_mark_that_cannot_come_off_yet_is_tried_again_at_the_next_read(
         def no_fd_left(h: object) -> int:
             raise OSError(errno.EMFILE, "Too many open files")
 
-        pruner._open = no_fd_left  # type: ignore[method-assign,assignment]
+        pruner._open = no_fd_left  # type: ignore[method-assign]
         evs = await _step(fan, w, "mv other/p w/p", "1")
         assert (evs[0].ev_types, evs[0].pid) == (Event.Q_OVERFLOW, GAP_PID)
         st = pruner.statistics()
@@ -297,8 +297,7 @@ async def test_a_mark_that_cannot_come_off_yet_is_tried_again_at_the_next_read(
 async def test_a_directory_the_group_marked_itself_is_skipped_not_the_pruning(
     tmpfs: Path,
 ) -> None:
-    if not _can_prune():
-        pytest.skip("the kernel has no FAN_MARK_IGNORE, FAN_MARK_EVICTABLE or FAN_RENAME")
+    _need_pruning()
     w = _prepared(tmpfs, "other/d", "other/e")
     async with Fanotify(DFID_NAME) as fan:
         fan.watch_tree(w, Event.CREATE)
@@ -312,13 +311,10 @@ async def test_a_directory_the_group_marked_itself_is_skipped_not_the_pruning(
 
 @pytest.mark.kernel
 async def test_a_pruned_directory_removed_is_dropped_from_the_record(tmpfs: Path) -> None:
-    if not _can_prune():
-        pytest.skip("the kernel has no FAN_MARK_IGNORE, FAN_MARK_EVICTABLE or FAN_RENAME")
+    _need_pruning()
     w = _prepared(tmpfs, "other/p")
     async with Fanotify(DFID_NAME) as fan:
-        fan.watch_tree(w, Event.CREATE)
-        await _step(fan, w, _busy("other/p"), "0")
-        assert fan.tree_stats is not None and fan.tree_stats.pruned == 1
+        await _watch_pruned(fan, w, "other/p", Event.CREATE)
         await _step(fan, w, "rm -r other/p", "1")
         st = fan.tree_stats
         assert (st.pruned, st.marks_removed, st.gaps) == (0, 0, 0)
@@ -326,15 +322,12 @@ async def test_a_pruned_directory_removed_is_dropped_from_the_record(tmpfs: Path
 
 @pytest.mark.kernel
 async def test_a_kernel_overflow_removes_every_prune_mark(tmpfs: Path) -> None:
-    if not _can_prune():
-        pytest.skip("the kernel has no FAN_MARK_IGNORE, FAN_MARK_EVICTABLE or FAN_RENAME")
+    _need_pruning()
     w = _prepared(tmpfs, "other/p", "other/q")
     # The default queue (16,384 events): the flood below overflows it while
     # the loop is blocked in sh().
     async with Fanotify(DFID_NAME) as fan:
-        fan.watch_tree(w, Event.CREATE)
-        await _step(fan, w, _busy("other/p"), "0")
-        assert fan.tree_stats is not None and fan.tree_stats.pruned == 1
+        await _watch_pruned(fan, w, "other/p", Event.CREATE)
         r = sh(f"cd {tmpfs} && for i in $(seq 17000); do : > other/q/f$i; done", timeout=60)
         assert r.returncode == 0, r.stderr
         evs = await collect(fan, lambda g: any(e.ev_types & Event.Q_OVERFLOW for e in g))
