@@ -322,11 +322,8 @@ class Pipeline:
             complete = fast is not None and fast.resolved_count == resolved_upto > 0
             self._fid_pass(events, resolved_upto, complete)
             if self.tree is not None:
-                head = _tree.tree_filter(self, events[:done]) if done else []
-                events = head + _tree.tree_filter(self, events[done:])
-                done = len(head)
-                if self.pruner is not None and fast is not None and fast.outside:
-                    self.pruner.note(fast.outside)  # after the read's moves (seen)
+                outside = fast.outside if fast is not None else []
+                events, done = _tree.filter_read(self, events, done, outside)
         if done == len(events):
             return events
         out = events[:done]

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from .group import Fanotify
 
 __all__ = [
-    "watch_tree", "MAP_EVENTS", "learn_tree", "tree_filter", "tree_stats", "Pruner",
+    "watch_tree", "MAP_EVENTS", "learn_tree", "filter_read", "tree_filter", "tree_stats", "Pruner",
     "TreeStatistics",
 ]
 
@@ -261,6 +261,18 @@ class Pruner:
     def _above(self, p: str) -> bool:
         return self._root.startswith(p.rstrip("/") + "/")
 
+    def _in_reach(self, p: str) -> bool:
+        """Inside the tree or above its root: never pruned there."""
+        return self.inside(p) or self._above(p)
+
+    @staticmethod
+    def _place(dfd: int) -> str | None:
+        """Where the directory of ``dfd`` is now, or None."""
+        try:
+            return os.readlink(f"/proc/self/fd/{dfd}")
+        except OSError:
+            return None
+
     # -- pruning -----------------------------------------------------------
 
     def note(self, outside: list[list[Any]]) -> None:
@@ -317,16 +329,12 @@ class Pruner:
                 self._refuse(exc)  # no CAP_DAC_READ_SEARCH: never will
             return  # else gone meanwhile (or no fd to spare): not pruned now
         try:
-            try:
-                here = os.readlink(f"/proc/self/fd/{dfd}")
-            except OSError:
-                return
             # The record is where the read placed it, and the renames read
             # later move it: a directory moved since the read is not marked
             # now (its next events count again, from its new place).
-            if here != p:
+            if self._place(dfd) != p:
                 return
-            if self.inside(p) or self._above(p):
+            if self._in_reach(p):
                 self._skip_for(h, now + SKIP_FOR)
                 return
             try:
@@ -397,11 +405,8 @@ class Pruner:
         else:
             # Where it is now: inside the tree or above its root, its events
             # since it got there were ignored (whatever the record said).
-            try:
-                here = os.readlink(f"/proc/self/fd/{dfd}")
-            except OSError:
-                here = None
-            if here is not None and (self.inside(here) or self._above(here)):
+            here = self._place(dfd)
+            if here is not None and self._in_reach(here):
                 self._found.append(here)
         finally:
             os.close(dfd)
@@ -469,7 +474,7 @@ class Pruner:
         if not ev.path_resolved or old is None or new is None:
             # Where the pruned places below ``old`` went is not known.
             self._unprune(list(self._by_path))
-            unsure = new is None or self.inside(new) or self._above(new)
+            unsure = new is None or self._in_reach(new)
             return (new or "") if unsure else None
         under = old.rstrip("/") + "/"
         ghost_gap = False
@@ -480,7 +485,7 @@ class Pruner:
             for g in [g for g in self._ghosts if g == old or g.startswith(under)]:
                 n = self._ghosts.pop(g)
                 q = new + g[len(old) :]
-                if self.inside(q) or self._above(q):
+                if self._in_reach(q):
                     ghost_gap = True
                 else:
                     self._ghosts[q] = n
@@ -490,7 +495,7 @@ class Pruner:
         gap = False
         for p in moved:
             q = new + p[len(old) :]
-            if self.inside(q) or self._above(q):
+            if self._in_reach(q):
                 self._unprune([p])
                 gap = True
                 continue
@@ -532,6 +537,27 @@ def tree_stats(group: Fanotify) -> TreeStatistics | None:
     return None if pruner is None else pruner.statistics()
 
 
+def filter_read(
+    pipeline: Pipeline, events: list[FanotifyData], done: int, outside: list[list[Any]]
+) -> tuple[list[FanotifyData], int]:
+    """A read's events of the tree, and how many of them come first all filled in.
+
+    ``events[:done]`` are filled in already (the C builder's), ``outside`` is
+    ``Decoder.outside``.  Gap events (see :class:`Pruner`) are filled in too.
+    """
+    pruner = pipeline.pruner
+    head: list[FanotifyData] = []
+    if pruner is not None:
+        pruner.begin_read()
+        if pruner.pending:
+            head = pruner.retry()
+    head += tree_filter(pipeline, events[:done]) if done else []
+    events = head + tree_filter(pipeline, events[done:])
+    if pruner is not None and outside:
+        pruner.note(outside)  # after the read's directory events went through seen()
+    return events, len(head)
+
+
 def tree_filter(pipeline: Pipeline, events: list[FanotifyData]) -> list[FanotifyData]:
     """The events of ``watch_tree``'s root (and those that cannot be placed)."""
     assert pipeline.tree is not None
@@ -539,10 +565,6 @@ def tree_filter(pipeline: Pipeline, events: list[FanotifyData]) -> list[Fanotify
     below = root.rstrip("/") + "/"
     pruner = pipeline.pruner
     out = []
-    if pruner is not None:
-        pruner.begin_read()
-        if pruner.pending:
-            out.extend(pruner.retry())
     dropped = 0
     for ev in events:
         mask = ev.ev_types
