@@ -1001,14 +1001,6 @@ static PyObject *afn_ref_entry(const unsigned char *src, const struct afn_fidref
     return entry;
 }
 
-/* The directory entry of an FID-shape event's dfid record (borrowed). */
-static PyObject *afn_dir_of(const unsigned char *src, const struct afn_event *ev,
-                            PyObject *dirs, PyObject *by_record, PyObject *kept,
-                            unsigned flags)
-{
-    return afn_ref_entry(src, &ev->dfid, ev->dir_idx, dirs, by_record, kept, flags);
-}
-
 /* A checked entry of afn_ref_entry, held (a new reference), or NULL. */
 static PyObject *afn_held_entry(const unsigned char *src, const struct afn_fidref *ref,
                                 uint32_t idx, PyObject *dirs, PyObject *by_record,
@@ -1607,16 +1599,12 @@ static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nar
             && !((ev->mask & dir_change) && (ev->mask & FAN_ONDIR))) {
             /* watch_tree: an event outside the root, or of no wanted kind
              * (the group marks moves for its map), is not built at all. */
-            PyObject *e = afn_dir_of(src, ev, dirs, by_record, kept, (unsigned)flags);
+            /* Held: dir_path runs Python code, which may change dirs. */
+            PyObject *e = afn_held_entry(src, &ev->dfid, ev->dir_idx, dirs, by_record, kept,
+                                         (unsigned)flags);
             int t;
             if (e == NULL)
                 goto done;
-            if (!PyList_CheckExact(e) || PyList_GET_SIZE(e) != AFN_ENTRY_LEN) {
-                PyErr_SetString(PyExc_TypeError, "_build: a malformed directory entry");
-                goto done;
-            }
-            /* Held: dir_path runs Python code, which may change dirs. */
-            Py_INCREF(e);
             t = afn_tree_decision(e, dir_path, tree);
             if (t < 0) {
                 Py_DECREF(e);
@@ -1697,15 +1685,11 @@ static PyObject *afn_build(PyObject *self, PyObject *const *args, Py_ssize_t nar
                     /* One FileHandle per distinct directory of the batch, so
                      * that equal handles are the same object (the group's
                      * resolver relies on that). */
-                    entry = afn_dir_of(src, ev, dirs, by_record, kept, (unsigned)flags);
+                    /* Held for this event: dir_path and skip_pids run Python code. */
+                    entry = held = afn_held_entry(src, &ev->dfid, ev->dir_idx, dirs, by_record,
+                                                  kept, (unsigned)flags);
                     if (entry == NULL)
                         goto done;
-                    if (!PyList_CheckExact(entry) || PyList_GET_SIZE(entry) != AFN_ENTRY_LEN) {
-                        PyErr_SetString(PyExc_TypeError, "_build: a malformed directory entry");
-                        goto done;
-                    }
-                    /* Held for this event: dir_path and skip_pids run Python code. */
-                    held = Py_NewRef(entry);
                     AFN_SET(AFN_F_DFID, Py_NewRef(PyList_GET_ITEM(entry, 0)));
                 } else {
                     AFN_SET(AFN_F_DFID, afn_new_handle(src, ev->dfid.rec, ev->dfid.handle_len,
